@@ -1,0 +1,38 @@
+"""Names shared by the gmmrefine Scipion plugin (variables, labels, file names)."""
+
+# ---- Plugin variables (set in scipion.conf or the environment) ----------------
+#: Interpreter of the environment where gmmcore is installed (default: this Python).
+GMMREFINE_PYTHON = "GMMREFINE_PYTHON"
+#: Optional shell command run before gmmcore, e.g. "conda activate gmmcore".
+GMMREFINE_ENV_ACTIVATION = "GMMREFINE_ENV_ACTIVATION"
+#: Default GPU ids for the forms (Scipion syntax, e.g. "0" or "0 1").
+GMMREFINE_GPU = "GMMREFINE_GPU"
+
+# ---- Particle attributes ------------------------------------------------------
+#: Half-set attribute on every particle; the same name the relion plugin reads/writes
+#: (relion.constants.PARTICLE_EXTRA_LABELS), so both plugins understand it.
+HALF_SET_ATTR = "_rlnRandomSubset"
+HALF_SET_LABEL = "rlnRandomSubset"
+#: Optics group of a particle, as the relion plugin stores it.
+OPTICS_GROUP_ATTR = "_rlnOpticsGroup"
+
+# ---- Import formats -----------------------------------------------------------
+IMPORT_FROM_RELION = 0
+IMPORT_FROM_CRYOSPARC = 1
+IMPORT_FORMATS = ["RELION star (3.0 / 3.1 / 5)", "cryoSPARC .cs"]
+
+# ---- Export formats -----------------------------------------------------------
+EXPORT_RELION = 0
+EXPORT_CRYOSPARC = 1
+EXPORT_BOTH = 2
+EXPORT_FORMATS = ["RELION star", "cryoSPARC .cs", "both"]
+
+# ---- Symmetry groups accepted by gmmcore ---------------------------------------
+SYMMETRY_HELP = ("Point-group symmetry in RELION notation: C1 (none), Cn, Dn, T, O, I "
+                 "(I = I2, RELION's default icosahedral orientation).")
+
+# ---- Files inside protocol folders --------------------------------------------
+INPUT_STAR = "input_particles.star"
+IMPORT_DIR = "import"
+REFINE_DIR = "refine"
+SUMMARY_JSON = "summary.json"

@@ -1,0 +1,131 @@
+"""Small, valid stand-ins for gmmcore files (no engine needed): a particle star + stack and a
+refine run folder with the documented layout (docs/ARCHITECTURE.md, "Files a run writes").
+
+Used to test conversions and viewers quickly; the protocol tests run the real engine.
+"""
+import json
+import os
+
+import numpy as np
+
+
+def write_star_stack(folder, n=24, box=16, apix=2.0, version="31", halves=True, seed=0,
+                     flipped=False, stack_name="particles.mrcs"):
+    """Write ``folder/particles.star`` (RELION 3.0 or 3.1 layout) + ``folder/<stack_name>``.
+
+    Returns (star path, dict of the true per-particle values).
+    """
+    import mrcfile
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    stack = os.path.join(folder, stack_name)
+    with mrcfile.new(stack, overwrite=True) as m:
+        m.set_data(rng.normal(size=(n, box, box)).astype(np.float32))
+        m.voxel_size = apix
+    truth = {
+        "rot": rng.uniform(-180, 180, n),
+        "tilt": rng.uniform(5, 175, n),
+        "psi": rng.uniform(-180, 180, n),
+        "ox_A": rng.uniform(-3, 3, n),
+        "oy_A": rng.uniform(-3, 3, n),
+        "du": rng.uniform(8000, 20000, n),
+        "half": (np.arange(n) % 2) + 1,
+    }
+    truth["dv"] = truth["du"] - rng.uniform(0, 500, n)
+    truth["da"] = rng.uniform(0, 180, n)
+    lines = ["# written by gmm_fakes", ""]
+    if version != "30":
+        lines += ["# version 30001", "", "data_optics", "", "loop_"]
+        cols = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnMicrographOriginalPixelSize", "rlnVoltage",
+                "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnImageSize",
+                "rlnImageDimensionality", "rlnCtfDataArePhaseFlipped"]
+        lines += ["_%s #%d" % (c, i + 1) for i, c in enumerate(cols)]
+        lines += ["opticsGroup1 1 %.4f 300.0 2.7 0.1 %.4f %d 2 %d" % (apix, apix, box, int(flipped)), ""]
+        lines += ["# version 30001", "", "data_particles", "", "loop_"]
+        cols = ["rlnImageName", "rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnDefocusU",
+                "rlnDefocusV", "rlnDefocusAngle", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
+                "rlnOriginXAngst", "rlnOriginYAngst", "rlnOpticsGroup"] + (["rlnRandomSubset"] if halves else [])
+    else:
+        lines += ["data_", "", "loop_"]
+        cols = ["rlnImageName", "rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnDefocusU",
+                "rlnDefocusV", "rlnDefocusAngle", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
+                "rlnOriginX", "rlnOriginY", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
+                "rlnMagnification", "rlnDetectorPixelSize"] + (["rlnRandomSubset"] if halves else [])
+    lines += ["_%s #%d" % (c, i + 1) for i, c in enumerate(cols)]
+    for i in range(n):
+        vals = ["%06d@%s" % (i + 1, stack_name), "mics/mic%03d.mrc" % (i // 8 + 1),
+                "%d" % (100 + 10 * i), "%d" % (200 + 5 * i),
+                "%.2f" % truth["du"][i], "%.2f" % truth["dv"][i], "%.3f" % truth["da"][i],
+                "%.6f" % truth["rot"][i], "%.6f" % truth["tilt"][i], "%.6f" % truth["psi"][i]]
+        if version != "30":
+            vals += ["%.6f" % truth["ox_A"][i], "%.6f" % truth["oy_A"][i], "1"]
+        else:
+            vals += ["%.6f" % (truth["ox_A"][i] / apix), "%.6f" % (truth["oy_A"][i] / apix),
+                     "300.0", "2.7", "0.1", "10000.0", "%.4f" % apix]
+        if halves:
+            vals.append("%d" % truth["half"][i])
+        lines.append(" ".join(vals))
+    star = os.path.join(folder, "particles.star")
+    with open(star, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return star, truth
+
+
+def write_refine_run(folder, n=24, box=16, apix=2.0, iterations=2, ngauss=40, seed=1, star_from=None):
+    """A refine output folder as ``gmmcore refine`` documents it (summary.json + final/*)."""
+    import mrcfile
+
+    rng = np.random.default_rng(seed)
+    final = os.path.join(folder, "final")
+    os.makedirs(final, exist_ok=True)
+    freq = np.arange(1, box // 2 + 1) / (box * apix)
+
+    def fsc_curve(res):
+        f0 = 1.0 / res
+        return (1.0 / (1.0 + np.exp((freq - f0) / (0.08 * freq.max())))).tolist()
+
+    def recon(res):
+        return {"resolution": res, "resolution_unmasked": res + 0.5, "resolution_masked": res,
+                "fsc": {"freq": freq.tolist(), "unmasked": fsc_curve(res + 0.5), "masked": fsc_curve(res)},
+                "n_particles": {"1": n // 2, "2": n - n // 2}, "apix": apix, "box": box}
+
+    iters = []
+    for it in range(1, iterations + 1):
+        res = 12.0 - 2.0 * it
+        d = recon(res)
+        d.update({"iteration": it, "target_resolution": res + 1,
+                  "pose_change": {"angle_mean": 3.0 / it, "angle_median": 2.5 / it,
+                                  "shift_mean": 0.8 / it, "shift_median": 0.6 / it},
+                  "gmm_fsc": {"1": 0.8, "2": 0.79}, "n_gaussians": {"1": ngauss, "2": ngauss},
+                  "seconds": 1.5, "dir": "iter%03d" % it})
+        iters.append(d)
+    for name in ("half1", "half2", "map"):
+        with mrcfile.new(os.path.join(final, name + ".mrc"), overwrite=True) as m:
+            m.set_data(rng.normal(size=(box, box, box)).astype(np.float32))
+            m.voxel_size = apix
+    for h in ("1", "2"):
+        np.savez(os.path.join(final, "gmm_half%s.gmm.npz" % h),
+                 centers=rng.normal(scale=8.0, size=(ngauss, 3)).astype(np.float32),
+                 amplitudes=rng.uniform(0.2, 1.0, ngauss).astype(np.float32),
+                 sigmas=rng.uniform(1.0, 3.0, ngauss).astype(np.float32))
+        with open(os.path.join(final, "gmm_half%s.pdb" % h), "w") as f:
+            for i in range(ngauss):
+                f.write("ATOM  %5d  CA  GMM A%4d    %8.3f%8.3f%8.3f%6.2f%6.2f           C\n"
+                        % (i + 1, i + 1, 0.0, 0.0, float(i), 1.0, 20.0))
+            f.write("END\n")
+    np.savez(os.path.join(final, "pose_changes.npz"),
+             angle_deg=np.abs(rng.normal(scale=3.0, size=n)), shift_px=np.abs(rng.normal(scale=0.7, size=n)))
+    if star_from is not None:
+        import shutil
+        shutil.copy(star_from, os.path.join(final, "particles.star"))
+    summary = {"params": {"iter": iterations, "ngauss": ngauss, "sym": "C1"},
+               "initial": recon(14.0), "iterations": iters,
+               "final": {"particles": "final/particles.star", "half1": "final/half1.mrc",
+                         "half2": "final/half2.mrc", "map": "final/map.mrc",
+                         "gmm": {"1": "final/gmm_half1.gmm.npz", "2": "final/gmm_half2.gmm.npz"},
+                         "gmm_pdb": {"1": "final/gmm_half1.pdb", "2": "final/gmm_half2.pdb"},
+                         "pose_changes": "final/pose_changes.npz", "resolution": iters[-1]["resolution"]}}
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return os.path.join(folder, "summary.json")
