@@ -1,0 +1,74 @@
+"""Contrast transfer function (RELION's form) on an rfft grid, and phase flipping.
+
+CTF(k) = −sin(χ(k)) with (RELION ``CTF::getCTF``)
+
+    χ = −π λ Δf(φ) |k|² + (π/2) Cs λ³ |k|⁴ − φ_shift − atan(Q / √(1 − Q²))
+    Δf(φ) = (dU + dV)/2 + (dU − dV)/2 · cos(2(φ − angle))
+
+k in 1/Å (x = column, y = row; φ = atan2(ky, kx)), λ the relativistic electron wavelength (Å),
+Δf > 0 underfocus (Å), Cs in Å (from mm), Q the amplitude contrast, φ_shift the phase-plate shift.
+The sign of (dU − dV) is kept: dU is the defocus along the azimuth ``angle``.
+An optional B-factor multiplies by exp(−B |k|² / 4).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .fourier import freq_index, ft, ift
+from .particles import CTFParams
+
+
+def wavelength_A(voltage_kv) -> np.ndarray:
+    """Relativistic electron wavelength (Å) for an accelerating voltage in kV."""
+    v = np.asarray(voltage_kv, dtype=np.float64) * 1e3
+    return 12.2643247 / np.sqrt(v * (1.0 + v * 0.978466e-6))
+
+
+def _as_arrays(ctf: CTFParams):
+    f = lambda a: np.atleast_1d(np.asarray(a, dtype=np.float64))  # noqa: E731
+    return (f(ctf.defocus_u), f(ctf.defocus_v), f(ctf.defocus_angle), f(ctf.voltage), f(ctf.cs),
+            f(ctf.amp_contrast), f(ctf.phase_shift), f(ctf.bfactor))
+
+
+def ctf_2d(ctf: CTFParams, apix: float, box: int, rfft: bool = True) -> np.ndarray:
+    """CTF of each particle on the (r)fft grid of a box × box image: float32 (k, box, box//2+1).
+
+    ``rfft=False`` gives the full (box, box) grid in FFT order (origin at index 0).
+    """
+    du, dv, ang, kv, cs, q, phase, bfac = _as_arrays(ctf)
+    k = du.size
+    bc = lambda a: np.broadcast_to(a, (k,))[:, None, None]  # noqa: E731
+    du, dv, ang, kv, cs, q, phase, bfac = (bc(a) for a in (du, dv, ang, kv, cs, q, phase, bfac))
+    ky, kx = freq_index((box, box), rfft)
+    fx = kx / (box * float(apix))
+    fy = ky / (box * float(apix))
+    u2 = (fx ** 2 + fy ** 2)[None]
+    azim = np.arctan2(fy, fx)[None]
+    lam = wavelength_A(kv)
+    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * np.cos(2.0 * (azim - np.deg2rad(ang)))
+    cs_A = cs * 1e7
+    k3 = np.arctan(q / np.sqrt(1.0 - q ** 2))
+    chi = -np.pi * lam * defocus * u2 + 0.5 * np.pi * cs_A * lam ** 3 * u2 ** 2 - np.deg2rad(phase) - k3
+    out = -np.sin(chi)
+    if np.any(bfac != 0):
+        out = out * np.exp(-bfac / 4.0 * u2)
+    return out.astype(np.float32)
+
+
+def phase_flip(images: np.ndarray, ctf: CTFParams, apix: float) -> np.ndarray:
+    """Multiply each image's Fourier transform by sign(CTF): float32 (k, n, n) in and out."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 2:
+        return phase_flip(images[None], ctf, apix)[0]
+    n = images.shape[-1]
+    if images.shape[-2] != n:
+        raise ValueError("phase_flip expects square images")
+    sign = np.where(ctf_2d(ctf, apix, n) < 0, -1.0, 1.0).astype(np.float32)
+    return ift(ft(images, 2) * sign, (n, n)).astype(np.float32)
+
+
+def apply_ctf(images: np.ndarray, ctf: CTFParams, apix: float) -> np.ndarray:
+    """Multiply each image's Fourier transform by its CTF (for simulation): float32 (k, n, n)."""
+    images = np.asarray(images, dtype=np.float32)
+    n = images.shape[-1]
+    return ift(ft(images, 2) * ctf_2d(ctf, apix, n), (n, n)).astype(np.float32)
