@@ -1,0 +1,68 @@
+"""3-D maps (MRC): ``read_map`` → (float32 [z, y, x], apix), ``write_map`` (atomic).
+
+Maps are written the way RELION writes them: float32 (mode 2), volume space group 1, origin 0,
+start indices 0, voxel size = apix, header statistics filled in — ChimeraX and RELION both place
+such a map at 0..N·apix with its centre voxel N//2.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Tuple
+
+import mrcfile
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import InputError
+
+
+def read_map(path, apix: Optional[float] = None) -> Tuple[np.ndarray, float]:
+    """Read a 3-D map as float32 ``[z, y, x]`` and its pixel size (Å).
+
+    Axis orders other than columns = x, rows = y, sections = z (mapc/mapr/maps) are transposed.
+    ``apix`` overrides the header's voxel size (needed when the header has none).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    try:
+        with mrcfile.open(str(path), mode="r", permissive=True) as m:
+            if m.data is None:
+                raise InputError("not a readable MRC map (bad header)", path=path)
+            data = np.asarray(m.data, dtype=np.float32)
+            h = m.header
+            axes = (int(h.maps), int(h.mapr), int(h.mapc))
+            vs = float(m.voxel_size.x)
+    except InputError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise InputError(f"not a readable MRC map ({exc})", path=path) from None
+    if data.ndim != 3:
+        raise InputError(f"expected a 3-D map, found shape {data.shape}", path=path)
+    if sorted(axes) == [1, 2, 3] and axes != (3, 2, 1):
+        perm = [axes.index(a) for a in (3, 2, 1)]
+        data = np.ascontiguousarray(data.transpose(perm))
+    if not np.isfinite(data).all():
+        raise InputError("map contains NaN or infinite values", path=path)
+    if apix is not None:
+        vs = float(apix)
+    if not vs > 0:
+        raise InputError("voxel size is 0 in the map header; give the pixel size", path=path, field="voxel size")
+    return data, vs
+
+
+def write_map(path, array, apix: float) -> Path:
+    """Write a 3-D float32 map ``[z, y, x]`` with voxel size ``apix`` (Å), atomically."""
+    data = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+    if data.ndim != 3:
+        raise ValueError(f"expected a 3-D array, got shape {data.shape}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with mrcfile.new(str(tmp), overwrite=True) as m:
+            m.set_data(data)
+            m.set_volume()
+            m.voxel_size = float(apix)
+            m.header.origin.x = m.header.origin.y = m.header.origin.z = 0.0
+            m.header.nxstart = m.header.nystart = m.header.nzstart = 0
+            m.update_header_stats()
+    return path
