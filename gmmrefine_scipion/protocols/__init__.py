@@ -1,0 +1,4 @@
+"""gmmrefine protocols (all prefixed GmmProt to avoid clashes with other plugins)."""
+from .protocol_export import GmmProtExportParticles
+from .protocol_import import GmmProtImportParticles
+from .protocol_refine import GmmProtRefine

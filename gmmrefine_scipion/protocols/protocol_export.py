@@ -1,0 +1,93 @@
+"""Export particles (e.g. refined by GmmProtRefine) as a RELION star file and/or a cryoSPARC .cs."""
+import os
+import shutil
+
+import pyworkflow.protocol.params as params
+from pwem.constants import ALIGN_PROJ
+from pwem.protocols import EMProtocol
+
+from gmmrefine_scipion import convert
+from gmmrefine_scipion.constants import (EXPORT_BOTH, EXPORT_CRYOSPARC, EXPORT_FORMATS,
+                                         EXPORT_RELION, INPUT_STAR)
+from .protocol_base import GmmProtocolMixin
+
+
+class GmmProtExportParticles(EMProtocol, GmmProtocolMixin):
+    """Write particles with their poses, CTF and half sets as a RELION 3.1 star file and/or a
+    cryoSPARC .cs file (gmmcore export), e.g. to continue processing outside Scipion."""
+    _label = "export particles (gmm)"
+
+    def _defineParams(self, form):
+        form.addSection(label="Export")
+        form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
+                      pointerCondition="hasAlignmentProj", important=True,
+                      label="Particles", help="Particles with 3-D poses, e.g. the output of "
+                                              "'gmm global refinement'.")
+        form.addParam("exportFormat", params.EnumParam, choices=EXPORT_FORMATS, default=EXPORT_BOTH,
+                      display=params.EnumParam.DISPLAY_HLIST, label="Format",
+                      help="RELION: star file with optics block (origins in Å). cryoSPARC: .cs "
+                           "file (pose as rotation vector, shift in pixels, split 0/1).")
+        form.addParam("referenceCs", params.PathParam, allowsNull=True,
+                      condition="exportFormat != %d" % EXPORT_RELION,
+                      expertLevel=params.LEVEL_ADVANCED,
+                      label="Original cryoSPARC .cs (optional)",
+                      help="The .cs the particles came from: its uids and blob paths are kept so "
+                           "cryoSPARC can import the result against the original particles.")
+        form.addParam("exportDir", params.PathParam, allowsNull=True,
+                      label="Copy to folder (optional)",
+                      help="Also copy the written files into this folder. They always stay in the "
+                           "protocol's extra folder.")
+        form.addParam("baseName", params.StringParam, default="particles_gmm",
+                      label="File name (no extension)")
+
+    def _insertAllSteps(self):
+        self._insertFunctionStep(self.exportStep)
+
+    def _outputs(self):
+        fmt = self.exportFormat.get()
+        out = []
+        if fmt in (EXPORT_RELION, EXPORT_BOTH):
+            out.append(("relion", self._getExtraPath(self.baseName.get() + ".star")))
+        if fmt in (EXPORT_CRYOSPARC, EXPORT_BOTH):
+            out.append(("cryosparc", self._getExtraPath(self.baseName.get() + ".cs")))
+        return out
+
+    def exportStep(self):
+        star = self._getExtraPath(INPUT_STAR)
+        convert.write_particles_star(self.inputParticles.get(), star,
+                                     stackDir=self._getExtraPath("stacks"))
+        for fmt, path in self._outputs():
+            options = {"particles": self.abspath(star), "format": fmt, "out": self.abspath(path)}
+            if fmt == "cryosparc" and self.referenceCs.get():
+                options["reference"] = self.abspath(self.referenceCs.get())
+            self.runGmmcore("export", **options)
+            if self.exportDir.get():
+                os.makedirs(self.exportDir.get(), exist_ok=True)
+                shutil.copy(path, self.exportDir.get())
+
+    def _validate(self):
+        errors = []
+        parts = self.inputParticles.get()
+        if parts is not None and parts.getAlignment() != ALIGN_PROJ:
+            errors.append("The particles need 3-D poses (projection alignment).")
+        if self.referenceCs.get() and not os.path.isfile(self.referenceCs.get()):
+            errors.append("File not found: %s" % self.referenceCs.get())
+        name = self.baseName.get() or ""
+        if not name or os.sep in name:
+            errors.append("Give a file name without folders.")
+        return errors
+
+    def _summary(self):
+        lines = []
+        for fmt, path in self._outputs():
+            if os.path.exists(path):
+                lines.append("%s: %s" % (fmt, os.path.abspath(path)))
+                if self.exportDir.get():
+                    lines.append("  copied to %s" % self.exportDir.get())
+        return lines or ["Nothing written yet."]
+
+    def _methods(self):
+        return []
+
+    def _citations(self):
+        return ["Chen2024"]

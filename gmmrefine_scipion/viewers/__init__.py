@@ -1,0 +1,3 @@
+"""Viewers: ``plots`` (plain matplotlib functions that write PNGs headless) and the Scipion
+viewer classes registered for the gmmrefine protocols."""
+from .viewer_refine import GmmRefineViewer
