@@ -1,0 +1,431 @@
+"""Particle simulator: an atomic model → raw-like particles with known poses (``gmmcore simulate``).
+
+What it does
+------------
+1. Read the model's heavy atoms (:func:`gmmcore.pdb.read_atoms`) and **centre it at its centre of
+   mass** (atomic masses), so the model's centre of mass sits at the box centre (index box//2).
+   The offset removed is recorded as ``center_of_mass_A`` in ``simulation.json``.  With a second
+   model (``model_b``, same atom order) it is centred at its own centre of mass and superposed onto
+   the first (mass-weighted Kabsch fit), so the morph below is a pure conformational change.
+2. Make a GMM with one Gaussian per atom: amplitude = atomic number, width
+   σ = sqrt(atom_sigma_A² + b_factor / 8π²) Å (b_factor blurs the map like a temperature factor).
+3. ``true_map.mrc``: the GMM rendered with the engine's projector (:func:`gmmcore.gmm.kernels.render_map`).
+4. Particles: uniformly random rotations (RELION A), true origins uniform in a disc of radius
+   ``max_origin_px`` (stored in Å, RELION sign), projected with
+   :func:`gmmcore.gmm.kernels.project_images`, multiplied by the CTF (:func:`gmmcore.ctf.apply_ctf`,
+   RELION's sign, **not** phase flipped — like raw data), plus white Gaussian noise.
+   Defocus: mean uniform in ``defocus_range``, astigmatism |dU − dV| uniform in [0, astigmatism],
+   angle uniform in [0, 180).  Optics groups g = 1..G differ slightly in Cs (+0.1 mm per group) and
+   amplitude contrast (+0.01 per group).  Half sets 1/2 are balanced and assigned at random.
+5. Noise: one standard deviation for the whole dataset, σ_noise² = mean signal variance / snr, the
+   signal variance being measured inside the particle (a disc of radius ``mask_radius_px`` about
+   the box centre: the model's largest projected radius plus 2σ) on a calibration set of
+   CTF-corrupted projections at random poses (not written).  ``snr=None`` → no noise.
+6. Heterogeneity (``model_b``): each particle has a conformation t ∈ [0, 1] (uniform, or fixed
+   when ``conformation`` is a number); its atoms are A + t(B − A).  ``true_map.mrc`` is then
+   state A (t = 0) and ``true_map_b.mrc`` state B (t = 1) — or, for a fixed t, ``true_map.mrc`` is
+   that state.
+
+Outputs in ``out_dir``: ``particles.mrcs``, ``particles_true.star`` (true poses),
+``particles_perturbed.star`` (each rotation turned by exactly ``perturb_angle_deg`` about a random
+axis, each origin moved by exactly ``perturb_shift_px`` pixels in a random direction),
+``true_map.mrc`` (+ ``true_map_b.mrc``), ``truth.npz`` (per-particle truth: ``rotations`` (n,3,3),
+``origins_A`` (n,2), ``conformation`` (n,), ``rotations_perturbed``, ``origins_perturbed_A``,
+``half``, ``optics_group``, ``defocus_u``, ``defocus_v``, ``defocus_angle``) and
+``simulation.json`` (parameters, seed, noise level, file names).
+
+Images are made and written in chunks, so memory does not grow with the number of particles.
+Everything is reproducible from the seed.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import __version__
+from .atomic import OutputGuard, atomic_path, write_json
+from .errors import InputError
+from .geometry import perturb_rotations, random_rotations
+from .particles import CTFParams, ParticleTable
+from .pdb import atomic_masses, atomic_numbers, read_atoms, resolve_model
+from .progress import progress
+
+STACK_NAME = "particles.mrcs"
+TRUE_STAR = "particles_true.star"
+PERTURBED_STAR = "particles_perturbed.star"
+TRUE_MAP = "true_map.mrc"
+TRUE_MAP_B = "true_map_b.mrc"
+TRUTH = "truth.npz"
+JSON = "simulation.json"
+
+N_CALIBRATION = 128  # projections used to measure the signal variance for the noise level
+
+
+# --------------------------------------------------------------------------------------------
+# model
+
+
+def _kabsch(mobile: np.ndarray, target: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Rotation R (3×3) minimising Σ w |R·mobile − target|² (both already centred)."""
+    H = (mobile * w[:, None]).T @ target
+    U, _, Vt = np.linalg.svd(H)
+    d = np.sign(np.linalg.det(Vt.T @ U.T))
+    return Vt.T @ np.diag([1.0, 1.0, d]) @ U.T
+
+
+def load_model(model: Union[str, Path] = "builtin:adk-closed", model_b: Union[str, Path, None] = None,
+               atom_sigma_A: float = 1.2, b_factor: float = 30.0) -> dict:
+    """Atoms → GMM parameters, centred at the centre of mass.
+
+    Returns ``{"coords_a": (n,3) Å, "coords_b": (n,3) Å or None, "amplitudes": (n,),
+    "sigmas": (n,) Å, "elements": (n,), "center_of_mass_A": (3,), "center_of_mass_b_A": (3,) or None}``.
+    """
+    path_a = resolve_model(model)
+    xyz_a, el = read_atoms(path_a)
+    mass = atomic_masses(el)
+    com_a = (xyz_a * mass[:, None]).sum(0) / mass.sum()
+    coords_a = xyz_a - com_a
+    coords_b = com_b = None
+    if model_b is not None:
+        path_b = resolve_model(model_b)
+        xyz_b, el_b = read_atoms(path_b)
+        if len(xyz_b) != len(xyz_a):
+            raise InputError(f"model B has {len(xyz_b)} atoms, model A has {len(xyz_a)}: they must match "
+                             "atom for atom", path=path_b)
+        if np.any(el_b != el):
+            raise InputError("model B's elements differ from model A's (atom order must be identical)",
+                             path=path_b)
+        com_b = (xyz_b * mass[:, None]).sum(0) / mass.sum()
+        R = _kabsch(xyz_b - com_b, coords_a, mass)
+        coords_b = (xyz_b - com_b) @ R.T
+    sigma = math.sqrt(atom_sigma_A ** 2 + max(b_factor, 0.0) / (8.0 * math.pi ** 2))
+    return {"coords_a": coords_a, "coords_b": coords_b, "amplitudes": atomic_numbers(el),
+            "sigmas": np.full(len(el), sigma), "elements": el, "center_of_mass_A": com_a,
+            "center_of_mass_b_A": com_b}
+
+
+def morph(coords_a: np.ndarray, coords_b: Optional[np.ndarray], t: float) -> np.ndarray:
+    """Linear morph A + t(B − A) (A itself when there is no B)."""
+    if coords_b is None:
+        return coords_a
+    return coords_a + float(t) * (coords_b - coords_a)
+
+
+def model_gmm(model: dict, t: float = 0.0):
+    """The GMM of a model (from :func:`load_model`) at conformation t."""
+    from .gmm.model import GMM
+
+    return GMM(morph(model["coords_a"], model["coords_b"], t), model["amplitudes"], model["sigmas"])
+
+
+# --------------------------------------------------------------------------------------------
+# images
+
+
+def clean_particles(model: dict, rotations: np.ndarray, origins_A: np.ndarray, ctf: Optional[CTFParams],
+                    apix: float, box: int, conformation: Optional[np.ndarray] = None) -> np.ndarray:
+    """Noise-free particle images (k, box, box) float32: projection at pose, times the CTF (if given).
+
+    ``conformation`` (k,) morph parameter per particle (ignored without a model B).
+    """
+    from .ctf import apply_ctf
+    from .gmm.kernels import project_images
+
+    rotations = np.asarray(rotations, np.float64).reshape(-1, 3, 3)
+    origins_A = np.asarray(origins_A, np.float64).reshape(-1, 2)
+    k = len(rotations)
+    if model["coords_b"] is None or conformation is None:
+        t0 = 0.0 if conformation is None or model["coords_b"] is None else float(np.ravel(conformation)[0])
+        imgs = project_images(model_gmm(model, t0), rotations, origins_A, apix, box)
+    else:
+        conf = np.broadcast_to(np.asarray(conformation, np.float64), (k,))
+        imgs = np.empty((k, box, box), np.float32)
+        # Particles sharing a conformation are projected together; otherwise one at a time.
+        for t in np.unique(conf):
+            idx = np.flatnonzero(conf == t)
+            imgs[idx] = project_images(model_gmm(model, t), rotations[idx], origins_A[idx], apix, box)
+    if ctf is not None:
+        imgs = apply_ctf(imgs, ctf, apix)
+    return np.asarray(imgs, np.float32)
+
+
+def particle_mask(box: int, radius_px: float) -> np.ndarray:
+    """Disc (box, box) bool of radius ``radius_px`` about the box centre (index box//2)."""
+    y, x = np.mgrid[:box, :box] - box // 2
+    return (x * x + y * y) <= radius_px * radius_px
+
+
+def signal_variance(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-image variance of the pixels inside ``mask``."""
+    return np.asarray(images)[:, mask].var(axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# truth
+
+
+def _draw_truth(n: int, box: int, apix: float, rng: np.random.Generator, *, defocus_range, astigmatism,
+                voltage, cs, amp_contrast, max_origin_px, perturb_angle_deg, perturb_shift_px,
+                optics_groups, has_b, conformation) -> dict:
+    rotations = random_rotations(n, rng)
+    r = max_origin_px * np.sqrt(rng.uniform(size=n))
+    phi = rng.uniform(0, 2 * np.pi, size=n)
+    origins_A = np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1) * apix
+    half = np.where(np.arange(n) < (n + 1) // 2, 1, 2).astype(np.int8)
+    rng.shuffle(half)
+    dmean = rng.uniform(defocus_range[0], defocus_range[1], size=n)
+    astig = rng.uniform(0.0, astigmatism, size=n)
+    dang = rng.uniform(0.0, 180.0, size=n)
+    group = (rng.permutation(n) % optics_groups + 1).astype(np.int32)
+    g0 = group - 1
+    ctf = CTFParams(defocus_u=dmean + astig / 2, defocus_v=dmean - astig / 2, defocus_angle=dang,
+                    voltage=np.full(n, float(voltage)), cs=cs + 0.1 * g0,
+                    amp_contrast=np.clip(amp_contrast + 0.01 * g0, 0.0, 0.5), phase_shift=np.zeros(n),
+                    bfactor=np.zeros(n))
+    if has_b:
+        conf = rng.uniform(0.0, 1.0, size=n) if conformation is None else np.full(n, float(conformation))
+    else:
+        conf = np.zeros(n)
+    rot_p = perturb_rotations(rotations, perturb_angle_deg, rng)
+    psi = rng.uniform(0, 2 * np.pi, size=n)
+    origins_p = origins_A + perturb_shift_px * apix * np.stack([np.cos(psi), np.sin(psi)], axis=1)
+    return {"rotations": rotations, "origins_A": origins_A, "half": half, "optics_group": group, "ctf": ctf,
+            "conformation": conf, "rotations_perturbed": rot_p, "origins_perturbed_A": origins_p}
+
+
+def _table(truth: dict, rotations, origins, apix: float, box: int, stack_name: str, out_dir: Path):
+    n = len(rotations)
+    names = np.array([f"{i + 1:06d}@{stack_name}" for i in range(n)])
+    return ParticleTable(image_name=names, rotation=np.asarray(rotations, np.float64),
+                         origin=np.asarray(origins, np.float64), half=truth["half"].copy(),
+                         optics_group=truth["optics_group"].copy(), apix=np.full(n, float(apix)),
+                         image_size=np.full(n, int(box), np.int32), ctf=truth["ctf"], phase_flipped=False,
+                         image_root=str(out_dir), source="gmmcore simulate",
+                         meta={"format": "relion", "simulated": True})
+
+
+# --------------------------------------------------------------------------------------------
+# the dataset
+
+
+def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_particles: int = 1000,
+                     box: int = 64, apix: float = 1.5, snr: Optional[float] = 0.05,
+                     defocus_range: Tuple[float, float] = (10000.0, 25000.0), astigmatism: float = 500.0,
+                     voltage: float = 300.0, cs: float = 2.7, amp_contrast: float = 0.1,
+                     b_factor: float = 30.0, atom_sigma_A: float = 1.2, perturb_angle_deg: float = 3.0,
+                     perturb_shift_px: float = 1.0, max_origin_px: float = 2.0, seed: int = 0,
+                     model_b: Union[str, Path, None] = None, conformation: Optional[float] = None,
+                     optics_groups: int = 1, chunk: Optional[int] = None, show_progress: bool = True) -> dict:
+    """Simulate a dataset in ``out_dir`` (see the module docstring). Returns paths and truth arrays:
+
+    ``{"out_dir", "stack", "true_star", "perturbed_star", "true_map", "true_map_b" (or None),
+    "truth", "json"`` (paths) ``, "n_particles", "box", "apix", "snr", "noise_sigma",
+    "signal_variance", "mask_radius_px", "rotations", "origins_A", "rotations_perturbed",
+    "origins_perturbed_A", "conformation", "half", "optics_group", "ctf" (CTFParams), "seed"}``.
+    """
+    from .gmm.kernels import render_map
+    from .io.maps import write_map
+    from .io.stacks import StackWriter
+    from .io.star import write_star
+
+    t_start = time.time()
+    n = int(n_particles)
+    box = int(box)
+    apix = float(apix)
+    _validate(n, box, apix, snr, defocus_range, astigmatism, optics_groups, conformation, model_b,
+              perturb_angle_deg, perturb_shift_px, max_origin_px)
+    mdl = load_model(model, model_b, atom_sigma_A, b_factor)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    has_b = mdl["coords_b"] is not None
+
+    # Model extent → particle disc (for the SNR) and a warning when it does not fit in the box.
+    radii = np.linalg.norm(mdl["coords_a"], axis=1)
+    if has_b:
+        radii = np.maximum(radii, np.linalg.norm(mdl["coords_b"], axis=1))
+    sigma_A = float(mdl["sigmas"][0])
+    mask_radius_px = min((radii.max() + 2 * sigma_A) / apix, box / 2.0 - 1)
+    warnings = []
+    if radii.max() + max_origin_px * apix > box * apix / 2:
+        warnings.append(f"the model (radius {radii.max():.1f} Å) does not fit in the box "
+                        f"({box * apix / 2:.1f} Å half-width): projections are cut at the edges")
+    for w in warnings:
+        print(f"gmmcore simulate: warning: {w}", file=sys.stderr)
+
+    rng = np.random.default_rng(seed)
+    truth = _draw_truth(n, box, apix, rng, defocus_range=defocus_range, astigmatism=astigmatism, voltage=voltage,
+                        cs=cs, amp_contrast=amp_contrast, max_origin_px=max_origin_px,
+                        perturb_angle_deg=perturb_angle_deg, perturb_shift_px=perturb_shift_px,
+                        optics_groups=optics_groups, has_b=has_b, conformation=conformation)
+
+    # Noise level from a calibration set (its own random stream; same distributions as the data).
+    mask = particle_mask(box, mask_radius_px)
+    cal_rng = np.random.default_rng([int(seed), 1])
+    cal = _draw_truth(N_CALIBRATION, box, apix, cal_rng, defocus_range=defocus_range, astigmatism=astigmatism,
+                      voltage=voltage, cs=cs, amp_contrast=amp_contrast, max_origin_px=max_origin_px,
+                      perturb_angle_deg=0.0, perturb_shift_px=0.0, optics_groups=optics_groups, has_b=has_b,
+                      conformation=conformation)
+    cal_imgs = clean_particles(mdl, cal["rotations"], cal["origins_A"], cal["ctf"], apix, box,
+                               cal["conformation"] if has_b else None)
+    sig_var = float(signal_variance(cal_imgs, mask).mean())
+    del cal_imgs
+    noise_sigma = 0.0 if snr is None else math.sqrt(sig_var / float(snr))
+
+    # Particles, streamed.
+    if chunk is None:
+        chunk = int(np.clip(2 ** 22 // (box * box), 16, 1024))  # ≈ 16 MB of float32 per chunk
+    noise_rng = np.random.default_rng([int(seed), 2])
+    stack_path = out_dir / STACK_NAME
+    bar = progress(total=n, desc="simulate", unit="particle") if show_progress else None
+    with StackWriter(stack_path, box=box, apix=apix, n=n) as writer:
+        for i0 in range(0, n, chunk):
+            sl = slice(i0, min(n, i0 + chunk))
+            imgs = clean_particles(mdl, truth["rotations"][sl], truth["origins_A"][sl], truth["ctf"].subset(sl),
+                                   apix, box, truth["conformation"][sl] if has_b else None)
+            if noise_sigma > 0:
+                imgs += (noise_sigma * noise_rng.standard_normal(imgs.shape)).astype(np.float32)
+            writer.append(imgs)
+            if bar is not None:
+                bar.update(len(imgs))
+    if bar is not None:
+        bar.close()
+
+    # Maps.
+    map_t = 0.0 if (not has_b or conformation is None) else float(conformation)
+    write_map(out_dir / TRUE_MAP, render_map(model_gmm(mdl, map_t), box, apix), apix)
+    map_b = None
+    if has_b and conformation is None:
+        map_b = out_dir / TRUE_MAP_B
+        write_map(map_b, render_map(model_gmm(mdl, 1.0), box, apix), apix)
+
+    # Star files.
+    true_tab = _table(truth, truth["rotations"], truth["origins_A"], apix, box, STACK_NAME, out_dir)
+    pert_tab = _table(truth, truth["rotations_perturbed"], truth["origins_perturbed_A"], apix, box, STACK_NAME,
+                      out_dir)
+    write_star(true_tab, out_dir / TRUE_STAR)
+    write_star(pert_tab, out_dir / PERTURBED_STAR)
+
+    # Truth and parameters.
+    ctf = truth["ctf"]
+    with atomic_path(out_dir / TRUTH) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, rotations=truth["rotations"], origins_A=truth["origins_A"],
+                     conformation=truth["conformation"], rotations_perturbed=truth["rotations_perturbed"],
+                     origins_perturbed_A=truth["origins_perturbed_A"], half=truth["half"],
+                     optics_group=truth["optics_group"], defocus_u=ctf.defocus_u, defocus_v=ctf.defocus_v,
+                     defocus_angle=ctf.defocus_angle, cs=ctf.cs, amp_contrast=ctf.amp_contrast)
+    params = {
+        "model": str(model), "model_b": None if model_b is None else str(model_b),
+        "conformation": conformation, "n_particles": n, "box": box, "apix": apix, "snr": snr,
+        "defocus_range": [float(defocus_range[0]), float(defocus_range[1])], "astigmatism": float(astigmatism),
+        "voltage": float(voltage), "cs": float(cs), "amp_contrast": float(amp_contrast),
+        "b_factor": float(b_factor), "atom_sigma_A": float(atom_sigma_A), "perturb_angle_deg": float(perturb_angle_deg),
+        "perturb_shift_px": float(perturb_shift_px), "max_origin_px": float(max_origin_px), "seed": int(seed),
+        "optics_groups": int(optics_groups),
+    }
+    summary = {
+        "gmmcore_version": __version__, "params": params,
+        "n_atoms": int(len(mdl["amplitudes"])), "gaussian_sigma_A": sigma_A,
+        "center_of_mass_A": mdl["center_of_mass_A"],
+        "center_of_mass_b_A": mdl["center_of_mass_b_A"],
+        "noise_sigma": noise_sigma, "signal_variance": sig_var, "mask_radius_px": float(mask_radius_px),
+        "snr_definition": "variance of the CTF-corrupted signal inside a disc of mask_radius_px about the box "
+                          "centre / noise variance",
+        "per_half": {"1": int((truth["half"] == 1).sum()), "2": int((truth["half"] == 2).sum())},
+        "per_optics_group": {str(g): int((truth["optics_group"] == g).sum()) for g in range(1, optics_groups + 1)},
+        "phase_flipped": False, "warnings": warnings,
+        "files": {"stack": STACK_NAME, "true_star": TRUE_STAR, "perturbed_star": PERTURBED_STAR,
+                  "true_map": TRUE_MAP, "true_map_b": None if map_b is None else TRUE_MAP_B, "truth": TRUTH},
+        "seconds": round(time.time() - t_start, 3),
+    }
+    write_json(out_dir / JSON, summary)
+
+    return {
+        "out_dir": out_dir, "stack": stack_path, "true_star": out_dir / TRUE_STAR,
+        "perturbed_star": out_dir / PERTURBED_STAR, "true_map": out_dir / TRUE_MAP, "true_map_b": map_b,
+        "truth": out_dir / TRUTH, "json": out_dir / JSON, "n_particles": n, "box": box, "apix": apix,
+        "snr": snr, "noise_sigma": noise_sigma, "signal_variance": sig_var, "mask_radius_px": float(mask_radius_px),
+        "rotations": truth["rotations"], "origins_A": truth["origins_A"],
+        "rotations_perturbed": truth["rotations_perturbed"], "origins_perturbed_A": truth["origins_perturbed_A"],
+        "conformation": truth["conformation"], "half": truth["half"], "optics_group": truth["optics_group"],
+        "ctf": truth["ctf"], "seed": int(seed), "model": mdl,
+    }
+
+
+def _validate(n, box, apix, snr, defocus_range, astigmatism, optics_groups, conformation, model_b,
+              perturb_angle_deg, perturb_shift_px, max_origin_px) -> None:
+    if n < 1:
+        raise InputError(f"the number of particles must be ≥ 1 (got {n})", field="n")
+    if box < 16:
+        raise InputError(f"the box must be at least 16 pixels (got {box})", field="box")
+    if not apix > 0:
+        raise InputError(f"the pixel size must be > 0 (got {apix})", field="apix")
+    if snr is not None and not snr > 0:
+        raise InputError(f"the SNR must be > 0 (got {snr})", field="snr")
+    lo, hi = defocus_range
+    if not (0 <= lo <= hi):
+        raise InputError(f"bad defocus range {lo}..{hi} Å (need 0 ≤ min ≤ max)", field="defocus")
+    if not 0 <= astigmatism <= 2 * lo:
+        raise InputError(f"astigmatism must be in [0, 2·defocus_min] (got {astigmatism} Å)", field="astigmatism")
+    if optics_groups < 1:
+        raise InputError(f"optics groups must be ≥ 1 (got {optics_groups})", field="optics_groups")
+    if conformation is not None and not 0.0 <= float(conformation) <= 1.0:
+        raise InputError(f"the conformation must be in [0, 1] (got {conformation})", field="conformation")
+    for name, v in (("perturb_angle", perturb_angle_deg), ("perturb_shift", perturb_shift_px),
+                    ("max_origin", max_origin_px)):
+        if v < 0:
+            raise InputError(f"{name} must be ≥ 0 (got {v})", field=name)
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.add_argument("--model", default="builtin:adk-closed",
+                   help="atomic model: a PDB file, builtin:adk-closed or builtin:adk-open")
+    p.add_argument("--model-b", default=None,
+                   help="second model with the same atoms (e.g. builtin:adk-open): particles are linear morphs "
+                        "A + t(B−A), t uniform in [0, 1] (or --conformation)")
+    p.add_argument("--conformation", type=float, default=None, help="fixed morph parameter t in [0, 1]")
+    p.add_argument("--n", type=int, default=1000, help="number of particles")
+    p.add_argument("--box", type=int, default=64, help="box size (pixels)")
+    p.add_argument("--apix", type=float, default=1.5, help="pixel size (Å)")
+    p.add_argument("--snr", type=float, default=0.05,
+                   help="signal variance (inside the particle) / noise variance; 0 = no noise")
+    p.add_argument("--defocus-min", type=float, default=10000.0, help="smallest mean defocus (Å)")
+    p.add_argument("--defocus-max", type=float, default=25000.0, help="largest mean defocus (Å)")
+    p.add_argument("--astigmatism", type=float, default=500.0, help="largest |dU − dV| (Å)")
+    p.add_argument("--voltage", type=float, default=300.0, help="voltage (kV)")
+    p.add_argument("--cs", type=float, default=2.7, help="spherical aberration (mm)")
+    p.add_argument("--amp-contrast", type=float, default=0.1, help="amplitude contrast")
+    p.add_argument("--b-factor", type=float, default=30.0, help="map blur (Å²) added to the atom widths")
+    p.add_argument("--perturb-angle", type=float, default=3.0,
+                   help="rotation error of the perturbed poses (degrees, exact, random axis)")
+    p.add_argument("--perturb-shift", type=float, default=1.0,
+                   help="origin error of the perturbed poses (pixels, exact, random direction)")
+    p.add_argument("--max-origin", type=float, default=2.0, help="largest true origin (pixels)")
+    p.add_argument("--optics-groups", type=int, default=1, help="number of optics groups")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    with OutputGuard(args.out):
+        res = simulate_dataset(
+            args.out, model=args.model, n_particles=args.n, box=args.box, apix=args.apix,
+            snr=None if args.snr == 0 else args.snr, defocus_range=(args.defocus_min, args.defocus_max),
+            astigmatism=args.astigmatism, voltage=args.voltage, cs=args.cs, amp_contrast=args.amp_contrast,
+            b_factor=args.b_factor, perturb_angle_deg=args.perturb_angle, perturb_shift_px=args.perturb_shift,
+            max_origin_px=args.max_origin, seed=args.seed, model_b=args.model_b, conformation=args.conformation,
+            optics_groups=args.optics_groups)
+    print(f"simulated {res['n_particles']} particles ({res['box']} px, {res['apix']} Å/px, SNR {res['snr']}) "
+          f"in {args.out}: {STACK_NAME}, {TRUE_STAR}, {PERTURBED_STAR}, {TRUE_MAP}, {TRUTH}, {JSON}")
+    return 0
