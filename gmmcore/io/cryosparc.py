@@ -31,7 +31,15 @@ def load_cs(path) -> np.ndarray:
         raise InputError("not a file", path=path)
     try:
         with open(path, "rb") as f:
+            magic = f.read(6)
+            f.seek(0)
+            if magic != b"\x93NUMPY":
+                hint = (" (this looks like cryoSPARC's newer compressed dataset format; save it with "
+                        "cryosparc-tools as a NumPy .cs)") if magic.endswith(b"CSDAT") else ""
+                raise InputError("not a cryoSPARC .cs file (NumPy structured array)" + hint, path=path)
             arr = np.load(f, allow_pickle=False)
+    except InputError:
+        raise
     except ValueError as exc:
         msg = str(exc)
         if "pickle" in msg.lower():

@@ -1,0 +1,171 @@
+"""Image names, stack path resolution, streamed image reading, StackWriter, maps."""
+from __future__ import annotations
+
+import os
+
+import mrcfile
+import numpy as np
+import pytest
+
+from gmmcore.errors import InputError
+from gmmcore.io.maps import read_map, write_map
+from gmmcore.io.stacks import (StackWriter, iter_images, match_image_names, parse_image_name,
+                               resolve_stack_path)
+from gmmcore.io.star import read_star
+from tests.test_star import random_particles, star31_text, write_stacks
+
+
+def test_parse_image_name():
+    assert parse_image_name("12@path/a.mrcs") == (11, "path/a.mrcs")
+    assert parse_image_name("000001@/abs/b.mrcs") == (0, "/abs/b.mrcs")
+    assert parse_image_name("single.mrc") == (0, "single.mrc")
+    with pytest.raises(InputError, match="rlnImageName"):
+        parse_image_name("x@a.mrcs")
+    with pytest.raises(InputError):
+        parse_image_name("0@a.mrcs")
+
+
+def test_resolve_stack_path_order(tmp_path, monkeypatch):
+    star_dir = tmp_path / "Refine3D" / "job001"
+    star_dir.mkdir(parents=True)
+    root = tmp_path / "root"
+    (root / "Extract").mkdir(parents=True)
+    (tmp_path / "Extract").mkdir()
+    for d in (root / "Extract", tmp_path / "Extract"):
+        (d / "a.mrcs").write_bytes(b"x")
+    monkeypatch.chdir(star_dir)
+    # image_root first
+    assert resolve_stack_path("Extract/a.mrcs", star_dir, root) == str((root / "Extract/a.mrcs").resolve())
+    # RELION project folder two levels above the star
+    assert resolve_stack_path("Extract/a.mrcs", star_dir, None) == str((tmp_path / "Extract/a.mrcs").resolve())
+    # absolute as is; cryoSPARC '>' ignored
+    absolute = str((root / "Extract/a.mrcs").resolve())
+    assert resolve_stack_path(">" + absolute, star_dir, None) == absolute
+    with pytest.raises(InputError) as e:
+        resolve_stack_path("Nope/b.mrcs", star_dir, None, source="/data/run.star")
+    assert "/data/run.star" in str(e.value) and "rlnImageName" in str(e.value) and "Nope/b.mrcs" in str(e.value)
+
+
+def _table_with_stacks(tmp_path, n=23, n_stack=3, seed=0):
+    P = random_particles(n=n, seed=seed, n_stack=n_stack)
+    imgs = write_stacks(tmp_path, P)
+    f = tmp_path / "p.star"
+    f.write_text(star31_text(P))
+    return read_star(f), imgs
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7, 1000])
+def test_iter_images_streams_all(tmp_path, chunk):
+    t, imgs = _table_with_stacks(tmp_path)
+    seen = np.zeros(len(t), int)
+    for rows, block in iter_images(t, chunk=chunk):
+        assert block.dtype == np.float32 and block.shape[0] == rows.size <= chunk
+        np.testing.assert_array_equal(block, imgs[rows])
+        seen[rows] += 1
+    assert (seen == 1).all()
+
+
+def test_iter_images_subset(tmp_path):
+    t, imgs = _table_with_stacks(tmp_path)
+    idx = np.array([20, 3, 5, 11])
+    got = {}
+    for rows, block in iter_images(t, indices=idx, chunk=3):
+        for r, b in zip(rows, block):
+            got[int(r)] = b
+    assert sorted(got) == sorted(idx.tolist())
+    for r in idx:
+        np.testing.assert_array_equal(got[r], imgs[r])
+
+
+def test_iter_images_wrong_size(tmp_path):
+    t, _ = _table_with_stacks(tmp_path)
+    t.image_size[:] = 20
+    with pytest.raises(InputError, match="rlnImageSize"):
+        next(iter_images(t))
+
+
+def test_iter_images_index_out_of_range(tmp_path):
+    t, _ = _table_with_stacks(tmp_path, n=6, n_stack=1)
+    t.image_name[2] = "000099@stack0.mrcs"
+    with pytest.raises(InputError, match="image 99"):
+        list(iter_images(t))
+
+
+@pytest.mark.parametrize("known_n", [True, False])
+def test_stack_writer(tmp_path, known_n):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 10, 10)).astype(np.float32)
+    out = tmp_path / "s.mrcs"
+    with StackWriter(out, 10, 1.7, n=9 if known_n else None) as w:
+        if known_n:
+            w.write([8, 0, 4], x[[8, 0, 4]])
+            w.write([1, 2, 3, 5, 6, 7], x[[1, 2, 3, 5, 6, 7]])
+        else:
+            w.write(x[:4])
+            w.append(x[4:])
+        assert not out.exists()  # appears only when closed
+    assert os.listdir(tmp_path) == ["s.mrcs"]
+    with mrcfile.open(out) as m:
+        np.testing.assert_array_equal(m.data, x)
+        assert m.is_image_stack()
+        assert m.voxel_size.x == pytest.approx(1.7)
+        assert float(m.header.dmean) == pytest.approx(float(x.mean()), abs=1e-6)
+        assert float(m.header.dmax) == pytest.approx(float(x.max()))
+
+
+def test_stack_writer_abort_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with StackWriter(tmp_path / "s.mrcs", 8, 1.0, n=4) as w:
+            w.write([0], np.zeros((1, 8, 8)))
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+
+
+def test_match_image_names():
+    ref = [(0, "J1/a.mrc"), (1, "J1/a.mrc"), (0, "J1/b.mrc")]
+    names = [(0, "/proj/J1/b.mrc"), (1, "J1/a.mrc"), (0, ">J1/a.mrc")]
+    np.testing.assert_array_equal(match_image_names(names, ref), [2, 1, 0])
+    assert match_image_names([(5, "J1/a.mrc")], ref) is None
+
+
+def test_map_round_trip_and_header(tmp_path):
+    rng = np.random.default_rng(1)
+    vol = rng.normal(size=(12, 10, 8)).astype(np.float32)
+    f = tmp_path / "m.mrc"
+    write_map(f, vol, 1.25)
+    back, apix = read_map(f)
+    np.testing.assert_array_equal(back, vol)
+    assert apix == pytest.approx(1.25)
+    with mrcfile.open(f) as m:
+        assert m.is_volume() and m.header.mode == 2
+        assert (m.header.nxstart, m.header.nystart, m.header.nzstart) == (0, 0, 0)
+        assert float(m.header.origin.x) == 0.0
+        assert float(m.header.dmean) == pytest.approx(float(vol.mean()), abs=1e-6)
+    assert os.listdir(tmp_path) == ["m.mrc"]
+
+
+def test_read_map_transposes_axis_order(tmp_path):
+    rng = np.random.default_rng(2)
+    vol = rng.normal(size=(6, 5, 4)).astype(np.float32)  # [z, y, x]
+    f = tmp_path / "swapped.mrc"
+    # stored with columns = z, rows = y, sections = x
+    with mrcfile.new(str(f)) as m:
+        m.set_data(np.ascontiguousarray(vol.transpose(2, 1, 0)))
+        m.header.mapc, m.header.mapr, m.header.maps = 3, 2, 1
+        m.voxel_size = 2.0
+    back, apix = read_map(f)
+    np.testing.assert_array_equal(back, vol)
+
+
+@pytest.mark.filterwarnings("ignore:Data array contains NaN")
+def test_read_map_errors(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        read_map(tmp_path / "none.mrc")
+    f = tmp_path / "nan.mrc"
+    v = np.zeros((4, 4, 4), np.float32)
+    v[1, 2, 3] = np.nan
+    with mrcfile.new(str(f)) as m:
+        m.set_data(v)
+        m.voxel_size = 1.0
+    with pytest.raises(InputError, match="NaN"):
+        read_map(f)
