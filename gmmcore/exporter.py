@@ -65,6 +65,12 @@ def export(particles, fmt: str, out, reference=None) -> Path:
         rows = _star_reference_rows(table, ref, reference)
         ref = ref.subset(rows)
         ref.cs_records = None
+        # cryoSPARC paths are relative to its project folder: make them absolute when the stacks exist
+        from .io.stacks import resolved_image_names
+        try:
+            ref.image_name = resolved_image_names(ref)
+        except InputError:
+            pass
     else:
         ref = read_star(reference)
         rows = _star_reference_rows(table, ref, reference)

@@ -91,7 +91,7 @@ def run(args) -> int:
     from .progress import progress
 
     if args.chunk < 1:
-        raise InputError("--chunk must be at least 1", field="--chunk")
+        raise InputError("must be at least 1", field="--chunk")
     table = read_input(args)
     n = len(table)
     if n == 0:

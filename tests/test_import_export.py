@@ -186,6 +186,16 @@ def test_import_cs_then_export_cs_with_reference(tmp_path):
     tb = read_cs(exp_cs)
     assert_same_rotations(tb.rotation, R, tol=2e-6)
     np.testing.assert_allclose(tb.origin, o, atol=5e-6)
+    # the same refined particles as a RELION star of the original (unflipped) cryoSPARC stacks
+    exp_star = tmp_path / "exported.star"
+    assert cli("export", "--particles", refined, "--format", "relion", "--reference", cs, "--out", exp_star) == 0
+    ts = read_star(exp_star)
+    assert not ts.phase_flipped
+    assert ts.image_name[1] == f"000001@{(cs.parent.parent / 'J12/extract/stack1.mrcs').resolve()}"
+    assert_same_rotations(ts.rotation, R)
+    np.testing.assert_allclose(ts.origin, o, atol=1e-6)
+    for rows, block in iter_images(ts, chunk=4):
+        np.testing.assert_array_equal(block, imgs[rows])
 
 
 def test_export_relion_with_reference_restores_original_names(tmp_path):

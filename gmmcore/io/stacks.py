@@ -108,8 +108,11 @@ def resolved_image_names(table) -> np.ndarray:
     star_dir, root = _table_dirs(table)
     cache: Dict[str, str] = {}
     out = []
-    for name in table.image_name:
-        i, p = parse_image_name(name)
+    for r, name in enumerate(table.image_name):
+        try:
+            i, p = parse_image_name(name)
+        except InputError as exc:
+            raise InputError(f"row {r + 1}: {exc.message}", path=table.source or None, field=exc.field) from None
         if p not in cache:
             cache[p] = resolve_stack_path(p, star_dir, root, source=table.source or None)
         out.append(format_image_name(i, cache[p]))
@@ -157,7 +160,10 @@ def iter_images(table, indices=None, chunk: int = 20000) -> Iterator[Tuple[np.nd
     index0 = np.empty(rows.size, dtype=np.int64)
     pid = np.empty(rows.size, dtype=np.int64)
     for j, r in enumerate(rows):
-        i, p = parse_image_name(table.image_name[r])
+        try:
+            i, p = parse_image_name(table.image_name[r])
+        except InputError as exc:
+            raise InputError(f"row {r + 1}: {exc.message}", path=src, field=exc.field) from None
         k = path_ids.get(p)
         if k is None:
             k = path_ids[p] = len(paths)

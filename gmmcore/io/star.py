@@ -160,8 +160,11 @@ def read_star(path, image_root=None, apix: Optional[float] = None) -> ParticleTa
     root = str(image_root) if image_root is not None else star_dir
 
     names = parts["rlnImageName"].astype(str).to_numpy(dtype=object)
-    for nm in names[:1]:
-        parse_image_name(nm)
+    for r, nm in enumerate(names[:1]):
+        try:
+            parse_image_name(nm)
+        except InputError as exc:
+            raise InputError(f"row {r + 1}: {exc.message}", path=path, field=exc.field) from None
     rot = _finite(_col(parts, "rlnAngleRot", path, pname), "rlnAngleRot", path)
     tilt = _finite(_col(parts, "rlnAngleTilt", path, pname), "rlnAngleTilt", path)
     psi = _finite(_col(parts, "rlnAnglePsi", path, pname), "rlnAnglePsi", path)
