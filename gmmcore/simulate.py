@@ -283,7 +283,7 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
     noise_rng = np.random.default_rng([int(seed), 2])
     stack_path = out_dir / STACK_NAME
     bar = progress(total=n, desc="simulate", unit="particle") if show_progress else None
-    with StackWriter(stack_path, box=box, apix=apix, n=n) as writer:
+    with StackWriter(stack_path, box=box, apix=apix) as writer:  # append mode: no memory map
         for i0 in range(0, n, chunk):
             sl = slice(i0, min(n, i0 + chunk))
             imgs = clean_particles(mdl, truth["rotations"][sl], truth["origins_A"][sl], truth["ctf"].subset(sl),
