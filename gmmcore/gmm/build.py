@@ -1,0 +1,562 @@
+"""Building a GMM from one half map: seeding, choosing N, fitting (and the ``build-gmm`` verb).
+
+The refinement driver calls :func:`build_gmm` once per half map; nothing here looks at the other
+half (one map in, one GMM out).
+
+Coordinates: Å relative to the box centre (index n//2 on every axis); x = column, y = row,
+z = section — the convention of :mod:`gmmcore.gmm.model`.  Maps are indexed [z, y, x] and hold
+mass per voxel (as :func:`kernels.render_map` writes them), so the map's transform
+``rfftn(ifftshift(map))`` sampled at k/L equals the GMM's continuous transform
+Σ a·exp(−2π²σ²|s|²)·exp(−2πi s·c) — amplitudes of a fitted GMM are masses in map units.
+
+Rules (each a documented default, all overridable):
+
+* **Threshold** (:func:`auto_threshold`): background b = median of the map, noise σ_n =
+  1.4826·MAD.  ``t = max(b + 3σ_n, t_mass)``, where ``t_mass`` is the value such that the voxels
+  above it hold ``mass_fraction`` (0.9) of the map's mass above b.  The first term keeps solvent
+  noise out of noisy maps; the second keeps faint tails out of clean maps.  Connected pieces of the
+  thresholded region holding < 1 % of its mass (noise specks) are then dropped.
+* **K-means seeds** (:func:`seed_kmeans`): coordinates of the voxels kept, weighted by
+  (value − b); scikit-learn ``KMeans`` (k-means++, one init, fixed ``random_state``), or
+  ``MiniBatchKMeans`` for large problems; at most ``max_points`` voxels (a uniform random subset,
+  fixed seed).
+* **Seeds from atoms** (:func:`seed_from_atoms`): one Gaussian per non-H atom, coordinates shifted
+  to the box-centre frame (origin ``(box//2)·apix`` — i.e. the model sits on the map as ChimeraX
+  shows a map with origin 0) and randomised by normal noise of σ = 0.187·resolution per axis
+  (√(2 ln 2)/(2π)·res): that noise multiplies the model's expected transform by
+  exp(−2π²σ²s²), which is 1/2 at s = 1/resolution — detail beyond the gold-standard resolution
+  is not carried into the seeds (the paper's randomisation at the "gold-standard" resolution).
+* **N** (:func:`estimate_n_gaussians`): the nearest-neighbour distance of the K-means seeds
+  should equal the target resolution (the paper's rule).  First guess from the kept volume V:
+  N₀ = V·(1.09/res)³ (a body-centred-cubic packing of spacing res — the optimal 3-D quantiser);
+  K-means at N₀ and at the power-law correction N₁ = N₀·(d₀/res)³; then N from the power law
+  d = C·N^b through the two measurements.  We use the *median* nearest-neighbour distance by
+  default (``statistic="mean"`` is the paper's literal rule): seeds caught on isolated noise blobs of
+  a half map have huge neighbour distances and drag the mean up (on clean maps the two agree to
+  within a few per cent in N).
+* **Fit** (:func:`fit_gmm`): all parameters against the map's 3-D transform, cropped to the target
+  resolution (kz, ky ∈ −kmax..kmax, kx ∈ 0..kmax, kmax = :func:`kernels.crop_size`/2), with
+  :func:`kernels.volume_ft`.  Loss = 1 − mean over shells minres → resolution (1-voxel shells, each
+  normalised on its own) of the map-vs-GMM FSC, + ``amp_weight`` (0.1) · Σ_r (‖G‖_r − ‖M‖_r)² / Σ_r ‖M‖²_r
+  over all shells 1..kmax — a power-spectrum match that pins amplitudes to the map's mass scale
+  (unbiased by phase errors, unlike ‖G − M‖²).  Shell sums are segment sums; voxels with kx > 0
+  count twice (they stand for their Hermitian mates).  Amplitude = a₀·softplus(u), width =
+  σ₀·softplus(w), u and w starting at softplus⁻¹(1), so both stay positive.  Start: width σ₀ =
+  ``sigma_factor``·resolution (0.3·res: the Gaussian envelope exp(−2π²σ²/res²) is 0.17 at the
+  resolution), amplitudes ∝ the map value at each seed, times the least-squares scale against the
+  map's transform.  Optimiser: Adam (in NumPy on TF gradients), ``iterations`` steps, centre step
+  ``lr_center``·resolution Å, amplitude/width steps ``lr_shape`` (relative), both decaying linearly
+  to 10 %; the best parameters met are returned.  Large grids are processed in z-slabs with a
+  two-pass gradient (shell sums first, then the gradient slab by slab), so memory stays bounded.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+from .model import GMM
+
+SIGMA_FACTOR = 0.3  # initial width / resolution
+ATOM_NOISE_FACTOR = math.sqrt(2.0 * math.log(2.0)) / (2.0 * math.pi)  # ≈ 0.187
+NN_PACKING = 1.09  # nearest-neighbour distance of a BCC packing / (volume per point)^(1/3)
+
+
+# --------------------------------------------------------------------------------------------
+# geometry helpers
+
+
+def _check_map(map_, name="map") -> np.ndarray:
+    m = np.asarray(map_, dtype=np.float32)
+    if m.ndim != 3 or len(set(m.shape)) != 1:
+        raise InputError(f"a cubic 3-D map is needed, got shape {m.shape}", field=name)
+    if not np.all(np.isfinite(m)):
+        raise InputError("map contains NaN or infinite values", field=name)
+    return m
+
+
+def voxel_coords_A(shape, apix: float, index: np.ndarray) -> np.ndarray:
+    """Flat voxel indices of a [z, y, x] array → (k, 3) coordinates (x, y, z) Å from the box centre."""
+    z, y, x = np.unravel_index(index, shape)
+    c = np.stack([x - shape[2] // 2, y - shape[1] // 2, z - shape[0] // 2], axis=1)
+    return c.astype(np.float64) * float(apix)
+
+
+def sample_map(map_, apix: float, centers_A: np.ndarray) -> np.ndarray:
+    """Map value at the voxel nearest each centre (0 outside the box)."""
+    n = np.array(map_.shape)
+    idx = np.rint(np.asarray(centers_A)[:, ::-1] / apix).astype(np.int64) + n // 2  # (z, y, x)
+    inside = np.all((idx >= 0) & (idx < n), axis=1)
+    out = np.zeros(len(idx), np.float32)
+    i = idx[inside]
+    out[inside] = map_[i[:, 0], i[:, 1], i[:, 2]]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# threshold and seeding
+
+
+def auto_threshold(map_, mass_fraction: float = 0.9, noise_sigmas: float = 3.0) -> Tuple[float, float]:
+    """(threshold, background) by the module's rule: max(b + 3σ_n, value holding 90 % of the mass above b)."""
+    v = np.asarray(map_, dtype=np.float64).ravel()
+    b = float(np.median(v))
+    noise = 1.4826 * float(np.median(np.abs(v - b)))
+    w = v[v > b] - b
+    if len(w) == 0 or w.sum() <= 0:
+        raise InputError("map is flat (no density above its median)", field="map")
+    w = np.sort(w)[::-1]
+    cum = np.cumsum(w)
+    i = int(np.searchsorted(cum, mass_fraction * cum[-1]))
+    t_mass = b + float(w[min(i, len(w) - 1)])
+    return max(b + noise_sigmas * noise, t_mass), b
+
+
+def _drop_specks(m, mask, background, fraction):
+    """Remove connected pieces of ``mask`` holding < ``fraction`` of its mass (noise specks)."""
+    from scipy import ndimage
+
+    lab, nlab = ndimage.label(mask)
+    if nlab <= 1:
+        return mask
+    mass = ndimage.sum(m - background, lab, index=np.arange(1, nlab + 1))
+    keep = np.concatenate([[False], mass >= fraction * mass.sum()])
+    if not keep.any():
+        return mask
+    return keep[lab]
+
+
+def _density_points(map_, apix, threshold, seed, max_points, min_component_fraction=0.01):
+    m = _check_map(map_)
+    if threshold is None:
+        threshold, background = auto_threshold(m)
+    else:
+        background = min(float(np.median(m)), float(threshold))
+    mask = m > threshold
+    if min_component_fraction > 0:
+        mask = _drop_specks(m, mask, background, min_component_fraction)
+    flat = m.ravel()
+    idx = np.flatnonzero(mask.ravel())
+    if len(idx) == 0:
+        raise InputError(f"no voxels above the threshold {threshold:g}", field="map")
+    if max_points and len(idx) > max_points:
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(idx, size=max_points, replace=False))
+    weights = flat[idx].astype(np.float64) - background
+    weights = np.maximum(weights, 1e-12 * max(weights.max(), 1e-30))
+    return voxel_coords_A(m.shape, apix, idx), weights, float(threshold)
+
+
+def _kmeans(points, weights, n, seed, max_iter=100):
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if n > len(points):
+        raise InputError(f"only {len(points)} voxels above the threshold for {n} Gaussians "
+                         "(lower the threshold or the number of Gaussians)", field="map")
+    if len(points) * n <= 3e8:
+        km = KMeans(n_clusters=n, init="k-means++", n_init=1, max_iter=max_iter, tol=1e-5, random_state=seed)
+    else:
+        km = MiniBatchKMeans(n_clusters=n, init="k-means++", n_init=1, max_iter=max_iter,
+                             batch_size=max(4096, 3 * n), random_state=seed, reassignment_ratio=0.0)
+    km.fit(points, sample_weight=weights)
+    return km.cluster_centers_.astype(np.float64)
+
+
+def seed_kmeans(map_, apix: float, n_gaussians: int, threshold: Optional[float] = None, seed: int = 0,
+                max_points: int = 200_000, max_iter: int = 100) -> np.ndarray:
+    """Amplitude-weighted K-means of the voxels above ``threshold`` (default :func:`auto_threshold`)
+    → centres (N, 3) Å from the box centre, x = column, y = row, z = section."""
+    n = int(n_gaussians)
+    if n < 1:
+        raise InputError("the number of Gaussians must be at least 1", field="n_gaussians")
+    pts, w, _ = _density_points(map_, apix, threshold, seed, max_points)
+    return _kmeans(pts, w, n, seed, max_iter)
+
+
+def seed_from_atoms(coords_A, resolution_A: float, seed: int = 0, origin_A=0.0) -> np.ndarray:
+    """One Gaussian per atom: ``coords_A − origin_A`` plus normal noise of σ = 0.187·resolution per
+    axis (see the module notes).  For a model in a map's frame pass ``origin_A = (box//2)·apix``."""
+    c = np.asarray(coords_A, dtype=np.float64).reshape(-1, 3)
+    if len(c) == 0:
+        raise InputError("no atoms to seed from", field="seed_model")
+    rng = np.random.default_rng(seed)
+    return c - np.asarray(origin_A, dtype=np.float64) + rng.normal(0.0, ATOM_NOISE_FACTOR * resolution_A, c.shape)
+
+
+def mean_nn_distance(centers: np.ndarray, statistic: str = "mean") -> float:
+    """Mean (or ``statistic="median"``) distance from each centre to its nearest neighbour (Å)."""
+    from scipy.spatial import cKDTree
+
+    c = np.asarray(centers, dtype=np.float64)
+    if len(c) < 2:
+        return float("inf")
+    d, _ = cKDTree(c).query(c, k=2)
+    return float(np.median(d[:, 1]) if statistic == "median" else np.mean(d[:, 1]))
+
+
+def estimate_n_gaussians(map_, apix: float, resolution_A: float, threshold: Optional[float] = None,
+                         seed: int = 0, n_min: int = 8, n_max: int = 100_000, max_points: int = 60_000,
+                         statistic: str = "median", return_details: bool = False):
+    """N such that the mean nearest-neighbour distance of the K-means seeds ≈ ``resolution_A``
+    (two K-means runs and a power-law interpolation; see the module notes)."""
+    if resolution_A <= 0:
+        raise InputError("resolution must be positive", field="resolution")
+    m = _check_map(map_)
+    if threshold is None:
+        threshold, _ = auto_threshold(m)
+    pts, w, _ = _density_points(m, apix, threshold, seed, 0)
+    volume = float(len(pts)) * apix**3
+    if max_points and len(pts) > max_points:
+        sel = np.sort(np.random.default_rng(seed).choice(len(pts), size=max_points, replace=False))
+        pts, w = pts[sel], w[sel]
+    nn = lambda c: mean_nn_distance(c, statistic)  # noqa: E731
+    cap = min(n_max, len(pts))
+    clamp = lambda n: int(min(max(round(n), n_min), cap))  # noqa: E731
+    n0 = clamp(volume * (NN_PACKING / resolution_A) ** 3)
+    d0 = nn(_kmeans(pts, w, n0, seed, max_iter=30))
+    n1 = clamp(n0 * (d0 / resolution_A) ** 3)
+    if n1 == n0:
+        n1 = clamp(n0 * 1.3) if d0 > resolution_A else clamp(n0 / 1.3)
+    tried = [(n0, d0)]
+    if n1 != n0:
+        d1 = nn(_kmeans(pts, w, n1, seed, max_iter=30))
+        tried.append((n1, d1))
+        b = math.log(d1 / d0) / math.log(n1 / n0) if d0 > 0 and d1 > 0 else -1.0 / 3.0
+        if not (-0.7 < b < -0.15):
+            b = -1.0 / 3.0
+        n_est = clamp(n1 * (resolution_A / d1) ** (1.0 / b))
+    else:
+        n_est = n0
+    if return_details:
+        return n_est, {"threshold": float(threshold), "volume_A3": volume, "nn_statistic": statistic,
+                       "tried": tried}
+    return n_est
+
+
+# --------------------------------------------------------------------------------------------
+# fitting
+
+
+class _FitProblem:
+    """The map's cropped 3-D transform, shell ids and weights, split in z-slabs.
+
+    Shells 1..kmax are summed (shell r has id r − 1); the FSC uses shells rmin..kmax, the power
+    term all of them (so the overall mass is pinned by the low shells too)."""
+
+    def __init__(self, map_, apix, resolution_A, minres_A, max_slab_elems):
+        from . import kernels
+
+        m = _check_map(map_)
+        n = m.shape[0]
+        self.box, self.apix = n, float(apix)
+        kmax = kernels.crop_size(n, apix, resolution_A) // 2
+        L = n * apix
+        rmin = max(1, int(math.ceil(L / minres_A))) if minres_A and minres_A > 0 else 1
+        rmin = min(rmin, kmax)
+        self.kmax, self.rmin, self.nshells = kmax, rmin, kmax  # nshells: all shells 1..kmax
+        k = np.arange(-kmax, kmax + 1)
+        kx = np.arange(0, kmax + 1)
+        ft = np.fft.rfftn(np.fft.ifftshift(m.astype(np.float64)))
+        rows = k % n
+        M = ft[rows][:, rows][:, :, : kmax + 1]
+        r = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)).astype(np.int64)
+        use = (r >= 1) & (r <= kmax)
+        shell = np.where(use, r - 1, kmax).astype(np.int32)  # unused voxels → dump bin kmax
+        wgt = np.where(kx[None, None, :] > 0, 2.0, 1.0) * use
+        self.s = (k / L).astype(np.float32)
+        self.sx = (kx / L).astype(np.float32)
+        mm = np.bincount(shell.ravel(), weights=(wgt * np.abs(M) ** 2).ravel(), minlength=kmax + 1)
+        self.S_mm = mm[:kmax].astype(np.float64)
+        if np.any(self.S_mm[rmin - 1:] <= 0):
+            raise InputError("the map has no signal in some Fourier shells of the fitted range", field="map")
+        self.freq = (np.arange(rmin, kmax + 1) / L).astype(np.float64)
+        nz = len(k)
+        self.slab = max(1, min(nz, int(max_slab_elems // max(1, nz))))
+        self.slabs = []
+        for z0 in range(0, nz, self.slab):
+            z1 = min(z0 + self.slab, nz)
+            self.slabs.append((self.s[z0:z1], M[z0:z1].real.astype(np.float32), M[z0:z1].imag.astype(np.float32),
+                               shell[z0:z1].ravel(), wgt[z0:z1].ravel().astype(np.float32)))
+
+
+def _tf_fns():
+    """The fitting's TensorFlow functions (built once per process, on first use)."""
+    global _TF_FNS
+    if _TF_FNS is not None:
+        return _TF_FNS
+    import tensorflow as tf
+
+    from . import kernels
+
+    def slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg):
+        G = kernels.volume_ft(c, a0 * tf.nn.softplus(u), s0 * tf.nn.softplus(w), sz, sy, sx)
+        gr = tf.reshape(tf.math.real(G), [-1])
+        gi = tf.reshape(tf.math.imag(G), [-1])
+        mr, mi = tf.reshape(mr, [-1]), tf.reshape(mi, [-1])
+        vals = tf.stack([wg * (gr * mr + gi * mi), wg * (gr * gr + gi * gi)], axis=1)
+        return tf.math.unsorted_segment_sum(vals, sh, nseg + 1)[:nseg]  # (nseg, 2): S_gm, S_gg
+
+    def loss_of(S, S_mm, f0, amp_weight):
+        S_gm, S_gg = S[:, 0], S[:, 1]
+        fsc = S_gm[f0:] / tf.sqrt(S_gg[f0:] * S_mm[f0:] + 1e-30)
+        power = tf.reduce_sum(tf.square(tf.sqrt(S_gg + 1e-30) - tf.sqrt(S_mm))) / tf.reduce_sum(S_mm)
+        return 1.0 - tf.reduce_mean(fsc) + amp_weight * power, fsc
+
+    @tf.function(reduce_retracing=True)
+    def sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg):
+        return slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg)
+
+    @tf.function(reduce_retracing=True)
+    def value_and_grad(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg, S_mm, f0, amp_weight):
+        with tf.GradientTape() as tape:
+            tape.watch([c, u, w])
+            loss, fsc = loss_of(slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg), S_mm, f0, amp_weight)
+        return loss, fsc, tape.gradient(loss, [c, u, w])
+
+    @tf.function(reduce_retracing=True)
+    def loss_grad_sums(S, S_mm, f0, amp_weight):
+        with tf.GradientTape() as tape:
+            tape.watch(S)
+            loss, fsc = loss_of(S, S_mm, f0, amp_weight)
+        return loss, fsc, tape.gradient(loss, S)
+
+    @tf.function(reduce_retracing=True)
+    def slab_vjp(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg, dS):
+        with tf.GradientTape() as tape:
+            tape.watch([c, u, w])
+            x = tf.reduce_sum(dS * slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg))
+        return tape.gradient(x, [c, u, w])
+
+    _TF_FNS = {"sums": sums, "value_and_grad": value_and_grad, "loss_grad_sums": loss_grad_sums,
+               "slab_vjp": slab_vjp}
+    return _TF_FNS
+
+
+_TF_FNS = None
+
+
+def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 25.0, iterations: int = 300,
+            amplitudes0=None, sigmas0=None, sigma_factor: float = SIGMA_FACTOR, amp_weight: float = 0.1,
+            lr_center: float = 0.03, lr_shape: float = 0.05, max_slab_elems: int = 40_000_000,
+            verbose: bool = False) -> Tuple[GMM, dict]:
+    """Fit centres, amplitudes and widths of a GMM to ``map_`` within ``resolution_A`` (module notes).
+
+    ``max_slab_elems`` bounds the complex (slab-z × y × N) intermediate of one slab (larger grids are
+    done slab by slab, two passes).  Returns (GMM, report) with report ``{"fsc_mean", "fsc", "freq",
+    "steps", "seconds", "n_gaussians", "loss", "loss_start", "minres_A", "resolution_A"}``; the
+    returned parameters are the best (lowest loss) met.
+    """
+    import logging
+
+    import tensorflow as tf
+
+    # TF logs a harmless warning (the gradient of volume_ft's real→complex amplitude cast drops an
+    # imaginary part that is zero by construction); keep it off the user's terminal.
+    tf_log = tf.get_logger()
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)
+    try:
+        return _fit(tf, map_, apix, centers0, resolution_A, minres_A, iterations, amplitudes0, sigmas0,
+                    sigma_factor, amp_weight, lr_center, lr_shape, max_slab_elems, verbose)
+    finally:
+        tf_log.setLevel(level)
+
+
+def _fit(tf, map_, apix, centers0, resolution_A, minres_A, iterations, amplitudes0, sigmas0, sigma_factor,
+         amp_weight, lr_center, lr_shape, max_slab_elems, verbose):
+    t0 = time.perf_counter()
+    m = _check_map(map_)
+    c0 = np.asarray(centers0, dtype=np.float32).reshape(-1, 3)
+    N = len(c0)
+    if N < 1:
+        raise InputError("no Gaussians to fit", field="centers")
+    if resolution_A <= 0:
+        raise InputError("resolution must be positive", field="resolution")
+    prob = _FitProblem(m, apix, resolution_A, minres_A, max(1, max_slab_elems // N))
+    fns = _tf_fns()
+
+    if sigmas0 is None:
+        sig0 = np.full(N, sigma_factor * resolution_A, np.float32)
+    else:
+        sig0 = np.asarray(sigmas0, np.float32).reshape(-1)
+    if amplitudes0 is None:
+        v = sample_map(m, apix, c0)
+        pos = v[v > 0]
+        floor = 0.1 * float(np.median(pos)) if len(pos) else 1.0
+        amp0 = np.maximum(v, floor).astype(np.float32)
+    else:
+        amp0 = np.asarray(amplitudes0, np.float32).reshape(-1)
+    if sig0.shape != (N,) or amp0.shape != (N,):
+        raise InputError("initial amplitudes/widths do not match the number of centres", field="centers")
+    if np.any(sig0 <= 0) or np.any(amp0 <= 0):
+        raise InputError("initial amplitudes and widths must be positive", field="centers")
+
+    T = tf.constant
+    sy, sx = T(prob.s), T(prob.sx)
+    slabs = [(T(sz), T(mr), T(mi), T(sh), T(wg)) for sz, mr, mi, sh, wg in prob.slabs]
+    nseg = T(prob.nshells, tf.int32)
+    S_mm = T(prob.S_mm, tf.float32)
+    f0 = T(prob.rmin - 1, tf.int32)
+    aw = T(float(amp_weight), tf.float32)
+    s0 = T(sig0)
+
+    def all_sums(p, a0):
+        tot = 0.0
+        for slab in slabs:
+            tot = tot + fns["sums"](T(p[0]), T(p[1]), T(p[2]), a0, s0, slab[0], sy, sx, *slab[1:], nseg)
+        return tot
+
+    def value_and_grad(p, a0):
+        args = (T(p[0]), T(p[1]), T(p[2]), a0, s0)
+        if len(slabs) == 1:
+            loss, fsc, g = fns["value_and_grad"](*args, slabs[0][0], sy, sx, *slabs[0][1:], nseg, S_mm, f0, aw)
+            return float(loss), fsc.numpy(), [x.numpy() for x in g]
+        loss, fsc, dS = fns["loss_grad_sums"](all_sums(p, a0), S_mm, f0, aw)
+        acc = [0.0, 0.0, 0.0]
+        for slab in slabs:
+            g = fns["slab_vjp"](*args, slab[0], sy, sx, *slab[1:], nseg, dS)
+            acc = [a_ + x.numpy() for a_, x in zip(acc, g)]
+        return float(loss), fsc.numpy(), acc
+
+    u0 = np.float32(math.log(math.e - 1.0))  # softplus(u0) = 1
+    params = [c0.copy(), np.full(N, u0, np.float32), np.full(N, u0, np.float32)]
+    if amplitudes0 is None:  # overall scale: least squares of the GMM transform against the map's
+        S = all_sums(params, T(amp0)).numpy()
+        alpha = float(S[:, 0].sum() / max(S[:, 1].sum(), 1e-30))
+        amp0 = amp0 * np.float32(abs(alpha) if alpha != 0 else 1.0)
+    a0 = T(amp0)
+
+    steps = int(iterations)
+    lrs = [np.float32(lr_center * resolution_A), np.float32(lr_shape), np.float32(lr_shape)]
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    mom = [np.zeros_like(p) for p in params]
+    vel = [np.zeros_like(p) for p in params]
+    best_loss, best_p, first = float("inf"), [p.copy() for p in params], None
+    for t in range(steps + 1):
+        loss, fsc, grads = value_and_grad(params, a0)
+        if first is None:
+            first = loss
+        if loss < best_loss:
+            best_loss, best_p = loss, [p.copy() for p in params]
+        if verbose and (t % 50 == 0 or t == steps):
+            print(f"step {t:4d} loss {loss:.4f} mean FSC {np.mean(fsc):.4f}")
+        if t == steps:
+            break
+        decay = 1.0 - 0.9 * t / max(steps - 1, 1)
+        for i, g in enumerate(grads):
+            g = np.where(np.isfinite(g), g, 0.0).astype(np.float32)
+            mom[i] = b1 * mom[i] + (1 - b1) * g
+            vel[i] = b2 * vel[i] + (1 - b2) * g * g
+            mh = mom[i] / (1 - b1 ** (t + 1))
+            vh = vel[i] / (1 - b2 ** (t + 1))
+            params[i] = (params[i] - decay * lrs[i] * mh / (np.sqrt(vh) + eps)).astype(np.float32)
+    loss, fsc, _ = value_and_grad(best_p, a0)
+    softplus = lambda x: np.logaddexp(0.0, x.astype(np.float64))  # noqa: E731
+    gmm = GMM(best_p[0], amp0 * softplus(best_p[1]), sig0 * softplus(best_p[2]),
+              {"box": prob.box, "apix": prob.apix, "resolution_A": float(resolution_A), "minres_A": float(minres_A)})
+    fsc = np.asarray(fsc, np.float64)
+    report = {"fsc_mean": float(np.mean(fsc)), "fsc": fsc.tolist(), "freq": prob.freq.tolist(),
+              "steps": steps, "seconds": time.perf_counter() - t0, "n_gaussians": N, "loss": float(loss),
+              "loss_start": float(first), "resolution_A": float(resolution_A), "minres_A": float(minres_A),
+              "slabs": len(slabs)}
+    return gmm, report
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int] = None, seed_model=None,
+              seed: int = 0, minres_A: float = 25.0, iterations: int = 300, threshold: Optional[float] = None,
+              **fit_kwargs) -> Tuple[GMM, dict]:
+    """Build a GMM of one (half) map at ``resolution_A``.
+
+    ``seed_model``: None (K-means seeds; N = ``n_gaussians`` or :func:`estimate_n_gaussians`), a PDB
+    path / ``builtin:...`` name, or an (n, 3) array of atomic coordinates in the map's frame (Å, origin
+    at voxel 0 — as ChimeraX places a map with origin 0): one Gaussian per atom, shifted by
+    −(box//2)·apix and randomised at the resolution (``n_gaussians`` is then ignored).
+    Returns (GMM with meta {box, apix, resolution_A, minres_A, seeding, seed, ...}, report).
+    """
+    t0 = time.perf_counter()
+    m = _check_map(map_)
+    if apix <= 0:
+        raise InputError("pixel size must be positive", field="apix")
+    if resolution_A <= 0:
+        raise InputError("resolution must be positive", field="resolution")
+    if resolution_A < 2 * apix:
+        raise InputError(f"resolution {resolution_A:g} Å is beyond Nyquist ({2 * apix:g} Å)", field="resolution")
+    box = m.shape[0]
+    details = {}
+    if seed_model is not None:
+        if isinstance(seed_model, np.ndarray):
+            coords = seed_model
+            source = "array"
+        else:
+            from ..pdb import read_atoms, resolve_model
+
+            path = resolve_model(seed_model)
+            coords, _ = read_atoms(path)
+            source = str(seed_model)
+        centers = seed_from_atoms(coords, resolution_A, seed, origin_A=(box // 2) * apix)
+        seeding = {"method": "atoms", "model": source, "noise_sigma_A": ATOM_NOISE_FACTOR * resolution_A}
+    else:
+        if n_gaussians is None:
+            n_gaussians, details = estimate_n_gaussians(m, apix, resolution_A, threshold=threshold, seed=seed,
+                                                        return_details=True)
+            estimated = True
+        else:
+            estimated = False
+        centers = seed_kmeans(m, apix, int(n_gaussians), threshold=threshold, seed=seed)
+        seeding = {"method": "kmeans", "n_estimated": estimated, **details}
+    gmm, report = fit_gmm(m, apix, centers, resolution_A, minres_A=minres_A, iterations=iterations, **fit_kwargs)
+    gmm.meta.update({"seeding": seeding["method"], "seed": int(seed)})
+    report["seeding"] = seeding
+    report["mean_nn_distance_seeds_A"] = mean_nn_distance(centers)
+    report["seconds_total"] = time.perf_counter() - t0
+    return gmm, report
+
+
+# --------------------------------------------------------------------------------------------
+# the `build-gmm` verb
+
+
+def configure_parser(p) -> None:
+    p.add_argument("--map", required=True, help="half map (MRC)")
+    p.add_argument("--resolution", type=float, required=True, help="target resolution (Å)")
+    p.add_argument("--ngauss", type=int, default=None, help="number of Gaussians (default: estimated)")
+    p.add_argument("--seed-model", default=None,
+                   help="PDB to seed one Gaussian per heavy atom (coordinates in the map's frame), or builtin:adk-closed")
+    p.add_argument("--minres", type=float, default=25.0, help="lowest resolution fitted (Å, default 25)")
+    p.add_argument("--iterations", type=int, default=300, help="Adam steps (default 300)")
+    p.add_argument("--threshold", type=float, default=None, help="density threshold for K-means (default: automatic)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.gmm.npz, PREFIX.pdb, PREFIX.json")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..atomic import write_json
+    from ..io.maps import read_map
+
+    if args.ngauss is not None and args.ngauss < 1:
+        raise InputError("must be at least 1", field="--ngauss")
+    if args.resolution <= 0:
+        raise InputError("must be positive", field="--resolution")
+    m, apix = read_map(args.map)
+    gmm, report = build_gmm(m, apix, args.resolution, n_gaussians=args.ngauss, seed_model=args.seed_model,
+                            seed=args.seed, minres_A=args.minres, iterations=args.iterations,
+                            threshold=args.threshold)
+    gmm.meta["source_map"] = str(args.map)
+    prefix = str(args.out)
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    gmm.save(prefix + ".gmm.npz")
+    gmm.save_pdb(prefix + ".pdb")
+    report["map"] = str(args.map)
+    write_json(prefix + ".json", report)
+    print(f"{len(gmm)} Gaussians, map-vs-GMM FSC {report['fsc_mean']:.3f} "
+          f"({1 / report['freq'][0]:.1f}–{1 / report['freq'][-1]:.1f} Å) → {prefix}.gmm.npz")
+    return 0
