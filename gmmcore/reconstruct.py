@@ -1,0 +1,293 @@
+"""Direct Fourier inversion, and the ``gmmcore reconstruct`` verb.
+
+Each image is padded ``pad``× (zero padding, image centre N//2 at padded centre P//2), centred by
+its origin (Fourier phase shift by +origin), Fourier transformed, and its samples within the
+original Nyquist radius are inserted into a 3-D rfft volume of the padded box at Aᵀ(kx, ky, 0)
+(central-slice theorem for I(p) = ∫V(Aᵀp)dz) with trilinear weights.  The volume accumulates
+data·c and weight·c², c = |CTF| for phase-flipped images (CTF for raw images).  With symmetry each
+slice is inserted at A·R for every operator R of the group.  ``finish`` divides data by
+(weight + regulariser), inverse transforms, divides by the real-space transform of the trilinear
+kernel (sinc² per axis) and crops to the box.
+
+The two half sets are independent, so :func:`reconstruct_halves` reconstructs them in two worker
+processes (spawned, so a parent that has initialised TensorFlow is safe); each streams its own
+images chunk by chunk, so memory does not grow with the number of particles.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import scipy.fft as sfft
+
+from .ctf import ctf_2d
+from .errors import InputError
+from .fourier import freq_index, lowpass, radial_index
+from .fsc import half_map_report  # noqa: F401  (re-exported: the refinement driver uses it)
+from .particles import CTFParams
+from .symmetry import symmetry_matrices
+
+_ENTRIES_PER_PASS = 3_000_000  # scatter entries per bincount pass (memory knob, not a result knob)
+
+
+class Reconstructor:
+    """Accumulate images into a padded 3-D Fourier volume; ``finish`` gives the map.
+
+    ``box`` (pixels) and ``apix`` (Å/pixel) of the images; ``pad`` the padding factor; ``sym`` a
+    point group (C1, Cn, Dn, T, O, I).
+    """
+
+    def __init__(self, box: int, apix: float, pad: float = 2, sym: str = "C1"):
+        self.box = int(box)
+        self.apix = float(apix)
+        P = int(round(float(pad) * self.box))
+        P += P % 2
+        if P < self.box:
+            raise InputError(f"padding factor must be >= 1 (got {pad})", field="--pad")
+        self.P = P
+        self.sym_ops = symmetry_matrices(sym)
+        self.sym = sym
+        self.nx = P // 2 + 2  # one spare x column so the trilinear corner x0+1 is always in range
+        self.data = np.zeros(P * P * self.nx, dtype=np.complex128)
+        self.weight = np.zeros(P * P * self.nx, dtype=np.float64)
+        self.count = 0
+        # 2-D samples used: the padded rfft grid within the original Nyquist radius (P/2).
+        ky, kx = freq_index((P, P))
+        ky, kx = np.broadcast_arrays(ky, kx)
+        r = np.sqrt(kx.astype(float) ** 2 + ky.astype(float) ** 2)
+        sel = r < P / 2
+        self._sel = np.flatnonzero(sel)
+        self._kx = kx[sel].astype(np.float64)
+        self._ky = ky[sel].astype(np.float64)
+        # The kx = 0 column holds each Friedel pair twice: half weight each.
+        self._mult = np.where(self._kx == 0, 0.5, 1.0)
+
+    # ------------------------------------------------------------------ insertion
+    def insert(self, images: np.ndarray, rotations: np.ndarray, origins_A: np.ndarray, ctf: Optional[CTFParams],
+               phase_flipped: bool) -> None:
+        """Insert images (k, n, n) with RELION rotations (k, 3, 3) and origins (k, 2) Å.
+
+        ``ctf=None`` means no CTF (c = 1).
+        """
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim == 2:
+            images = images[None]
+        k, n = images.shape[0], self.box
+        if images.shape[1:] != (n, n):
+            raise ValueError(f"images of shape {images.shape[1:]} for a box of {n}")
+        rotations = np.asarray(rotations, dtype=np.float64).reshape(k, 3, 3)
+        origins_px = np.asarray(origins_A, dtype=np.float64).reshape(k, 2) / self.apix
+        S = self._sel.size
+        per = max(1, _ENTRIES_PER_PASS // (8 * S))
+        for b0 in range(0, k, per):
+            b1 = min(k, b0 + per)
+            F = self._slices(images[b0:b1], origins_px[b0:b1])
+            if ctf is None:
+                c = np.ones((b1 - b0, S))
+            else:
+                sub = ctf.subset(np.arange(b0, b1))
+                c = ctf_2d(sub, self.apix, self.P).reshape(b1 - b0, -1)[:, self._sel].astype(np.float64)
+                if phase_flipped:
+                    c = np.abs(c)
+            vals = F * (c * self._mult)
+            wts = c * c * self._mult
+            for R in self.sym_ops:
+                self._scatter(rotations[b0:b1] @ R, vals, wts)
+        self.count += k
+
+    def _slices(self, images: np.ndarray, origins_px: np.ndarray) -> np.ndarray:
+        """Padded, centred FT samples (b, S) complex128 of the images."""
+        b, n, P = images.shape[0], self.box, self.P
+        padded = np.zeros((b, P, P), dtype=np.float32)
+        o = P // 2 - n // 2
+        padded[:, o:o + n, o:o + n] = images
+        F = sfft.rfft2(sfft.ifftshift(padded, axes=(-2, -1)), workers=-1).reshape(b, -1)[:, self._sel]
+        # Centre: move content by +origin, g(p) = f(p − origin) ⇔ F·exp(−2πi k·origin/P).
+        ph = (-2.0 * np.pi / P) * (origins_px[:, 0:1] * self._kx + origins_px[:, 1:2] * self._ky)
+        return F.astype(np.complex128) * np.exp(1j * ph)
+
+    def _scatter(self, A: np.ndarray, vals: np.ndarray, wts: np.ndarray) -> None:
+        P, nx = self.P, self.nx
+        # 3-D frequency (x, y, z) of sample (kx, ky): Aᵀ (kx, ky, 0) = kx·A[0] + ky·A[1].
+        qx = self._kx * A[:, 0, 0:1] + self._ky * A[:, 1, 0:1]
+        qy = self._kx * A[:, 0, 1:2] + self._ky * A[:, 1, 1:2]
+        qz = self._kx * A[:, 0, 2:3] + self._ky * A[:, 1, 2:3]
+        neg = qx < 0  # Friedel: F(−q) = conj F(q) keeps us in the x ≥ 0 half
+        sgn = np.where(neg, -1.0, 1.0)
+        qx, qy, qz = qx * sgn, qy * sgn, qz * sgn
+        v = np.where(neg, vals.conj(), vals).ravel()
+        w = wts.ravel()
+        x0, y0, z0 = np.floor(qx), np.floor(qy), np.floor(qz)
+        fx, fy, fz = (qx - x0).ravel(), (qy - y0).ravel(), (qz - z0).ravel()
+        x0 = x0.astype(np.int64).ravel()
+        y0 = y0.astype(np.int64).ravel()
+        z0 = z0.astype(np.int64).ravel()
+        for dz in (0, 1):
+            wz = fz if dz else 1.0 - fz
+            zi = ((z0 + dz) % P) * (P * nx)
+            for dy in (0, 1):
+                wzy = wz * (fy if dy else 1.0 - fy)
+                zyi = zi + ((y0 + dy) % P) * nx
+                for dx in (0, 1):
+                    tw = wzy * (fx if dx else 1.0 - fx)
+                    idx = zyi + x0 + dx
+                    # ufunc.at (fast in numpy >= 1.25) beats bincount: no full-volume temporaries.
+                    np.add.at(self.data, idx, v * tw)
+                    np.add.at(self.weight, idx, w * tw)
+
+    # ------------------------------------------------------------------ combination
+    def merge(self, other: "Reconstructor") -> None:
+        """Add another reconstructor's sums (same box, pad, apix, symmetry)."""
+        if other.P != self.P or other.box != self.box:
+            raise ValueError("cannot merge reconstructors of different geometry")
+        self.data += other.data
+        self.weight += other.weight
+        self.count += other.count
+
+    def finish(self, regularisation: float = 0.01) -> np.ndarray:
+        """The reconstructed map, float32 (box, box, box).
+
+        Each voxel's data is divided by (weight + regularisation × mean weight of its shell), so
+        voxels with weight near 0 go to 0 instead of blowing up.
+        """
+        P, n, nx = self.P, self.box, self.nx
+        D = self.data.reshape(P, P, nx)[:, :, : P // 2 + 1].copy()
+        W = self.weight.reshape(P, P, nx)[:, :, : P // 2 + 1].copy()
+        # Hermitian completion of the x = 0 plane: what landed at (z, y, 0) also belongs at (−z, −y, 0).
+        mz = (-np.arange(P)) % P
+        D0, W0 = D[:, :, 0].copy(), W[:, :, 0].copy()
+        D[:, :, 0] = D0 + D0[mz][:, mz].conj()
+        W[:, :, 0] = W0 + W0[mz][:, mz]
+        shell = radial_index((P, P, P))
+        inside = shell < P // 2
+        m = P // 2
+        cnt = np.bincount(shell[inside], minlength=m)
+        mean_w = np.bincount(shell[inside], W[inside], m) / np.maximum(cnt, 1)
+        reg = float(regularisation) * mean_w[np.minimum(shell, m - 1)]
+        den = W + reg
+        F = np.where(inside & (den > 0), D / np.where(den > 0, den, 1.0), 0.0)
+        vol = sfft.fftshift(sfft.irfftn(F, s=(P, P, P), workers=-1))
+        o = P // 2 - n // 2
+        vol = vol[o:o + n, o:o + n, o:o + n]
+        # Gridding correction: trilinear interpolation ⇔ sinc² per axis in real space.
+        c = np.sinc((np.arange(n) - n // 2) / P) ** 2
+        vol = vol / (c[:, None, None] * c[None, :, None] * c[None, None, :])
+        return vol.astype(np.float32)
+
+
+# ---------------------------------------------------------------------- half maps from a table
+def _table_geometry(table) -> tuple:
+    sizes = np.unique(np.asarray(table.image_size))
+    if sizes.size != 1:
+        raise InputError(f"particles have different image sizes {sizes.tolist()}; reconstruct them separately",
+                         path=table.source or None, field="rlnImageSize")
+    apix = np.asarray(table.apix, dtype=np.float64)
+    if apix.size and (apix.max() - apix.min()) > 0.01 * apix.mean():
+        raise InputError(f"particles have different pixel sizes ({apix.min():g}–{apix.max():g} Å)",
+                         path=table.source or None, field="rlnImagePixelSize")
+    return int(sizes[0]), float(apix.mean())
+
+
+def _reconstruct_one(table, idx, box, apix, sym, pad, chunk, desc) -> np.ndarray:
+    from .io.stacks import iter_images  # lazy: keep the Reconstructor usable on its own
+    from .progress import progress
+
+    rec = Reconstructor(box, apix, pad=pad, sym=sym)
+    bar = progress(total=len(idx), desc=desc, unit="img")
+    for rows, images in iter_images(table, idx, chunk):
+        rows = np.asarray(rows)
+        rec.insert(images, table.rotation[rows], table.origin[rows], table.ctf.subset(rows), table.phase_flipped)
+        bar.update(len(rows))
+    bar.close()
+    return rec.finish()
+
+
+def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 20000, workers: Optional[int] = None,
+                       indices=None) -> Dict[int, np.ndarray]:
+    """Reconstruct the two gold-standard half maps of ``table``: {1: vol, 2: vol} float32.
+
+    ``indices`` restricts to those rows; ``workers`` > 1 (default: 2 when there are ≥ 2 CPUs)
+    reconstructs the halves in parallel processes.
+    """
+    box, apix = _table_geometry(table)
+    symmetry_matrices(sym)  # validate early (InputError naming --sym)
+    rows = np.arange(len(table)) if indices is None else np.arange(len(table))[indices]
+    half = np.asarray(table.half)[rows]
+    parts = {h: rows[half == h] for h in (1, 2)}
+    for h, idx in parts.items():
+        if idx.size == 0:
+            raise InputError(f"no particles in half set {h}: a gold-standard reconstruction needs both halves",
+                             path=table.source or None, field="rlnRandomSubset")
+    if workers is None:
+        workers = 2 if (os.cpu_count() or 1) >= 2 else 1
+    if workers <= 1:
+        return {h: _reconstruct_one(table, idx, box, apix, sym, pad, chunk, f"half {h}") for h, idx in parts.items()}
+    import multiprocessing as mp
+
+    # Each worker gets only its half's rows (a smaller pickle); its indices refer to that subset.
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as ex:
+        futs = {h: ex.submit(_reconstruct_one, table.subset(idx), np.arange(idx.size), box, apix, sym, pad, chunk,
+                             f"half {h}") for h, idx in parts.items()}
+        return {h: f.result() for h, f in futs.items()}
+
+
+# ---------------------------------------------------------------------- the verb
+def configure_parser(p) -> None:
+    p.add_argument("--particles", required=True, metavar="STAR", help="particles (RELION star) with poses and half sets")
+    p.add_argument("--sym", default="C1", help="point group: C1, Cn, Dn, T, O, I (RELION orientation); default C1")
+    p.add_argument("--mask", metavar="MRC", help="mask for the masked FSC (default: automatic mask from the map)")
+    p.add_argument("--pad", type=float, default=2, help="padding factor (default 2)")
+    p.add_argument("--chunk", type=int, default=20000, help="images read per chunk (default 20000)")
+    p.add_argument("--workers", type=int, default=None, help="processes (1 or 2; default 2 if >= 2 CPUs)")
+    p.add_argument("--out", default="reconstruct", metavar="DIR", help="output folder (default ./reconstruct)")
+
+
+def run(args) -> int:
+    from .atomic import OutputGuard, write_json
+    from .io.maps import read_map, write_map
+    from .io.star import read_star
+
+    symmetry_matrices(args.sym)
+    if not args.pad or args.pad < 1:
+        raise InputError(f"padding factor must be >= 1 (got {args.pad})", field="--pad")
+    if args.chunk < 1:
+        raise InputError(f"chunk must be >= 1 (got {args.chunk})", field="--chunk")
+    t0 = time.time()
+    table = read_star(args.particles)
+    if len(table) == 0:
+        raise InputError("no particles", path=args.particles)
+    box, apix = _table_geometry(table)
+    if not np.isin(np.asarray(table.half), (1, 2)).all() or not (
+            np.any(table.half == 1) and np.any(table.half == 2)):
+        raise InputError("particles need a half-set split (rlnRandomSubset 1/2 for every particle)",
+                         path=args.particles, field="rlnRandomSubset")
+    mask = None
+    if args.mask:
+        mask, _ = read_map(args.mask)
+        if mask.shape != (box, box, box):
+            raise InputError(f"mask shape {mask.shape} does not match the particle box {box}", path=args.mask,
+                             field="--mask")
+    out = Path(args.out)
+    with OutputGuard(out):
+        halves = reconstruct_halves(table, sym=args.sym, pad=args.pad, chunk=args.chunk, workers=args.workers)
+        report = half_map_report(halves[1], halves[2], apix, mask=mask)
+        avg = lowpass(0.5 * (halves[1] + halves[2]), apix, report["resolution"])
+        write_map(out / "half1.mrc", halves[1], apix)
+        write_map(out / "half2.mrc", halves[2], apix)
+        write_map(out / "map.mrc", avg.astype(np.float32), apix)
+        summary = dict(report)
+        summary.update({
+            "n_particles": {"1": int(np.sum(table.half == 1)), "2": int(np.sum(table.half == 2))},
+            "apix": apix, "box": box, "sym": args.sym.upper(), "pad": args.pad,
+            "mask": str(args.mask) if args.mask else "auto", "particles": str(args.particles),
+            "seconds": round(time.time() - t0, 2),
+        })
+        write_json(out / "summary.json", summary)
+    print(f"resolution {report['resolution']:.2f} Å (masked), {report['resolution_unmasked']:.2f} Å (unmasked); "
+          f"maps in {out}", file=sys.stdout)
+    return 0
