@@ -32,6 +32,7 @@ from .fsc import half_map_report  # noqa: F401  (re-exported: the refinement dri
 from .particles import CTFParams
 from .symmetry import symmetry_matrices
 
+_PARALLEL_MIN_PARTICLES = 2000  # below this, reconstruct_halves runs the halves one after the other
 _ENTRIES_PER_PASS = 3_000_000  # scatter entries per bincount pass (memory knob, not a result knob)
 
 
@@ -53,8 +54,9 @@ class Reconstructor:
         self.sym_ops = symmetry_matrices(sym)
         self.sym = sym
         self.nx = P // 2 + 2  # one spare x column so the trilinear corner x0+1 is always in range
-        self.data = np.zeros(P * P * self.nx, dtype=np.complex128)
-        self.weight = np.zeros(P * P * self.nx, dtype=np.float64)
+        # Sums on a (P+1, P+1, nx) grid, z/y index j ↔ frequency j − P/2 (see _scatter, _sums).
+        self.data = np.zeros((P + 1) * (P + 1) * self.nx, dtype=np.complex128)
+        self.weight = np.zeros((P + 1) * (P + 1) * self.nx, dtype=np.float64)
         self.count = 0
         # 2-D samples used: the padded rfft grid within the original Nyquist radius (P/2).
         ky, kx = freq_index((P, P))
@@ -62,8 +64,8 @@ class Reconstructor:
         r = np.sqrt(kx.astype(float) ** 2 + ky.astype(float) ** 2)
         sel = r < P / 2
         self._sel = np.flatnonzero(sel)
-        self._kx = kx[sel].astype(np.float64)
-        self._ky = ky[sel].astype(np.float64)
+        self._kx = kx[sel].astype(np.float32)
+        self._ky = ky[sel].astype(np.float32)
         # The kx = 0 column holds each Friedel pair twice: half weight each.
         self._mult = np.where(self._kx == 0, 0.5, 1.0)
 
@@ -113,29 +115,31 @@ class Reconstructor:
 
     def _scatter(self, A: np.ndarray, vals: np.ndarray, wts: np.ndarray) -> None:
         P, nx = self.P, self.nx
+        A = A.astype(np.float32)
         # 3-D frequency (x, y, z) of sample (kx, ky): Aᵀ (kx, ky, 0) = kx·A[0] + ky·A[1].
         qx = self._kx * A[:, 0, 0:1] + self._ky * A[:, 1, 0:1]
-        qy = self._kx * A[:, 0, 1:2] + self._ky * A[:, 1, 1:2]
-        qz = self._kx * A[:, 0, 2:3] + self._ky * A[:, 1, 2:3]
-        neg = qx < 0  # Friedel: F(−q) = conj F(q) keeps us in the x ≥ 0 half
-        sgn = np.where(neg, -1.0, 1.0)
-        qx, qy, qz = qx * sgn, qy * sgn, qz * sgn
-        v = np.where(neg, vals.conj(), vals).ravel()
+        # Friedel: F(−q) = conj F(q) keeps every sample in the x ≥ 0 half.
+        sgn = np.where(qx < 0, np.float32(-1), np.float32(1))
+        qx *= sgn
+        qy = (self._kx * A[:, 0, 1:2] + self._ky * A[:, 1, 1:2]) * sgn
+        qz = (self._kx * A[:, 0, 2:3] + self._ky * A[:, 1, 2:3]) * sgn
+        v = (vals.real + 1j * (vals.imag * sgn)).ravel()
         w = wts.ravel()
         x0, y0, z0 = np.floor(qx), np.floor(qy), np.floor(qz)
         fx, fy, fz = (qx - x0).ravel(), (qy - y0).ravel(), (qz - z0).ravel()
+        # Accumulator layout (P+1, P+1, nx): index j on z and y is frequency j − P/2 (no wrapping).
         x0 = x0.astype(np.int64).ravel()
-        y0 = y0.astype(np.int64).ravel()
-        z0 = z0.astype(np.int64).ravel()
-        for dz in (0, 1):
-            wz = fz if dz else 1.0 - fz
-            zi = ((z0 + dz) % P) * (P * nx)
-            for dy in (0, 1):
-                wzy = wz * (fy if dy else 1.0 - fy)
-                zyi = zi + ((y0 + dy) % P) * nx
-                for dx in (0, 1):
-                    tw = wzy * (fx if dx else 1.0 - fx)
-                    idx = zyi + x0 + dx
+        y0 = (y0.astype(np.int64).ravel() + P // 2) * nx
+        z0 = (z0.astype(np.int64).ravel() + P // 2) * ((P + 1) * nx)
+        gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+        for dz, wz in ((0, gz), (1, fz)):
+            zi = z0 + dz * ((P + 1) * nx)
+            for dy, wy in ((0, gy), (1, fy)):
+                wzy = wz * wy
+                zyi = zi + (y0 + dy * nx)
+                for dx, wx in ((0, gx), (1, fx)):
+                    tw = wzy * wx
+                    idx = zyi + (x0 + dx)
                     # ufunc.at (fast in numpy >= 1.25) beats bincount: no full-volume temporaries.
                     np.add.at(self.data, idx, v * tw)
                     np.add.at(self.weight, idx, w * tw)
@@ -149,15 +153,22 @@ class Reconstructor:
         self.weight += other.weight
         self.count += other.count
 
+    def _sums(self, acc: np.ndarray) -> np.ndarray:
+        """Accumulator → (P, P, P//2+1) rfft grid in FFT order (frequency ±P/2 folded together)."""
+        P = self.P
+        a = acc.reshape(P + 1, P + 1, self.nx)[:, :, : P // 2 + 1].copy()
+        a[0] += a[P]
+        a[:, 0] += a[:, P]
+        return np.fft.ifftshift(a[:P, :P], axes=(0, 1))
+
     def finish(self, regularisation: float = 0.01) -> np.ndarray:
         """The reconstructed map, float32 (box, box, box).
 
         Each voxel's data is divided by (weight + regularisation × mean weight of its shell), so
         voxels with weight near 0 go to 0 instead of blowing up.
         """
-        P, n, nx = self.P, self.box, self.nx
-        D = self.data.reshape(P, P, nx)[:, :, : P // 2 + 1].copy()
-        W = self.weight.reshape(P, P, nx)[:, :, : P // 2 + 1].copy()
+        P, n = self.P, self.box
+        D, W = self._sums(self.data), self._sums(self.weight)
         # Hermitian completion of the x = 0 plane: what landed at (z, y, 0) also belongs at (−z, −y, 0).
         mz = (-np.arange(P)) % P
         D0, W0 = D[:, :, 0].copy(), W[:, :, 0].copy()
@@ -211,8 +222,10 @@ def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 2000
                        indices=None) -> Dict[int, np.ndarray]:
     """Reconstruct the two gold-standard half maps of ``table``: {1: vol, 2: vol} float32.
 
-    ``indices`` restricts to those rows; ``workers`` > 1 (default: 2 when there are ≥ 2 CPUs)
-    reconstructs the halves in parallel processes.
+    ``indices`` restricts to those rows; ``workers`` > 1 reconstructs the halves in two parallel
+    (spawned) processes; the default does so when there are ≥ 2 CPUs and ≥ 2000 particles.  As with
+    any spawned process pool, a script calling this at import time needs an
+    ``if __name__ == "__main__":`` guard.
     """
     box, apix = _table_geometry(table)
     symmetry_matrices(sym)  # validate early (InputError naming --sym)
@@ -223,8 +236,8 @@ def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 2000
         if idx.size == 0:
             raise InputError(f"no particles in half set {h}: a gold-standard reconstruction needs both halves",
                              path=table.source or None, field="rlnRandomSubset")
-    if workers is None:
-        workers = 2 if (os.cpu_count() or 1) >= 2 else 1
+    if workers is None:  # a worker process costs ~1-2 s to start: only worth it for larger sets
+        workers = 2 if (os.cpu_count() or 1) >= 2 and rows.size >= _PARALLEL_MIN_PARTICLES else 1
     if workers <= 1:
         return {h: _reconstruct_one(table, idx, box, apix, sym, pad, chunk, f"half {h}") for h, idx in parts.items()}
     import multiprocessing as mp
@@ -243,7 +256,7 @@ def configure_parser(p) -> None:
     p.add_argument("--mask", metavar="MRC", help="mask for the masked FSC (default: automatic mask from the map)")
     p.add_argument("--pad", type=float, default=2, help="padding factor (default 2)")
     p.add_argument("--chunk", type=int, default=20000, help="images read per chunk (default 20000)")
-    p.add_argument("--workers", type=int, default=None, help="processes (1 or 2; default 2 if >= 2 CPUs)")
+    p.add_argument("--workers", type=int, default=None, help="processes: 2 reconstructs the halves in parallel (default: 2 if >= 2 CPUs and >= 2000 particles)")
     p.add_argument("--out", default="reconstruct", metavar="DIR", help="output folder (default ./reconstruct)")
 
 
