@@ -196,7 +196,7 @@ def count_half_sets(particles):
 
 
 def write_particles_star(partSet, starFile, stackDir=None, writeAlignment=True,
-                         requireHalfSets=False, phaseFlipped=None):
+                         requireHalfSets=False, writeHalfSets=True, phaseFlipped=None):
     """Write a SetOfParticles as a RELION 3.1 star file for gmmcore.
 
     Image paths are written absolute (Scipion's are relative to the project folder).  Images in a
@@ -253,7 +253,7 @@ def write_particles_star(partSet, starFile, stackDir=None, writeAlignment=True,
             row["rlnAngleRot"], row["rlnAngleTilt"], row["rlnAnglePsi"] = rot, tilt, psi
             row["rlnOriginXAngst"] = origin[0] * apix
             row["rlnOriginYAngst"] = origin[1] * apix
-        half = get_half_set(part)
+        half = get_half_set(part) if writeHalfSets else None
         if half is None and requireHalfSets:
             raise ValueError("Particle %s has no half set (%s)." % (part.getObjId(), HALF_SET_ATTR))
         if half is not None:

@@ -43,7 +43,7 @@ class GmmProtExportParticles(EMProtocol, GmmProtocolMixin):
     def _insertAllSteps(self):
         self._insertFunctionStep(self.exportStep)
 
-    def _outputs(self):
+    def _exportFiles(self):
         fmt = self.exportFormat.get()
         out = []
         if fmt in (EXPORT_RELION, EXPORT_BOTH):
@@ -56,7 +56,7 @@ class GmmProtExportParticles(EMProtocol, GmmProtocolMixin):
         star = self._getExtraPath(INPUT_STAR)
         convert.write_particles_star(self.inputParticles.get(), star,
                                      stackDir=self._getExtraPath("stacks"))
-        for fmt, path in self._outputs():
+        for fmt, path in self._exportFiles():
             options = {"particles": self.abspath(star), "format": fmt, "out": self.abspath(path)}
             if fmt == "cryosparc" and self.referenceCs.get():
                 options["reference"] = self.abspath(self.referenceCs.get())
@@ -79,7 +79,7 @@ class GmmProtExportParticles(EMProtocol, GmmProtocolMixin):
 
     def _summary(self):
         lines = []
-        for fmt, path in self._outputs():
+        for fmt, path in self._exportFiles():
             if os.path.exists(path):
                 lines.append("%s: %s" % (fmt, os.path.abspath(path)))
                 if self.exportDir.get():

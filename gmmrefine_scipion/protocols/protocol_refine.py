@@ -1,8 +1,6 @@
 """GMM-based global refinement of particle poses (gold standard, one GMM per half set)."""
 import os
 
-import numpy as np
-
 import pyworkflow.protocol.params as params
 from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
 from pwem.constants import ALIGN_PROJ
@@ -14,7 +12,6 @@ from gmmrefine_scipion.constants import (HALF_SET_ATTR, INPUT_STAR, REFINE_DIR, 
                                          SYMMETRY_HELP)
 from .protocol_base import GmmProtocolMixin
 
-NEW_SPLIT_SEED = 12345
 NEW_SPLIT_FLAG = "new_half_split.txt"
 
 
@@ -52,8 +49,8 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
                            "(_rlnRandomSubset) are kept.")
         form.addParam("newSplit", params.BooleanParam, default=False,
                       label="Make a new random half split?",
-                      help="Only for particles without half sets: assign them to two halves at "
-                           "random (fixed seed). Note that resolution estimates are then not "
+                      help="Only for particles without (complete) half sets: gmmcore assigns them "
+                           "to two halves at random (this is logged and shown in the summary). Note that resolution estimates are then not "
                            "independent of the earlier refinement that produced the poses.")
         form.addParam("initialVolume", params.PointerParam, pointerClass="Volume", allowsNull=True,
                       label="Initial volume (optional)",
@@ -116,37 +113,24 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
         parts = self.inputParticles.get()
         star = self._getExtraPath(INPUT_STAR)
         counts = convert.count_half_sets(parts)
-        if counts[None] and self.newSplit.get():
-            self.info("The input has no half sets: assigning particles to halves at random "
-                      "(seed %d)." % NEW_SPLIT_SEED)
-            self._writeNewSplit(parts, star)
-        else:
-            convert.write_particles_star(parts, star, stackDir=self._getTmpPath("stacks"),
-                                         requireHalfSets=True)
+        newSplit = bool(counts[None]) and self.newSplit.get()
+        if newSplit:
+            self.info("%d of %d input particles have no half set: gmmcore will assign all of them "
+                      "to halves at random (--new-split)." % (counts[None], parts.getSize()))
+            with open(self._getExtraPath(NEW_SPLIT_FLAG), "w") as f:
+                f.write("random half split by gmmcore refine --new-split, %d particles\n"
+                        % parts.getSize())
+        convert.write_particles_star(parts, star, stackDir=self._getTmpPath("stacks"),
+                                     requireHalfSets=not newSplit, writeHalfSets=not newSplit)
         self.info("Wrote %s" % star)
 
-    def _writeNewSplit(self, parts, star):
-        """Write the star with random halves (the engine's refine keeps the file's halves)."""
-        convert.write_particles_star(parts, star, stackDir=self._getTmpPath("stacks"))
-        from collections import OrderedDict
-        sp = convert.StarParticles(star)
-        rng = np.random.default_rng(NEW_SPLIT_SEED)
-        halves = np.ones(sp.n, dtype=int)
-        halves[rng.permutation(sp.n)[: sp.n // 2]] = 2
-        df = sp.parts.copy()
-        df["rlnRandomSubset"] = halves
-        rows = [OrderedDict((k, (v.item() if hasattr(v, "item") else v)) for k, v in r.items())
-                for _, r in df.iterrows()]
-        optics = [OrderedDict((k, (v.item() if hasattr(v, "item") else v)) for k, v in r.items())
-                  for _, r in sp.optics.iterrows()]
-        convert.write_star_blocks(star, OrderedDict([("optics", optics), ("particles", rows)]))
-        with open(self._getExtraPath(NEW_SPLIT_FLAG), "w") as f:
-            f.write("random half split, seed %d, %d particles\n" % (NEW_SPLIT_SEED, sp.n))
+    def _usesNewSplit(self):
+        return os.path.exists(self._getExtraPath(NEW_SPLIT_FLAG))
 
-    def _gpuOption(self):
+    def _deviceOptions(self):
         if self.usesGpu():
-            return ",".join(str(g) for g in self.getGpuList()) or "0"
-        return None
+            return {"gpu": ",".join(str(g) for g in self.getGpuList()) or "0"}
+        return {"cpu": True}
 
     def refineStep(self):
         options = {
@@ -155,7 +139,8 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
             "sym": self.symmetryGroup.get() or "C1",
             "batch": self.batchSize.get(),
             "out": self.abspath(self._refineDir()),
-            "continue": True,
+            # a run killed earlier (Scipion 'Continue' mode) goes on from its last iteration
+            "continue": os.path.exists(self._refineDir("params.json")),
         }
         if self.numberOfGaussians.get():
             options["ngauss"] = self.numberOfGaussians.get()
@@ -167,9 +152,9 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
             options["ref"] = self.volumeFile(self.initialVolume.get(), "initial_volume")
         if self.referenceMask.get() is not None:
             options["mask"] = self.volumeFile(self.referenceMask.get(), "mask")
-        gpu = self._gpuOption()
-        if gpu is not None:
-            options["gpu"] = gpu
+        options.update(self._deviceOptions())
+        if self._usesNewSplit():
+            options["new_split"] = True
         args = Plugin.getGmmcoreArgs("refine", **options)
         if self.extraParams.get():
             args += " " + self.extraParams.get()
@@ -305,8 +290,8 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
             lines.append("Iteration %d: %.2f Å; pose change median %.2f°, %.2f px"
                          % (it["iteration"], it.get("resolution", float("nan")),
                             pc.get("angle_median", float("nan")), pc.get("shift_median", float("nan"))))
-        if os.path.exists(self._getExtraPath(NEW_SPLIT_FLAG)):
-            lines.append("Half sets were assigned at random (seed %d)." % NEW_SPLIT_SEED)
+        if self._usesNewSplit():
+            lines.append("Half sets were assigned at random by gmmcore (new split).")
         if summary.get("final", {}).get("resolution") is not None:
             lines.append("Final resolution: %.2f Å" % summary["final"]["resolution"])
         return lines

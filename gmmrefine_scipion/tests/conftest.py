@@ -33,7 +33,6 @@ _DEFAULTS = {
     "SCIPION_TESTS": os.path.join(_ROOT, "scipion_home", "data", "tests"),
     "SCIPION_TEST_NOSYNC": "1",
     "SCIPION_NOTIFY": "False",
-    "SCIPION_LOG_LEVEL": "WARNING",
     "MPLBACKEND": "Agg",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
