@@ -87,7 +87,14 @@ def main(argv=None):
 
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    _setup_scipion_env(os.path.join(out, "scipion"))
+    if os.environ.get("_GMMREFINE_DEMO_ENV") != out:
+        # pyworkflow read its configuration when this package was imported (before main): set the
+        # Scipion environment, then start again in a fresh interpreter that sees it.
+        _setup_scipion_env(os.path.join(out, "scipion"))
+        os.environ["_GMMREFINE_DEMO_ENV"] = out
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "gmmrefine_scipion.demo"]
+                 + list(sys.argv[1:] if argv is None else argv))
     t_start = time.time()
 
     # 1. simulate (the engine's own verb)

@@ -25,7 +25,7 @@ from gmmrefine_scipion.protocols import (GmmProtExportParticles, GmmProtImportPa
 from gmmrefine_scipion.viewers import plots
 
 # Small and fast: a few hundred particles, box 48, 2 iterations on CPU (~40 s per refinement).
-SIM = dict(n=400, box=48, apix=2.0, snr=0.2, perturb_angle=4.0, perturb_shift=1.0, seed=3)
+SIM = dict(n=400, box=48, apix=2.0, snr=1.0, perturb_angle=4.0, perturb_shift=1.0, seed=3)
 REFINE = dict(numberOfIterations=2, batchSize=16, useGpu=False)
 
 
@@ -143,6 +143,8 @@ class GmmProtocolsTestBase(BaseTest):
                 views = build(name)
                 self.assertEqual(len(views), 1)
                 self.assertEqual(type(views[0]).__name__, "FigureView", name)
+        self.assertTrue(any("Final resolution" in line for line in prot.summary()), prot.summary())
+        self.assertTrue(prot.methods())
         problems = []
         if not quality[0]:
             problems.append("resolution did not improve (%.2f -> %.2f A)" % (res_in, res_out))
@@ -170,6 +172,9 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
         self.assertLess(ang.max(), 1e-3)
         self.assertLess(sh.max(), 1e-3)
 
+        self.assertTrue(any("particles" in line for line in prot.summary()), prot.summary())
+        self.assertTrue(prot.methods())
+
         refine, problems = self.refine_and_check(prot, "ours")
 
         need("export")
@@ -183,6 +188,22 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
         self.assertEqual(convert.StarParticles(star).n, SIM["n"])
         self.assertEqual(len(np.load(cs)), SIM["n"])
         self.assert_engine_quality(problems)
+
+
+    def test_import_cryosparc(self):
+        """.cs written by gmmcore export (blob paths relative to the stack folder) -> our import."""
+        need("import", "export")
+        cs = self.getOutputPath("perturbed.cs")
+        subprocess.run([sys.executable, "-m", "gmmcore", "export", "--particles", self.perturbed,
+                        "--format", "cryosparc", "--out", cs], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        prot = self.newProtocol(GmmProtImportParticles, objLabel="gmm import cs",
+                                importFrom=1, csFile=cs, stackRoot=self.data)
+        self.launchProtocol(prot)
+        self.check_particles(prot.outputParticles, flipped=True)
+        ang, sh = pose_errors(prot.outputParticles, self.perturbed)
+        self.assertLess(ang.max(), 0.01)
+        self.assertLess(sh.max(), 0.01)
 
 
 class TestGmmImportRelion(GmmProtocolsTestBase):
