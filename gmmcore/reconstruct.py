@@ -25,7 +25,7 @@ from typing import Dict, Optional
 import numpy as np
 import scipy.fft as sfft
 
-from .ctf import ctf_2d
+from .ctf import ctf_2d, phase_flip
 from .errors import InputError
 from .fourier import freq_index, lowpass, radial_index
 from .fsc import half_map_report  # noqa: F401  (re-exported: the refinement driver uses it)
@@ -74,11 +74,17 @@ class Reconstructor:
                phase_flipped: bool) -> None:
         """Insert images (k, n, n) with RELION rotations (k, 3, 3) and origins (k, 2) Å.
 
-        ``ctf=None`` means no CTF (c = 1).
+        ``ctf=None`` means no CTF (c = 1).  Raw (not phase-flipped) images are first flipped on
+        their own grid — where their CTF really lives — and then weighted by |CTF| on the padded
+        grid like phase-flipped data; multiplying the padded transform by the CTF instead would
+        misplace every CTF sign change that the unpadded grid aliases (high defocus, small boxes).
         """
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 2:
             images = images[None]
+        if ctf is not None and not phase_flipped:
+            images = phase_flip(images, ctf, self.apix)
+            phase_flipped = True
         k, n = images.shape[0], self.box
         if images.shape[1:] != (n, n):
             raise ValueError(f"images of shape {images.shape[1:]} for a box of {n}")

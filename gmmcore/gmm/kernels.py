@@ -27,6 +27,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
+from ..fourier import ft  # noqa: E402
 from .model import GMM  # noqa: E402
 
 TWO_PI = 2.0 * math.pi
@@ -118,8 +119,7 @@ class FourierGrid:
 
     def image_ft(self, images: np.ndarray) -> np.ndarray:
         """Centred real images (k, box, box) → cropped transforms (k, ny, nx) complex64."""
-        ft = np.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)))
-        return self.crop(ft)
+        return self.crop(ft(images, 2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def _pose_fn(settings: PoseSettings, apix: float):
     decay = [(1.0 - (1.0 - settings.final_lr_fraction) * t / max(steps - 1, 1)) for t in range(steps)]
 
     @tf.function(reduce_retracing=True)
-    def run(centers, amps, sigmas, rot0, org0, part_re, part_im, sy, sx, pix, ring, nrings):
+    def run(centers, amps, sigmas, rot0, org0, part_re, part_im, sy, sx, pix, ring, nrings, ring_w):
         B = tf.shape(rot0)[0]
         params = tf.zeros([B, 5])  # 3 rotation-vector (rad) + 2 shift (Å)
         m = tf.zeros_like(params)
@@ -234,7 +234,7 @@ def _pose_fn(settings: PoseSettings, apix: float):
         def score(p):
             R = tf.matmul(rotvec_matrix(p[:, :3]), rot0)
             mre, mim = project_ft(centers, amps, sigmas, R, org0 + p[:, 3:], sy, sx)
-            return tf.reduce_mean(frc(mre, mim, part_re, part_im, pix, ring, nrings), axis=1)
+            return tf.reduce_sum(frc(mre, mim, part_re, part_im, pix, ring, nrings) * ring_w[None, :], axis=1)
 
         best_p = params
         best_s = tf.fill([B], -2.0)
@@ -271,7 +271,8 @@ class PoseRefiner:
     on the batch size (every particle's loss and Adam state are its own).
     """
 
-    def __init__(self, gmm: GMM, grid: FourierGrid, settings: PoseSettings = PoseSettings(), batch: int = 16):
+    def __init__(self, gmm: GMM, grid: FourierGrid, settings: PoseSettings = PoseSettings(), batch: int = 16,
+                 ring_weights: Optional[np.ndarray] = None):
         self.gmm = gmm
         self.grid = grid
         self.batch = int(batch)
@@ -280,6 +281,11 @@ class PoseRefiner:
         self._grid_t = (tf.constant(grid.sy), tf.constant(grid.sx), tf.constant(grid.pix),
                         tf.constant(grid.ring), tf.constant(grid.nrings))
         self._fn = _pose_fn(settings, grid.apix)
+        w = np.ones(grid.nrings) if ring_weights is None else np.clip(np.asarray(ring_weights, np.float64), 0, None)
+        if w.shape != (grid.nrings,) or w.sum() <= 0:
+            w = np.ones(grid.nrings)
+        self.ring_weights = (w / w.sum()).astype(np.float32)
+        self._w = tf.constant(self.ring_weights)
 
     def refine(self, particle_ft: np.ndarray, rotations: np.ndarray, origins_A: np.ndarray):
         """particle_ft (k, ny, nx) complex (cropped, phase-flipped), rotations (k,3,3), origins (k,2) Å
@@ -303,7 +309,7 @@ class PoseRefiner:
                 o = np.concatenate([o, np.repeat(o[-1:], pad, 0)])
             Rn, on, s, s0 = self._fn(*self._g, tf.constant(R, tf.float32), tf.constant(o, tf.float32),
                                      tf.constant(ft.real, tf.float32), tf.constant(ft.imag, tf.float32),
-                                     *self._grid_t)
+                                     *self._grid_t, self._w)
             n = i1 - i0
             out_R[sl] = _orthonormalise(Rn.numpy()[:n].astype(np.float64))
             out_o[sl] = on.numpy()[:n]
@@ -317,9 +323,9 @@ def _orthonormalise(R: np.ndarray) -> np.ndarray:
     return u @ vt
 
 
-def frc_scores(gmm: GMM, grid: FourierGrid, particle_ft: np.ndarray, rotations: np.ndarray,
-               origins_A: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Mean FRC of each particle against the GMM at its given pose, (k,)."""
+def frc_rings(gmm: GMM, grid: FourierGrid, particle_ft: np.ndarray, rotations: np.ndarray,
+              origins_A: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Per-ring FRC of each particle against the GMM at its given pose, (k, nrings)."""
     c, a, s = _gmm_tensors(gmm)
     sy, sx = tf.constant(grid.sy), tf.constant(grid.sx)
     out = []
@@ -328,8 +334,26 @@ def frc_scores(gmm: GMM, grid: FourierGrid, particle_ft: np.ndarray, rotations: 
         mre, mim = project_ft(c, a, s, tf.constant(rotations[sl], tf.float32), tf.constant(origins_A[sl], tf.float32), sy, sx)
         f = frc(mre, mim, tf.constant(particle_ft[sl].real), tf.constant(particle_ft[sl].imag),
                 tf.constant(grid.pix), tf.constant(grid.ring), grid.nrings)
-        out.append(tf.reduce_mean(f, axis=1).numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+        out.append(f.numpy())
+    return np.concatenate(out) if out else np.zeros((0, grid.nrings), np.float32)
+
+
+def frc_scores(gmm: GMM, grid: FourierGrid, particle_ft: np.ndarray, rotations: np.ndarray,
+               origins_A: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Mean FRC (uniform over rings) of each particle against the GMM at its pose, (k,)."""
+    return frc_rings(gmm, grid, particle_ft, rotations, origins_A, batch).mean(axis=1)
+
+
+def ssnr_ring_weights(ring_frc: np.ndarray, grid: FourierGrid) -> np.ndarray:
+    """Ring weights for the FRC average from the population FRC of a set of particles.
+
+    Each ring's per-particle FRC is a noisy estimate of the population FRC f_r with variance
+    ≈ 1/n_r (n_r pixels in the ring); weighting ring r by f_r·n_r (clipped at 0) is the
+    matched-filter choice.  Returns (nrings,) summing to 1; uniform if no ring has signal."""
+    f = np.clip(np.nanmean(ring_frc, axis=0), 0.0, None)
+    n_r = np.bincount(grid.ring, minlength=grid.nrings).astype(np.float64)
+    w = f * n_r
+    return w / w.sum() if w.sum() > 0 else np.full(grid.nrings, 1.0 / grid.nrings)
 
 
 # --------------------------------------------------------------------------------------------
