@@ -180,6 +180,7 @@ def run_refinement(p: RefineParams) -> dict:
         mask, mask_apix = read_map(p.mask)
         if mask.shape != (box,) * 3:
             raise InputError(f"mask is {mask.shape}, particles need ({box}, {box}, {box})", path=p.mask)
+    user_mask = mask
 
     summary = {"params": asdict(p), "device": device, "n_particles": n_half, "iterations": []}
 
@@ -244,7 +245,9 @@ def run_refinement(p: RefineParams) -> dict:
                 gmms[h] = GMM.load(gfile)
                 rep = json.loads((folder / f"gmm_half{h}.json").read_text())
             else:
-                m = lowpass(halves[h] * mask, apix, target)
+                # Only a user's mask may shape the GMM: the automatic mask is made from both
+                # halves and serves the FSC alone, so it must not touch either half's model.
+                m = lowpass(halves[h] * user_mask if user_mask is not None else halves[h], apix, target)
                 gmms[h], rep = build_gmm(m, apix, target, n_gaussians=p.ngauss, seed=p.seed + h,
                                          minres_A=p.minres)
                 gmms[h].meta.update({"half": h, "iteration": it})
@@ -324,7 +327,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--maxres", type=float, help="finest target resolution used for alignment, Å")
     p.add_argument("--minres", type=float, default=25.0, help="coarsest resolution in the FRC, Å (default 25)")
     p.add_argument("--sym", default="C1", help="symmetry: C1, Cn, Dn, T, O, I (default C1)")
-    p.add_argument("--mask", help="soft mask (MRC) for the masked FSC and for building the GMMs (default: automatic)")
+    p.add_argument("--mask", help="soft mask (MRC) for the masked FSC and applied to each half map before its GMM is built (default: an automatic mask, used for the FSC only)")
     p.add_argument("--batch", type=int, default=16, help="particles per batch on the device: the GPU-memory knob (default 16)")
     p.add_argument("--chunk", type=int, default=20000, help="particles read per chunk (default 20000)")
     p.add_argument("--steps", type=int, default=10, help="gradient steps per particle per iteration (default 10)")
