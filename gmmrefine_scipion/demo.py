@@ -77,7 +77,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=1000, help="particles (default 1000)")
     parser.add_argument("--box", type=int, default=64, help="box in pixels (default 64)")
     parser.add_argument("--apix", type=float, default=1.6, help="pixel size in Å (default 1.6)")
-    parser.add_argument("--snr", type=float, default=0.2, help="simulated SNR (default 0.2)")
+    parser.add_argument("--snr", type=float, default=0.5, help="simulated SNR (default 0.5)")
     parser.add_argument("--perturb-angle", type=float, default=4.0, help="input pose error, degrees")
     parser.add_argument("--perturb-shift", type=float, default=1.0, help="input shift error, pixels")
     parser.add_argument("--iter", type=int, default=3, help="refinement iterations (default 3)")

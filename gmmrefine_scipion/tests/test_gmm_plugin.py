@@ -1,0 +1,48 @@
+"""Plugin registration and helpers (no engine runs)."""
+import os
+import sys
+
+
+def test_plugin_registered_with_protocols_viewers_and_bibtex():
+    from pwem import Domain
+    plugin = Domain.getPlugin("gmmrefine_scipion")
+    assert plugin.Plugin._pathVars == []
+    protocols = Domain.getProtocols()
+    for name in ("GmmProtImportParticles", "GmmProtRefine", "GmmProtExportParticles"):
+        assert name in protocols
+    assert "GmmRefineViewer" in Domain.getViewers()
+    assert "Chen2024" in plugin._bibtex
+    assert "10.1038/s41592-023-02082-9" in plugin._bibtex["Chen2024"]["doi"]
+
+
+def test_protocols_conf_tree():
+    from pwem import Domain
+    from pyworkflow.gui.project.viewprotocols_extra import ProtocolTreeConfig
+    import gmmrefine_scipion
+    conf = os.path.join(os.path.dirname(gmmrefine_scipion.__file__), "protocols.conf")
+    protocols = ProtocolTreeConfig.load(Domain, conf)
+    text = repr({k: str(v) for k, v in protocols.items()})
+    found = set()
+
+    def walk(node):
+        value = getattr(node, "value", None) or getattr(node, "_value", None)
+        if value:
+            found.add(str(value))
+        for child in getattr(node, "childs", []) or getattr(node, "children", []):
+            walk(child)
+
+    for tree in protocols.values():
+        walk(tree)
+    assert {"GmmProtImportParticles", "GmmProtRefine", "GmmProtExportParticles"} <= found, (found, text)
+
+
+def test_command_line_and_environment(monkeypatch):
+    from gmmrefine_scipion import Plugin
+    args = Plugin.getGmmcoreArgs("refine", particles="/a b/p.star", iter=2, cpu=True, gpu=None,
+                                 new_split=False, stack_root="/x")
+    assert args == "-m gmmcore refine --particles '/a b/p.star' --iter 2 --cpu --stack-root /x"
+    assert Plugin.getPython() == os.environ.get("GMMREFINE_PYTHON", sys.executable)
+    assert Plugin.getGmmcoreCommand("import", out="d").endswith("-m gmmcore import --out d")
+    env = Plugin.getEnviron()
+    assert env["TF_CPP_MIN_LOG_LEVEL"]
+    assert Plugin.validateInstallation() == []
