@@ -1,0 +1,87 @@
+"""Peak memory of a refinement as the dataset grows (box 64): 10,000 vs 100,000 particles.
+
+Simulates the datasets (cached under benchmarks/work/), then runs one refinement iteration of each
+in a fresh process (`gmmcore refine --iter 1`) and records the process's peak resident memory
+(ru_maxrss of the child) and wall time.  Particles are streamed in chunks (`--chunk`, default
+20,000), so peak memory should not grow with the number of particles.
+
+    python benchmarks/bench_memory.py [--sizes 10000 100000] [--steps 3]
+
+Writes benchmarks/results/bench_memory.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_measured(cmd, env) -> dict:
+    t0 = time.time()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return {"seconds": round(time.time() - t0, 1), "peak_rss_MB": round(max(after, before) / 1024, 1),
+            "peak_rss_exact": after > before, "stdout_tail": proc.stdout.strip().splitlines()[-3:]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
+    ap.add_argument("--steps", type=int, default=3, help="pose steps per particle (fewer = faster; memory is the point)")
+    ap.add_argument("--chunk", type=int, default=20000)
+    ap.add_argument("--work", default=str(HERE / "work"))
+    args = ap.parse_args()
+    env = dict(os.environ, GMMCORE_NO_PROGRESS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    py = sys.executable
+    results = []
+    # Largest first: ru_maxrss of children is a running maximum, so each size runs in its own
+    # measuring process to keep the figures separate.
+    for n in args.sizes:
+        sim = Path(args.work) / f"sim_{n}"
+        if not (sim / "particles_perturbed.star").exists():
+            subprocess.run([py, "-m", "gmmcore", "simulate", "--n", str(n), "--box", "64", "--apix", "1.2",
+                            "--snr", "1.0", "--seed", "3", "--out", str(sim)], env=env, check=True,
+                           capture_output=True)
+        out = Path(args.work) / f"refine_{n}"
+        cmd = [py, "-c", "import json,resource,subprocess,sys;"
+               "r=subprocess.run(sys.argv[1:]).returncode;"
+               "print(json.dumps({'rc': r, 'maxrss_kB': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))",
+               py, "-m", "gmmcore", "refine", "--particles", str(sim / "particles_perturbed.star"), "--iter", "1",
+               "--steps", str(args.steps), "--chunk", str(args.chunk), "--new-split", "--out", str(out)]
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        t0 = time.time()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        last = json.loads(proc.stdout.strip().splitlines()[-1])
+        if last["rc"] != 0:
+            raise SystemExit(proc.stderr[-3000:])
+        summary = json.loads((out / "summary.json").read_text())
+        results.append({"n_particles": n, "box": 64, "chunk": args.chunk, "steps": args.steps,
+                        "peak_rss_MB": round(last["maxrss_kB"] / 1024, 1), "seconds": round(time.time() - t0, 1),
+                        "resolution_initial_A": summary["initial"]["resolution"],
+                        "resolution_after_A": summary["iterations"][-1]["resolution"]})
+        print(results[-1], flush=True)
+    doc = {"benchmark": "peak memory of `gmmcore refine --iter 1` vs number of particles",
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+           "what": "peak resident set size (ru_maxrss) of the refine process, which reads the particles in chunks",
+           "results": results}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "bench_memory.json").write_text(json.dumps(doc, indent=1))
+    print(json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    main()
