@@ -14,6 +14,7 @@ import pytest
 
 from gmmcore.cli import main as cli
 from gmmcore.fourier import lowpass
+from gmmcore.fsc import fsc, resolution_at
 from gmmcore.geometry import matrix_to_euler
 from gmmcore.io.maps import read_map
 from gmmcore.io.star import read_star, write_star
@@ -27,7 +28,7 @@ def relion_data(tmp_path_factory):
     from gmmcore.simulate import simulate_dataset
 
     out = tmp_path_factory.mktemp("relion_xcheck")
-    sim = simulate_dataset(out / "sim", n_particles=600, box=48, apix=2.0, snr=1.0, seed=11, show_progress=False)
+    sim = simulate_dataset(out / "sim", n_particles=600, box=48, apix=2.0, snr=5.0, seed=11, show_progress=False)
     assert cli(["import", "--star", str(sim["true_star"]), "--no-phase-flip", "--out", str(out / "imp")]) == 0
     return sim, out
 
@@ -38,9 +39,15 @@ def _relion_half1(star, out_mrc, apix):
     return read_map(out_mrc)[0]
 
 
-def _cc(a, b, apix, res=6.0):
+def _cc(a, b, apix, res=5.0):
     a, b = lowpass(a, apix, res), lowpass(b, apix, res)
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def _res_vs(a, b, apix):
+    """Resolution (Å) where the FSC between two maps falls below 0.5."""
+    freq, curve = fsc(a, b, apix)
+    return resolution_at(freq, curve, 0.5)
 
 
 def test_relion_reads_our_star_and_agrees(relion_data):
@@ -51,9 +58,11 @@ def test_relion_reads_our_star_and_agrees(relion_data):
     ours = read_map(out / "ours" / "half1.mrc")[0]
     true = read_map(sim["true_map"])[0]
     cc_ours, cc_true = _cc(rel, ours, sim["apix"]), _cc(rel, true, sim["apix"])
-    print(f"RELION vs ours {cc_ours:.4f}, RELION vs truth {cc_true:.4f}")
+    res_true = _res_vs(rel, true, sim["apix"])
+    print(f"RELION vs ours {cc_ours:.4f}, RELION vs truth {cc_true:.4f}, FSC(RELION, truth) = 0.5 at {res_true:.2f} Å")
     assert cc_ours > 0.97
     assert cc_true > 0.95
+    assert res_true < 7.0
 
 
 def test_transposed_angles_disagree_with_relion(relion_data):
@@ -67,6 +76,6 @@ def test_transposed_angles_disagree_with_relion(relion_data):
     assert np.allclose(read_star(star).euler(), matrix_to_euler(wrong.rotation), atol=1e-3)
     rel = _relion_half1(star, out / "relion_transposed.mrc", sim["apix"])
     true = read_map(sim["true_map"])[0]
-    cc = _cc(rel, true, sim["apix"])
-    print(f"transposed angles: RELION vs truth {cc:.4f}")
-    assert cc < 0.8
+    res = _res_vs(rel, true, sim["apix"])
+    print(f"transposed angles: FSC(RELION, truth) = 0.5 at {res:.2f} Å")
+    assert res > 10.0  # right convention: < 7 Å (4.4 Å measured)
