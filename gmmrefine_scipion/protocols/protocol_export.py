@@ -27,9 +27,14 @@ class GmmProtExportParticles(EMProtocol, GmmProtocolMixin):
                       display=params.EnumParam.DISPLAY_HLIST, label="Format",
                       help="RELION: star file with optics block (origins in Å). cryoSPARC: .cs "
                            "file (pose as rotation vector, shift in pixels, split 0/1).")
+        form.addParam("referenceStar", params.PathParam, allowsNull=True,
+                      condition="exportFormat != %d" % EXPORT_CRYOSPARC,
+                      label="Original star file (optional)",
+                      help="The star file the particles were imported from: the RELION output then "
+                           "keeps its rows, optics and image names (the original, not "
+                           "phase-flipped, images) with the new poses and half sets.")
         form.addParam("referenceCs", params.PathParam, allowsNull=True,
                       condition="exportFormat != %d" % EXPORT_RELION,
-                      expertLevel=params.LEVEL_ADVANCED,
                       label="Original cryoSPARC .cs (optional)",
                       help="The .cs the particles came from: its uids and blob paths are kept so "
                            "cryoSPARC can import the result against the original particles.")
@@ -60,6 +65,8 @@ class GmmProtExportParticles(EMProtocol, GmmProtocolMixin):
             options = {"particles": self.abspath(star), "format": fmt, "out": self.abspath(path)}
             if fmt == "cryosparc" and self.referenceCs.get():
                 options["reference"] = self.abspath(self.referenceCs.get())
+            if fmt == "relion" and self.referenceStar.get():
+                options["reference"] = self.abspath(self.referenceStar.get())
             self.runGmmcore("export", **options)
             if self.exportDir.get():
                 os.makedirs(self.exportDir.get(), exist_ok=True)
@@ -70,8 +77,11 @@ class GmmProtExportParticles(EMProtocol, GmmProtocolMixin):
         parts = self.inputParticles.get()
         if parts is not None and parts.getAlignment() != ALIGN_PROJ:
             errors.append("The particles need 3-D poses (projection alignment).")
-        if self.referenceCs.get() and not os.path.isfile(self.referenceCs.get()):
-            errors.append("File not found: %s" % self.referenceCs.get())
+        for ref in (self.referenceCs.get(), self.referenceStar.get()):
+            if ref and not os.path.isfile(ref):
+                errors.append("File not found: %s" % ref)
+        if self.referenceCs.get() and not self.referenceCs.get().endswith(".cs"):
+            errors.append("The original cryoSPARC file must be a .cs file.")
         name = self.baseName.get() or ""
         if not name or os.sep in name:
             errors.append("Give a file name without folders.")

@@ -73,6 +73,23 @@ def pose_errors(partSet, true_star):
     return np.asarray(angles), np.asarray(shifts)
 
 
+def pose_errors_from_star(star, true_star):
+    """Median-able (angle deg, shift px) errors of a star file's poses vs the truth (by image index)."""
+    sp, st = convert.StarParticles(star), convert.StarParticles(true_star)
+    apix = st.pixel_size()
+    names = sp.column("rlnImageName")
+    cols = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+    a, t = [sp.column(k).astype(float) for k in cols], [st.column(k).astype(float) for k in cols]
+    o, ot = sp.origins_px(apix), st.origins_px(apix)
+    angles, shifts = [], []
+    for i, name in enumerate(names):
+        j = convert.relion_to_location(str(name))[0] - 1
+        M = convert.euler_to_matrix(a[0][i], a[1][i], a[2][i]) @ convert.euler_to_matrix(t[0][j], t[1][j], t[2][j]).T
+        angles.append(np.degrees(np.arccos(np.clip((np.trace(M) - 1) / 2, -1, 1))))
+        shifts.append(np.hypot(*(o[i] - ot[j])))
+    return np.asarray(angles), np.asarray(shifts)
+
+
 class GmmProtocolsTestBase(BaseTest):
     @classmethod
     def setUpClass(cls):
@@ -178,14 +195,22 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
         refine, problems = self.refine_and_check(prot, "ours")
 
         need("export")
-        exp = self.newProtocol(GmmProtExportParticles, objLabel="gmm export", exportFormat=2)
+        exp = self.newProtocol(GmmProtExportParticles, objLabel="gmm export", exportFormat=2,
+                               referenceStar=self.perturbed)
         exp.inputParticles.set(refine)
         exp.inputParticles.setExtended("outputParticles")
         self.launchProtocol(exp)
         star = exp._getExtraPath("particles_gmm.star")
         cs = exp._getExtraPath("particles_gmm.cs")
         self.assertTrue(os.path.exists(star) and os.path.exists(cs))
-        self.assertEqual(convert.StarParticles(star).n, SIM["n"])
+        exported = convert.StarParticles(star)
+        self.assertEqual(exported.n, SIM["n"])
+        # with the original star as reference, rows point at the original images again
+        self.assertTrue(all(str(n).endswith("particles.mrcs") and "import" not in str(n)
+                            for n in exported.column("rlnImageName")), exported.column("rlnImageName")[:3])
+        ang, _ = pose_errors_from_star(star, self.true_star)
+        ang_ref, _ = pose_errors(refine.outputParticles, self.true_star)
+        self.assertAlmostEqual(float(np.median(ang)), float(np.median(ang_ref)), places=2)
         self.assertEqual(len(np.load(cs)), SIM["n"])
         self.assert_engine_quality(problems)
 
