@@ -61,16 +61,3 @@ def _scipion_sandbox():
     if not os.environ.get("GMMREFINE_KEEP_TESTS") and not os.environ.get("GMMREFINE_TEST_ROOT"):
         shutil.rmtree(_ROOT, ignore_errors=True)
 
-
-@pytest.fixture(scope="session")
-def engine_has():
-    """``engine_has('refine')``: whether the gmmcore verb exists yet (engine built in parallel)."""
-    import importlib.util
-
-    from gmmcore.cli import VERBS  # noqa: WPS433 (only the table, no numerics)
-
-    def has(verb):
-        modname = VERBS.get(verb, (None,))[0]
-        return bool(modname) and importlib.util.find_spec(modname) is not None
-
-    return has
