@@ -16,8 +16,9 @@ cropping.  It is swapped in for kernels.project_ft inside its own worker process
 
 Each (implementation, batch) is measured in a fresh subprocess: particle-steps per second (after
 one warm-up batch that includes tracing), and peak resident memory (``ru_maxrss``) before and after
-the measured refinement, and the current RSS sampled every 5 ms during it: ``working_MB`` = sampled
-peak − RSS just before = the alignment's working memory on top of TensorFlow + data.  Data
+the refinement, and the current RSS sampled every 5 ms during warm-up + measured batches:
+``working_MB`` = sampled peak − RSS just before the first batch = the alignment's working memory
+on top of TensorFlow + data.  Data
 are made once by the parent and handed to the workers in a temporary .npz.
 """
 from __future__ import annotations
@@ -187,12 +188,12 @@ def worker(args) -> dict:
     settings = kernels.PoseSettings()
     ref = kernels.PoseRefiner(gmm, g, settings, batch=B)
     rss_setup = _maxrss_mb()
-    t = time.perf_counter()
-    ref.refine(ft[:B], R0[:B], o0[:B])  # warm-up: tracing + first batch
-    warm = time.perf_counter() - t
     rss_before = _rss_mb()
     load0 = os.getloadavg()[0]
     with RssSampler() as sampler:
+        t = time.perf_counter()
+        ref.refine(ft[:B], R0[:B], o0[:B])  # warm-up: tracing + first batch
+        warm = time.perf_counter() - t
         t = time.perf_counter()
         R, o, s, s0 = ref.refine(ft[B:], R0[B:], o0[B:])
         sec = time.perf_counter() - t
