@@ -7,97 +7,78 @@ Conventions (docs/ARCHITECTURE.md, ../shared/DESIGN.md section 2):
 * Scipion stores an ALIGN_PROJ particle transform T as the inverse of
   M = euler_matrix(-rot, -tilt, -psi, 'szyz') with M[:3, 3] = -origin_px.  The rotation block of M
   is RELION's A, so T = [[A^T, A^T·o], [0, 1]] (o = origin in pixels) and, back,
-  A = T[:3,:3]^T, o = A·T[:3,3].
+  A = T[:3,:3]^T, o = A·T[:3,3]  (relion plugin, convert31).
 * Half sets live on every particle as ``_rlnRandomSubset`` (1 / 2), the attribute name the relion
   plugin uses, so star files written by either plugin keep the split.
 
-Only numpy and the star/mrc libraries are used here: the engine (gmmcore) may live in another
-environment, so this module does not import it.
+The star files themselves, image names and Euler angles are gmmcore's (``gmmcore.io.star``,
+``gmmcore.io.stacks``, ``gmmcore.geometry``): those modules need only numpy/scipy/pandas/
+starfile/mrcfile, never TensorFlow, so they are safe in Scipion's process.  This module holds only
+the Scipion side: transform matrices, locations, CTFModel, acquisition, half-set attribute.
 """
-import math
 import os
 from collections import OrderedDict
 
 import numpy as np
+import pandas as pd
 
 from pwem.constants import ALIGN_NONE, ALIGN_PROJ
 from pwem.objects import Acquisition, Coordinate, CTFModel, Particle, Transform
 from pyworkflow.object import Integer
 
-from .constants import HALF_SET_ATTR, OPTICS_GROUP_ATTR
+from gmmcore.errors import InputError
+from gmmcore.geometry import angular_distance, euler_to_matrix, matrix_to_euler  # noqa: F401 (re-exported)
+from gmmcore.io.stacks import format_image_name, parse_image_name, resolve_stack_path
+from gmmcore.io.star import read_star, write_star
+from gmmcore.particles import CTFParams, ParticleTable
 
-_EPS = 16 * np.finfo(np.float32).eps
+from .constants import HALF_SET_ATTR, OPTICS_GROUP_ATTR
 
 # Extensions gmmcore (mrcfile) reads directly; anything else is converted to .mrcs first.
 MRC_EXTENSIONS = (".mrc", ".mrcs", ".st", ".map")
 
 
 # ------------------------------------------------------------------------------------------------
-# Euler angles (RELION) <-> matrices
+# RELION A + origin <-> Scipion ALIGN_PROJ matrices (vectorised over a leading axis)
 # ------------------------------------------------------------------------------------------------
-def euler_to_matrix(rot, tilt, psi):
-    """RELION's A for angles in degrees (Euler_angles2matrix)."""
-    a, b, g = (math.radians(v) for v in (rot, tilt, psi))
-    ca, sa, cb, sb, cg, sg = math.cos(a), math.sin(a), math.cos(b), math.sin(b), math.cos(g), math.sin(g)
-    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
-    return np.array([[cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
-                     [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
-                     [sc, ss, cb]])
+def scipion_matrices(A, origin_px):
+    """Scipion ALIGN_PROJ 4x4 matrices T = [[Aᵀ, Aᵀ·o], [0, 1]] from RELION A (..., 3, 3) and
+    origins o in pixels (..., 2 or 3)."""
+    At = np.swapaxes(np.asarray(A, dtype=float), -1, -2)
+    origin_px = np.asarray(origin_px, dtype=float)
+    o = np.zeros(At.shape[:-2] + (3,))
+    o[..., :origin_px.shape[-1]] = origin_px
+    T = np.zeros(At.shape[:-2] + (4, 4))
+    T[..., :3, :3] = At
+    T[..., :3, 3] = np.einsum("...ij,...j->...i", At, o)
+    T[..., 3, 3] = 1.0
+    return T
 
 
-def matrix_to_euler(A):
-    """(rot, tilt, psi) in degrees from RELION's A (Euler_matrix2angles; tilt in [0, 180])."""
-    A = np.asarray(A, dtype=float)
-    abs_sb = math.hypot(A[0, 2], A[1, 2])
-    if abs_sb > _EPS:
-        psi = math.atan2(A[1, 2], -A[0, 2])
-        rot = math.atan2(A[2, 1], A[2, 0])
-        if abs(math.sin(psi)) < _EPS:
-            sign_sb = np.sign(-A[0, 2] / math.cos(psi))
-        else:
-            sign_sb = np.sign(A[1, 2]) if math.sin(psi) > 0 else -np.sign(A[1, 2])
-        tilt = math.atan2(sign_sb * abs_sb, A[2, 2])
-    elif A[2, 2] > 0:
-        rot, tilt, psi = 0.0, 0.0, math.atan2(-A[1, 0], A[0, 0])
-    else:
-        rot, tilt, psi = 0.0, math.pi, math.atan2(A[1, 0], -A[0, 0])
-    return math.degrees(rot), math.degrees(tilt), math.degrees(psi)
+def scipion_poses(T):
+    """(A (..., 3, 3), origin in pixels (..., 3)) from Scipion ALIGN_PROJ matrices (..., 4, 4)."""
+    T = np.asarray(T, dtype=float)
+    A = np.swapaxes(T[..., :3, :3], -1, -2)
+    return A, np.einsum("...ij,...j->...i", A, T[..., :3, 3])
 
 
 def relion_to_scipion_matrix(rot, tilt, psi, origin_px):
     """Scipion ALIGN_PROJ 4x4 matrix from RELION angles (deg) and origin (pixels, x y [z])."""
-    A = euler_to_matrix(rot, tilt, psi)
-    o = np.zeros(3)
-    o[:len(origin_px)] = origin_px
-    T = np.eye(4)
-    T[:3, :3] = A.T
-    T[:3, 3] = A.T @ o
-    return T
-
-
-def scipion_matrix_to_relion(T):
-    """(rot, tilt, psi) degrees and origin (pixels, 3 values) from a Scipion ALIGN_PROJ matrix."""
-    T = np.asarray(T, dtype=float)
-    A = T[:3, :3].T
-    origin = A @ T[:3, 3]
-    return matrix_to_euler(A), origin
+    return scipion_matrices(euler_to_matrix(rot, tilt, psi), origin_px)
 
 
 # ------------------------------------------------------------------------------------------------
-# Locations
+# Locations: Scipion (index, file) with 1-based index, 0 = single image <-> RELION 'index@file'
 # ------------------------------------------------------------------------------------------------
 def location_to_relion(index, filename):
     """Scipion (index, file) -> RELION 'index@file' (Scipion index 0 = single image -> 1)."""
-    filename = strip_format_suffix(filename)
-    return "%06d@%s" % (max(int(index or 0), 1), filename)
+    return format_image_name(max(int(index or 0), 1) - 1, strip_format_suffix(filename))
 
 
 def relion_to_location(name):
-    """RELION 'index@file' -> (index, file); a bare file name is image 1."""
-    if "@" in name:
-        idx, fn = name.split("@", 1)
-        return int(idx), fn
-    return 1, name
+    """RELION 'index@file' -> Scipion (index, file); a bare file name is image 1."""
+    index0, filename = parse_image_name(name)
+    return index0 + 1, filename
 
 
 def strip_format_suffix(filename):
@@ -106,17 +87,6 @@ def strip_format_suffix(filename):
     if sep and suffix in ("mrc", "mrcs", "spi", "stk", "img", "hed", "tif", "tiff") and base:
         return base
     return filename
-
-
-def resolve_path(path, *roots):
-    """First existing path among ``path`` (if absolute) or ``root/path``; else ``roots[0]/path``."""
-    if os.path.isabs(path):
-        return path
-    for root in roots:
-        candidate = os.path.join(root, path)
-        if os.path.exists(candidate):
-            return os.path.normpath(candidate)
-    return os.path.normpath(os.path.join(roots[0], path)) if roots else path
 
 
 def project_relative(path, cwd=None):
@@ -129,49 +99,7 @@ def project_relative(path, cwd=None):
 
 
 # ------------------------------------------------------------------------------------------------
-# Star file text (small, dependency-free writer; starfile reads)
-# ------------------------------------------------------------------------------------------------
-def _fmt(value):
-    if isinstance(value, (bool, np.bool_)):
-        return str(int(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return "%.6f" % value
-    text = str(value)
-    if text == "" or any(c.isspace() for c in text):
-        return '"%s"' % text
-    return text
-
-
-def write_star_blocks(path, blocks, version="30001"):
-    """Write ``{block_name: list-of-OrderedDict rows}`` as loop_ blocks (RELION 3.1 layout)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("# Star file written by the gmmrefine Scipion plugin\n")
-        for name, rows in blocks.items():
-            if not rows:
-                continue
-            labels = list(rows[0].keys())
-            f.write("\n# version %s\n\ndata_%s\n\nloop_\n" % (version, name))
-            for i, label in enumerate(labels, 1):
-                f.write("_%s #%d\n" % (label, i))
-            for row in rows:
-                f.write(" ".join(_fmt(row[label]) for label in labels))
-                f.write("\n")
-            f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_star_tables(path):
-    """Read a star file into ``{block: pandas.DataFrame}`` (block names without 'data_')."""
-    import starfile
-    data = starfile.read(path, always_dict=True)
-    return {str(k): v for k, v in data.items()}
-
-
-# ------------------------------------------------------------------------------------------------
-# Scipion -> star
+# Half sets and optics groups on particles
 # ------------------------------------------------------------------------------------------------
 def _optics_group_of(particle):
     value = particle.getAttributeValue(OPTICS_GROUP_ATTR, None)
@@ -187,6 +115,10 @@ def get_half_set(particle):
     return value if value in (1, 2) else None
 
 
+def set_half(particle, half):
+    setattr(particle, HALF_SET_ATTR, Integer(int(half)))
+
+
 def count_half_sets(particles):
     """{1: n1, 2: n2, None: n_without} over a set (iterates once)."""
     counts = {1: 0, 2: 0, None: 0}
@@ -195,22 +127,27 @@ def count_half_sets(particles):
     return counts
 
 
-def write_particles_star(partSet, starFile, stackDir=None, writeAlignment=True,
-                         requireHalfSets=False, writeHalfSets=True, phaseFlipped=None):
-    """Write a SetOfParticles as a RELION 3.1 star file for gmmcore.
+# ------------------------------------------------------------------------------------------------
+# Scipion -> star
+# ------------------------------------------------------------------------------------------------
+def write_particles_star(partSet, starFile, stackDir=None, requireHalfSets=False,
+                         writeHalfSets=True, phaseFlipped=None):
+    """Write a SetOfParticles (ALIGN_PROJ, with CTF) as a RELION 3.1 star file for gmmcore.
 
     Image paths are written absolute (Scipion's are relative to the project folder).  Images in a
-    format other than MRC are converted into ``stackDir`` (required then) first.
-    Returns the number of particles written.
+    format other than MRC are converted into ``stackDir`` (required then) first.  The file is
+    written by :func:`gmmcore.io.star.write_star`; besides gmmcore's columns it keeps
+    rlnImageId (the particle id, to match the refined rows back), coordinates, micrograph names
+    and each optics group's rlnMicrographOriginalPixelSize.  Returns the number of particles.
     """
     apix = float(partSet.getSamplingRate())
     box = int(partSet.getXDim() or partSet.getFirstItem().getXDim())
     acq = partSet.getAcquisition()
     flipped = partSet.isPhaseFlipped() if phaseFlipped is None else phaseFlipped
-    alignment = partSet.getAlignment() if writeAlignment else ALIGN_NONE
-    if alignment not in (ALIGN_PROJ, ALIGN_NONE):
+    # gmmcore's star always has poses and CTF (its reader requires them): refuse a set without.
+    if partSet.getAlignment() != ALIGN_PROJ:
         raise ValueError("Particles have alignment %s; gmmcore needs projection alignment "
-                         "(3D angles) or none." % alignment)
+                         "(3D angles)." % partSet.getAlignment())
 
     converted = {}
 
@@ -228,37 +165,31 @@ def write_particles_star(partSet, starFile, stackDir=None, writeAlignment=True,
             converted[fn] = os.path.abspath(out)
         return converted[fn]
 
-    rows, groups = [], OrderedDict()
+    rows, matrices = [], []
     for part in partSet.iterItems(orderBy="id"):
         index, fn = part.getLocation()
-        og = _optics_group_of(part)
-        groups.setdefault(og, None)
-        row = OrderedDict()
-        row["rlnImageName"] = location_to_relion(index, image_file(fn))
-        row["rlnImageId"] = part.getObjId()
-        row["rlnOpticsGroup"] = og
+        row = OrderedDict([("rlnImageName", location_to_relion(index, image_file(fn))),
+                           ("rlnImageId", part.getObjId()),
+                           ("rlnOpticsGroup", _optics_group_of(part))])
         coord = part.getCoordinate()
         if coord is not None and coord.getX() is not None:
             row["rlnCoordinateX"] = float(coord.getX())
             row["rlnCoordinateY"] = float(coord.getY())
             row["rlnMicrographName"] = str(coord.getMicName() or coord.getMicId() or "mic")
-        if part.hasCTF():
-            ctf = part.getCTF()
-            row["rlnDefocusU"] = float(ctf.getDefocusU())
-            row["rlnDefocusV"] = float(ctf.getDefocusV())
-            row["rlnDefocusAngle"] = float(ctf.getDefocusAngle())
-            row["rlnPhaseShift"] = float(ctf.getPhaseShift() or 0.0)
-        if alignment == ALIGN_PROJ:
-            (rot, tilt, psi), origin = scipion_matrix_to_relion(part.getTransform().getMatrix())
-            row["rlnAngleRot"], row["rlnAngleTilt"], row["rlnAnglePsi"] = rot, tilt, psi
-            row["rlnOriginXAngst"] = origin[0] * apix
-            row["rlnOriginYAngst"] = origin[1] * apix
+        if not part.hasCTF():
+            raise ValueError("Particle %s has no CTF; gmmcore needs one." % part.getObjId())
+        ctf = part.getCTF()
+        row["rlnDefocusU"] = float(ctf.getDefocusU())
+        row["rlnDefocusV"] = float(ctf.getDefocusV())
+        row["rlnDefocusAngle"] = float(ctf.getDefocusAngle())
+        row["rlnPhaseShift"] = float(ctf.getPhaseShift() or 0.0)
         half = get_half_set(part) if writeHalfSets else None
         if half is None and requireHalfSets:
             raise ValueError("Particle %s has no half set (%s)." % (part.getObjId(), HALF_SET_ATTR))
         if half is not None:
             row["rlnRandomSubset"] = half
         rows.append(row)
+        matrices.append(part.getTransform().getMatrix())
     if not rows:
         raise ValueError("The input set has no particles.")
     # every row must have the same labels (a half set on only some particles is an error upstream)
@@ -269,170 +200,120 @@ def write_particles_star(partSet, starFile, stackDir=None, writeAlignment=True,
             raise ValueError("Particle %s differs from the first in labels %s."
                              % (row["rlnImageId"], sorted(missing)))
 
-    optics = []
-    for og in groups:
-        optics.append(OrderedDict([
-            ("rlnOpticsGroupName", "opticsGroup%d" % og),
-            ("rlnOpticsGroup", og),
-            ("rlnMicrographOriginalPixelSize", apix),
-            ("rlnVoltage", float(acq.getVoltage() or 300.0)),
-            ("rlnSphericalAberration", float(acq.getSphericalAberration() or 2.7)),
-            ("rlnAmplitudeContrast", float(acq.getAmplitudeContrast() or 0.1)),
-            ("rlnImagePixelSize", apix),
-            ("rlnImageSize", box),
-            ("rlnImageDimensionality", 2),
-            ("rlnCtfDataArePhaseFlipped", 1 if flipped else 0),
-        ]))
-    write_star_blocks(starFile, OrderedDict([("optics", optics), ("particles", rows)]))
-    return len(rows)
+    df = pd.DataFrame(rows, columns=labels)
+    n = len(df)
+    full = lambda v: np.full(n, float(v))  # noqa: E731
+    A, origin_px = scipion_poses(np.asarray(matrices))
+    groups = df["rlnOpticsGroup"].to_numpy(np.int32)
+    ctf = CTFParams(defocus_u=df["rlnDefocusU"].to_numpy(float), defocus_v=df["rlnDefocusV"].to_numpy(float),
+                    defocus_angle=df["rlnDefocusAngle"].to_numpy(float),
+                    voltage=full(acq.getVoltage() or 300.0),
+                    cs=full(acq.getSphericalAberration() or 2.7),
+                    amp_contrast=full(acq.getAmplitudeContrast() or 0.1),
+                    phase_shift=df["rlnPhaseShift"].to_numpy(float), bfactor=full(0.0))
+    half = df["rlnRandomSubset"].to_numpy(np.int8) if "rlnRandomSubset" in df else np.zeros(n, np.int8)
+    # optics extras gmmcore's writer passes through (it fills pixel size, size, voltage, ...)
+    ogs = sorted(set(groups.tolist()))
+    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup%d" % g for g in ogs],
+                           "rlnOpticsGroup": np.asarray(ogs, np.int64),
+                           "rlnMicrographOriginalPixelSize": np.full(len(ogs), apix)})
+    table = ParticleTable(
+        image_name=df["rlnImageName"].to_numpy(object), rotation=A, origin=origin_px[:, :2] * apix,
+        half=half, optics_group=groups, apix=full(apix), image_size=np.full(n, box, np.int32),
+        ctf=ctf, phase_flipped=bool(flipped),
+        star_particles=df,  # gmmcore's writer replaces its own columns in place, keeps the others
+        star_optics=optics, source=starFile)
+    write_star(table, starFile)
+    return n
 
 
 # ------------------------------------------------------------------------------------------------
 # star -> Scipion
 # ------------------------------------------------------------------------------------------------
-class StarParticles:
-    """A RELION star file read into per-particle values Scipion needs (3.0 and 3.1+)."""
-
-    def __init__(self, starFile):
-        self.path = starFile
-        tables = read_star_tables(starFile)
-        if "particles" in tables:
-            self.parts = tables["particles"]
-            self.optics = tables.get("optics")
-        else:  # RELION 3.0: one unnamed block (starfile names it '' or 'images')
-            key = next(k for k, v in tables.items() if "rlnImageName" in getattr(v, "columns", []))
-            self.parts, self.optics = tables[key], None
-        if "rlnImageName" not in self.parts.columns:
-            raise ValueError("%s: no rlnImageName column." % starFile)
-        self.n = len(self.parts)
-
-    def column(self, label, default=None):
-        if label in self.parts.columns:
-            return self.parts[label].to_numpy()
-        return None if default is None else np.full(self.n, default)
-
-    def optics_rows(self):
-        """{group number: row(Series)}, empty for RELION 3.0."""
-        if self.optics is None:
-            return {}
-        return {int(r["rlnOpticsGroup"]): r for _, r in self.optics.iterrows()}
-
-    def pixel_size(self):
-        ogs = self.optics_rows()
-        if ogs:
-            sizes = {float(r.get("rlnImagePixelSize", float("nan"))) for r in ogs.values()}
-            sizes = {s for s in sizes if not math.isnan(s)}
-            if len(sizes) > 1:
-                raise ValueError("%s: optics groups have different pixel sizes %s; "
-                                 "import them separately." % (self.path, sorted(sizes)))
-            if sizes:
-                return sizes.pop()
-        for label in ("rlnImagePixelSize",):
-            col = self.column(label)
-            if col is not None:
-                return float(col[0])
-        det, mag = self.column("rlnDetectorPixelSize"), self.column("rlnMagnification")
-        if det is not None and mag is not None:
-            return float(det[0]) * 1e4 / float(mag[0])
-        return None
-
-    def origins_px(self, apix):
-        """(n, 2) origins in pixels (RELION sign)."""
-        x, y = self.column("rlnOriginXAngst"), self.column("rlnOriginYAngst")
-        if x is not None and y is not None:
-            return np.stack([x, y], 1).astype(float) / apix
-        x, y = self.column("rlnOriginX", 0.0), self.column("rlnOriginY", 0.0)
-        return np.stack([x, y], 1).astype(float)
-
-    def has_angles(self):
-        return self.column("rlnAngleRot") is not None or self.column("rlnAngleTilt") is not None
-
-    def phase_flipped(self):
-        ogs = self.optics_rows()
-        return any(int(r.get("rlnCtfDataArePhaseFlipped", 0) or 0) for r in ogs.values())
+def _column(table, label):
+    """A pass-through particle column of a gmmcore ParticleTable read from a star, or None."""
+    df = table.star_particles
+    return df[label].to_numpy() if df is not None and label in df.columns else None
 
 
-def _fill_acquisition(acq, optics_row, defaults=None):
-    defaults = defaults or {}
+def _stack_path(path, table, imageRoot):
+    """Absolute path of a stack named in the star (gmmcore's search), stored relative to the
+    project when inside it.  A stack that is not found is kept under the image root / star folder
+    as before (Scipion reports missing files itself when the set is used)."""
+    star_dir = table.meta.get("star_dir")
+    try:
+        found = resolve_stack_path(path, star_dir, imageRoot, source=table.source)
+    except InputError:
+        found = path if os.path.isabs(path) else os.path.join(imageRoot or star_dir, path)
+    return project_relative(found)
 
-    def get(label, key, fallback):
-        if optics_row is not None and label in optics_row and optics_row[label] == optics_row[label]:
-            return float(optics_row[label])
-        return float(defaults.get(key, fallback))
 
-    acq.setVoltage(get("rlnVoltage", "voltage", 300.0))
-    acq.setSphericalAberration(get("rlnSphericalAberration", "cs", 2.7))
-    acq.setAmplitudeContrast(get("rlnAmplitudeContrast", "q0", 0.1))
-    acq.setMagnification(float(defaults.get("magnification", 10000)))
+def _optics_text(optics_df):
+    """Optics table as star text (kept in Acquisition.opticsGroupInfo like the relion plugin).
+
+    gmmcore.io.star writes whole particle files only; one optics block as text is starfile's
+    to_string, which the relion plugin's OpticsGroups.fromString reads."""
+    import starfile
+    return starfile.to_string({"optics": optics_df}, float_format="%.10g")
 
 
 def read_particles_star(starFile, partSet, alignType=ALIGN_PROJ, imageRoot=None,
-                        phaseFlipped=None, acquisitionDefaults=None, pixelSize=None):
-    """Fill an empty SetOfParticles from a star file (gmmcore import output or any RELION star).
+                        phaseFlipped=None, pixelSize=None):
+    """Fill an empty SetOfParticles from a particle star file (RELION 3.0 / 3.1+; e.g. gmmcore
+    import's output), read by :func:`gmmcore.io.star.read_star` (which needs angles and CTF).
 
-    Image paths are resolved against ``imageRoot`` then the star file's folder, and stored
-    relative to the current folder (the project) when inside it.  Sets sampling rate,
-    acquisition (+ the optics table text, as the relion plugin keeps it), CTF, ALIGN_PROJ
-    transforms, ``_rlnRandomSubset`` and ``_rlnOpticsGroup`` on every particle.
+    Image paths are resolved against ``imageRoot``, the star file's folder, the current folder
+    (gmmcore's search) and stored relative to the current folder (the project) when inside it.
+    ``pixelSize`` fills a missing pixel size.  Sets sampling rate, acquisition (+ the optics
+    table text, as the relion plugin keeps it), CTF, ALIGN_PROJ transforms (unless ``alignType``
+    is another), ``_rlnRandomSubset`` and ``_rlnOpticsGroup`` on every particle.
     """
-    sp = StarParticles(starFile)
-    apix = float(pixelSize or sp.pixel_size() or 0) or None
-    if apix is None:
-        raise ValueError("%s: no pixel size in the star file; give one." % starFile)
-    starDir = os.path.dirname(os.path.abspath(starFile))
-    roots = [r for r in (imageRoot, starDir, os.getcwd()) if r]
+    table = read_star(starFile, image_root=imageRoot, apix=pixelSize)
+    n = len(table)
+    sizes = sorted(set(np.round(table.apix, 6).tolist()))
+    if len(sizes) > 1:
+        raise ValueError("%s: optics groups have different pixel sizes %s; "
+                         "import them separately." % (starFile, sizes))
+    apix = float(table.apix[0]) if n else float(pixelSize or 0)
 
-    ogs = sp.optics_rows()
-    first_og = next(iter(ogs.values())) if ogs else None
     acq = Acquisition()
-    _fill_acquisition(acq, first_og, acquisitionDefaults)
+    if n:
+        acq.setVoltage(float(table.ctf.voltage[0]))
+        acq.setSphericalAberration(float(table.ctf.cs[0]))
+        acq.setAmplitudeContrast(float(table.ctf.amp_contrast[0]))
+    acq.setMagnification(10000.0)
     partSet.setAcquisition(acq)
-    if sp.optics is not None:
-        partSet.getAcquisition().opticsGroupInfo.set(_optics_text(sp.optics))
+    if table.star_optics is not None:
+        partSet.getAcquisition().opticsGroupInfo.set(_optics_text(table.star_optics))
     partSet.setSamplingRate(apix)
-    partSet.setIsPhaseFlipped(sp.phase_flipped() if phaseFlipped is None else phaseFlipped)
+    partSet.setIsPhaseFlipped(table.phase_flipped if phaseFlipped is None else phaseFlipped)
 
-    names = sp.column("rlnImageName")
-    ids = sp.column("rlnImageId")
-    ogcol = sp.column("rlnOpticsGroup", 1)
-    halves = sp.column("rlnRandomSubset")
-    du, dv, da = sp.column("rlnDefocusU"), sp.column("rlnDefocusV"), sp.column("rlnDefocusAngle")
-    phase = sp.column("rlnPhaseShift")
-    hasCtf = du is not None
-    if hasCtf and dv is None:
-        dv = du
-    if hasCtf and da is None:
-        da = np.zeros(sp.n)
-    setAlign = alignType == ALIGN_PROJ and sp.has_angles()
-    if setAlign:
-        rot, tilt, psi = (sp.column(l, 0.0).astype(float) for l in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
-        origins = sp.origins_px(apix)
-    cx, cy, mic = sp.column("rlnCoordinateX"), sp.column("rlnCoordinateY"), sp.column("rlnMicrographName")
+    ids = _column(table, "rlnImageId")
+    hasHalves = _column(table, "rlnRandomSubset") is not None
+    cx, cy, mic = (_column(table, k) for k in ("rlnCoordinateX", "rlnCoordinateY", "rlnMicrographName"))
+    setAlign = alignType == ALIGN_PROJ
+    matrices = scipion_matrices(table.rotation, table.origin_px()) if setAlign else None
 
     resolved = {}
     part = Particle()
-    for i in range(sp.n):
+    for i in range(n):
         part.cleanObjId()
         if ids is not None:
             part.setObjId(int(ids[i]))
-        index, fn = relion_to_location(str(names[i]))
+        index, fn = relion_to_location(table.image_name[i])
         if fn not in resolved:
-            resolved[fn] = project_relative(resolve_path(fn, *roots))
+            resolved[fn] = _stack_path(fn, table, imageRoot)
         part.setLocation(index, resolved[fn])
         part.setSamplingRate(apix)
-        setattr(part, OPTICS_GROUP_ATTR, Integer(int(ogcol[i])))
-        if halves is not None:
-            setattr(part, HALF_SET_ATTR, Integer(int(halves[i])))
-        if hasCtf:
-            ctf = CTFModel()
-            ctf.setStandardDefocus(float(du[i]), float(dv[i]), float(da[i]))
-            if phase is not None:
-                ctf.setPhaseShift(float(phase[i]))
-            part.setCTF(ctf)
-        if setAlign:
-            part.setTransform(Transform(relion_to_scipion_matrix(rot[i], tilt[i], psi[i], origins[i])))
-        else:
-            part.setTransform(None)
+        setattr(part, OPTICS_GROUP_ATTR, Integer(int(table.optics_group[i])))
+        if hasHalves:
+            set_half(part, table.half[i])
+        ctf = CTFModel()
+        ctf.setStandardDefocus(float(table.ctf.defocus_u[i]), float(table.ctf.defocus_v[i]),
+                               float(table.ctf.defocus_angle[i]))
+        ctf.setPhaseShift(float(table.ctf.phase_shift[i]))
+        part.setCTF(ctf)
+        part.setTransform(Transform(matrices[i]) if setAlign else None)
         if cx is not None and cy is not None:
             coord = Coordinate()
             coord.setPosition(int(round(float(cx[i]))), int(round(float(cy[i]))))
@@ -441,54 +322,54 @@ def read_particles_star(starFile, partSet, alignType=ALIGN_PROJ, imageRoot=None,
             part.setCoordinate(coord)
         partSet.append(part)
 
-    partSet.setHasCTF(hasCtf)
+    partSet.setHasCTF(True)
     partSet.setAlignment(ALIGN_PROJ if setAlign else ALIGN_NONE)
-    return sp.n
-
-
-def _optics_text(optics_df):
-    """Optics table as star text (stored in Acquisition.opticsGroupInfo like the relion plugin)."""
-    rows = [OrderedDict((k, v.item() if hasattr(v, "item") else v) for k, v in r.items())
-            for _, r in optics_df.iterrows()]
-    import io
-    import tempfile
-    with tempfile.NamedTemporaryFile("r", suffix=".star", delete=False) as tmp:
-        path = tmp.name
-    try:
-        write_star_blocks(path, OrderedDict([("optics", rows)]))
-        with io.open(path) as f:
-            return f.read()
-    finally:
-        os.remove(path)
+    return n
 
 
 def read_refined_alignment(starFile, apix=None):
-    """{key: (4x4 Scipion matrix, half)} from a refined star file.
+    """({key: (4x4 Scipion matrix, half, image name)}, keyed_by_id) from a refined star file.
 
     Keys are rlnImageId when the file has it, else the row order (1-based) — gmmcore keeps the
-    input order.  ``apix`` defaults to the file's pixel size.
+    input order.  ``apix`` (the particles' pixel size) converts origins to pixels; default: the
+    file's pixel size.
     """
-    sp = StarParticles(starFile)
-    apix = float(apix or sp.pixel_size())
-    rot, tilt, psi = (sp.column(l, 0.0).astype(float) for l in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
-    origins = sp.origins_px(apix)
-    ids = sp.column("rlnImageId")
-    halves = sp.column("rlnRandomSubset")
-    names = sp.column("rlnImageName")
+    table = read_star(starFile)
+    ids = _column(table, "rlnImageId")
+    hasHalves = _column(table, "rlnRandomSubset") is not None
+    origin_px = table.origin / (float(apix) if apix else table.apix[:, None])
+    matrices = scipion_matrices(table.rotation, origin_px)
     result = OrderedDict()
-    for i in range(sp.n):
+    for i in range(len(table)):
         key = int(ids[i]) if ids is not None else i + 1
-        half = int(halves[i]) if halves is not None else None
-        result[key] = (relion_to_scipion_matrix(rot[i], tilt[i], psi[i], origins[i]), half, str(names[i]))
+        half = int(table.half[i]) if hasHalves else None
+        result[key] = (matrices[i], half, str(table.image_name[i]))
     return result, ids is not None
 
 
-def set_half(particle, half):
-    setattr(particle, HALF_SET_ATTR, Integer(int(half)))
+# ------------------------------------------------------------------------------------------------
+# Poses against a simulation's truth (demo, tests)
+# ------------------------------------------------------------------------------------------------
+def pose_errors(poses, true_star):
+    """Per-particle (angle error in degrees, shift error in pixels) of ``poses`` against the
+    truth star of ``gmmcore simulate``, matched by image index (imports keep the simulated stack's
+    order).  ``poses``: an ALIGN_PROJ SetOfParticles or a particle star file."""
+    truth = read_star(true_star)
+    if isinstance(poses, str):
+        table = read_star(poses)
+        index = np.array([parse_image_name(nm)[0] for nm in table.image_name], dtype=int)
+        A, origin = table.rotation, table.origin / truth.apix[index, None]
+    else:
+        items = list(poses.iterItems())
+        index = np.array([p.getIndex() - 1 for p in items], dtype=int)
+        A, origin = scipion_poses(np.asarray([p.getTransform().getMatrix() for p in items]))
+    angles = angular_distance(A, truth.rotation[index])
+    shifts = np.hypot(*(origin[:, :2] - truth.origin_px()[index]).T)
+    return angles, shifts
 
 
 __all__ = [
-    "euler_to_matrix", "matrix_to_euler", "relion_to_scipion_matrix", "scipion_matrix_to_relion",
+    "euler_to_matrix", "matrix_to_euler", "scipion_matrices", "scipion_poses", "relion_to_scipion_matrix",
     "location_to_relion", "relion_to_location", "write_particles_star", "read_particles_star",
-    "read_refined_alignment", "count_half_sets", "get_half_set", "set_half", "StarParticles",
+    "read_refined_alignment", "count_half_sets", "get_half_set", "set_half", "pose_errors",
 ]

@@ -46,17 +46,7 @@ def _setup_scipion_env(root):
 def _pose_errors(partSet, true_star):
     import numpy as np
     from gmmrefine_scipion import convert
-    sp = convert.StarParticles(true_star)
-    apix = sp.pixel_size()
-    rot, tilt, psi = (sp.column(k).astype(float) for k in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
-    origins = sp.origins_px(apix)
-    angles, shifts = [], []
-    for p in partSet.iterItems():
-        i = p.getIndex() - 1
-        (r, t, s), o = convert.scipion_matrix_to_relion(p.getTransform().getMatrix())
-        c = (np.trace(convert.euler_to_matrix(r, t, s) @ convert.euler_to_matrix(rot[i], tilt[i], psi[i]).T) - 1) / 2
-        angles.append(np.degrees(np.arccos(np.clip(c, -1, 1))))
-        shifts.append(float(np.hypot(*(o[:2] - origins[i]))))
+    angles, shifts = convert.pose_errors(partSet, true_star)
     return float(np.median(angles)), float(np.median(shifts))
 
 
