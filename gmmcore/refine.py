@@ -108,7 +108,8 @@ def _check_params(p: RefineParams, out: Path) -> None:
     write_json(pfile, asdict(p))
 
 
-def _load_particles(p: RefineParams) -> ParticleTable:
+def _load_particles(p: RefineParams):
+    """Read and check the particles → (table, whether a new half split was made)."""
     table = read_star(p.particles)
     if len(table) == 0:
         raise InputError("no particles", path=p.particles)
@@ -128,8 +129,8 @@ def _load_particles(p: RefineParams) -> ParticleTable:
         half = np.ones(len(table), np.int8)
         half[rng.permutation(len(table))[: len(table) // 2]] = 2
         table.half = half
-        log.info("NOTE: no half-set split in the input: made a new random split (seed %d)", p.seed)
-    return table
+        return table, True
+    return table, False
 
 
 def _reconstruct(table: ParticleTable, p: RefineParams, folder: Path):
@@ -164,23 +165,26 @@ def run_refinement(p: RefineParams) -> dict:
     from .gmm.model import GMM
 
     out = Path(p.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _setup_logging(out)
-    _check_params(p, out)
-    device = configure_devices(p.gpu, cpu_only=p.cpu)
-    table = _load_particles(p)
+    # Check every input before anything is written, so a corrected command can use the same --out.
+    table, new_split = _load_particles(p)
     apix = float(table.apix[0])
     box = int(table.image_size[0])
-    n_half = {h: int(np.sum(table.half == h)) for h in (1, 2)}
-    log.info("gmmcore %s refine: %d particles (half 1: %d, half 2: %d), box %d, %.3f Å/px, %s, device %s",
-             __version__, len(table), n_half[1], n_half[2], box, apix, p.sym, device)
-
     mask = None
     if p.mask:
         mask, mask_apix = read_map(p.mask)
         if mask.shape != (box,) * 3:
             raise InputError(f"mask is {mask.shape}, particles need ({box}, {box}, {box})", path=p.mask)
     user_mask = mask
+
+    out.mkdir(parents=True, exist_ok=True)
+    _setup_logging(out)
+    _check_params(p, out)
+    device = configure_devices(p.gpu, cpu_only=p.cpu)
+    n_half = {h: int(np.sum(table.half == h)) for h in (1, 2)}
+    log.info("gmmcore %s refine: %d particles (half 1: %d, half 2: %d), box %d, %.3f Å/px, %s, device %s",
+             __version__, len(table), n_half[1], n_half[2], box, apix, p.sym, device)
+    if new_split:
+        log.info("NOTE: no half-set split in the input: made a new random split (seed %d)", p.seed)
 
     summary = {"params": asdict(p), "device": device, "n_particles": n_half, "iterations": []}
 
@@ -248,8 +252,12 @@ def run_refinement(p: RefineParams) -> dict:
                 # Only a user's mask may shape the GMM: the automatic mask is made from both
                 # halves and serves the FSC alone, so it must not touch either half's model.
                 m = lowpass(halves[h] * user_mask if user_mask is not None else halves[h], apix, target)
-                gmms[h], rep = build_gmm(m, apix, target, n_gaussians=p.ngauss, seed=p.seed + h,
-                                         minres_A=p.minres)
+                try:
+                    gmms[h], rep = build_gmm(m, apix, target, n_gaussians=p.ngauss, seed=p.seed + h,
+                                             minres_A=p.minres)
+                except InputError as exc:
+                    raise InputError(f"half {h}, iteration {it}: {exc.message} (is this half's map empty or "
+                                     "pure noise?)", path=folder / f"half{h}", field=exc.field) from None
                 gmms[h].meta.update({"half": h, "iteration": it})
                 gmms[h].save(gfile)
                 write_json(folder / f"gmm_half{h}.json", rep)

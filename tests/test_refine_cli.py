@@ -74,8 +74,9 @@ def test_missing_particles_subprocess(tmp_path):
 def test_no_half_split_then_new_split(no_split_star, tmp_path, capsys):
     rc, err, _ = run_refine(capsys, "--particles", no_split_star, "--out", tmp_path / "out1", "--iter", "1")
     assert_one_error(rc, err, no_split_star, "rlnRandomSubset", "--new-split")
+    assert not (tmp_path / "out1").exists()  # a refused run writes nothing
 
-    out = tmp_path / "out2"
+    out = tmp_path / "out1"  # the corrected command, same folder
     rc, err, stdout = run_refine(capsys, "--particles", no_split_star, "--out", out, "--iter", "1", "--new-split",
                                  "--maxres", "12", "--steps", "3")
     assert rc == 0, err

@@ -385,12 +385,14 @@ def volume_ft(centers, amplitudes, sigmas, sz, sy, sx):
     sz, sy, sx in 1/Å.  G(s) = Σ a·exp(−2π²σ²|s|²)·exp(−2πi s·c)."""
     s2 = -2.0 * math.pi**2 * tf.square(sigmas)[:, None]
 
-    def axis_table(freq, coord):
+    def axis_table(freq, coord, scale=None):
         env = tf.exp(s2 * tf.square(freq)[None, :])
+        if scale is not None:  # real factor folded in before the complex table (clean gradients)
+            env = env * scale[:, None]
         ph = -TWO_PI * coord[:, None] * freq[None, :]
         return tf.complex(env * tf.cos(ph), env * tf.sin(ph))  # (N, n)
 
-    tz = axis_table(sz, centers[:, 2]) * tf.cast(amplitudes, tf.complex64)[:, None]
+    tz = axis_table(sz, centers[:, 2], amplitudes)
     ty = axis_table(sy, centers[:, 1])
     tx = axis_table(sx, centers[:, 0])
     zy = tf.transpose(tz)[:, None, :] * tf.transpose(ty)[None, :, :]  # (nz, ny, N)
