@@ -169,3 +169,18 @@ def test_read_map_errors(tmp_path):
         m.voxel_size = 1.0
     with pytest.raises(InputError, match="NaN"):
         read_map(f)
+
+
+def test_outputs_get_umask_permissions(tmp_path):
+    """Atomic writes must not leave mkstemp's private 0600 mode on outputs."""
+    import os
+    import stat
+
+    from gmmcore.atomic import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode) == 0o644
