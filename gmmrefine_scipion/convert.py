@@ -189,7 +189,7 @@ def write_particles_star(partSet, starFile, stackDir=None, requireHalfSets=False
         if half is not None:
             row["rlnRandomSubset"] = half
         rows.append(row)
-        matrices.append(part.getTransform().getMatrix())
+        matrices.append(np.array(part.getTransform().getMatrix(), dtype=float))  # copy: the item is reused
     if not rows:
         raise ValueError("The input set has no particles.")
     # every row must have the same labels (a half set on only some particles is an error upstream)
@@ -360,9 +360,12 @@ def pose_errors(poses, true_star):
         index = np.array([parse_image_name(nm)[0] for nm in table.image_name], dtype=int)
         A, origin = table.rotation, table.origin / truth.apix[index, None]
     else:
-        items = list(poses.iterItems())
-        index = np.array([p.getIndex() - 1 for p in items], dtype=int)
-        A, origin = scipion_poses(np.asarray([p.getTransform().getMatrix() for p in items]))
+        index, matrices = [], []
+        for p in poses.iterItems():  # (iterItems reuses one Particle object: copy as we go)
+            index.append(p.getIndex() - 1)
+            matrices.append(np.array(p.getTransform().getMatrix(), dtype=float))
+        index = np.asarray(index, dtype=int)
+        A, origin = scipion_poses(np.asarray(matrices))
     angles = angular_distance(A, truth.rotation[index])
     shifts = np.hypot(*(origin[:, :2] - truth.origin_px()[index]).T)
     return angles, shifts

@@ -145,3 +145,22 @@ def test_refined_alignment_by_id(tmp_path):
         M, half, _ = table[p.getObjId()]
         assert np.allclose(M, p.getTransform().getMatrix(), atol=1e-5)
         assert half == int(p.getAttributeValue(HALF_SET_ATTR))
+
+
+def test_pose_errors_per_particle(tmp_path):
+    """convert.pose_errors (set or star vs a truth star, by image index) = the angle between the
+    two files' rotations and the distance between their origins, particle by particle."""
+    from gmmcore.geometry import angular_distance, euler_to_matrix
+    star, truth = gmm_fakes.write_star_stack(str(tmp_path / "a"), seed=0)
+    other, truth2 = gmm_fakes.write_star_stack(str(tmp_path / "b"), seed=1)
+    parts = _new_set(str(tmp_path / "in.sqlite"))
+    gconv.read_particles_star(star, parts)
+    A = euler_to_matrix(truth["rot"], truth["tilt"], truth["psi"])
+    B = euler_to_matrix(truth2["rot"], truth2["tilt"], truth2["psi"])
+    expected_ang = angular_distance(A, B)
+    expected_sh = np.hypot(truth["ox_A"] - truth2["ox_A"], truth["oy_A"] - truth2["oy_A"]) / 2.0
+    for source in (parts, star):
+        ang, sh = gconv.pose_errors(source, other)
+        assert np.allclose(ang, expected_ang, atol=1e-3) and np.allclose(sh, expected_sh, atol=1e-4)
+        ang, sh = gconv.pose_errors(source, star)
+        assert ang.max() < 1e-3 and sh.max() < 1e-4
