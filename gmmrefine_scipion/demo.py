@@ -2,12 +2,14 @@
 
     python -m gmmrefine_scipion.demo --out demo_out        (what ``make demo`` runs)
 
-1. ``gmmcore simulate`` makes particles of adenylate kinase (bundled model) with known poses and
-   a perturbed copy of them (the "input poses", with the truth kept aside).
+1. ``gmmcore simulate`` makes particles of adenylate kinase (bundled model; by default 2000
+   particles, box 64, 1.6 Å/px, SNR 0.5) with known poses and a copy of them perturbed by 3° and
+   1 px (the "input poses", with the truth kept aside).
 2. A Scipion project (``<out>/scipion/ScipionUserData/projects/<name>``) runs
    GmmProtImportParticles on the perturbed star, then GmmProtRefine on its output.
-3. The viewers' plots are saved as PNGs in ``<out>/pictures``; the resolution and the pose error
-   against the truth, before and after, are printed and written to ``<out>/demo_summary.json``.
+3. The viewers' plots are saved as PNGs in ``<out>/pictures``; the resolution and the pose errors
+   against the truth (mean and median angle and shift), before and after, are printed and
+   written to ``<out>/demo_summary.json``.
 
 No display, no GPU and no download are needed.  The Scipion environment (SCIPION_HOME with a
 hosts.conf, SCIPION_USER_DATA, ...) is created under ``<out>/scipion`` unless already set.
@@ -19,35 +21,31 @@ import subprocess
 import sys
 import time
 
+from gmmrefine_scipion.headless import setup_scipion_env
 
-def _setup_scipion_env(root):
-    """Environment for a headless Scipion; must run before pyworkflow is imported."""
-    env = {
-        "SCIPION_DOMAIN": "pwem",
-        "SCIPION_HOME": os.path.join(root, "scipion_home"),
-        "SCIPION_USER_DATA": os.path.join(root, "ScipionUserData"),
-        "SCIPION_PYTHON": sys.executable,
-        "SCIPION_TESTS": os.path.join(root, "scipion_home", "data", "tests"),
-        "SCIPION_TEST_NOSYNC": "1",
-        "SCIPION_NOTIFY": "False",
-        "MPLBACKEND": "Agg",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    for key, value in env.items():
-        os.environ.setdefault(key, value)
-    hosts = os.path.join(os.environ["SCIPION_HOME"], "config", "hosts.conf")
-    if not os.path.exists(hosts):
-        os.makedirs(os.path.dirname(hosts), exist_ok=True)
-        with open(hosts, "w") as f:
-            f.write("[localhost]\nPARALLEL_COMMAND = mpirun -np %_(JOB_NODES)d %_(COMMAND)s\n")
-    os.makedirs(os.environ["SCIPION_USER_DATA"], exist_ok=True)
+# Simulation (``gmmcore simulate`` options, defaults of the demo): adenylate kinase, a few thousand
+# particles at a realistic SNR, input poses perturbed by exactly 3° and 1 px.
+SIMULATION = {"n": 2000, "box": 64, "apix": 1.6, "snr": 0.5, "perturb_angle": 3.0,
+              "perturb_shift": 1.0, "seed": 3}
 
 
-def _pose_errors(partSet, true_star):
+def simulate(folder, quiet=False, model="builtin:adk-closed", **options):
+    """Run the engine's own ``gmmcore simulate`` (a subprocess) into ``folder``: particles of the
+    bundled model with known poses (particles_true.star) and a perturbed copy
+    (particles_perturbed.star).  ``options``: simulate's options, e.g. ``n=400, perturb_angle=3``."""
+    cmd = [sys.executable, "-m", "gmmcore", "simulate", "--model", model, "--out", folder]
+    for key, value in options.items():
+        cmd += ["--" + key.replace("_", "-"), str(value)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if quiet else None)
+
+
+def _error_stats(partSet, true_star):
+    """{'angle_deg': {mean, median}, 'shift_px': {mean, median}} of a set's poses vs the truth."""
     import numpy as np
-    from gmmrefine_scipion import convert
-    angles, shifts = convert.pose_errors(partSet, true_star)
-    return float(np.median(angles)), float(np.median(shifts))
+    from gmmrefine_scipion.convert import pose_errors
+    angles, shifts = pose_errors(partSet, true_star)
+    return {"angle_deg": {"mean": float(np.mean(angles)), "median": float(np.median(angles))},
+            "shift_px": {"mean": float(np.mean(shifts)), "median": float(np.median(shifts))}}
 
 
 def _launch(project, prot, name):
@@ -64,15 +62,11 @@ def _launch(project, prot, name):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gmmrefine_scipion.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--n", type=int, default=1000, help="particles (default 1000)")
-    parser.add_argument("--box", type=int, default=64, help="box in pixels (default 64)")
-    parser.add_argument("--apix", type=float, default=1.6, help="pixel size in Å (default 1.6)")
-    parser.add_argument("--snr", type=float, default=0.5, help="simulated SNR (default 0.5)")
-    parser.add_argument("--perturb-angle", type=float, default=4.0, help="input pose error, degrees")
-    parser.add_argument("--perturb-shift", type=float, default=1.0, help="input shift error, pixels")
+    for key, default in SIMULATION.items():
+        parser.add_argument("--" + key.replace("_", "-"), type=type(default), default=default,
+                            help="gmmcore simulate --%s (default %s)" % (key.replace("_", "-"), default))
     parser.add_argument("--iter", type=int, default=3, help="refinement iterations (default 3)")
     parser.add_argument("--gpu", default=None, help="GPU ids (default: CPU)")
-    parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args(argv)
 
     out = os.path.abspath(args.out)
@@ -80,22 +74,23 @@ def main(argv=None):
     if os.environ.get("_GMMREFINE_DEMO_ENV") != out:
         # pyworkflow read its configuration when this package was imported (before main): set the
         # Scipion environment, then start again in a fresh interpreter that sees it.
-        _setup_scipion_env(os.path.join(out, "scipion"))
+        setup_scipion_env(os.path.join(out, "scipion"))
         os.environ["_GMMREFINE_DEMO_ENV"] = out
         sys.stdout.flush()
         os.execv(sys.executable, [sys.executable, "-m", "gmmrefine_scipion.demo"]
                  + list(sys.argv[1:] if argv is None else argv))
     t_start = time.time()
 
-    # 1. simulate (the engine's own verb)
+    # 1. simulate (the engine's own verb); an earlier simulation is reused if made with the same options
     sim = os.path.join(out, "simulated")
-    if not os.path.exists(os.path.join(sim, "particles_perturbed.star")):
-        print("Simulating %d particles (box %d, %.2f Å/px) ..." % (args.n, args.box, args.apix), flush=True)
-        subprocess.run([sys.executable, "-m", "gmmcore", "simulate", "--model", "builtin:adk-closed",
-                        "--n", str(args.n), "--box", str(args.box), "--apix", str(args.apix),
-                        "--snr", str(args.snr), "--perturb-angle", str(args.perturb_angle),
-                        "--perturb-shift", str(args.perturb_shift), "--seed", str(args.seed),
-                        "--out", sim], check=True)
+    options = {key: getattr(args, key) for key in SIMULATION}
+    stamp = os.path.join(out, "simulated_options.json")
+    if not (os.path.exists(os.path.join(sim, "particles_perturbed.star")) and _read_json(stamp) == options):
+        print("Simulating %(n)d particles (box %(box)d, %(apix).2f Å/px, SNR %(snr)g; input poses off by "
+              "%(perturb_angle)g° and %(perturb_shift)g px) ..." % options, flush=True)
+        simulate(sim, **options)
+        with open(stamp, "w") as f:
+            json.dump(options, f, indent=1)
 
     # 2. Scipion project
     from pyworkflow.project import Manager
@@ -123,14 +118,15 @@ def main(argv=None):
     pictures = plots.plot_all(refine.getSummaryFile(), os.path.join(out, "pictures"))
     summary = refine.getSummary()
     true_star = os.path.join(sim, "particles_true.star")
-    before = _pose_errors(imp.outputParticles, true_star)
-    after = _pose_errors(refine.outputParticles, true_star)
+    before = _error_stats(imp.outputParticles, true_star)
+    after = _error_stats(refine.outputParticles, true_star)
     result = {
         "project": project.getPath(),
         "pictures": pictures,
+        "simulation": options,
         "resolution_A": {"before": summary["initial"]["resolution"], "after": summary["final"]["resolution"]},
-        "median_angle_error_deg": {"before": before[0], "after": after[0]},
-        "median_shift_error_px": {"before": before[1], "after": after[1]},
+        "angle_error_deg": {"before": before["angle_deg"], "after": after["angle_deg"]},
+        "shift_error_px": {"before": before["shift_px"], "after": after["shift_px"]},
         "n_particles": refine.outputParticles.getSize(),
         "iterations": len(summary.get("iterations", [])),
         "seconds": round(time.time() - t_start, 1),
@@ -143,12 +139,23 @@ def main(argv=None):
     print("Pictures        : %s" % os.path.join(out, "pictures"))
     for key, path in pictures.items():
         print("  %-13s %s" % (key, path))
-    print("Resolution (FSC 0.143, masked): %.2f Å -> %.2f Å" % (result["resolution_A"]["before"],
-                                                                 result["resolution_A"]["after"]))
-    print("Pose error vs truth (median)  : %.2f° -> %.2f°,  %.2f px -> %.2f px"
-          % (before[0], after[0], before[1], after[1]))
+    print("%d particles, %d iterations; before -> after refinement:" % (result["n_particles"], result["iterations"]))
+    print("  resolution (FSC 0.143, masked)   : %6.2f Å  -> %6.2f Å" % (result["resolution_A"]["before"],
+                                                                       result["resolution_A"]["after"]))
+    for what, key, unit in (("angle", "angle_deg", "° "), ("shift", "shift_px", "px")):
+        for stat in ("mean", "median"):
+            print("  %-32s : %6.2f %s -> %6.2f %s" % ("%s %s error vs truth" % (stat, what),
+                                                     before[key][stat], unit, after[key][stat], unit))
     print("Summary: %s  (%.0f s)" % (os.path.join(out, "demo_summary.json"), result["seconds"]))
     return 0
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

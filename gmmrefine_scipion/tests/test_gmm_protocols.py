@@ -21,6 +21,7 @@ from pwem.protocols import ProtImportParticles
 from gmmcore.io.star import read_star
 from gmmrefine_scipion import convert
 from gmmrefine_scipion.constants import HALF_SET_ATTR
+from gmmrefine_scipion.demo import simulate
 from gmmrefine_scipion.protocols import (GmmProtExportParticles, GmmProtImportParticles,
                                          GmmProtRefine)
 from gmmrefine_scipion.viewers import plots
@@ -47,11 +48,7 @@ def simulated_dataset():
     folder = os.path.join(os.environ["SCIPION_TESTS"], "gmmrefine_sim_%(n)d_%(box)d_%(seed)d" % SIM)
     if not os.path.exists(os.path.join(folder, "particles_perturbed.star")):
         need("simulate")
-        cmd = [sys.executable, "-m", "gmmcore", "simulate", "--model", "builtin:adk-closed",
-               "--n", str(SIM["n"]), "--box", str(SIM["box"]), "--apix", str(SIM["apix"]),
-               "--snr", str(SIM["snr"]), "--perturb-angle", str(SIM["perturb_angle"]),
-               "--perturb-shift", str(SIM["perturb_shift"]), "--seed", str(SIM["seed"]), "--out", folder]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        simulate(folder, quiet=True, **SIM)
     return folder
 
 
