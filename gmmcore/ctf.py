@@ -18,6 +18,9 @@ from .fourier import freq_index, ft, ift
 from .particles import CTFParams
 
 
+BATCH = 1024  # images per sub-batch in phase_flip (memory bound)
+
+
 def wavelength_A(voltage_kv) -> np.ndarray:
     """Relativistic electron wavelength (Å) for an accelerating voltage in kV."""
     v = np.asarray(voltage_kv, dtype=np.float64) * 1e3
@@ -63,8 +66,15 @@ def phase_flip(images: np.ndarray, ctf: CTFParams, apix: float) -> np.ndarray:
     n = images.shape[-1]
     if images.shape[-2] != n:
         raise ValueError("phase_flip expects square images")
-    sign = np.where(ctf_2d(ctf, apix, n) < 0, -1.0, 1.0).astype(np.float32)
-    return ift(ft(images, 2) * sign, (n, n)).astype(np.float32)
+    out = np.empty_like(images)
+    # Sub-batches bound the float64 CTF / complex FFT temporaries whatever the number of images.
+    for b0 in range(0, len(images), BATCH):
+        sl = slice(b0, b0 + BATCH)
+        per_image = np.atleast_1d(np.asarray(ctf.defocus_u)).size == len(images)
+        sub = ctf.subset(np.arange(len(images))[sl]) if per_image else ctf  # one CTF broadcast to all
+        sign = np.where(ctf_2d(sub, apix, n) < 0, -1.0, 1.0).astype(np.float32)
+        out[sl] = ift(ft(images[sl], 2) * sign, (n, n))
+    return out
 
 
 def apply_ctf(images: np.ndarray, ctf: CTFParams, apix: float) -> np.ndarray:

@@ -46,7 +46,8 @@ log = logging.getLogger("gmmcore.refine")
 
 # Parameters that define the result: a run directory with other values cannot be continued.
 _IDENTITY = ("particles", "ref", "ngauss", "maxres", "minres", "sym", "mask", "steps", "lr_angle", "lr_shift",
-             "seed", "new_split", "pad", "ring_weight")
+             "seed", "new_split", "pad", "ring_weight", "prior_angle",
+             "prior_shift")
 
 
 @dataclass
@@ -67,6 +68,8 @@ class RefineParams:
     lr_angle: float = 0.5  # degrees per Adam step
     lr_shift: float = 0.25  # pixels per Adam step
     ring_weight: str = "ssnr"  # "ssnr" or "uniform" (the paper's plain average over rings)
+    prior_angle: Optional[float] = None  # degrees: MAP pose prior centred on the input poses (None: off)
+    prior_shift: Optional[float] = None  # pixels
     gpu: Optional[List[int]] = None
     cpu: bool = False
     seed: int = 0
@@ -223,7 +226,8 @@ def run_refinement(p: RefineParams) -> dict:
     R = table.rotation.copy()
     o = table.origin.copy()
     R_in, o_in = R.copy(), o.copy()
-    settings = PoseSettings(steps=p.steps, lr_angle_deg=p.lr_angle, lr_shift_px=p.lr_shift)
+    settings = PoseSettings(steps=p.steps, lr_angle_deg=p.lr_angle, lr_shift_px=p.lr_shift,
+                            prior_angle_deg=p.prior_angle, prior_shift_px=p.prior_shift)
     gmms = {}
 
     for it in range(1, p.iterations + 1):
@@ -272,7 +276,7 @@ def run_refinement(p: RefineParams) -> dict:
             idx = np.flatnonzero(table.half == h)
             res = align_particles(cur, idx, gmms[h], target, p.minres, settings, batch=p.batch, chunk=p.chunk,
                                   checkpoint_dir=folder, tag=f"align_half{h}", desc=f"iter {it} half {h}",
-                                  ring_weight=p.ring_weight)
+                                  ring_weight=p.ring_weight, prior_rotation=R_in, prior_origin=o_in)
             R_new[idx], o_new[idx] = res["rotation"], res["origin"]
             score0[str(h)], score1[str(h)] = float(res["score0"].mean()), float(res["score"].mean())
             log.info("  half %d: mean FRC %.4f -> %.4f", h, score0[str(h)], score1[str(h)])
@@ -344,6 +348,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ring-weight", choices=["ssnr", "uniform"], default="ssnr",
                    help="FRC ring weighting for alignment: ssnr (population FRC × ring size, estimated per half; "
                         "default) or uniform (plain average over rings, as in the paper)")
+    p.add_argument("--prior-angle", type=float, default=None,
+                   help="MAP pose prior: expected angular error of the input poses, degrees (default: none, "
+                        "plain maximum FRC). Keeps low-SNR particles from drifting; needs --ring-weight ssnr")
+    p.add_argument("--prior-shift", type=float, default=None,
+                   help="MAP pose prior: expected shift error of the input poses, pixels (with --prior-angle)")
     p.add_argument("--gpu", default=None, help="GPU ids to use, e.g. 0 or 0,1 (default: what TensorFlow sees)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
     p.add_argument("--new-split", action="store_true", help="make a new random half split when the input has none")
@@ -365,13 +374,18 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("file not found", path=v, field=f"--{name}")
     if args.iterations < 0 or args.batch < 1 or args.chunk < 1 or args.steps < 1:
         raise InputError("--iter must be ≥ 0, --batch, --chunk and --steps ≥ 1")
+    if args.prior_angle is not None and (args.prior_angle <= 0 or args.ring_weight != "ssnr"):
+        raise InputError("must be > 0 and used with --ring-weight ssnr", field="--prior-angle")
+    if args.prior_shift is not None and (args.prior_shift <= 0 or args.prior_angle is None):
+        raise InputError("must be > 0 and used with --prior-angle", field="--prior-shift")
     out = Path(args.out)
     if args.cont and not (out / "params.json").exists():
         raise InputError("nothing to continue (no params.json)", path=out, field="--continue")
     params = RefineParams(particles=str(Path(args.particles).resolve()), out=str(out), ref=args.ref and str(Path(args.ref).resolve()),
                           ref_lowpass=args.ref_lowpass, iterations=args.iterations, ngauss=args.ngauss, maxres=args.maxres,
                           minres=args.minres, sym=args.sym, mask=args.mask and str(Path(args.mask).resolve()), batch=args.batch,
-                          chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift, ring_weight=args.ring_weight, gpu=gpu,
+                          chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift, ring_weight=args.ring_weight,
+                          prior_angle=args.prior_angle, prior_shift=args.prior_shift, gpu=gpu,
                           cpu=args.cpu, seed=args.seed, new_split=args.new_split)
     from .symmetry import symmetry_matrices
 

@@ -220,8 +220,8 @@ def test_gold_standard_halves_independent(sim_small, tiny_run, tmp_path):
             same = np.array_equal(a["rotation"][s], b["rotation"][s]) and np.array_equal(a["origin"][s], b["origin"][s])
             assert same == (h == 1), f"half {h}: refined poses {'differ' if h == 1 else 'identical'}"
     # the SSNR ring weights of half 1 are its own too
-    assert np.array_equal(np.load(tiny_run / "iter001" / "align_half1_ring_weights.npy"),
-                          np.load(out / "iter001" / "align_half1_ring_weights.npy"))
+    assert np.array_equal(np.load(tiny_run / "iter001" / "align_half1_ring_weights.npz")["weights"],
+                          np.load(out / "iter001" / "align_half1_ring_weights.npz")["weights"])
 
 
 # =============================================================================================

@@ -17,8 +17,11 @@ from ..fourier import ft
 from ..io.stacks import iter_images
 from ..particles import ParticleTable
 from ..progress import progress
-from .kernels import FourierGrid, PoseRefiner, PoseSettings, frc_rings, ssnr_ring_weights
+from .kernels import FourierGrid, PoseRefiner, PoseSettings, frc_rings, ssnr_data_scale, ssnr_ring_weights
 from .model import GMM
+
+
+SUB_BATCH = 1024  # particles whose transforms are held at once
 
 
 def particle_transforms(images: np.ndarray, table: ParticleTable, rows: np.ndarray, grid: FourierGrid) -> np.ndarray:
@@ -32,12 +35,17 @@ def particle_transforms(images: np.ndarray, table: ParticleTable, rows: np.ndarr
 def align_particles(table: ParticleTable, indices: np.ndarray, gmm: GMM, resolution_A: float, minres_A: float,
                     settings: PoseSettings = PoseSettings(), batch: int = 16, chunk: int = 20000,
                     checkpoint_dir: Optional[Path] = None, tag: str = "align", desc: str = "align",
-                    ring_weight: str = "ssnr", n_weight_sample: int = 2000) -> Dict[str, np.ndarray]:
+                    ring_weight: str = "ssnr", n_weight_sample: int = 2000,
+                    prior_rotation: Optional[np.ndarray] = None, prior_origin: Optional[np.ndarray] = None
+                    ) -> Dict[str, np.ndarray]:
     """Refine the poses of particles ``indices`` of ``table`` against ``gmm``.
 
     ``ring_weight``: "uniform" averages the per-ring FRC with equal weights (the paper);
     "ssnr" weights ring r by its population FRC × pixel count, estimated from up to
     ``n_weight_sample`` of these particles at their input poses (see kernels.ssnr_ring_weights).
+
+    ``prior_rotation`` (n,3,3) / ``prior_origin`` (n,2) Å, over all table rows: centre of the pose
+    prior when ``settings.prior_angle_deg`` is set (default: the table's poses).
 
     Returns arrays over ``indices``: ``rotation`` (k,3,3), ``origin`` (k,2) Å, ``score`` (weighted
     FRC after), ``score0`` (weighted FRC at the input pose), and ``ring_weights``.
@@ -48,8 +56,12 @@ def align_particles(table: ParticleTable, indices: np.ndarray, gmm: GMM, resolut
     if np.any(table.image_size[indices] != box) or np.any(table.apix[indices] != apix):
         raise ValueError("align_particles needs one box size and pixel size")
     grid = FourierGrid(box, apix, resolution_A, minres_A)
-    weights = _ring_weights(table, indices, gmm, grid, ring_weight, n_weight_sample, checkpoint_dir, tag)
-    refiner = PoseRefiner(gmm, grid, settings, batch=batch, ring_weights=weights)
+    weights, scale = _ring_weights(table, indices, gmm, grid, ring_weight, n_weight_sample, checkpoint_dir, tag)
+    if settings.prior_angle_deg is not None and scale is None:
+        raise ValueError("a pose prior needs the SSNR ring weighting (its log-likelihood scale)")
+    refiner = PoseRefiner(gmm, grid, settings, batch=batch, ring_weights=weights, data_scale=scale or 1.0)
+    prior_rotation = table.rotation if prior_rotation is None else prior_rotation
+    prior_origin = table.origin if prior_origin is None else prior_origin
     out = {"rotation": np.empty((k, 3, 3)), "origin": np.empty((k, 2)),
            "score": np.empty(k, np.float32), "score0": np.empty(k, np.float32)}
     bar = progress(total=k, desc=desc, unit="ptcl")
@@ -68,10 +80,15 @@ def align_particles(table: ParticleTable, indices: np.ndarray, gmm: GMM, resolut
         for pos, imgs in iter_images(table, rows, chunk=chunk):
             # ``pos`` are table rows (iter_images groups them by file); place them within this chunk
             where = _positions(rows, pos)
-            F = particle_transforms(imgs, table, pos, grid)
-            R, o, s, s0 = refiner.refine(F, table.rotation[pos], table.origin[pos])
-            res["rotation"][where], res["origin"][where], res["score"][where], res["score0"][where] = R, o, s, s0
-            bar.update(len(pos))
+            # Transforms in sub-batches: memory is set by SUB_BATCH, not by the chunk or the dataset.
+            for b0 in range(0, len(pos), SUB_BATCH):
+                b = slice(b0, b0 + SUB_BATCH)
+                pb = pos[b]
+                F = particle_transforms(imgs[b], table, pb, grid)
+                R, o, s, s0 = refiner.refine(F, table.rotation[pb], table.origin[pb], prior_rotation[pb], prior_origin[pb])
+                w = where[b]
+                res["rotation"][w], res["origin"][w], res["score"][w], res["score0"][w] = R, o, s, s0
+                bar.update(len(pb))
         for key in out:
             out[key][sel] = res[key]
         if ckpt is not None:
@@ -84,25 +101,28 @@ def align_particles(table: ParticleTable, indices: np.ndarray, gmm: GMM, resolut
 
 
 def _ring_weights(table, indices, gmm, grid, ring_weight, n_sample, checkpoint_dir, tag):
+    """→ (ring weights or None, log-likelihood scale of the weighted FRC or None)."""
     if ring_weight == "uniform":
-        return None
+        return None, None
     if ring_weight != "ssnr":
         raise ValueError(f"unknown ring weighting {ring_weight!r}")
-    wfile = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{tag}_ring_weights.npy"
+    wfile = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{tag}_ring_weights.npz"
     if wfile is not None and wfile.exists():
-        return np.load(wfile)
+        with np.load(wfile) as z:
+            return z["weights"], float(z["data_scale"])
     sample = indices[np.linspace(0, len(indices) - 1, min(n_sample, len(indices))).astype(np.int64)]
     sample = np.unique(sample)
     rings = []
     for pos, imgs in iter_images(table, sample, chunk=len(sample)):
         F = particle_transforms(imgs, table, pos, grid)
         rings.append(frc_rings(gmm, grid, F, table.rotation[pos], table.origin[pos]))
-    w = ssnr_ring_weights(np.concatenate(rings), grid)
+    rings = np.concatenate(rings)
+    w, scale = ssnr_ring_weights(rings, grid), ssnr_data_scale(rings, grid)
     if wfile is not None:
         with atomic_path(wfile) as tmp:
             with open(tmp, "wb") as fh:
-                np.save(fh, w)
-    return w
+                np.savez(fh, weights=w, data_scale=scale)
+    return w, scale
 
 
 def _positions(rows: np.ndarray, pos: np.ndarray) -> np.ndarray:

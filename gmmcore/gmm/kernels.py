@@ -206,6 +206,13 @@ class PoseSettings:
     ``lr_angle_deg``: Adam step for the rotation update, degrees; ``lr_shift_px``: for the shift,
     pixels.  The step decays linearly to ``final_lr_fraction`` of its start over ``steps``; the
     best-scoring pose seen is kept.
+
+    Pose prior (MAP; off when ``prior_angle_deg`` is None): the objective becomes
+    ``data_scale·S − θ²/(2σ_a²) − |t|²/(2σ_s²)``, where S is the ring-weighted FRC, θ (degrees) and
+    t (pixels) the deviation of the pose from the prior centre (the input pose), σ_a =
+    ``prior_angle_deg``, σ_s = ``prior_shift_px``.  ``data_scale`` (given to :class:`PoseRefiner`)
+    converts S to log-likelihood units: for SSNR weights w_r ∝ n_r·f_r, the per-ring profile
+    log-likelihood Σ n_r·FRC_r² changes by ≈ 2·Σ_r n_r f_r · ΔS (see :func:`ssnr_ring_weights`).
     """
 
     steps: int = 10
@@ -214,6 +221,8 @@ class PoseSettings:
     final_lr_fraction: float = 0.2
     beta1: float = 0.9
     beta2: float = 0.999
+    prior_angle_deg: Optional[float] = None
+    prior_shift_px: Optional[float] = None
 
 
 def _pose_fn(settings: PoseSettings, apix: float):
@@ -222,9 +231,13 @@ def _pose_fn(settings: PoseSettings, apix: float):
     lr_shift = settings.lr_shift_px * apix
     b1, b2 = settings.beta1, settings.beta2
     decay = [(1.0 - (1.0 - settings.final_lr_fraction) * t / max(steps - 1, 1)) for t in range(steps)]
+    use_prior = settings.prior_angle_deg is not None
+    inv_var_a = 0.0 if not use_prior else 1.0 / math.radians(settings.prior_angle_deg) ** 2
+    inv_var_s = 0.0 if not use_prior or not settings.prior_shift_px else 1.0 / (settings.prior_shift_px * apix) ** 2
 
     @tf.function(reduce_retracing=True)
-    def run(centers, amps, sigmas, rot0, org0, part_re, part_im, sy, sx, pix, ring, nrings, ring_w):
+    def run(centers, amps, sigmas, rot0, org0, part_re, part_im, sy, sx, pix, ring, nrings, ring_w,
+            data_scale, prior_rot, prior_org):
         B = tf.shape(rot0)[0]
         params = tf.zeros([B, 5])  # 3 rotation-vector (rad) + 2 shift (Å)
         m = tf.zeros_like(params)
@@ -232,21 +245,33 @@ def _pose_fn(settings: PoseSettings, apix: float):
         lr = tf.constant([lr_rot] * 3 + [lr_shift] * 2, tf.float32)
 
         def score(p):
+            """(objective, weighted FRC) per particle."""
             R = tf.matmul(rotvec_matrix(p[:, :3]), rot0)
-            mre, mim = project_ft(centers, amps, sigmas, R, org0 + p[:, 3:], sy, sx)
-            return tf.reduce_sum(frc(mre, mim, part_re, part_im, pix, ring, nrings) * ring_w[None, :], axis=1)
+            org = org0 + p[:, 3:]
+            mre, mim = project_ft(centers, amps, sigmas, R, org, sy, sx)
+            s = tf.reduce_sum(frc(mre, mim, part_re, part_im, pix, ring, nrings) * ring_w[None, :], axis=1)
+            if not use_prior:
+                return s, s
+            # deviation from the prior centre: D = R·Pᵀ; its skew part is sin(θ)·axis (θ² for small θ)
+            D = tf.matmul(R, prior_rot, transpose_b=True)
+            v = tf.stack([D[:, 2, 1] - D[:, 1, 2], D[:, 0, 2] - D[:, 2, 0], D[:, 1, 0] - D[:, 0, 1]], -1) / 2.0
+            pen = 0.5 * inv_var_a * tf.reduce_sum(tf.square(v), -1)
+            pen += 0.5 * inv_var_s * tf.reduce_sum(tf.square(org - prior_org), -1)
+            return data_scale * s - pen, s
 
         best_p = params
+        best_j = tf.fill([B], -1e30)
         best_s = tf.fill([B], -2.0)
         first = None
         for t in range(steps):
             with tf.GradientTape() as tape:
                 tape.watch(params)
-                s = score(params)
-                loss = -tf.reduce_sum(s)
+                j, s = score(params)
+                loss = -tf.reduce_sum(j)
             if first is None:
                 first = s
-            better = s > best_s
+            better = j > best_j
+            best_j = tf.where(better, j, best_j)
             best_s = tf.where(better, s, best_s)
             best_p = tf.where(better[:, None], params, best_p)
             g = tape.gradient(loss, params)
@@ -255,8 +280,8 @@ def _pose_fn(settings: PoseSettings, apix: float):
             mh = m / (1 - b1 ** (t + 1))
             vh = v / (1 - b2 ** (t + 1))
             params = params - decay[t] * lr * mh / (tf.sqrt(vh) + 1e-12)
-        s = score(params)
-        better = s > best_s
+        j, s = score(params)
+        better = j > best_j
         best_s = tf.where(better, s, best_s)
         best_p = tf.where(better[:, None], params, best_p)
         return tf.matmul(rotvec_matrix(best_p[:, :3]), rot0), org0 + best_p[:, 3:], best_s, first
@@ -272,7 +297,7 @@ class PoseRefiner:
     """
 
     def __init__(self, gmm: GMM, grid: FourierGrid, settings: PoseSettings = PoseSettings(), batch: int = 16,
-                 ring_weights: Optional[np.ndarray] = None):
+                 ring_weights: Optional[np.ndarray] = None, data_scale: float = 1.0):
         self.gmm = gmm
         self.grid = grid
         self.batch = int(batch)
@@ -286,10 +311,19 @@ class PoseRefiner:
             w = np.ones(grid.nrings)
         self.ring_weights = (w / w.sum()).astype(np.float32)
         self._w = tf.constant(self.ring_weights)
+        self._scale = tf.constant(float(data_scale), tf.float32)
 
-    def refine(self, particle_ft: np.ndarray, rotations: np.ndarray, origins_A: np.ndarray):
+    def refine(self, particle_ft: np.ndarray, rotations: np.ndarray, origins_A: np.ndarray,
+               prior_rotations: Optional[np.ndarray] = None, prior_origins_A: Optional[np.ndarray] = None):
         """particle_ft (k, ny, nx) complex (cropped, phase-flipped), rotations (k,3,3), origins (k,2) Å
-        → (rotations, origins_A, score, initial_score) as float64 / float32 arrays."""
+        → (rotations, origins_A, score, initial_score) as float64 / float32 arrays.
+
+        ``prior_rotations`` / ``prior_origins_A``: centre of the pose prior (default: the start pose);
+        used only when the settings switch the prior on."""
+        if prior_rotations is None:
+            prior_rotations = rotations
+        if prior_origins_A is None:
+            prior_origins_A = origins_A
         k = len(rotations)
         out_R = np.empty((k, 3, 3))
         out_o = np.empty((k, 2))
@@ -303,13 +337,14 @@ class PoseRefiner:
             ft = particle_ft[sl]
             R = rotations[sl]
             o = origins_A[sl]
+            PR = prior_rotations[sl]
+            PO = prior_origins_A[sl]
             if pad:
-                ft = np.concatenate([ft, np.repeat(ft[-1:], pad, 0)])
-                R = np.concatenate([R, np.repeat(R[-1:], pad, 0)])
-                o = np.concatenate([o, np.repeat(o[-1:], pad, 0)])
+                ft, R, o, PR, PO = (np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in (ft, R, o, PR, PO))
             Rn, on, s, s0 = self._fn(*self._g, tf.constant(R, tf.float32), tf.constant(o, tf.float32),
                                      tf.constant(ft.real, tf.float32), tf.constant(ft.imag, tf.float32),
-                                     *self._grid_t, self._w)
+                                     *self._grid_t, self._w, self._scale, tf.constant(PR, tf.float32),
+                                     tf.constant(PO, tf.float32))
             n = i1 - i0
             out_R[sl] = _orthonormalise(Rn.numpy()[:n].astype(np.float64))
             out_o[sl] = on.numpy()[:n]
@@ -342,6 +377,13 @@ def frc_scores(gmm: GMM, grid: FourierGrid, particle_ft: np.ndarray, rotations: 
                origins_A: np.ndarray, batch: int = 64) -> np.ndarray:
     """Mean FRC (uniform over rings) of each particle against the GMM at its pose, (k,)."""
     return frc_rings(gmm, grid, particle_ft, rotations, origins_A, batch).mean(axis=1)
+
+
+def ssnr_data_scale(ring_frc: np.ndarray, grid: FourierGrid) -> float:
+    """2·Σ_r n_r f_r: converts a change of the SSNR-weighted FRC into log-likelihood units."""
+    f = np.clip(np.nanmean(ring_frc, axis=0), 0.0, None)
+    n_r = np.bincount(grid.ring, minlength=grid.nrings).astype(np.float64)
+    return float(2.0 * np.sum(f * n_r))
 
 
 def ssnr_ring_weights(ring_frc: np.ndarray, grid: FourierGrid) -> np.ndarray:
