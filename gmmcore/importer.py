@@ -59,8 +59,9 @@ def read_input(args):
     return read_cs(args.cs, image_root=args.stack_root, apix=args.apix)
 
 
-def assign_split(table, new_split: bool) -> str:
-    """Check the half split; assign a random one when asked. Returns "input" or "new-random"."""
+def assign_split(table, new_split: bool, seed: int = NEW_SPLIT_SEED) -> str:
+    """Check the half split (every particle in half 1 or 2); assign a random balanced one with
+    ``seed`` when asked.  Returns "input" or "new-random"; raises InputError otherwise."""
     half = np.asarray(table.half)
     if len(table) and (half > 0).all():
         return "input"
@@ -69,7 +70,7 @@ def assign_split(table, new_split: bool) -> str:
         what = "no half-set split" if not (half > 0).any() else f"{int((half == 0).sum())} particles without a half set"
         raise InputError(f"{what} (rlnRandomSubset / alignments3D/split) in the input; gold-standard refinement "
                          "needs one: use --new-split to assign a random split", path=table.source or None, field=field)
-    rng = np.random.default_rng(NEW_SPLIT_SEED)
+    rng = np.random.default_rng(seed)
     n = len(table)
     perm = rng.permutation(n)
     new = np.empty(n, dtype=np.int8)

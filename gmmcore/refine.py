@@ -38,6 +38,7 @@ from .errors import InputError
 from .fourier import lowpass
 from .fsc import auto_mask, half_map_report
 from .geometry import angular_distance
+from .importer import assign_split
 from .io.maps import read_map, write_map
 from .io.star import read_star, write_star
 from .particles import ParticleTable
@@ -122,18 +123,7 @@ def _load_particles(p: RefineParams):
     if np.ptp(table.apix) > 1e-3 * table.apix.max():
         raise InputError(f"optics groups with different pixel sizes {sorted(set(np.round(table.apix, 4).tolist()))} "
                          "are not supported in one refinement", path=p.particles, field="rlnImagePixelSize")
-    counts = [int(np.sum(table.half == h)) for h in (1, 2)]
-    if min(counts) == 0:
-        if not p.new_split:
-            raise InputError("no half-set split (rlnRandomSubset 1/2) in the particles; gold-standard "
-                             "refinement needs one — pass --new-split to make a new random split",
-                             path=p.particles, field="rlnRandomSubset")
-        rng = np.random.default_rng(p.seed)
-        half = np.ones(len(table), np.int8)
-        half[rng.permutation(len(table))[: len(table) // 2]] = 2
-        table.half = half
-        return table, True
-    return table, False
+    return table, assign_split(table, p.new_split, seed=p.seed) == "new-random"
 
 
 def _reconstruct(table: ParticleTable, p: RefineParams, folder: Path):
