@@ -1,3 +1,5 @@
+"""``python -m gmmcore <verb>``."""
 from .cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # guarded: spawned worker processes must not re-run the CLI
+    raise SystemExit(main())
