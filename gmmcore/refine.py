@@ -69,8 +69,8 @@ class RefineParams:
     lr_angle: float = 0.5  # degrees per Adam step
     lr_shift: float = 0.25  # pixels per Adam step
     ring_weight: str = "ssnr"  # "ssnr" or "uniform" (the paper's plain average over rings)
-    prior_angle: Optional[float] = None  # degrees: MAP pose prior centred on the input poses (None: off)
-    prior_shift: Optional[float] = None  # pixels
+    prior_angle: Optional[float] = 3.0  # degrees: MAP pose prior centred on the input poses (None: off)
+    prior_shift: Optional[float] = 1.0  # pixels
     gpu: Optional[List[int]] = None
     cpu: bool = False
     seed: int = 0
@@ -339,10 +339,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="FRC ring weighting for alignment: ssnr (population FRC × ring size, estimated per half; "
                         "default) or uniform (plain average over rings, as in the paper)")
     p.add_argument("--prior-angle", type=float, default=None,
-                   help="MAP pose prior: expected angular error of the input poses, degrees (default: none, "
-                        "plain maximum FRC). Keeps low-SNR particles from drifting; needs --ring-weight ssnr")
+                   help="MAP pose prior centred on the input poses: their expected angular error, degrees "
+                        "(default 3). Keeps low-SNR particles from drifting; strong data overrides it")
     p.add_argument("--prior-shift", type=float, default=None,
-                   help="MAP pose prior: expected shift error of the input poses, pixels (with --prior-angle)")
+                   help="MAP pose prior: expected shift error of the input poses, pixels (default 1)")
+    p.add_argument("--no-prior", action="store_true",
+                   help="no pose prior: plain maximum of the FRC (as in the paper; implied by --ring-weight uniform)")
     p.add_argument("--gpu", default=None, help="GPU ids to use, e.g. 0 or 0,1 (default: what TensorFlow sees)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
     p.add_argument("--new-split", action="store_true", help="make a new random half split when the input has none")
@@ -364,10 +366,16 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("file not found", path=v, field=f"--{name}")
     if args.iterations < 0 or args.batch < 1 or args.chunk < 1 or args.steps < 1:
         raise InputError("--iter must be ≥ 0, --batch, --chunk and --steps ≥ 1")
-    if args.prior_angle is not None and (args.prior_angle <= 0 or args.ring_weight != "ssnr"):
-        raise InputError("must be > 0 and used with --ring-weight ssnr", field="--prior-angle")
-    if args.prior_shift is not None and (args.prior_shift <= 0 or args.prior_angle is None):
-        raise InputError("must be > 0 and used with --prior-angle", field="--prior-shift")
+    explicit = args.prior_angle is not None or args.prior_shift is not None
+    if explicit and (args.no_prior or args.ring_weight != "ssnr"):
+        raise InputError("a pose prior needs --ring-weight ssnr and no --no-prior", field="--prior-angle")
+    for name in ("prior_angle", "prior_shift"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise InputError("must be > 0 (use --no-prior to switch the prior off)", field="--" + name.replace("_", "-"))
+    use_prior = not args.no_prior and args.ring_weight == "ssnr"
+    prior_angle = (args.prior_angle or RefineParams.prior_angle) if use_prior else None
+    prior_shift = (args.prior_shift or RefineParams.prior_shift) if use_prior else None
     out = Path(args.out)
     if args.cont and not (out / "params.json").exists():
         raise InputError("nothing to continue (no params.json)", path=out, field="--continue")
@@ -375,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
                           ref_lowpass=args.ref_lowpass, iterations=args.iterations, ngauss=args.ngauss, maxres=args.maxres,
                           minres=args.minres, sym=args.sym, mask=args.mask and str(Path(args.mask).resolve()), batch=args.batch,
                           chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift, ring_weight=args.ring_weight,
-                          prior_angle=args.prior_angle, prior_shift=args.prior_shift, gpu=gpu,
+                          prior_angle=prior_angle, prior_shift=prior_shift, gpu=gpu,
                           cpu=args.cpu, seed=args.seed, new_split=args.new_split)
     from .symmetry import symmetry_matrices
 

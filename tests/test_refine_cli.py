@@ -104,3 +104,26 @@ def test_mask_wrong_box(sim_small, tmp_path, capsys):
     rc, err, _ = run_refine(capsys, "--particles", sim_small["perturbed_star"], "--out", tmp_path / "out",
                             "--mask", mask, "--iter", "1")
     assert_one_error(rc, err, mask, "(32, 32, 32)", "48")
+
+
+@pytest.mark.parametrize("extra, field", [
+    (["--prior-angle", "0"], "--prior-angle"),
+    (["--prior-shift", "-1"], "--prior-shift"),
+    (["--ring-weight", "uniform", "--prior-angle", "2"], "--prior-angle"),
+    (["--no-prior", "--prior-shift", "1"], "--prior-angle"),
+])
+def test_bad_prior_flags(sim_small, tmp_path, capsys, extra, field):
+    rc, err, _ = run_refine(capsys, "--particles", sim_small["perturbed_star"], "--out", tmp_path / "out", *extra)
+    assert_one_error(rc, err, field)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prior_settings_recorded(sim_small, tmp_path, capsys, monkeypatch):
+    """Default: prior 3°/1 px; --no-prior and --ring-weight uniform switch it off (params.json)."""
+    import gmmcore.refine as refine
+
+    seen = []
+    monkeypatch.setattr(refine, "run_refinement", lambda p: seen.append((p.prior_angle, p.prior_shift)))
+    for extra in ([], ["--no-prior"], ["--ring-weight", "uniform"], ["--prior-angle", "5"]):
+        assert run_refine(capsys, "--particles", sim_small["perturbed_star"], "--out", tmp_path / "o", *extra)[0] == 0
+    assert seen == [(3.0, 1.0), (None, None), (None, None), (5.0, 1.0)]

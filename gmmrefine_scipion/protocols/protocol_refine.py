@@ -80,6 +80,17 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
         form.addParam("minResolution", params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
                       label="Lowest resolution used (Å)",
                       help="Frequencies below this are ignored when aligning (0: engine default).")
+        form.addParam("priorAngle", params.FloatParam, default=3.0, expertLevel=params.LEVEL_ADVANCED,
+                      validators=[params.GE(0)],
+                      label="Input pose accuracy: angle (deg)",
+                      help="Width of the pose prior centred on the input poses (MAP alignment): the "
+                           "expected angular error of the upstream refinement. It keeps particles with "
+                           "little signal from drifting; strong data overrides it. 0: no prior (the "
+                           "paper's plain maximum of the FRC).")
+        form.addParam("priorShift", params.FloatParam, default=1.0, expertLevel=params.LEVEL_ADVANCED,
+                      validators=[params.GE(0)], condition="priorAngle > 0",
+                      label="Input pose accuracy: shift (px)",
+                      help="Expected shift error of the input poses, pixels.")
         form.addParam("batchSize", params.IntParam, default=16, expertLevel=params.LEVEL_ADVANCED,
                       validators=[params.GT(0)],
                       label="Batch size",
@@ -148,6 +159,12 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
             options["maxres"] = self.maxResolution.get()
         if self.minResolution.get():
             options["minres"] = self.minResolution.get()
+        if self.priorAngle.get() > 0:
+            options["prior_angle"] = self.priorAngle.get()
+            if self.priorShift.get() > 0:
+                options["prior_shift"] = self.priorShift.get()
+        else:
+            options["no_prior"] = True
         if self.initialVolume.get() is not None:
             options["ref"] = self.volumeFile(self.initialVolume.get(), "initial_volume")
         if self.referenceMask.get() is not None:
