@@ -30,18 +30,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _star_reference_rows(table, ref, ref_path) -> np.ndarray:
-    from .io.cryosparc import _original_names
-    from .io.stacks import match_image_names, parse_image_name
+    from .io.stacks import parse_image_name, reference_rows
 
-    names = [parse_image_name(s) for s in _original_names(table)]
     ref_names = [parse_image_name(s) for s in np.asarray(ref.image_name).astype(str)]
-    rows = match_image_names(names, ref_names)
-    if rows is not None:
-        return rows
-    if len(ref) == len(table):
-        return np.arange(len(ref))
-    raise InputError(f"the particles ({len(table)}) do not match the reference ({len(ref)} particles) by image "
-                     "name, and the counts differ", path=ref_path, field="rlnImageName")
+    return reference_rows(table, ref_names, ref_path, "rlnImageName")
 
 
 def export(particles, fmt: str, out, reference=None) -> Path:

@@ -44,7 +44,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 

@@ -19,7 +19,8 @@ from ..atomic import atomic_path
 from ..errors import InputError
 from ..geometry import matrix_to_rotvec, rotvec_to_matrix
 from ..particles import CTFParams, ParticleTable
-from .stacks import format_image_name, match_image_names, parse_image_name, resolve_stack_path, stack_shape
+from .stacks import format_image_name, parse_image_name, resolve_stack_path, stack_shape
+from .stacks import reference_rows as rows_by_image_name
 
 
 def load_cs(path) -> np.ndarray:
@@ -211,27 +212,9 @@ def _minimal_records(table: ParticleTable) -> np.ndarray:
 
 
 def reference_rows(table: ParticleTable, ref: np.ndarray, ref_path=None) -> np.ndarray:
-    """Rows of the reference .cs records holding ``table``'s particles.
-
-    Matched by image index + path (``rlnImageOriginalName`` when the table carries it, i.e. after a
-    phase-flipping import, else the image name); when names do not match, by order if the counts
-    agree.  Otherwise :class:`InputError`.
-    """
-    names = _original_names(table)
-    rows = match_image_names([parse_image_name(s) for s in names], cs_image_names(ref))
-    if rows is not None:
-        return rows
-    if len(ref) == len(table):
-        return np.arange(len(ref))
-    raise InputError(f"the particles ({len(table)}) do not match the reference ({len(ref)} records) by image "
-                     "name, and the counts differ", path=ref_path, field="blob/path")
-
-
-def _original_names(table: ParticleTable) -> np.ndarray:
-    sp = table.star_particles
-    if sp is not None and "rlnImageOriginalName" in getattr(sp, "columns", []):
-        return sp["rlnImageOriginalName"].astype(str).to_numpy()
-    return np.asarray(table.image_name).astype(str)
+    """Rows of the reference .cs records holding ``table``'s particles (see
+    :func:`gmmcore.io.stacks.reference_rows`)."""
+    return rows_by_image_name(table, cs_image_names(ref), ref_path, "blob/path", "records")
 
 
 def write_cs(table: ParticleTable, path, reference=None) -> Path:

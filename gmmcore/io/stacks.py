@@ -375,6 +375,31 @@ def _norm(p: str) -> str:
     return os.path.normpath(p).replace("\\", "/")
 
 
+def original_image_names(table) -> np.ndarray:
+    """Each particle's image name before import (``rlnImageOriginalName`` after a phase-flipping
+    import), else its current image name."""
+    sp = table.star_particles
+    if sp is not None and "rlnImageOriginalName" in getattr(sp, "columns", []):
+        return sp["rlnImageOriginalName"].astype(str).to_numpy()
+    return np.asarray(table.image_name).astype(str)
+
+
+def reference_rows(table, ref_names: Sequence[Tuple[int, str]], ref_path, field: str,
+                   what: str = "particles") -> np.ndarray:
+    """Rows of a reference file (its images as ``(index0, path)``) holding ``table``'s particles.
+
+    Matched by original image name (:func:`match_image_names`); when names do not match, by order
+    if the counts agree; otherwise :class:`InputError` naming ``ref_path`` and ``field``."""
+    names = [parse_image_name(s) for s in original_image_names(table)]
+    rows = match_image_names(names, ref_names)
+    if rows is not None:
+        return rows
+    if len(ref_names) == len(table):
+        return np.arange(len(ref_names))
+    raise InputError(f"the particles ({len(table)}) do not match the reference ({len(ref_names)} {what}) by "
+                     "image name, and the counts differ", path=ref_path, field=field)
+
+
 def match_image_names(names: Sequence[Tuple[int, str]], ref: Sequence[Tuple[int, str]]) -> Optional[np.ndarray]:
     """Rows of ``ref`` holding the same images as ``names`` (both lists of ``(index0, path)``).
 
