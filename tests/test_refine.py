@@ -243,7 +243,7 @@ def test_pose_refiner_batch_independent(sim_small):
     settings = PoseSettings(steps=6)
     res = {b: PoseRefiner(gmm, grid, settings, batch=b).refine(F, table.rotation[pos], table.origin[pos])
            for b in (4, 16, 64)}
-    R0, _ = table.rotation[pos], table.origin[pos]
+    R0 = table.rotation[pos]
     assert angular_distance(R0, res[16][0]).mean() > 0.2  # the poses did move
     for b in (4, 64):
         dang = angular_distance(res[16][0], res[b][0])
