@@ -1,6 +1,8 @@
-"""Peak memory of a refinement as the dataset grows (box 64): 10,000 vs 100,000 particles.
+"""Peak memory of a refinement as the dataset grows (box 64): 10,000 / 40,000 / 100,000 particles.
 
-Simulates the datasets (cached under benchmarks/work/), then runs one refinement iteration of each
+Simulates the largest dataset once (cached under benchmarks/work/) and takes the first n particles of
+it for each size (from 40,000 on, every half fills the 20,000-particle chunks), then runs one
+refinement iteration of each
 in a fresh process (`gmmcore refine --iter 1`) and records the process's peak resident memory
 (ru_maxrss of the child) and wall time.  Particles are streamed in chunks (`--chunk`, default
 20,000), so peak memory should not grow with the number of particles.
@@ -21,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -37,7 +41,7 @@ def run_measured(cmd, env) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 40000, 100000])
     ap.add_argument("--steps", type=int, default=3, help="pose steps per particle (fewer = faster; memory is the point)")
     ap.add_argument("--chunk", type=int, default=20000)
     ap.add_argument("--work", default=str(HERE / "work"))
@@ -47,17 +51,24 @@ def main() -> None:
     results = []
     # Largest first: ru_maxrss of children is a running maximum, so each size runs in its own
     # measuring process to keep the figures separate.
+    n_max = max(args.sizes)
+    sim = Path(args.work) / f"sim_{n_max}"
+    if not (sim / "particles_perturbed.star").exists():
+        subprocess.run([py, "-m", "gmmcore", "simulate", "--n", str(n_max), "--box", "64", "--apix", "1.2",
+                        "--snr", "1.0", "--seed", "3", "--out", str(sim)], env=env, check=True,
+                       capture_output=True)
+    from gmmcore.io.star import read_star, write_star
+
+    full = read_star(sim / "particles_perturbed.star")
     for n in args.sizes:
-        sim = Path(args.work) / f"sim_{n}"
-        if not (sim / "particles_perturbed.star").exists():
-            subprocess.run([py, "-m", "gmmcore", "simulate", "--n", str(n), "--box", "64", "--apix", "1.2",
-                            "--snr", "1.0", "--seed", "3", "--out", str(sim)], env=env, check=True,
-                           capture_output=True)
+        star = sim / f"first_{n}.star"
+        if not star.exists():
+            write_star(full.subset(np.arange(n)), star)
         out = Path(args.work) / f"refine_{n}"
         cmd = [py, "-c", "import json,resource,subprocess,sys;"
                "r=subprocess.run(sys.argv[1:]).returncode;"
                "print(json.dumps({'rc': r, 'maxrss_kB': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))",
-               py, "-m", "gmmcore", "refine", "--particles", str(sim / "particles_perturbed.star"), "--iter", "1",
+               py, "-m", "gmmcore", "refine", "--particles", str(star), "--iter", "1",
                "--steps", str(args.steps), "--chunk", str(args.chunk), "--new-split", "--out", str(out)]
         if out.exists():
             import shutil
