@@ -12,6 +12,7 @@ parameters, see :func:`gmmcore.simulate.load_model`).  The stack is **not** phas
 Treat the files as read-only (the fixture is shared); copy them to ``tmp_path`` to modify them.
 """
 import os
+import sys
 
 import pytest
 
@@ -28,3 +29,10 @@ def sim_small(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sim_small")
     return simulate_dataset(out, show_progress=False, **SIM_SMALL)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_cli(monkeypatch):
+    """CLI tests call gmmcore.cli.main in-process: no progress bars, and sys.argv restored after."""
+    monkeypatch.setenv("GMMCORE_NO_PROGRESS", "1")
+    monkeypatch.setattr(sys, "argv", list(sys.argv))

@@ -17,12 +17,6 @@ from tests.test_star import random_particles, star31_text, write_stacks
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("GMMCORE_NO_PROGRESS", "1")
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-
-
 def run_import(capsys, *args):
     rc = main(["import"] + [str(a) for a in args])
     err = capsys.readouterr().err.strip()

@@ -18,12 +18,6 @@ from gmmcore.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("GMMCORE_NO_PROGRESS", "1")
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-
-
 def run_refine(capsys, *args):
     rc = main(["refine", "--cpu"] + [str(a) for a in args])
     cap = capsys.readouterr()
