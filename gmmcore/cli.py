@@ -1,9 +1,10 @@
 """``gmmcore <verb>``: the engine's command line.
 
-Each verb lives in the module that owns its logic; that module exposes
-``configure_parser(parser)`` and ``run(args) -> int``.  Modules are imported lazily so ``--help``
-stays fast.  Any :class:`~gmmcore.errors.InputError` ends the command with one line on stderr and
-exit code 2 — never a traceback.
+Each verb is a module of :mod:`gmmcore.commands` with ``configure_parser(parser)`` and
+``run(args) -> int``; its docstring is the verb's help (first line: the summary).  Only the module
+of the verb being run is imported, so ``--help`` stays fast.  Any
+:class:`~gmmcore.errors.InputError` ends the command with one line on stderr and exit code 2 —
+never a traceback.
 """
 from __future__ import annotations
 
@@ -11,47 +12,53 @@ import argparse
 import importlib
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from . import __version__
 from .errors import InputError
 
-# verb -> (module, one-line help)
+# verb -> module (in the order `gmmcore --help` lists them)
 VERBS = {
-    "import": ("gmmcore.importer", "import particles from a RELION star or cryoSPARC .cs (phase-flipped stack)"),
-    "export": ("gmmcore.exporter", "write particles as a RELION star or cryoSPARC .cs"),
-    "simulate": ("gmmcore.simulate", "simulate particles from an atomic model (truth + perturbed poses)"),
-    "reconstruct": ("gmmcore.reconstruct", "reconstruct half maps and measure gold-standard FSC"),
-    "build-gmm": ("gmmcore.gmm.build", "build a Gaussian mixture model from a map"),
-    "refine": ("gmmcore.refine", "GMM global pose refinement (gold standard)"),
+    "import": "gmmcore.commands.import_particles",
+    "reconstruct": "gmmcore.commands.reconstruct",
+    "build-gmm": "gmmcore.commands.build_gmm",
+    "refine": "gmmcore.commands.refine",
+    "export": "gmmcore.commands.export_particles",
+    "simulate": "gmmcore.commands.simulate",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _doc(module) -> tuple:
+    """(one-line summary, full description) from a verb module's docstring."""
+    doc = (module.__doc__ or "").strip()
+    return doc.split("\n", 1)[0].rstrip("."), doc
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser for ``argv``: every verb's sub-parser, configured only for the verb named in
+    ``argv`` (all of them when none is, e.g. for ``gmmcore --help``)."""
     parser = argparse.ArgumentParser(prog="gmmcore", description="GMM-based refinement of cryo-EM particle poses.")
     parser.add_argument("--version", action="version", version=f"gmmcore {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     sub.required = True
-    argv = sys.argv[1:]
-    for verb, (modname, help_) in VERBS.items():
-        p = sub.add_parser(verb, help=help_, description=help_)
-        # Only import the module of the verb being run (or all of them for the top-level --help).
-        if verb in argv or not any(v in argv for v in VERBS):
-            try:
-                importlib.import_module(modname).configure_parser(p)
-            except ModuleNotFoundError as exc:  # verb not built yet
-                if exc.name != modname:
-                    raise
+    named = [a for a in argv if a in VERBS]
+    for verb, modname in VERBS.items():
+        if named and verb != named[0]:
+            sub.add_parser(verb, add_help=False)
+            continue
+        module = importlib.import_module(modname)
+        summary, description = _doc(module)
+        p = sub.add_parser(verb, help=summary, description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.configure_parser(p)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if argv is not None:
-        sys.argv = [sys.argv[0]] + list(argv)
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:])
-    module = importlib.import_module(VERBS[args.verb][0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    module = importlib.import_module(VERBS[args.verb])
     try:
         return int(module.run(args) or 0)
     except InputError as exc:

@@ -1,4 +1,4 @@
-"""Direct Fourier inversion, and the ``gmmcore reconstruct`` verb.
+"""Direct Fourier inversion: the one reconstructor, and the two half maps of a particle table.
 
 Each image is padded ``pad``× (zero padding, image centre N//2 at padded centre P//2), centred by
 its origin (Fourier phase shift by +origin), Fourier transformed, and its samples within the
@@ -16,20 +16,16 @@ images chunk by chunk, so memory does not grow with the number of particles.
 from __future__ import annotations
 
 import os
-import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 import scipy.fft as sfft
 
 from .ctf import ctf_2d, phase_flip
 from .errors import InputError
-from .fourier import freq_index, lowpass, radial_index
-from .fsc import half_map_report  # noqa: F401  (re-exported: the refinement driver uses it)
-from .particles import CTFParams
+from .fourier import freq_index, radial_index
+from .particles import CTFParams, HalfPair, check_geometry, check_split
 from .symmetry import symmetry_matrices
 
 _PARALLEL_MIN_PARTICLES = 2000  # below this, reconstruct_halves runs the halves one after the other
@@ -198,18 +194,6 @@ class Reconstructor:
 
 
 # ---------------------------------------------------------------------- half maps from a table
-def _table_geometry(table) -> tuple:
-    sizes = np.unique(np.asarray(table.image_size))
-    if sizes.size != 1:
-        raise InputError(f"particles have different image sizes {sizes.tolist()}; reconstruct them separately",
-                         path=table.source or None, field="rlnImageSize")
-    apix = np.asarray(table.apix, dtype=np.float64)
-    if apix.size and (apix.max() - apix.min()) > 0.01 * apix.mean():
-        raise InputError(f"particles have different pixel sizes ({apix.min():g}–{apix.max():g} Å)",
-                         path=table.source or None, field="rlnImagePixelSize")
-    return int(sizes[0]), float(apix.mean())
-
-
 def _reconstruct_one(table, idx, box, apix, sym, pad, chunk, desc) -> np.ndarray:
     from .io.stacks import iter_images  # lazy: keep the Reconstructor usable on its own
     from .progress import progress
@@ -225,88 +209,28 @@ def _reconstruct_one(table, idx, box, apix, sym, pad, chunk, desc) -> np.ndarray
 
 
 def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 20000, workers: Optional[int] = None,
-                       indices=None) -> Dict[int, np.ndarray]:
-    """Reconstruct the two gold-standard half maps of ``table``: {1: vol, 2: vol} float32.
+                       indices=None) -> HalfPair:
+    """Reconstruct the two gold-standard half maps of ``table``: HalfPair of float32 volumes.
 
     ``indices`` restricts to those rows; ``workers`` > 1 reconstructs the halves in two parallel
     (spawned) processes; the default does so when there are ≥ 2 CPUs and ≥ 2000 particles.  As with
     any spawned process pool, a script calling this at import time needs an
     ``if __name__ == "__main__":`` guard.
     """
-    box, apix = _table_geometry(table)
+    sub = table if indices is None else table.subset(indices)
+    box, apix = check_geometry(sub)
     symmetry_matrices(sym)  # validate early (InputError naming --sym)
+    parts = check_split(sub)
     rows = np.arange(len(table)) if indices is None else np.arange(len(table))[indices]
-    half = np.asarray(table.half)[rows]
-    parts = {h: rows[half == h] for h in (1, 2)}
-    for h, idx in parts.items():
-        if idx.size == 0:
-            raise InputError(f"no particles in half set {h}: a gold-standard reconstruction needs both halves",
-                             path=table.source or None, field="rlnRandomSubset")
+    parts = parts.map(lambda h, r: rows[r])
     if workers is None:  # a worker process costs ~1-2 s to start: only worth it for larger sets
         workers = 2 if (os.cpu_count() or 1) >= 2 and rows.size >= _PARALLEL_MIN_PARTICLES else 1
     if workers <= 1:
-        return {h: _reconstruct_one(table, idx, box, apix, sym, pad, chunk, f"half {h}") for h, idx in parts.items()}
+        return parts.map(lambda h, idx: _reconstruct_one(table, idx, box, apix, sym, pad, chunk, f"half {h}"))
     import multiprocessing as mp
 
     # Each worker gets only its half's rows (a smaller pickle); its indices refer to that subset.
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as ex:
-        futs = {h: ex.submit(_reconstruct_one, table.subset(idx), np.arange(idx.size), box, apix, sym, pad, chunk,
-                             f"half {h}") for h, idx in parts.items()}
-        return {h: f.result() for h, f in futs.items()}
-
-
-# ---------------------------------------------------------------------- the verb
-def configure_parser(p) -> None:
-    p.add_argument("--particles", required=True, metavar="STAR", help="particles (RELION star) with poses and half sets")
-    p.add_argument("--sym", default="C1", help="point group: C1, Cn, Dn, T, O, I (RELION orientation); default C1")
-    p.add_argument("--mask", metavar="MRC", help="mask for the masked FSC (default: automatic mask from the map)")
-    p.add_argument("--pad", type=float, default=2, help="padding factor (default 2)")
-    p.add_argument("--chunk", type=int, default=20000, help="images read per chunk (default 20000)")
-    p.add_argument("--workers", type=int, default=None, help="processes: 2 reconstructs the halves in parallel (default: 2 if >= 2 CPUs and >= 2000 particles)")
-    p.add_argument("--out", default="reconstruct", metavar="DIR", help="output folder (default ./reconstruct)")
-
-
-def run(args) -> int:
-    from .atomic import OutputGuard, write_json
-    from .io.maps import read_map, write_map
-    from .io.star import read_star
-
-    symmetry_matrices(args.sym)
-    if not args.pad or args.pad < 1:
-        raise InputError(f"padding factor must be >= 1 (got {args.pad})", field="--pad")
-    if args.chunk < 1:
-        raise InputError(f"chunk must be >= 1 (got {args.chunk})", field="--chunk")
-    t0 = time.time()
-    table = read_star(args.particles)
-    if len(table) == 0:
-        raise InputError("no particles", path=args.particles)
-    box, apix = _table_geometry(table)
-    if not np.isin(np.asarray(table.half), (1, 2)).all() or not (
-            np.any(table.half == 1) and np.any(table.half == 2)):
-        raise InputError("particles need a half-set split (rlnRandomSubset 1/2 for every particle)",
-                         path=args.particles, field="rlnRandomSubset")
-    mask = None
-    if args.mask:
-        mask, _ = read_map(args.mask)
-        if mask.shape != (box, box, box):
-            raise InputError(f"mask shape {mask.shape} does not match the particle box {box}", path=args.mask,
-                             field="--mask")
-    out = Path(args.out)
-    with OutputGuard(out):
-        halves = reconstruct_halves(table, sym=args.sym, pad=args.pad, chunk=args.chunk, workers=args.workers)
-        report = half_map_report(halves[1], halves[2], apix, mask=mask)
-        avg = lowpass(0.5 * (halves[1] + halves[2]), apix, report["resolution"])
-        write_map(out / "half1.mrc", halves[1], apix)
-        write_map(out / "half2.mrc", halves[2], apix)
-        write_map(out / "map.mrc", avg.astype(np.float32), apix)
-        summary = dict(report)
-        summary.update({
-            "n_particles": {"1": int(np.sum(table.half == 1)), "2": int(np.sum(table.half == 2))},
-            "apix": apix, "box": box, "sym": args.sym.upper(), "pad": args.pad,
-            "mask": str(args.mask) if args.mask else "auto", "particles": str(args.particles),
-            "seconds": round(time.time() - t0, 2),
-        })
-        write_json(out / "summary.json", summary)
-    print(f"resolution {report['resolution']:.2f} Å (masked), {report['resolution_unmasked']:.2f} Å (unmasked); "
-          f"maps in {out}", file=sys.stdout)
-    return 0
+        futs = parts.map(lambda h, idx: ex.submit(_reconstruct_one, table.subset(idx), np.arange(idx.size), box, apix,
+                                                  sym, pad, chunk, f"half {h}"))
+        return futs.map(lambda h, f: f.result())

@@ -1,18 +1,18 @@
-"""Particle simulator: an atomic model → raw-like particles with known poses (``gmmcore simulate``).
+"""Particle simulator: an atomic model → raw-like particles with known poses (library of ``gmmcore simulate``).
 
 What it does
 ------------
-1. Read the model's heavy atoms (:func:`gmmcore.pdb.read_atoms`) and **centre it at its centre of
+1. Read the model's heavy atoms (:func:`gmmcore.io.pdb.read_atoms`) and **centre it at its centre of
    mass** (atomic masses), so the model's centre of mass sits at the box centre (index box//2).
    The offset removed is recorded as ``center_of_mass_A`` in ``simulation.json``.  With a second
    model (``model_b``, same atom order) it is centred at its own centre of mass and superposed onto
    the first (mass-weighted Kabsch fit), so the morph below is a pure conformational change.
 2. Make a GMM with one Gaussian per atom: amplitude = atomic number, width
    σ = sqrt(atom_sigma_A² + b_factor / 8π²) Å (b_factor blurs the map like a temperature factor).
-3. ``true_map.mrc``: the GMM rendered with the engine's projector (:func:`gmmcore.gmm.kernels.render_map`).
+3. ``true_map.mrc``: the GMM rendered with the engine's projector (:func:`gmmcore.gmm.render.render_map`).
 4. Particles: uniformly random rotations (RELION A), true origins uniform in a disc of radius
    ``max_origin_px`` (stored in Å, RELION sign), projected with
-   :func:`gmmcore.gmm.kernels.project_images`, multiplied by the CTF (:func:`gmmcore.ctf.apply_ctf`,
+   :func:`gmmcore.gmm.render.project_images`, multiplied by the CTF (:func:`gmmcore.ctf.apply_ctf`,
    RELION's sign, **not** phase flipped — like raw data), plus white Gaussian noise.
    Defocus: mean uniform in ``defocus_range``, astigmatism |dU − dV| uniform in [0, astigmatism],
    angle uniform in [0, 180).  Optics groups g = 1..G differ slightly in Cs (+0.1 mm per group) and
@@ -39,7 +39,6 @@ Everything is reproducible from the seed.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -49,11 +48,11 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import __version__
-from .atomic import OutputGuard, atomic_path, write_json
+from .safewrite import atomic_path, write_json
 from .errors import InputError
 from .geometry import perturb_rotations, random_rotations
 from .particles import CTFParams, ParticleTable
-from .pdb import atomic_masses, atomic_numbers, read_atoms, resolve_model
+from .io.pdb import atomic_masses, atomic_numbers, read_atoms, resolve_model
 from .progress import progress
 
 STACK_NAME = "particles.mrcs"
@@ -135,7 +134,7 @@ def clean_particles(model: dict, rotations: np.ndarray, origins_A: np.ndarray, c
     ``conformation`` (k,) morph parameter per particle (ignored without a model B).
     """
     from .ctf import apply_ctf
-    from .gmm.kernels import project_images
+    from .gmm.render import project_images
 
     rotations = np.asarray(rotations, np.float64).reshape(-1, 3, 3)
     origins_A = np.asarray(origins_A, np.float64).reshape(-1, 2)
@@ -229,7 +228,7 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
     "signal_variance", "mask_radius_px", "rotations", "origins_A", "rotations_perturbed",
     "origins_perturbed_A", "conformation", "half", "optics_group", "ctf" (CTFParams), "seed"}``.
     """
-    from .gmm.kernels import render_map
+    from .gmm.render import render_map
     from .io.maps import write_map
     from .io.stacks import StackWriter
     from .io.star import write_star
@@ -385,47 +384,3 @@ def _validate(n, box, apix, snr, defocus_range, astigmatism, optics_groups, conf
 
 # --------------------------------------------------------------------------------------------
 # command line
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    p.add_argument("--model", default="builtin:adk-closed",
-                   help="atomic model: a PDB file, builtin:adk-closed or builtin:adk-open")
-    p.add_argument("--model-b", default=None,
-                   help="second model with the same atoms (e.g. builtin:adk-open): particles are linear morphs "
-                        "A + t(B−A), t uniform in [0, 1] (or --conformation)")
-    p.add_argument("--conformation", type=float, default=None, help="fixed morph parameter t in [0, 1]")
-    p.add_argument("--n", type=int, default=1000, help="number of particles")
-    p.add_argument("--box", type=int, default=64, help="box size (pixels)")
-    p.add_argument("--apix", type=float, default=1.5, help="pixel size (Å)")
-    p.add_argument("--snr", type=float, default=0.05,
-                   help="signal variance (inside the particle) / noise variance; 0 = no noise")
-    p.add_argument("--defocus-min", type=float, default=10000.0, help="smallest mean defocus (Å)")
-    p.add_argument("--defocus-max", type=float, default=25000.0, help="largest mean defocus (Å)")
-    p.add_argument("--astigmatism", type=float, default=500.0, help="largest |dU − dV| (Å)")
-    p.add_argument("--voltage", type=float, default=300.0, help="voltage (kV)")
-    p.add_argument("--cs", type=float, default=2.7, help="spherical aberration (mm)")
-    p.add_argument("--amp-contrast", type=float, default=0.1, help="amplitude contrast")
-    p.add_argument("--b-factor", type=float, default=30.0, help="map blur (Å²) added to the atom widths")
-    p.add_argument("--perturb-angle", type=float, default=3.0,
-                   help="rotation error of the perturbed poses (degrees, exact, random axis)")
-    p.add_argument("--perturb-shift", type=float, default=1.0,
-                   help="origin error of the perturbed poses (pixels, exact, random direction)")
-    p.add_argument("--max-origin", type=float, default=2.0, help="largest true origin (pixels)")
-    p.add_argument("--optics-groups", type=int, default=1, help="number of optics groups")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--out", required=True, help="output folder")
-
-
-def run(args: argparse.Namespace) -> int:
-    with OutputGuard(args.out):
-        res = simulate_dataset(
-            args.out, model=args.model, n_particles=args.n, box=args.box, apix=args.apix,
-            snr=None if args.snr == 0 else args.snr, defocus_range=(args.defocus_min, args.defocus_max),
-            astigmatism=args.astigmatism, voltage=args.voltage, cs=args.cs, amp_contrast=args.amp_contrast,
-            b_factor=args.b_factor, perturb_angle_deg=args.perturb_angle, perturb_shift_px=args.perturb_shift,
-            max_origin_px=args.max_origin, seed=args.seed, model_b=args.model_b, conformation=args.conformation,
-            optics_groups=args.optics_groups)
-    print(f"simulated {res['n_particles']} particles ({res['box']} px, {res['apix']} Å/px, SNR {res['snr']}) "
-          f"in {args.out}: {STACK_NAME}, {TRUE_STAR}, {PERTURBED_STAR}, {TRUE_MAP}, {TRUTH}, {JSON}")
-    return 0

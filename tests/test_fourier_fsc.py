@@ -4,7 +4,8 @@ import pytest
 
 from gmmcore.fourier import (ft, ift, lowpass, radial_index, rfft_crop, rfft_weights, shell_frequencies,
                              shift_images)
-from gmmcore.fsc import (auto_mask, fsc, fsc_masked, half_map_report, resolution_at, soft_sphere_mask)
+from gmmcore.fsc import fsc, fsc_masked, half_map_report, resolution_at
+from gmmcore.masks import auto_mask, soft_sphere_mask
 
 
 def test_centre_convention_delta_at_n_over_2_has_flat_real_ft():

@@ -5,7 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from gmmcore.gmm import build, kernels
+from gmmcore.gmm import build
+from gmmcore.gmm.render import render_map
+from gmmcore.grids import crop_size
 from gmmcore.gmm.model import GMM
 
 BOX, APIX = 48, 2.0
@@ -25,7 +27,7 @@ def _truth(n=400, seed=1):
 @pytest.fixture(scope="module")
 def truth():
     g = _truth()
-    return g, kernels.render_map(g, BOX, APIX)
+    return g, render_map(g, BOX, APIX)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def _fsc_numpy(a, b, apix, res, minres):
     k = np.fft.fftfreq(n) * n
     r = np.rint(np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)).astype(int)
     L = n * apix
-    lo, hi = int(math.ceil(L / minres)), kernels.crop_size(n, apix, res) // 2
+    lo, hi = int(math.ceil(L / minres)), crop_size(n, apix, res) // 2
     out = []
     for s in range(lo, hi + 1):
         sel = r == s
@@ -58,7 +60,7 @@ def test_build_reaches_high_fsc_with_positive_parameters(truth, built):
     # fitted shells: minres (25 Å) .. target resolution
     assert 1 / rep["freq"][0] <= 25.0 + 1e-6 and abs(1 / rep["freq"][-1] - RES) < 0.3
     # the reported FSC agrees with an independent one of the rendered GMM against the map
-    fsc = _fsc_numpy(kernels.render_map(gmm, BOX, APIX), m, APIX, RES, 25.0)
+    fsc = _fsc_numpy(render_map(gmm, BOX, APIX), m, APIX, RES, 25.0)
     assert fsc.mean() > 0.9
     assert np.allclose(fsc, rep["fsc"], atol=0.03)
     assert np.all(gmm.amplitudes > 0) and np.all(gmm.sigmas > 0)

@@ -9,7 +9,7 @@ import pytest
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from gmmcore.geometry import angular_distance, euler_to_matrix
-from gmmcore.gmm.kernels import project_images, render_map
+from gmmcore.gmm.render import project_images, render_map
 from gmmcore.gmm.model import GMM
 from gmmcore.simulate import load_model, model_gmm
 

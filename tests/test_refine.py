@@ -70,7 +70,7 @@ def _add_column(star: Path, out: Path, label: str, values) -> Path:
 
 @pytest.fixture(scope="module")
 def global_run(tmp_path_factory):
-    from gmmcore.refine import RefineParams, run_refinement
+    from gmmcore.refine.global_refine import RefineParams, run_global
     from gmmcore.simulate import simulate_dataset
 
     d = tmp_path_factory.mktemp("refine_global")
@@ -78,7 +78,7 @@ def global_run(tmp_path_factory):
     n = sim["n_particles"]
     star = _add_column(sim["perturbed_star"], d / "sim" / "input.star", "rlnClassNumber", [1 + i % 3 for i in range(n)])
     out = d / "run"
-    summary = run_refinement(RefineParams(particles=str(star), out=str(out), cpu=True, **GLOBAL_REFINE))
+    summary = run_global(RefineParams(particles=str(star), out=str(out), cpu=True, **GLOBAL_REFINE)).to_json()
     return {"sim": sim, "star": star, "out": out, "summary": summary}
 
 
@@ -230,7 +230,9 @@ def test_gold_standard_halves_independent(sim_small, tiny_run, tmp_path):
 
 def test_pose_refiner_batch_independent(sim_small):
     from gmmcore.gmm.align import particle_transforms
-    from gmmcore.gmm.kernels import FourierGrid, PoseRefiner, PoseSettings
+    from gmmcore.backend import PoseSettings
+    from gmmcore.gmm.align import PoseRefiner
+    from gmmcore.grids import FourierGrid
     from gmmcore.io.stacks import iter_images
     from gmmcore.simulate import model_gmm
 

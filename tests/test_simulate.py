@@ -8,9 +8,9 @@ import pytest
 from gmmcore.ctf import ctf_2d
 from gmmcore.errors import InputError
 from gmmcore.geometry import angular_distance, random_rotations
-from gmmcore.gmm.kernels import project_images
+from gmmcore.gmm.render import project_images
 from gmmcore.io.star import read_star
-from gmmcore.pdb import builtin_model_path, read_atoms, write_pseudo_atoms
+from gmmcore.io.pdb import builtin_model_path, read_atoms, write_pseudo_atoms
 from gmmcore.simulate import (_draw_truth, clean_particles, load_model, model_gmm, particle_mask,
                               signal_variance, simulate_dataset)
 
@@ -92,7 +92,7 @@ def test_pseudo_atom_pdb_round_trip(tmp_path):
 def test_model_centred_and_superposed():
     m = load_model("builtin:adk-closed", "builtin:adk-open")
     z = m["amplitudes"]  # atomic numbers; masses ∝ roughly 2Z, so check the mass-weighted centre directly
-    from gmmcore.pdb import atomic_masses
+    from gmmcore.io.pdb import atomic_masses
     mass = atomic_masses(m["elements"])
     assert np.allclose((m["coords_a"] * mass[:, None]).sum(0) / mass.sum(), 0, atol=1e-9)
     assert np.allclose((m["coords_b"] * mass[:, None]).sum(0) / mass.sum(), 0, atol=1e-9)

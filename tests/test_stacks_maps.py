@@ -176,7 +176,7 @@ def test_outputs_get_umask_permissions(tmp_path):
     import os
     import stat
 
-    from gmmcore.atomic import write_json
+    from gmmcore.safewrite import write_json
 
     old = os.umask(0o022)
     try:

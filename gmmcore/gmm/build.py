@@ -1,11 +1,11 @@
-"""Building a GMM from one half map: seeding, choosing N, fitting (and the ``build-gmm`` verb).
+"""Building a GMM from one half map: seeding, choosing N, fitting.
 
 The refinement driver calls :func:`build_gmm` once per half map; nothing here looks at the other
 half (one map in, one GMM out).
 
 Coordinates: Å relative to the box centre (index n//2 on every axis); x = column, y = row,
 z = section — the convention of :mod:`gmmcore.gmm.model`.  Maps are indexed [z, y, x] and hold
-mass per voxel (as :func:`kernels.render_map` writes them), so the map's transform
+mass per voxel (as :func:`gmmcore.gmm.render.render_map` writes them), so the map's transform
 ``rfftn(ifftshift(map))`` sampled at k/L equals the GMM's continuous transform
 Σ a·exp(−2π²σ²|s|²)·exp(−2πi s·c) — amplitudes of a fitted GMM are masses in map units.
 
@@ -35,8 +35,8 @@ Rules (each a documented default, all overridable):
   a half map have huge neighbour distances and drag the mean up (on clean maps the two agree to
   within a few per cent in N).
 * **Fit** (:func:`fit_gmm`): all parameters against the map's 3-D transform, cropped to the target
-  resolution (kz, ky ∈ −kmax..kmax, kx ∈ 0..kmax, kmax = :func:`kernels.crop_size`/2), with
-  :func:`kernels.volume_ft`.  Loss = 1 − mean over shells minres → resolution (1-voxel shells, each
+  resolution (kz, ky ∈ −kmax..kmax, kx ∈ 0..kmax; the band of :func:`gmmcore.grids.band_limits`),
+  with the backend's GMM volume transform.  Loss = 1 − mean over shells minres → resolution (1-voxel shells, each
   normalised on its own) of the map-vs-GMM FSC, + ``amp_weight`` (0.1) · Σ_r (‖G‖_r − ‖M‖_r)² / Σ_r ‖M‖²_r
   over all shells 1..kmax — a power-spectrum match that pins amplitudes to the map's mass scale
   (unbiased by phase errors, unlike ‖G − M‖²).  Shell sums are segment sums; voxels with kx > 0
@@ -44,7 +44,7 @@ Rules (each a documented default, all overridable):
   σ₀·softplus(w), u and w starting at softplus⁻¹(1), so both stay positive.  Start: width σ₀ =
   ``sigma_factor``·resolution (0.3·res: the Gaussian envelope exp(−2π²σ²/res²) is 0.17 at the
   resolution), amplitudes ∝ the map value at each seed, times the least-squares scale against the
-  map's transform.  Optimiser: Adam (in NumPy on TF gradients), ``iterations`` steps, centre step
+  map's transform.  Optimiser: Adam (in NumPy on the backend's gradients), ``iterations`` steps, centre step
   ``lr_center``·resolution Å, amplitude/width steps ``lr_shape`` (relative), both decaying linearly
   to 10 %; the best parameters met are returned.  Large grids are processed in z-slabs with a
   two-pass gradient (shell sums first, then the gradient slab by slab), so memory stays bounded.
@@ -57,7 +57,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..backend import get_backend
 from ..errors import InputError
+from ..grids import band_limits
 from .model import GMM
 
 SIGMA_FACTOR = 0.3  # initial width / resolution
@@ -247,15 +249,11 @@ class _FitProblem:
     term all of them (so the overall mass is pinned by the low shells too)."""
 
     def __init__(self, map_, apix, resolution_A, minres_A, max_slab_elems):
-        from . import kernels
-
         m = _check_map(map_)
         n = m.shape[0]
         self.box, self.apix = n, float(apix)
-        kmax = kernels.crop_size(n, apix, resolution_A) // 2
+        rmin, kmax = band_limits(n, apix, resolution_A, minres_A)
         L = n * apix
-        rmin = max(1, int(math.ceil(L / minres_A))) if minres_A and minres_A > 0 else 1
-        rmin = min(rmin, kmax)
         self.kmax, self.rmin, self.nshells = kmax, rmin, kmax  # nshells: all shells 1..kmax
         k = np.arange(-kmax, kmax + 1)
         kx = np.arange(0, kmax + 1)
@@ -282,66 +280,10 @@ class _FitProblem:
                                shell[z0:z1].ravel(), wgt[z0:z1].ravel().astype(np.float32)))
 
 
-def _tf_fns():
-    """The fitting's TensorFlow functions (built once per process, on first use)."""
-    global _TF_FNS
-    if _TF_FNS is not None:
-        return _TF_FNS
-    import tensorflow as tf
-
-    from . import kernels
-
-    def slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg):
-        G = kernels.volume_ft(c, a0 * tf.nn.softplus(u), s0 * tf.nn.softplus(w), sz, sy, sx)
-        gr = tf.reshape(tf.math.real(G), [-1])
-        gi = tf.reshape(tf.math.imag(G), [-1])
-        mr, mi = tf.reshape(mr, [-1]), tf.reshape(mi, [-1])
-        vals = tf.stack([wg * (gr * mr + gi * mi), wg * (gr * gr + gi * gi)], axis=1)
-        return tf.math.unsorted_segment_sum(vals, sh, nseg + 1)[:nseg]  # (nseg, 2): S_gm, S_gg
-
-    def loss_of(S, S_mm, f0, amp_weight):
-        S_gm, S_gg = S[:, 0], S[:, 1]
-        fsc = S_gm[f0:] / tf.sqrt(S_gg[f0:] * S_mm[f0:] + 1e-30)
-        power = tf.reduce_sum(tf.square(tf.sqrt(S_gg + 1e-30) - tf.sqrt(S_mm))) / tf.reduce_sum(S_mm)
-        return 1.0 - tf.reduce_mean(fsc) + amp_weight * power, fsc
-
-    @tf.function(reduce_retracing=True)
-    def sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg):
-        return slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg)
-
-    @tf.function(reduce_retracing=True)
-    def value_and_grad(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg, S_mm, f0, amp_weight):
-        with tf.GradientTape() as tape:
-            tape.watch([c, u, w])
-            loss, fsc = loss_of(slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg), S_mm, f0, amp_weight)
-        return loss, fsc, tape.gradient(loss, [c, u, w])
-
-    @tf.function(reduce_retracing=True)
-    def loss_grad_sums(S, S_mm, f0, amp_weight):
-        with tf.GradientTape() as tape:
-            tape.watch(S)
-            loss, fsc = loss_of(S, S_mm, f0, amp_weight)
-        return loss, fsc, tape.gradient(loss, S)
-
-    @tf.function(reduce_retracing=True)
-    def slab_vjp(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg, dS):
-        with tf.GradientTape() as tape:
-            tape.watch([c, u, w])
-            x = tf.reduce_sum(dS * slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg))
-        return tape.gradient(x, [c, u, w])
-
-    _TF_FNS = {"sums": sums, "value_and_grad": value_and_grad, "loss_grad_sums": loss_grad_sums,
-               "slab_vjp": slab_vjp}
-    return _TF_FNS
-
-
-_TF_FNS = None
-
-
 def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 25.0, iterations: int = 300,
             amplitudes0=None, sigmas0=None, sigma_factor: float = SIGMA_FACTOR, amp_weight: float = 0.1,
             lr_center: float = 0.03, lr_shape: float = 0.05, max_slab_elems: int = 40_000_000,
-            verbose: bool = False) -> Tuple[GMM, dict]:
+            verbose: bool = False, backend=None) -> Tuple[GMM, dict]:
     """Fit centres, amplitudes and widths of a GMM to ``map_`` within ``resolution_A`` (module notes).
 
     ``max_slab_elems`` bounds the complex (slab-z × y × N) intermediate of one slab (larger grids are
@@ -349,24 +291,6 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
     "steps", "seconds", "n_gaussians", "loss", "loss_start", "minres_A", "resolution_A"}``; the
     returned parameters are the best (lowest loss) met.
     """
-    import logging
-
-    import tensorflow as tf
-
-    # TF logs a harmless warning (the gradient of volume_ft's real→complex amplitude cast drops an
-    # imaginary part that is zero by construction); keep it off the user's terminal.
-    tf_log = tf.get_logger()
-    level = tf_log.level
-    tf_log.setLevel(logging.ERROR)
-    try:
-        return _fit(tf, map_, apix, centers0, resolution_A, minres_A, iterations, amplitudes0, sigmas0,
-                    sigma_factor, amp_weight, lr_center, lr_shape, max_slab_elems, verbose)
-    finally:
-        tf_log.setLevel(level)
-
-
-def _fit(tf, map_, apix, centers0, resolution_A, minres_A, iterations, amplitudes0, sigmas0, sigma_factor,
-         amp_weight, lr_center, lr_shape, max_slab_elems, verbose):
     t0 = time.perf_counter()
     m = _check_map(map_)
     c0 = np.asarray(centers0, dtype=np.float32).reshape(-1, 3)
@@ -376,7 +300,6 @@ def _fit(tf, map_, apix, centers0, resolution_A, minres_A, iterations, amplitude
     if resolution_A <= 0:
         raise InputError("resolution must be positive", field="resolution")
     prob = _FitProblem(m, apix, resolution_A, minres_A, max(1, max_slab_elems // N))
-    fns = _tf_fns()
 
     if sigmas0 is None:
         sig0 = np.full(N, sigma_factor * resolution_A, np.float32)
@@ -394,40 +317,14 @@ def _fit(tf, map_, apix, centers0, resolution_A, minres_A, iterations, amplitude
     if np.any(sig0 <= 0) or np.any(amp0 <= 0):
         raise InputError("initial amplitudes and widths must be positive", field="centers")
 
-    T = tf.constant
-    sy, sx = T(prob.s), T(prob.sx)
-    slabs = [(T(sz), T(mr), T(mi), T(sh), T(wg)) for sz, mr, mi, sh, wg in prob.slabs]
-    nseg = T(prob.nshells, tf.int32)
-    S_mm = T(prob.S_mm, tf.float32)
-    f0 = T(prob.rmin - 1, tf.int32)
-    aw = T(float(amp_weight), tf.float32)
-    s0 = T(sig0)
-
-    def all_sums(p, a0):
-        tot = 0.0
-        for slab in slabs:
-            tot = tot + fns["sums"](T(p[0]), T(p[1]), T(p[2]), a0, s0, slab[0], sy, sx, *slab[1:], nseg)
-        return tot
-
-    def value_and_grad(p, a0):
-        args = (T(p[0]), T(p[1]), T(p[2]), a0, s0)
-        if len(slabs) == 1:
-            loss, fsc, g = fns["value_and_grad"](*args, slabs[0][0], sy, sx, *slabs[0][1:], nseg, S_mm, f0, aw)
-            return float(loss), fsc.numpy(), [x.numpy() for x in g]
-        loss, fsc, dS = fns["loss_grad_sums"](all_sums(p, a0), S_mm, f0, aw)
-        acc = [0.0, 0.0, 0.0]
-        for slab in slabs:
-            g = fns["slab_vjp"](*args, slab[0], sy, sx, *slab[1:], nseg, dS)
-            acc = [a_ + x.numpy() for a_, x in zip(acc, g)]
-        return float(loss), fsc.numpy(), acc
+    fit = (backend or get_backend()).gmm_fit(prob, sig0, amp_weight)
 
     u0 = np.float32(math.log(math.e - 1.0))  # softplus(u0) = 1
     params = [c0.copy(), np.full(N, u0, np.float32), np.full(N, u0, np.float32)]
     if amplitudes0 is None:  # overall scale: least squares of the GMM transform against the map's
-        S = all_sums(params, T(amp0)).numpy()
+        S = fit.sums(params, amp0)
         alpha = float(S[:, 0].sum() / max(S[:, 1].sum(), 1e-30))
         amp0 = amp0 * np.float32(abs(alpha) if alpha != 0 else 1.0)
-    a0 = T(amp0)
 
     steps = int(iterations)
     lrs = [np.float32(lr_center * resolution_A), np.float32(lr_shape), np.float32(lr_shape)]
@@ -436,7 +333,7 @@ def _fit(tf, map_, apix, centers0, resolution_A, minres_A, iterations, amplitude
     vel = [np.zeros_like(p) for p in params]
     best_loss, best_p, first = float("inf"), [p.copy() for p in params], None
     for t in range(steps + 1):
-        loss, fsc, grads = value_and_grad(params, a0)
+        loss, fsc, grads = fit.value_and_grad(params, amp0)
         if first is None:
             first = loss
         if loss < best_loss:
@@ -453,7 +350,7 @@ def _fit(tf, map_, apix, centers0, resolution_A, minres_A, iterations, amplitude
             mh = mom[i] / (1 - b1 ** (t + 1))
             vh = vel[i] / (1 - b2 ** (t + 1))
             params[i] = (params[i] - decay * lrs[i] * mh / (np.sqrt(vh) + eps)).astype(np.float32)
-    loss, fsc, _ = value_and_grad(best_p, a0)
+    loss, fsc, _ = fit.value_and_grad(best_p, amp0)
     softplus = lambda x: np.logaddexp(0.0, x.astype(np.float64))  # noqa: E731
     gmm = GMM(best_p[0], amp0 * softplus(best_p[1]), sig0 * softplus(best_p[2]),
               {"box": prob.box, "apix": prob.apix, "resolution_A": float(resolution_A), "minres_A": float(minres_A)})
@@ -461,7 +358,7 @@ def _fit(tf, map_, apix, centers0, resolution_A, minres_A, iterations, amplitude
     report = {"fsc_mean": float(np.mean(fsc)), "fsc": fsc.tolist(), "freq": prob.freq.tolist(),
               "steps": steps, "seconds": time.perf_counter() - t0, "n_gaussians": N, "loss": float(loss),
               "loss_start": float(first), "resolution_A": float(resolution_A), "minres_A": float(minres_A),
-              "slabs": len(slabs)}
+              "slabs": len(prob.slabs)}
     return gmm, report
 
 
@@ -495,7 +392,7 @@ def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int]
             coords = seed_model
             source = "array"
         else:
-            from ..pdb import read_atoms, resolve_model
+            from ..io.pdb import read_atoms, resolve_model
 
             path = resolve_model(seed_model)
             coords, _ = read_atoms(path)
@@ -517,46 +414,3 @@ def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int]
     report["mean_nn_distance_seeds_A"] = mean_nn_distance(centers)
     report["seconds_total"] = time.perf_counter() - t0
     return gmm, report
-
-
-# --------------------------------------------------------------------------------------------
-# the `build-gmm` verb
-
-
-def configure_parser(p) -> None:
-    p.add_argument("--map", required=True, help="half map (MRC)")
-    p.add_argument("--resolution", type=float, required=True, help="target resolution (Å)")
-    p.add_argument("--ngauss", type=int, default=None, help="number of Gaussians (default: estimated)")
-    p.add_argument("--seed-model", default=None,
-                   help="PDB to seed one Gaussian per heavy atom (coordinates in the map's frame), or builtin:adk-closed")
-    p.add_argument("--minres", type=float, default=25.0, help="lowest resolution fitted (Å, default 25)")
-    p.add_argument("--iterations", type=int, default=300, help="Adam steps (default 300)")
-    p.add_argument("--threshold", type=float, default=None, help="density threshold for K-means (default: automatic)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", required=True, help="output prefix: PREFIX.gmm.npz, PREFIX.pdb, PREFIX.json")
-
-
-def run(args) -> int:
-    from pathlib import Path
-
-    from ..atomic import write_json
-    from ..io.maps import read_map
-
-    if args.ngauss is not None and args.ngauss < 1:
-        raise InputError("must be at least 1", field="--ngauss")
-    if args.resolution <= 0:
-        raise InputError("must be positive", field="--resolution")
-    m, apix = read_map(args.map)
-    gmm, report = build_gmm(m, apix, args.resolution, n_gaussians=args.ngauss, seed_model=args.seed_model,
-                            seed=args.seed, minres_A=args.minres, iterations=args.iterations,
-                            threshold=args.threshold)
-    gmm.meta["source_map"] = str(args.map)
-    prefix = str(args.out)
-    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-    gmm.save(prefix + ".gmm.npz")
-    gmm.save_pdb(prefix + ".pdb")
-    report["map"] = str(args.map)
-    write_json(prefix + ".json", report)
-    print(f"{len(gmm)} Gaussians, map-vs-GMM FSC {report['fsc_mean']:.3f} "
-          f"({1 / report['freq'][0]:.1f}–{1 / report['freq'][-1]:.1f} Å) → {prefix}.gmm.npz")
-    return 0

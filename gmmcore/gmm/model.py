@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..safewrite import atomic_path
 from ..errors import InputError
 
 
@@ -65,6 +65,6 @@ class GMM:
 
     def save_pdb(self, path) -> None:
         """One pseudo-atom per Gaussian (coordinates Å from the box centre, width in B-factor)."""
-        from ..pdb import write_pseudo_atoms
+        from ..io.pdb import write_pseudo_atoms
 
         write_pseudo_atoms(path, self.centers, self.amplitudes, self.sigmas)

@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..safewrite import atomic_path
 from ..errors import InputError
 from ..geometry import matrix_to_rotvec, rotvec_to_matrix
 from ..particles import CTFParams, ParticleTable

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import mrcfile
 import numpy as np
 
-from ..atomic import atomic_path
+from ..safewrite import atomic_path
 from ..errors import InputError
 
 
@@ -66,3 +66,22 @@ def write_map(path, array, apix: float) -> Path:
             m.header.nxstart = m.header.nystart = m.header.nzstart = 0
             m.update_header_stats()
     return path
+
+
+def read_map_on_grid(path, box: int, apix: float, what: str = "mask", field: str = "--mask") -> np.ndarray:
+    """A map that must sit on the particles' grid (a mask, a starting reference): the same box
+    (``box``³ voxels) and the same pixel size as the particles (within 1 %; a header voxel size of
+    0 is taken to be the particles').  Returns the float32 ``[z, y, x]`` array."""
+    path = Path(path)
+    try:
+        data, vs = read_map(path)
+    except InputError as exc:
+        if exc.field != "voxel size":
+            raise
+        data, vs = read_map(path, apix=apix)
+    if data.shape != (box,) * 3:
+        raise InputError(f"{what} is {data.shape}, particles need ({box}, {box}, {box})", path=path, field=field)
+    if abs(vs - apix) > 0.01 * apix:
+        raise InputError(f"{what} pixel size {vs:.4f} Å differs from the particles' {apix:.4f} Å (fix the map "
+                         "header's voxel size or resample the map)", path=path, field=field)
+    return data

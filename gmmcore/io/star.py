@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from ..atomic import atomic_path
+from ..safewrite import atomic_path
 from ..errors import InputError
 from ..geometry import euler_to_matrix, matrix_to_euler
 from ..particles import CTFParams, ParticleTable

@@ -3,16 +3,14 @@ export.  The dataset is simulated with ``gmmcore simulate`` (no download).
 
 How to run (see README.md beside this file):  ``.venv/bin/python -m pytest gmmrefine_scipion/tests``.
 conftest.py sets up the Scipion environment before pyworkflow is imported.  Protocols run in a
-child process (SCIPION_PYTHON); their logs are printed when one fails.  Tests that need a gmmcore
-verb that is not built yet are skipped with the verb's name.
+child process (SCIPION_PYTHON); their logs are printed when one fails.  A missing gmmcore verb
+fails these tests (it is never skipped).
 """
-import importlib.util
 import os
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from pyworkflow.tests import BaseTest, setupTestProject
 from pwem.constants import ALIGN_PROJ
@@ -31,23 +29,10 @@ SIM = dict(n=400, box=48, apix=2.0, snr=1.0, perturb_angle=4.0, perturb_shift=1.
 REFINE = dict(numberOfIterations=2, batchSize=16, useGpu=False)
 
 
-def engine_has(verb):
-    from gmmcore.cli import VERBS
-    modname = VERBS.get(verb, (None,))[0]
-    return bool(modname) and importlib.util.find_spec(modname) is not None
-
-
-def need(*verbs):
-    missing = [v for v in verbs if not engine_has(v)]
-    if missing:
-        pytest.skip("gmmcore verb(s) not built yet: %s" % ", ".join(missing))
-
-
 def simulated_dataset():
     """gmmcore simulate once per session into SCIPION_TESTS (reused when present)."""
     folder = os.path.join(os.environ["SCIPION_TESTS"], "gmmrefine_sim_%(n)d_%(box)d_%(seed)d" % SIM)
     if not os.path.exists(os.path.join(folder, "particles_perturbed.star")):
-        need("simulate")
         simulate(folder, quiet=True, **SIM)
     return folder
 
@@ -73,7 +58,6 @@ class GmmProtocolsTestBase(BaseTest):
             self.assertEqual(bool(parts.isPhaseFlipped()), flipped)
 
     def refine_and_check(self, inputProt, label):
-        need("refine")
         prot = self.newProtocol(GmmProtRefine, objLabel="gmm refine " + label, **REFINE)
         prot.inputParticles.set(inputProt)
         prot.inputParticles.setExtended("outputParticles")
@@ -141,7 +125,6 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
     """RELION star -> GmmProtImportParticles -> GmmProtRefine -> export."""
 
     def test_import_refine_export(self):
-        need("import")
         prot = self.newProtocol(GmmProtImportParticles, objLabel="gmm import star",
                                 importFrom=0, starFile=self.perturbed)
         self.launchProtocol(prot)
@@ -156,7 +139,6 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
 
         refine, problems = self.refine_and_check(prot, "ours")
 
-        need("export")
         exp = self.newProtocol(GmmProtExportParticles, objLabel="gmm export", exportFormat=2,
                                referenceStar=self.perturbed)
         exp.inputParticles.set(refine)
@@ -179,7 +161,6 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
 
     def test_import_cryosparc(self):
         """.cs written by gmmcore export (blob paths relative to the stack folder) -> our import."""
-        need("import", "export")
         cs = self.getOutputPath("perturbed.cs")
         subprocess.run([sys.executable, "-m", "gmmcore", "export", "--particles", self.perturbed,
                         "--format", "cryosparc", "--out", cs], check=True, stdout=subprocess.DEVNULL,

@@ -21,8 +21,8 @@ from typing import Tuple, Union
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import InputError
+from ..safewrite import atomic_path
+from ..errors import InputError
 
 _BUILTIN = {
     "adk-closed": "adk_closed_1ake_heavy.pdb",
@@ -48,7 +48,7 @@ def builtin_model_path(name: str) -> Path:
     if key not in _BUILTIN:
         raise InputError(f"unknown built-in model {name!r} (choose from "
                          + ", ".join("builtin:" + k for k in _BUILTIN) + ")", field="model")
-    return Path(__file__).resolve().parent / "data" / _BUILTIN[key]
+    return Path(__file__).resolve().parents[1] / "data" / _BUILTIN[key]
 
 
 def resolve_model(model: Union[str, Path]) -> Path:

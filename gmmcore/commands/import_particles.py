@@ -1,4 +1,4 @@
-"""``gmmcore import``: read a RELION star or cryoSPARC .cs, phase flip, write star + stack + summary.
+"""Import particles from a RELION star or a cryoSPARC .cs: phase flip, write star + stack + summary.
 
 Outputs in ``--out DIR`` (see docs/ARCHITECTURE.md): ``particles.star`` (RELION 3.1+, Å origins,
 rlnRandomSubset, rlnCtfDataArePhaseFlipped), ``particles.mrcs`` (phase-flipped images, unless
@@ -6,6 +6,9 @@ rlnRandomSubset, rlnCtfDataArePhaseFlipped), ``particles.mrcs`` (phase-flipped i
 points at the original stacks by absolute path), ``summary.json``.  The original image name of
 every particle is kept in rlnImageOriginalName so ``gmmcore export --reference`` can find it.
 Inputs are never modified; a failed import leaves nothing in DIR.
+
+    gmmcore import --star Refine3D/job042/run_data.star --out imported
+    gmmcore import --cs J42_particles.cs --stack-root /cryosparc/P3 --out imported
 """
 from __future__ import annotations
 
@@ -17,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import OutputGuard, write_json
-from .errors import InputError
+from ..errors import InputError
+from ..particles import assign_split
+from ..safewrite import OutputGuard
+from ..summary import ImportSummary
 
 NEW_SPLIT_SEED = 20240601
 STAR_NAME = "particles.star"
 STACK_NAME = "particles.mrcs"
-SUMMARY_NAME = "summary.json"
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -51,33 +55,12 @@ def _log(msg: str) -> None:
 
 def read_input(args):
     """The ParticleTable of ``--star`` / ``--cs`` (pixel size, split checked)."""
-    from .io.cryosparc import read_cs
-    from .io.star import read_star
+    from ..io.cryosparc import read_cs
+    from ..io.star import read_star
 
     if args.star is not None:
         return read_star(args.star, image_root=args.stack_root, apix=args.apix)
     return read_cs(args.cs, image_root=args.stack_root, apix=args.apix)
-
-
-def assign_split(table, new_split: bool, seed: int = NEW_SPLIT_SEED) -> str:
-    """Check the half split (every particle in half 1 or 2); assign a random balanced one with
-    ``seed`` when asked.  Returns "input" or "new-random"; raises InputError otherwise."""
-    half = np.asarray(table.half)
-    if len(table) and (half > 0).all():
-        return "input"
-    if not new_split:
-        field = "alignments3D/split" if table.meta.get("format") == "cryosparc" else "rlnRandomSubset"
-        what = "no half-set split" if not (half > 0).any() else f"{int((half == 0).sum())} particles without a half set"
-        raise InputError(f"{what} (rlnRandomSubset / alignments3D/split) in the input; gold-standard refinement "
-                         "needs one: use --new-split to assign a random split", path=table.source or None, field=field)
-    rng = np.random.default_rng(seed)
-    n = len(table)
-    perm = rng.permutation(n)
-    new = np.empty(n, dtype=np.int8)
-    new[perm[: (n + 1) // 2]] = 1
-    new[perm[(n + 1) // 2:]] = 2
-    table.half = new
-    return "new-random"
 
 
 def _pass_through(table) -> pd.DataFrame:
@@ -87,9 +70,9 @@ def _pass_through(table) -> pd.DataFrame:
 
 
 def run(args) -> int:
-    from .io.stacks import StackWriter, iter_images, resolved_image_names
-    from .io.star import write_star
-    from .progress import progress
+    from ..io.stacks import StackWriter, iter_images, resolved_image_names
+    from ..io.star import write_star
+    from ..progress import progress
 
     if args.chunk < 1:
         raise InputError("must be at least 1", field="--chunk")
@@ -97,7 +80,7 @@ def run(args) -> int:
     n = len(table)
     if n == 0:
         raise InputError("no particles in the input", path=table.source)
-    split = assign_split(table, args.new_split)
+    split = assign_split(table, args.new_split, seed=NEW_SPLIT_SEED)
     original_names = np.asarray(table.image_name).astype(str)
     out = Path(args.out)
 
@@ -112,7 +95,7 @@ def run(args) -> int:
 
     with OutputGuard(out):
         if flip:
-            from .ctf import phase_flip
+            from ..ctf import phase_flip
 
             box = int(table.image_size[0])
             n_chunks = math.ceil(n / args.chunk)
@@ -145,19 +128,19 @@ def run(args) -> int:
         if split == "new-random":
             _log(f"the input has no half-set split: assigned a new random split (seed {NEW_SPLIT_SEED})")
         groups, counts = np.unique(table.optics_group, return_counts=True)
-        summary = {
-            "n_particles": n,
-            "per_half": {"1": int((table.half == 1).sum()), "2": int((table.half == 2).sum())},
-            "per_optics_group": {str(int(g)): int(c) for g, c in zip(groups, counts)},
-            "phase_flipped": bool(table.phase_flipped),
-            "source": str(Path(table.source).resolve()),
-            "format": table.meta.get("format"),
-            "split": split,
-            "star": STAR_NAME,
-            "stack": STACK_NAME if flip else None,
-            "apix": sorted({round(float(a), 6) for a in np.unique(table.apix)}),
-            "box": sorted({int(b) for b in np.unique(table.image_size)}),
-        }
-        write_json(out / SUMMARY_NAME, summary)
-    _log(f"{n} particles ({summary['per_half']['1']} / {summary['per_half']['2']} per half) -> {out / STAR_NAME}")
+        summary = ImportSummary(
+            n_particles=n,
+            per_half={"1": int((table.half == 1).sum()), "2": int((table.half == 2).sum())},
+            per_optics_group={str(int(g)): int(c) for g, c in zip(groups, counts)},
+            phase_flipped=bool(table.phase_flipped),
+            source=str(Path(table.source).resolve()),
+            format=table.meta.get("format"),
+            split=split,
+            star=STAR_NAME,
+            stack=STACK_NAME if flip else None,
+            apix=sorted({round(float(a), 6) for a in np.unique(table.apix)}),
+            box=sorted({int(b) for b in np.unique(table.image_size)}),
+        )
+        summary.save(out)
+    _log(f"{n} particles ({summary.per_half['1']} / {summary.per_half['2']} per half) -> {out / STAR_NAME}")
     return 0

@@ -1,4 +1,4 @@
-"""``gmmcore export``: write (refined) particles as a RELION star or a cryoSPARC .cs.
+"""Write (refined) particles as a RELION star or a cryoSPARC .cs.
 
 ``--format relion``: a RELION 3.1+ star.  With ``--reference ORIGINAL.star`` the original file's rows
 (image names, optics, every column) are written with the new poses, origins and half sets — the
@@ -9,6 +9,8 @@ survives and only alignments3D/pose, shift and split are updated.
 Rows are matched to the reference by image index + path (rlnImageOriginalName, which ``gmmcore
 import`` records, or rlnImageName); when names do not match and the counts agree, by order; else
 the export stops with an error.
+
+    gmmcore export --particles refined/final/particles.star --format relion --reference run_data.star --out refined.star
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -30,7 +32,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _star_reference_rows(table, ref, ref_path) -> np.ndarray:
-    from .io.stacks import parse_image_name, reference_rows
+    from ..io.stacks import parse_image_name, reference_rows
 
     ref_names = [parse_image_name(s) for s in np.asarray(ref.image_name).astype(str)]
     return reference_rows(table, ref_names, ref_path, "rlnImageName")
@@ -38,8 +40,8 @@ def _star_reference_rows(table, ref, ref_path) -> np.ndarray:
 
 def export(particles, fmt: str, out, reference=None) -> Path:
     """Library form of the verb; returns the written path."""
-    from .io.cryosparc import write_cs
-    from .io.star import read_star, write_star
+    from ..io.cryosparc import write_cs
+    from ..io.star import read_star, write_star
 
     table = read_star(particles)
     out = Path(out)
@@ -52,13 +54,13 @@ def export(particles, fmt: str, out, reference=None) -> Path:
     if reference is None:
         return write_star(table, out)
     if Path(reference).suffix == ".cs":
-        from .io.cryosparc import read_cs
+        from ..io.cryosparc import read_cs
         ref = read_cs(reference)
         rows = _star_reference_rows(table, ref, reference)
         ref = ref.subset(rows)
         ref.cs_records = None
         # cryoSPARC paths are relative to its project folder: make them absolute when the stacks exist
-        from .io.stacks import resolved_image_names
+        from ..io.stacks import resolved_image_names
         try:
             ref.image_name = resolved_image_names(ref)
         except InputError:

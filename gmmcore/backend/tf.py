@@ -1,0 +1,422 @@
+"""The TensorFlow backend: GMM projector, FRC, pose optimiser, GMM volume transform and fit.
+
+Everything runs on the GPU when TensorFlow sees one (standard device placement) and on all CPU
+cores otherwise.  The only module that imports TensorFlow (see :mod:`gmmcore.backend`).
+
+Maths (conventions of :mod:`gmmcore.grids`): for a Gaussian of amplitude a (mass), width σ (Å)
+whose projected centre is μ (Å, in the image plane, from the box centre), the 2-D transform is
+a·exp(−2π²σ²|s|²)·exp(−2πi s·μ).  With Gaussians c_j in 3-D and a pose (A, origin):
+μ_j = (A c_j)_xy − origin (RELION: the particle centre sits at the box centre − origin).  The
+transform is separable in s_x and s_y, so a whole projection on an (ny × nx) grid is one matrix
+product of an (ny × N) table by an (N × nx) table.
+
+Pose update: a rotation vector v (radians) and a shift t (Å) per particle; the pose is
+(Rodrigues(v)·A₀, origin₀ + t).  Adam on (v, t), step decaying linearly, best pose kept.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf  # noqa: E402
+
+from ..grids import full_grid_frequencies  # noqa: E402
+from . import FRCObjective, PoseSettings  # noqa: E402
+
+# TF logs a harmless warning while fitting (the gradient of volume_ft's real→complex amplitude cast
+# drops an imaginary part that is zero by construction); keep TF's Python logger to errors.
+tf.get_logger().setLevel(logging.ERROR)
+
+TWO_PI = 2.0 * math.pi
+F32 = tf.float32
+
+
+# --------------------------------------------------------------------------------------------
+# devices
+
+_DEVICES_CONFIGURED = False
+
+
+def configure_devices(gpu: Optional[Sequence[int]] = None, cpu_only: bool = False) -> str:
+    """Choose devices before TensorFlow starts: ``gpu`` = ids to use (None: all visible),
+    ``cpu_only``: hide GPUs.  Turns memory growth on.  Returns a one-line description."""
+    global _DEVICES_CONFIGURED
+    gpus = tf.config.list_physical_devices("GPU")
+    if not _DEVICES_CONFIGURED:
+        try:
+            if cpu_only or not gpus:
+                tf.config.set_visible_devices([], "GPU")
+                gpus = []
+            else:
+                if gpu is not None:
+                    gpus = [gpus[i] for i in gpu if i < len(gpus)]
+                tf.config.set_visible_devices(gpus, "GPU")
+                for g in gpus:
+                    tf.config.experimental.set_memory_growth(g, True)
+        except RuntimeError:  # TF already initialised: keep what it has
+            gpus = tf.config.get_visible_devices("GPU")
+        _DEVICES_CONFIGURED = True
+    else:
+        gpus = tf.config.get_visible_devices("GPU")
+    if gpus:
+        return "GPU: " + ", ".join(g.name for g in gpus)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+# --------------------------------------------------------------------------------------------
+# projector, FRC, rotations (tensor in, tensor out)
+
+
+def _gmm_tensors(gmm):
+    return (tf.constant(gmm.centers, F32), tf.constant(gmm.amplitudes, F32), tf.constant(gmm.sigmas, F32))
+
+
+def project_ft(centers, amplitudes, sigmas, rotations, origins, sy, sx):
+    """Fourier transforms of GMM projections on a separable grid.
+
+    centers (N,3) Å, amplitudes (N,), sigmas (N,) Å, rotations (B,3,3) RELION A, origins (B,2) Å,
+    sy (ny,), sx (nx,) in 1/Å.  Returns (real, imag), each (B, ny, nx) float32.
+    """
+    mu = tf.einsum("bij,nj->bni", rotations[:, :2, :], centers) - origins[:, None, :]  # (B,N,2)
+    s2 = -2.0 * math.pi**2 * tf.square(sigmas)[:, None]  # (N,1)
+    ex = tf.exp(s2 * tf.square(sx)[None, :])  # (N,nx)
+    ey = tf.exp(s2 * tf.square(sy)[None, :]) * amplitudes[:, None]  # (N,ny)
+    px = TWO_PI * mu[:, :, 0:1] * sx[None, None, :]  # (B,N,nx)
+    py = TWO_PI * mu[:, :, 1:2] * sy[None, None, :]  # (B,N,ny)
+    cx, sxn = tf.cos(px) * ex, tf.sin(px) * ex
+    cy, syn = tf.cos(py) * ey, tf.sin(py) * ey
+    # exp(-iθy)·exp(-iθx): Re = cy·cx − sy·sx, Im = −(sy·cx + cy·sx).  One matmul for both.
+    left = tf.concat([tf.concat([cy, -syn], axis=1), tf.concat([syn, cy], axis=1)], axis=2)  # (B,2N,2ny)
+    right = tf.concat([cx, sxn], axis=1)  # (B,2N,nx)
+    out = tf.matmul(left, right, transpose_a=True)  # (B,2ny,nx)
+    ny = tf.shape(sy)[0]
+    return out[:, :ny], -out[:, ny:]
+
+
+def ring_sums(values, ring, nrings):
+    """Sum (B, P, C) values over rings: ``ring`` (P,) ring ids → (B, nrings, C)."""
+    t = tf.transpose(values, [1, 0, 2])  # (P,B,C)
+    return tf.transpose(tf.math.unsorted_segment_sum(t, ring, nrings), [1, 0, 2])
+
+
+def frc(model_re, model_im, part_re, part_im, pix, ring, nrings):
+    """Per-ring FRC between model and particle transforms, each ring normalised on its own.
+
+    Inputs (B, ny, nx); ``pix`` flat indices of used pixels, ``ring`` their ring ids.
+    Returns (B, nrings)."""
+    B = tf.shape(model_re)[0]
+    g = lambda x: tf.gather(tf.reshape(x, [B, -1]), pix, axis=1)  # noqa: E731
+    mr, mi, pr, pi = g(model_re), g(model_im), g(part_re), g(part_im)
+    vals = tf.stack([mr * pr + mi * pi, mr * mr + mi * mi, pr * pr + pi * pi], axis=-1)
+    s = ring_sums(vals, ring, nrings)
+    return s[..., 0] / tf.sqrt(s[..., 1] * s[..., 2] + 1e-30)
+
+
+def rotvec_matrix(v):
+    """Rodrigues: rotation vectors (B,3) radians → matrices (B,3,3), smooth at 0."""
+    t2 = tf.reduce_sum(tf.square(v), axis=-1)[:, None, None]
+    small = t2 < 1e-8
+    t = tf.sqrt(tf.where(small, tf.ones_like(t2), t2))
+    a = tf.where(small, 1.0 - t2 / 6.0, tf.sin(t) / t)
+    b = tf.where(small, 0.5 - t2 / 24.0, (1.0 - tf.cos(t)) / tf.where(small, tf.ones_like(t2), t2))
+    z = tf.zeros_like(v[:, 0])
+    K = tf.stack([tf.stack([z, -v[:, 2], v[:, 1]], -1),
+                  tf.stack([v[:, 2], z, -v[:, 0]], -1),
+                  tf.stack([-v[:, 1], v[:, 0], z], -1)], axis=1)
+    eye = tf.eye(3, batch_shape=[tf.shape(v)[0]])
+    return eye + a * K + b * tf.matmul(K, K)
+
+
+# --------------------------------------------------------------------------------------------
+# pose objectives: (constants, per-particle data names, score(consts, R, origin, data) → (J, S))
+
+
+def _frc_objective(objective: FRCObjective, settings: PoseSettings):
+    """The FRC (+ prior) objective: J = data_scale·S − prior penalty, S = ring-weighted FRC."""
+    grid = objective.grid
+    apix = grid.apix
+    use_prior = settings.prior_angle_deg is not None
+    inv_var_a = 0.0 if not use_prior else 1.0 / math.radians(settings.prior_angle_deg) ** 2
+    inv_var_s = 0.0 if not use_prior or not settings.prior_shift_px else 1.0 / (settings.prior_shift_px * apix) ** 2
+    consts = (*_gmm_tensors(objective.gmm), tf.constant(grid.sy), tf.constant(grid.sx), tf.constant(grid.pix),
+              tf.constant(grid.ring), tf.constant(grid.nrings), tf.constant(objective.ring_weights, F32),
+              tf.constant(float(objective.data_scale), F32))
+
+    def score(c, R, org, data):
+        centers, amps, sigmas, sy, sx, pix, ring, nrings, ring_w, data_scale = c
+        part_re, part_im, prior_rot, prior_org = data
+        mre, mim = project_ft(centers, amps, sigmas, R, org, sy, sx)
+        s = tf.reduce_sum(frc(mre, mim, part_re, part_im, pix, ring, nrings) * ring_w[None, :], axis=1)
+        if not use_prior:
+            return s, s
+        # deviation from the prior centre: D = R·Pᵀ; its skew part is sin(θ)·axis (θ² for small θ)
+        D = tf.matmul(R, prior_rot, transpose_b=True)
+        v = tf.stack([D[:, 2, 1] - D[:, 1, 2], D[:, 0, 2] - D[:, 2, 0], D[:, 1, 0] - D[:, 0, 1]], -1) / 2.0
+        pen = 0.5 * inv_var_a * tf.reduce_sum(tf.square(v), -1)
+        pen += 0.5 * inv_var_s * tf.reduce_sum(tf.square(org - prior_org), -1)
+        return data_scale * s - pen, s
+
+    def data(particle_ft, prior_rotations, prior_origins_A):
+        return (tf.constant(particle_ft.real, F32), tf.constant(particle_ft.imag, F32),
+                tf.constant(prior_rotations, F32), tf.constant(prior_origins_A, F32))
+
+    return consts, data, score
+
+
+_OBJECTIVES = {FRCObjective: _frc_objective}
+
+
+def _pose_loop(score, settings: PoseSettings, apix: float):
+    """The whole multi-step optimisation of one batch as one compiled function."""
+    steps = int(settings.steps)
+    lr_rot = math.radians(settings.lr_angle_deg)
+    lr_shift = settings.lr_shift_px * apix
+    b1, b2 = settings.beta1, settings.beta2
+    decay = settings.step_decay()
+
+    @tf.function(reduce_retracing=True)
+    def run(consts, rot0, org0, data):
+        B = tf.shape(rot0)[0]
+        params = tf.zeros([B, 5])  # 3 rotation-vector (rad) + 2 shift (Å)
+        m = tf.zeros_like(params)
+        v = tf.zeros_like(params)
+        lr = tf.constant([lr_rot] * 3 + [lr_shift] * 2, F32)
+
+        def objective(p):
+            return score(consts, tf.matmul(rotvec_matrix(p[:, :3]), rot0), org0 + p[:, 3:], data)
+
+        best_p = params
+        best_j = tf.fill([B], -1e30)
+        best_s = tf.fill([B], -2.0)
+        first = None
+        for t in range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                j, s = objective(params)
+                loss = -tf.reduce_sum(j)
+            if first is None:
+                first = s
+            better = j > best_j
+            best_j = tf.where(better, j, best_j)
+            best_s = tf.where(better, s, best_s)
+            best_p = tf.where(better[:, None], params, best_p)
+            g = tape.gradient(loss, params)
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * tf.square(g)
+            mh = m / (1 - b1 ** (t + 1))
+            vh = v / (1 - b2 ** (t + 1))
+            params = params - decay[t] * lr * mh / (tf.sqrt(vh) + 1e-12)
+        j, s = objective(params)
+        better = j > best_j
+        best_s = tf.where(better, s, best_s)
+        best_p = tf.where(better[:, None], params, best_p)
+        return tf.matmul(rotvec_matrix(best_p[:, :3]), rot0), org0 + best_p[:, 3:], best_s, first
+
+    return run
+
+
+class _PoseOptimizer:
+    """Compiled optimiser of one objective; called per (padded, fixed-size) batch."""
+
+    def __init__(self, objective, settings: PoseSettings):
+        try:
+            make = _OBJECTIVES[type(objective)]
+        except KeyError:
+            raise TypeError(f"the TensorFlow backend has no pose objective {type(objective).__name__}") from None
+        self._consts, self._data, score = make(objective, settings)
+        self._run = _pose_loop(score, settings, objective.grid.apix)
+
+    def __call__(self, rotations, origins_A, **per_particle):
+        R, o, s, s0 = self._run(self._consts, tf.constant(rotations, F32), tf.constant(origins_A, F32),
+                                self._data(**per_particle))
+        return R.numpy(), o.numpy(), s.numpy(), s0.numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# GMM volume transform and the fit's loss/gradients
+
+
+def volume_ft(centers, amplitudes, sigmas, sz, sy, sx):
+    """3-D transform of the GMM on a separable grid: (nz, ny, nx) complex64.
+
+    sz, sy, sx in 1/Å.  G(s) = Σ a·exp(−2π²σ²|s|²)·exp(−2πi s·c)."""
+    s2 = -2.0 * math.pi**2 * tf.square(sigmas)[:, None]
+
+    def axis_table(freq, coord, scale=None):
+        env = tf.exp(s2 * tf.square(freq)[None, :])
+        if scale is not None:  # real factor folded in before the complex table (clean gradients)
+            env = env * scale[:, None]
+        ph = -TWO_PI * coord[:, None] * freq[None, :]
+        return tf.complex(env * tf.cos(ph), env * tf.sin(ph))  # (N, n)
+
+    tz = axis_table(sz, centers[:, 2], amplitudes)
+    ty = axis_table(sy, centers[:, 1])
+    tx = axis_table(sx, centers[:, 0])
+    zy = tf.transpose(tz)[:, None, :] * tf.transpose(ty)[None, :, :]  # (nz, ny, N)
+    return tf.einsum("zyn,nx->zyx", zy, tx)
+
+
+_FIT_FNS = None
+
+
+def _fit_fns():
+    """The fit's compiled functions (built once per process, on first use)."""
+    global _FIT_FNS
+    if _FIT_FNS is not None:
+        return _FIT_FNS
+
+    def slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg):
+        G = volume_ft(c, a0 * tf.nn.softplus(u), s0 * tf.nn.softplus(w), sz, sy, sx)
+        gr = tf.reshape(tf.math.real(G), [-1])
+        gi = tf.reshape(tf.math.imag(G), [-1])
+        mr, mi = tf.reshape(mr, [-1]), tf.reshape(mi, [-1])
+        vals = tf.stack([wg * (gr * mr + gi * mi), wg * (gr * gr + gi * gi)], axis=1)
+        return tf.math.unsorted_segment_sum(vals, sh, nseg + 1)[:nseg]  # (nseg, 2): S_gm, S_gg
+
+    def loss_of(S, S_mm, f0, amp_weight):
+        S_gm, S_gg = S[:, 0], S[:, 1]
+        fsc = S_gm[f0:] / tf.sqrt(S_gg[f0:] * S_mm[f0:] + 1e-30)
+        power = tf.reduce_sum(tf.square(tf.sqrt(S_gg + 1e-30) - tf.sqrt(S_mm))) / tf.reduce_sum(S_mm)
+        return 1.0 - tf.reduce_mean(fsc) + amp_weight * power, fsc
+
+    @tf.function(reduce_retracing=True)
+    def sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg):
+        return slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg)
+
+    @tf.function(reduce_retracing=True)
+    def value_and_grad(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg, S_mm, f0, amp_weight):
+        with tf.GradientTape() as tape:
+            tape.watch([c, u, w])
+            loss, fsc = loss_of(slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg), S_mm, f0, amp_weight)
+        return loss, fsc, tape.gradient(loss, [c, u, w])
+
+    @tf.function(reduce_retracing=True)
+    def loss_grad_sums(S, S_mm, f0, amp_weight):
+        with tf.GradientTape() as tape:
+            tape.watch(S)
+            loss, fsc = loss_of(S, S_mm, f0, amp_weight)
+        return loss, fsc, tape.gradient(loss, S)
+
+    @tf.function(reduce_retracing=True)
+    def slab_vjp(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg, dS):
+        with tf.GradientTape() as tape:
+            tape.watch([c, u, w])
+            x = tf.reduce_sum(dS * slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg))
+        return tape.gradient(x, [c, u, w])
+
+    _FIT_FNS = {"sums": sums, "value_and_grad": value_and_grad, "loss_grad_sums": loss_grad_sums,
+                "slab_vjp": slab_vjp}
+    return _FIT_FNS
+
+
+class _GmmFit:
+    """Loss and gradients of the GMM-to-map fit (:mod:`gmmcore.gmm.build`) for one problem.
+
+    Parameters ``p`` = [centres (N,3) Å, u (N,), w (N,)] float32 with amplitude = a0·softplus(u),
+    width = σ0·softplus(w); grids larger than one slab are done slab by slab in two passes."""
+
+    def __init__(self, prob, sigmas0, amp_weight):
+        T = tf.constant
+        self.fns = _fit_fns()
+        self.sy, self.sx = T(prob.s), T(prob.sx)
+        self.slabs = [(T(sz), T(mr), T(mi), T(sh), T(wg)) for sz, mr, mi, sh, wg in prob.slabs]
+        self.nseg = T(prob.nshells, tf.int32)
+        self.S_mm = T(prob.S_mm, F32)
+        self.f0 = T(prob.rmin - 1, tf.int32)
+        self.aw = T(float(amp_weight), F32)
+        self.s0 = T(np.asarray(sigmas0, np.float32))
+
+    def _sums(self, p, a0):
+        T = tf.constant
+        tot = 0.0
+        for slab in self.slabs:
+            tot = tot + self.fns["sums"](T(p[0]), T(p[1]), T(p[2]), a0, self.s0, slab[0], self.sy, self.sx,
+                                         *slab[1:], self.nseg)
+        return tot
+
+    def sums(self, p, amplitudes0) -> np.ndarray:
+        """(nshells, 2) shell sums [S_gm, S_gg] of the GMM against the map."""
+        return self._sums(p, tf.constant(amplitudes0)).numpy()
+
+    def value_and_grad(self, p, amplitudes0):
+        """(loss, FSC per fitted shell, [grad centres, grad u, grad w]) as NumPy."""
+        T = tf.constant
+        a0 = T(amplitudes0)
+        args = (T(p[0]), T(p[1]), T(p[2]), a0, self.s0)
+        fns = self.fns
+        if len(self.slabs) == 1:
+            slab = self.slabs[0]
+            loss, fsc, g = fns["value_and_grad"](*args, slab[0], self.sy, self.sx, *slab[1:], self.nseg, self.S_mm,
+                                                 self.f0, self.aw)
+            return float(loss), fsc.numpy(), [x.numpy() for x in g]
+        loss, fsc, dS = fns["loss_grad_sums"](self._sums(p, a0), self.S_mm, self.f0, self.aw)
+        acc = [0.0, 0.0, 0.0]
+        for slab in self.slabs:
+            g = fns["slab_vjp"](*args, slab[0], self.sy, self.sx, *slab[1:], self.nseg, dS)
+            acc = [a_ + x.numpy() for a_, x in zip(acc, g)]
+        return float(loss), fsc.numpy(), acc
+
+
+# --------------------------------------------------------------------------------------------
+# the Backend
+
+
+class TFBackend:
+    """TensorFlow implementation of :class:`gmmcore.backend.Backend`."""
+
+    name = "tf"
+
+    def describe_devices(self, gpu=None, cpu_only=False) -> str:
+        return configure_devices(gpu, cpu_only)
+
+    def frc_rings(self, gmm, grid, particle_ft, rotations, origins_A, batch: int = 64) -> np.ndarray:
+        """Per-ring FRC of each particle against the GMM at its given pose, (k, nrings)."""
+        c, a, s = _gmm_tensors(gmm)
+        sy, sx = tf.constant(grid.sy), tf.constant(grid.sx)
+        out = []
+        for i0 in range(0, len(rotations), batch):
+            sl = slice(i0, i0 + batch)
+            mre, mim = project_ft(c, a, s, tf.constant(rotations[sl], F32), tf.constant(origins_A[sl], F32), sy, sx)
+            f = frc(mre, mim, tf.constant(particle_ft[sl].real), tf.constant(particle_ft[sl].imag),
+                    tf.constant(grid.pix), tf.constant(grid.ring), grid.nrings)
+            out.append(f.numpy())
+        return np.concatenate(out) if out else np.zeros((0, grid.nrings), np.float32)
+
+    def pose_optimizer(self, objective, settings: PoseSettings) -> _PoseOptimizer:
+        return _PoseOptimizer(objective, settings)
+
+    def project_images(self, gmm, rotations, origins_A, apix: float, box: int, batch: int = 64) -> np.ndarray:
+        """Real-space projections I(p) = ∫V(Aᵀp)dz of the GMM, (k, box, box) float32, mass per pixel,
+        box centre at index box//2; a Gaussian at c is centred at (A c)_xy − origin."""
+        c, a, s = _gmm_tensors(gmm)
+        fy, fx = full_grid_frequencies(box, apix)
+        sy, sx = tf.constant(fy), tf.constant(fx)
+        out = np.empty((len(rotations), box, box), np.float32)
+        for i0 in range(0, len(rotations), batch):
+            sl = slice(i0, i0 + batch)
+            re, im = project_ft(c, a, s, tf.constant(rotations[sl], F32), tf.constant(origins_A[sl], F32), sy, sx)
+            ft = re.numpy() + 1j * im.numpy()
+            out[sl] = np.fft.fftshift(np.fft.irfft2(ft, s=(box, box)), axes=(-2, -1))
+        return out
+
+    def render_map(self, gmm, box: int, apix: float, z_chunk: int = 16) -> np.ndarray:
+        """The GMM as a map (box, box, box) float32 indexed [z,y,x], mass per voxel."""
+        c, a, s = _gmm_tensors(gmm)
+        k = (np.fft.fftfreq(box) * box / (box * apix)).astype(np.float32)
+        kx = (np.arange(box // 2 + 1) / (box * apix)).astype(np.float32)
+        ft = np.empty((box, box, box // 2 + 1), np.complex64)
+        for z0 in range(0, box, z_chunk):
+            ft[z0:z0 + z_chunk] = volume_ft(c, a, s, tf.constant(k[z0:z0 + z_chunk]), tf.constant(k),
+                                            tf.constant(kx)).numpy()
+        return np.fft.fftshift(np.fft.irfftn(ft, s=(box, box, box))).astype(np.float32)
+
+    def gmm_fit(self, problem, sigmas0, amp_weight: float) -> _GmmFit:
+        return _GmmFit(problem, sigmas0, amp_weight)
+
+
+BACKEND = TFBackend()

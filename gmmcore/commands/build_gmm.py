@@ -1,0 +1,54 @@
+"""Build a Gaussian mixture model from a map at a resolution.
+
+Seeds by amplitude-weighted K-means of the map's density (N estimated from the resolution unless
+--ngauss), or one Gaussian per heavy atom of a model (--seed-model); then fits centres, amplitudes
+and widths to the map's transform within the resolution.
+
+    gmmcore build-gmm --map refined/final/half1.mrc --resolution 4 --out gmm/half1
+
+Writes PREFIX.gmm.npz (the model), PREFIX.pdb (pseudo-atoms for ChimeraX: width in the B-factor
+column) and PREFIX.json (fit report: map-vs-GMM FSC per shell).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def configure_parser(p) -> None:
+    p.add_argument("--map", required=True, help="half map (MRC)")
+    p.add_argument("--resolution", type=float, required=True, help="target resolution (Å)")
+    p.add_argument("--ngauss", type=int, default=None, help="number of Gaussians (default: estimated)")
+    p.add_argument("--seed-model", default=None,
+                   help="PDB to seed one Gaussian per heavy atom (coordinates in the map's frame), or builtin:adk-closed")
+    p.add_argument("--minres", type=float, default=25.0, help="lowest resolution fitted (Å, default 25)")
+    p.add_argument("--iterations", type=int, default=300, help="Adam steps (default 300)")
+    p.add_argument("--threshold", type=float, default=None, help="density threshold for K-means (default: automatic)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.gmm.npz, PREFIX.pdb, PREFIX.json")
+
+
+def run(args) -> int:
+    from ..gmm.build import build_gmm
+    from ..io.maps import read_map
+    from ..safewrite import write_json
+
+    if args.ngauss is not None and args.ngauss < 1:
+        raise InputError("must be at least 1", field="--ngauss")
+    if args.resolution <= 0:
+        raise InputError("must be positive", field="--resolution")
+    m, apix = read_map(args.map)
+    gmm, report = build_gmm(m, apix, args.resolution, n_gaussians=args.ngauss, seed_model=args.seed_model,
+                            seed=args.seed, minres_A=args.minres, iterations=args.iterations,
+                            threshold=args.threshold)
+    gmm.meta["source_map"] = str(args.map)
+    prefix = str(args.out)
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    gmm.save(prefix + ".gmm.npz")
+    gmm.save_pdb(prefix + ".pdb")
+    report["map"] = str(args.map)
+    write_json(prefix + ".json", report)
+    print(f"{len(gmm)} Gaussians, map-vs-GMM FSC {report['fsc_mean']:.3f} "
+          f"({1 / report['freq'][0]:.1f}–{1 / report['freq'][-1]:.1f} Å) → {prefix}.gmm.npz")
+    return 0

@@ -1,0 +1,69 @@
+"""Reconstruct the two half maps of particles and measure their gold-standard FSC.
+
+Direct Fourier inversion of each half set (padding, trilinear insertion, CTF weighting of
+phase-flipped or raw images, gridding correction, symmetry); FSC unmasked and masked (mask from
+--mask or an automatic one), resolution at FSC 0.143.
+
+    gmmcore reconstruct --particles imported/particles.star --sym C1 --out rec
+
+Writes DIR/half1.mrc, half2.mrc, map.mrc (average, low-passed to the resolution) and summary.json.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def configure_parser(p) -> None:
+    p.add_argument("--particles", required=True, metavar="STAR", help="particles (RELION star) with poses and half sets")
+    p.add_argument("--sym", default="C1", help="point group: C1, Cn, Dn, T, O, I (RELION orientation); default C1")
+    p.add_argument("--mask", metavar="MRC", help="mask for the masked FSC (default: automatic mask from the map)")
+    p.add_argument("--pad", type=float, default=2, help="padding factor (default 2)")
+    p.add_argument("--chunk", type=int, default=20000, help="images read per chunk (default 20000)")
+    p.add_argument("--workers", type=int, default=None, help="processes: 2 reconstructs the halves in parallel (default: 2 if >= 2 CPUs and >= 2000 particles)")
+    p.add_argument("--out", default="reconstruct", metavar="DIR", help="output folder (default ./reconstruct)")
+
+
+def run(args) -> int:
+    from ..fourier import lowpass
+    from ..fsc import half_map_report
+    from ..io.maps import read_map_on_grid, write_map
+    from ..io.star import read_star
+    from ..particles import check_geometry, check_split
+    from ..reconstruct import reconstruct_halves
+    from ..safewrite import OutputGuard, write_json
+    from ..symmetry import symmetry_matrices
+
+    symmetry_matrices(args.sym)
+    if not args.pad or args.pad < 1:
+        raise InputError(f"padding factor must be >= 1 (got {args.pad})", field="--pad")
+    if args.chunk < 1:
+        raise InputError(f"chunk must be >= 1 (got {args.chunk})", field="--chunk")
+    t0 = time.time()
+    table = read_star(args.particles)
+    box, apix = check_geometry(table)
+    rows = check_split(table)
+    mask = read_map_on_grid(args.mask, box, apix) if args.mask else None
+    out = Path(args.out)
+    with OutputGuard(out):
+        halves = reconstruct_halves(table, sym=args.sym, pad=args.pad, chunk=args.chunk, workers=args.workers)
+        report = half_map_report(halves[1], halves[2], apix, mask=mask)
+        avg = lowpass(0.5 * (halves[1] + halves[2]), apix, report["resolution"])
+        write_map(out / "half1.mrc", halves[1], apix)
+        write_map(out / "half2.mrc", halves[2], apix)
+        write_map(out / "map.mrc", avg.astype(np.float32), apix)
+        summary = dict(report)
+        summary.update({
+            "n_particles": {str(h): int(r.size) for h, r in rows.items()},
+            "apix": apix, "box": box, "sym": args.sym.upper(), "pad": args.pad,
+            "mask": str(args.mask) if args.mask else "auto", "particles": str(args.particles),
+            "seconds": round(time.time() - t0, 2),
+        })
+        write_json(out / "summary.json", summary)
+    print(f"resolution {report['resolution']:.2f} Å (masked), {report['resolution_unmasked']:.2f} Å (unmasked); "
+          f"maps in {out}")
+    return 0

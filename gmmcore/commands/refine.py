@@ -1,0 +1,93 @@
+"""GMM global refinement of particle poses (gold standard: one GMM per half set).
+
+Each iteration: per half, a GMM of the half map (within the current resolution) → local
+refinement of that half's poses against it (MAP, FRC) → reconstruction of both halves → FSC; the
+measured resolution sets the next target.  Re-running the same command continues a killed run.
+
+    gmmcore refine --particles imported/particles.star --iter 5 --out refined
+
+Writes DIR/final/ (particles.star, half1.mrc, half2.mrc, map.mrc, GMMs, pose_changes.npz),
+DIR/summary.json (FSC per iteration, pose changes) and DIR/run.log.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--particles", required=True, help="RELION star with poses and half sets (e.g. from `gmmcore import`)")
+    p.add_argument("--out", required=True, help="run directory (re-running the same command continues it)")
+    p.add_argument("--ref", help="optional starting map (MRC); low-passed to --ref-lowpass for the first GMMs")
+    p.add_argument("--ref-lowpass", type=float, default=20.0, help="low-pass for --ref, Å (default 20)")
+    p.add_argument("--iter", dest="iterations", type=int, default=5, help="iterations (default 5)")
+    p.add_argument("--ngauss", type=int, help="Gaussians per GMM (default: estimated from map and resolution)")
+    p.add_argument("--maxres", type=float, help="finest target resolution used for alignment, Å")
+    p.add_argument("--minres", type=float, default=25.0, help="coarsest resolution in the FRC, Å (default 25)")
+    p.add_argument("--sym", default="C1", help="symmetry: C1, Cn, Dn, T, O, I (default C1)")
+    p.add_argument("--mask", help="soft mask (MRC) for the masked FSC and applied to each half map before its GMM is built (default: an automatic mask, used for the FSC only)")
+    p.add_argument("--batch", type=int, default=16, help="particles per batch on the device: the GPU-memory knob (default 16)")
+    p.add_argument("--chunk", type=int, default=20000, help="particles read per chunk (default 20000)")
+    p.add_argument("--steps", type=int, default=10, help="gradient steps per particle per iteration (default 10)")
+    p.add_argument("--lr-angle", type=float, default=0.5, help="Adam step for rotations, degrees (default 0.5)")
+    p.add_argument("--lr-shift", type=float, default=0.25, help="Adam step for shifts, pixels (default 0.25)")
+    p.add_argument("--ring-weight", choices=["ssnr", "uniform"], default="ssnr",
+                   help="FRC ring weighting for alignment: ssnr (population FRC × ring size, estimated per half; "
+                        "default) or uniform (plain average over rings, as in the paper)")
+    p.add_argument("--prior-angle", type=float, default=None,
+                   help="MAP pose prior centred on the input poses: their expected angular error, degrees "
+                        "(default 3). Keeps low-SNR particles from drifting; strong data overrides it")
+    p.add_argument("--prior-shift", type=float, default=None,
+                   help="MAP pose prior: expected shift error of the input poses, pixels (default 1)")
+    p.add_argument("--no-prior", action="store_true",
+                   help="no pose prior: plain maximum of the FRC (as in the paper; implied by --ring-weight uniform)")
+    p.add_argument("--gpu", default=None, help="GPU id to use, e.g. 0 (default: the first GPU TensorFlow sees); "
+                                             "only one GPU is used today")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
+    p.add_argument("--new-split", action="store_true", help="make a new random half split when the input has none")
+    p.add_argument("--seed", type=int, default=0, help="random seed (GMM seeding, new split)")
+    p.add_argument("--continue", dest="cont", action="store_true",
+                   help="continue the run in --out (re-running the same command does the same)")
+
+
+def run(args: argparse.Namespace) -> int:
+    gpu = None
+    if args.gpu not in (None, ""):
+        try:
+            gpu = [int(x) for x in str(args.gpu).replace(" ", "").split(",") if x != ""]
+        except ValueError:
+            raise InputError(f"not a list of GPU ids: {args.gpu!r}", field="--gpu") from None
+    for name in ("particles", "ref", "mask"):
+        v = getattr(args, name)
+        if v and not Path(v).exists():
+            raise InputError("file not found", path=v, field=f"--{name}")
+    if args.iterations < 0 or args.batch < 1 or args.chunk < 1 or args.steps < 1:
+        raise InputError("--iter must be ≥ 0, --batch, --chunk and --steps ≥ 1")
+    explicit = args.prior_angle is not None or args.prior_shift is not None
+    if explicit and (args.no_prior or args.ring_weight != "ssnr"):
+        raise InputError("a pose prior needs --ring-weight ssnr and no --no-prior", field="--prior-angle")
+    for name in ("prior_angle", "prior_shift"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise InputError("must be > 0 (use --no-prior to switch the prior off)", field="--" + name.replace("_", "-"))
+    use_prior = not args.no_prior and args.ring_weight == "ssnr"
+    from ..refine import global_refine
+    from ..refine.global_refine import RefineParams
+    from ..symmetry import symmetry_matrices
+
+    prior_angle = (args.prior_angle or RefineParams.prior_angle) if use_prior else None
+    prior_shift = (args.prior_shift or RefineParams.prior_shift) if use_prior else None
+    out = Path(args.out)
+    if args.cont and not (out / "params.json").exists():
+        raise InputError("nothing to continue (no params.json)", path=out, field="--continue")
+    params = RefineParams(particles=str(Path(args.particles).resolve()), out=str(out), ref=args.ref and str(Path(args.ref).resolve()),
+                          ref_lowpass=args.ref_lowpass, iterations=args.iterations, ngauss=args.ngauss, maxres=args.maxres,
+                          minres=args.minres, sym=args.sym, mask=args.mask and str(Path(args.mask).resolve()), batch=args.batch,
+                          chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift, ring_weight=args.ring_weight,
+                          prior_angle=prior_angle, prior_shift=prior_shift, gpu=gpu,
+                          cpu=args.cpu, seed=args.seed, new_split=args.new_split)
+    symmetry_matrices(params.sym)  # validates --sym
+    global_refine.run_global(params)
+    return 0

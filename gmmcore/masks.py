@@ -1,0 +1,48 @@
+"""Soft masks: spheres, the automatic mask around a map's density, values at points.
+
+Masks are float32 arrays indexed [z, y, x] with values in 0..1, the box centre at index N//2.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+from .fourier import lowpass
+
+
+def soft_sphere_mask(box: int, radius_px: float, edge_px: float = 5.0, center=None) -> np.ndarray:
+    """Soft spherical mask (float32 (box, box, box)): 1 within ``radius_px``, raised-cosine to 0
+    over ``edge_px``.  ``center`` is (z, y, x) in pixels (default the box centre N//2)."""
+    c = np.full(3, box // 2, dtype=np.float64) if center is None else np.asarray(center, dtype=np.float64)
+    z, y, x = np.ogrid[:box, :box, :box]
+    r = np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2)
+    return _soft_edge(r - radius_px, edge_px)
+
+
+def _soft_edge(d: np.ndarray, edge_px: float) -> np.ndarray:
+    """d ≤ 0 → 1, d ≥ edge → 0, raised cosine between."""
+    if edge_px <= 0:
+        return (d <= 0).astype(np.float32)
+    t = np.clip(d / edge_px, 0.0, 1.0)
+    return (0.5 * (1.0 + np.cos(np.pi * t))).astype(np.float32)
+
+
+def auto_mask(volume: np.ndarray, apix: float, lowpass_A: float = 15.0, threshold: Optional[float] = None,
+              dilate_px: float = 3.0, edge_px: float = 6.0) -> np.ndarray:
+    """Soft mask around the density of ``volume``.
+
+    Low-pass to ``lowpass_A``, binarise at ``threshold`` (default: median + 0.1·(max − median) of
+    the low-passed map), dilate by ``dilate_px`` and add a raised-cosine edge ``edge_px`` wide.
+    """
+    v = lowpass(np.asarray(volume, dtype=np.float32), apix, max(lowpass_A, 2.0 * apix))
+    if threshold is None:
+        med = float(np.median(v))
+        threshold = med + 0.1 * (float(v.max()) - med)
+    binary = v > threshold
+    if not binary.any():
+        return np.ones_like(v, dtype=np.float32)
+    # Distance (px) of every voxel from the thresholded density: dilation and edge in one go.
+    d = ndimage.distance_transform_edt(~binary)
+    return _soft_edge(d - dilate_px, edge_px)

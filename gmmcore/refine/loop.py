@@ -1,0 +1,128 @@
+"""The refinement iteration, called from a state: per half GMM → shape → align; reconstruct; FSC.
+
+:func:`iterate` is the one loop body of global, focused and patch refinement.  Per half set h,
+independently: the half map of the previous iteration (× the plan's fit mask, low-passed to the
+target) → GMM_h (fitted within the band, or loaded when a killed run resumes) → ``plan.shape_gmm``
+→ local pose refinement of half h's particles against it.  Then both halves are reconstructed and
+their FSC measured.  Nothing mixes the halves before the FSC; its resolution sets the next band
+(the plan's rule), as in any gold-standard refinement.
+
+:func:`start` is iteration 0: half maps at the input poses, their FSC, the FSC mask.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+from ..fourier import lowpass
+from ..fsc import half_map_report
+from ..gmm.align import align_particles
+from ..gmm.build import build_gmm
+from ..grids import FourierGrid
+from ..io.maps import read_map, write_map
+from ..masks import auto_mask
+from ..particles import HalfPair, ParticleTable, check_geometry
+from ..reconstruct import reconstruct_halves
+from ..summary import HalfMapReport, IterationRecord, PoseChange
+from .rundir import IterationStore, RunDir, Start
+from .state import IterationPlan, RefinementState
+
+log = logging.getLogger("gmmcore.refine")
+
+
+def start(table: ParticleTable, run: RunDir, sym: str, pad: float, chunk: int,
+          fsc_mask: Optional[np.ndarray] = None) -> Start:
+    """Iteration 0: reconstruct the half maps at the table's poses (or load them), make the
+    automatic FSC mask when ``fsc_mask`` is None (saved as mask_auto.mrc), report the FSC."""
+    box, apix = check_geometry(table)
+    store = run.iteration(0)
+    if store.complete:
+        report = store.report()
+        maps = store.load_half_maps()
+    else:
+        t0 = time.time()
+        log.info("reconstructing half maps at the input poses")
+        maps = reconstruct_halves(table, sym=sym, pad=pad, chunk=chunk)
+        store.save_half_maps(maps, apix)
+        if fsc_mask is None:
+            fsc_mask = auto_mask(0.5 * (maps[1] + maps[2]), apix)
+            write_map(run.auto_mask_path, fsc_mask, apix)
+        report = half_map_report(maps[1], maps[2], apix, fsc_mask)
+        report["seconds"] = time.time() - t0
+        store.finish(report)
+    if fsc_mask is None:
+        fsc_mask, _ = read_map(run.auto_mask_path)
+    log.info("input poses: resolution %.2f Å (masked), %.2f Å (unmasked)",
+             report["resolution_masked"], report["resolution_unmasked"])
+    return Start(RefinementState(0, table.poses, maps, float(report["resolution"])), report, fsc_mask)
+
+
+def _fit_gmm(h: int, half_map: np.ndarray, apix: float, band, plan: IterationPlan, store: IterationStore,
+             backend) -> Tuple[object, dict]:
+    """Half h's GMM of this iteration: loaded when saved by an earlier (killed) run, else fitted."""
+    saved = store.load_gmm(h)
+    if saved is not None:
+        return saved
+    m = lowpass(half_map * plan.fit_mask if plan.fit_mask is not None else half_map, apix, band.resolution_A)
+    try:
+        gmm, rep = build_gmm(m, apix, band.resolution_A, n_gaussians=plan.ngauss, seed=plan.seed + h,
+                             minres_A=band.minres_A, backend=backend)
+    except InputError as exc:
+        raise InputError(f"half {h}, iteration {store.iteration}: {exc.message} (is this half's map empty or "
+                         "pure noise?)", path=store.folder / f"half{h}", field=exc.field) from None
+    gmm.meta.update({"half": h, "iteration": store.iteration})
+    store.save_gmm(h, gmm, rep)
+    return gmm, rep
+
+
+def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, backend,
+            store: IterationStore) -> Tuple[RefinementState, IterationRecord]:
+    """One iteration from ``state`` → (next state, its record).  Resumable through ``store``: a
+    complete iteration is loaded, a partial one continues from its saved GMMs and chunks."""
+    it = store.iteration
+    if store.complete:
+        new = store.load_state()
+        log.info("iteration %d already complete (%.2f Å)", it, new.resolution_A)
+        return new, store.record()
+    t0 = time.time()
+    box, apix = check_geometry(table)
+    band = plan.band(state.resolution_A)
+    log.info("iteration %d: target resolution %.2f Å", it, band.resolution_A)
+
+    fitted = HalfPair.build(lambda h: _fit_gmm(h, state.half_maps[h], apix, band, plan, store, backend))
+    for h, (g, rep) in fitted.items():
+        log.info("  half %d: GMM of %d Gaussians, map-vs-GMM FSC %.3f", h, len(g), float(rep.get("fsc_mean", np.nan)))
+    # The plan's shape applies to the GMM whether it was just fitted or loaded: one place, never saved.
+    shaped = fitted.map(lambda h, fr: plan.shape_gmm(h, fr[0]))
+
+    grid = FourierGrid(box, apix, band.resolution_A, band.minres_A)
+    rows = table.half_rows()
+    aligned = HalfPair.build(lambda h: align_particles(
+        table, state.poses, rows[h], shaped[h], grid, plan.align, prior=plan.prior,
+        checkpoints=store.checkpoints(h), backend=backend, desc=f"iter {it} half {h}"))
+    poses = state.poses
+    for h, res in aligned.items():
+        poses = poses.with_rows(rows[h], res.poses)
+        log.info("  half %d: mean FRC %.4f -> %.4f", h, float(res.score0.mean()), float(res.score.mean()))
+    store.save_poses(poses)
+    change = PoseChange.of(*poses.change_from(state.poses, apix))
+
+    maps = reconstruct_halves(table.with_poses(poses), sym=plan.sym, pad=plan.pad, chunk=plan.align.chunk)
+    store.save_half_maps(maps, apix)
+    rep = HalfMapReport.from_json(half_map_report(maps[1], maps[2], apix, plan.fsc_mask))
+    rep.extra.update(plan.extra_report(maps))
+    record = IterationRecord(
+        iteration=it, target_resolution=band.resolution_A, report=rep, pose_change=change,
+        frc={"before": {str(h): float(r.score0.mean()) for h, r in aligned.items()},
+             "after": {str(h): float(r.score.mean()) for h, r in aligned.items()}},
+        gmm_fsc={str(h): float(fr[1].get("fsc_mean", float("nan"))) for h, fr in fitted.items()},
+        n_gaussians={str(h): len(fr[0]) for h, fr in fitted.items()},
+        seconds=time.time() - t0, dir=store.name)
+    store.finish(record)
+    log.info("  resolution %.2f Å (masked), %.2f Å (unmasked); pose change %.2f° / %.2f px; %.0f s",
+             rep.resolution_masked, rep.resolution_unmasked, change.angle_mean, change.shift_mean, record.seconds)
+    return RefinementState(it, poses, maps, rep.resolution, fitted.map(lambda h, fr: fr[0])), record

@@ -1,0 +1,213 @@
+"""A refinement run directory: identity, per-iteration stores, resume, final outputs.
+
+Layout (``--out DIR``; every file written atomically, the record of a step written last):
+
+    params.json                 the parameters; a run continues only with the same defining ones
+    run.log                     the log
+    mask_auto.mrc               the automatic FSC mask (when no --mask), made at iteration 0
+    iter000/                    input poses: half1.mrc, half2.mrc, report.json
+    iterNNN/                    gmm_half{1,2}.gmm.npz + gmm_half{1,2}.json (fit report: written
+                                second, marks the GMM done), align_half{h}_ring_weights.npz,
+                                align_half{h}_chunkNNNN.npz (alignment checkpoints), poses.npz,
+                                half1.mrc, half2.mrc, report.json (last: the iteration is complete)
+    final/                      particles.star, half1.mrc, half2.mrc, map.mrc,
+                                gmm_half{1,2}.gmm.npz/.pdb, pose_changes.npz
+    summary.json                :class:`gmmcore.summary.RunSummary`
+
+A step whose marker file is absent is redone; nothing of a complete step is ever rewritten.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import InputError
+from ..gmm.align import ChunkCheckpoints
+from ..gmm.model import GMM
+from ..io.maps import read_map, write_map
+from ..particles import HalfPair, Poses
+from ..safewrite import write_json
+from ..summary import SUMMARY_NAME, FinalFiles, IterationRecord, RunSummary
+from .state import RefinementState
+
+log = logging.getLogger("gmmcore.refine")
+
+
+def setup_logging(out: Path) -> None:
+    """Log to DIR/run.log and stdout (time-stamped lines)."""
+    log.setLevel(logging.INFO)
+    if not any(getattr(h, "_gmm_out", None) == str(out) for h in log.handlers):
+        for h in list(log.handlers):
+            log.removeHandler(h)
+        fh = logging.FileHandler(out / "run.log")
+        fh._gmm_out = str(out)
+        sh = logging.StreamHandler(sys.stdout)
+        sh._gmm_out = str(out)
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        fh.setFormatter(fmt)
+        sh.setFormatter(fmt)
+        log.addHandler(fh)
+        log.addHandler(sh)
+        log.propagate = False
+
+
+class IterationStore:
+    """The files of one iteration (``iterNNN/``); iteration 0 holds only half maps and a report."""
+
+    def __init__(self, folder: Path, iteration: int):
+        self.folder = Path(folder)
+        self.iteration = int(iteration)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def complete(self) -> bool:
+        return (self.folder / "report.json").exists()
+
+    # ---- GMMs: the .gmm.npz first, its fit report second (the marker)
+    def load_gmm(self, h: int) -> Optional[Tuple[GMM, dict]]:
+        gfile, rfile = self.folder / f"gmm_half{h}.gmm.npz", self.folder / f"gmm_half{h}.json"
+        if not (gfile.exists() and rfile.exists()):
+            return None
+        return GMM.load(gfile), json.loads(rfile.read_text())
+
+    def save_gmm(self, h: int, gmm: GMM, report: dict) -> None:
+        gmm.save(self.folder / f"gmm_half{h}.gmm.npz")
+        write_json(self.folder / f"gmm_half{h}.json", report)
+
+    def checkpoints(self, h: int) -> ChunkCheckpoints:
+        return ChunkCheckpoints(self.folder, f"align_half{h}")
+
+    # ---- poses and half maps
+    def save_poses(self, poses: Poses) -> None:
+        poses.save(self.folder / "poses.npz")
+
+    def save_half_maps(self, maps: HalfPair, apix: float) -> None:
+        for h, m in maps.items():
+            write_map(self.folder / f"half{h}.mrc", m, apix)
+
+    def load_half_maps(self) -> HalfPair:
+        return HalfPair.build(lambda h: read_map(self.folder / f"half{h}.mrc")[0])
+
+    # ---- the record (written last)
+    def finish(self, record) -> None:
+        data = record.to_json() if hasattr(record, "to_json") else record
+        write_json(self.folder / "report.json", data)
+
+    def report(self) -> dict:
+        return json.loads((self.folder / "report.json").read_text())
+
+    def record(self) -> IterationRecord:
+        return IterationRecord.from_json(self.report())
+
+    def load_state(self) -> RefinementState:
+        """The state a complete iteration ended in (poses, half maps, resolution, GMMs)."""
+        rec = self.record()
+        gmms = HalfPair.build(lambda h: self.load_gmm(h)[0])
+        return RefinementState(self.iteration, Poses.load(self.folder / "poses.npz"), self.load_half_maps(),
+                               rec.resolution, gmms)
+
+
+class RunDir:
+    """One run directory (see the module notes)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    @classmethod
+    def create_or_continue(cls, path, params: dict, identity: Sequence[str]) -> "RunDir":
+        """Create ``path`` (or continue the run in it): its params.json must agree on every
+        ``identity`` parameter, else InputError.  Starts the log."""
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        setup_logging(run.path)
+        pfile = run.path / "params.json"
+        if pfile.exists():
+            old = json.loads(pfile.read_text())
+            diff = [k for k in identity if old.get(k) != params.get(k)]
+            if diff:
+                raise InputError(f"holds a run with different parameters ({', '.join(diff)}); "
+                                 "use a new --out, or the same parameters to continue", path=run.path)
+            log.info("continuing the run in %s", run.path)
+        write_json(pfile, params)
+        return run
+
+    def params(self) -> dict:
+        return json.loads((self.path / "params.json").read_text())
+
+    def iteration(self, i: int) -> IterationStore:
+        return IterationStore(self.path / f"iter{i:03d}", i)
+
+    @property
+    def auto_mask_path(self) -> Path:
+        return self.path / "mask_auto.mrc"
+
+    def summary(self) -> RunSummary:
+        return RunSummary.load(self.path / SUMMARY_NAME)
+
+    # ---- the end of a run, and what a later run starts from
+    def finish(self, table, state: RefinementState, start: Poses, initial_resolution: float) -> FinalFiles:
+        """Write ``final/``: the particles with the final poses, half maps, the average map
+        low-passed to the final resolution, the GMMs (.gmm.npz + .pdb) and per-particle pose
+        changes from ``start``."""
+        from ..fourier import lowpass
+        from ..io.star import write_star
+
+        fin = self.path / "final"
+        fin.mkdir(exist_ok=True)
+        apix = float(table.apix[0])
+        write_star(table.with_poses(state.poses), fin / "particles.star")
+        files = FinalFiles(resolution=float(state.resolution_A), resolution_initial=float(initial_resolution))
+        for h, m in state.half_maps.items():
+            write_map(fin / f"half{h}.mrc", m, apix)
+        if state.gmms is not None:
+            for h, g in state.gmms.items():
+                g.save(fin / f"gmm_half{h}.gmm.npz")
+                g.save_pdb(fin / f"gmm_half{h}.pdb")
+        else:
+            files.gmm, files.gmm_pdb = {}, {}
+        write_map(fin / "map.mrc", lowpass(0.5 * (state.half_maps[1] + state.half_maps[2]), apix, state.resolution_A),
+                  apix)
+        ang, sh = state.poses.change_from(start, apix)
+        from ..safewrite import atomic_path
+
+        with atomic_path(fin / "pose_changes.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, angle_deg=ang, shift_px=sh, half=table.half)
+        return files
+
+    def final_state(self):
+        """(particle table with the final poses, final RefinementState) of a finished run — what a
+        focused or patch refinement starts from."""
+        from ..io.star import read_star
+
+        summary = self.summary()
+        if summary.final is None:
+            raise InputError("the run has not finished (no final outputs in summary.json)", path=self.path)
+        params = summary.params
+        root = str(Path(params["particles"]).parent) if params.get("particles") else None
+        table = read_star(summary.path("particles"), image_root=root)
+        maps = HalfPair.build(lambda h: read_map(summary.path(f"half{h}"))[0])
+        gmms = None
+        if summary.final.gmm:
+            gmms = HalfPair.build(lambda h: GMM.load(summary.path("gmm", h)))
+        n = len(summary.iterations)
+        return table, RefinementState(n, table.poses, maps, float(summary.resolution_final), gmms)
+
+
+@dataclass
+class Start:
+    """Iteration 0 of a run: the half maps at the input poses, their report and the FSC mask."""
+
+    state: RefinementState
+    report: dict
+    fsc_mask: np.ndarray

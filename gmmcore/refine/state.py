@@ -1,0 +1,80 @@
+"""What one refinement iteration hands the next, and what differs between refinement modes.
+
+* :class:`RefinementState` — iteration number, poses, the two half maps, the measured
+  gold-standard resolution, and the GMMs fitted in that iteration (raw, never shaped).
+* :class:`IterationPlan` — everything a refinement mode chooses: symmetry, the FSC mask, the mask
+  applied to each half map before its GMM is fitted, the resolution band as a function of the
+  measured resolution, the ``shape_gmm`` hook (focused refinement widens Gaussians outside its
+  mask), the alignment settings and the centre of the pose prior.
+
+Global, focused and patch refinement are the same :func:`gmmcore.refine.loop.iterate` with
+different plans; a new mode is a new plan, not a new loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..gmm.align import AlignSettings
+from ..gmm.model import GMM
+from ..particles import HalfPair, Poses
+
+
+@dataclass(frozen=True)
+class Band:
+    """The frequencies a comparison uses: rings from ``minres_A`` to ``resolution_A`` (Å)."""
+
+    minres_A: float
+    resolution_A: float
+
+
+@dataclass(frozen=True)
+class RefinementState:
+    """The state between iterations (iteration 0 = the input poses)."""
+
+    iteration: int
+    poses: Poses
+    half_maps: HalfPair  # HalfPair[np.ndarray], float32 [z, y, x]
+    resolution_A: float  # measured, gold-standard (masked FSC 0.143)
+    gmms: Optional[HalfPair] = None  # HalfPair[GMM] fitted in this iteration (not shaped)
+
+
+def unshaped(half: int, gmm: GMM) -> GMM:
+    """The identity ``shape_gmm`` hook (global refinement)."""
+    return gmm
+
+
+def follow_fsc(minres_A: float, apix: float, maxres_A: Optional[float] = None) -> Callable[[float], Band]:
+    """The global band rule: target = the measured resolution, never beyond 0.95·Nyquist nor
+    finer than ``maxres_A``; rings from ``minres_A``."""
+    def band(measured_A: float) -> Band:
+        res = max(measured_A, 2.0 * apix * 1.05)
+        if maxres_A:
+            res = max(res, maxres_A)
+        return Band(float(minres_A), float(res))
+    return band
+
+
+@dataclass(frozen=True)
+class IterationPlan:
+    """What one refinement mode does in every iteration.
+
+    ``shape_gmm(half, gmm)`` is applied to each half's GMM after it is fitted *and* after it is
+    loaded on resume, and its result is never saved — so a focus cannot be forgotten on one path
+    nor compound over iterations.  ``fit_mask`` (or None) multiplies each half map before its GMM
+    is fitted; ``fsc_mask`` is used for the masked FSC only.  ``prior`` is the centre of the MAP
+    pose prior (None: the poses each iteration starts from)."""
+
+    sym: str
+    fsc_mask: np.ndarray
+    band: Callable[[float], Band]
+    align: AlignSettings
+    fit_mask: Optional[np.ndarray] = None
+    shape_gmm: Callable[[int, GMM], GMM] = unshaped
+    prior: Optional[Poses] = None
+    ngauss: Optional[int] = None
+    seed: int = 0
+    pad: float = 2
+    extra_report: Callable[[HalfPair], dict] = field(default=lambda maps: {})

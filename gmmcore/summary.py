@@ -1,0 +1,310 @@
+"""The run contract: what the engine's ``summary.json`` files hold (stdlib + json only).
+
+The engine writes every summary through these classes; the Scipion plugin, the viewers and the
+tests' fakes read (and forge) them through the same classes, so the two sides cannot drift.
+Paths inside a summary are relative to its folder; :meth:`RunSummary.path` makes them absolute.
+
+Files (all JSON, written atomically):
+
+* ``gmmcore import --out DIR`` → ``DIR/summary.json``: :class:`ImportSummary`.
+* ``gmmcore reconstruct --out DIR`` → ``DIR/summary.json``: :class:`HalfMapReport` fields plus
+  ``n_particles``, ``apix``, ``box``, ``sym``, ``pad``, ``mask``, ``particles``, ``seconds``.
+* ``gmmcore refine --out DIR`` → ``DIR/summary.json``: :class:`RunSummary` (``kind`` "global";
+  focused and patch runs use the same schema), with one :class:`IterationRecord` per iteration
+  (also ``DIR/iterNNN/report.json``) and :class:`FinalFiles`.
+
+Units: resolutions in Å, frequencies in 1/Å, pose changes in degrees and pixels, times in s.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, List, Optional, Tuple
+
+SUMMARY_NAME = "summary.json"
+SCHEMA_VERSION = 2  # 1: summaries before the schema module (same keys, no "kind"/"schema")
+
+
+def _known(cls, data: dict) -> Tuple[dict, dict]:
+    """Split ``data`` into the dataclass' fields and the rest (kept, so nothing is lost)."""
+    names = {f.name for f in fields(cls)} - {"extra"}
+    return {k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names}
+
+
+def _write(path: str, data: dict) -> None:
+    from .safewrite import write_json
+
+    write_json(path, data)
+
+
+def _read(path_or_dir: str) -> Tuple[dict, str]:
+    path = str(path_or_dir)
+    if os.path.isdir(path):
+        path = os.path.join(path, SUMMARY_NAME)
+    with open(path) as fh:
+        return json.load(fh), os.path.dirname(os.path.abspath(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# import
+
+
+@dataclass
+class ImportSummary:
+    """``gmmcore import``: what was read and written.  ``split`` is "input" (the file's half sets)
+    or "new-random" (assigned by ``--new-split``)."""
+
+    n_particles: int
+    per_half: Dict[str, int]
+    per_optics_group: Dict[str, int]
+    phase_flipped: bool
+    source: str
+    format: Optional[str]
+    split: str
+    star: str
+    stack: Optional[str]
+    apix: List[float]
+    box: List[int]
+    warnings: List[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def new_split(self) -> bool:
+        return self.split == "new-random"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {**{k: v for k, v in d.items() if k != "extra"}, **self.extra}
+
+    def save(self, folder) -> None:
+        _write(os.path.join(str(folder), SUMMARY_NAME), self.to_json())
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ImportSummary":
+        known, extra = _known(cls, data)
+        known.setdefault("split", "new-random" if data.get("new_split") else "input")
+        for key, default in (("per_optics_group", {}), ("format", None), ("star", "particles.star"),
+                             ("stack", None), ("apix", []), ("box", []), ("source", ""), ("per_half", {}),
+                             ("phase_flipped", True), ("n_particles", 0)):
+            known.setdefault(key, default)
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def load(cls, path_or_dir) -> "ImportSummary":
+        return cls.from_json(_read(path_or_dir)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# half maps and iterations
+
+
+@dataclass
+class HalfMapReport:
+    """Gold-standard FSC of two half maps: resolution = the masked one (FSC 0.143)."""
+
+    resolution: float
+    resolution_unmasked: float
+    resolution_masked: float
+    fsc: Dict[str, List[float]]  # {"freq": 1/Å, "unmasked", "masked"}
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"resolution": self.resolution, "resolution_unmasked": self.resolution_unmasked,
+                "resolution_masked": self.resolution_masked, "fsc": self.fsc, **self.extra}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "HalfMapReport":
+        known, extra = _known(cls, data)
+        return cls(**known, extra=extra)
+
+    def curve(self, masked: bool) -> Tuple[List[float], List[float], float]:
+        """(freq 1/Å, FSC, resolution Å) of the masked or unmasked FSC."""
+        kind = "masked" if masked else "unmasked"
+        return self.fsc["freq"], self.fsc[kind], float(self.resolution_masked if masked else self.resolution_unmasked)
+
+
+@dataclass
+class PoseChange:
+    """Per-iteration change of the poses: angle (degrees) and shift (pixels), mean and median."""
+
+    angle_mean: float
+    angle_median: float
+    shift_mean: float
+    shift_median: float
+
+    @classmethod
+    def of(cls, angle_deg, shift_px) -> "PoseChange":
+        a, s = sorted(float(x) for x in angle_deg), sorted(float(x) for x in shift_px)
+        return cls(_mean(a), _median(a), _mean(s), _median(s))
+
+
+def _mean(v: List[float]) -> float:
+    return sum(v) / len(v) if v else float("nan")
+
+
+def _median(v: List[float]) -> float:
+    if not v:
+        return float("nan")
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+@dataclass
+class IterationRecord:
+    """One refinement iteration (``iterNNN/report.json``, written last: marks it complete)."""
+
+    iteration: int
+    target_resolution: float
+    report: HalfMapReport
+    pose_change: PoseChange
+    frc: Dict[str, Dict[str, float]]  # {"before": {"1", "2"}, "after": {...}} mean weighted FRC per half
+    gmm_fsc: Dict[str, float]  # mean map-vs-GMM FSC per half
+    n_gaussians: Dict[str, int]
+    seconds: float
+    dir: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def resolution(self) -> float:
+        return float(self.report.resolution)
+
+    def to_json(self) -> dict:
+        return {"iteration": self.iteration, "target_resolution": self.target_resolution, **self.report.to_json(),
+                "pose_change": asdict(self.pose_change), "frc": self.frc, "gmm_fsc": self.gmm_fsc,
+                "n_gaussians": self.n_gaussians, "seconds": self.seconds, "dir": self.dir, **self.extra}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "IterationRecord":
+        data = dict(data)
+        rep = HalfMapReport.from_json({k: data.pop(k) for k in ("resolution", "resolution_unmasked",
+                                                                 "resolution_masked", "fsc")})
+        known, extra = _known(cls, data)
+        pc = known.pop("pose_change", None) or {}
+        return cls(report=rep, pose_change=PoseChange(**{k: pc.get(k, float("nan")) for k in
+                                                          ("angle_mean", "angle_median", "shift_mean", "shift_median")}),
+                   **{k: known.get(k, d) for k, d in (("iteration", 0), ("target_resolution", float("nan")),
+                                                      ("frc", {}), ("gmm_fsc", {}), ("n_gaussians", {}),
+                                                      ("seconds", 0.0), ("dir", ""))},
+                   extra=extra)
+
+    def save(self, path) -> None:
+        _write(str(path), self.to_json())
+
+    @classmethod
+    def load(cls, path) -> "IterationRecord":
+        with open(path) as fh:
+            return cls.from_json(json.load(fh))
+
+
+@dataclass
+class FinalFiles:
+    """The files a finished run leaves in ``DIR/final`` (paths relative to DIR)."""
+
+    particles: str = "final/particles.star"
+    half1: str = "final/half1.mrc"
+    half2: str = "final/half2.mrc"
+    map: str = "final/map.mrc"
+    gmm: Dict[str, str] = field(default_factory=lambda: {"1": "final/gmm_half1.gmm.npz", "2": "final/gmm_half2.gmm.npz"})
+    gmm_pdb: Dict[str, str] = field(default_factory=lambda: {"1": "final/gmm_half1.pdb", "2": "final/gmm_half2.pdb"})
+    pose_changes: str = "final/pose_changes.npz"
+    resolution: Optional[float] = None
+    resolution_initial: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {**{k: v for k, v in d.items() if k != "extra"}, **self.extra}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FinalFiles":
+        known, extra = _known(cls, data)
+        return cls(**known, extra=extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# a refinement run
+
+
+@dataclass
+class RunSummary:
+    """``DIR/summary.json`` of a refinement run (global, focused or patches)."""
+
+    kind: str = "global"
+    params: dict = field(default_factory=dict)
+    device: str = ""
+    n_particles: Dict[str, int] = field(default_factory=dict)
+    initial: Optional[HalfMapReport] = None
+    iterations: List[IterationRecord] = field(default_factory=list)
+    final: Optional[FinalFiles] = None
+    patches: Optional[list] = None
+    extra: dict = field(default_factory=dict)
+    directory: str = ""  # where it was loaded from (not written)
+
+    def to_json(self) -> dict:
+        d = {"schema": SCHEMA_VERSION, "kind": self.kind, "params": self.params, "device": self.device,
+             "n_particles": self.n_particles, "iterations": [r.to_json() for r in self.iterations]}
+        if self.initial is not None:
+            d["initial"] = self.initial.to_json()
+        if self.final is not None:
+            d["final"] = self.final.to_json()
+        if self.patches is not None:
+            d["patches"] = self.patches
+        d.update(self.extra)
+        return d
+
+    def save(self, folder=None) -> None:
+        _write(os.path.join(str(folder or self.directory), SUMMARY_NAME), self.to_json())
+
+    @classmethod
+    def from_json(cls, data: dict, directory: str = "") -> "RunSummary":
+        data = dict(data)
+        data.pop("schema", None)
+        known, extra = _known(cls, data)
+        known.pop("directory", None)
+        s = cls(**{k: v for k, v in known.items() if k not in ("initial", "iterations", "final")}, extra=extra,
+                directory=directory)
+        if known.get("initial"):
+            s.initial = HalfMapReport.from_json(known["initial"])
+        s.iterations = [IterationRecord.from_json(r) for r in known.get("iterations", [])]
+        if known.get("final"):
+            s.final = FinalFiles.from_json(known["final"])
+        return s
+
+    @classmethod
+    def load(cls, path_or_dir) -> "RunSummary":
+        """From a ``summary.json`` path or a run folder."""
+        data, folder = _read(path_or_dir)
+        return cls.from_json(data, directory=folder)
+
+    # ---- what readers need
+    def path(self, key: str, half: Optional[int] = None) -> str:
+        """Absolute path of a file of ``final`` (``key`` = particles, half1, half2, map, gmm, gmm_pdb,
+        pose_changes; ``half`` 1/2 for gmm and gmm_pdb)."""
+        if self.final is None:
+            raise KeyError("the run has no final outputs yet")
+        value = getattr(self.final, key, None)
+        if value is None:
+            value = self.final.extra[key]
+        if half is not None:
+            value = value[str(half)]
+        return value if os.path.isabs(value) else os.path.join(self.directory or ".", value)
+
+    def fsc_curves(self, masked: bool = True) -> List[Tuple[str, List[float], List[float], float]]:
+        """[(label, freq 1/Å, FSC, resolution Å)] for the input poses and every iteration."""
+        curves = []
+        if self.initial is not None and self.initial.fsc:
+            curves.append(("input poses", *self.initial.curve(masked)))
+        for rec in self.iterations:
+            curves.append(("iteration %d" % rec.iteration, *rec.report.curve(masked)))
+        return curves
+
+    @property
+    def resolution_initial(self) -> Optional[float]:
+        return None if self.initial is None else float(self.initial.resolution)
+
+    @property
+    def resolution_final(self) -> Optional[float]:
+        if self.final is not None and self.final.resolution is not None:
+            return float(self.final.resolution)
+        return None
