@@ -261,14 +261,11 @@ def volume_ft(centers, amplitudes, sigmas, sz, sy, sx):
     return tf.einsum("zyn,nx->zyx", zy, tx)
 
 
-_FIT_FNS = None
-
-
 def _fit_fns():
-    """The fit's compiled functions (built once per process, on first use)."""
-    global _FIT_FNS
-    if _FIT_FNS is not None:
-        return _FIT_FNS
+    """The fit's compiled functions, traced anew for every fit: a fit's numbers then depend only on
+    its inputs, never on what the process fitted before (a relaxed retrace for a second GMM of
+    another size would run a different graph — and a resumed run would differ from an
+    uninterrupted one)."""
 
     def slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg):
         G = volume_ft(c, a0 * tf.nn.softplus(u), s0 * tf.nn.softplus(w), sz, sy, sx)
@@ -309,9 +306,7 @@ def _fit_fns():
             x = tf.reduce_sum(dS * slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg))
         return tape.gradient(x, [c, u, w])
 
-    _FIT_FNS = {"sums": sums, "value_and_grad": value_and_grad, "loss_grad_sums": loss_grad_sums,
-                "slab_vjp": slab_vjp}
-    return _FIT_FNS
+    return {"sums": sums, "value_and_grad": value_and_grad, "loss_grad_sums": loss_grad_sums, "slab_vjp": slab_vjp}
 
 
 class _GmmFit:
