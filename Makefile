@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo gui test lint install bench clean
 
 $(STAMP): requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m gmmrefine_scipion.demo --out demo_out
+
+gui: $(STAMP)
+	$(PY) -m gmmrefine_scipion.gui --out demo_out
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports

@@ -9,6 +9,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -16,6 +17,9 @@ from typing import List, Optional, Sequence
 
 from . import __version__
 from .errors import InputError
+
+# Failures of the machine, not of the program: one line, not a traceback.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 # verb -> module (in the order `gmmcore --help` lists them)
 VERBS = {
@@ -69,6 +73,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"gmmcore {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        line = (f"gmmcore {args.verb}: error: {where}{exc.strerror or exc}; nothing that was finished is lost — "
+                "free space (or fix the folder) and run the same command again")
+        print(line, file=sys.stderr)
+        _record_error(line)
+        return 1
 
 
 def _record_error(line: str) -> None:

@@ -46,3 +46,25 @@ def auto_mask(volume: np.ndarray, apix: float, lowpass_A: float = 15.0, threshol
     # Distance (px) of every voxel from the thresholded density: dilation and edge in one go.
     d = ndimage.distance_transform_edt(~binary)
     return _soft_edge(d - dilate_px, edge_px)
+
+
+MIN_MASK_VOXELS = 125  # voxels with M ≥ 0.5: a 5³ cube — anything smaller cannot carry an FSC
+
+
+def check_mask(mask: np.ndarray, path=None, field: str = "--mask") -> np.ndarray:
+    """A user's soft mask must hold weights in 0..1 (±0.001) and enclose at least
+    :data:`MIN_MASK_VOXELS` voxels at M ≥ 0.5; InputError naming the file otherwise."""
+    from .errors import InputError
+
+    m = np.asarray(mask, np.float32)
+    lo, hi = float(m.min()), float(m.max())
+    if hi <= 0:
+        raise InputError("the mask is empty (all values ≤ 0)", path=path, field=field)
+    if lo < -1e-3 or hi > 1.001:
+        raise InputError(f"mask values must lie between 0 and 1 (found {lo:.3g} … {hi:.3g}): a mask is a soft 0..1 "
+                         "weight, not a map", path=path, field=field)
+    inside = int(np.count_nonzero(m >= 0.5))
+    if inside < MIN_MASK_VOXELS:
+        raise InputError(f"the mask encloses only {inside} voxels at ≥ 0.5 (at least {MIN_MASK_VOXELS} are needed "
+                         "for a masked FSC)", path=path, field=field)
+    return m

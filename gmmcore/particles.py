@@ -18,6 +18,7 @@ Conventions (see docs/ARCHITECTURE.md):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Generic, Iterator, Optional, Tuple, TypeVar
 
@@ -187,6 +188,11 @@ class ParticleTable:
             meta=dict(self.meta),
         )
 
+    def slim(self) -> "ParticleTable":
+        """The table without the pass-through columns (what reading images and reconstructing
+        need; small to send to a worker process)."""
+        return replace(self, star_particles=None, star_optics=None, cs_records=None, meta=dict(self.meta))
+
     @property
     def poses(self) -> Poses:
         return Poses(self.rotation, self.origin)
@@ -198,6 +204,19 @@ class ParticleTable:
             rotation, origin = rotation.rotation, rotation.origin_A
         return replace(self, rotation=np.asarray(rotation, np.float64), origin=np.asarray(origin, np.float64),
                        meta=dict(self.meta))
+
+    def content_hash(self) -> str:
+        """SHA-256 of what a refinement reads from the table (image names, poses, half sets,
+        optics, CTF): a run is identified by its input's content, not only by the file's path."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update("\n".join(np.asarray(self.image_name).astype(str)).encode())
+        for a in (self.rotation, self.origin, self.half, self.optics_group, self.apix, self.image_size,
+                  *(getattr(self.ctf, f.name) for f in fields(self.ctf))):
+            h.update(np.ascontiguousarray(np.asarray(a, np.float64)).tobytes())
+        h.update(b"flipped" if self.phase_flipped else b"raw")
+        return h.hexdigest()
 
     def half_rows(self) -> HalfPair:
         """Row numbers of each half set, HalfPair of int64 arrays."""
@@ -249,6 +268,13 @@ def assign_split(table: ParticleTable, new_split: bool, seed: int) -> str:
     new[perm[(n + 1) // 2:]] = 2
     table.half = new
     return "new-random"
+
+
+def min_particles_per_half(box: int) -> int:
+    """The fewest particles per half set a gold-standard refinement accepts: the Crowther count
+    π·D/d of views that fill Fourier space to Nyquist (D = box·apix, d = 2·apix → π·box/2) even
+    without noise; with fewer, the half maps cannot be complete and the FSC is not a resolution."""
+    return int(math.ceil(math.pi * int(box) / 2.0))
 
 
 def check_geometry(table: ParticleTable, rows=None) -> Tuple[int, float]:

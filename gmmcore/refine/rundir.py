@@ -122,24 +122,59 @@ class RunDir:
 
     def __init__(self, path):
         self.path = Path(path)
+        self.created = False
 
     @classmethod
     def create_or_continue(cls, path, params: dict, identity: Sequence[str]) -> "RunDir":
         """Create ``path`` (or continue the run in it): its params.json must agree on every
-        ``identity`` parameter, else InputError.  Starts the log."""
+        ``identity`` parameter, else InputError (a parameter a run of an older version did not
+        record is not compared).  Removes temporaries a killed run left.  Starts the log."""
         run = cls(path)
-        run.path.mkdir(parents=True, exist_ok=True)
-        setup_logging(run.path)
         pfile = run.path / "params.json"
+        old = None
         if pfile.exists():
-            old = json.loads(pfile.read_text())
-            diff = [k for k in identity if old.get(k) != params.get(k)]
+            try:
+                old = json.loads(pfile.read_text())
+            except ValueError:
+                raise InputError("params.json is unreadable; use a new --out", path=pfile) from None
+            diff = [k for k in identity if k in old and old.get(k) != params.get(k)]
             if diff:
-                raise InputError(f"holds a run with different parameters ({', '.join(diff)}); "
-                                 "use a new --out, or the same parameters to continue", path=run.path)
-            log.info("continuing the run in %s", run.path)
+                what = ("the particles' content changed" if diff == ["particles_hash"] else
+                        f"different parameters ({', '.join(diff)})")
+                raise InputError(f"holds a run with {what}; use a new --out, or the same parameters and "
+                                 "input to continue", path=run.path)
+        elif run.path.is_dir() and any(p.name != "run.log" for p in run.path.iterdir()):
+            raise InputError("is not empty and holds no gmmcore run (no params.json); use a new or empty --out",
+                             path=run.path)
+        run.created = old is None and not run.path.exists()
+        run.path.mkdir(parents=True, exist_ok=True)
         write_json(pfile, params)
+        setup_logging(run.path)
+        if old is not None:
+            log.info("continuing the run in %s", run.path)
+        run.remove_temporaries()
         return run
+
+    def remove_temporaries(self) -> int:
+        """Delete the ``.NAME.*.part*`` files of writes a kill interrupted; returns how many."""
+        stray = [p for p in self.path.rglob(".*.part*") if p.is_file()]
+        for p in stray:
+            p.unlink(missing_ok=True)
+        if stray:
+            log.info("removed %d temporary file(s) left by an interrupted run", len(stray))
+        return len(stray)
+
+    def discard(self) -> None:
+        """Remove the run directory when this invocation created it (a run refused mid-way by
+        bad input leaves nothing behind that a later run could trust)."""
+        if getattr(self, "created", False):
+            import shutil
+
+            for h in list(log.handlers):
+                if getattr(h, "_gmm_out", None) == str(self.path):
+                    h.close()
+                    log.removeHandler(h)
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def params(self) -> dict:
         return json.loads((self.path / "params.json").read_text())

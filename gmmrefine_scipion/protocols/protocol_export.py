@@ -12,7 +12,7 @@ from gmmrefine_scipion.constants import (EXPORT_BOTH, EXPORT_CRYOSPARC, EXPORT_F
 from .protocol_base import GmmProtocolMixin
 
 
-class GmmProtExportParticles(EMProtocol, GmmProtocolMixin):
+class GmmProtExportParticles(GmmProtocolMixin, EMProtocol):
     """Write particles with their poses, CTF and half sets as a RELION 3.1 star file and/or a
     cryoSPARC .cs file (gmmcore export), e.g. to continue processing outside Scipion."""
     _label = "export particles (gmm)"

@@ -12,9 +12,9 @@ from gmmrefine_scipion.constants import (IMPORT_DIR, IMPORT_FORMATS,
 from .protocol_base import GmmProtocolMixin
 
 
-class GmmProtImportParticles(ProtImport, GmmProtocolMixin):
+class GmmProtImportParticles(GmmProtocolMixin, ProtImport):
     """Import particles with their 3-D poses, CTF and half sets from a RELION star file
-    (3.0, 3.1 or 5) or a cryoSPARC .cs file.
+    (3.0, 3.1, 4 or 5) or a cryoSPARC .cs file.
 
     The images are phase-flipped while they are copied into one stack (gmmcore import), so the
     output set is marked phase-flipped.  Poses become Scipion projection alignment; the half set of
@@ -29,7 +29,7 @@ class GmmProtImportParticles(ProtImport, GmmProtocolMixin):
         form.addParam("importFrom", params.EnumParam, choices=IMPORT_FORMATS,
                       default=IMPORT_FROM_RELION, display=params.EnumParam.DISPLAY_HLIST,
                       label="Import from",
-                      help="RELION star file (3.0 without optics block, 3.1+ or 5 with one) or a "
+                      help="RELION star file (3.0 without optics block; 3.1, 4 or 5 with one) or a "
                            "cryoSPARC .cs file (e.g. a refinement's particles .cs).")
         form.addParam("starFile", params.PathParam,
                       condition="importFrom == %d" % IMPORT_FROM_RELION,

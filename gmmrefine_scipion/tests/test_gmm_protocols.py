@@ -211,3 +211,33 @@ class TestGmmImportRelion(GmmProtocolsTestBase):
         self.assertTrue(any("half sets" in e for e in errors), errors)
         refine.newSplit.set(True)
         self.assertFalse([e for e in refine.validate() if "half" in e])
+
+
+class TestGmmErrors(BaseTest):
+    """A failing engine run shows the engine's one-line reason as the protocol's error."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+
+    def test_failed_import_shows_engine_error(self):
+        import re
+        star = self.getOutputPath("missing_stack.star")
+        data = simulated_dataset()
+        with open(os.path.join(data, "particles_perturbed.star")) as f:
+            text = f.read()
+        with open(star, "w") as f:
+            f.write(text.replace("@particles.mrcs", "@no_such_stack.mrcs"))
+        prot = self.newProtocol(GmmProtImportParticles, objLabel="gmm import, missing stack",
+                                importFrom=0, starFile=star)
+        self.proj.launchProtocol(prot, wait=True)
+        self.assertTrue(prot.isFailed())
+        message = prot.getErrorMessage()
+        with open(prot._getExtraPath("gmmcore_error.txt")) as f:
+            engine = f.read().strip()
+        self.assertTrue(engine.startswith("gmmcore import: error: ") and len(engine.splitlines()) == 1, engine)
+        self.assertEqual(message.strip(), engine.split(": error: ", 1)[1])
+        self.assertIn("no_such_stack.mrcs", message)
+        self.assertNotIn("non-zero exit status", message)
+        self.assertIsNone(re.search(r"\x1b\[", message))
+        self.assertNotIn("Traceback", message)
