@@ -178,8 +178,8 @@ def test_iter0_gpu_request_threads_recorded(sim_small, tmp_path, capsys):
     import json
 
     out = tmp_path / "out"
-    rc, err, stdout = run_refine(capsys, "--particles", sim_small["perturbed_star"], "--out", out, "--iter", "0",
-                                 "--gpu", "0", "--threads", "1")
+    rc, err, stdout = helpers.run_verb(capsys, "refine", "--particles", sim_small["perturbed_star"], "--out", out,
+                                       "--iter", "0", "--gpu", "0", "--threads", "1")  # no --cpu: a GPU asked for
     assert rc == 0, err
     s = json.loads((out / "summary.json").read_text())
     assert s["iterations"] == [] and s["final"]["gmm"] == {} and s["final"]["gmm_pdb"] == {}
