@@ -19,7 +19,7 @@ OPTICS_GROUP_ATTR = "_rlnOpticsGroup"
 # ---- Import formats -----------------------------------------------------------
 IMPORT_FROM_RELION = 0
 IMPORT_FROM_CRYOSPARC = 1
-IMPORT_FORMATS = ["RELION star (3.0 / 3.1 / 5)", "cryoSPARC .cs"]
+IMPORT_FORMATS = ["RELION star (3.0 / 3.1 / 4 / 5)", "cryoSPARC .cs"]
 
 # ---- Export formats -----------------------------------------------------------
 EXPORT_RELION = 0

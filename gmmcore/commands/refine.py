@@ -12,6 +12,7 @@ DIR/summary.json (FSC per iteration, pose changes) and DIR/run.log.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..errors import InputError
@@ -46,10 +47,24 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default=None, help="GPU id to use, e.g. 0 (default: the first GPU TensorFlow sees); "
                                              "only one GPU is used today")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
-    p.add_argument("--new-split", action="store_true", help="make a new random half split when the input has none")
+    p.add_argument("--new-split", action="store_true",
+                   help="make a new random half split when the input has no usable one (none, incomplete, a half "
+                        "with < 10%% of the particles, or an image in both halves); logged in run.log")
     p.add_argument("--seed", type=int, default=0, help="random seed (GMM seeding, new split)")
     p.add_argument("--continue", dest="cont", action="store_true",
                    help="continue the run in --out (re-running the same command does the same)")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--out is a usable folder that holds none of the inputs (the particles star, its stacks, the
+    reference and the mask) — checked before anything is written."""
+    from ..io.stacks import referenced_stacks
+    from ..io.star import read_star
+    from ..safewrite import check_output_path, refuse_overwriting_inputs
+
+    check_output_path(args.out, "--out", folder=True)
+    stacks = referenced_stacks(read_star(args.particles, need_stacks=False))
+    refuse_overwriting_inputs([], [args.particles, args.ref, args.mask] + stacks, out_dir=args.out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("file not found", path=v, field=f"--{name}")
     if args.iterations < 0 or args.batch < 1 or args.chunk < 1 or args.steps < 1:
         raise InputError("--iter must be ≥ 0, --batch, --chunk and --steps ≥ 1")
+    if args.maxres is not None and not (args.maxres > 0 and math.isfinite(args.maxres)):
+        raise InputError(f"must be a positive resolution in Å (got {args.maxres})", field="--maxres")
+    _check_outputs(args)
     explicit = args.prior_angle is not None or args.prior_shift is not None
     if explicit and (args.no_prior or args.ring_weight != "ssnr"):
         raise InputError("a pose prior needs --ring-weight ssnr and no --no-prior", field="--prior-angle")
