@@ -249,69 +249,103 @@ def split_field(table: ParticleTable) -> str:
 MIN_HALF_FRACTION = 0.10
 
 
-def image_keys(names, source=None, field: str = "rlnImageName") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Parse RELION image names ``index@path`` (vectorised): ``(index0, path, bare)``.
+@dataclass(frozen=True)
+class ImageKeys:
+    """Parsed RELION image names ``index@path`` of n particles.
 
-    ``index0`` int64 (0-based; 0 for a bare path), ``path`` object array (stripped, cryoSPARC's
-    leading '>' removed, normalised), ``bare`` bool (the name had no ``index@``).  A bad name (index
-    not a positive integer, empty path) raises :class:`InputError` naming its row."""
+    ``index0`` (n,) int64, 0-based (0 for a bare path); ``path_code`` (n,) int64 into ``paths``,
+    the distinct stack paths (stripped, cryoSPARC's leading '>' removed, normalised) in order of
+    first appearance; ``bare`` (n,) bool: the name had no ``index@``."""
+
+    index0: np.ndarray
+    path_code: np.ndarray
+    paths: list
+    bare: np.ndarray
+
+    def image(self) -> np.ndarray:
+        """(n,) int64: one number per distinct image (same stack and index ⇔ same number)."""
+        return self.path_code * (int(self.index0.max(initial=0)) + 1) + self.index0
+
+
+def image_keys(names, source=None, field: str = "rlnImageName") -> ImageKeys:
+    """Parse RELION image names ``index@path`` (fast: one pass, paths normalised once each).  A bad
+    name (index not a positive integer, empty path) raises :class:`InputError` naming its row."""
     import os
 
-    import pandas as pd
-
-    s = pd.Series(np.asarray(names, dtype=object), dtype=object).astype(str).str.strip()
-    n = len(s)
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, object), np.zeros(0, bool)
-    has_at = s.str.contains("@", regex=False).to_numpy()
-    parts = s.str.split("@", n=1, expand=True)
-    if parts.shape[1] == 1:
-        parts[1] = None
-    idx_txt = parts[0].where(has_at, "1")
-    path = parts[1].where(has_at, s).fillna("")
-    idx = pd.to_numeric(idx_txt, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(idx) | (idx < 1) | (idx != np.round(idx)) | (path.str.len().to_numpy() == 0)
-    if bad.any():
-        r = int(np.flatnonzero(bad)[0])
-        raise InputError(f"row {r + 1}: bad image name {s.iloc[r]!r} (expected index@path, index 1-based)",
-                         path=source, field=field)
-    path = path.str.lstrip(">")
-    norm = {p: os.path.normpath(p) for p in pd.unique(path)}
-    return (idx.astype(np.int64) - 1), path.map(norm).to_numpy(dtype=object), ~has_at
+    raw = np.asarray(names, dtype=object).reshape(-1).tolist()
+    n = len(raw)
+    parts = [str(x).strip().partition("@") for x in raw]
+    bare = np.fromiter((not p[1] for p in parts), dtype=bool, count=n)
+    idx_txt = ["1" if not p[1] else p[0] for p in parts]
+    path_txt = [p[0] if not p[1] else p[2] for p in parts]
+    try:
+        idx = np.array(idx_txt, dtype=object).astype(np.int64) if n else np.zeros(0, np.int64)
+        bad = idx < 1
+    except (ValueError, OverflowError):
+        idx, bad = None, None
+    if bad is None or bad.any() or not all(path_txt):
+        for r in range(n):
+            try:
+                ok = int(idx_txt[r]) >= 1 and bool(path_txt[r])
+            except (ValueError, OverflowError):
+                ok = False
+            if not ok:
+                name = str(raw[r]).strip()
+                raise InputError(f"row {r + 1}: bad image name {name!r} (expected index@path, index 1-based)",
+                                 path=source, field=field)
+    codes: dict = {}
+    paths: list = []
+    code = np.empty(n, dtype=np.int64)
+    for r, p in enumerate(path_txt):
+        c = codes.get(p)
+        if c is None:
+            c = codes[p] = len(paths)
+            paths.append(os.path.normpath(p.lstrip(">")))
+        code[r] = c
+    # raw spellings that normalise to one path ("a//b", "./a/b") share a code
+    uniq = {}
+    remap = np.array([uniq.setdefault(p, len(uniq)) for p in paths], dtype=np.int64)
+    if len(uniq) != len(paths):
+        code = remap[code] if n else code
+        paths = list(uniq)
+    return ImageKeys(idx - 1, code, paths, bare)
 
 
 def check_image_names(names, source=None, field: str = "rlnImageName") -> None:
     """Every name parses, and a name without ``index@`` (a whole single-image file) is used by one
     particle only: several particles naming the same file without an index would all read its first
     image."""
-    import pandas as pd
-
-    _, path, bare = image_keys(names, source, field)
-    if bare.any():
-        shared = pd.Series(path[bare]).duplicated(keep=False).to_numpy()
-        if shared.any():
-            rows = np.flatnonzero(bare)[shared]
-            raise InputError(f"{rows.size} particles name {path[rows[0]]!r} without an image index (rows "
-                             f"{rows[0] + 1} and {rows[1] + 1}, ...): write index@path (1-based) so each particle "
-                             "reads its own image of the stack", path=source, field=field)
+    keys = image_keys(names, source, field)
+    if keys.bare.any():
+        rows = np.flatnonzero(keys.bare)
+        codes = keys.path_code[rows]
+        _, first, counts = np.unique(codes, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            c = codes[first[np.argmax(counts > 1)]]
+            shared = rows[codes == c]
+            raise InputError(f"{shared.size} particles name {keys.paths[c]!r} without an image index (rows "
+                             f"{shared[0] + 1} and {shared[1] + 1}, ...): write index@path (1-based) so each "
+                             "particle reads its own image of the stack", path=source, field=field)
 
 
 def images_in_both_halves(table: ParticleTable) -> Optional[Tuple[str, np.ndarray, int]]:
     """The first image named by particles of both half sets: ``(name, rows, n_images)`` where
     ``rows`` are its rows and ``n_images`` how many images are shared across halves; None if none."""
-    import pandas as pd
-
     half = np.asarray(table.half)
     if len(table) == 0:
         return None
-    index0, path, _ = image_keys(table.image_name, table.source or None)
-    key = pd.Series(path, dtype=object) + "\0" + pd.Series(index0).astype(str)
-    per = pd.DataFrame({"k": key, "h": half}).groupby("k", sort=False)["h"].nunique()
-    shared = per.index[per.to_numpy() > 1]
-    if len(shared) == 0:
+    key = image_keys(table.image_name, table.source or None).image()
+    order = np.argsort(key, kind="stable")
+    ks, hs = key[order], half[order]
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    mixed = np.minimum.reduceat(hs, starts) != np.maximum.reduceat(hs, starts)
+    if not mixed.any():
         return None
-    rows = np.flatnonzero(key.to_numpy() == shared[0])
-    return str(table.image_name[rows[0]]), rows, int(len(shared))
+    shared = ks[starts[mixed]]
+    first_rows = order[starts[mixed]]  # the first row (stable order) of each shared image
+    k = shared[np.argmin(first_rows)]
+    rows = np.flatnonzero(key == k)
+    return str(table.image_name[rows[0]]), rows, int(mixed.sum())
 
 
 @dataclass(frozen=True)
@@ -393,9 +427,7 @@ def assign_split(table: ParticleTable, new_split: bool, seed: int, keep_unusable
     n = len(table)
     if n == 0:
         check_split(table)
-    index0, path, _ = image_keys(table.image_name, table.source or None)
-    key = pd.Series(path, dtype=object) + "\0" + pd.Series(index0).astype(str)
-    inv, uniq = pd.factorize(key)
+    inv, uniq = pd.factorize(image_keys(table.image_name, table.source or None).image())
     m = len(uniq)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(m)

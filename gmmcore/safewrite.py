@@ -134,7 +134,7 @@ def check_output_path(path, field: str = "--out", folder: bool = True) -> Path:
         raise InputError("empty path", field=field)
     p = Path(os.path.abspath(p))
     # walk down from the root: name lengths are checked before a too-long name is ever stat'ed
-    anc, exists = Path(p.parts[0]), True
+    anc, exists, limit = Path(p.parts[0]), True, 255
     for part in p.parts[1:]:
         if exists and not anc.is_dir():
             raise InputError(f"is below {anc}, which is a file, not a folder", path=path, field=field)

@@ -9,9 +9,7 @@ helpers), independently of gmmcore's writers.
 from __future__ import annotations
 
 import json
-import os
 import warnings
-from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -420,8 +418,11 @@ def test_lopsided_split_threshold(tmp_path):
     assert MIN_HALF_FRACTION == 0.10
 
 
-def test_refine_new_split_redoes_one_half_split(sim_small, tmp_path, capsys):
-    """refine: a one-half split is refused (naming --new-split); --new-split redoes it and logs why."""
+def test_refine_new_split_redoes_one_half_split(sim_small, tmp_path, capsys, monkeypatch):
+    """refine: a one-half split is refused (naming --new-split) before anything is written;
+    with --new-split the driver replaces it by a balanced split and logs why.  (The run is stopped
+    where iteration 0 would start: test_refine_cli runs a --new-split refinement end to end.)"""
+    import gmmcore.refine.global_refine as gr
     from gmmcore.io.star import write_star
 
     (tmp_path / "particles.mrcs").symlink_to(sim_small["stack"])
@@ -432,9 +433,28 @@ def test_refine_new_split_redoes_one_half_split(sim_small, tmp_path, capsys):
     rc, err = run(capsys, "refine", "--cpu", "--particles", star, "--out", out, "--iter", "1")
     one_error(rc, err, "refine", star, "rlnRandomSubset", "no particles in half set 1", "use --new-split")
     assert not out.exists()
-    rc, err = run(capsys, "refine", "--cpu", "--particles", star, "--out", out, "--iter", "1", "--new-split",
-                  "--maxres", "12", "--steps", "3")
-    assert rc == 0, err
-    final = read_star(out / "final" / "particles.star")
-    assert sorted(np.bincount(final.half)[1:].tolist()) == [200, 200]
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def start(table, *a, **k):
+        seen["half"] = table.half.copy()
+        raise Stop
+
+    monkeypatch.setattr(gr.loop, "start", start)
+    with pytest.raises(Stop):
+        gr.run_global(gr.RefineParams(particles=str(star), out=str(out), cpu=True, new_split=True, seed=3))
+    assert sorted(np.bincount(seen["half"])[1:].tolist()) == [200, 200]
     assert "new random split" in (out / "run.log").read_text()
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "nan"])
+def test_refine_nonpositive_maxres_refused(tmp_path, capsys, value):
+    P = balanced(random_particles(n=4, seed=76))
+    star = tmp_path / "in.star"
+    star.write_text(star31_text(P))
+    rc, err = run(capsys, "refine", "--cpu", "--particles", star, "--out", tmp_path / "o", "--maxres", value)
+    one_error(rc, err, "refine", "--maxres", "must be a positive resolution")
+    assert not (tmp_path / "o").exists()

@@ -17,7 +17,6 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import mrcfile
 import numpy as np
-import pandas as pd
 
 from ..errors import STACK_ROOT, InputError
 from ..safewrite import _umask
@@ -175,16 +174,12 @@ def locate_image_names(table) -> Tuple[np.ndarray, List[str]]:
     """``(names, missing)``: the table's image names with the stacks that exist made absolute
     (``index@/abs/path``) and the others as given; ``missing`` lists the stack paths not found."""
     loc = table_locator(table)
-    index0, paths, _ = image_keys(table.image_name, table.source or None)
-    cache: Dict[str, Optional[str]] = {}
+    keys = image_keys(table.image_name, table.source or None)
+    found = [loc.find(p) for p in keys.paths]
     raw = [str(nm).strip() for nm in table.image_name]
-    out = []
-    for r, (i, p) in enumerate(zip(index0, paths)):
-        if p not in cache:
-            cache[p] = loc.find(p)
-        hit = cache[p]
-        out.append(raw[r] if hit is None else format_image_name(i, hit))
-    missing = [p for p, hit in cache.items() if hit is None]
+    out = [raw[r] if found[c] is None else f"{i + 1:06d}@{found[c]}"
+           for r, (i, c) in enumerate(zip(keys.index0.tolist(), keys.path_code.tolist()))]
+    missing = [p for p, hit in zip(keys.paths, found) if hit is None]
     return np.asarray(out, dtype=object), missing
 
 
@@ -193,16 +188,14 @@ def resolved_image_names(table) -> np.ndarray:
     :class:`InputError` naming the first missing stack and the folders searched otherwise."""
     names, missing = locate_image_names(table)
     if missing:
-        raise table_locator(table).missing_error(missing[0], len(missing),
-                                                 len(set(image_keys(table.image_name)[1].tolist())))
+        raise table_locator(table).missing_error(missing[0], len(missing), len(image_keys(table.image_name).paths))
     return names
 
 
 def referenced_stacks(table) -> List[str]:
     """The absolute paths of the stacks the table names that exist (inputs an output must not replace)."""
     loc = table_locator(table)
-    _, paths, _ = image_keys(table.image_name, table.source or None)
-    found = (loc.find(p) for p in dict.fromkeys(paths.tolist()))
+    found = (loc.find(p) for p in image_keys(table.image_name, table.source or None).paths)
     return [f for f in found if f is not None]
 
 
@@ -253,11 +246,9 @@ def iter_images(table, indices=None, chunk: int = 20000) -> Iterator[Tuple[np.nd
     star_dir, root = _table_dirs(table)
     src = table.source or None
 
-    index0, row_paths, bare = image_keys(np.asarray(table.image_name)[rows], src)
-    codes, uniq = pd.factorize(pd.Series(row_paths, dtype=object))
-    pid = np.asarray(codes, dtype=np.int64)
-    paths: List[str] = list(uniq)
-    bare_pid = set(pid[bare].tolist())
+    keys = image_keys(np.asarray(table.image_name)[rows], src)
+    index0, pid, paths = keys.index0, keys.path_code, keys.paths
+    bare_pid = set(pid[keys.bare].tolist())
     locator = StackLocator(star_dir, root, src)
     resolved = [locator.resolve(p) for p in paths]
     size = np.asarray(table.image_size)[rows]
