@@ -108,6 +108,12 @@ def _check_args(args) -> None:
         v = getattr(args, name, None)
         if v is not None and not (math.isfinite(v) and v > 0):
             raise InputError(f"must be a positive number (got {v})", field=flag)
+    q = getattr(args, "amp_contrast", None)
+    if q is not None and not (0 <= q < 1):
+        raise InputError(f"must be in [0, 1) (got {q})", field="--amp-contrast")
+    c = getattr(args, "cs_mm", None)
+    if c is not None and not math.isfinite(c):
+        raise InputError(f"must be a number (got {c})", field="--cs-mm")
     if args.stack_root is not None and not Path(args.stack_root).is_dir():
         raise InputError("folder not found", path=args.stack_root, field="--stack-root")
     check_output_path(args.out, "--out", folder=True)

@@ -52,7 +52,7 @@ def run(args) -> int:
     mask = read_map_on_grid(args.mask, box, apix) if args.mask else None
     out = Path(args.out)
     refuse_overwriting_inputs([out / f for f in ("half1.mrc", "half2.mrc", "map.mrc", "summary.json")],
-                              [args.particles, args.mask] + referenced_stacks(table), out_dir=out)
+                              [args.particles, args.mask] + referenced_stacks(table, required=True), out_dir=out)
     with OutputGuard(out):
         halves = reconstruct_halves(table, sym=args.sym, pad=args.pad, chunk=args.chunk, workers=args.workers)
         report = half_map_report(halves[1], halves[2], apix, mask=mask)

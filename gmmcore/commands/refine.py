@@ -57,13 +57,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """--out is a usable folder that holds none of the inputs (the particles star, its stacks, the
-    reference and the mask) — checked before anything is written."""
+    reference and the mask), and every stack is found — checked before anything is written."""
     from ..io.stacks import referenced_stacks
     from ..io.star import read_star
     from ..safewrite import check_output_path, refuse_overwriting_inputs
 
     check_output_path(args.out, "--out", folder=True)
-    stacks = referenced_stacks(read_star(args.particles, need_stacks=False))
+    stacks = referenced_stacks(read_star(args.particles, need_stacks=False), required=True)
     refuse_overwriting_inputs([], [args.particles, args.ref, args.mask] + stacks, out_dir=args.out)
 
 

@@ -119,8 +119,8 @@ class StackLocator:
     def searched(self) -> str:
         """The folders searched, in words (for error messages)."""
         out = []
-        if self.image_root is not None:
-            out.append(f"--stack-root {self.image_root}")
+        if self.image_root is not None and self.image_root != self.star_dir:
+            out.append(f"the stacks folder {self.image_root}")
         if self.star_dir is not None:
             out.append(f"{self.star_dir} and the folders above it")
         out.append(f"the working folder {self.cwd}")
@@ -192,10 +192,16 @@ def resolved_image_names(table) -> np.ndarray:
     return names
 
 
-def referenced_stacks(table) -> List[str]:
-    """The absolute paths of the stacks the table names that exist (inputs an output must not replace)."""
+def referenced_stacks(table, required: bool = False) -> List[str]:
+    """The absolute paths of the stacks the table names (inputs an output must not replace): those
+    that exist, or with ``required`` all of them (else :class:`InputError` naming the first missing
+    one and the folders searched — for verbs that will read the images, before they write)."""
     loc = table_locator(table)
-    found = (loc.find(p) for p in image_keys(table.image_name, table.source or None).paths)
+    paths = image_keys(table.image_name, table.source or None).paths
+    found = [loc.find(p) for p in paths]
+    missing = [p for p, f in zip(paths, found) if f is None]
+    if required and missing:
+        raise loc.missing_error(missing[0], len(missing), len(paths))
     return [f for f in found if f is not None]
 
 
