@@ -107,7 +107,7 @@ def test_kill_after_each_artefact_then_rerun(star, reference, tmp_path, monkeypa
 
 def test_stray_temporaries_removed_and_full_disk_resumable(star, reference, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    # a disk that fills up while iteration 1's poses are written: one line, exit 1, no traceback
+    # a disk that fills up while iteration 1's poses are written: one line, exit 2, no traceback
     real_replace = os.replace
 
     def full_disk(src, dst):
@@ -119,7 +119,7 @@ def test_stray_temporaries_removed_and_full_disk_resumable(star, reference, tmp_
     rc = _refine(star, out)
     monkeypatch.setattr(os, "replace", real_replace)
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and len(err.splitlines()) == 1 and "No space left on device" in err and "Traceback" not in err, err
+    assert rc == 2 and len(err.splitlines()) == 1 and "No space left on device" in err and "Traceback" not in err, err
     # a write in flight when the machine died leaves a temporary; the next run removes it
     stray = out / "iter001" / ".poses.npz.x1y2z3.part.npz"
     stray.write_bytes(b"half-written")

@@ -41,10 +41,14 @@ def _star_reference_rows(table, ref, ref_path) -> np.ndarray:
 def export(particles, fmt: str, out, reference=None) -> Path:
     """Library form of the verb; returns the written path."""
     from ..io.cryosparc import write_cs
+    from ..io.stacks import referenced_stacks
     from ..io.star import read_star, write_star
+    from ..safewrite import check_output_path, refuse_overwriting_inputs
 
-    table = read_star(particles)
+    check_output_path(out, "--out", folder=False)
+    table = read_star(particles, need_stacks=False)
     out = Path(out)
+    refuse_overwriting_inputs([out], [particles, reference] + referenced_stacks(table))
     if fmt == "cryosparc":
         if reference is not None and Path(reference).suffix == ".star":
             raise InputError("--reference for --format cryosparc must be the original .cs", path=reference)
@@ -55,7 +59,7 @@ def export(particles, fmt: str, out, reference=None) -> Path:
         return write_star(table, out)
     if Path(reference).suffix == ".cs":
         from ..io.cryosparc import read_cs
-        ref = read_cs(reference)
+        ref = read_cs(reference, need_stacks=False)
         rows = _star_reference_rows(table, ref, reference)
         ref = ref.subset(rows)
         ref.cs_records = None
@@ -66,7 +70,7 @@ def export(particles, fmt: str, out, reference=None) -> Path:
         except InputError:
             pass
     else:
-        ref = read_star(reference)
+        ref = read_star(reference, need_stacks=False)
         rows = _star_reference_rows(table, ref, reference)
         ref = ref.subset(rows)
     # origins are in Å in both; keep them in Å (same particles, same pixel size)

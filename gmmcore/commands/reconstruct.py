@@ -37,7 +37,8 @@ def run(args) -> int:
     from ..masks import check_mask
     from ..particles import check_geometry, check_split
     from ..reconstruct import reconstruct_halves
-    from ..safewrite import OutputGuard, write_json
+    from ..io.stacks import referenced_stacks
+    from ..safewrite import OutputGuard, check_output_path, refuse_overwriting_inputs, write_json
     from ..symmetry import symmetry_matrices
 
     symmetry_matrices(args.sym)
@@ -47,12 +48,15 @@ def run(args) -> int:
         raise InputError(f"chunk must be >= 1 (got {args.chunk})", field="--chunk")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"must be >= 1 (got {args.workers})", field="--workers")
+    check_output_path(args.out, "--out", folder=True)
     t0 = time.time()
     table = read_star(args.particles)
     box, apix = check_geometry(table)
     rows = check_split(table)
     mask = check_mask(read_map_on_grid(args.mask, box, apix), path=args.mask) if args.mask else None
     out = Path(args.out)
+    refuse_overwriting_inputs([out / f for f in ("half1.mrc", "half2.mrc", "map.mrc", "summary.json")],
+                              [args.particles, args.mask] + referenced_stacks(table, required=True), out_dir=out)
     with OutputGuard(out):
         halves = reconstruct_halves(table, sym=args.sym, pad=args.pad, chunk=args.chunk, workers=args.workers)
         report = half_map_report(halves[1], halves[2], apix, mask=mask)

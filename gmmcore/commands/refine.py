@@ -47,7 +47,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default=None, help="GPU id to use, e.g. 0 (default: the first GPU TensorFlow sees); "
                                              "only one GPU is used today")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
-    p.add_argument("--new-split", action="store_true", help="make a new random half split when the input has none")
+    p.add_argument("--new-split", action="store_true",
+                   help="make a new random half split when the input has no usable one (none, incomplete, a half "
+                        "with < 10%% of the particles, or an image in both halves); logged in run.log")
     p.add_argument("--seed", type=int, default=0, help="random seed (GMM seeding, new split)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads to use (TensorFlow, FFTs, half maps reconstructed in parallel; default: all cores)")
@@ -56,6 +58,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "(π·box/2: the views that fill Fourier space to Nyquist)")
     p.add_argument("--continue", dest="cont", action="store_true",
                    help="continue the run in --out (re-running the same command does the same)")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--out is a usable folder that holds none of the inputs (the particles star, its stacks, the
+    reference and the mask), and every stack is found — checked before anything is written."""
+    from ..io.stacks import referenced_stacks
+    from ..io.star import read_star
+    from ..safewrite import check_output_path, refuse_overwriting_inputs
+
+    check_output_path(args.out, "--out", folder=True)
+    stacks = referenced_stacks(read_star(args.particles, need_stacks=False), required=True)
+    refuse_overwriting_inputs([], [args.particles, args.ref, args.mask] + stacks, out_dir=args.out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         if v and not Path(v).exists():
             raise InputError("file not found", path=v, field=f"--{name}")
     _check_numbers(args)
+    _check_outputs(args)
     explicit = args.prior_angle is not None or args.prior_shift is not None
     if explicit and (args.no_prior or args.ring_weight != "ssnr"):
         raise InputError("a pose prior needs --ring-weight ssnr and no --no-prior", field="--prior-angle")

@@ -119,7 +119,7 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref) -> 
     log.info("gmmcore %s refine: %d particles (half 1: %d, half 2: %d), box %d, %.3f Å/px, %s, device %s",
              __version__, len(table), rows[1].size, rows[2].size, box, apix, p.sym, device)
     if new_split:
-        log.info("NOTE: no usable half-set split in the input: made a new random split (seed %d)", p.seed)
+        log.info("NOTE: %s", table.meta.get("split_note") or f"made a new random half split (seed {p.seed})")
 
     # Only a user's mask may shape the GMMs: the automatic mask is made from both halves and serves
     # the FSC alone, so it must not touch either half's model.
@@ -131,6 +131,8 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref) -> 
                          n_particles={str(h): int(r.size) for h, r in rows.items()},
                          initial=HalfMapReport.from_json(begin.report), directory=str(run.path))
     summary.extra["split"] = "new-random" if new_split else "input"
+    if new_split and table.meta.get("split_note"):
+        summary.extra["split_note"] = table.meta["split_note"]
     if warnings:
         summary.extra["warnings"] = warnings
     state = begin.state

@@ -10,7 +10,8 @@ Layout (``--out DIR``; every file written atomically, the record of a step writt
                                 second, marks the GMM done), align_half{h}_ring_weights.npz,
                                 align_half{h}_chunkNNNN.npz (alignment checkpoints), poses.npz,
                                 half1.mrc, half2.mrc, report.json (last: the iteration is complete)
-    final/                      particles.star, half1.mrc, half2.mrc, map.mrc,
+    final/                      particles.star (image names resolve from final/: absolute paths),
+                                half1.mrc, half2.mrc, map.mrc,
                                 gmm_half{1,2}.gmm.npz/.pdb, pose_changes.npz
     summary.json                :class:`gmmcore.summary.RunSummary`
 
@@ -195,12 +196,15 @@ class RunDir:
         low-passed to the final resolution, the GMMs (.gmm.npz + .pdb) and per-particle pose
         changes from ``start``."""
         from ..fourier import lowpass
+        from ..io.stacks import names_resolving_from
         from ..io.star import write_star
 
         fin = self.path / "final"
         fin.mkdir(exist_ok=True)
         apix = float(table.apix[0])
-        write_star(table.with_poses(state.poses), fin / "particles.star")
+        final = table.with_poses(state.poses)
+        final.image_name = names_resolving_from(table, fin)  # absolute unless the stack is inside final/
+        write_star(final, fin / "particles.star")
         files = FinalFiles(resolution=float(state.resolution_A), resolution_initial=float(initial_resolution))
         for h, m in state.half_maps.items():
             write_map(fin / f"half{h}.mrc", m, apix)

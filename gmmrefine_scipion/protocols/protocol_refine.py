@@ -1,5 +1,4 @@
 """GMM-based global refinement of particle poses (gold standard, one GMM per half set)."""
-import os
 
 import pyworkflow.protocol.params as params
 from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
