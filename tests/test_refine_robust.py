@@ -121,7 +121,7 @@ def test_stray_temporaries_removed_and_full_disk_resumable(star, reference, tmp_
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "No space left on device" in err and "Traceback" not in err, err
     # a write in flight when the machine died leaves a temporary; the next run removes it
-    stray = out / "iter001" / ".poses.npz.x1y2z3.part.npz"
+    stray = out / "iter001" / ".poses.npz.x1y2z3w4.part.npz"  # as safewrite.atomic_path names them
     stray.write_bytes(b"half-written")
     assert _refine(star, out) == 0
     assert not stray.exists()

@@ -110,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
                           cpu=args.cpu, seed=args.seed, new_split=args.new_split, threads=args.threads,
                           force=args.force)
     symmetry_matrices(params.sym)  # validates --sym
-    global_refine.run_global(params)
+    from ..safewrite import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # a stop (SIGTERM, e.g. from Scipion) unwinds: no temporaries left
+        global_refine.run_global(params)
     return 0
 
 

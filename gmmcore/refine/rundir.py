@@ -157,10 +157,13 @@ class RunDir:
         return run
 
     def remove_temporaries(self) -> int:
-        """Delete the ``.NAME.*.part*`` files of writes a kill interrupted; returns how many."""
-        stray = [p for p in self.path.rglob(".*.part*") if p.is_file()]
-        for p in stray:
-            p.unlink(missing_ok=True)
+        """Delete the temporaries of writes a kill interrupted (safewrite's names), in the run
+        directory and its sub-folders; returns how many."""
+        from ..safewrite import remove_stale_temporaries
+
+        stray = []
+        for folder in [self.path] + sorted(p for p in self.path.rglob("*") if p.is_dir()):
+            stray += remove_stale_temporaries(folder)
         if stray:
             log.info("removed %d temporary file(s) left by an interrupted run", len(stray))
         return len(stray)
