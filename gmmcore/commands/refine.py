@@ -132,7 +132,7 @@ def _check_numbers(args) -> None:
     for flag in ("--lr-angle", "--lr-shift", "--minres", "--ref-lowpass"):
         v = getattr(args, flag[2:].replace("-", "_"))
         need(finite(v) and v > 0, flag, "must be a positive number")
-    need(args.maxres is None or (finite(args.maxres) and args.maxres > 0), "--maxres", "must be a positive number of Å")
+    need(args.maxres is None or (finite(args.maxres) and args.maxres > 0), "--maxres", "must be a positive resolution in Å")
     if args.maxres is not None and args.maxres >= args.minres:
         raise InputError(f"--maxres {args.maxres:g} Å must be finer (smaller) than --minres {args.minres:g} Å",
                          field="--maxres")
