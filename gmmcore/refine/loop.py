@@ -103,7 +103,7 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     rows = table.half_rows()
     aligned = HalfPair.build(lambda h: align_particles(
         table, state.poses, rows[h], shaped[h], grid, plan.align, prior=plan.prior,
-        checkpoints=store.checkpoints(h), backend=backend, desc=f"iter {it} half {h}"))
+        checkpoints=store.checkpoints(h), backend=backend, desc=f"iter {it} half {h} alignment"))
     poses = state.poses
     for h, res in aligned.items():
         poses = poses.with_rows(rows[h], res.poses)

@@ -222,13 +222,17 @@ class TestGmmErrors(BaseTest):
 
     def test_failed_import_shows_engine_error(self):
         import re
-        star = self.getOutputPath("missing_stack.star")
+        import shutil
+
+        import mrcfile
         data = simulated_dataset()
-        with open(os.path.join(data, "particles_perturbed.star")) as f:
-            text = f.read()
-        with open(star, "w") as f:
-            f.write(text.replace("@particles.mrcs", "@no_such_stack.mrcs"))
-        prot = self.newProtocol(GmmProtImportParticles, objLabel="gmm import, missing stack",
+        star = self.getOutputPath("nan_image.star")
+        shutil.copy(os.path.join(data, "particles_perturbed.star"), star)
+        stack = self.getOutputPath("particles.mrcs")  # the star names it relative to its folder
+        shutil.copy(os.path.join(data, "particles.mrcs"), stack)
+        with mrcfile.open(stack, mode="r+") as m:
+            m.data[5] = np.nan  # passes the form's checks; the engine finds it while phase flipping
+        prot = self.newProtocol(GmmProtImportParticles, objLabel="gmm import, NaN image",
                                 importFrom=0, starFile=star)
         self.proj.launchProtocol(prot, wait=True)
         self.assertTrue(prot.isFailed())
@@ -237,7 +241,8 @@ class TestGmmErrors(BaseTest):
             engine = f.read().strip()
         self.assertTrue(engine.startswith("gmmcore import: error: ") and len(engine.splitlines()) == 1, engine)
         self.assertEqual(message.strip(), engine.split(": error: ", 1)[1])
-        self.assertIn("no_such_stack.mrcs", message)
+        self.assertIn("NaN", message)
+        self.assertIn("particles.mrcs", message)
         self.assertNotIn("non-zero exit status", message)
         self.assertIsNone(re.search(r"\x1b\[", message))
         self.assertNotIn("Traceback", message)
