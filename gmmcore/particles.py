@@ -382,18 +382,17 @@ class SplitProblem:
         return self.kind in ("empty", "lopsided")
 
 
-def split_problem(table: ParticleTable) -> Optional[SplitProblem]:
-    """None for a usable gold-standard split, else what is wrong with it (the one rule, used by
-    :func:`check_split` and :func:`assign_split`)."""
-    half = np.asarray(table.half)
-    n = len(table)
+def half_counts_problem(n_half1: int, n_half2: int, n_without: int = 0) -> Optional[SplitProblem]:
+    """The counting part of the split rule (what a Scipion form can check from counts alone):
+    None when every particle has a half and each half holds ≥ :data:`MIN_HALF_FRACTION`."""
+    counts = {1: int(n_half1), 2: int(n_half2)}
+    n = counts[1] + counts[2] + int(n_without)
     if n == 0:
         return SplitProblem("none", "no particles")
-    if not (half > 0).any():
+    if n_without == n:
         return SplitProblem("none", "no half-set split in the input")
-    if not np.isin(half, (1, 2)).all():
-        return SplitProblem("partial", f"{int((~np.isin(half, (1, 2))).sum())} particles without a half set")
-    counts = {1: int((half == 1).sum()), 2: int((half == 2).sum())}
+    if n_without:
+        return SplitProblem("partial", f"{int(n_without)} particles without a half set")
     for h in (1, 2):
         if counts[h] == 0:
             return SplitProblem("empty", f"no particles in half set {h} (all {n} in half set {3 - h})")
@@ -401,6 +400,18 @@ def split_problem(table: ParticleTable) -> Optional[SplitProblem]:
     if counts[h] < MIN_HALF_FRACTION * n:
         return SplitProblem("lopsided", f"lopsided half split: half set {h} holds {counts[h]} of {n} particles "
                                         f"({counts[h] / n:.1%}, below {MIN_HALF_FRACTION:.0%})")
+    return None
+
+
+def split_problem(table: ParticleTable) -> Optional[SplitProblem]:
+    """None for a usable gold-standard split, else what is wrong with it (the one rule, used by
+    :func:`check_split` and :func:`assign_split`): :func:`half_counts_problem`, then no image in
+    both halves."""
+    half = np.asarray(table.half)
+    usable = np.isin(half, (1, 2))
+    problem = half_counts_problem(int((half == 1).sum()), int((half == 2).sum()), int((~usable).sum()))
+    if problem is not None:
+        return problem
     shared = images_in_both_halves(table)
     if shared is not None:
         name, rows, k = shared

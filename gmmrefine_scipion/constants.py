@@ -15,6 +15,11 @@ HALF_SET_ATTR = "_rlnRandomSubset"
 HALF_SET_LABEL = "rlnRandomSubset"
 #: Optics group of a particle, as the relion plugin stores it.
 OPTICS_GROUP_ATTR = "_rlnOpticsGroup"
+#: The image a particle was imported from (absolute path, index@path), when gmmcore import wrote a
+#: phase-flipped copy: export can point back at it.
+ORIGINAL_IMAGE_ATTR = "_rlnImageOriginalName"
+#: The micrograph name exactly as the input star had it (the Coordinate keeps only its base name).
+MICROGRAPH_ATTR = "_rlnMicrographName"
 
 # ---- Import formats -----------------------------------------------------------
 IMPORT_FROM_RELION = 0

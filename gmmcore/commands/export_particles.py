@@ -28,6 +28,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["relion", "cryosparc"], required=True, help="output format")
     p.add_argument("--reference", metavar="ORIGINAL", default=None,
                    help="the original star/.cs the particles were imported from (keeps its fields and image names)")
+    p.add_argument("--original-images", action="store_true",
+                   help="without --reference: point rlnImageName at the images the particles were imported from "
+                        "(rlnImageOriginalName, which `gmmcore import` records) instead of its phase-flipped copy")
     p.add_argument("--out", metavar="FILE", required=True, help="output file (.star or .cs)")
 
 
@@ -38,7 +41,26 @@ def _star_reference_rows(table, ref, ref_path) -> np.ndarray:
     return reference_rows(table, ref_names, ref_path, "rlnImageName")
 
 
-def export(particles, fmt: str, out, reference=None) -> Path:
+def to_original_images(table):
+    """The table pointing at the images the particles were imported from (rlnImageOriginalName):
+    a row whose name changes was a phase-flipped copy of a raw original, so the result is marked
+    not phase-flipped; rows of an import that did not copy images keep their names."""
+    df = table.star_particles
+    if df is None or "rlnImageOriginalName" not in getattr(df, "columns", ()):
+        return table, False
+    original = df["rlnImageOriginalName"].astype(str).to_numpy(object)
+    changed = original != np.asarray(table.image_name).astype(str)
+    if not changed.any():
+        return table, False
+    if not changed.all():
+        raise InputError("only some rows have a phase-flipped copy of their image; export them with --reference",
+                         path=table.source or None, field="rlnImageOriginalName")
+    from dataclasses import replace
+
+    return replace(table, image_name=original, phase_flipped=False), True
+
+
+def export(particles, fmt: str, out, reference=None, original_images: bool = False) -> Path:
     """Library form of the verb; returns the written path."""
     from ..io.cryosparc import write_cs
     from ..io.stacks import referenced_stacks
@@ -56,6 +78,11 @@ def export(particles, fmt: str, out, reference=None) -> Path:
     if fmt != "relion":
         raise InputError(f"unknown format {fmt!r}", field="--format")
     if reference is None:
+        if original_images:
+            table, swapped = to_original_images(table)
+            if swapped:
+                print("gmmcore export: rlnImageName points at the original (not phase-flipped) images",
+                      file=sys.stderr)
         return write_star(table, out)
     if Path(reference).suffix == ".cs":
         from ..io.cryosparc import read_cs
@@ -81,6 +108,10 @@ def export(particles, fmt: str, out, reference=None) -> Path:
 
 
 def run(args) -> int:
-    path = export(args.particles, args.format, args.out, reference=args.reference)
+    if args.original_images and args.reference:
+        raise InputError("--reference already points at the original images; leave out --original-images",
+                         field="--original-images")
+    path = export(args.particles, args.format, args.out, reference=args.reference,
+                  original_images=args.original_images)
     print(f"gmmcore export: wrote {path}", file=sys.stderr)
     return 0

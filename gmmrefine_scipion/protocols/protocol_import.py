@@ -121,7 +121,9 @@ class GmmProtImportParticles(GmmProtocolMixin, ProtImport):
         parts = self._createSetOfParticles()
         source = self.csFile.get() if self.importFrom.get() == IMPORT_FROM_CRYOSPARC else self.starFile.get()
         parts.setObjComment("Imported by gmmcore from %s (phase-flipped)" % source)
-        convert.read_particles_star(star, parts, alignType=ALIGN_PROJ, phaseFlipped=True)
+        convert.read_particles_star(star, parts, alignType=ALIGN_PROJ, phaseFlipped=True,
+                                    originalRoot=os.path.dirname(os.path.abspath(source)),
+                                    originalStackRoot=self.stackRoot.get() or None)
         summary = self._importSummary()
         if summary is not None and not summary.phase_flipped:
             parts.setIsPhaseFlipped(False)

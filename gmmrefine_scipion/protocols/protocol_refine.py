@@ -6,6 +6,8 @@ from pwem.constants import ALIGN_PROJ
 from pwem.objects import AtomStruct, SetOfFSCs, SetOfParticles, Volume
 from pwem.protocols import ProtRefine3D
 
+from gmmcore.particles import half_counts_problem
+
 from gmmrefine_scipion import Plugin, convert
 from gmmrefine_scipion.constants import HALF_SET_ATTR, INPUT_STAR, REFINE_DIR, SYMMETRY_HELP
 from .protocol_base import GmmProtRunBase, validateSymmetry
@@ -181,10 +183,11 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
                               % HALF_SET_ATTR)
             else:
                 counts = self._halfCounts(parts)
-                if counts.get(None) or not counts.get(1) or not counts.get(2):
-                    errors.append("Half sets are incomplete (half 1: %s, half 2: %s, none: %s). "
-                                  "Set 'Make a new random half split?' to Yes to redo them."
-                                  % (counts.get(1, 0), counts.get(2, 0), counts.get(None, 0)))
+                problem = half_counts_problem(counts.get(1, 0), counts.get(2, 0), counts.get(None, 0))
+                if problem is not None:
+                    errors.append("Half sets: %s (half 1: %s, half 2: %s, none: %s). Set 'Make a new random "
+                                  "half split?' to Yes to redo them." % (problem.message, counts.get(1, 0),
+                                                                         counts.get(2, 0), counts.get(None, 0)))
         if self.initialVolume.get() is not None:
             vdim = self.initialVolume.get().getXDim()
             if vdim and first is not None and vdim != first.getXDim():

@@ -156,6 +156,19 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
         ang_ref, _ = convert.pose_errors(refine.outputParticles, self.true_star)
         self.assertAlmostEqual(float(np.median(ang)), float(np.median(ang_ref)), places=2)
         self.assertEqual(len(np.load(cs)), SIM["n"])
+
+        # without the original star: still the original (raw, not phase-flipped) images
+        plain = self.newProtocol(GmmProtExportParticles, objLabel="gmm export, no reference", exportFormat=0,
+                                 baseName="plain")
+        plain.inputParticles.set(refine)
+        plain.inputParticles.setExtended("outputParticles")
+        self.launchProtocol(plain)
+        exported = read_star(plain._getExtraPath("plain.star"))
+        original_stack = os.path.realpath(os.path.join(self.data, "particles.mrcs"))
+        self.assertFalse(exported.phase_flipped)
+        self.assertEqual({os.path.realpath(str(n).split("@", 1)[1]) for n in exported.image_name}, {original_stack})
+        ang, _ = convert.pose_errors(plain._getExtraPath("plain.star"), self.true_star)
+        self.assertAlmostEqual(float(np.median(ang)), float(np.median(ang_ref)), places=2)
         self.assert_engine_quality(problems)
 
 
