@@ -106,7 +106,7 @@ def _spec_cluster(names: List[str], envs: List[dict]):
     workers = {name: {"cls": Nanny, "options": {"nthreads": 1, "name": name, "env": env, "memory_limit": 0,
                                                 "silence_logs": logging.ERROR}}
                for name, env in zip(names, envs)}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None, "host": "127.0.0.1"}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard": False, "host": "127.0.0.1"}}
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
 
@@ -138,10 +138,13 @@ def jobqueue_cluster(o: ExecutionOptions):
     mem = _scale_memory(o.worker_memory, procs)
     prologue = [f"export {GPUS_PER_JOB_ENV}={g}"] + list(o.worker_setup)
     directives = list(o.job_options)
-    kw = dict(cores=cores, processes=procs, memory=mem, walltime=o.walltime, queue=o.queue,
+    # one Dask thread per worker process (one unit at a time per GPU); the cores are for the array
+    # library and image reading, requested from the batch system directly
+    kw = dict(cores=procs, processes=procs, memory=mem, walltime=o.walltime, queue=o.queue,
               python=o.python or sys.executable, job_script_prologue=prologue, log_directory=o.log_directory,
-              job_name="gmmcore", worker_extra_args=["--nthreads", "1"])
+              job_name="gmmcore")
     if o.cluster == "slurm":
+        kw["job_cpu"] = cores
         if g:
             directives.append(f"--gres=gpu:{g}")
         cls = dask_jobqueue.SLURMCluster
@@ -182,7 +185,8 @@ def open_executor(o: ExecutionOptions, log: Optional[logging.Logger] = None):
         return DaskExecutor(client, setup, description=f"Dask scheduler {o.scheduler}", log=log)
     if o.cluster:
         cluster = jobqueue_cluster(o)
-        cluster.scale(jobs=int(o.workers))
+        # adaptive with minimum = maximum: a job that dies (wall time, node failure) is replaced
+        cluster.adapt(minimum_jobs=int(o.workers), maximum_jobs=int(o.workers))
         client = Client(cluster)
         n = int(o.workers) * max(1, o.worker_gpus)
         desc = (f"{o.cluster.upper()} through dask-jobqueue: {o.workers} job(s) × {max(1, o.worker_gpus)} worker(s)"

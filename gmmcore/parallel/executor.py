@@ -98,22 +98,28 @@ def local_executor() -> LocalExecutor:
 # Dask
 
 
+def _timed(label, fn, *args):
+    from .worker import worker_name
+
+    started, t0 = time.time(), time.perf_counter()
+    r = fn(*args)
+    return r, UnitInfo(label, worker_name(), "", time.perf_counter() - t0, started, time.time())
+
+
 def _combine_pair(combine, a, b):
-    """Worker side of one reduction step: ((result, [infos]), (result, [infos])) → combined."""
-    t0 = time.perf_counter()
-    r = combine(a[0], b[0])
-    return r, a[1] + b[1], a[2] + b[2] + (time.perf_counter() - t0)
+    """Worker side of one reduction step: (result, [infos]) × 2 → (combined, infos + this step's)."""
+    r, info = _timed("add partial results", combine, a[0], b[0])
+    return r, a[1] + b[1] + [info]
 
 
 def _as_reducible(pair):
     r, info = pair
-    return r, [info], 0.0
+    return r, [info]
 
 
 def _finish(finish, acc):
-    t0 = time.perf_counter()
-    r = finish(acc[0]) if finish is not None else acc[0]
-    return r, acc[1], acc[2] + (time.perf_counter() - t0)
+    r, info = _timed("finish", finish, acc[0]) if finish is not None else (acc[0], None)
+    return r, acc[1] + ([info] if info else [])
 
 
 def _lost_errors():
@@ -147,7 +153,9 @@ class DaskExecutor(_Base):
         self._expected = expected_workers
         self._description = description
         self.log = log or logging.getLogger("gmmcore.parallel")
-        self.stats: List[dict] = []  # per unit: label, worker, device, seconds, wall (submit → result here)
+        # per unit (and reduction step): label, worker, device, compute seconds; epoch times submitted
+        # (here), started / finished (worker), received (here)
+        self.stats: List[dict] = []
 
     @property
     def workers(self) -> int:
@@ -172,7 +180,7 @@ class DaskExecutor(_Base):
         if not units:
             return []
         token = uuid.uuid4().hex[:8]
-        t_submit = time.perf_counter()
+        t_submit = time.time()
         futures = [self._submit(u, token, i) for i, u in enumerate(units)]
         where = {f.key: i for i, f in enumerate(futures)}
         out: List[Any] = [None] * len(units)
@@ -180,7 +188,7 @@ class DaskExecutor(_Base):
             for fut, (result, info) in as_completed(futures, with_results=True):
                 i = where[fut.key]
                 out[i] = result
-                self._record(info, time.perf_counter() - t_submit)
+                self._record(info, t_submit)
                 if on_done is not None:
                     on_done(i, result, info)
                 fut.release()
@@ -200,7 +208,7 @@ class DaskExecutor(_Base):
         if any(not units for units in groups):
             raise ValueError("map_reduce of an empty group")
         token = uuid.uuid4().hex[:8]
-        t_submit = time.perf_counter()
+        t_submit = time.time()
         tops = []
         for g, units in enumerate(groups):
             level = [self.client.submit(_as_reducible, self._submit(u, f"{token}-{g}", i),
@@ -217,12 +225,9 @@ class DaskExecutor(_Base):
         out = []
         try:
             for units, fut in zip(groups, tops):
-                result, infos, reduce_s = fut.result()
-                wall = time.perf_counter() - t_submit
+                result, infos = fut.result()
                 for info in infos:
-                    self._record(info, wall)
-                self.stats.append({"label": f"add + finish of {len(units)} partial results", "worker": "",
-                                   "device": "", "seconds": reduce_s, "wall": wall})
+                    self._record(info, t_submit, log=not info.label.startswith(("add ", "finish")))
                 out.append(result)
                 fut.release()
         except _lost_errors() as exc:
@@ -230,10 +235,12 @@ class DaskExecutor(_Base):
                                "continue from the checkpoints") from exc
         return out
 
-    def _record(self, info: UnitInfo, wall: float) -> None:
+    def _record(self, info: UnitInfo, submitted: float, log: bool = True) -> None:
         self.stats.append({"label": info.label, "worker": info.worker, "device": info.device,
-                           "seconds": info.seconds, "wall": wall})
-        self.log.info("    %s: worker %s (%s), %.1f s", info.label, info.worker, info.device, info.seconds)
+                           "seconds": info.seconds, "submitted": submitted, "started": info.started,
+                           "finished": info.finished, "received": time.time()})
+        if log:
+            self.log.info("    %s: worker %s (%s), %.1f s", info.label, info.worker, info.device, info.seconds)
 
     def close(self) -> None:
         try:

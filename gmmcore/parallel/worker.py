@@ -38,12 +38,15 @@ class WorkerSetup:
 @dataclass
 class UnitInfo:
     """Where and how long one unit ran: ``worker`` name, its ``device`` line, compute ``seconds``
-    inside the worker (transfers excluded)."""
+    inside the worker (transfers excluded), ``started`` / ``finished`` (epoch seconds, the worker's
+    clock)."""
 
     label: str
     worker: str
     device: str
     seconds: float
+    started: float = 0.0
+    finished: float = 0.0
 
 
 _DEVICE: Optional[str] = None
@@ -90,9 +93,9 @@ def run_unit(fn: Callable[..., Any], args: tuple, kwargs: dict, setup: Optional[
     """Worker side of a unit: device ready (unless ``setup`` is None: a unit that uses no device),
     then ``fn(*args, **kwargs)`` timed → (result, info)."""
     device = ensure_device(setup) if setup is not None else (_DEVICE or "no device needed")
-    t0 = time.perf_counter()
+    started, t0 = time.time(), time.perf_counter()
     result = fn(*args, **kwargs)
-    return result, UnitInfo(label, worker_name(), device, time.perf_counter() - t0)
+    return result, UnitInfo(label, worker_name(), device, time.perf_counter() - t0, started, time.time())
 
 
 # ------------------------------------------------------------------------------------------------
