@@ -8,6 +8,8 @@ particles → 16 alignment chunks, 16 reconstruction parts):
   (CC > 0.99999); both workers did alignment chunks.
 * ``test_worker_killed_mid_chunk``: one worker is killed (SIGKILL) while it aligns a chunk; the
   run finishes with the same result, and no finished chunk was written twice.
+* ``test_scheduler_lost_rerun_continues``: the cluster disappears during alignment → one-line error
+  (exit 3); re-running the command continues from the saved chunks to the same result.
 * ``test_multi_gpu_simulated``: ``--gpu 0,1`` on a machine without GPUs: one worker process per
   "GPU" (each sees only CUDA_VISIBLE_DEVICES=its id and falls back to its CPU); same result; the
   log names the GPU worker of every chunk.
@@ -145,6 +147,42 @@ def test_worker_killed_mid_chunk(sim_small, reference, local_cluster, tmp_path):
     for f in files:
         st = f.stat()
         assert killer.first_seen.get(f.name) == (st.st_ino, st.st_mtime_ns), f.name
+
+
+def test_scheduler_lost_rerun_continues(sim_small, reference, tmp_path, capsys):
+    """The whole Dask cluster disappears during alignment: the command stops with one line (exit 3);
+    re-running it (here in-process) continues from the chunks already saved and ends with the same
+    result."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    out = tmp_path / "run"
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=0)
+    closed = {}
+
+    def close_when_chunks_saved():
+        deadline = time.time() + 600
+        while time.time() < deadline and len(list(out.glob("iter001/align_half*_chunk*.npz"))) < 2:
+            time.sleep(0.1)
+        closed["saved"] = {f.name: (f.stat().st_ino, f.stat().st_mtime_ns)
+                           for f in out.glob("iter001/align_half*_chunk*.npz")}
+        cluster.close()
+
+    t = threading.Thread(target=close_when_chunks_saved, daemon=True)
+    t.start()
+    with dask.config.set({"distributed.comm.timeouts.connect": "5s"}):
+        rc = refine(sim_small["perturbed_star"], out, "--cpu", "--dask-scheduler", cluster.scheduler_address)
+    t.join(60)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3 and "re-run the same command" in err[-1], (rc, err[-3:])
+    saved = closed["saved"]
+    assert 2 <= len(saved) < 16 and not (out / "iter001" / "report.json").exists()
+
+    assert refine(sim_small["perturbed_star"], out, "--cpu") == 0
+    assert_same_result(reference, out)
+    for name, ident in saved.items():  # the chunks done before the loss were reused, not redone
+        f = out / "iter001" / name
+        assert (f.stat().st_ino, f.stat().st_mtime_ns) == ident, name
 
 
 def test_multi_gpu_simulated(sim_small, reference, tmp_path):

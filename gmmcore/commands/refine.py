@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from . import execution
+from ..parallel import flags as execution
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

@@ -181,7 +181,7 @@ def open_executor(o: ExecutionOptions, log: Optional[logging.Logger] = None):
 
     setup = WorkerSetup(backend=o.backend, cpu_only=bool(o.cpu))
     if o.scheduler:
-        client = Client(o.scheduler, timeout="60s")
+        client = Client(o.scheduler)  # connect timeout: Dask's config (distributed.comm.timeouts.connect)
         return DaskExecutor(client, setup, description=f"Dask scheduler {o.scheduler}", log=log)
     if o.cluster:
         cluster = jobqueue_cluster(o)

@@ -1,4 +1,6 @@
-"""The command-line flags of where a run executes (shared by the refinement verbs; not a verb).
+"""The command-line flags of where a run executes, shared by the refinement verbs (global, focused,
+patch): a verb calls ``configure_parser(p)`` in its own ``configure_parser`` and
+``execution_options(args, gpus, out)`` in its ``run``.
 
 ``configure_parser(p)`` adds ``--workers``, ``--dask-scheduler``, ``--cluster`` and the batch-job
 flags; :func:`execution_options` turns them (with ``--gpu`` / ``--cpu``) into
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import InputError
+from .clusters import ExecutionOptions
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -53,8 +56,6 @@ def parse_gpus(text: Optional[str]) -> Optional[List[int]]:
 
 def execution_options(args: argparse.Namespace, gpus: Optional[List[int]], out: Path):
     """The ExecutionOptions of the parsed flags (checked: contradictions → InputError)."""
-    from ..parallel.clusters import ExecutionOptions
-
     o = ExecutionOptions(gpus=gpus, cpu=bool(getattr(args, "cpu", False)), workers=args.workers,
                          scheduler=args.dask_scheduler, cluster=args.cluster, worker_gpus=args.worker_gpus,
                          worker_cores=args.worker_cores, worker_memory=args.worker_memory, queue=args.queue,
