@@ -18,7 +18,8 @@ computing.  Poses are compared with the in-process run.
 
 Part 2 — per-unit costs at the paper's scale that need no GPU (box 196): reconstruction insertion
 time per particle, the bytes and add time of one partial sum, the finish (gridding correction and
-inversion), the FSC report, and Dask's per-unit latency and loopback bandwidth on this machine.
+inversion), the FSC report — as CPU time of the process (the cost on a core of its own: this
+machine is shared) and wall time — and Dask's per-unit latency and loopback bandwidth here.
 
 Part 3 — the model (README): expected iteration time for N nodes × G GPUs at 400,000 particles,
 box 196, 3 Å, from the figures above and the paper's single-GPU alignment speed.
@@ -80,6 +81,7 @@ def communication(stats, calls, n_workers):
     for c in calls:
         units = [s for s in stats if c["t0"] - 1e-3 <= s["submitted"] <= c["t1"]]
         compute = sum(s["seconds"] for s in units)
+        cpu = sum(s.get("cpu_seconds", 0.0) for s in units)
         if c["kind"] == "partial_sums":  # the reduction tree: wall not spent computing on the busiest worker
             busy = {}
             for s in units:
@@ -91,9 +93,11 @@ def communication(stats, calls, n_workers):
                 ready = max(s["submitted"], last.get(s["worker"], 0.0))
                 comm += max(0.0, s["started"] - ready) + max(0.0, s["received"] - s["finished"])
                 last[s["worker"]] = s["finished"]
-        k = by_kind.setdefault(c["kind"], {"wall": 0.0, "compute": 0.0, "communication": 0.0, "units": 0})
+        k = by_kind.setdefault(c["kind"], {"wall": 0.0, "compute": 0.0, "cpu": 0.0, "communication": 0.0,
+                                           "units": 0})
         k["wall"] += c["t1"] - c["t0"]
         k["compute"] += compute
+        k["cpu"] += cpu
         k["communication"] += comm
         k["units"] += len(units)
     return by_kind
@@ -206,23 +210,23 @@ def paper_scale_costs(args) -> dict:
                   2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
                   2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], axis=1).reshape(n, 3, 3)
     ctf = CTFParams.constant(n, defocus=15000.0)
+    # CPU time of this process (what the step costs on a core of its own; this machine is shared)
+    # and wall time
+    def timed(f, *a):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = f(*a)
+        return out, time.process_time() - c0, time.perf_counter() - t0
+
     rec = Reconstructor(box, apix, pad=2)
-    t0 = time.perf_counter()
-    rec.insert(imgs, R, np.zeros((n, 2)), ctf, phase_flipped=True)
-    insert_s = (time.perf_counter() - t0) / n
+    _, insert_cpu, insert_wall = timed(rec.insert, imgs, R, np.zeros((n, 2)), ctf, True)
     partial_bytes = rec.data.nbytes + rec.weight.nbytes
-    t0 = time.perf_counter()
-    both = added(rec, rec)
-    add_s = time.perf_counter() - t0
+    both, add_cpu, add_wall = timed(added, rec, rec)
     del both
-    t0 = time.perf_counter()
-    vol = rec.finish()
-    finish_s = time.perf_counter() - t0
+    vol, finish_cpu, finish_wall = timed(rec.finish)
     del rec
     mask = soft_sphere_mask(box, box * 0.4, 5)
-    t0 = time.perf_counter()
-    half_map_report(vol, vol + rng.normal(size=vol.shape).astype(np.float32), apix, mask)
-    fsc_s = time.perf_counter() - t0
+    _, fsc_cpu, fsc_wall = timed(half_map_report, vol, vol + rng.normal(size=vol.shape).astype(np.float32), apix, mask)
+    load = os.getloadavg()[0]
 
     # Dask here: per-unit latency (a no-op round trip) and loopback bandwidth worker → here
     from dask.distributed import Client, LocalCluster
@@ -241,9 +245,11 @@ def paper_scale_costs(args) -> dict:
         t0 = time.perf_counter()
         fut.result()
         bandwidth = size / (time.perf_counter() - t0)
-    return {"box": box, "pad": 2, "recon_insert_s_per_particle_one_core": insert_s, "recon_particles_timed": n,
-            "partial_sum_bytes": partial_bytes, "partial_add_s": add_s, "recon_finish_s": finish_s,
-            "fsc_report_s": fsc_s, "dask_unit_latency_s": latency, "dask_loopback_bytes_per_s": bandwidth}
+    return {"box": box, "pad": 2, "recon_particles_timed": n, "load_average_1min": load,
+            "recon_insert_s_per_particle_one_core": insert_cpu / n, "recon_insert_wall_s_per_particle": insert_wall / n,
+            "partial_sum_bytes": partial_bytes, "partial_add_s": add_cpu, "partial_add_wall_s": add_wall,
+            "recon_finish_s": finish_cpu, "recon_finish_wall_s": finish_wall, "fsc_report_s": fsc_cpu,
+            "fsc_report_wall_s": fsc_wall, "dask_unit_latency_s": latency, "dask_loopback_bytes_per_s": bandwidth}
 
 
 def model(costs: dict, arg_bytes_per_particle: float, network_Bps: float = 1.25e9) -> dict:

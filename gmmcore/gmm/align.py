@@ -230,9 +230,9 @@ def align_sets(sets, table: ParticleTable, start: Poses, grid: FourierGrid, sett
     be_name = (backend or get_backend()).name
     prior = start if prior is None else prior
     sets = [replace(s, rows=np.asarray(s.rows, dtype=np.int64)) for s in sets]
-    # table rows travel without the star pass-through and with absolute image paths (a worker's
-    # working directory is not ours)
-    lean = table if ex.in_process else worker_table(table)
+    # units carry their rows without the star pass-through columns, and to other processes with
+    # absolute image paths (a worker's working directory is not ours)
+    lean = replace(table, star_particles=None, cs_records=None) if ex.in_process else worker_table(table)
 
     samples = [_weight_sample(s.rows, settings) for s in sets]
     weights = ex.run([Unit(f"{s.label} ring weights", ring_weight_unit,

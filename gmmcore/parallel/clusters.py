@@ -118,13 +118,12 @@ def local_gpu_cluster(gpus: List[int]):
     return _spec_cluster(names, envs)
 
 
-def local_cpu_cluster(n: int, threads: Optional[int] = None):
+def local_cpu_cluster(n: int):
     """``n`` Dask worker processes on this node's CPUs (names cpu<i>); no GPU visible to them.
-    ``threads``: array-library threads per worker (default: the cores shared out)."""
-    t = threads or max(1, (os.cpu_count() or 1) // n)
+    Each keeps the array library's default thread count: limiting it would change how float sums
+    are split (measured: poses 4e-5° from the single-process run with 1 thread instead of 2)."""
     names = [f"cpu{i}" for i in range(n)]
-    envs = [{"CUDA_VISIBLE_DEVICES": "", WORKER_NAME_ENV: name, "OMP_NUM_THREADS": str(t),
-             "TF_NUM_INTRAOP_THREADS": str(t), "TF_NUM_INTEROP_THREADS": "1"} for name in names]
+    envs = [{"CUDA_VISIBLE_DEVICES": "", WORKER_NAME_ENV: name} for name in names]
     return _spec_cluster(names, envs)
 
 

@@ -101,9 +101,10 @@ def local_executor() -> LocalExecutor:
 def _timed(label, fn, *args):
     from .worker import worker_name
 
-    started, t0 = time.time(), time.perf_counter()
+    started, t0, c0 = time.time(), time.perf_counter(), time.process_time()
     r = fn(*args)
-    return r, UnitInfo(label, worker_name(), "", time.perf_counter() - t0, started, time.time())
+    return r, UnitInfo(label, worker_name(), "", time.perf_counter() - t0, started, time.time(),
+                       time.process_time() - c0)
 
 
 def _combine_pair(combine, a, b):
@@ -237,7 +238,8 @@ class DaskExecutor(_Base):
 
     def _record(self, info: UnitInfo, submitted: float, log: bool = True) -> None:
         self.stats.append({"label": info.label, "worker": info.worker, "device": info.device,
-                           "seconds": info.seconds, "submitted": submitted, "started": info.started,
+                           "seconds": info.seconds, "cpu_seconds": info.cpu_seconds, "submitted": submitted,
+                           "started": info.started,
                            "finished": info.finished, "received": time.time()})
         if log:
             self.log.info("    %s: worker %s (%s), %.1f s", info.label, info.worker, info.device, info.seconds)

@@ -39,7 +39,7 @@ class WorkerSetup:
 class UnitInfo:
     """Where and how long one unit ran: ``worker`` name, its ``device`` line, compute ``seconds``
     inside the worker (transfers excluded), ``started`` / ``finished`` (epoch seconds, the worker's
-    clock)."""
+    clock), ``cpu_seconds`` (CPU time of the worker process meanwhile, all threads)."""
 
     label: str
     worker: str
@@ -47,6 +47,7 @@ class UnitInfo:
     seconds: float
     started: float = 0.0
     finished: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 _DEVICE: Optional[str] = None
@@ -93,9 +94,10 @@ def run_unit(fn: Callable[..., Any], args: tuple, kwargs: dict, setup: Optional[
     """Worker side of a unit: device ready (unless ``setup`` is None: a unit that uses no device),
     then ``fn(*args, **kwargs)`` timed → (result, info)."""
     device = ensure_device(setup) if setup is not None else (_DEVICE or "no device needed")
-    started, t0 = time.time(), time.perf_counter()
+    started, t0, c0 = time.time(), time.perf_counter(), time.process_time()
     result = fn(*args, **kwargs)
-    return result, UnitInfo(label, worker_name(), device, time.perf_counter() - t0, started, time.time())
+    return result, UnitInfo(label, worker_name(), device, time.perf_counter() - t0, started, time.time(),
+                            time.process_time() - c0)
 
 
 # ------------------------------------------------------------------------------------------------
