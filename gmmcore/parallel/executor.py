@@ -186,7 +186,10 @@ class DaskExecutor(_Base):
         where = {f.key: i for i, f in enumerate(futures)}
         out: List[Any] = [None] * len(units)
         try:
-            for fut, (result, info) in as_completed(futures, with_results=True):
+            for fut, got in as_completed(futures, with_results=True):
+                if isinstance(got, BaseException):  # a cancelled future comes back as its exception
+                    raise got
+                result, info = got
                 i = where[fut.key]
                 out[i] = result
                 self._record(info, t_submit)
