@@ -252,8 +252,9 @@ def paper_scale_costs(args) -> dict:
             "fsc_report_wall_s": fsc_wall, "dask_unit_latency_s": latency, "dask_loopback_bytes_per_s": bandwidth}
 
 
-def model(costs: dict, arg_bytes_per_particle: float, network_Bps: float = 1.25e9) -> dict:
-    """Expected seconds per iteration for N nodes × G GPUs at the paper's scale (see README)."""
+def model(costs: dict, arg_bytes_per_particle: float, compile_s: float, network_Bps: float = 1.25e9) -> dict:
+    """Expected seconds per iteration for N nodes × G GPUs at the paper's scale (see README).
+    ``compile_s``: compiling the pose optimiser, once per worker and half (measured here on CPU)."""
     P = PAPER["particles"]
     t_align = PAPER["hours_per_iteration_one_gpu"] * 3600 / P  # s per particle per GPU (upper bound)
     t_rec = costs["recon_insert_s_per_particle_one_core"]
@@ -275,8 +276,10 @@ def model(costs: dict, arg_bytes_per_particle: float, network_Bps: float = 1.25e
             # communication of alignment units: particle rows out, poses back, per-unit latency
             comm_align = rounds * (chunk * (arg_bytes_per_particle + 13 * 8) / bw + costs["dask_unit_latency_s"])
             driver = costs["fsc_report_s"]
-            total = align + rec + reduce_ + comm_align + driver
+            compile_ = 2 * compile_s  # every worker may compile for both halves
+            total = align + compile_ + rec + reduce_ + comm_align + driver
             out.append({"nodes": N, "gpus_per_node": G, "workers": W, "chunk": chunk, "alignment_s": align,
+                        "compile_s": compile_,
                         "reconstruction_s": rec, "reduction_and_finish_s": reduce_,
                         "alignment_communication_s": comm_align, "driver_s": driver, "total_s": total,
                         "total_h": total / 3600, "speedup_vs_1_gpu": None})
@@ -284,9 +287,17 @@ def model(costs: dict, arg_bytes_per_particle: float, network_Bps: float = 1.25e
     for e in out:
         e["speedup_vs_1_gpu"] = one / e["total_s"]
     return {"assumptions": {"alignment_s_per_particle_per_gpu": t_align, "network_bytes_per_s_between_nodes": network_Bps,
+                            "compile_s_per_worker_and_half": compile_s,
                             "gmm_fit": "not included: one fit per half, the two in parallel, a fixed cost F per "
                                        "iteration independent of N and G (not measurable here without a GPU)"},
             "grid": out}
+
+
+def _compile_s(part1: dict) -> float:
+    """The optimiser's compile time measured with one worker (the first chunk of a half minus the
+    steady per-particle time)."""
+    one = [r for r in part1["runs"] if r["workers"] == 1]
+    return float(one[0]["align_first_chunk_extra_s_mean"]) if one else 0.0
 
 
 def main():
@@ -301,7 +312,15 @@ def main():
     ap.add_argument("--recon-particles", type=int, default=40)
     ap.add_argument("--latency-tasks", type=int, default=50)
     ap.add_argument("--out", default=str(HERE / "results" / "bench_scale.json"))
+    ap.add_argument("--model-only", action="store_true", help="recompute the model of an existing --out")
     args = ap.parse_args()
+    if args.model_only:
+        result = json.loads(Path(args.out).read_text())
+        result["model"] = model(result["paper_scale_unit_costs"], result["measured"]["chunk_arg_bytes_per_particle"],
+                                _compile_s(result["measured"]))
+        Path(args.out).write_text(json.dumps(result, indent=1, default=float))
+        print(json.dumps(result["model"]["assumptions"], indent=1))
+        return
     import tensorflow as tf
 
     work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
@@ -316,7 +335,7 @@ def main():
                     "dask": __import__("dask").__version__, "device": "CPU only (no GPU on this machine)",
                     "load_average_at_end": os.getloadavg()},
         "measured": part1, "paper_scale_unit_costs": part2, "paper": PAPER,
-        "model": model(part2, part1["chunk_arg_bytes_per_particle"]),
+        "model": model(part2, part1["chunk_arg_bytes_per_particle"], _compile_s(part1)),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, default=float))

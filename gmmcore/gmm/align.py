@@ -1,8 +1,10 @@
-"""Streamed local pose refinement of particles against a GMM (one half set at a time).
+"""Streamed local pose refinement of particles against a GMM (each half set against its own).
 
 Particles are read in chunks (memory does not grow with the dataset); each finished chunk is saved
 through a :class:`ChunkCheckpoints` so a killed run resumes at the chunk that was in flight.  Raw
 (not phase-flipped) particles are flipped on the fly by multiplying their transform by sign(CTF).
+Each chunk is one work unit (:func:`align_chunk`) that an executor (:mod:`gmmcore.parallel`) runs
+here or on another process/GPU/node; a chunk's result depends only on its particles.
 
 The optimiser itself is the backend's (:meth:`gmmcore.backend.Backend.pose_optimizer`); this
 module batches particles for it (fixed, padded batch size so one compilation serves a run) and
