@@ -267,6 +267,7 @@ def test_job_worker_takes_its_own_gpu(monkeypatch):
     (["--gpu", "0,1", "--cpu"], "--gpu"),
     (["--gpu", "0,1", "--cluster", "slurm", "--workers", "2"], "--gpu"),
     (["--gpu", "0,0"], "--gpu"),
+    (["--gpu", "0", "--workers", "2"], "--workers"),
 ])
 def test_contradictory_flags(sim_small, tmp_path, capsys, argv, field):
     out = tmp_path / "run"

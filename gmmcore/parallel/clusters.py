@@ -78,6 +78,9 @@ class ExecutionOptions:
                              "worker its GPUs (use --worker-gpus)", field="--gpu")
         if multi and self.cpu:
             raise InputError("--cpu and several --gpu ids contradict each other", field="--gpu")
+        if self.gpus is not None and len(self.gpus) == 1 and self.workers and not self.cluster:
+            raise InputError("--workers alone starts CPU worker processes; for GPU workers list the GPUs "
+                             "(--gpu 0,1,...: one worker each)", field="--workers")
         if multi and self.workers and self.workers != len(self.gpus):
             raise InputError(f"--gpu lists {len(self.gpus)} GPUs (one worker each) but --workers is {self.workers}",
                              field="--workers")
