@@ -231,7 +231,7 @@ def paper_scale_costs(args) -> dict:
     # Dask here: per-unit latency (a no-op round trip) and loopback bandwidth worker → here
     from dask.distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, Client(cl) as c:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, Client(cl) as c:
         c.submit(int, 0, pure=False).result()
         t0 = time.perf_counter()
         for i in range(args.latency_tasks):

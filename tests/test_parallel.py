@@ -58,7 +58,7 @@ def reference(sim_small, tmp_path_factory):
 def local_cluster():
     from dask.distributed import LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                            memory_limit=0)
     yield cluster
     cluster.close()
@@ -174,7 +174,7 @@ def test_scheduler_lost_rerun_continues(sim_small, reference, tmp_path, capsys):
     from dask.distributed import LocalCluster
 
     out = seeded_run(reference, tmp_path / "run")
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=0)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit=0)
     closed = {}
 
     def close_when_chunks_saved():
