@@ -15,6 +15,7 @@ images chunk by chunk, so memory does not grow with the number of particles.
 """
 from __future__ import annotations
 
+import copy
 from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
 
@@ -212,7 +213,7 @@ def _reconstruct_one(table, idx, box, apix, sym, pad, chunk, desc) -> np.ndarray
 
 
 def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 20000, workers: Optional[int] = None,
-                       indices=None, desc: str = "") -> HalfPair:
+                       indices=None, executor=None, desc: str = "") -> HalfPair:
     """Reconstruct the two gold-standard half maps of ``table``: HalfPair of float32 volumes.
 
     ``indices`` restricts to those rows; ``workers`` > 1 reconstructs the halves in two parallel
@@ -220,7 +221,14 @@ def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 2000
     there are ≥ 2000 particles.  As with
     any spawned process pool, a script calling this at import time needs an
     ``if __name__ == "__main__":`` guard.  ``desc`` prefixes the progress reports.
+
+    ``executor`` (:mod:`gmmcore.parallel`) that runs units elsewhere: each half is cut into parts of
+    ``chunk`` particles, each part's padded Fourier sums are one unit (:func:`partial_sums`), the
+    sums are added in a fixed pairwise tree and finished once per half — the parts depend only on
+    the table and ``chunk``, never on the number of workers.
     """
+    if executor is not None and not executor.in_process:
+        return _reconstruct_halves_units(table, sym, pad, chunk, indices, executor)
     label = (desc + " " if desc else "") + "half {} reconstruction"
     sub = table if indices is None else table.subset(indices)
     box, apix = check_geometry(sub)
@@ -240,3 +248,46 @@ def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 2000
         futs = parts.map(lambda h, idx: ex.submit(_reconstruct_one, slim.subset(idx), np.arange(idx.size), box, apix,
                                                   sym, pad, chunk, label.format(h)))
         return futs.map(lambda h, f: f.result())
+
+
+# ---------------------------------------------------------------------- as work units
+def partial_sums(part, box: int, apix: float, sym: str, pad: float) -> Reconstructor:
+    """Work unit: a Reconstructor holding the sums of all particles of the table ``part``."""
+    from .io.stacks import iter_images
+
+    rec = Reconstructor(box, apix, pad=pad, sym=sym)
+    for rows, images in iter_images(part, None, max(min(len(part), READ_BLOCK), 1)):
+        rows = np.asarray(rows)
+        rec.insert(images, part.rotation[rows], part.origin[rows], part.ctf.subset(rows), part.phase_flipped)
+    return rec
+
+
+def added(a: Reconstructor, b: Reconstructor) -> Reconstructor:
+    """A new Reconstructor with the sums of ``a`` and ``b`` (neither is changed: a unit may be rerun)."""
+    if a.P != b.P or a.box != b.box:
+        raise ValueError("cannot add reconstructors of different geometry")
+    out = copy.copy(a)
+    out.data, out.weight, out.count = a.data + b.data, a.weight + b.weight, a.count + b.count
+    return out
+
+
+def finished(rec: Reconstructor) -> np.ndarray:
+    return rec.finish()
+
+
+def _reconstruct_halves_units(table, sym, pad, chunk, indices, executor) -> HalfPair:
+    from .io.stacks import worker_table
+    from .parallel import Unit
+
+    sub = table if indices is None else table.subset(indices)
+    box, apix = check_geometry(sub)
+    symmetry_matrices(sym)
+    parts = check_split(sub)
+    lean = worker_table(sub)
+    chunk = max(1, int(chunk))
+    groups = [[Unit(f"half {h} reconstruction part {j // chunk}", partial_sums,
+                    (lean.subset(idx[j:j + chunk]), box, apix, sym, pad), uses_device=False)
+               for j in range(0, idx.size, chunk)]
+              for h, idx in parts.items()]
+    maps = executor.map_reduce(groups, added, finished)
+    return HalfPair(maps[0], maps[1])

@@ -109,7 +109,7 @@ def test_prior_settings_recorded(sim_small, tmp_path, capsys, monkeypatch):
     import gmmcore.refine.global_refine as refine
 
     seen = []
-    monkeypatch.setattr(refine, "run_global", lambda p: seen.append((p.prior_angle, p.prior_shift)))
+    monkeypatch.setattr(refine, "run_global", lambda p, executor=None: seen.append((p.prior_angle, p.prior_shift)))
     for extra in ([], ["--no-prior"], ["--ring-weight", "uniform"], ["--prior-angle", "5"]):
         assert run_refine(capsys, "--particles", sim_small["perturbed_star"], "--out", tmp_path / "o", *extra)[0] == 0
     assert seen == [(3.0, 1.0), (None, None), (None, None), (5.0, 1.0)]

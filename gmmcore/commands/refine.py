@@ -5,6 +5,9 @@ refinement of that half's poses against it (MAP, FRC) → reconstruction of both
 measured resolution sets the next target.  Re-running the same command continues a killed run.
 
     gmmcore refine --particles imported/particles.star --iter 5 --out refined
+    gmmcore refine --particles imported/particles.star --iter 5 --out refined --gpu 0,1,2,3
+    gmmcore refine --particles imported/particles.star --iter 5 --out refined \
+        --cluster slurm --workers 8 --worker-gpus 1 --queue gpu --walltime 12:00:00
 
 Writes DIR/final/ (particles.star, half1.mrc, half2.mrc, map.mrc, GMMs, pose_changes.npz),
 DIR/summary.json (FSC per iteration, pose changes) and DIR/run.log.
@@ -12,10 +15,13 @@ DIR/summary.json (FSC per iteration, pose changes) and DIR/run.log.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..parallel import flags as execution
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -44,8 +50,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="MAP pose prior: expected shift error of the input poses, pixels (default 1)")
     p.add_argument("--no-prior", action="store_true",
                    help="no pose prior: plain maximum of the FRC (as in the paper; implied by --ring-weight uniform)")
-    p.add_argument("--gpu", default=None, help="GPU id to use, e.g. 0 (default: the first GPU TensorFlow sees); "
-                                             "only one GPU is used today")
+    p.add_argument("--gpu", default=None, help="GPU id(s), e.g. 0 or 0,1,2,3 (default: the first GPU the backend sees); "
+                                             "several ids: one worker process per GPU, particles shared out")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
     p.add_argument("--new-split", action="store_true",
                    help="make a new random half split when the input has no usable one (none, incomplete, a half "
@@ -58,6 +64,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "(π·box/2: the views that fill Fourier space to Nyquist)")
     p.add_argument("--continue", dest="cont", action="store_true",
                    help="continue the run in --out (re-running the same command does the same)")
+    execution.configure_parser(p)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -73,12 +80,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    gpu = None
-    if args.gpu not in (None, ""):
-        try:
-            gpu = [int(x) for x in str(args.gpu).replace(" ", "").split(",") if x != ""]
-        except ValueError:
-            raise InputError(f"not a list of GPU ids: {args.gpu!r}", field="--gpu") from None
+    gpu = execution.parse_gpus(args.gpu)
     for name in ("particles", "ref", "mask"):
         v = getattr(args, name)
         if v and not Path(v).exists():
@@ -110,10 +112,18 @@ def run(args: argparse.Namespace) -> int:
                           cpu=args.cpu, seed=args.seed, new_split=args.new_split, threads=args.threads,
                           force=args.force)
     symmetry_matrices(params.sym)  # validates --sym
+    options = execution.execution_options(args, gpu, out)
+    from ..parallel import ExecutorLost
+    from ..parallel.clusters import open_executor
     from ..safewrite import sigterm_as_interrupt
 
-    with sigterm_as_interrupt():  # a stop (SIGTERM, e.g. from Scipion) unwinds: no temporaries left
-        global_refine.run_global(params)
+    try:
+        # a stop (SIGTERM, e.g. from Scipion) unwinds like Ctrl-C: no temporaries left
+        with sigterm_as_interrupt(), open_executor(options, log=logging.getLogger("gmmcore.refine")) as executor:
+            global_refine.run_global(params, executor=executor)
+    except ExecutorLost as exc:
+        print(f"gmmcore refine: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -1,8 +1,10 @@
-"""Streamed local pose refinement of particles against a GMM (one half set at a time).
+"""Streamed local pose refinement of particles against a GMM (each half set against its own).
 
 Particles are read in chunks (memory does not grow with the dataset); each finished chunk is saved
 through a :class:`ChunkCheckpoints` so a killed run resumes at the chunk that was in flight.  Raw
 (not phase-flipped) particles are flipped on the fly by multiplying their transform by sign(CTF).
+Each chunk is one work unit (:func:`align_chunk`) that an executor (:mod:`gmmcore.parallel`) runs
+here or on another process/GPU/node; a chunk's result depends only on its particles.
 
 The optimiser itself is the backend's (:meth:`gmmcore.backend.Backend.pose_optimizer`); this
 module batches particles for it (fixed, padded batch size so one compilation serves a run) and
@@ -10,7 +12,8 @@ chooses the FRC ring weights.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -20,7 +23,8 @@ from ..backend import FRCObjective, PoseSettings, get_backend
 from ..ctf import ctf_2d
 from ..fourier import ft
 from ..grids import FourierGrid, normalised_ring_weights, ssnr_data_scale, ssnr_ring_weights
-from ..io.stacks import iter_images
+from ..io.stacks import iter_images, worker_table
+from ..parallel import worker as worker_cache
 from ..particles import ParticleTable, Poses
 from ..progress import progress
 from ..safewrite import atomic_path
@@ -169,58 +173,151 @@ class ChunkCheckpoints:
 
 def align_particles(table: ParticleTable, start: Poses, rows: np.ndarray, gmm: GMM, grid: FourierGrid,
                     settings: AlignSettings = AlignSettings(), prior: Optional[Poses] = None,
-                    checkpoints: Optional[ChunkCheckpoints] = None, backend=None, desc: str = "align") -> AlignResult:
+                    checkpoints: Optional[ChunkCheckpoints] = None, backend=None, desc: str = "align",
+                    executor=None) -> AlignResult:
     """Refine the poses of particles ``rows`` of ``table`` (images, CTF) from ``start`` (poses of
     all table rows) against ``gmm`` on ``grid`` (the resolution band).
 
     ``prior``: centre of the pose prior (poses of all rows; default ``start``), used when
     ``settings.pose.prior_angle_deg`` is set (it needs the SSNR ring weighting for its scale).
+    ``executor`` (:mod:`gmmcore.parallel`; default: this process) runs the chunks.
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    k = len(rows)
-    weights, scale = _ring_weights(table, start, rows, gmm, grid, settings, checkpoints, backend)
-    if settings.pose.prior_angle_deg is not None and scale is None:
-        raise ValueError("a pose prior needs the SSNR ring weighting (its log-likelihood scale)")
-    refiner = PoseRefiner(gmm, grid, settings.pose, batch=settings.batch, ring_weights=weights,
-                          data_scale=scale or 1.0, backend=backend)
+    return align_sets([AlignSet(desc, rows, gmm, checkpoints)], table, start, grid, settings, prior, backend,
+                      executor)[0]
+
+
+@dataclass
+class AlignSet:
+    """One set of particles aligned against one GMM (e.g. one half set): ``rows`` of the table,
+    its (shaped) ``gmm``, its checkpoints (or None); ``label`` names its units in the log."""
+
+    label: str
+    rows: np.ndarray
+    gmm: GMM
+    checkpoints: Optional[ChunkCheckpoints] = None
+
+
+@dataclass(frozen=True)
+class AlignJob:
+    """What every chunk of one set shares (sent once per unit): the GMM, grid, settings, ring
+    weights and log-likelihood scale, the backend by name; ``key`` names the compiled optimiser a
+    worker process keeps for the job's chunks."""
+
+    key: str
+    gmm: GMM
+    grid: FourierGrid
+    settings: AlignSettings
+    ring_weights: Optional[np.ndarray]
+    data_scale: Optional[float]
+    backend: str
+
+    def refiner(self) -> "PoseRefiner":
+        return PoseRefiner(self.gmm, self.grid, self.settings.pose, batch=self.settings.batch,
+                           ring_weights=self.ring_weights, data_scale=self.data_scale or 1.0,
+                           backend=get_backend(self.backend))
+
+
+def align_sets(sets, table: ParticleTable, start: Poses, grid: FourierGrid, settings: AlignSettings = AlignSettings(),
+               prior: Optional[Poses] = None, backend=None, executor=None) -> list:
+    """Align several independent sets of particles (e.g. the two half sets, each against its own GMM)
+    → one :class:`AlignResult` per set, in order.
+
+    Work units (:mod:`gmmcore.parallel`): per set, its SSNR ring weights (from up to
+    ``settings.n_weight_sample`` particles at their start poses); then per set and chunk of
+    ``settings.chunk`` of its rows, the chunk's alignment.  All chunks of all sets go to the executor
+    at once; a chunk found in its checkpoints is loaded, not run, and a chunk unit saves its
+    checkpoint before returning, so a unit rerun after its worker died finds it and never redoes
+    it.  A chunk's result depends only on its particles: neither the executor nor the order in
+    which chunks finish changes it.
+    """
+    from ..parallel import Unit, local_executor
+
+    ex = executor or local_executor()
+    be_name = (backend or get_backend()).name
     prior = start if prior is None else prior
-    out = {"rotation": np.empty((k, 3, 3)), "origin": np.empty((k, 2)),
-           "score": np.empty(k, np.float32), "score0": np.empty(k, np.float32)}
+    sets = [replace(s, rows=np.asarray(s.rows, dtype=np.int64)) for s in sets]
+    # units carry their rows without the star pass-through columns, and to other processes with
+    # absolute image paths (a worker's working directory is not ours)
+    lean = replace(table, star_particles=None, cs_records=None) if ex.in_process else worker_table(table)
+
+    samples = [_weight_sample(s.rows, settings) for s in sets]
+    weights = ex.run([Unit(f"{s.label} ring weights", ring_weight_unit,
+                           (lean.subset(r), start.subset(r), s.gmm, grid, settings, s.checkpoints, be_name))
+                      for s, r in zip(sets, samples)])
+    if settings.pose.prior_angle_deg is not None and any(scale is None for _, scale in weights):
+        raise ValueError("a pose prior needs the SSNR ring weighting (its log-likelihood scale)")
+    jobs = [AlignJob(f"align-{uuid.uuid4().hex}", s.gmm, grid, settings, w, scale, be_name)
+            for s, (w, scale) in zip(sets, weights)]
+
+    outs, units, where = [], [], []
     chunk = settings.chunk
-    bar = progress(total=k, desc=desc, unit="ptcl")
-    for ci, c0 in enumerate(range(0, k, chunk)):
-        sel = slice(c0, min(c0 + chunk, k))
-        chunk_rows = rows[sel]
-        done = None if checkpoints is None else checkpoints.load_chunk(ci, chunk_rows)
-        if done is not None:
-            for key in out:
-                out[key][sel] = done[key]
-            bar.update(len(chunk_rows))
-            continue
-        res = {key: np.empty_like(v[sel]) for key, v in out.items()}
-        # Images are read SUB_BATCH at a time: memory is bounded by that, not by the chunk (the
-        # checkpoint unit) or the dataset.
-        for pos, imgs in iter_images(table, chunk_rows, chunk=min(chunk, SUB_BATCH)):
-            # ``pos`` are table rows (iter_images groups them by file); place them within this chunk
-            where = _positions(chunk_rows, pos)
-            for b0 in range(0, len(pos), SUB_BATCH):
-                b = slice(b0, b0 + SUB_BATCH)
-                pb = pos[b]
-                F = particle_transforms(imgs[b], table, pb, grid)
-                R, o, s, s0 = refiner.refine(F, start.rotation[pb], start.origin_A[pb], prior.rotation[pb],
-                                             prior.origin_A[pb], on_batch=bar.update)
-                w = where[b]
-                res["rotation"][w], res["origin"][w], res["score"][w], res["score0"][w] = R, o, s, s0
-        for key in out:
-            out[key][sel] = res[key]
-        if checkpoints is not None:
-            checkpoints.save_chunk(ci, chunk_rows, res)
-    bar.close()
-    return AlignResult(Poses(out["rotation"], out["origin"]), out["score"], out["score0"], refiner.ring_weights)
+    bars = [progress(total=len(s.rows), desc=s.label, unit="ptcl") for s in sets]
+    for si, s in enumerate(sets):
+        k = len(s.rows)
+        outs.append({"rotation": np.empty((k, 3, 3)), "origin": np.empty((k, 2)),
+                     "score": np.empty(k, np.float32), "score0": np.empty(k, np.float32)})
+        for ci, c0 in enumerate(range(0, k, chunk)):
+            sel = slice(c0, min(c0 + chunk, k))
+            chunk_rows = s.rows[sel]
+            done = None if s.checkpoints is None else s.checkpoints.load_chunk(ci, chunk_rows)
+            if done is not None:
+                _place(outs[si], sel, done)
+                bars[si].update(len(chunk_rows))
+                continue
+            kwargs = {"progress": bars[si].update} if ex.in_process else {}
+            units.append(Unit(f"{s.label} chunk {ci} ({len(chunk_rows)} ptcl)", align_chunk,
+                              (jobs[si], ci, chunk_rows, lean.subset(chunk_rows), start.subset(chunk_rows),
+                               prior.subset(chunk_rows), s.checkpoints), kwargs))
+            where.append((si, sel))
+
+    def on_done(i, res, info):
+        si, sel = where[i]
+        _place(outs[si], sel, res)
+        if not ex.in_process:
+            bars[si].update(sel.stop - sel.start)
+
+    try:
+        ex.run(units, on_done)
+    finally:
+        for bar in bars:
+            bar.close()
+        for job in jobs:  # in this process: free the compiled optimisers
+            worker_cache.forget(job.key)
+    return [AlignResult(Poses(o["rotation"], o["origin"]), o["score"], o["score0"],
+                        normalised_ring_weights(job.ring_weights, grid.nrings)) for o, job in zip(outs, jobs)]
 
 
-def _ring_weights(table, start, rows, gmm, grid, settings, checkpoints, backend):
-    """→ (ring weights or None, log-likelihood scale of the weighted FRC or None)."""
+def align_chunk(job: AlignJob, ci: int, rows: np.ndarray, chunk_table: ParticleTable, start: Poses, prior: Poses,
+                checkpoints: Optional[ChunkCheckpoints] = None, progress=None) -> Dict[str, np.ndarray]:
+    """Work unit: align chunk ``ci`` of a set — ``rows`` (table row numbers, for the checkpoint), their
+    particles ``chunk_table`` and ``start`` / ``prior`` poses (row j ↔ rows[j]) → arrays rotation
+    (k,3,3), origin (k,2) Å, score, score0 (k,).  Loads the chunk's checkpoint when it exists, else
+    aligns and saves it.  ``progress(n)`` is called as particles finish (in-process runs)."""
+    done = None if checkpoints is None else checkpoints.load_chunk(ci, rows)
+    if done is not None:
+        return done
+    refiner = worker_cache.cached(job.key, job.refiner)
+    k = len(rows)
+    res = {"rotation": np.empty((k, 3, 3)), "origin": np.empty((k, 2)),
+           "score": np.empty(k, np.float32), "score0": np.empty(k, np.float32)}
+    # ``pos`` are rows of chunk_table (iter_images groups them by file), i.e. places in this chunk.
+    # Images are read SUB_BATCH at a time: memory is set by that, not by the chunk or the dataset.
+    for pos, imgs in iter_images(chunk_table, None, chunk=max(min(k, SUB_BATCH), 1)):
+        for b0 in range(0, len(pos), SUB_BATCH):
+            pb = pos[b0:b0 + SUB_BATCH]
+            F = particle_transforms(imgs[b0:b0 + SUB_BATCH], chunk_table, pb, job.grid)
+            R, o, s, s0 = refiner.refine(F, start.rotation[pb], start.origin_A[pb], prior.rotation[pb],
+                                         prior.origin_A[pb], on_batch=progress)
+            res["rotation"][pb], res["origin"][pb], res["score"][pb], res["score0"][pb] = R, o, s, s0
+    if checkpoints is not None:
+        checkpoints.save_chunk(ci, rows, res)
+    return res
+
+
+def ring_weight_unit(sample_table: ParticleTable, sample_start: Poses, gmm: GMM, grid: FourierGrid,
+                     settings: AlignSettings, checkpoints: Optional[ChunkCheckpoints], backend: str):
+    """Work unit: the SSNR ring weights of one set from its sample particles (their start poses)
+    → (weights or None, log-likelihood scale or None); loaded from / saved to the checkpoints."""
     if settings.ring_weight == "uniform":
         return None, None
     if settings.ring_weight != "ssnr":
@@ -228,14 +325,11 @@ def _ring_weights(table, start, rows, gmm, grid, settings, checkpoints, backend)
     saved = None if checkpoints is None else checkpoints.load_weights()
     if saved is not None:
         return saved
-    n_sample = settings.n_weight_sample
-    sample = rows[np.linspace(0, len(rows) - 1, min(n_sample, len(rows))).astype(np.int64)]
-    sample = np.unique(sample)
     rings = []
-    be = backend or get_backend()
-    for pos, imgs in iter_images(table, sample, chunk=len(sample)):
-        F = particle_transforms(imgs, table, pos, grid)
-        rings.append(be.frc_rings(gmm, grid, F, start.rotation[pos], start.origin_A[pos]))
+    be = get_backend(backend)
+    for pos, imgs in iter_images(sample_table, None, chunk=max(len(sample_table), 1)):
+        F = particle_transforms(imgs, sample_table, pos, grid)
+        rings.append(be.frc_rings(gmm, grid, F, sample_start.rotation[pos], sample_start.origin_A[pos]))
     rings = np.concatenate(rings)
     w, scale = ssnr_ring_weights(rings, grid), ssnr_data_scale(rings, grid)
     if checkpoints is not None:
@@ -243,7 +337,16 @@ def _ring_weights(table, start, rows, gmm, grid, settings, checkpoints, backend)
     return w, scale
 
 
-def _positions(rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """Where each of ``pos`` sits in ``rows`` (both table row numbers, rows unique)."""
-    order = np.argsort(rows)
-    return order[np.searchsorted(rows, pos, sorter=order)]
+def _weight_sample(rows: np.ndarray, settings: AlignSettings) -> np.ndarray:
+    """The rows whose FRC at the start poses sets the ring weights: evenly spread, sorted, unique."""
+    if settings.ring_weight != "ssnr" or len(rows) == 0:
+        return rows[:0]
+    n_sample = settings.n_weight_sample
+    sample = rows[np.linspace(0, len(rows) - 1, min(n_sample, len(rows))).astype(np.int64)]
+    return np.unique(sample)
+
+
+def _place(out: Dict[str, np.ndarray], sel: slice, res: Dict[str, np.ndarray]) -> None:
+    for key in out:
+        out[key][sel] = res[key]
+

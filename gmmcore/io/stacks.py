@@ -548,3 +548,12 @@ def match_image_names(names: Sequence[Tuple[int, str]], ref: Sequence[Tuple[int,
     if np.unique(out).size != out.size:
         return None
     return out
+
+
+def worker_table(table):
+    """The particle table as work units on other machines need it: image names with absolute
+    stack paths (a worker's working directory is not ours), no star/cryoSPARC pass-through."""
+    from dataclasses import replace
+
+    return replace(table, image_name=resolved_image_names(table), star_particles=None, cs_records=None,
+                   meta=dict(table.meta))

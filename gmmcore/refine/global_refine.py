@@ -79,8 +79,12 @@ def read_mask(path, box: int, apix: float):
     return check_mask(read_map_on_grid(path, box, apix), path=path)
 
 
-def run_global(p: RefineParams) -> RunSummary:
-    """Run (or continue) a global refinement; returns its summary (also DIR/summary.json)."""
+def run_global(p: RefineParams, executor=None) -> RunSummary:
+    """Run (or continue) a global refinement; returns its summary (also DIR/summary.json).
+
+    ``executor`` (:mod:`gmmcore.parallel`): where the work units run — default this process on the
+    device chosen by ``p.gpu`` / ``p.cpu``; a Dask executor's workers choose their own devices and
+    this process then stays off the GPUs."""
     # Check every input before anything is written, so a corrected command can use the same --out.
     table = read_star(p.particles)
     box, apix = check_geometry(table)
@@ -102,18 +106,22 @@ def run_global(p: RefineParams) -> RunSummary:
     backend = get_backend()
     run = RunDir.create_or_continue(p.out, asdict(p), IDENTITY)
     try:
-        return _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref)
+        return _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, executor)
     except InputError:
         run.discard()  # bad input found mid-run: leave nothing a later run could trust
         raise
 
 
-def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref) -> RunSummary:
-    device = backend.describe_devices(p.gpu, cpu_only=p.cpu, threads=p.threads)
+def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, executor) -> RunSummary:
     warnings = []
-    if p.gpu and not p.cpu and not device.startswith("GPU"):
-        warnings.append(f"GPU {','.join(map(str, p.gpu))} requested; the engine sees no GPU: running on the CPU "
-                        f"({backend.name} backend)")
+    if executor is None or executor.in_process:
+        device = backend.describe_devices(p.gpu, cpu_only=p.cpu, threads=p.threads)
+        if p.gpu and not p.cpu and not device.startswith("GPU"):
+            warnings.append(f"GPU {','.join(map(str, p.gpu))} requested; the engine sees no GPU: running on the CPU "
+                            f"({backend.name} backend)")
+    else:  # the driver only writes files and measures FSCs: it keeps off the workers' GPUs
+        backend.describe_devices(None, cpu_only=True, threads=p.threads)
+        device = executor.describe()
     for w in warnings:
         log.warning("WARNING: %s", w)
     log.info("gmmcore %s refine: %d particles (half 1: %d, half 2: %d), box %d, %.3f Å/px, %s, device %s",
@@ -123,7 +131,7 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref) -> 
 
     # Only a user's mask may shape the GMMs: the automatic mask is made from both halves and serves
     # the FSC alone, so it must not touch either half's model.
-    begin = loop.start(table, run, p.sym, p.pad, p.chunk, fsc_mask=user_mask)
+    begin = loop.start(table, run, p.sym, p.pad, p.chunk, fsc_mask=user_mask, executor=executor)
     plan = IterationPlan(sym=p.sym, fsc_mask=begin.fsc_mask, fit_mask=user_mask,
                          band=follow_fsc(p.minres, apix, p.maxres), align=p.align_settings(),
                          prior=table.poses, ngauss=p.ngauss, seed=p.seed, pad=p.pad)
@@ -141,7 +149,7 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref) -> 
         ref_lp = lowpass(ref, apix, p.ref_lowpass)
         state = replace(state, half_maps=HalfPair(ref_lp, ref_lp), resolution_A=max(state.resolution_A, p.ref_lowpass))
     for i in range(1, p.iterations + 1):
-        state, record = loop.iterate(table, state, plan, backend, run.iteration(i))
+        state, record = loop.iterate(table, state, plan, backend, run.iteration(i), executor=executor)
         summary.iterations.append(record)
         summary.save()
     if not summary.iterations:

@@ -20,11 +20,13 @@ import numpy as np
 from ..errors import InputError
 from ..fourier import lowpass
 from ..fsc import half_map_report
-from ..gmm.align import align_particles
+from ..backend import get_backend
+from ..gmm.align import AlignSet, align_sets
 from ..gmm.build import build_gmm
 from ..grids import FourierGrid
 from ..io.maps import read_map, write_map
 from ..masks import auto_mask
+from ..parallel import Unit, local_executor
 from ..particles import HalfPair, ParticleTable, check_geometry
 from ..reconstruct import reconstruct_halves
 from ..summary import HalfMapReport, IterationRecord, PoseChange
@@ -35,9 +37,10 @@ log = logging.getLogger("gmmcore.refine")
 
 
 def start(table: ParticleTable, run: RunDir, sym: str, pad: float, chunk: int,
-          fsc_mask: Optional[np.ndarray] = None) -> Start:
+          fsc_mask: Optional[np.ndarray] = None, executor=None) -> Start:
     """Iteration 0: reconstruct the half maps at the table's poses (or load them), make the
-    automatic FSC mask when ``fsc_mask`` is None (saved as mask_auto.mrc), report the FSC."""
+    automatic FSC mask when ``fsc_mask`` is None (saved as mask_auto.mrc), report the FSC.
+    ``executor``: where the reconstruction's units run (default: this process)."""
     box, apix = check_geometry(table)
     store = run.iteration(0)
     if store.complete:
@@ -46,7 +49,7 @@ def start(table: ParticleTable, run: RunDir, sym: str, pad: float, chunk: int,
     else:
         t0 = time.time()
         log.info("reconstructing half maps at the input poses")
-        maps = reconstruct_halves(table, sym=sym, pad=pad, chunk=chunk, desc="input poses")
+        maps = reconstruct_halves(table, sym=sym, pad=pad, chunk=chunk, executor=executor, desc="input poses")
         store.save_half_maps(maps, apix)
         if fsc_mask is None:
             fsc_mask = auto_mask(0.5 * (maps[1] + maps[2]), apix)
@@ -61,16 +64,18 @@ def start(table: ParticleTable, run: RunDir, sym: str, pad: float, chunk: int,
     return Start(RefinementState(0, table.poses, maps, float(report["resolution"])), report, fsc_mask)
 
 
-def _fit_gmm(h: int, half_map: np.ndarray, apix: float, band, plan: IterationPlan, store: IterationStore,
-             backend) -> Tuple[object, dict]:
-    """Half h's GMM of this iteration: loaded when saved by an earlier (killed) run, else fitted."""
+def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Optional[np.ndarray],
+                 ngauss: Optional[int], seed: int, store: IterationStore, backend: str) -> Tuple[object, dict]:
+    """Work unit: half h's GMM of this iteration, loaded when saved by an earlier (killed) run,
+    else fitted to the half map (× ``fit_mask``, low-passed to the band) and saved."""
     saved = store.load_gmm(h)
     if saved is not None:
         return saved
-    m = lowpass(half_map * plan.fit_mask if plan.fit_mask is not None else half_map, apix, band.resolution_A)
+    m = lowpass(half_map * fit_mask if fit_mask is not None else half_map, apix, band.resolution_A)
     try:
-        gmm, rep = build_gmm(m, apix, band.resolution_A, n_gaussians=plan.ngauss, seed=plan.seed + h,
-                             minres_A=band.minres_A, backend=backend, desc=f"iter {store.iteration} half {h} GMM fit")
+        gmm, rep = build_gmm(m, apix, band.resolution_A, n_gaussians=ngauss, seed=seed + h,
+                             minres_A=band.minres_A, backend=get_backend(backend),
+                             desc=f"iter {store.iteration} half {h} GMM fit")
     except InputError as exc:
         raise InputError(f"half {h}, iteration {store.iteration}: {exc.message} (is this half's map empty or "
                          "pure noise?)", path=store.folder / f"half{h}", field=exc.field) from None
@@ -80,9 +85,13 @@ def _fit_gmm(h: int, half_map: np.ndarray, apix: float, band, plan: IterationPla
 
 
 def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, backend,
-            store: IterationStore) -> Tuple[RefinementState, IterationRecord]:
+            store: IterationStore, executor=None) -> Tuple[RefinementState, IterationRecord]:
     """One iteration from ``state`` → (next state, its record).  Resumable through ``store``: a
-    complete iteration is loaded, a partial one continues from its saved GMMs and chunks."""
+    complete iteration is loaded, a partial one continues from its saved GMMs and chunks.
+
+    ``executor`` (:mod:`gmmcore.parallel`; default: this process, in order) runs the work units:
+    the two GMM fits, the alignment chunks of both halves, the reconstruction partial sums.  The
+    iteration's result does not depend on it (alignment chunks are the same whatever runs them)."""
     it = store.iteration
     if store.complete:
         new = store.load_state()
@@ -93,7 +102,10 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     band = plan.band(state.resolution_A)
     log.info("iteration %d: target resolution %.2f Å", it, band.resolution_A)
 
-    fitted = HalfPair.build(lambda h: _fit_gmm(h, state.half_maps[h], apix, band, plan, store, backend))
+    ex = executor or local_executor()
+    fitted = HalfPair(*ex.run([Unit(f"iter {it} half {h} GMM fit", fit_gmm_unit,
+                                    (h, state.half_maps[h], apix, band, plan.fit_mask, plan.ngauss, plan.seed, store,
+                                     backend.name)) for h in (1, 2)]))
     for h, (g, rep) in fitted.items():
         log.info("  half %d: GMM of %d Gaussians, map-vs-GMM FSC %.3f", h, len(g), float(rep.get("fsc_mean", np.nan)))
     # The plan's shape applies to the GMM whether it was just fitted or loaded: one place, never saved.
@@ -101,9 +113,9 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
 
     grid = FourierGrid(box, apix, band.resolution_A, band.minres_A)
     rows = table.half_rows()
-    aligned = HalfPair.build(lambda h: align_particles(
-        table, state.poses, rows[h], shaped[h], grid, plan.align, prior=plan.prior,
-        checkpoints=store.checkpoints(h), backend=backend, desc=f"iter {it} half {h} alignment"))
+    aligned = HalfPair(*align_sets([AlignSet(f"iter {it} half {h} alignment", rows[h], shaped[h], store.checkpoints(h))
+                                    for h in (1, 2)], table, state.poses, grid, plan.align, prior=plan.prior,
+                                   backend=backend, executor=ex))
     poses = state.poses
     for h, res in aligned.items():
         poses = poses.with_rows(rows[h], res.poses)
@@ -112,7 +124,7 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     change = PoseChange.of(*poses.change_from(state.poses, apix))
 
     maps = reconstruct_halves(table.with_poses(poses), sym=plan.sym, pad=plan.pad, chunk=plan.align.chunk,
-                              desc=f"iter {it}")
+                              executor=ex, desc=f"iter {it}")
     store.save_half_maps(maps, apix)
     rep = HalfMapReport.from_json(half_map_report(maps[1], maps[2], apix, plan.fsc_mask))
     rep.extra.update(plan.extra_report(maps))

@@ -119,7 +119,14 @@ class GmmProtRunBase(GmmProtocolMixin):
         return extra.get() if extra is not None and extra.get() else ""
 
     def _deviceOptions(self):
-        """--gpu / --cpu from Scipion's GPU fields."""
+        """--gpu / --cpu from Scipion's GPU fields (several GPUs: one worker each); with a Dask
+        scheduler address (expert field, if the form has one) the cluster's workers choose theirs."""
+        scheduler = getattr(self, "daskScheduler", None)
+        if scheduler is not None and (scheduler.get() or "").strip():
+            options = {"dask_scheduler": scheduler.get().strip()}
+            if not (hasattr(self, "usesGpu") and self.usesGpu()):
+                options["cpu"] = True
+            return options
         if hasattr(self, "usesGpu") and self.usesGpu():
             return {"gpu": ",".join(str(g) for g in self.getGpuList()) or "0"}
         return {"cpu": True}

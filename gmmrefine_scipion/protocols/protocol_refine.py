@@ -39,7 +39,8 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
                             "for small tests).")
         form.addHidden(GPU_LIST, params.StringParam, default=Plugin.getDefaultGpu(),
                        label="GPU ids",
-                       help="GPU to use, e.g. '0'. Today gmmcore uses only the first GPU listed.")
+                       help="GPUs to use, e.g. '0' or '0 1 2 3': one gmmcore worker process per listed "
+                            "GPU, the particles shared out between them (same result as one GPU).")
         form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
                       pointerCondition="hasAlignmentProj", important=True,
                       label="Input particles",
@@ -95,6 +96,11 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
                       label="Batch size",
                       help="Particles aligned together on the GPU; lower it if the GPU runs out "
                            "of memory (the paper: 16 at box 240 needs ~9 GB).")
+        form.addParam("daskScheduler", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
+                      label="Dask scheduler address",
+                      help="Run the work on a running Dask cluster instead of this protocol's GPUs, e.g. "
+                           "tcp://node12:8786 (its workers must see this project's files on the same "
+                           "paths). Empty: the GPUs above.")
         form.addParam("extraParams", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
                       label="Additional gmmcore arguments",
                       help="Passed verbatim to 'gmmcore refine'.")

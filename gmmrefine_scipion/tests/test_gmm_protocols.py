@@ -206,6 +206,23 @@ class TestGmmImportRelion(GmmProtocolsTestBase):
         _, problems = self.refine_and_check(prot, "relion")
         self.assert_engine_quality(problems)
 
+    def test_gpu_list_and_dask_scheduler_reach_the_engine(self):
+        """The form's GPU list gives one engine worker per GPU; the expert Dask address replaces it."""
+        from gmmcore.cli import build_parser
+        from gmmrefine_scipion import Plugin
+
+        refine = self.newProtocol(GmmProtRefine, useGpu=True, gpuList="0 1")
+        opts = refine._deviceOptions()
+        self.assertEqual(opts, {"gpu": "0,1"})
+        argv = Plugin.getGmmcoreArgs("refine", particles="p.star", out="o", **opts).split()[2:]
+        self.assertEqual(build_parser(argv).parse_args(argv).gpu, "0,1")
+        refine.daskScheduler.set(" tcp://node12:8786 ")
+        opts = refine._deviceOptions()
+        self.assertEqual(opts, {"dask_scheduler": "tcp://node12:8786"})
+        argv = Plugin.getGmmcoreArgs("refine", particles="p.star", out="o", **opts).split()[2:]
+        args = build_parser(argv).parse_args(argv)
+        self.assertEqual((args.dask_scheduler, args.gpu), ("tcp://node12:8786", None))
+
     def test_validate_half_sets(self):
         """Refinement refuses particles without half sets unless asked for a new split."""
         import starfile
