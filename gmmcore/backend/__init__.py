@@ -25,7 +25,7 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
-BACKENDS = ("tf",)
+BACKENDS = ("tf", "jax")  # "tf": the CPU default; "jax": GPUs (and CPUs)
 
 
 @dataclass
