@@ -29,7 +29,7 @@ from jax import lax
 
 from ..grids import full_grid_frequencies
 from . import FRCObjective, PoseSettings
-from .kernels import HermitianLayout, RingLayout, batch_for_memory
+from .kernels import CPU_BATCH_CAP, HermitianLayout, RingLayout, batch_for_memory, host_free_bytes
 
 HIGHEST = lax.Precision.HIGHEST
 TWO_PI = 2.0 * math.pi
@@ -496,6 +496,115 @@ class _GmmFit:
 
 
 # --------------------------------------------------------------------------------------------
+# direct Fourier inversion on the device (the geometry and ``finish`` are gmmcore.reconstruct's)
+
+
+class _DeviceInserter:
+    """Inserts images into a :class:`gmmcore.reconstruct.Reconstructor`'s accumulator layout on the
+    JAX device: phase flip of raw images on their own grid, padding, transform, centring, |CTF|
+    weights (the Reconstructor's ``ctf_formula``), trilinear scatter at A·R for every symmetry
+    operator R.  Sums are float32 on the device (``sums`` hands them over as complex128/float64)."""
+
+    def __init__(self, rec):
+        self.P, self.n, self.apix, self.nx = rec.P, rec.box, rec.apix, rec.nx
+        self.size = (self.P + 1) * (self.P + 1) * self.nx
+        S = rec._sel.size
+        self.batch = int(min(256, max(1, 2 ** int(np.floor(np.log2(max(1, 2 ** 22 // max(S, 1))))))))
+        self.c = {"sel": _put(rec._sel, np.int32), "kx": _put(rec._kx), "ky": _put(rec._ky), "mult": _put(rec._mult),
+                  "sym": _put(np.asarray(rec.sym_ops, np.float32).reshape(-1, 3, 3))}
+        n = self.n
+        ky, kx = np.fft.fftfreq(n) * n, np.arange(n // 2 + 1)
+        self.c["fy_n"] = _put(np.broadcast_to(ky[:, None] / (n * self.apix), (n, n // 2 + 1)))
+        self.c["fx_n"] = _put(np.broadcast_to(kx[None, :] / (n * self.apix), (n, n // 2 + 1)))
+        self.acc = [_put(np.zeros(self.size, np.float32)) for _ in range(3)]
+        self.ctf = rec.ctf_formula
+        self._fns = {}
+
+    def _fn(self, has_ctf: bool, flip: bool):
+        key = (has_ctf, flip)
+        if key not in self._fns:
+            self._fns[key] = jax.jit(partial(_insert_batch, P=self.P, n=self.n, apix=self.apix, nx=self.nx,
+                                             ctf=self.ctf, has_ctf=has_ctf, flip=flip),
+                                     donate_argnums=(0,) if _on_accelerator() else ())
+        return self._fns[key]
+
+    def insert(self, images, rotations, origins_px, ctf_columns, phase_flipped: bool):
+        has_ctf = ctf_columns is not None
+        fn = self._fn(has_ctf, has_ctf and not phase_flipped)
+        k, b = len(images), self.batch
+        cols = np.zeros((k, 8)) if ctf_columns is None else np.broadcast_to(ctf_columns, (k, 8))
+        for i0 in range(0, k, b):
+            sl = slice(i0, min(k, i0 + b))
+            m = sl.stop - sl.start
+            im, R, o, cc = images[sl], rotations[sl], origins_px[sl], cols[sl]
+            valid = np.ones(b, np.float32)
+            if m < b:  # fixed batch: pad with zero-weight copies
+                valid[m:] = 0.0
+                pad = lambda x: np.concatenate([x, np.repeat(x[-1:], b - m, 0)])  # noqa: E731
+                im, R, o, cc = pad(im), pad(R), pad(o), pad(cc)
+            self.acc = fn(tuple(self.acc), _put(im), _put(R), _put(o), _put(cc), _put(valid), self.c)
+
+    def add(self, data, weight):
+        d = np.asarray(data).reshape(-1)
+        self.acc = [self.acc[0] + _put(d.real), self.acc[1] + _put(d.imag), self.acc[2] + _put(weight)]
+
+    def sums(self):
+        re, im, w = (np.asarray(a, np.float64) for a in self.acc)
+        return re + 1j * im, w
+
+
+def _insert_batch(acc, images, rot, org, ctfc, valid, c, *, P, n, apix, nx, ctf, has_ctf, flip):
+    b = images.shape[0]
+    cols = [ctfc[:, i] for i in range(8)]
+    if flip:  # raw images: multiply by sign(CTF) on their own grid first (as gmmcore.ctf.phase_flip)
+        F = jnp.fft.rfft2(jnp.fft.ifftshift(images, axes=(-2, -1)))
+        cn = ctf(*(x[:, None, None] for x in cols), c["fx_n"][None], c["fy_n"][None], xp=jnp)
+        F = F * jnp.where(cn < 0, -1.0, 1.0)
+        images = jnp.fft.fftshift(jnp.fft.irfft2(F, s=(n, n)), axes=(-2, -1)).astype(jnp.float32)
+    o = P // 2 - n // 2
+    padded = jnp.pad(images, ((0, 0), (o, P - n - o), (o, P - n - o)))
+    F = jnp.fft.rfft2(jnp.fft.ifftshift(padded, axes=(-2, -1))).reshape(b, -1)
+    F = jnp.take(F, c["sel"], axis=1)
+    kx, ky = c["kx"], c["ky"]
+    ph = (-2.0 * math.pi / P) * (org[:, 0:1] * kx + org[:, 1:2] * ky)
+    F = F * lax.complex(jnp.cos(ph), jnp.sin(ph))
+    if has_ctf:
+        cv = jnp.abs(ctf(*(x[:, None] for x in cols), kx / (P * apix), ky / (P * apix), xp=jnp)).astype(jnp.float32)
+    else:
+        cv = jnp.ones((b, kx.shape[0]), jnp.float32)
+    wmul = c["mult"][None, :] * valid[:, None]
+    vals = F * (cv * wmul)
+    wts = cv * cv * wmul
+    vre, vim = jnp.real(vals), jnp.imag(vals)
+
+    def one_operator(i, acc):
+        A = jnp.einsum("bij,jk->bik", rot, c["sym"][i], precision=HIGHEST)
+        qx = kx * A[:, 0, 0:1] + ky * A[:, 1, 0:1]
+        sgn = jnp.where(qx < 0, -1.0, 1.0)
+        qx = qx * sgn
+        qy = (kx * A[:, 0, 1:2] + ky * A[:, 1, 1:2]) * sgn
+        qz = (kx * A[:, 0, 2:3] + ky * A[:, 1, 2:3]) * sgn
+        im_s = vim * sgn
+        x0, y0, z0 = jnp.floor(qx), jnp.floor(qy), jnp.floor(qz)
+        fx, fy, fz = qx - x0, qy - y0, qz - z0
+        x0 = x0.astype(jnp.int32)
+        y0 = (y0.astype(jnp.int32) + P // 2) * nx
+        z0 = (z0.astype(jnp.int32) + P // 2) * ((P + 1) * nx)
+        a_re, a_im, a_w = acc
+        for dz, wz in ((0, 1.0 - fz), (1, fz)):
+            for dy, wy in ((0, 1.0 - fy), (1, fy)):
+                for dx, wx in ((0, 1.0 - fx), (1, fx)):
+                    t = wz * wy * wx
+                    idx = (z0 + dz * ((P + 1) * nx) + y0 + dy * nx + x0 + dx).reshape(-1)
+                    a_re = a_re.at[idx].add((vre * t).reshape(-1))
+                    a_im = a_im.at[idx].add((im_s * t).reshape(-1))
+                    a_w = a_w.at[idx].add((wts * t).reshape(-1))
+        return (a_re, a_im, a_w)
+
+    return list(lax.fori_loop(0, c["sym"].shape[0], one_operator, tuple(acc)))
+
+
+# --------------------------------------------------------------------------------------------
 # the Backend
 
 
@@ -527,14 +636,17 @@ class JAXBackend:
         return _PoseOptimizer(objective, settings)
 
     def max_batch(self, gmm, grid, settings: PoseSettings, limit: int = 4096) -> int:
-        """Largest pose batch fitting the device's free memory (:func:`kernels.batch_for_memory`)."""
+        """``--batch auto``: the largest pose batch fitting the device's free memory
+        (:func:`gmmcore.backend.kernels.batch_for_memory`; on the CPU at most ``CPU_BATCH_CAP``)."""
         dev = _device()
+        if dev.platform == "cpu":
+            return batch_for_memory(len(gmm), grid, host_free_bytes(), limit=min(limit, CPU_BATCH_CAP))
         free = None
         try:
             stats = dev.memory_stats() or {}
             if "bytes_limit" in stats:
                 free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-        except Exception:  # noqa: BLE001 — CPU devices have no memory stats
+        except Exception:  # noqa: BLE001 — a device without memory statistics
             free = None
         return batch_for_memory(len(gmm), grid, free, limit=limit)
 
@@ -563,6 +675,18 @@ class JAXBackend:
 
     def gmm_fit(self, problem, sigmas0, amp_weight: float) -> _GmmFit:
         return _GmmFit(problem, sigmas0, amp_weight)
+
+    def device_reconstruction(self) -> bool:
+        """Whether half maps are reconstructed on the JAX device: on a GPU by default;
+        ``GMMCORE_DEVICE_RECONSTRUCTION=1``/``0`` forces it on/off (e.g. to test it on a CPU)."""
+        env = os.environ.get("GMMCORE_DEVICE_RECONSTRUCTION", "")
+        if env in ("0", "1"):
+            return env == "1"
+        return _on_accelerator()
+
+    def insertion_kernel(self, rec):
+        """The device inserter for a :class:`gmmcore.reconstruct.Reconstructor`, or None (NumPy inserts)."""
+        return _DeviceInserter(rec) if self.device_reconstruction() else None
 
 
 BACKEND = JAXBackend()

@@ -72,11 +72,29 @@ def bytes_per_particle(n_gaussians: int, grid) -> int:
     return int(4 * (TABLES_PER_PARTICLE * n_gaussians * K + 16 * ny * nx))
 
 
+# On a CPU the step's speed per particle does not grow past small batches (the tables of a few
+# particles fit the caches; benchmarks/bench_align.py), so ``--batch auto`` stops there.
+CPU_BATCH_CAP = 32
+
+
+def host_free_bytes() -> Optional[float]:
+    """MemAvailable of the host (bytes), None when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def batch_for_memory(n_gaussians: int, grid, free_bytes: Optional[float], limit: int = 4096,
                      fraction: float = 0.5, unknown: int = 16) -> int:
     """``--batch auto``: the largest power of two B ≤ ``limit`` with
-    B · :func:`bytes_per_particle` ≤ ``fraction`` × free device memory; ``unknown`` when the free
-    memory cannot be read."""
+    B · :func:`bytes_per_particle` ≤ ``fraction`` × free device memory (the other half is left to
+    the particle data, the GMM fit and the allocator's fragmentation); ``unknown`` when the free
+    memory cannot be read.  CPUs pass ``limit`` = :data:`CPU_BATCH_CAP`."""
     if free_bytes is None or not np.isfinite(free_bytes) or free_bytes <= 0:
         return int(unknown)
     per = bytes_per_particle(n_gaussians, grid)

@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 from ..grids import full_grid_frequencies  # noqa: E402
 from . import FRCObjective, PoseSettings  # noqa: E402
-from .kernels import HermitianLayout, RingLayout, batch_for_memory  # noqa: E402
+from .kernels import CPU_BATCH_CAP, HermitianLayout, RingLayout, batch_for_memory, host_free_bytes  # noqa: E402
 
 # TF logs a harmless warning while fitting (the gradient of volume_ft's real→complex amplitude cast
 # drops an imaginary part that is zero by construction); keep TF's Python logger to errors.
@@ -68,6 +68,18 @@ def configure_devices(gpu: Optional[Sequence[int]] = None, cpu_only: bool = Fals
     if gpus:
         return "GPU: " + ", ".join(g.name for g in gpus)
     return f"CPU ({os.cpu_count()} cores)"
+
+
+def _gpu_free_bytes():
+    """Free memory of the first visible GPU (bytes) from nvidia-smi, None when unknown."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout.split()
+        return float(out[0]) * 2**20 if out else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,6 +465,14 @@ class TFBackend:
 
     def pose_optimizer(self, objective, settings: PoseSettings) -> _PoseOptimizer:
         return _PoseOptimizer(objective, settings)
+
+    def max_batch(self, gmm, grid, settings: PoseSettings, limit: int = 4096) -> int:
+        """``--batch auto`` (:func:`gmmcore.backend.kernels.batch_for_memory`): on the CPU from the
+        host's available memory (at most ``CPU_BATCH_CAP``); on a GPU from its free memory as
+        ``nvidia-smi`` reports it (16 when that cannot be read)."""
+        if not tf.config.get_visible_devices("GPU"):
+            return batch_for_memory(len(gmm), grid, host_free_bytes(), limit=min(limit, CPU_BATCH_CAP))
+        return batch_for_memory(len(gmm), grid, _gpu_free_bytes(), limit=limit)
 
     def project_images(self, gmm, rotations, origins_A, apix: float, box: int, batch: int = 64) -> np.ndarray:
         """Real-space projections I(p) = ∫V(Aᵀp)dz of the GMM, (k, box, box) float32, mass per pixel,

@@ -28,7 +28,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minres", type=float, default=25.0, help="coarsest resolution in the FRC, Å (default 25)")
     p.add_argument("--sym", default="C1", help="symmetry: C1, Cn, Dn, T, O, I (default C1)")
     p.add_argument("--mask", help="soft mask (MRC) for the masked FSC and applied to each half map before its GMM is built (default: an automatic mask, used for the FSC only)")
-    p.add_argument("--batch", type=int, default=16, help="particles per batch on the device: the GPU-memory knob (default 16)")
+    p.add_argument("--batch", default="16",
+                   help="particles per batch on the device: the GPU-memory knob (default 16), or 'auto': the largest "
+                        "power of two whose working memory fits half the device's free memory (results do not "
+                        "depend on it)")
     p.add_argument("--chunk", type=int, default=20000, help="particles read per chunk (default 20000)")
     p.add_argument("--steps", type=int, default=10, help="gradient steps per particle per iteration (default 10)")
     p.add_argument("--lr-angle", type=float, default=0.5, help="Adam step for rotations, degrees (default 0.5)")
@@ -46,10 +49,26 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default=None, help="GPU id to use, e.g. 0 (default: the first GPU TensorFlow sees); "
                                              "only one GPU is used today")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
+    p.add_argument("--backend", choices=["tf", "jax"], default="tf",
+                   help="array backend: tf (TensorFlow, the default; CPU or GPU) or jax (JAX: GPUs without "
+                        "TensorFlow, also runs on the CPU); the log says which backend and device run")
     p.add_argument("--new-split", action="store_true", help="make a new random half split when the input has none")
     p.add_argument("--seed", type=int, default=0, help="random seed (GMM seeding, new split)")
     p.add_argument("--continue", dest="cont", action="store_true",
                    help="continue the run in --out (re-running the same command does the same)")
+
+
+def parse_batch(value):
+    """``--batch``: a positive integer or 'auto'."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        b = int(value)
+    except ValueError:
+        raise InputError(f"not a batch size: {value!r} (a positive integer or 'auto')", field="--batch") from None
+    if b < 1:
+        raise InputError("must be ≥ 1 (or 'auto')", field="--batch")
+    return b
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v and not Path(v).exists():
             raise InputError("file not found", path=v, field=f"--{name}")
-    if args.iterations < 0 or args.batch < 1 or args.chunk < 1 or args.steps < 1:
-        raise InputError("--iter must be ≥ 0, --batch, --chunk and --steps ≥ 1")
+    batch = parse_batch(args.batch)
+    if args.iterations < 0 or args.chunk < 1 or args.steps < 1:
+        raise InputError("--iter must be ≥ 0, --chunk and --steps ≥ 1")
     explicit = args.prior_angle is not None or args.prior_shift is not None
     if explicit and (args.no_prior or args.ring_weight != "ssnr"):
         raise InputError("a pose prior needs --ring-weight ssnr and no --no-prior", field="--prior-angle")
@@ -84,10 +104,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("nothing to continue (no params.json)", path=out, field="--continue")
     params = RefineParams(particles=str(Path(args.particles).resolve()), out=str(out), ref=args.ref and str(Path(args.ref).resolve()),
                           ref_lowpass=args.ref_lowpass, iterations=args.iterations, ngauss=args.ngauss, maxres=args.maxres,
-                          minres=args.minres, sym=args.sym, mask=args.mask and str(Path(args.mask).resolve()), batch=args.batch,
+                          minres=args.minres, sym=args.sym, mask=args.mask and str(Path(args.mask).resolve()), batch=batch,
                           chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift, ring_weight=args.ring_weight,
                           prior_angle=prior_angle, prior_shift=prior_shift, gpu=gpu,
-                          cpu=args.cpu, seed=args.seed, new_split=args.new_split)
+                          cpu=args.cpu, seed=args.seed, new_split=args.new_split, backend=args.backend)
     symmetry_matrices(params.sym)  # validates --sym
     global_refine.run_global(params)
     return 0

@@ -10,9 +10,10 @@ chooses the FRC ring weights.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from ..safewrite import atomic_path
 from .model import GMM
 
 SUB_BATCH = 1024  # particles whose transforms are held at once
+log = logging.getLogger(__name__)
 
 
 def particle_transforms(images: np.ndarray, table: ParticleTable, rows: np.ndarray, grid: FourierGrid) -> np.ndarray:
@@ -107,11 +109,12 @@ class PoseRefiner(BatchedPoseOptimizer):
 class AlignSettings:
     """How particles are aligned: the pose optimiser, the FRC ring weighting ("ssnr": population
     FRC × ring size from up to ``n_weight_sample`` particles at their start poses; "uniform": the
-    paper's plain average), particles per device batch and per chunk read from disk."""
+    paper's plain average), particles per device batch (or "auto": the backend's ``max_batch``) and
+    per chunk read from disk."""
 
     pose: PoseSettings = field(default_factory=PoseSettings)
     ring_weight: str = "ssnr"
-    batch: int = 16
+    batch: Union[int, str] = 16
     chunk: int = 20000
     n_weight_sample: int = 2000
 
@@ -174,10 +177,15 @@ def align_particles(table: ParticleTable, start: Poses, rows: np.ndarray, gmm: G
     """
     rows = np.asarray(rows, dtype=np.int64)
     k = len(rows)
+    backend = backend or get_backend()
     weights, scale = _ring_weights(table, start, rows, gmm, grid, settings, checkpoints, backend)
     if settings.pose.prior_angle_deg is not None and scale is None:
         raise ValueError("a pose prior needs the SSNR ring weighting (its log-likelihood scale)")
-    refiner = PoseRefiner(gmm, grid, settings.pose, batch=settings.batch, ring_weights=weights,
+    batch = settings.batch
+    if batch == "auto":
+        batch = backend.max_batch(gmm, grid, settings.pose)
+        log.info("%s: batch auto → %d particles", desc, batch)
+    refiner = PoseRefiner(gmm, grid, settings.pose, batch=batch, ring_weights=weights,
                           data_scale=scale or 1.0, backend=backend)
     prior = start if prior is None else prior
     out = {"rotation": np.empty((k, 3, 3)), "origin": np.empty((k, 2)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field, replace
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from .. import __version__
 from ..backend import PoseSettings, get_backend
@@ -45,7 +45,7 @@ class RefineParams:
     minres: float = 25.0  # Å: coarsest ring used by the FRC
     sym: str = "C1"
     mask: Optional[str] = None
-    batch: int = 16
+    batch: Union[int, str] = 16  # particles per device batch, or "auto" (largest fitting the device memory)
     chunk: int = 20000
     steps: int = 10
     lr_angle: float = 0.5  # degrees per Adam step
@@ -58,6 +58,7 @@ class RefineParams:
     seed: int = 0
     new_split: bool = False
     pad: int = 2
+    backend: str = "tf"  # "tf" (TensorFlow, the CPU default) or "jax"
     version: str = field(default=__version__)
 
     def pose_settings(self) -> PoseSettings:
@@ -78,9 +79,10 @@ def run_global(p: RefineParams) -> RunSummary:
     user_mask = read_map_on_grid(p.mask, box, apix) if p.mask else None
     ref = read_map_on_grid(p.ref, box, apix, what="reference", field="--ref") if p.ref else None
 
-    backend = get_backend()
+    backend = get_backend(p.backend)
     run = RunDir.create_or_continue(p.out, asdict(p), IDENTITY)
     device = backend.describe_devices(p.gpu, cpu_only=p.cpu)
+    log.info("backend %s on %s", backend.name, device)
     rows = table.half_rows()
     log.info("gmmcore %s refine: %d particles (half 1: %d, half 2: %d), box %d, %.3f Å/px, %s, device %s",
              __version__, len(table), rows[1].size, rows[2].size, box, apix, p.sym, device)
