@@ -5,10 +5,11 @@ NumPy in, NumPy out.  Never imports TensorFlow (GPU machines have none).  Runs o
 sees (or the one chosen), else on the CPU.
 
 Precision: every matrix product runs in full float32 (``Precision.HIGHEST``) except the projector's
-big (2K × N)·(N × 2K) product, which may use TF32 on tensor cores (``matmul="tf32"``, the GPU
-default): refined poses agree with full float32 to < 1e-3° there, while TF32 in the small products
-(rotations, Gaussian centres) moves poses by up to 0.5°.  ``GMMCORE_MATMUL=fp32`` switches TF32 off;
-``tf32-emulated`` rounds the projector's operands to TF32's 10-bit mantissa on any device (tests).
+big (2K × N)·(N × 2K) product, which may use tensor cores (``GMMCORE_MATMUL``): ``tf32x3`` (the GPU
+default: operands split into TF32 head + tail, three tensor-core products — poses as float32,
+< 1e-5°), ``tf32`` (one TF32 product: poses move by ~2e-4°, at most ~1e-3°) or ``fp32``.  TF32 in
+the small products (rotations, Gaussian centres) would move poses by up to 0.5°, so they stay
+float32.  ``tf32-emulated`` / ``tf32x3-emulated`` do the same roundings on any device (tests).
 
 The pose loop of one batch (all Adam steps, best pose kept) is one compiled function; batches are
 padded to a fixed size by the caller, so one compilation serves a run; on accelerators the batch's
@@ -73,9 +74,9 @@ def configure_devices(gpu: Optional[Sequence[int]] = None, cpu_only: bool = Fals
         else:
             dev = jax.devices("cpu")[0]
         _Devices.device = dev
-        default = "tf32" if dev.platform == "gpu" else "fp32"
+        default = "tf32x3" if dev.platform == "gpu" else "fp32"
         _Devices.matmul = os.environ.get("GMMCORE_MATMUL", default)
-        if _Devices.matmul not in ("fp32", "tf32", "tf32-emulated"):
+        if _Devices.matmul not in MATMUL_MODES:
             _Devices.matmul = default
         kind = getattr(dev, "device_kind", dev.platform)
         where = f"GPU {dev.id}: {kind}" if dev.platform == "gpu" else f"CPU ({os.cpu_count()} cores)"
@@ -151,12 +152,27 @@ def _tables(mu, Ex2, Ey2, w):
     return Ex2 * cos_quadrant(thx, quad), Ey2 * cos_quadrant(thy, quad[:, None])
 
 
+MATMUL_MODES = ("fp32", "tf32", "tf32x3", "tf32-emulated", "tf32x3-emulated")
+
+
 def _mm(Y, X, matmul):
+    """The projector's product Y·X in the chosen precision (:data:`MATMUL_MODES`): full float32;
+    TF32 tensor cores; TF32 ×3 (each operand split into a TF32 head and a TF32 tail, three
+    tensor-core products hh + ht + th: ~float32 accuracy); "-emulated": the same roundings done
+    explicitly with float32 products (any device — for tests)."""
     if matmul == "fp32":
         return jnp.matmul(Y, X, precision=HIGHEST)
-    if matmul == "tf32-emulated":
-        return jnp.matmul(_round_tf32(Y), _round_tf32(X), precision=HIGHEST)
-    return jnp.matmul(Y, X, precision=lax.Precision.DEFAULT)  # TF32 on tensor cores
+    emulated = matmul.endswith("-emulated")
+    prec = HIGHEST if emulated else lax.Precision.DEFAULT  # DEFAULT: TF32 on tensor cores
+    mm = lambda a, b: jnp.matmul(a, b, precision=prec)  # noqa: E731
+    Yh, Xh = (_round_tf32(Y), _round_tf32(X)) if emulated else (Y, X)
+    if matmul.startswith("tf32x3"):
+        Yh, Xh = _round_tf32(Y), _round_tf32(X)
+        Yl, Xl = Y - Yh, X - Xh
+        if emulated:
+            Yl, Xl = _round_tf32(Yl), _round_tf32(Xl)
+        return mm(Yh, Xh) + (mm(Yh, Xl) + mm(Yl, Xh))
+    return mm(Yh, Xh)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5))

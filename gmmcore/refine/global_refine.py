@@ -91,7 +91,7 @@ def run_global(p: RefineParams) -> RunSummary:
 
     # Only a user's mask may shape the GMMs: the automatic mask is made from both halves and serves
     # the FSC alone, so it must not touch either half's model.
-    begin = loop.start(table, run, p.sym, p.pad, p.chunk, fsc_mask=user_mask)
+    begin = loop.start(table, run, p.sym, p.pad, p.chunk, fsc_mask=user_mask, backend=backend)
     plan = IterationPlan(sym=p.sym, fsc_mask=begin.fsc_mask, fit_mask=user_mask,
                          band=follow_fsc(p.minres, apix, p.maxres), align=p.align_settings(),
                          prior=table.poses, ngauss=p.ngauss, seed=p.seed, pad=p.pad)

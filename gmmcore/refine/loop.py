@@ -35,7 +35,7 @@ log = logging.getLogger("gmmcore.refine")
 
 
 def start(table: ParticleTable, run: RunDir, sym: str, pad: float, chunk: int,
-          fsc_mask: Optional[np.ndarray] = None) -> Start:
+          fsc_mask: Optional[np.ndarray] = None, backend=None) -> Start:
     """Iteration 0: reconstruct the half maps at the table's poses (or load them), make the
     automatic FSC mask when ``fsc_mask`` is None (saved as mask_auto.mrc), report the FSC."""
     box, apix = check_geometry(table)
@@ -46,7 +46,7 @@ def start(table: ParticleTable, run: RunDir, sym: str, pad: float, chunk: int,
     else:
         t0 = time.time()
         log.info("reconstructing half maps at the input poses")
-        maps = reconstruct_halves(table, sym=sym, pad=pad, chunk=chunk)
+        maps = reconstruct_halves(table, sym=sym, pad=pad, chunk=chunk, backend=backend)
         store.save_half_maps(maps, apix)
         if fsc_mask is None:
             fsc_mask = auto_mask(0.5 * (maps[1] + maps[2]), apix)
@@ -111,7 +111,8 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     store.save_poses(poses)
     change = PoseChange.of(*poses.change_from(state.poses, apix))
 
-    maps = reconstruct_halves(table.with_poses(poses), sym=plan.sym, pad=plan.pad, chunk=plan.align.chunk)
+    maps = reconstruct_halves(table.with_poses(poses), sym=plan.sym, pad=plan.pad, chunk=plan.align.chunk,
+                              backend=backend)
     store.save_half_maps(maps, apix)
     rep = HalfMapReport.from_json(half_map_report(maps[1], maps[2], apix, plan.fsc_mask))
     rep.extra.update(plan.extra_report(maps))
