@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from functools import partial
+from functools import lru_cache, partial
 from typing import Optional, Sequence
 
 import numpy as np
@@ -290,9 +290,7 @@ class _FRCProblem:
         return pre, pim, (pre.astype(np.float64) ** 2 + pim.astype(np.float64) ** 2).sum(-1).astype(np.float32)
 
 
-def _make_score(prob: _FRCProblem, matmul: str):
-    K = prob.hl.K
-    use_prior, iva, ivs = prob.use_prior, prob.inv_var_a, prob.inv_var_s
+def _make_score(K: int, use_prior: bool, iva: float, ivs: float, matmul: str):
 
     def score(c, env, R, org, data):
         p_re, p_im, p_pow, prior_rot, prior_org = data
@@ -358,6 +356,16 @@ def _make_pose_loop(score, settings: PoseSettings, apix: float, donate: bool):
     return jax.jit(run, donate_argnums=(1, 2, 3) if donate else ())
 
 
+@lru_cache(maxsize=16)
+def _compiled_pose_loop(key):
+    """One jitted pose loop per static configuration: the GMM, ring weights and data are arguments,
+    so both halves and every iteration of a run share one compilation (per batch shape and N)."""
+    K, use_prior, iva, ivs, matmul, steps, lr_a, lr_s, final, b1, b2, apix, donate = key
+    settings = PoseSettings(steps=steps, lr_angle_deg=lr_a, lr_shift_px=lr_s, final_lr_fraction=final,
+                            beta1=b1, beta2=b2)
+    return _make_pose_loop(_make_score(K, use_prior, iva, ivs, matmul), settings, apix, donate)
+
+
 class _PoseOptimizer:
     """Compiled optimiser of one objective; called per (padded, fixed-size) batch."""
 
@@ -365,8 +373,12 @@ class _PoseOptimizer:
         if not isinstance(objective, FRCObjective):
             raise TypeError(f"the JAX backend has no pose objective {type(objective).__name__}")
         self.prob = _FRCProblem(objective, settings)
-        score = _make_score(self.prob, _Devices.matmul if _Devices.device is not None else _matmul_default())
-        self._run = _make_pose_loop(score, settings, objective.grid.apix, donate=_on_accelerator())
+        matmul = _Devices.matmul if _Devices.device is not None else _matmul_default()
+        p = self.prob
+        key = (p.hl.K, p.use_prior, p.inv_var_a, p.inv_var_s, matmul, int(settings.steps), settings.lr_angle_deg,
+               settings.lr_shift_px, settings.final_lr_fraction, settings.beta1, settings.beta2,
+               float(objective.grid.apix), _on_accelerator())
+        self._run = _compiled_pose_loop(key)
 
     def __call__(self, rotations, origins_A, particle_ft, prior_rotations, prior_origins_A):
         pre, pim, ppow = self.prob.particle_rings(np.asarray(particle_ft))

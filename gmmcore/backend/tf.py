@@ -240,10 +240,13 @@ def _frc_objective(objective: FRCObjective, settings: PoseSettings):
         return (tf.constant(pre), tf.constant(pim), tf.constant(ppow),
                 tf.constant(prior_rotations, F32), tf.constant(prior_origins_A, F32))
 
-    return consts, data, prepare, score
+    # prepare and score depend on nothing else: one traced loop serves every objective with this key
+    key = ("frc", K, use_prior, inv_var_a, inv_var_s)
+    return consts, data, prepare, score, key
 
 
 _OBJECTIVES = {FRCObjective: _frc_objective}
+_LOOPS = {}  # (objective key, settings, apix, jit_compile) → traced pose loop
 
 
 def _pose_loop(prepare, score, settings: PoseSettings, apix: float, jit_compile: bool = False):
@@ -305,9 +308,13 @@ class _PoseOptimizer:
             make = _OBJECTIVES[type(objective)]
         except KeyError:
             raise TypeError(f"the TensorFlow backend has no pose objective {type(objective).__name__}") from None
-        self._consts, self._data, prepare, score = make(objective, settings)
-        self._run = _pose_loop(prepare, score, settings, objective.grid.apix,
-                               jit_compile=os.environ.get("GMMCORE_TF_XLA", "0") == "1")
+        self._consts, self._data, prepare, score, key = make(objective, settings)
+        xla = os.environ.get("GMMCORE_TF_XLA", "0") == "1"
+        key = (key, int(settings.steps), settings.lr_angle_deg, settings.lr_shift_px, settings.final_lr_fraction,
+               settings.beta1, settings.beta2, float(objective.grid.apix), xla)
+        if key not in _LOOPS:  # both halves and every iteration share one traced loop
+            _LOOPS[key] = _pose_loop(prepare, score, settings, objective.grid.apix, jit_compile=xla)
+        self._run = _LOOPS[key]
 
     def __call__(self, rotations, origins_A, **per_particle):
         R, o, s, s0 = self._run(self._consts, tf.constant(rotations, F32), tf.constant(origins_A, F32),
@@ -449,7 +456,7 @@ class TFBackend:
 
     def frc_rings(self, gmm, grid, particle_ft, rotations, origins_A, batch: int = 64) -> np.ndarray:
         """Per-ring FRC of each particle against the GMM at its given pose, (k, nrings)."""
-        consts, data, prepare, _ = _frc_objective(FRCObjective(gmm, grid, np.full(grid.nrings, 1.0 / grid.nrings,
+        consts, data, prepare, _, _ = _frc_objective(FRCObjective(gmm, grid, np.full(grid.nrings, 1.0 / grid.nrings,
                                                                                    np.float32)), PoseSettings())
         K = HermitianLayout(grid).K
         centers, Ex2, Ey2, kw, ring_index, _, _ = prepare(consts)
