@@ -243,11 +243,15 @@ def reference_tf(gmm, grid, steps, lr_rad, lr_A):
 # the product
 
 
-def product(backend_name, gmm, grid):
+def product(backend_name, gmm, grid, matmul=None):
     from gmmcore.backend import FRCObjective, PoseSettings, get_backend
 
     be = get_backend(backend_name)
     be.describe_devices()
+    if backend_name == "jax":  # the projector product's precision (gmmcore.backend.jax.MATMUL_MODES)
+        from gmmcore.backend import jax as bj
+
+        bj._Devices.matmul = matmul or bj._Devices.default
     settings = PoseSettings(prior_angle_deg=3.0, prior_shift_px=1.0)
     w = np.full(grid.nrings, 1.0 / grid.nrings, np.float32)
     opt = be.pose_optimizer(FRCObjective(gmm, grid, w, 100.0), settings)
@@ -414,6 +418,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-steps", nargs="+", type=int, default=[10, 50])
     ap.add_argument("--ref-steps-batches", nargs="+", type=int, default=None,
                     help="batches at which the reference runs with steps other than 10 (default: all)")
+    ap.add_argument("--matmul", nargs="+", default=[],
+                    help="extra JAX product runs with these projector precisions (fp32, tf32, tf32x3)")
+    ap.add_argument("--matmul-batches", nargs="+", type=int, default=None,
+                    help="batches for the extra --matmul runs (default: all)")
     ap.add_argument("--seconds", type=float, default=2.0, help="time measured per point (after warm-up)")
     ap.add_argument("--budget", type=float, default=0.0, help="stop starting new points after this many seconds")
     ap.add_argument("--max-mb", type=float, default=0.0,
@@ -452,11 +460,17 @@ def main(argv=None) -> int:
         impls = []
         for fam in ns.backends:
             impls.append((f"product-{fam}", fam, "product", None))
+            if fam == "jax":
+                impls += [(f"product-jax-{m}", fam, "product", m) for m in ns.matmul]
             for st in ns.ref_steps:
                 impls.append((f"reference-{fam}" + ("" if st == 10 else f"-{st}steps"), fam, "reference", st))
         for impl, fam, kind, st in impls:
             if kind == "product":
-                call, lowered, steps = product(fam, gmm, grid)
+                call, lowered, steps = product(fam, gmm, grid, st)
+                if fam == "jax":
+                    from gmmcore.backend import jax as bj
+
+                    res["cases"][case].setdefault("matmul", {})[impl] = bj._Devices.matmul
             else:
                 make = reference_jax if fam == "jax" else reference_tf
                 call, lowered = make(gmm, grid, st, lr_rad, lr_A)
@@ -467,6 +481,8 @@ def main(argv=None) -> int:
             per_mb = bytes_per_particle(len(gmm), grid) / 2 ** 20 * (2.0 if kind == "reference" else 1.0)
             for B in ns.batches:
                 if ns.ref_steps_batches and kind == "reference" and st != 10 and B not in ns.ref_steps_batches:
+                    continue
+                if ns.matmul_batches and kind == "product" and st and B not in ns.matmul_batches:
                     continue
                 if ns.budget and time.perf_counter() - t_all > ns.budget:
                     res["runs"].append({"case": case, "impl": impl, "batch": B, "skipped": "time budget"})

@@ -55,7 +55,8 @@ def _round_tf32(x):
 class _Devices:
     device = None
     description = None
-    matmul = "fp32"
+    matmul = "fp32"  # the projector product's precision in use
+    default = "fp32"  # ... as configured (device default or GMMCORE_MATMUL)
 
 
 def configure_devices(gpu: Optional[Sequence[int]] = None, cpu_only: bool = False) -> str:
@@ -78,6 +79,7 @@ def configure_devices(gpu: Optional[Sequence[int]] = None, cpu_only: bool = Fals
         _Devices.matmul = os.environ.get("GMMCORE_MATMUL", default)
         if _Devices.matmul not in MATMUL_MODES:
             _Devices.matmul = default
+        _Devices.default = _Devices.matmul
         kind = getattr(dev, "device_kind", dev.platform)
         where = f"GPU {dev.id}: {kind}" if dev.platform == "gpu" else f"CPU ({os.cpu_count()} cores)"
         _Devices.description = f"JAX {jax.__version__} on {where}, projector matmul {_Devices.matmul}"
