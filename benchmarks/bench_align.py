@@ -19,8 +19,10 @@ ring-segment FRC, rotation-vector Adam with the pose prior, 10 steps; NumPy in a
 
 Cases: (i) N 2,000, box 128, 1.5 Å/px, 4 Å; (ii) the paper's GPCR: N 7,374, box 240, 0.86 Å/px, 3 Å;
 (iii) the paper's ABCG2: N 15,174, box 256, 0.84 Å/px, 3 Å; (tiny: N 50, box 32 — a smoke test).
-Figures per (implementation, case, batch): particle-steps/s (after a warm-up call that includes
-compilation, reported as ``warmup_s``), particles/s at the implementation's steps, memory (JAX:
+Figures per (implementation, case, batch): particle-steps/s from the median call time (after a
+warm-up call that includes compilation, reported as ``warmup_s``; the implementations of a batch
+size are timed in interleaved rounds, so they share the machine's load), particles/s at the
+implementation's steps, memory (JAX:
 XLA's memory analysis of the compiled batch function — arguments + outputs + temporaries — and on
 GPUs the device's peak bytes in use; TF: sampled growth of the resident set), mean angle error vs
 the truth before/after (a sanity check).  ``limit``: the device's measured float32 (and TF32) matrix
@@ -315,9 +317,11 @@ def jax_device():
         return jax.devices("cpu")[0]
 
 
-def measure(call, lowered, steps, data, B, seconds, family):
+def prepare_point(call, lowered, steps, data, B, family):
+    """Warm-up (compilation) and memory of one (implementation, batch); returns the record and
+    the timed closure."""
     R0, o0, ft, Rt = tile(data["R0"], B), tile(data["o0"], B), tile(data["ft"], B), tile(data["R"], B)
-    rec = {"batch": B, "steps": steps}
+    rec = {"batch": B, "steps": steps, "times": []}
     if lowered is not None:
         try:
             ma = lowered(R0, o0, ft).compile().memory_analysis()
@@ -331,16 +335,25 @@ def measure(call, lowered, steps, data, B, seconds, family):
         t = time.perf_counter()
         R, o = call(R0, o0, ft)
         rec["warmup_s"] = time.perf_counter() - t
-        n, t = 0, time.perf_counter()
-        while True:
-            R, o = call(R0, o0, ft)
-            n += 1
-            el = time.perf_counter() - t
-            if (n >= 2 and el >= seconds) or n >= 50:
-                break
-    rec.update({"calls": n, "seconds": el, "particle_steps_per_s": n * B * steps / el,
-                "particles_per_s": n * B / el, "rss_growth_MB": rss.peak - rss.start,
-                "angle_error_deg_before": angle_error(R0, Rt), "angle_error_deg_after": angle_error(R, Rt)})
+    rec["rss_growth_MB"] = rss.peak - rss.start
+    rec["angle_error_deg_before"] = angle_error(R0, Rt)
+    rec["angle_error_deg_after"] = angle_error(R, Rt)
+
+    def timed():
+        t0 = time.perf_counter()
+        call(R0, o0, ft)
+        rec["times"].append(time.perf_counter() - t0)
+
+    return rec, timed
+
+
+def finish_point(rec, family):
+    """Speeds from the median call time of the interleaved rounds (and the best, for reference)."""
+    ts = np.asarray(rec["times"])
+    med, best = float(np.median(ts)), float(ts.min())
+    B, steps = rec["batch"], rec["steps"]
+    rec.update({"calls": len(ts), "seconds_median": med, "particle_steps_per_s": B * steps / med,
+                "particles_per_s": B / med, "particle_steps_per_s_best": B * steps / best})
     if family == "jax":
         try:
             st = jax_device().memory_stats() or {}
@@ -464,6 +477,7 @@ def main(argv=None) -> int:
                 impls += [(f"product-jax-{m}", fam, "product", m) for m in ns.matmul]
             for st in ns.ref_steps:
                 impls.append((f"reference-{fam}" + ("" if st == 10 else f"-{st}steps"), fam, "reference", st))
+        built = {}
         for impl, fam, kind, st in impls:
             if kind == "product":
                 call, lowered, steps = product(fam, gmm, grid, st)
@@ -478,8 +492,10 @@ def main(argv=None) -> int:
             fl = flops_per_particle_step(kind, grid, len(gmm))
             lim = {k: v / fl for k, v in res["machine"][f"matmul_flops_{fam}"].items()}
             res["limits"][f"{case}/{impl}"] = {"flops_per_particle_step": fl, "particle_steps_per_s_limit": lim}
-            per_mb = bytes_per_particle(len(gmm), grid) / 2 ** 20 * (2.0 if kind == "reference" else 1.0)
-            for B in ns.batches:
+            built[impl] = (call, lowered, steps, fam, kind, st)
+        for B in ns.batches:
+            points = []  # (impl, rec, timed, fam)
+            for impl, (call, lowered, steps, fam, kind, st) in built.items():
                 if ns.ref_steps_batches and kind == "reference" and st != 10 and B not in ns.ref_steps_batches:
                     continue
                 if ns.matmul_batches and kind == "product" and st and B not in ns.matmul_batches:
@@ -487,30 +503,38 @@ def main(argv=None) -> int:
                 if ns.budget and time.perf_counter() - t_all > ns.budget:
                     res["runs"].append({"case": case, "impl": impl, "batch": B, "skipped": "time budget"})
                     continue
-                free = host_free_bytes() if fam == "tf" or jax_device().platform == "cpu" else None
+                per_mb = bytes_per_particle(len(gmm), grid) / 2 ** 20 * (2.0 if kind == "reference" else 1.0)
+                free = host_free_bytes()
                 if fam == "jax" and jax_device().platform != "cpu":
                     st_ = jax_device().memory_stats() or {}
-                    free = st_.get("bytes_limit", 0) - st_.get("bytes_in_use", 0) or None
+                    free = (st_.get("bytes_limit", 0) - st_.get("bytes_in_use", 0)) or None
                 cap = ns.max_mb or (0.6 * free / 2 ** 20 if free else float("inf"))
                 if per_mb * B > cap:
                     res["runs"].append({"case": case, "impl": impl, "batch": B, "skipped": True,
                                         "reason": f"predicted {per_mb * B:.0f} MB > {cap:.0f} MB"})
                     continue
-                print(f"case {case:>4} {impl:<24} batch {B:5d} ...", end=" ", flush=True)
                 try:
-                    r = measure(call, lowered, steps, data, B, ns.seconds, fam)
+                    rec, timed = prepare_point(call, lowered, steps, data, B, fam)
+                    points.append((impl, rec, timed, fam))
                 except Exception as exc:  # noqa: BLE001 — e.g. out of memory: record and go on
-                    r = {"batch": B, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                    res["runs"].append({"case": case, "impl": impl, "batch": B,
+                                        "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            # interleaved rounds: every implementation sees the same machine load
+            t0 = time.perf_counter()
+            rounds = 0
+            while points and (rounds < 3 or (time.perf_counter() - t0 < ns.seconds * len(points) and rounds < 50)):
+                for _, rec, timed, _ in points:
+                    timed()
+                rounds += 1
+            for impl, rec, _, fam in points:
+                r = finish_point(rec, fam)
                 r.update({"case": case, "impl": impl})
                 res["runs"].append(r)
-                if "particle_steps_per_s" in r:
-                    print(f"{r['particle_steps_per_s']:10.1f} particle-steps/s, {r['particles_per_s']:8.1f} particles/s, "
-                          f"warm-up {r['warmup_s']:.1f} s, angle {r['angle_error_deg_before']:.2f}→"
-                          f"{r['angle_error_deg_after']:.2f}°" + (f", {r['compiled_MB']:.0f} MB" if "compiled_MB" in r else ""),
-                          flush=True)
-                else:
-                    print(r.get("error"), flush=True)
-                save()
+                print(f"case {case:>4} {impl:<24} batch {B:5d}: {r['particle_steps_per_s']:10.1f} particle-steps/s, "
+                      f"{r['particles_per_s']:8.1f} particles/s, warm-up {r['warmup_s']:.1f} s, angle "
+                      f"{r['angle_error_deg_before']:.2f}→{r['angle_error_deg_after']:.2f}°"
+                      + (f", {r['compiled_MB']:.0f} MB" if "compiled_MB" in r else ""), flush=True)
+            save()
     # ratios: product ÷ reference (10 steps) at equal batch, and best vs best, per case and family
     ratios = {}
     ok = [r for r in res["runs"] if "particle_steps_per_s" in r]
