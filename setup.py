@@ -37,6 +37,7 @@ setup(
     ],
     extras_require={
         "tf": ["tensorflow-cpu"],
+        "jax": ["jax"],
         "scipion": ["scipion-pyworkflow", "scipion-em"],
         "test": ["pytest", "scipion-em-relion"],
     },
