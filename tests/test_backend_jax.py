@@ -182,7 +182,7 @@ def test_jax_refine_without_tensorflow(sim_small, tmp_path):
     s = {k: json.loads((tmp_path / k / "summary.json").read_text()) for k in ("tf", "jax")}
     assert s["jax"]["params"]["backend"] == "jax" and s["jax"]["params"]["batch"] == "auto"
     assert "JAX" in s["jax"]["device"]
-    r = {k: v["iterations"][-1]["report"]["resolution"] for k, v in s.items()}
+    r = {k: v["iterations"][-1]["resolution"] for k, v in s.items()}
     assert abs(r["tf"] - r["jax"]) < 0.02 * r["tf"]
     from gmmcore.io.star import read_star
 
