@@ -36,7 +36,6 @@ import json
 import math
 import os
 import platform
-import resource
 import sys
 import threading
 import time
@@ -262,16 +261,14 @@ def product(backend_name, gmm, grid, matmul=None):
         R, o, _, _ = opt(R0, o0, particle_ft=ft, prior_rotations=R0, prior_origins_A=o0)
         return R, o
 
-    lowered = None
-    if backend_name == "jax":
+    def lowered(R0, o0, ft):  # the compiled batch function (JAX), for XLA's memory analysis
         import jax.numpy as jnp
 
-        def lowered(R0, o0, ft):
-            pre, pim, ppow = opt.prob.particle_rings(ft)
-            data = tuple(jnp.asarray(x, jnp.float32) for x in (pre, pim, ppow, R0, o0))
-            return opt._run.lower(opt.prob.consts, jnp.asarray(R0, jnp.float32), jnp.asarray(o0, jnp.float32), data)
+        pre, pim, ppow = opt.prob.particle_rings(ft)
+        data = tuple(jnp.asarray(x, jnp.float32) for x in (pre, pim, ppow, R0, o0))
+        return opt._run.lower(opt.prob.consts, jnp.asarray(R0, jnp.float32), jnp.asarray(o0, jnp.float32), data)
 
-    return call, lowered, settings.steps
+    return call, (lowered if backend_name == "jax" else None), settings.steps
 
 
 # --------------------------------------------------------------------------------------------

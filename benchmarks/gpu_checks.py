@@ -10,7 +10,6 @@ Writes benchmarks/results/gpu_checks.json; exits 1 when a check fails its bound.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time

@@ -58,11 +58,12 @@ class RingLayout:
         self.counts = counts
 
 
-# Bytes per particle of one pose step, in units of 4·N·K (float32 N×K tables): forward tables
-# (cos/sin of both axes, enveloped X and Y, doubling intermediates), their cotangents and the
-# autodiff residuals.  Calibrated from XLA's memory analysis of the compiled JAX pose loop
-# (benchmarks/bench_align.py records it as ``compiled_temp_MB``) with a margin.
-TABLES_PER_PARTICLE = 40
+# Bytes per particle of the pose loop, in units of 4·N·K (a float32 N×K table): the enveloped
+# tables X and Y (2 × 2 units), their cotangents (4) and what the step keeps alive besides.  XLA's
+# memory analysis of the compiled JAX loop (benchmarks/bench_align.py: ``compiled_MB``, case i)
+# grows by 2.34 MB per particle = 6.0 units; TensorFlow without XLA keeps more intermediates, so
+# the rule uses twice that.
+TABLES_PER_PARTICLE = 12
 
 
 def bytes_per_particle(n_gaussians: int, grid) -> int:
