@@ -33,6 +33,10 @@ from .kernels import CPU_BATCH_CAP, HermitianLayout, RingLayout, batch_for_memor
 # TF logs a harmless warning while fitting (the gradient of volume_ft's real→complex amplitude cast
 # drops an imaginary part that is zero by construction); keep TF's Python logger to errors.
 tf.get_logger().setLevel(logging.ERROR)
+# TensorFlow runs every float32 product in TF32 on Ampere+ GPUs by default; TF32 in the small
+# products (rotations, centres) moves refined poses by up to 0.5°, and TF cannot choose per
+# product, so this backend stays in float32 (the JAX backend uses tensor cores where it pays).
+tf.config.experimental.enable_tensor_float_32_execution(False)
 
 TWO_PI = 2.0 * math.pi
 F32 = tf.float32
@@ -49,10 +53,6 @@ def configure_devices(gpu: Optional[Sequence[int]] = None, cpu_only: bool = Fals
     ``cpu_only``: hide GPUs.  Turns memory growth on.  Returns a one-line description."""
     global _DEVICES_CONFIGURED
     gpus = tf.config.list_physical_devices("GPU")
-    # TensorFlow runs every float32 product in TF32 on Ampere+ GPUs by default; TF32 in the small
-    # products (rotations, centres) moves refined poses by up to 0.5°, and TF cannot choose per
-    # product, so this backend stays in float32 (the JAX backend uses tensor cores where it pays).
-    tf.config.experimental.enable_tensor_float_32_execution(False)
     if not _DEVICES_CONFIGURED:
         try:
             if cpu_only or not gpus:
