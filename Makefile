@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_align.py
+	$(PY) benchmarks/bench_align.py --backends tf jax --cases i --batches 16 64 --out benchmarks/results/bench_align_cpu.json
 
 clean:
 	rm -rf demo_out .pytest_cache

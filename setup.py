@@ -38,6 +38,7 @@ setup(
     extras_require={
         "tf": ["tensorflow-cpu"],
         "cluster": ["dask>=2024.8", "distributed>=2024.8", "dask-jobqueue>=0.9"],
+        "jax": ["jax"],
         "scipion": ["scipion-pyworkflow", "scipion-em"],
         "test": ["pytest", "scipion-em-relion"],
     },

@@ -1,25 +1,33 @@
-"""Alignment-step benchmark: the separable cropped projector (gmm.align.PoseRefiner) against a
-straightforward implementation of the same maths.
+"""Alignment-step benchmark: the product's pose optimiser against the reference implementation's
+kernel, same problem, same run, same machine — and against the device's matrix-product limit.
 
-    .venv/bin/python benchmarks/bench_align.py            # full run, writes benchmarks/results/bench_align.json
-    .venv/bin/python benchmarks/bench_align.py --quick    # smaller problem, a smoke test (~1 min)
+    python3 benchmarks/bench_align.py --backends jax --cases i ii iii        # a GPU machine (JAX only)
+    .venv/bin/python benchmarks/bench_align.py --backends tf jax --cases i   # this CPU machine
 
-Problem (defaults): box 128, apix 1.0 Å, 2,000 Gaussians, target resolution 4 Å (Fourier grid
-cropped to 65 × 33, i.e. 2× Nyquist), FRC rings 25 Å → 4 Å, 10 Adam pose steps per particle
-(backend.PoseSettings defaults), noisy particles made from the GMM at random poses, refinement
-started 2° / 1 Å away from the truth.
+"reference" = the kernel of the paper's implementation (EMAN2 ``e2gmm_refine``; its 2025 JAX port),
+re-implemented here from its published description: per image, separable complex 1-D tables
+(N × ny and N × nx, complex64, Gaussian envelope and phase, rebuilt every step) and one complex
+matrix product on the cropped Fourier grid (rows ky = −kmax..kmax, columns kx = 0..kmax — the
+same grid as the product); FRC per ring through a dense (pixels × rings) ring-indicator product,
+mean over the rings 25 Å → target; Adam on the raw Euler angles (ZYZ) and shifts; 10 steps (the
+paper) or 50 (the JAX port).  Compiled the same way as the product (whole step loop in one
+function: ``lax.scan`` under ``jax.jit``; ``tf.function``), so it is the strongest form of that kernel.
 
-"straightforward" = the same pose optimisation (the very same backend Adam pose loop, same
-FRC rings, tf.GradientTape), but the projection evaluates every Gaussian at every pixel of the full,
-uncropped rfft grid (box × box//2+1): B × N × pixels complex exponentials, no separability, no
-cropping.  It is swapped in for backend.tf.project_ft inside its own worker process only.
+"product" = ``backend.pose_optimizer`` (:mod:`gmmcore.backend`): the Hermitian half-grid product,
+ring-segment FRC, rotation-vector Adam with the pose prior, 10 steps; NumPy in and out per batch
+(host↔device transfers and the particle ring layout are included in its time).
 
-Each (implementation, batch) is measured in a fresh subprocess: particle-steps per second (after
-one warm-up batch that includes tracing), and peak resident memory (``ru_maxrss``) before and after
-the refinement, and the current RSS sampled every 5 ms during warm-up + measured batches:
-``working_MB`` = sampled peak − RSS just before the first batch = the alignment's working memory
-on top of TensorFlow + data.  Data
-are made once by the parent and handed to the workers in a temporary .npz.
+Cases: (i) N 2,000, box 128, 1.5 Å/px, 4 Å; (ii) the paper's GPCR: N 7,374, box 240, 0.86 Å/px, 3 Å;
+(iii) the paper's ABCG2: N 15,174, box 256, 0.84 Å/px, 3 Å; (tiny: N 50, box 32 — a smoke test).
+Figures per (implementation, case, batch): particle-steps/s from the median call time (after a
+warm-up call that includes compilation, reported as ``warmup_s``; the implementations of a batch
+size are timed in interleaved rounds, so they share the machine's load), particles/s at the
+implementation's steps, memory (JAX:
+XLA's memory analysis of the compiled batch function — arguments + outputs + temporaries — and on
+GPUs the device's peak bytes in use; TF: sampled growth of the resident set), mean angle error vs
+the truth before/after (a sanity check).  ``limit``: the device's measured float32 (and TF32) matrix
+throughput divided by each kernel's projector FLOPs per particle-step (forward + two backward
+products): the speed no implementation of that arithmetic can beat.
 """
 from __future__ import annotations
 
@@ -28,10 +36,8 @@ import json
 import math
 import os
 import platform
-import resource
-import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,12 +48,234 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+CASES = {
+    "tiny": dict(n_gauss=50, box=32, apix=2.0, resolution=8.0),
+    "i": dict(n_gauss=2000, box=128, apix=1.5, resolution=4.0),
+    "ii": dict(n_gauss=7374, box=240, apix=0.86, resolution=3.0),
+    "iii": dict(n_gauss=15174, box=256, apix=0.84, resolution=3.0),
+}
+MINRES = 25.0
+POOL = 64  # distinct particles per case (tiled to fill large batches; speed does not depend on content)
 
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+# --------------------------------------------------------------------------------------------
+# problem
 
 
-def _rss_mb() -> float:
+def make_case(name, backend_name, seed=0):
+    """GMM (a random compact blob), grid, a pool of noisy particle transforms at known poses, start poses."""
+    from gmmcore.backend import get_backend
+    from gmmcore.geometry import perturb_rotations, random_rotations
+    from gmmcore.gmm.model import GMM
+    from gmmcore.grids import FourierGrid
+
+    c = CASES[name]
+    rng = np.random.default_rng(seed)
+    n, box, apix = c["n_gauss"], c["box"], c["apix"]
+    radius = 0.3 * box * apix
+    pts = rng.uniform(-1, 1, (4 * n, 3))
+    pts = pts[(pts ** 2).sum(1) <= 1][:n] * [radius, 0.8 * radius, 0.65 * radius]
+    gmm = GMM(pts, rng.uniform(0.5, 1.5, n), rng.uniform(0.8, 1.6, n) * c["resolution"] / 3.0)
+    grid = FourierGrid(box, apix, c["resolution"], MINRES)
+    R = random_rotations(POOL, rng)
+    o = rng.uniform(-3, 3, (POOL, 2))
+    imgs = get_backend(backend_name).project_images(gmm, R, o, apix, box, batch=16)
+    imgs += rng.normal(0, imgs.std(), imgs.shape).astype(np.float32)
+    ft = grid.image_ft(imgs)
+    R0 = perturb_rotations(R, 2.0, rng)
+    o0 = o + rng.normal(0, 1.0 / math.sqrt(2), o.shape)
+    return {"gmm": gmm, "grid": grid, "ft": ft, "R": R, "o": o, "R0": R0, "o0": o0}
+
+
+def tile(x, B):
+    reps = -(-B // len(x))
+    return np.concatenate([x] * reps)[:B]
+
+
+def angle_error(Ra, Rb):
+    from gmmcore.geometry import angular_distance
+
+    u, _, vt = np.linalg.svd(np.asarray(Ra, np.float64))
+    return float(angular_distance(u @ vt, Rb).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# the reference kernel (re-implemented from its published description)
+
+
+def euler_zyz(xp, rot, tilt, psi):
+    """RELION A = Rz(psi)·Ry(tilt)·Rz(rot) from angles in radians, (B, 3, 3), array module ``xp``."""
+    ca, sa, cb, sb, cg, sg = xp.cos(rot), xp.sin(rot), xp.cos(tilt), xp.sin(tilt), xp.cos(psi), xp.sin(psi)
+    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
+    rows = [[cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
+            [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
+            [sc, ss, cb]]
+    return xp.stack([xp.stack(r, -1) for r in rows], -2)
+
+
+def matrix_to_euler_np(A):
+    """Inverse of :func:`euler_zyz` (NumPy, radians)."""
+    from gmmcore.geometry import matrix_to_euler
+
+    return np.radians(matrix_to_euler(np.asarray(A, np.float64)))
+
+
+def reference_inputs(case, grid):
+    """Ring-indicator tensor (pixels × rings) over the cropped grid and its frequencies."""
+    ny, nx = grid.shape
+    ind = np.zeros((ny * nx, grid.nrings), np.float32)
+    ind[grid.pix, grid.ring] = 1.0
+    return ind
+
+
+def reference_jax(gmm, grid, steps, lr_rad, lr_A):
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    H = lax.Precision.HIGHEST
+    ind = jnp.asarray(reference_inputs(None, grid))
+    c, a, s = (jnp.asarray(x) for x in (gmm.centers, gmm.amplitudes, gmm.sigmas))
+    sy, sx = jnp.asarray(grid.sy), jnp.asarray(grid.sx)
+    ny, nx = grid.shape
+    lr = jnp.asarray([lr_rad] * 3 + [lr_A] * 2, jnp.float32)
+
+    def loss(p, pre, pim):
+        A = euler_zyz(jnp, p[:, 0], p[:, 1], p[:, 2])
+        mu = jnp.einsum("bij,nj->bni", A[:, :2, :], c, precision=H) - p[:, None, 3:]
+        env = -2.0 * math.pi ** 2 * jnp.square(s)[:, None]
+        tx = jnp.exp(env * jnp.square(sx)) * jnp.exp(-2j * math.pi * mu[:, :, 0:1] * sx)  # (B, N, nx) complex
+        ty = (a[:, None] * jnp.exp(env * jnp.square(sy))) * jnp.exp(-2j * math.pi * mu[:, :, 1:2] * sy)  # (B, N, ny)
+        img = jnp.einsum("bny,bnx->byx", ty, tx, precision=H).reshape(-1, ny * nx)
+        mr, mi = jnp.real(img), jnp.imag(img)
+        smp = jnp.matmul(mr * pre + mi * pim, ind, precision=H)
+        smm = jnp.matmul(mr * mr + mi * mi, ind, precision=H)
+        spp = jnp.matmul(pre * pre + pim * pim, ind, precision=H)
+        frc = jnp.mean(smp / jnp.sqrt(smm * spp + 1e-30), axis=1)
+        return -jnp.sum(frc), frc
+
+    g = jax.value_and_grad(loss, has_aux=True)
+
+    def run(p0, pre, pim):
+        def step(carry, t):
+            p, m, v = carry
+            (_, f), gr = g(p, pre, pim)
+            m = 0.9 * m + 0.1 * gr
+            v = 0.999 * v + 0.001 * gr * gr
+            p = p - lr * (m / (1 - 0.9 ** t)) / (jnp.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+            return (p, m, v), f
+
+        z = jnp.zeros_like(p0)
+        (p, _, _), f = lax.scan(step, (p0, z, z), jnp.arange(1, steps + 1, dtype=jnp.float32))
+        return p, f[-1]
+
+    fn = jax.jit(run)
+
+    def call(R0, o0, ft):
+        eul = matrix_to_euler_np(R0)
+        p0 = np.concatenate([eul, o0], axis=1).astype(np.float32)
+        flat = ft.reshape(len(ft), -1)
+        p, f = fn(jnp.asarray(p0), jnp.asarray(flat.real), jnp.asarray(flat.imag))
+        p = np.asarray(p)
+        return np.asarray(euler_zyz(np, p[:, 0], p[:, 1], p[:, 2])), p[:, 3:]
+
+    def lowered(R0, o0, ft):
+        flat = ft.reshape(len(ft), -1)
+        p0 = np.zeros((len(ft), 5), np.float32)
+        return fn.lower(jnp.asarray(p0), jnp.asarray(flat.real), jnp.asarray(flat.imag))
+
+    return call, lowered
+
+
+def reference_tf(gmm, grid, steps, lr_rad, lr_A):
+    import tensorflow as tf
+
+    ind = tf.constant(reference_inputs(None, grid))
+    c, a, s = (tf.constant(x) for x in (gmm.centers, gmm.amplitudes, gmm.sigmas))
+    sy, sx = tf.constant(grid.sy), tf.constant(grid.sx)
+    ny, nx = grid.shape
+    lr = tf.constant([lr_rad] * 3 + [lr_A] * 2, tf.float32)
+    cplx = lambda re, im: tf.complex(re, im)  # noqa: E731
+
+    def loss(p, pre, pim):
+        A = euler_zyz(tf, p[:, 0], p[:, 1], p[:, 2])
+        mu = tf.einsum("bij,nj->bni", A[:, :2, :], c) - p[:, None, 3:]
+        env = -2.0 * math.pi ** 2 * tf.square(s)[:, None]
+        phx = -2.0 * math.pi * mu[:, :, 0:1] * sx
+        phy = -2.0 * math.pi * mu[:, :, 1:2] * sy
+        ex = tf.exp(env * tf.square(sx))
+        ey = a[:, None] * tf.exp(env * tf.square(sy))
+        tx = cplx(ex * tf.cos(phx), ex * tf.sin(phx))
+        ty = cplx(ey * tf.cos(phy), ey * tf.sin(phy))
+        img = tf.reshape(tf.matmul(ty, tx, transpose_a=True), [-1, ny * nx])
+        mr, mi = tf.math.real(img), tf.math.imag(img)
+        smp = tf.matmul(mr * pre + mi * pim, ind)
+        smm = tf.matmul(mr * mr + mi * mi, ind)
+        spp = tf.matmul(pre * pre + pim * pim, ind)
+        frc = tf.reduce_mean(smp / tf.sqrt(smm * spp + 1e-30), axis=1)
+        return -tf.reduce_sum(frc), frc
+
+    @tf.function
+    def run(p, pre, pim):
+        m = tf.zeros_like(p)
+        v = tf.zeros_like(p)
+        for t in range(1, steps + 1):
+            with tf.GradientTape() as tape:
+                tape.watch(p)
+                lo, f = loss(p, pre, pim)
+            gr = tape.gradient(lo, p)
+            m = 0.9 * m + 0.1 * gr
+            v = 0.999 * v + 0.001 * gr * gr
+            p = p - lr * (m / (1 - 0.9 ** t)) / (tf.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        return p, f
+
+    def call(R0, o0, ft):
+        eul = matrix_to_euler_np(R0)
+        p0 = np.concatenate([eul, o0], axis=1).astype(np.float32)
+        flat = ft.reshape(len(ft), -1)
+        p, _ = run(tf.constant(p0), tf.constant(flat.real), tf.constant(flat.imag))
+        p = p.numpy()
+        return euler_zyz(np, p[:, 0], p[:, 1], p[:, 2]), p[:, 3:]
+
+    return call, None
+
+
+# --------------------------------------------------------------------------------------------
+# the product
+
+
+def product(backend_name, gmm, grid, matmul=None):
+    from gmmcore.backend import FRCObjective, PoseSettings, get_backend
+
+    be = get_backend(backend_name)
+    be.describe_devices()
+    if backend_name == "jax":  # the projector product's precision (gmmcore.backend.jax.MATMUL_MODES)
+        from gmmcore.backend import jax as bj
+
+        bj._Devices.matmul = matmul or bj._Devices.default
+    settings = PoseSettings(prior_angle_deg=3.0, prior_shift_px=1.0)
+    w = np.full(grid.nrings, 1.0 / grid.nrings, np.float32)
+    opt = be.pose_optimizer(FRCObjective(gmm, grid, w, 100.0), settings)
+
+    def call(R0, o0, ft):
+        R, o, _, _ = opt(R0, o0, particle_ft=ft, prior_rotations=R0, prior_origins_A=o0)
+        return R, o
+
+    def lowered(R0, o0, ft):  # the compiled batch function (JAX), for XLA's memory analysis
+        import jax.numpy as jnp
+
+        pre, pim, ppow = opt.prob.particle_rings(ft)
+        data = tuple(jnp.asarray(x, jnp.float32) for x in (pre, pim, ppow, R0, o0))
+        return opt._run.lower(opt.prob.consts, jnp.asarray(R0, jnp.float32), jnp.asarray(o0, jnp.float32), data)
+
+    return call, (lowered if backend_name == "jax" else None), settings.steps
+
+
+# --------------------------------------------------------------------------------------------
+# measurement
+
+
+def _rss_mb():
     try:
         for line in open("/proc/self/status"):
             if line.startswith("VmRSS:"):
@@ -58,12 +286,8 @@ def _rss_mb() -> float:
 
 
 class RssSampler:
-    """Samples the current resident set size every ``dt`` seconds in a thread; ``peak`` in MB."""
-
     def __init__(self, dt=0.005):
-        import threading
-
-        self.dt, self.peak, self._stop = dt, _rss_mb(), threading.Event()
+        self.dt, self.start, self.peak, self._stop = dt, _rss_mb(), _rss_mb(), threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self):
@@ -78,284 +302,255 @@ class RssSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, _rss_mb())
         return False
 
 
-def _mem_available_mb() -> float:
+def jax_device():
+    import jax
+
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
+        return jax.devices("gpu")[0]
+    except RuntimeError:
+        return jax.devices("cpu")[0]
 
 
-# --------------------------------------------------------------------------------------------
-# the straightforward projector (same maths as backend.tf.project_ft, evaluated densely)
+def prepare_point(call, lowered, steps, data, B, family):
+    """Warm-up (compilation) and memory of one (implementation, batch); returns the record and
+    the timed closure."""
+    R0, o0, ft, Rt = tile(data["R0"], B), tile(data["o0"], B), tile(data["ft"], B), tile(data["R"], B)
+    rec = {"batch": B, "steps": steps, "times": []}
+    if lowered is not None:
+        try:
+            ma = lowered(R0, o0, ft).compile().memory_analysis()
+            if ma is not None:
+                tot = ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
+                rec["compiled_MB"] = tot / 2 ** 20
+                rec["compiled_temp_MB"] = ma.temp_size_in_bytes / 2 ** 20
+        except Exception as exc:  # noqa: BLE001 — memory analysis is best effort
+            rec["compiled_MB_error"] = str(exc)[:200]
+    with RssSampler() as rss:
+        t = time.perf_counter()
+        R, o = call(R0, o0, ft)
+        rec["warmup_s"] = time.perf_counter() - t
+    rec["rss_growth_MB"] = rss.peak - rss.start
+    rec["angle_error_deg_before"] = angle_error(R0, Rt)
+    rec["angle_error_deg_after"] = angle_error(R, Rt)
+
+    def timed():
+        t0 = time.perf_counter()
+        call(R0, o0, ft)
+        rec["times"].append(time.perf_counter() - t0)
+
+    return rec, timed
 
 
-def dense_project_ft(centers, amplitudes, sigmas, rotations, origins, sy, sx):
-    """Every Gaussian at every pixel of the (ny × nx) grid: B × N × ny·nx complex exponentials."""
-    import tensorflow as tf
-
-    ny, nx = tf.shape(sy)[0], tf.shape(sx)[0]
-    gy = tf.reshape(tf.repeat(sy[:, None], nx, axis=1), [-1])  # (P,)
-    gx = tf.reshape(tf.repeat(sx[None, :], ny, axis=0), [-1])
-    mu = tf.einsum("bij,nj->bni", rotations[:, :2, :], centers) - origins[:, None, :]  # (B,N,2)
-    env = amplitudes[:, None] * tf.exp(-2.0 * math.pi**2 * tf.square(sigmas)[:, None]
-                                       * (tf.square(gx) + tf.square(gy))[None, :])  # (N,P)
-    phase = -2.0 * math.pi * (mu[:, :, 0:1] * gx[None, None, :] + mu[:, :, 1:2] * gy[None, None, :])  # (B,N,P)
-    re = tf.reduce_sum(env[None] * tf.cos(phase), axis=1)
-    im = tf.reduce_sum(env[None] * tf.sin(phase), axis=1)
-    B = tf.shape(rotations)[0]
-    return tf.reshape(re, [B, ny, nx]), tf.reshape(im, [B, ny, nx])
-
-
-class FullGrid:
-    """The uncropped rfft grid (rows in FFT order) with the same FRC rings as a FourierGrid."""
-
-    def __init__(self, cropped):
-        box, apix = cropped.box, cropped.apix
-        L = box * apix
-        ky = np.fft.fftfreq(box) * box
-        kx = np.arange(box // 2 + 1)
-        self.box, self.apix, self.nrings = box, apix, cropped.nrings
-        self.sy = (ky / L).astype(np.float32)
-        self.sx = (kx / L).astype(np.float32)
-        r = np.rint(np.hypot(ky[:, None], kx[None, :])).astype(np.int64)
-        use = (r >= cropped.rmin) & (r <= cropped.kmax) & ~((kx[None, :] == 0) & (ky[:, None] < 0))
-        self.pix = np.flatnonzero(use.ravel()).astype(np.int32)
-        self.ring = (r.ravel()[self.pix] - cropped.rmin).astype(np.int32)
-        assert len(self.pix) == len(cropped.pix)
-
-    def image_ft(self, images):
-        return np.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1))).astype(np.complex64)
+def finish_point(rec, family):
+    """Speeds from the median call time of the interleaved rounds (and the best, for reference)."""
+    ts = np.asarray(rec["times"])
+    med, best = float(np.median(ts)), float(ts.min())
+    B, steps = rec["batch"], rec["steps"]
+    rec.update({"calls": len(ts), "seconds_median": med, "particle_steps_per_s": B * steps / med,
+                "particles_per_s": B / med, "particle_steps_per_s_best": B * steps / best})
+    if family == "jax":
+        try:
+            st = jax_device().memory_stats() or {}
+            if "peak_bytes_in_use" in st:
+                rec["device_peak_MB_so_far"] = st["peak_bytes_in_use"] / 2 ** 20
+        except Exception:  # noqa: BLE001
+            pass
+    return rec
 
 
-# --------------------------------------------------------------------------------------------
-# data
+def matmul_throughput(family, seconds=1.0):
+    """Measured matrix-product FLOP/s of the device: {"fp32": ..., "tf32": ...} (tf32 on GPUs only)."""
+    out = {}
+    if family == "jax":
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
 
-
-def make_data(path, box, apix, n_gauss, n_particles, seed=0):
-    from scipy.spatial.transform import Rotation
-
-    from gmmcore.gmm.model import GMM
-    from gmmcore.gmm.render import project_images
-
-    rng = np.random.default_rng(seed)
-    radius = 0.3 * box * apix
-    pts = rng.uniform(-1, 1, (4 * n_gauss, 3))
-    pts = pts[(pts**2).sum(1) <= 1][:n_gauss] * [radius, 0.8 * radius, 0.65 * radius]
-    gmm = GMM(pts, rng.uniform(0.5, 1.5, n_gauss), rng.uniform(1.0, 2.0, n_gauss))
-    R_true = Rotation.random(n_particles, random_state=seed).as_matrix()
-    o_true = rng.uniform(-3, 3, (n_particles, 2))
-    imgs = project_images(gmm, R_true, o_true, apix, box)
-    imgs += rng.normal(0, 1.0 * imgs.std(), imgs.shape).astype(np.float32)  # SNR ~ 1 per pixel over the box
-    dR = Rotation.from_rotvec(rng.normal(0, math.radians(2.0) / math.sqrt(3), (n_particles, 3))).as_matrix()
-    R0 = np.einsum("kij,kjl->kil", dR, R_true)
-    o0 = o_true + rng.normal(0, 1.0 / math.sqrt(2), (n_particles, 2))
-    np.savez(path, centers=gmm.centers, amplitudes=gmm.amplitudes, sigmas=gmm.sigmas, images=imgs,
-             R_true=R_true, o_true=o_true, R0=R0, o0=o0)
-
-
-# --------------------------------------------------------------------------------------------
-# worker: one (implementation, batch) measurement in a fresh process
-
-
-def worker(args) -> dict:
-    import tensorflow as tf
-
-    from gmmcore.backend import PoseSettings, get_backend
-    from gmmcore.backend import tf as kernels
-    from gmmcore.gmm.align import PoseRefiner
-    from gmmcore.gmm.model import GMM
-    from gmmcore.grids import FourierGrid
-
-    device = get_backend().describe_devices()
-    d = np.load(args.data)
-    gmm = GMM(d["centers"], d["amplitudes"], d["sigmas"])
-    box = d["images"].shape[-1]
-    grid = FourierGrid(box, args.apix, args.resolution, args.minres)
-    if args.impl == "separable":
-        g = grid
+        dev = jax_device()
+        n = 4096 if dev.platform == "gpu" else 1024
+        a = jax.device_put(jnp.ones((n, n), jnp.float32), dev)
+        modes = {"fp32": lax.Precision.HIGHEST}
+        if dev.platform == "gpu":
+            modes["tf32"] = lax.Precision.DEFAULT
+        for k, prec in modes.items():
+            f = jax.jit(lambda x, p=prec: jnp.matmul(x, x, precision=p))
+            f(a).block_until_ready()
+            m, t = 0, time.perf_counter()
+            while time.perf_counter() - t < seconds or m < 3:
+                f(a).block_until_ready()
+                m += 1
+            out[k] = 2.0 * n ** 3 * m / (time.perf_counter() - t)
     else:
-        g = FullGrid(grid)
-        kernels.project_ft = dense_project_ft  # this process only: the pose loop now projects densely
-    B = args.batch
-    n_meas = args.n_batches * B
-    idx = np.arange(B + n_meas) % len(d["R0"])
-    ft = g.image_ft(d["images"][idx])
-    R0, o0 = d["R0"][idx], d["o0"][idx]
-    settings = PoseSettings()
-    ref = PoseRefiner(gmm, g, settings, batch=B)
-    rss_setup = _maxrss_mb()
-    rss_before = _rss_mb()
-    load0 = os.getloadavg()[0]
-    with RssSampler() as sampler:
-        t = time.perf_counter()
-        ref.refine(ft[:B], R0[:B], o0[:B])  # warm-up: tracing + first batch
-        warm = time.perf_counter() - t
-        t = time.perf_counter()
-        R, o, s, s0 = ref.refine(ft[B:], R0[B:], o0[B:])
-        sec = time.perf_counter() - t
-    rss_peak = _maxrss_mb()
-    # accuracy of the refinement (sanity: both implementations should agree)
-    Rt = d["R_true"][idx][B:]
-    cosang = np.clip((np.einsum("kij,kij->k", R, Rt) - 1) / 2, -1, 1)
-    cos0 = np.clip((np.einsum("kij,kij->k", R0[B:], Rt) - 1) / 2, -1, 1)
-    return {"impl": args.impl, "batch": B, "particles": int(n_meas), "steps": settings.steps,
-            "seconds": sec, "warmup_seconds": warm,
-            "particle_steps_per_s": n_meas * settings.steps / sec,
-            "rss_setup_MB": rss_setup, "rss_peak_MB": rss_peak, "rss_delta_MB": rss_peak - rss_setup,
-            "rss_before_MB": rss_before, "rss_sampled_peak_MB": sampler.peak,
-            "working_MB": sampler.peak - rss_before,
-            "load_average_1min": [load0, os.getloadavg()[0]],
-            "grid": [int(len(g.sy)), int(len(g.sx))], "pixels_used": int(len(g.pix)),
-            "angle_error_deg_before": float(np.degrees(np.arccos(cos0)).mean()),
-            "angle_error_deg_after": float(np.degrees(np.arccos(cosang)).mean()),
-            "score_initial_first": s0[:8].tolist(), "score_final_mean": float(np.mean(s)),
-            "device": device, "tf_version": tf.__version__}
+        import tensorflow as tf
+
+        n = 1024
+        a = tf.ones((n, n))
+        f = tf.function(lambda x: tf.matmul(x, x))
+        f(a).numpy()
+        m, t = 0, time.perf_counter()
+        while time.perf_counter() - t < seconds or m < 3:
+            f(a).numpy()
+            m += 1
+        out["fp32"] = 2.0 * n ** 3 * m / (time.perf_counter() - t)
+    return out
 
 
-def _run_worker(data, impl, batch, batches, ns) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--impl", impl, "--batch", str(batch),
-           "--n-batches", str(batches), "--data", data, "--apix", str(ns.apix), "--resolution", str(ns.resolution),
-           "--minres", str(ns.minres)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    for line in reversed(p.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"impl": impl, "batch": batch, "error": f"worker failed (rc {p.returncode}): {p.stderr.strip()[-500:]}"}
+def flops_per_particle_step(kind, grid, n_gauss):
+    """Projector FLOPs (forward product + two backward products of the same size)."""
+    K = grid.kmax + 1
+    ny, nx = grid.shape
+    if kind == "product":
+        return 3 * 2.0 * (2 * K) * (2 * K) * n_gauss
+    return 3 * 8.0 * ny * nx * n_gauss  # complex (ny × N)·(N × nx): 4 real products
 
 
-def machine() -> dict:
-    import tensorflow as tf
-
-    cpu = ""
+def machine():
+    info = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform(),
+            "cores": os.cpu_count(), "load_average_at_start": list(os.getloadavg())}
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+                info["cpu"] = line.split(":", 1)[1].strip()
                 break
     except OSError:
         pass
-    gpus = [g.name for g in tf.config.list_physical_devices("GPU")]
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": affinity, "gpus": gpus,
-            "device": "GPU: " + ", ".join(gpus) if gpus else f"CPU ({affinity} cores)",
-            "memory_total_MB": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20,
-            "tensorflow": tf.__version__, "numpy": np.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "load_average_at_start": list(os.getloadavg())}
+    return info
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--box", type=int, default=128)
-    ap.add_argument("--apix", type=float, default=1.0)
-    ap.add_argument("--ngauss", type=int, default=2000)
-    ap.add_argument("--resolution", type=float, default=4.0)
-    ap.add_argument("--minres", type=float, default=25.0)
-    ap.add_argument("--batches", type=int, nargs="+", default=[8, 16, 64], metavar="B")
-    ap.add_argument("--sep-particles", type=int, default=512, help="particles measured per separable run")
-    ap.add_argument("--dense-batches", type=int, default=1, help="batches measured per straightforward run")
-    ap.add_argument("--dense-max-gb", type=float, default=8.0,
-                    help="skip a straightforward run whose predicted memory exceeds this (or what the machine has free)")
-    ap.add_argument("--quick", action="store_true", help="box 64, 500 Gaussians, fewer particles")
+    ap.add_argument("--backends", nargs="+", default=["jax"], choices=["jax", "tf"])
+    ap.add_argument("--cases", nargs="+", default=["i"], choices=list(CASES))
+    ap.add_argument("--batches", nargs="+", type=int, default=[16, 32, 64, 128, 256, 512, 1024])
+    ap.add_argument("--ref-steps", nargs="+", type=int, default=[10, 50])
+    ap.add_argument("--ref-steps-batches", nargs="+", type=int, default=None,
+                    help="batches at which the reference runs with steps other than 10 (default: all)")
+    ap.add_argument("--matmul", nargs="+", default=[],
+                    help="extra JAX product runs with these projector precisions (fp32, tf32, tf32x3)")
+    ap.add_argument("--matmul-batches", nargs="+", type=int, default=None,
+                    help="batches for the extra --matmul runs (default: all)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="time measured per point (after warm-up)")
+    ap.add_argument("--budget", type=float, default=0.0, help="stop starting new points after this many seconds")
+    ap.add_argument("--max-mb", type=float, default=0.0,
+                    help="skip a point whose predicted memory exceeds this (default: 60%% of free memory)")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_align.json"))
-    # worker mode
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--impl", help=argparse.SUPPRESS)
-    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--n-batches", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--data", help=argparse.SUPPRESS)
     ns = ap.parse_args(argv)
-    if ns.worker:
-        print(json.dumps(worker(ns)))
-        return 0
-    if ns.quick:
-        ns.box, ns.ngauss, ns.sep_particles, ns.resolution = 64, 500, 128, 2 * 2 * ns.apix
-        if ns.out == str(HERE / "results" / "bench_align.json"):
-            ns.out = str(HERE / "results" / "bench_align_quick.json")
-
-    from gmmcore.backend import PoseSettings
-    from gmmcore.grids import FourierGrid
-
-    grid = FourierGrid(ns.box, ns.apix, ns.resolution, ns.minres)
-    results = {"problem": {"box": ns.box, "apix": ns.apix, "n_gaussians": ns.ngauss,
-                           "resolution_A": ns.resolution, "minres_A": ns.minres,
-                           "cropped_grid": list(grid.shape), "full_grid": [ns.box, ns.box // 2 + 1],
-                           "frc_pixels": int(len(grid.pix)), "rings": grid.nrings,
-                           "pose_steps": PoseSettings().steps},
-               "machine": machine(), "runs": []}
     t_all = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "data.npz")
-        n_data = max(ns.sep_particles + max(ns.batches), 2 * max(ns.batches))
-        make_data(data, ns.box, ns.apix, ns.ngauss, n_data)
-        for B in ns.batches:
-            nb = max(1, ns.sep_particles // B)
-            print(f"separable       batch {B:3d}: {nb} batches ...", flush=True)
-            results["runs"].append(_run_worker(data, "separable", B, nb, ns))
-        dense_delta_per_particle = None
-        for B in ns.batches:
-            if dense_delta_per_particle is not None:
-                need_mb = dense_delta_per_particle * B
-                free_mb = _mem_available_mb() - 4096  # leave 4 GB to everything else on the machine
-                if need_mb > min(ns.dense_max_gb * 1024, free_mb):
-                    results["runs"].append({"impl": "straightforward", "batch": B, "skipped": True,
-                                            "predicted_rss_delta_MB": need_mb,
-                                            "reason": f"predicted ≈{need_mb / 1024:.1f} GB of working memory "
-                                                      f"(> limit {min(ns.dense_max_gb * 1024, free_mb) / 1024:.1f} GB)"})
-                    print(f"straightforward batch {B:3d}: skipped (≈{need_mb / 1024:.1f} GB)", flush=True)
-                    continue
-            print(f"straightforward batch {B:3d}: {ns.dense_batches} batch(es) ...", flush=True)
-            r = _run_worker(data, "straightforward", B, ns.dense_batches, ns)
-            results["runs"].append(r)
-            if "rss_delta_MB" in r:
-                dense_delta_per_particle = max(r["working_MB"], r["rss_delta_MB"], 1.0) / B
-    results["seconds_total"] = time.perf_counter() - t_all
-
-    # speed-ups and agreement
-    by = {(r["impl"], r["batch"]): r for r in results["runs"] if "particle_steps_per_s" in r}
-    speed = {}
-    for B in ns.batches:
-        s, d = by.get(("separable", B)), by.get(("straightforward", B))
-        if s and d:
-            speed[str(B)] = {"speedup": s["particle_steps_per_s"] / d["particle_steps_per_s"],
-                             "working_memory_ratio": d["working_MB"] / max(s["working_MB"], 1.0),
-                             "initial_score_max_abs_diff": float(np.max(np.abs(
-                                 np.array(s["score_initial_first"]) - np.array(d["score_initial_first"]))))}
-    sep = [r for r in by.values() if r["impl"] == "separable"]
-    den = [r for r in by.values() if r["impl"] == "straightforward"]
-    if sep and den:
-        best_s = max(sep, key=lambda r: r["particle_steps_per_s"])
-        best_d = max(den, key=lambda r: r["particle_steps_per_s"])
-        speed["best_vs_best"] = {"speedup": best_s["particle_steps_per_s"] / best_d["particle_steps_per_s"],
-                                 "separable_batch": best_s["batch"], "straightforward_batch": best_d["batch"]}
-    results["speedup"] = speed
-
+    res = {"machine": machine(), "cases": {}, "runs": [], "limits": {}}
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print()
-    print(f"box {ns.box}, apix {ns.apix} Å, {ns.ngauss} Gaussians, resolution {ns.resolution} Å "
-          f"(cropped grid {grid.shape[0]}×{grid.shape[1]} vs full {ns.box}×{ns.box // 2 + 1}), "
-          f"{results['machine']['device']}, TF {results['machine']['tensorflow']}")
-    print(f"{'implementation':<16}{'batch':>6}{'particle-steps/s':>18}{'peak RSS MB':>13}{'working MB':>12}"
-          f"{'angle err °':>14}")
-    for r in results["runs"]:
-        if "particle_steps_per_s" in r:
-            print(f"{r['impl']:<16}{r['batch']:>6}{r['particle_steps_per_s']:>18.1f}{r['rss_peak_MB']:>13.0f}"
-                  f"{r['working_MB']:>12.0f}{r['angle_error_deg_before']:>7.2f}→{r['angle_error_deg_after']:.2f}")
+
+    def save():
+        res["seconds_total"] = time.perf_counter() - t_all
+        out.write_text(json.dumps(res, indent=1))
+
+    for fam in ns.backends:
+        if fam == "jax":
+            import jax
+
+            res["machine"]["jax"] = jax.__version__
+            res["machine"]["jax_device"] = str(jax_device())
         else:
-            print(f"{r['impl']:<16}{r['batch']:>6}  {r.get('reason') or r.get('error')}")
-    for k, v in speed.items():
-        print(f"speed-up (batch {k}): {v['speedup']:.1f}×")
+            import tensorflow as tf
+
+            res["machine"]["tensorflow"] = tf.__version__
+        res["machine"][f"matmul_flops_{fam}"] = matmul_throughput(fam)
+    from gmmcore.backend.kernels import bytes_per_particle, host_free_bytes
+
+    for case in ns.cases:
+        data = make_case(case, ns.backends[0])
+        gmm, grid = data["gmm"], data["grid"]
+        K = grid.kmax + 1
+        res["cases"][case] = {**CASES[case], "grid": list(grid.shape), "hermitian_K": K, "rings": grid.nrings,
+                              "frc_pixels": int(len(grid.pix))}
+        lr_rad, lr_A = math.radians(0.5), 0.25 * grid.apix
+        impls = []
+        for fam in ns.backends:
+            impls.append((f"product-{fam}", fam, "product", None))
+            if fam == "jax":
+                impls += [(f"product-jax-{m}", fam, "product", m) for m in ns.matmul]
+            for st in ns.ref_steps:
+                impls.append((f"reference-{fam}" + ("" if st == 10 else f"-{st}steps"), fam, "reference", st))
+        built = {}
+        for impl, fam, kind, st in impls:
+            if kind == "product":
+                call, lowered, steps = product(fam, gmm, grid, st)
+                if fam == "jax":
+                    from gmmcore.backend import jax as bj
+
+                    res["cases"][case].setdefault("matmul", {})[impl] = bj._Devices.matmul
+            else:
+                make = reference_jax if fam == "jax" else reference_tf
+                call, lowered = make(gmm, grid, st, lr_rad, lr_A)
+                steps = st
+            fl = flops_per_particle_step(kind, grid, len(gmm))
+            lim = {k: v / fl for k, v in res["machine"][f"matmul_flops_{fam}"].items()}
+            res["limits"][f"{case}/{impl}"] = {"flops_per_particle_step": fl, "particle_steps_per_s_limit": lim}
+            built[impl] = (call, lowered, steps, fam, kind, st)
+        for B in ns.batches:
+            points = []  # (impl, rec, timed, fam)
+            for impl, (call, lowered, steps, fam, kind, st) in built.items():
+                if ns.ref_steps_batches and kind == "reference" and st != 10 and B not in ns.ref_steps_batches:
+                    continue
+                if ns.matmul_batches and kind == "product" and st and B not in ns.matmul_batches:
+                    continue
+                if ns.budget and time.perf_counter() - t_all > ns.budget:
+                    res["runs"].append({"case": case, "impl": impl, "batch": B, "skipped": "time budget"})
+                    continue
+                per_mb = bytes_per_particle(len(gmm), grid) / 2 ** 20 * (2.0 if kind == "reference" else 1.0)
+                free = host_free_bytes()
+                if fam == "jax" and jax_device().platform != "cpu":
+                    st_ = jax_device().memory_stats() or {}
+                    free = (st_.get("bytes_limit", 0) - st_.get("bytes_in_use", 0)) or None
+                cap = ns.max_mb or (0.6 * free / 2 ** 20 if free else float("inf"))
+                if per_mb * B > cap:
+                    res["runs"].append({"case": case, "impl": impl, "batch": B, "skipped": True,
+                                        "reason": f"predicted {per_mb * B:.0f} MB > {cap:.0f} MB"})
+                    continue
+                try:
+                    rec, timed = prepare_point(call, lowered, steps, data, B, fam)
+                    points.append((impl, rec, timed, fam))
+                except Exception as exc:  # noqa: BLE001 — e.g. out of memory: record and go on
+                    res["runs"].append({"case": case, "impl": impl, "batch": B,
+                                        "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            # interleaved rounds: every implementation sees the same machine load
+            t0 = time.perf_counter()
+            rounds = 0
+            while points and (rounds < 3 or (time.perf_counter() - t0 < ns.seconds * len(points) and rounds < 50)):
+                for _, rec, timed, _ in points:
+                    timed()
+                rounds += 1
+            for impl, rec, _, fam in points:
+                r = finish_point(rec, fam)
+                r.update({"case": case, "impl": impl})
+                res["runs"].append(r)
+                print(f"case {case:>4} {impl:<24} batch {B:5d}: {r['particle_steps_per_s']:10.1f} particle-steps/s, "
+                      f"{r['particles_per_s']:8.1f} particles/s, warm-up {r['warmup_s']:.1f} s, angle "
+                      f"{r['angle_error_deg_before']:.2f}→{r['angle_error_deg_after']:.2f}°"
+                      + (f", {r['compiled_MB']:.0f} MB" if "compiled_MB" in r else ""), flush=True)
+            save()
+    # ratios: product ÷ reference (10 steps) at equal batch, and best vs best, per case and family
+    ratios = {}
+    ok = [r for r in res["runs"] if "particle_steps_per_s" in r]
+    for case in ns.cases:
+        for fam in ns.backends:
+            for ref_fam in ns.backends:
+                P = {r["batch"]: r for r in ok if r["case"] == case and r["impl"] == f"product-{fam}"}
+                Q = {r["batch"]: r for r in ok if r["case"] == case and r["impl"] == f"reference-{ref_fam}"}
+                if not P or not Q:
+                    continue
+                key = f"{case}: product-{fam} / reference-{ref_fam}"
+                ratios[key] = {str(B): P[B]["particle_steps_per_s"] / Q[B]["particle_steps_per_s"] for B in P if B in Q}
+                bp = max(P.values(), key=lambda r: r["particle_steps_per_s"])
+                bq = max(Q.values(), key=lambda r: r["particle_steps_per_s"])
+                ratios[key]["best_vs_best"] = bp["particle_steps_per_s"] / bq["particle_steps_per_s"]
+    res["ratios"] = ratios
+    save()
+    for k, v in ratios.items():
+        print(k, {b: round(x, 2) for b, x in v.items()})
     print(f"→ {out}")
     return 0
 

@@ -41,21 +41,33 @@ def ctf_2d(ctf: CTFParams, apix: float, box: int, rfft: bool = True) -> np.ndarr
     du, dv, ang, kv, cs, q, phase, bfac = _as_arrays(ctf)
     k = du.size
     bc = lambda a: np.broadcast_to(a, (k,))[:, None, None]  # noqa: E731
-    du, dv, ang, kv, cs, q, phase, bfac = (bc(a) for a in (du, dv, ang, kv, cs, q, phase, bfac))
     ky, kx = freq_index((box, box), rfft)
     fx = kx / (box * float(apix))
     fy = ky / (box * float(apix))
-    u2 = (fx ** 2 + fy ** 2)[None]
-    azim = np.arctan2(fy, fx)[None]
-    lam = wavelength_A(kv)
-    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * np.cos(2.0 * (azim - np.deg2rad(ang)))
-    cs_A = cs * 1e7
-    k3 = np.arctan(q / np.sqrt(1.0 - q ** 2))
-    chi = -np.pi * lam * defocus * u2 + 0.5 * np.pi * cs_A * lam ** 3 * u2 ** 2 - np.deg2rad(phase) - k3
-    out = -np.sin(chi)
-    if np.any(bfac != 0):
-        out = out * np.exp(-bfac / 4.0 * u2)
-    return out.astype(np.float32)
+    return ctf_formula(*(bc(a) for a in (du, dv, ang, kv, cs, q, phase, bfac)), fx, fy).astype(np.float32)
+
+
+def ctf_formula(du, dv, angle_deg, voltage_kv, cs_mm, amp_contrast, phase_deg, bfactor, fx, fy, xp=np):
+    """The CTF formula of the module docstring at frequencies (fx, fy) 1/Å, all arguments broadcast
+    together.  ``xp`` is the array module (NumPy; the JAX backend passes ``jax.numpy`` so a device
+    reconstruction uses this very formula)."""
+    u2 = fx ** 2 + fy ** 2
+    azim = xp.arctan2(fy, fx)
+    v = voltage_kv * 1e3
+    lam = 12.2643247 / xp.sqrt(v * (1.0 + v * 0.978466e-6))  # relativistic wavelength, Å
+    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * xp.cos(2.0 * (azim - angle_deg * (np.pi / 180.0)))
+    cs_A = cs_mm * 1e7
+    k3 = xp.arctan(amp_contrast / xp.sqrt(1.0 - amp_contrast ** 2))
+    chi = -np.pi * lam * defocus * u2 + 0.5 * np.pi * cs_A * lam ** 3 * u2 ** 2 - phase_deg * (np.pi / 180.0) - k3
+    out = -xp.sin(chi)
+    if xp is not np or np.any(bfactor != 0):
+        out = out * xp.exp(-bfactor / 4.0 * u2)
+    return out
+
+
+def ctf_columns(ctf: CTFParams) -> np.ndarray:
+    """Per-particle CTF parameters as (k, 8) float64 columns in :func:`ctf_formula`'s order."""
+    return np.stack(np.broadcast_arrays(*_as_arrays(ctf)), axis=1)
 
 
 def phase_flip(images: np.ndarray, ctf: CTFParams, apix: float) -> np.ndarray:

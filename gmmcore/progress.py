@@ -3,7 +3,8 @@
 On a terminal (stderr is a TTY) :func:`progress` shows a tqdm bar.  Otherwise — a Scipion log, a
 batch job, a pipe — it prints one line every 10 % or 30 s with the rate and the time left, e.g.
 ``iter 1 half 2: 4000/20000 ptcl (20 %), 152 ptcl/s, ETA 1 min 45 s`` (stdout, flushed).
-``GMMCORE_NO_PROGRESS`` set: nothing; ``GMMCORE_PROGRESS=lines|bar`` forces one form.
+``GMMCORE_NO_PROGRESS`` set: nothing; ``GMMCORE_PROGRESS=lines|bar`` forces one form.  Without tqdm
+installed (e.g. a bare GPU machine running the benchmarks) bars become lines.
 """
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import sys
 import time
 from typing import Iterable, Optional
 
-from tqdm import tqdm
+try:
+    from tqdm import tqdm
+except ImportError:  # a machine without tqdm: progress lines only
+    tqdm = None
 
 LINE_EVERY_FRACTION = 0.10
 LINE_EVERY_SECONDS = 30.0
@@ -117,6 +121,6 @@ def progress(iterable: Optional[Iterable] = None, total: Optional[int] = None, d
     mode = _mode()
     if mode == "off":
         return _Off(iterable)
-    if mode == "lines":
+    if mode == "lines" or tqdm is None:
         return ProgressLines(iterable, total=total, desc=desc, unit=unit)
     return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0, leave=False)

@@ -12,6 +12,10 @@ kernel (sinc² per axis) and crops to the box.
 The two half sets are independent, so :func:`reconstruct_halves` reconstructs them in two worker
 processes (spawned, so a parent that has initialised TensorFlow is safe); each streams its own
 images chunk by chunk, so memory does not grow with the number of particles.
+
+A backend may insert on its device (``backend.insertion_kernel(geometry)``, e.g. JAX on a GPU): the
+geometry, the CTF formula (:func:`gmmcore.ctf.ctf_formula`) and ``finish`` stay here; the kernel
+pads, transforms, centres, weights and scatters the same samples into the same accumulator layout.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from typing import Optional
 import numpy as np
 import scipy.fft as sfft
 
-from .ctf import ctf_2d, phase_flip
+from .ctf import ctf_2d, ctf_columns, ctf_formula, phase_flip
 from .errors import InputError
 from .fourier import freq_index, radial_index
 from .particles import CTFParams, HalfPair, check_geometry, check_split
@@ -41,7 +45,7 @@ class Reconstructor:
     point group (C1, Cn, Dn, T, O, I).
     """
 
-    def __init__(self, box: int, apix: float, pad: float = 2, sym: str = "C1"):
+    def __init__(self, box: int, apix: float, pad: float = 2, sym: str = "C1", backend=None):
         self.box = int(box)
         self.apix = float(apix)
         P = int(round(float(pad) * self.box))
@@ -66,6 +70,19 @@ class Reconstructor:
         self._ky = ky[sel].astype(np.float32)
         # The kx = 0 column holds each Friedel pair twice: half weight each.
         self._mult = np.where(self._kx == 0, 0.5, 1.0)
+        self._kernel = None
+        make = getattr(backend, "insertion_kernel", None)
+        if make is not None:
+            self._kernel = make(self)
+            if self._kernel is not None:  # the sums live on the device
+                self.data = self.weight = None
+
+    @property
+    def device(self) -> bool:
+        """True when a backend's kernel inserts (and holds the sums) on its device."""
+        return self._kernel is not None
+
+    ctf_formula = staticmethod(ctf_formula)  # what a device kernel evaluates (one CTF implementation)
 
     # ------------------------------------------------------------------ insertion
     def insert(self, images: np.ndarray, rotations: np.ndarray, origins_A: np.ndarray, ctf: Optional[CTFParams],
@@ -80,7 +97,7 @@ class Reconstructor:
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 2:
             images = images[None]
-        if ctf is not None and not phase_flipped:
+        if ctf is not None and not phase_flipped and self._kernel is None:
             images = phase_flip(images, ctf, self.apix)
             phase_flipped = True
         k, n = images.shape[0], self.box
@@ -88,6 +105,10 @@ class Reconstructor:
             raise ValueError(f"images of shape {images.shape[1:]} for a box of {n}")
         rotations = np.asarray(rotations, dtype=np.float64).reshape(k, 3, 3)
         origins_px = np.asarray(origins_A, dtype=np.float64).reshape(k, 2) / self.apix
+        if self._kernel is not None:
+            self._kernel.insert(images, rotations, origins_px, None if ctf is None else ctf_columns(ctf), phase_flipped)
+            self.count += k
+            return
         S = self._sel.size
         per = max(1, _ENTRIES_PER_PASS // (8 * S))
         for b0 in range(0, k, per):
@@ -155,9 +176,19 @@ class Reconstructor:
         """Add another reconstructor's sums (same box, pad, apix, symmetry)."""
         if other.P != self.P or other.box != self.box:
             raise ValueError("cannot merge reconstructors of different geometry")
-        self.data += other.data
-        self.weight += other.weight
+        data, weight = other.sums()
+        if self._kernel is not None:
+            self._kernel.add(data, weight)
+        else:
+            self.data += data
+            self.weight += weight
         self.count += other.count
+
+    def sums(self):
+        """(data, weight): the accumulated sums on the host, flat (P+1)·(P+1)·nx, complex128 / float64."""
+        if self._kernel is not None:
+            return self._kernel.sums()
+        return self.data, self.weight
 
     def _sums(self, acc: np.ndarray) -> np.ndarray:
         """Accumulator → (P, P, P//2+1) rfft grid in FFT order (frequency ±P/2 folded together)."""
@@ -174,7 +205,8 @@ class Reconstructor:
         voxels with weight near 0 go to 0 instead of blowing up.
         """
         P, n = self.P, self.box
-        D, W = self._sums(self.data), self._sums(self.weight)
+        data, weight = self.sums()
+        D, W = self._sums(data), self._sums(weight)
         # Hermitian completion of the x = 0 plane: what landed at (z, y, 0) also belongs at (−z, −y, 0).
         mz = (-np.arange(P)) % P
         D0, W0 = D[:, :, 0].copy(), W[:, :, 0].copy()
@@ -198,11 +230,11 @@ class Reconstructor:
 
 
 # ---------------------------------------------------------------------- half maps from a table
-def _reconstruct_one(table, idx, box, apix, sym, pad, chunk, desc) -> np.ndarray:
+def _reconstruct_one(table, idx, box, apix, sym, pad, chunk, desc, backend=None) -> np.ndarray:
     from .io.stacks import iter_images  # lazy: keep the Reconstructor usable on its own
     from .progress import progress
 
-    rec = Reconstructor(box, apix, pad=pad, sym=sym)
+    rec = Reconstructor(box, apix, pad=pad, sym=sym, backend=backend)
     bar = progress(total=len(idx), desc=desc, unit="img")
     for rows, images in iter_images(table, idx, min(chunk, READ_BLOCK)):
         rows = np.asarray(rows)
@@ -213,14 +245,16 @@ def _reconstruct_one(table, idx, box, apix, sym, pad, chunk, desc) -> np.ndarray
 
 
 def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 20000, workers: Optional[int] = None,
-                       indices=None, executor=None, desc: str = "") -> HalfPair:
+                       indices=None, executor=None, backend=None, desc: str = "") -> HalfPair:
     """Reconstruct the two gold-standard half maps of ``table``: HalfPair of float32 volumes.
 
     ``indices`` restricts to those rows; ``workers`` > 1 reconstructs the halves in two parallel
     (spawned) processes; the default does so when ≥ 2 CPU threads may be used (gmmcore.resources) and
     there are ≥ 2000 particles.  As with
     any spawned process pool, a script calling this at import time needs an
-    ``if __name__ == "__main__":`` guard.  ``desc`` prefixes the progress reports.
+    ``if __name__ == "__main__":`` guard.  ``desc`` prefixes the progress reports.  ``backend``: an
+    array backend whose ``insertion_kernel`` inserts on its device (then the halves run one after
+    the other in this process, on the device).
 
     ``executor`` (:mod:`gmmcore.parallel`) that runs units elsewhere: each half is cut into parts of
     ``chunk`` particles, each part's padded Fourier sums are one unit (:func:`partial_sums`), the
@@ -236,6 +270,9 @@ def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 2000
     parts = check_split(sub)
     rows = np.arange(len(table)) if indices is None else np.arange(len(table))[indices]
     parts = parts.map(lambda h, r: rows[r])
+    if backend is not None and getattr(backend, "device_reconstruction", lambda: False)():
+        return parts.map(lambda h, idx: _reconstruct_one(table, idx, box, apix, sym, pad, chunk, label.format(h),
+                                                         backend))
     if workers is None:  # a worker process costs ~1-2 s to start: only worth it for larger sets
         workers = 2 if cpu_threads() >= 2 and rows.size >= _PARALLEL_MIN_PARTICLES else 1
     if workers <= 1:

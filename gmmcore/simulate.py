@@ -128,10 +128,11 @@ def model_gmm(model: dict, t: float = 0.0):
 
 
 def clean_particles(model: dict, rotations: np.ndarray, origins_A: np.ndarray, ctf: Optional[CTFParams],
-                    apix: float, box: int, conformation: Optional[np.ndarray] = None) -> np.ndarray:
+                    apix: float, box: int, conformation: Optional[np.ndarray] = None, backend=None) -> np.ndarray:
     """Noise-free particle images (k, box, box) float32: projection at pose, times the CTF (if given).
 
-    ``conformation`` (k,) morph parameter per particle (ignored without a model B).
+    ``conformation`` (k,) morph parameter per particle (ignored without a model B); ``backend`` the
+    array backend that projects (default: :func:`gmmcore.backend.get_backend`'s).
     """
     from .ctf import apply_ctf
     from .gmm.render import project_images
@@ -141,14 +142,14 @@ def clean_particles(model: dict, rotations: np.ndarray, origins_A: np.ndarray, c
     k = len(rotations)
     if model["coords_b"] is None or conformation is None:
         t0 = 0.0 if conformation is None or model["coords_b"] is None else float(np.ravel(conformation)[0])
-        imgs = project_images(model_gmm(model, t0), rotations, origins_A, apix, box)
+        imgs = project_images(model_gmm(model, t0), rotations, origins_A, apix, box, backend=backend)
     else:
         conf = np.broadcast_to(np.asarray(conformation, np.float64), (k,))
         imgs = np.empty((k, box, box), np.float32)
         # Particles sharing a conformation are projected together; otherwise one at a time.
         for t in np.unique(conf):
             idx = np.flatnonzero(conf == t)
-            imgs[idx] = project_images(model_gmm(model, t), rotations[idx], origins_A[idx], apix, box)
+            imgs[idx] = project_images(model_gmm(model, t), rotations[idx], origins_A[idx], apix, box, backend=backend)
     if ctf is not None:
         imgs = apply_ctf(imgs, ctf, apix)
     return np.asarray(imgs, np.float32)
@@ -220,20 +221,24 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
                      b_factor: float = 30.0, atom_sigma_A: float = 1.2, perturb_angle_deg: float = 3.0,
                      perturb_shift_px: float = 1.0, max_origin_px: float = 2.0, seed: int = 0,
                      model_b: Union[str, Path, None] = None, conformation: Optional[float] = None,
-                     optics_groups: int = 1, chunk: Optional[int] = None, show_progress: bool = True) -> dict:
+                     optics_groups: int = 1, chunk: Optional[int] = None, show_progress: bool = True,
+                     backend: Optional[str] = None) -> dict:
     """Simulate a dataset in ``out_dir`` (see the module docstring). Returns paths and truth arrays:
 
     ``{"out_dir", "stack", "true_star", "perturbed_star", "true_map", "true_map_b" (or None),
     "truth", "json"`` (paths) ``, "n_particles", "box", "apix", "snr", "noise_sigma",
     "signal_variance", "mask_radius_px", "rotations", "origins_A", "rotations_perturbed",
     "origins_perturbed_A", "conformation", "half", "optics_group", "ctf" (CTFParams), "seed"}``.
+    ``backend``: "tf" or "jax" (projections and maps; default TensorFlow).
     """
+    from .backend import get_backend
     from .gmm.render import render_map
     from .io.maps import write_map
     from .io.stacks import StackWriter
     from .io.star import write_star
 
     t_start = time.time()
+    be = get_backend(backend or "tf")
     n = int(n_particles)
     box = int(box)
     apix = float(apix)
@@ -271,7 +276,7 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
                       perturb_angle_deg=0.0, perturb_shift_px=0.0, optics_groups=optics_groups, has_b=has_b,
                       conformation=conformation)
     cal_imgs = clean_particles(mdl, cal["rotations"], cal["origins_A"], cal["ctf"], apix, box,
-                               cal["conformation"] if has_b else None)
+                               cal["conformation"] if has_b else None, backend=be)
     sig_var = float(signal_variance(cal_imgs, mask).mean())
     del cal_imgs
     noise_sigma = 0.0 if snr is None else math.sqrt(sig_var / float(snr))
@@ -286,7 +291,7 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
         for i0 in range(0, n, chunk):
             sl = slice(i0, min(n, i0 + chunk))
             imgs = clean_particles(mdl, truth["rotations"][sl], truth["origins_A"][sl], truth["ctf"].subset(sl),
-                                   apix, box, truth["conformation"][sl] if has_b else None)
+                                   apix, box, truth["conformation"][sl] if has_b else None, backend=be)
             if noise_sigma > 0:
                 imgs += (noise_sigma * noise_rng.standard_normal(imgs.shape)).astype(np.float32)
             writer.append(imgs)
@@ -297,11 +302,11 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
 
     # Maps.
     map_t = 0.0 if (not has_b or conformation is None) else float(conformation)
-    write_map(out_dir / TRUE_MAP, render_map(model_gmm(mdl, map_t), box, apix), apix)
+    write_map(out_dir / TRUE_MAP, render_map(model_gmm(mdl, map_t), box, apix, backend=be), apix)
     map_b = None
     if has_b and conformation is None:
         map_b = out_dir / TRUE_MAP_B
-        write_map(map_b, render_map(model_gmm(mdl, 1.0), box, apix), apix)
+        write_map(map_b, render_map(model_gmm(mdl, 1.0), box, apix, backend=be), apix)
 
     # Star files.
     true_tab = _table(truth, truth["rotations"], truth["origins_A"], apix, box, STACK_NAME, out_dir)
@@ -329,7 +334,7 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
         "optics_groups": int(optics_groups),
     }
     summary = {
-        "gmmcore_version": __version__, "params": params,
+        "gmmcore_version": __version__, "params": params, "backend": be.name,
         "n_atoms": int(len(mdl["amplitudes"])), "gaussian_sigma_A": sigma_A,
         "center_of_mass_A": mdl["center_of_mass_A"],
         "center_of_mass_b_A": mdl["center_of_mass_b_A"],

@@ -8,6 +8,8 @@ asks :func:`get_backend` for a :class:`Backend` and hands it NumPy arrays.  A ba
   InputError;
 * ``frc_rings(gmm, grid, particle_ft, rotations, origins_A)`` — per-ring FRC of particles against
   the GMM's projections at given poses;
+* ``max_batch(gmm, grid, settings)`` — ``--batch auto``: the largest pose batch whose working
+  memory fits the device's free memory (rule: :func:`gmmcore.backend.kernels.batch_for_memory`);
 * ``pose_optimizer(objective, settings)`` — a compiled local pose optimiser for one objective
   (:class:`FRCObjective` today): Adam on a rotation-vector update applied to the current rotation
   plus a shift in Å, best pose kept (see :class:`PoseSettings`);
@@ -27,7 +29,7 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
-BACKENDS = ("tf",)
+BACKENDS = ("tf", "jax")  # "tf": the CPU default; "jax": GPUs (and CPUs)
 
 
 @dataclass
@@ -92,6 +94,8 @@ class Backend(Protocol):
                   batch: int = 64) -> np.ndarray: ...
 
     def pose_optimizer(self, objective: FRCObjective, settings: PoseSettings) -> PoseOptimizer: ...
+
+    def max_batch(self, gmm, grid, settings: PoseSettings, limit: int = 4096) -> int: ...
 
     def project_images(self, gmm, rotations: np.ndarray, origins_A: np.ndarray, apix: float, box: int,
                        batch: int = 64) -> np.ndarray: ...

@@ -3,7 +3,8 @@
 Everything runs on the GPU when TensorFlow sees one (standard device placement) and on all CPU
 cores otherwise.  The only module that imports TensorFlow (see :mod:`gmmcore.backend`).
 
-Maths (conventions of :mod:`gmmcore.grids`): for a Gaussian of amplitude a (mass), width σ (Å)
+Maths (conventions of :mod:`gmmcore.grids`; the alignment kernel's layout: :mod:`gmmcore.backend.kernels`):
+for a Gaussian of amplitude a (mass), width σ (Å)
 whose projected centre is μ (Å, in the image plane, from the box centre), the 2-D transform is
 a·exp(−2π²σ²|s|²)·exp(−2πi s·μ).  With Gaussians c_j in 3-D and a pose (A, origin):
 μ_j = (A c_j)_xy − origin (RELION: the particle centre sits at the box centre − origin).  The
@@ -56,10 +57,15 @@ tf = _import_tensorflow()
 
 from ..grids import full_grid_frequencies  # noqa: E402
 from . import FRCObjective, PoseSettings  # noqa: E402
+from .kernels import CPU_BATCH_CAP, HermitianLayout, RingLayout, batch_for_memory, host_free_bytes  # noqa: E402
 
 # TF logs a harmless warning while fitting (the gradient of volume_ft's real→complex amplitude cast
 # drops an imaginary part that is zero by construction); keep TF's Python logger to errors.
 tf.get_logger().setLevel(logging.ERROR)
+# TensorFlow runs every float32 product in TF32 on Ampere+ GPUs by default; TF32 in the small
+# products (rotations, centres) moves refined poses by up to 0.5°, and TF cannot choose per
+# product, so this backend stays in float32 (the JAX backend uses tensor cores where it pays).
+tf.config.experimental.enable_tensor_float_32_execution(False)
 
 TWO_PI = 2.0 * math.pi
 F32 = tf.float32
@@ -114,6 +120,18 @@ def configure_devices(gpu: Optional[Sequence[int]] = None, cpu_only: bool = Fals
     return f"CPU ({cpu_threads()} threads)"
 
 
+def _gpu_free_bytes():
+    """Free memory of the first visible GPU (bytes) from nvidia-smi, None when unknown."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout.split()
+        return float(out[0]) * 2**20 if out else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
 # --------------------------------------------------------------------------------------------
 # projector, FRC, rotations (tensor in, tensor out)
 
@@ -144,23 +162,70 @@ def project_ft(centers, amplitudes, sigmas, rotations, origins, sy, sx):
     return out[:, :ny], -out[:, ny:]
 
 
-def ring_sums(values, ring, nrings):
-    """Sum (B, P, C) values over rings: ``ring`` (P,) ring ids → (B, nrings, C)."""
-    t = tf.transpose(values, [1, 0, 2])  # (P,B,C)
-    return tf.transpose(tf.math.unsorted_segment_sum(t, ring, nrings), [1, 0, 2])
+def envelopes(sigmas, amplitudes, k_over_L):
+    """Pose-independent tables, once per GMM and grid: E2 (N, 2K) = [E, E], E = exp(−2π²σ²s²) at
+    s = k/L, k = 0..K−1 (x tables), and (a·E2)ᵀ (2K, N) (y tables)."""
+    E = tf.exp(-2.0 * math.pi**2 * tf.square(sigmas)[:, None] * tf.square(k_over_L)[None, :])
+    E2 = tf.concat([E, E], axis=1)
+    return E2, tf.transpose(E2 * amplitudes[:, None])
 
 
-def frc(model_re, model_im, part_re, part_im, pix, ring, nrings):
-    """Per-ring FRC between model and particle transforms, each ring normalised on its own.
+def project_blocks(mu, Ex2, Ey2, kw):
+    """The projector on the Hermitian half grid (:mod:`gmmcore.backend.kernels`): (B, 2K, 2K) blocks
+    [[P, T], [R, Q]] = [E·a·cos kθy; E·a·sin kθy] · [E cos kθx, E sin kθx], θ = 2π μ/L, for
+    projected centres mu (B, N, 2) Å; ``kw`` (K,) = 2πk/L.  The y tables are made in the (2K, N)
+    order the product reads; the gradient is analytic (two products of the same size)."""
+    K = tf.shape(kw)[0]
 
-    Inputs (B, ny, nx); ``pix`` flat indices of used pixels, ``ring`` their ring ids.
-    Returns (B, nrings)."""
-    B = tf.shape(model_re)[0]
-    g = lambda x: tf.gather(tf.reshape(x, [B, -1]), pix, axis=1)  # noqa: E731
-    mr, mi, pr, pi = g(model_re), g(model_im), g(part_re), g(part_im)
-    vals = tf.stack([mr * pr + mi * pi, mr * mr + mi * mi, pr * pr + pi * pi], axis=-1)
-    s = ring_sums(vals, ring, nrings)
-    return s[..., 0] / tf.sqrt(s[..., 1] * s[..., 2] + 1e-30)
+    @tf.custom_gradient
+    def blocks(m):
+        thx = m[:, :, 0:1] * kw[None, None, :]  # (B, N, K)
+        thy = kw[None, :, None] * m[:, None, :, 1]  # (B, K, N)
+        X = tf.concat([tf.cos(thx), tf.sin(thx)], axis=2) * Ex2  # (B, N, 2K)
+        Y = tf.concat([tf.cos(thy), tf.sin(thy)], axis=1) * Ey2  # (B, 2K, N)
+
+        def grad(g):
+            # d(E cos kθ)/dμ = −k·(2π/L)·E sin kθ, d(E sin kθ)/dμ = k·(2π/L)·E cos kθ
+            dX = tf.matmul(Y, g, transpose_a=True)  # (B, N, 2K)
+            dY = tf.matmul(g, X, transpose_b=True)  # (B, 2K, N)
+            dmx = tf.reduce_sum((dX[:, :, K:] * X[:, :, :K] - dX[:, :, :K] * X[:, :, K:]) * kw, axis=2)
+            dmy = tf.reduce_sum((dY[:, K:] * Y[:, :K] - dY[:, :K] * Y[:, K:]) * kw[:, None], axis=1)
+            return tf.stack([dmx, dmy], axis=-1)
+
+        return tf.matmul(Y, X), grad
+
+    return blocks(mu)
+
+
+def blocks_to_flat(blocks, K):
+    """(B, 2K, 2K) blocks → (re, im) (B, 2K²+1): the Hermitian layout [+ky rows; −ky rows; 0]."""
+    P, T = blocks[:, :K, :K], blocks[:, :K, K:]
+    R, Q = blocks[:, K:, :K], blocks[:, K:, K:]
+    B = tf.shape(blocks)[0]
+    z = tf.zeros([B, 1])
+    flat = lambda x: tf.reshape(x, [B, -1])  # noqa: E731
+    re = tf.concat([flat(P - Q), flat(P + Q), z], axis=1)
+    im = tf.concat([flat(-(R + T)), flat(R - T), z], axis=1)
+    return re, im
+
+
+def frc_from_rings(m_re, m_im, p_re, p_im, p_pow, ring_index):
+    """Per-ring FRC (B, nrings): the model gathered to the ring segments (B, nrings, maxlen) against
+    the particle's zero-padded ring arrays and per-ring power."""
+    mr = tf.gather(m_re, ring_index, axis=1)
+    mi = tf.gather(m_im, ring_index, axis=1)
+    s_mp = tf.reduce_sum(mr * p_re + mi * p_im, axis=-1)
+    s_mm = tf.reduce_sum(mr * mr + mi * mi, axis=-1)
+    return s_mp / tf.sqrt(s_mm * p_pow + 1e-30)
+
+
+def particle_rings(particle_ft: np.ndarray, rings: RingLayout):
+    """Cropped transforms (k, ny, nx) → ring arrays re, im (k, nrings, maxlen) and power (k, nrings), NumPy."""
+    flat = particle_ft.reshape(len(particle_ft), -1)
+    flat = np.concatenate([flat, np.zeros((len(flat), 1), flat.dtype)], axis=1)
+    r = flat[:, rings.particle_index]
+    pre, pim = r.real.astype(np.float32), r.imag.astype(np.float32)
+    return pre, pim, (pre.astype(np.float64) ** 2 + pim.astype(np.float64) ** 2).sum(-1).astype(np.float32)
 
 
 def rotvec_matrix(v):
@@ -183,21 +248,34 @@ def rotvec_matrix(v):
 
 
 def _frc_objective(objective: FRCObjective, settings: PoseSettings):
-    """The FRC (+ prior) objective: J = data_scale·S − prior penalty, S = ring-weighted FRC."""
+    """The FRC (+ prior) objective: J = data_scale·S − prior penalty, S = ring-weighted FRC.
+
+    Returns (constants, per-particle data maker, prepare(constants) — once per batch, before the
+    steps: the pose-independent envelopes —, score(prepared, R, origin, data) → (J, S))."""
     grid = objective.grid
     apix = grid.apix
     use_prior = settings.prior_angle_deg is not None
     inv_var_a = 0.0 if not use_prior else 1.0 / math.radians(settings.prior_angle_deg) ** 2
     inv_var_s = 0.0 if not use_prior or not settings.prior_shift_px else 1.0 / (settings.prior_shift_px * apix) ** 2
-    consts = (*_gmm_tensors(objective.gmm), tf.constant(grid.sy), tf.constant(grid.sx), tf.constant(grid.pix),
-              tf.constant(grid.ring), tf.constant(grid.nrings), tf.constant(objective.ring_weights, F32),
+    layout = HermitianLayout(grid)
+    rings = RingLayout(grid, layout)
+    K = layout.K
+    k_over_L = (np.arange(K) / (grid.box * apix)).astype(np.float32)
+    consts = (*_gmm_tensors(objective.gmm), tf.constant(k_over_L), tf.constant(TWO_PI * k_over_L),
+              tf.constant(rings.model_index), tf.constant(objective.ring_weights, F32),
               tf.constant(float(objective.data_scale), F32))
 
+    def prepare(c):
+        centers, amps, sigmas, k, kw, ring_index, ring_w, data_scale = c
+        Ex2, Ey2 = envelopes(sigmas, amps, k)
+        return centers, Ex2, Ey2, kw, ring_index, ring_w, data_scale
+
     def score(c, R, org, data):
-        centers, amps, sigmas, sy, sx, pix, ring, nrings, ring_w, data_scale = c
-        part_re, part_im, prior_rot, prior_org = data
-        mre, mim = project_ft(centers, amps, sigmas, R, org, sy, sx)
-        s = tf.reduce_sum(frc(mre, mim, part_re, part_im, pix, ring, nrings) * ring_w[None, :], axis=1)
+        centers, Ex2, Ey2, kw, ring_index, ring_w, data_scale = c
+        p_re, p_im, p_pow, prior_rot, prior_org = data
+        mu = tf.einsum("bij,nj->bni", R[:, :2, :], centers) - org[:, None, :]  # (B,N,2)
+        m_re, m_im = blocks_to_flat(project_blocks(mu, Ex2, Ey2, kw), K)
+        s = tf.reduce_sum(frc_from_rings(m_re, m_im, p_re, p_im, p_pow, ring_index) * ring_w[None, :], axis=1)
         if not use_prior:
             return s, s
         # deviation from the prior centre: D = R·Pᵀ; its skew part is sin(θ)·axis (θ² for small θ)
@@ -208,26 +286,32 @@ def _frc_objective(objective: FRCObjective, settings: PoseSettings):
         return data_scale * s - pen, s
 
     def data(particle_ft, prior_rotations, prior_origins_A):
-        return (tf.constant(particle_ft.real, F32), tf.constant(particle_ft.imag, F32),
+        pre, pim, ppow = particle_rings(np.asarray(particle_ft), rings)
+        return (tf.constant(pre), tf.constant(pim), tf.constant(ppow),
                 tf.constant(prior_rotations, F32), tf.constant(prior_origins_A, F32))
 
-    return consts, data, score
+    # prepare and score depend on nothing else: one traced loop serves every objective with this key
+    key = ("frc", K, use_prior, inv_var_a, inv_var_s)
+    return consts, data, prepare, score, key
 
 
 _OBJECTIVES = {FRCObjective: _frc_objective}
+_LOOPS = {}  # (objective key, settings, apix, jit_compile) → traced pose loop
 
 
-def _pose_loop(score, settings: PoseSettings, apix: float):
-    """The whole multi-step optimisation of one batch as one compiled function."""
+def _pose_loop(prepare, score, settings: PoseSettings, apix: float, jit_compile: bool = False):
+    """The whole multi-step optimisation of one batch as one compiled function (``jit_compile``:
+    through XLA)."""
     steps = int(settings.steps)
     lr_rot = math.radians(settings.lr_angle_deg)
     lr_shift = settings.lr_shift_px * apix
     b1, b2 = settings.beta1, settings.beta2
     decay = settings.step_decay()
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, jit_compile=jit_compile)
     def run(consts, rot0, org0, data):
         B = tf.shape(rot0)[0]
+        consts = prepare(consts)
         params = tf.zeros([B, 5])  # 3 rotation-vector (rad) + 2 shift (Å)
         m = tf.zeros_like(params)
         v = tf.zeros_like(params)
@@ -274,8 +358,13 @@ class _PoseOptimizer:
             make = _OBJECTIVES[type(objective)]
         except KeyError:
             raise TypeError(f"the TensorFlow backend has no pose objective {type(objective).__name__}") from None
-        self._consts, self._data, score = make(objective, settings)
-        self._run = _pose_loop(score, settings, objective.grid.apix)
+        self._consts, self._data, prepare, score, key = make(objective, settings)
+        xla = os.environ.get("GMMCORE_TF_XLA", "0") == "1"
+        key = (key, int(settings.steps), settings.lr_angle_deg, settings.lr_shift_px, settings.final_lr_fraction,
+               settings.beta1, settings.beta2, float(objective.grid.apix), xla)
+        if key not in _LOOPS:  # both halves and every iteration share one traced loop
+            _LOOPS[key] = _pose_loop(prepare, score, settings, objective.grid.apix, jit_compile=xla)
+        self._run = _LOOPS[key]
 
     def __call__(self, rotations, origins_A, **per_particle):
         R, o, s, s0 = self._run(self._consts, tf.constant(rotations, F32), tf.constant(origins_A, F32),
@@ -421,19 +510,30 @@ class TFBackend:
 
     def frc_rings(self, gmm, grid, particle_ft, rotations, origins_A, batch: int = 64) -> np.ndarray:
         """Per-ring FRC of each particle against the GMM at its given pose, (k, nrings)."""
-        c, a, s = _gmm_tensors(gmm)
-        sy, sx = tf.constant(grid.sy), tf.constant(grid.sx)
+        consts, data, prepare, _, _ = _frc_objective(FRCObjective(gmm, grid, np.full(grid.nrings, 1.0 / grid.nrings,
+                                                                                   np.float32)), PoseSettings())
+        K = HermitianLayout(grid).K
+        centers, Ex2, Ey2, kw, ring_index, _, _ = prepare(consts)
         out = []
         for i0 in range(0, len(rotations), batch):
             sl = slice(i0, i0 + batch)
-            mre, mim = project_ft(c, a, s, tf.constant(rotations[sl], F32), tf.constant(origins_A[sl], F32), sy, sx)
-            f = frc(mre, mim, tf.constant(particle_ft[sl].real), tf.constant(particle_ft[sl].imag),
-                    tf.constant(grid.pix), tf.constant(grid.ring), grid.nrings)
-            out.append(f.numpy())
+            R = tf.constant(rotations[sl], F32)
+            p_re, p_im, p_pow, _, _ = data(particle_ft[sl], rotations[sl], origins_A[sl])
+            mu = tf.einsum("bij,nj->bni", R[:, :2, :], centers) - tf.constant(origins_A[sl], F32)[:, None, :]
+            m_re, m_im = blocks_to_flat(project_blocks(mu, Ex2, Ey2, kw), K)
+            out.append(frc_from_rings(m_re, m_im, p_re, p_im, p_pow, ring_index).numpy())
         return np.concatenate(out) if out else np.zeros((0, grid.nrings), np.float32)
 
     def pose_optimizer(self, objective, settings: PoseSettings) -> _PoseOptimizer:
         return _PoseOptimizer(objective, settings)
+
+    def max_batch(self, gmm, grid, settings: PoseSettings, limit: int = 4096) -> int:
+        """``--batch auto`` (:func:`gmmcore.backend.kernels.batch_for_memory`): on the CPU from the
+        host's available memory (at most ``CPU_BATCH_CAP``); on a GPU from its free memory as
+        ``nvidia-smi`` reports it (16 when that cannot be read)."""
+        if not tf.config.get_visible_devices("GPU"):
+            return batch_for_memory(len(gmm), grid, host_free_bytes(), limit=min(limit, CPU_BATCH_CAP))
+        return batch_for_memory(len(gmm), grid, _gpu_free_bytes(), limit=limit)
 
     def project_images(self, gmm, rotations, origins_A, apix: float, box: int, batch: int = 64) -> np.ndarray:
         """Real-space projections I(p) = ∫V(Aᵀp)dz of the GMM, (k, box, box) float32, mass per pixel,

@@ -26,10 +26,13 @@ def configure_parser(p) -> None:
     p.add_argument("--iterations", type=int, default=300, help="Adam steps (default 300)")
     p.add_argument("--threshold", type=float, default=None, help="density threshold for K-means (default: automatic)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--backend", choices=["tf", "jax"], default="tf",
+                   help="array backend of the fit: tf (TensorFlow, default) or jax (runs on a GPU when JAX sees one)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.gmm.npz, PREFIX.pdb, PREFIX.json")
 
 
 def run(args) -> int:
+    from ..backend import get_backend
     from ..gmm.build import build_gmm
     from ..io.maps import read_map
     from ..safewrite import check_output_path, refuse_overwriting_inputs, write_json
@@ -46,8 +49,9 @@ def run(args) -> int:
     m, apix = read_map(args.map)
     gmm, report = build_gmm(m, apix, args.resolution, n_gaussians=args.ngauss, seed_model=args.seed_model,
                             seed=args.seed, minres_A=args.minres, iterations=args.iterations,
-                            threshold=args.threshold)
+                            threshold=args.threshold, backend=get_backend(args.backend))
     gmm.meta["source_map"] = str(args.map)
+    report["backend"] = args.backend
     prefix = str(args.out)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     gmm.save(prefix + ".gmm.npz")

@@ -35,7 +35,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minres", type=float, default=25.0, help="coarsest resolution in the FRC, Å (default 25)")
     p.add_argument("--sym", default="C1", help="symmetry: C1, Cn, Dn, T, O, I (default C1)")
     p.add_argument("--mask", help="soft mask (MRC) for the masked FSC and applied to each half map before its GMM is built (default: an automatic mask, used for the FSC only)")
-    p.add_argument("--batch", type=int, default=16, help="particles per batch on the device: the GPU-memory knob (default 16)")
+    p.add_argument("--batch", default="16",
+                   help="particles per batch on the device: the GPU-memory knob (default 16), or 'auto': the largest "
+                        "power of two whose working memory fits half the device's free memory (results do not "
+                        "depend on it)")
     p.add_argument("--chunk", type=int, default=20000, help="particles read per chunk (default 20000)")
     p.add_argument("--steps", type=int, default=10, help="gradient steps per particle per iteration (default 10)")
     p.add_argument("--lr-angle", type=float, default=0.5, help="Adam step for rotations, degrees (default 0.5)")
@@ -53,6 +56,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default=None, help="GPU id(s), e.g. 0 or 0,1,2,3 (default: the first GPU the backend sees); "
                                              "several ids: one worker process per GPU, particles shared out")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
+    p.add_argument("--backend", choices=["tf", "jax"], default="tf",
+                   help="array backend: tf (TensorFlow, the default; CPU or GPU) or jax (JAX: GPUs without "
+                        "TensorFlow, also runs on the CPU); the log says which backend and device run")
     p.add_argument("--new-split", action="store_true",
                    help="make a new random half split when the input has no usable one (none, incomplete, a half "
                         "with < 10%% of the particles, or an image in both halves); logged in run.log")
@@ -79,12 +85,26 @@ def _check_outputs(args: argparse.Namespace) -> None:
     refuse_overwriting_inputs([], [args.particles, args.ref, args.mask] + stacks, out_dir=args.out)
 
 
+def parse_batch(value):
+    """``--batch``: a positive integer or 'auto'."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        b = int(value)
+    except ValueError:
+        raise InputError(f"not a batch size: {value!r} (a positive integer or 'auto')", field="--batch") from None
+    if b < 1:
+        raise InputError("must be ≥ 1 (or 'auto')", field="--batch")
+    return b
+
+
 def run(args: argparse.Namespace) -> int:
     gpu = execution.parse_gpus(args.gpu)
     for name in ("particles", "ref", "mask"):
         v = getattr(args, name)
         if v and not Path(v).exists():
             raise InputError("file not found", path=v, field=f"--{name}")
+    batch = parse_batch(args.batch)
     _check_numbers(args)
     _check_outputs(args)
     explicit = args.prior_angle is not None or args.prior_shift is not None
@@ -106,11 +126,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("nothing to continue (no params.json)", path=out, field="--continue")
     params = RefineParams(particles=str(Path(args.particles).resolve()), out=str(out), ref=args.ref and str(Path(args.ref).resolve()),
                           ref_lowpass=args.ref_lowpass, iterations=args.iterations, ngauss=args.ngauss, maxres=args.maxres,
-                          minres=args.minres, sym=args.sym, mask=args.mask and str(Path(args.mask).resolve()), batch=args.batch,
+                          minres=args.minres, sym=args.sym, mask=args.mask and str(Path(args.mask).resolve()), batch=batch,
                           chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift, ring_weight=args.ring_weight,
                           prior_angle=prior_angle, prior_shift=prior_shift, gpu=gpu,
                           cpu=args.cpu, seed=args.seed, new_split=args.new_split, threads=args.threads,
-                          force=args.force)
+                          force=args.force, backend=args.backend)
     symmetry_matrices(params.sym)  # validates --sym
     options = execution.execution_options(args, gpu, out)
     from ..parallel import ExecutorLost
@@ -135,7 +155,7 @@ def _check_numbers(args) -> None:
 
     finite = math.isfinite
     need(args.iterations >= 0, "--iter", "must be ≥ 0")
-    for flag in ("--batch", "--chunk", "--steps"):
+    for flag in ("--chunk", "--steps"):  # --batch: parse_batch
         need(getattr(args, flag[2:]) >= 1, flag, "must be ≥ 1")
     need(args.ngauss is None or args.ngauss >= 1, "--ngauss", "must be ≥ 1 (leave it out to estimate it)")
     need(args.threads is None or args.threads >= 1, "--threads", "must be ≥ 1")

@@ -41,6 +41,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-origin", type=float, default=2.0, help="largest true origin (pixels)")
     p.add_argument("--optics-groups", type=int, default=1, help="number of optics groups")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--backend", choices=["tf", "jax"], default="tf", help="array backend that projects the model")
     p.add_argument("--out", required=True, help="output folder")
 
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             astigmatism=args.astigmatism, voltage=args.voltage, cs=args.cs, amp_contrast=args.amp_contrast,
             b_factor=args.b_factor, perturb_angle_deg=args.perturb_angle, perturb_shift_px=args.perturb_shift,
             max_origin_px=args.max_origin, seed=args.seed, model_b=args.model_b, conformation=args.conformation,
-            optics_groups=args.optics_groups)
+            optics_groups=args.optics_groups, backend=args.backend)
     print(f"simulated {res['n_particles']} particles ({res['box']} px, {res['apix']} Å/px, SNR {res['snr']}) "
           f"in {args.out}: {STACK_NAME}, {TRUE_STAR}, {PERTURBED_STAR}, {TRUE_MAP}, {TRUTH}, {JSON}")
     return 0

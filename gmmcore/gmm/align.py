@@ -12,10 +12,11 @@ chooses the FRC ring weights.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from ..safewrite import atomic_path
 from .model import GMM
 
 SUB_BATCH = 1024  # particles whose transforms are held at once
+log = logging.getLogger(__name__)
 
 
 def particle_transforms(images: np.ndarray, table: ParticleTable, rows: np.ndarray, grid: FourierGrid) -> np.ndarray:
@@ -115,11 +117,12 @@ class PoseRefiner(BatchedPoseOptimizer):
 class AlignSettings:
     """How particles are aligned: the pose optimiser, the FRC ring weighting ("ssnr": population
     FRC × ring size from up to ``n_weight_sample`` particles at their start poses; "uniform": the
-    paper's plain average), particles per device batch and per chunk read from disk."""
+    paper's plain average), particles per device batch (or "auto": the backend's ``max_batch`` on
+    the device that runs the chunk) and per chunk read from disk."""
 
     pose: PoseSettings = field(default_factory=PoseSettings)
     ring_weight: str = "ssnr"
-    batch: int = 16
+    batch: Union[int, str] = 16
     chunk: int = 20000
     n_weight_sample: int = 2000
 
@@ -212,9 +215,13 @@ class AlignJob:
     backend: str
 
     def refiner(self) -> "PoseRefiner":
-        return PoseRefiner(self.gmm, self.grid, self.settings.pose, batch=self.settings.batch,
-                           ring_weights=self.ring_weights, data_scale=self.data_scale or 1.0,
-                           backend=get_backend(self.backend))
+        backend = get_backend(self.backend)
+        batch = self.settings.batch
+        if batch == "auto":  # sized on the device that runs this job's chunks
+            batch = backend.max_batch(self.gmm, self.grid, self.settings.pose)
+            log.info("%s: batch auto → %d particles", self.key, batch)
+        return PoseRefiner(self.gmm, self.grid, self.settings.pose, batch=batch,
+                           ring_weights=self.ring_weights, data_scale=self.data_scale or 1.0, backend=backend)
 
 
 def align_sets(sets, table: ParticleTable, start: Poses, grid: FourierGrid, settings: AlignSettings = AlignSettings(),

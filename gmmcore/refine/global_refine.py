@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field, replace
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from .. import __version__
 from ..backend import PoseSettings, get_backend
@@ -47,7 +47,7 @@ class RefineParams:
     minres: float = 25.0  # Å: coarsest ring used by the FRC
     sym: str = "C1"
     mask: Optional[str] = None
-    batch: int = 16
+    batch: Union[int, str] = 16  # particles per device batch, or "auto" (largest fitting the device memory)
     chunk: int = 20000
     steps: int = 10
     lr_angle: float = 0.5  # degrees per Adam step
@@ -62,6 +62,7 @@ class RefineParams:
     pad: int = 2
     threads: Optional[int] = None  # CPU threads (None: all cores)
     force: bool = False  # run below the minimum particles per half set
+    backend: str = "tf"  # "tf" (TensorFlow, the CPU default) or "jax"
     particles_hash: Optional[str] = None  # content of the input (set by run_global)
     version: str = field(default=__version__)
 
@@ -103,7 +104,7 @@ def run_global(p: RefineParams, executor=None) -> RunSummary:
     user_mask = read_mask(p.mask, box, apix) if p.mask else None
     ref = read_map_on_grid(p.ref, box, apix, what="reference", field="--ref") if p.ref else None
 
-    backend = get_backend()
+    backend = get_backend(p.backend)
     run = RunDir.create_or_continue(p.out, asdict(p), IDENTITY)
     try:
         return _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, executor)
@@ -124,6 +125,7 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, exe
         device = executor.describe()
     for w in warnings:
         log.warning("WARNING: %s", w)
+    log.info("backend %s on %s", backend.name, device)
     log.info("gmmcore %s refine: %d particles (half 1: %d, half 2: %d), box %d, %.3f Å/px, %s, device %s",
              __version__, len(table), rows[1].size, rows[2].size, box, apix, p.sym, device)
     if new_split:
@@ -131,7 +133,7 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, exe
 
     # Only a user's mask may shape the GMMs: the automatic mask is made from both halves and serves
     # the FSC alone, so it must not touch either half's model.
-    begin = loop.start(table, run, p.sym, p.pad, p.chunk, fsc_mask=user_mask, executor=executor)
+    begin = loop.start(table, run, p.sym, p.pad, p.chunk, fsc_mask=user_mask, executor=executor, backend=backend)
     plan = IterationPlan(sym=p.sym, fsc_mask=begin.fsc_mask, fit_mask=user_mask,
                          band=follow_fsc(p.minres, apix, p.maxres), align=p.align_settings(),
                          prior=table.poses, ngauss=p.ngauss, seed=p.seed, pad=p.pad)

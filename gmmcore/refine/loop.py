@@ -37,7 +37,7 @@ log = logging.getLogger("gmmcore.refine")
 
 
 def start(table: ParticleTable, run: RunDir, sym: str, pad: float, chunk: int,
-          fsc_mask: Optional[np.ndarray] = None, executor=None) -> Start:
+          fsc_mask: Optional[np.ndarray] = None, executor=None, backend=None) -> Start:
     """Iteration 0: reconstruct the half maps at the table's poses (or load them), make the
     automatic FSC mask when ``fsc_mask`` is None (saved as mask_auto.mrc), report the FSC.
     ``executor``: where the reconstruction's units run (default: this process)."""
@@ -49,7 +49,8 @@ def start(table: ParticleTable, run: RunDir, sym: str, pad: float, chunk: int,
     else:
         t0 = time.time()
         log.info("reconstructing half maps at the input poses")
-        maps = reconstruct_halves(table, sym=sym, pad=pad, chunk=chunk, executor=executor, desc="input poses")
+        maps = reconstruct_halves(table, sym=sym, pad=pad, chunk=chunk, executor=executor, backend=backend,
+                                  desc="input poses")
         store.save_half_maps(maps, apix)
         if fsc_mask is None:
             fsc_mask = auto_mask(0.5 * (maps[1] + maps[2]), apix)
@@ -124,7 +125,7 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     change = PoseChange.of(*poses.change_from(state.poses, apix))
 
     maps = reconstruct_halves(table.with_poses(poses), sym=plan.sym, pad=plan.pad, chunk=plan.align.chunk,
-                              executor=ex, desc=f"iter {it}")
+                              executor=ex, backend=backend, desc=f"iter {it}")
     store.save_half_maps(maps, apix)
     rep = HalfMapReport.from_json(half_map_report(maps[1], maps[2], apix, plan.fsc_mask))
     rep.extra.update(plan.extra_report(maps))

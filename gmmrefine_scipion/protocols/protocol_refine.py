@@ -12,6 +12,11 @@ from gmmrefine_scipion import Plugin, convert
 from gmmrefine_scipion.constants import HALF_SET_ATTR, INPUT_STAR, REFINE_DIR, SYMMETRY_HELP
 from .protocol_base import GmmProtRunBase, validateSymmetry
 
+# Scipion form label → gmmcore --backend value
+BACKEND_LABELS = ["tensorflow", "jax"]
+BACKEND_VALUES = ["tf", "jax"]
+
+
 class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
     """Refine the 3-D poses of particles against a Gaussian mixture model (GMM) of each half map
     (Chen, Schmid & Chiu 2024).
@@ -92,10 +97,17 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
                       label="Input pose accuracy: shift (px)",
                       help="Expected shift error of the input poses, pixels.")
         form.addParam("batchSize", params.IntParam, default=16, expertLevel=params.LEVEL_ADVANCED,
-                      validators=[params.GT(0)],
+                      validators=[params.GE(0)],
                       label="Batch size",
                       help="Particles aligned together on the GPU; lower it if the GPU runs out "
-                           "of memory (the paper: 16 at box 240 needs ~9 GB).")
+                           "of memory (the paper: 16 at box 240 needs ~9 GB). 0 = automatic: the "
+                           "largest batch that fits the device's free memory (results do not depend on it).")
+        form.addParam("arrayBackend", params.EnumParam, choices=BACKEND_LABELS, default=0,
+                      expertLevel=params.LEVEL_ADVANCED, display=params.EnumParam.DISPLAY_HLIST,
+                      label="Array backend",
+                      help="tensorflow: the default (CPU or GPU). jax: for GPU machines with JAX and "
+                           "no TensorFlow (also runs on the CPU). Same results within float precision; "
+                           "the run log names the backend and device used.")
         form.addParam("daskScheduler", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
                       label="Dask scheduler address",
                       help="Run the work on a running Dask cluster instead of this protocol's GPUs, e.g. "
@@ -129,7 +141,8 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
             "particles": self.abspath(self._getExtraPath(INPUT_STAR)),
             "iter": self.numberOfIterations.get(),
             "sym": self.symmetryGroup.get() or "C1",
-            "batch": self.batchSize.get(),
+            "batch": self.batchSize.get() or "auto",
+            "backend": BACKEND_VALUES[self.arrayBackend.get()],
             "ngauss": self.numberOfGaussians.get() or None,
             "maxres": self.maxResolution.get() or None,
             "minres": self.minResolution.get() or None,
