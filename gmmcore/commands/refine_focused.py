@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from ._alignment import add_alignment_arguments, alignment_values, existing
+from ..options import add_alignment_arguments, alignment_values, existing
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
