@@ -87,13 +87,20 @@ def _focused(table, state, mask, fsc_mask, out):
     return refine_focused(table, state, mask, FocusedParams(out=str(out), **FOCUS_KW), fsc_mask=fsc_mask)
 
 
-def test_focus_changes_alignment_and_survives_resume(start, tmp_path):
+@pytest.fixture(scope="module")
+def focus_run(start):
+    """One focused iteration on the start (shared by the tests below)."""
+    table, state, fsc_mask, mask, d = start
+    return _focused(table, state, mask, fsc_mask, d / "focus"), d / "focus"
+
+
+def test_focus_changes_alignment_and_survives_resume(start, focus_run, tmp_path):
     from gmmcore.particles import Poses
 
     table, state, fsc_mask, mask, _ = start
-    s_focus = _focused(table, state, mask, fsc_mask, tmp_path / "focus")
+    s_focus, focus_dir = focus_run
     s_none = _focused(table, state, np.ones_like(mask), fsc_mask, tmp_path / "nofocus")
-    it_f, it_n = tmp_path / "focus" / "iter001", tmp_path / "nofocus" / "iter001"
+    it_f, it_n = focus_dir / "iter001", tmp_path / "nofocus" / "iter001"
     # identical raw fits: the shaping is the only difference, and the saved GMMs are not shaped
     for h in (1, 2):
         gf, gn = GMM.load(it_f / f"gmm_half{h}.gmm.npz"), GMM.load(it_n / f"gmm_half{h}.gmm.npz")
@@ -111,7 +118,7 @@ def test_focus_changes_alignment_and_survives_resume(start, tmp_path):
 
     # resume: killed after the GMMs were fitted and saved (alignment, maps, report lost)
     out = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "focus", out)
+    shutil.copytree(focus_dir, out)
     it = out / "iter001"
     for f in list(it.glob("align_*")) + [it / "poses.npz", it / "report.json", it / "half1.mrc", it / "half2.mrc",
                                          out / "summary.json"]:
@@ -126,7 +133,7 @@ def test_focus_changes_alignment_and_survives_resume(start, tmp_path):
     assert np.array_equal(GMM.load(it / "gmm_half2.gmm.npz").sigmas, GMM.load(it_f / "gmm_half2.gmm.npz").sigmas)
 
 
-def test_focused_gold_standard(start, sim_small, tmp_path):
+def test_focused_gold_standard(start, focus_run, sim_small, tmp_path):
     """Half 2's images swamped by noise: half 1's GMM and poses do not change by one bit."""
     from gmmcore.particles import Poses
 
@@ -143,9 +150,8 @@ def test_focused_gold_standard(start, sim_small, tmp_path):
         m.voxel_size = sim_small["apix"]
     bad = table.with_poses(table.poses)
     bad.image_root = str(folder)
-    _focused(table, state, mask, fsc_mask, tmp_path / "clean")
     _focused(bad, state, mask, fsc_mask, tmp_path / "bad")
-    a, b = tmp_path / "clean" / "iter001", tmp_path / "bad" / "iter001"
+    a, b = focus_run[1] / "iter001", tmp_path / "bad" / "iter001"
     g1a, g1b = GMM.load(a / "gmm_half1.gmm.npz"), GMM.load(b / "gmm_half1.gmm.npz")
     assert np.array_equal(g1a.centers, g1b.centers) and np.array_equal(g1a.sigmas, g1b.sigmas)
     pa, pb = Poses.load(a / "poses.npz"), Poses.load(b / "poses.npz")

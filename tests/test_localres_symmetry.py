@@ -75,7 +75,7 @@ def test_composite_rule():
 
 
 def test_rotate_map():
-    box, apix = 32, 1.0
+    box = 32
     S = symmetry_matrices("C4")[1]
     c = np.array([6.0, 2.0, -3.0])  # x, y, z Å
     blob = soft_sphere_mask(box, 2, 2, center=(c[::-1] + 16))
@@ -130,7 +130,7 @@ def test_expand_symmetry_and_reconstruct(c3):
 
 
 def test_reimpose_after_focused(c3, tmp_path):
-    from gmmcore.io.maps import read_map, write_map
+    from gmmcore.io.maps import read_map
 
     sim, d = c3
     out = tmp_path / "foc"

@@ -5,8 +5,9 @@
   for both halves, and each composite half is exactly Σ M_i·Map_i,h / Σ M_i (global fill) with
   those masks (one set of weights for both halves).
 * ``test_patches_resume``: a run killed in the middle of patch 2 (its GMMs saved) continues at
-  patch 2: patch 1 is not touched, patch 2's GMMs are reused, and the result equals the
-  uninterrupted run; ``--patch`` runs single patches (workers) and the composite waits for all.
+  patch 2 — here through ``--patch 2`` (one worker), after which the composite waits for the
+  other patch: patch 1 is not touched, patch 2's GMMs are reused, and the result (poses, composite)
+  equals the uninterrupted run's.
 """
 from __future__ import annotations
 
@@ -60,15 +61,21 @@ def _patches(source, out, *extra):
                  *TINY, *extra])
 
 
-def test_patches_gold_standard(sim_small, tiny_global, tmp_path):
+@pytest.fixture(scope="module")
+def clean_patches(tiny_global):
+    out = tiny_global.parent / "clean"
+    assert _patches(tiny_global, out) == 0
+    return out
+
+
+def test_patches_gold_standard(sim_small, tiny_global, clean_patches, tmp_path):
     from gmmcore.composite import composite
     from gmmcore.io.maps import read_map
     from gmmcore.particles import Poses
 
-    assert _patches(tiny_global, tmp_path / "clean") == 0
     bad_global = _corrupt_global(sim_small, tiny_global, tmp_path / "corrupt")
     assert _patches(bad_global, tmp_path / "bad") == 0
-    a, b = tmp_path / "clean", tmp_path / "bad"
+    a, b = clean_patches, tmp_path / "bad"
     summary = json.loads((a / "summary.json").read_text())
     assert summary["kind"] == "patches" and len(summary["patches"]) == 2
     assert summary["final"]["particles"] is None and summary["composite"]["resolution"] > 0
@@ -105,37 +112,34 @@ def test_patches_gold_standard(sim_small, tiny_global, tmp_path):
         assert own.min() > 0.95, own.min()  # (the farthest member sits on the edge: trilinear < 1)
 
 
-def test_patches_resume(sim_small, tiny_global, tmp_path, capsys):
-    ref = tmp_path / "ref"
-    assert main(["refine-patches", "--from", str(tiny_global), "--patches", "3", "--iter", "1", "--out", str(ref),
-                 *TINY]) == 0
+def test_patches_resume(tiny_global, clean_patches, tmp_path, capsys):
+    ref = clean_patches
     out = tmp_path / "resumed"
     shutil.copytree(ref, out)
     p2 = out / "patch_02"
     it = p2 / "iter001"
-    # killed while aligning patch 2: its GMMs were saved, nothing after; patch 3 never started
+    # killed while aligning patch 2: its GMMs were saved, nothing after
     for f in list(it.glob("align_*")) + [it / "poses.npz", it / "report.json", it / "half1.mrc", it / "half2.mrc",
                                          p2 / "summary.json", out / "summary.json"]:
         f.unlink()
-    for d in (p2 / "final", out / "patch_03", out / "final"):
+    for d in (p2 / "final", out / "final"):
         shutil.rmtree(d)
     patch1 = _mtimes(out / "patch_01")
     gmms = _mtimes(it)  # what survived of patch 2: the fitted GMMs and their reports
     assert {f.name for f in gmms} == {"gmm_half1.gmm.npz", "gmm_half1.json", "gmm_half2.gmm.npz", "gmm_half2.json"}
     capsys.readouterr()
-    # a worker runs patch 3 alone first: no composite yet
-    assert main(["refine-patches", "--from", str(tiny_global), "--patches", "3", "--iter", "1", "--out", str(out),
-                 "--patch", "3", *TINY]) == 0
-    assert "2 of 3 patches finished" in capsys.readouterr().out
-    assert not (out / "final").exists() and (out / "patch_03" / "final" / "particles.star").is_file()
-    # then the whole command: patch 1 untouched, patch 2 continues from its saved GMMs
-    assert main(["refine-patches", "--from", str(tiny_global), "--patches", "3", "--iter", "1", "--out", str(out),
-                 *TINY]) == 0
-    stdout = capsys.readouterr().out
-    assert "patch 1 already complete" in stdout and "patch 3 already complete" in stdout
-    assert _mtimes(out / "patch_01") == patch1
+    # a worker continues patch 2 alone (--patch 2): patch 1 untouched, patch 2's GMMs reused, no composite yet
+    (out / "patch_01" / "summary.json").rename(out / "patch_01" / "summary.hidden")  # as if patch 1 ran elsewhere
+    assert _patches(tiny_global, out, "--patch", "2") == 0
+    assert "1 of 2 patches finished" in capsys.readouterr().out and not (out / "final").exists()
+    (out / "patch_01" / "summary.hidden").rename(out / "patch_01" / "summary.json")
     assert {p: t for p, t in _mtimes(it).items() if p in gmms} == gmms
-    for k in (1, 2, 3):
+    # then the whole command: both patches already complete, the composite is made
+    assert _patches(tiny_global, out) == 0
+    stdout = capsys.readouterr().out
+    assert "patch 1 already complete" in stdout and "patch 2 already complete" in stdout
+    assert _mtimes(out / "patch_01") == patch1
+    for k in (1, 2):
         with np.load(ref / f"patch_{k:02d}" / "iter001" / "poses.npz") as x, \
                 np.load(out / f"patch_{k:02d}" / "iter001" / "poses.npz") as y:
             assert np.array_equal(x["rotation"], y["rotation"]) and np.array_equal(x["origin"], y["origin"]), k
@@ -145,6 +149,6 @@ def test_patches_resume(sim_small, tiny_global, tmp_path, capsys):
     assert a["composite"]["fsc"] == b["composite"]["fsc"]
     # other defining parameters into the same folder: one line naming them
     capsys.readouterr()
-    rc = main(["refine-patches", "--from", str(tiny_global), "--patches", "4", "--iter", "1", "--out", str(out), *TINY])
+    rc = main(["refine-patches", "--from", str(tiny_global), "--patches", "3", "--iter", "1", "--out", str(out), *TINY])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "patches" in err and "Traceback" not in err, err

@@ -30,7 +30,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
 
     from ..io.maps import read_map, read_map_on_grid, write_map
     from ..localres import local_resolution, region_summary

@@ -45,7 +45,7 @@ from ..fsc import fsc_masked, half_map_report, resolution_at
 from ..gmm.focus import widen_outside
 from ..io.maps import read_map, read_map_on_grid, write_map
 from ..masks import auto_mask
-from ..particles import HalfPair, ParticleTable, Poses, check_geometry, check_split
+from ..particles import HalfPair, ParticleTable, check_geometry, check_split
 from ..summary import HalfMapReport, RunSummary
 from . import loop
 from .global_refine import AlignmentOptions

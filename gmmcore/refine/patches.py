@@ -48,7 +48,7 @@ from ..masks import soft_sphere_mask
 from ..particles import HalfPair, check_geometry
 from ..safewrite import write_json
 from ..summary import FinalFiles, HalfMapReport, PatchRecord, RunSummary
-from .focused import FSC_MASK, FocusedParams, fingerprint, focus_report, refine_focused, start_from_run
+from .focused import FSC_MASK, FocusedParams, fingerprint, refine_focused, start_from_run
 from .global_refine import AlignmentOptions
 from .rundir import RunDir, setup_logging
 
