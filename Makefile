@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-focused test lint install bench clean
+.PHONY: demo demo-focused gui test lint install bench clean
 
 $(STAMP): requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: $(STAMP)
 # global -> patch-by-patch refinement on a simulated particle with a moving domain (engine only)
 demo-focused: $(STAMP)
 	$(PY) demos/focused.py --out demo_focused_out
+
+gui: $(STAMP)
+	$(PY) -m gmmrefine_scipion.gui --out demo_out
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
