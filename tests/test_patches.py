@@ -49,6 +49,9 @@ def _corrupt_global(sim, global_dir, folder):
     shutil.copy(sim["perturbed_star"], folder / "particles_perturbed.star")
     run = folder / "global"
     shutil.copytree(global_dir, run)
+    # the final star names its images with absolute paths: point them at the corrupted stack
+    star = run / "final" / "particles.star"
+    star.write_text(star.read_text().replace(str(sim["stack"].resolve()), str((folder / "particles.mrcs").resolve())))
     for name in ("params.json", "summary.json"):  # the run's particles: images resolved next to them
         data = json.loads((run / name).read_text())
         (data if name == "params.json" else data["params"])["particles"] = str(folder / "particles_perturbed.star")

@@ -58,7 +58,7 @@ FOCUS_MASK = "focus_mask.mrc"
 FSC_MASK = "fsc_mask.mrc"
 
 # Parameters that define a focused run's result (with the fingerprints of its start and masks).
-IDENTITY = ("start_fingerprint", "focus_mask_fingerprint", "fsc_mask_fingerprint", "fit_mask_fingerprint",
+IDENTITY = ("particles_hash", "start_fingerprint", "focus_mask_fingerprint", "fsc_mask_fingerprint", "fit_mask_fingerprint",
             "ngauss", "maxres", "minres", "sym", "steps", "lr_angle", "lr_shift", "seed", "pad", "ring_weight",
             "prior_angle", "prior_shift")
 
@@ -205,7 +205,7 @@ def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.
     fsc_mask = np.asarray(fsc_mask, np.float32)
     backend = backend or get_backend()
     record = asdict(params)
-    record.update(start_fingerprint=fingerprint(start.poses.rotation, start.poses.origin_A, start.half_maps[1],
+    record.update(particles_hash=table.content_hash(), start_fingerprint=fingerprint(start.poses.rotation, start.poses.origin_A, start.half_maps[1],
                                                 start.half_maps[2]),
                   focus_mask_fingerprint=fingerprint(focus_mask), fsc_mask_fingerprint=fingerprint(fsc_mask),
                   fit_mask_fingerprint=fingerprint(fit_mask))
@@ -297,6 +297,13 @@ def _start_record(run: RunDir, table: ParticleTable, start: RefinementState, fsc
 # gmmcore refine-focused
 
 
+def _user_mask(path, box: int, apix: float, what: str, field: str) -> np.ndarray:
+    """A mask the user gave: on the particles' grid and a usable soft 0..1 mask (masks.check_mask)."""
+    from ..masks import check_mask
+
+    return check_mask(read_map_on_grid(path, box, apix, what=what, field=field), path=path, field=field)
+
+
 def run_focused_command(params: FocusedParams) -> RunSummary:
     """``gmmcore refine-focused``: the start from ``params.source`` (a finished run) or from
     ``params.particles`` + ``half1`` + ``half2``; every input checked before anything is written."""
@@ -310,13 +317,12 @@ def run_focused_command(params: FocusedParams) -> RunSummary:
         params = replace(params, sym=str(params.sym or "C1").upper())
         table = read_star(params.particles)
         box, apix = check_geometry(table)
-        fsc_mask = read_map_on_grid(params.fsc_mask, box, apix, what="FSC mask", field="--fsc-mask") \
-            if params.fsc_mask else None
+        fsc_mask = _user_mask(params.fsc_mask, box, apix, "FSC mask", "--fsc-mask") if params.fsc_mask else None
         start, fsc_mask = start_from_maps(table, params.half1, params.half2, fsc_mask)
     box, apix = check_geometry(table)
     if params.source and params.fsc_mask:
-        fsc_mask = read_map_on_grid(params.fsc_mask, box, apix, what="FSC mask", field="--fsc-mask")
-    focus = read_map_on_grid(params.mask, box, apix, what="focus mask", field="--mask")
+        fsc_mask = _user_mask(params.fsc_mask, box, apix, "FSC mask", "--fsc-mask")
+    focus = _user_mask(params.mask, box, apix, "focus mask", "--mask")
     return refine_focused(table, start, focus, params, fsc_mask=fsc_mask, fit_mask=fit_mask,
                           extra={"start": {"source": params.source or params.particles,
                                            "resolution": float(start.resolution_A)}})

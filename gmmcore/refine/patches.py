@@ -183,7 +183,8 @@ def run_patches(p: PatchParams) -> RunSummary:
     record = asdict(p)
     record["start_fingerprint"] = fingerprint(start.poses.rotation, start.poses.origin_A, start.half_maps[1],
                                               start.half_maps[2])
-    run = RunDir.create_or_continue(p.out, record, IDENTITY)
+    # each patch_NN is a run of its own (maybe written by another worker now): it cleans itself
+    run = RunDir.create_or_continue(p.out, record, IDENTITY, nested_runs=("patch_*",))
     if not (run.path / FSC_MASK).is_file():
         write_map(run.path / FSC_MASK, fsc_mask, apix)
     patches = _load_or_define(run, p, start.gmms, box, apix)
