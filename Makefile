@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo gui test lint install bench clean
+.PHONY: demo demo-focused gui test lint install bench clean
 
 $(STAMP): requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m gmmrefine_scipion.demo --out demo_out
+
+# global -> patch-by-patch refinement on a simulated particle with a moving domain (engine only)
+demo-focused: $(STAMP)
+	$(PY) demos/focused.py --out demo_focused_out
 
 gui: $(STAMP)
 	$(PY) -m gmmrefine_scipion.gui --out demo_out
@@ -34,4 +38,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_align.py --backends tf jax --cases i --batches 16 64 --out benchmarks/results/bench_align_cpu.json
 
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out demo_focused_out .pytest_cache

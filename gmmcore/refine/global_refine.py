@@ -33,8 +33,22 @@ IDENTITY = ("particles", "particles_hash", "ref", "ngauss", "maxres", "minres", 
             "lr_shift", "seed", "new_split", "pad", "ring_weight", "prior_angle", "prior_shift")
 
 
+class AlignmentOptions:
+    """Pose-refinement settings from a parameter dataclass with the fields ``steps``, ``lr_angle``,
+    ``lr_shift``, ``prior_angle``, ``prior_shift``, ``ring_weight``, ``batch`` and ``chunk``
+    (shared by the global, focused and patch parameters)."""
+
+    def pose_settings(self) -> PoseSettings:
+        return PoseSettings(steps=self.steps, lr_angle_deg=self.lr_angle, lr_shift_px=self.lr_shift,
+                            prior_angle_deg=self.prior_angle, prior_shift_px=self.prior_shift)
+
+    def align_settings(self) -> AlignSettings:
+        return AlignSettings(pose=self.pose_settings(), ring_weight=self.ring_weight, batch=self.batch,
+                             chunk=self.chunk)
+
+
 @dataclass
-class RefineParams:
+class RefineParams(AlignmentOptions):
     """``gmmcore refine`` parameters (resolutions in Å, angles in degrees, shifts in pixels)."""
 
     particles: str
@@ -65,14 +79,6 @@ class RefineParams:
     backend: str = "tf"  # "tf" (TensorFlow, the CPU default) or "jax"
     particles_hash: Optional[str] = None  # content of the input (set by run_global)
     version: str = field(default=__version__)
-
-    def pose_settings(self) -> PoseSettings:
-        return PoseSettings(steps=self.steps, lr_angle_deg=self.lr_angle, lr_shift_px=self.lr_shift,
-                            prior_angle_deg=self.prior_angle, prior_shift_px=self.prior_shift)
-
-    def align_settings(self) -> AlignSettings:
-        return AlignSettings(pose=self.pose_settings(), ring_weight=self.ring_weight, batch=self.batch,
-                             chunk=self.chunk)
 
 
 def read_mask(path, box: int, apix: float):

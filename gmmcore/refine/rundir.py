@@ -126,11 +126,16 @@ class RunDir:
         self.created = False
 
     @classmethod
-    def create_or_continue(cls, path, params: dict, identity: Sequence[str]) -> "RunDir":
+    def create_or_continue(cls, path, params: dict, identity: Sequence[str],
+                           nested_runs: Sequence[str] = ()) -> "RunDir":
         """Create ``path`` (or continue the run in it): its params.json must agree on every
         ``identity`` parameter, else InputError (a parameter a run of an older version did not
-        record is not compared).  Removes temporaries a killed run left.  Starts the log."""
+        record is not compared).  Removes temporaries a killed run left — except inside
+        sub-folders matching a ``nested_runs`` glob (e.g. "patch_*"): those are run directories of
+        their own, possibly written by another process right now, and clean themselves.  Starts
+        the log."""
         run = cls(path)
+        run.nested_runs = tuple(nested_runs)
         pfile = run.path / "params.json"
         old = None
         if pfile.exists():
@@ -161,8 +166,11 @@ class RunDir:
         directory and its sub-folders; returns how many."""
         from ..safewrite import remove_stale_temporaries
 
+        nested = [p for pattern in getattr(self, "nested_runs", ()) for p in self.path.glob(pattern) if p.is_dir()]
         stray = []
         for folder in [self.path] + sorted(p for p in self.path.rglob("*") if p.is_dir()):
+            if any(folder == n or n in folder.parents for n in nested):
+                continue
             stray += remove_stale_temporaries(folder)
         if stray:
             log.info("removed %d temporary file(s) left by an interrupted run", len(stray))
