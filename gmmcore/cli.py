@@ -25,6 +25,7 @@ VERBS = {
     "refine": "gmmcore.commands.refine",
     "export": "gmmcore.commands.export_particles",
     "simulate": "gmmcore.commands.simulate",
+    "heterogeneity": "gmmcore.commands.heterogeneity",
 }
 
 
