@@ -26,13 +26,35 @@ What it does
    state A (t = 0) and ``true_map_b.mrc`` state B (t = 1) — or, for a fixed t, ``true_map.mrc`` is
    that state.
 
+7. Assemblies (``copies``, a point group such as "C3" or "D2"): K copies of the model in one
+   particle, copy k's atoms at S_k·(x + d) with S_k the group's k-th operator
+   (:func:`gmmcore.symmetry.symmetry_matrices`, identity first) and d an offset of ``copy_offset_A``
+   (default 1.5 × the model's radius of gyration) along x for Cn, along (1, 0.6, 0.35)/|·| for
+   the other groups (off every symmetry axis).  The assembly has the group's symmetry; its centre
+   is the box centre.
+8. A moving domain (``domain``: residue ranges such as "122-159", or "lid" (122–159) / "nmp"
+   (30–59) of adenylate kinase): in every particle and every copy the domain's atoms turn rigidly
+   about a hinge by their own angle θ, uniform in [−``domain_angle_deg``, +``domain_angle_deg``]
+   (drawn from a separate random stream, so the rest of the truth is unchanged).  Hinge point p =
+   mean position of the atoms of the domain's first and last residue (where it joins the rest);
+   axis = unit((c_dom − p) × (c_rest − p)), c = centres of mass of the domain and of the rest (model
+   A) — the domain swings towards / away from the rest.  In the model's frame a domain atom x moves
+   to p + R(θ)(x − p).  ``true_map.mrc`` is the unmoved assembly (θ = 0), ``domain_mask.mrc`` a
+   soft mask over copy 0's domain through its range of motion (atoms within 4 Å, then a 3-pixel
+   raised-cosine edge), ``unit_mask.mrc`` (with copies) the same around all of copy 0.
+
 Outputs in ``out_dir``: ``particles.mrcs``, ``particles_true.star`` (true poses),
 ``particles_perturbed.star`` (each rotation turned by exactly ``perturb_angle_deg`` about a random
 axis, each origin moved by exactly ``perturb_shift_px`` pixels in a random direction),
 ``true_map.mrc`` (+ ``true_map_b.mrc``), ``truth.npz`` (per-particle truth: ``rotations`` (n,3,3),
 ``origins_A`` (n,2), ``conformation`` (n,), ``rotations_perturbed``, ``origins_perturbed_A``,
-``half``, ``optics_group``, ``defocus_u``, ``defocus_v``, ``defocus_angle``) and
-``simulation.json`` (parameters, seed, noise level, file names).
+``half``, ``optics_group``, ``defocus_u``, ``defocus_v``, ``defocus_angle``; with copies ``copy_rotations``
+(K,3,3) and ``copy_offset_A`` (3,); with a domain, per particle i and copy k: ``domain_angle_deg``
+(n,K), ``domain_rotation`` (n,K,3,3) = Q_ik, the domain's rigid motion in the particle frame,
+about the hinge ``domain_hinge_A`` (K,3) h_k (a moved domain atom y = Q z + (I − Q)h for its
+unmoved position z), and the domain's own pose — the pose at which the *unmoved* map explains the
+moved domain — ``domain_pose_rotations`` (n,K,3,3) = A_i·Q_ik and ``domain_pose_origins_A`` (n,K,2)
+= o_i − (A_i(I − Q_ik)h_k)_xy) and ``simulation.json`` (parameters, seed, noise level, file names).
 
 Images are made and written in chunks, so memory does not grow with the number of particles.
 Everything is reproducible from the seed.
@@ -52,7 +74,7 @@ from .safewrite import atomic_path, write_json
 from .errors import InputError
 from .geometry import perturb_rotations, random_rotations
 from .particles import CTFParams, ParticleTable
-from .io.pdb import atomic_masses, atomic_numbers, read_atoms, resolve_model
+from .io.pdb import atomic_masses, atomic_numbers, read_atoms, read_atoms_with_residues, resolve_model
 from .progress import progress
 
 STACK_NAME = "particles.mrcs"
@@ -62,6 +84,11 @@ TRUE_MAP = "true_map.mrc"
 TRUE_MAP_B = "true_map_b.mrc"
 TRUTH = "truth.npz"
 JSON = "simulation.json"
+DOMAIN_MASK = "domain_mask.mrc"
+UNIT_MASK = "unit_mask.mrc"
+
+# Named domains of the bundled adenylate kinase (1AKE numbering).
+DOMAINS = {"lid": ((122, 159),), "nmp": ((30, 59),)}
 
 N_CALIBRATION = 128  # projections used to measure the signal variance for the noise level
 
@@ -78,15 +105,72 @@ def _kabsch(mobile: np.ndarray, target: np.ndarray, w: np.ndarray) -> np.ndarray
     return Vt.T @ np.diag([1.0, 1.0, d]) @ U.T
 
 
+def parse_domain(spec: str) -> Tuple[Tuple[int, int], ...]:
+    """"lid" / "nmp" (adenylate kinase) or residue ranges "122-159[,30-59]" → ((first, last), ...)."""
+    key = str(spec).strip().lower()
+    if key in DOMAINS:
+        return DOMAINS[key]
+    ranges = []
+    for part in key.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            lo_i, hi_i = int(lo), int(hi if sep else lo)
+        except ValueError:
+            raise InputError(f"not a domain: {spec!r} (use lid, nmp or residue ranges such as 122-159)",
+                             field="domain") from None
+        if hi_i < lo_i:
+            raise InputError(f"empty residue range {part!r} in the domain {spec!r}", field="domain")
+        ranges.append((lo_i, hi_i))
+    return tuple(ranges)
+
+
+def _domain_geometry(coords: np.ndarray, mass: np.ndarray, resseq: np.ndarray, ranges) -> dict:
+    """The moving domain's atoms, hinge point and axis (see the module notes)."""
+    atoms = np.zeros(len(coords), bool)
+    for lo, hi in ranges:
+        atoms |= (resseq >= lo) & (resseq <= hi)
+    if not atoms.any() or atoms.all():
+        raise InputError(f"the domain (residues {ranges}) selects {int(atoms.sum())} of {len(atoms)} atoms: it "
+                         "must select some, not all", field="domain")
+    ends = np.isin(resseq, [min(r[0] for r in ranges), max(r[1] for r in ranges)]) & atoms
+    hinge = coords[ends].mean(0)
+    c_dom = (coords[atoms] * mass[atoms, None]).sum(0) / mass[atoms].sum()
+    c_rest = (coords[~atoms] * mass[~atoms, None]).sum(0) / mass[~atoms].sum()
+    axis = np.cross(c_dom - hinge, c_rest - hinge)
+    if np.linalg.norm(axis) < 1e-6:  # hinge, domain and rest in a line: any axis normal to it
+        axis = np.cross(c_dom - hinge, [1.0, 0.0, 0.0] if abs(c_dom[0] - hinge[0]) < 1e-3 else [0.0, 0.0, 1.0])
+    return {"atoms": atoms, "hinge": hinge, "axis": axis / np.linalg.norm(axis), "ranges": [list(r) for r in ranges]}
+
+
+def _copies(sym: Optional[str], coords: np.ndarray, mass: np.ndarray, offset_A: Optional[float]):
+    """(operators (K,3,3), offset d (3,) Å) of an assembly (identity and 0 without one)."""
+    from .symmetry import parse_symmetry, symmetry_matrices
+
+    if sym is None:
+        return np.eye(3)[None], np.zeros(3)
+    ops = symmetry_matrices(sym)
+    if offset_A is None:
+        rg = math.sqrt(float((mass * (coords ** 2).sum(1)).sum() / mass.sum()))
+        offset_A = 1.5 * rg
+    if offset_A < 0:
+        raise InputError(f"the copy offset must be ≥ 0 (got {offset_A})", field="copy_offset")
+    direction = np.array([1.0, 0.0, 0.0]) if parse_symmetry(sym)[0] == "C" else np.array([1.0, 0.6, 0.35])
+    return ops, float(offset_A) * direction / np.linalg.norm(direction)
+
+
 def load_model(model: Union[str, Path] = "builtin:adk-closed", model_b: Union[str, Path, None] = None,
-               atom_sigma_A: float = 1.2, b_factor: float = 30.0) -> dict:
+               atom_sigma_A: float = 1.2, b_factor: float = 30.0, copies: Optional[str] = None,
+               copy_offset_A: Optional[float] = None, domain: Optional[str] = None) -> dict:
     """Atoms → GMM parameters, centred at the centre of mass.
 
     Returns ``{"coords_a": (n,3) Å, "coords_b": (n,3) Å or None, "amplitudes": (n,),
-    "sigmas": (n,) Å, "elements": (n,), "center_of_mass_A": (3,), "center_of_mass_b_A": (3,) or None}``.
+    "sigmas": (n,) Å, "elements": (n,), "resseq": (n,), "center_of_mass_A": (3,),
+    "center_of_mass_b_A": (3,) or None, "copy_ops": (K,3,3), "copy_offset": (3,) Å,
+    "domain": None or {"atoms": (n,) bool, "hinge": (3,) Å, "axis": (3,), "ranges"}}``
+    (coordinates of one copy in its own frame; see the module notes for copies and the domain).
     """
     path_a = resolve_model(model)
-    xyz_a, el = read_atoms(path_a)
+    xyz_a, el, resseq = read_atoms_with_residues(path_a)
     mass = atomic_masses(el)
     com_a = (xyz_a * mass[:, None]).sum(0) / mass.sum()
     coords_a = xyz_a - com_a
@@ -104,9 +188,11 @@ def load_model(model: Union[str, Path] = "builtin:adk-closed", model_b: Union[st
         R = _kabsch(xyz_b - com_b, coords_a, mass)
         coords_b = (xyz_b - com_b) @ R.T
     sigma = math.sqrt(atom_sigma_A ** 2 + max(b_factor, 0.0) / (8.0 * math.pi ** 2))
+    ops, offset = _copies(copies, coords_a, mass, copy_offset_A)
+    dom = None if domain is None else _domain_geometry(coords_a, mass, resseq, parse_domain(domain))
     return {"coords_a": coords_a, "coords_b": coords_b, "amplitudes": atomic_numbers(el),
-            "sigmas": np.full(len(el), sigma), "elements": el, "center_of_mass_A": com_a,
-            "center_of_mass_b_A": com_b}
+            "sigmas": np.full(len(el), sigma), "elements": el, "resseq": resseq, "center_of_mass_A": com_a,
+            "center_of_mass_b_A": com_b, "copy_ops": ops, "copy_offset": offset, "domain": dom}
 
 
 def morph(coords_a: np.ndarray, coords_b: Optional[np.ndarray], t: float) -> np.ndarray:
@@ -116,22 +202,90 @@ def morph(coords_a: np.ndarray, coords_b: Optional[np.ndarray], t: float) -> np.
     return coords_a + float(t) * (coords_b - coords_a)
 
 
-def model_gmm(model: dict, t: float = 0.0):
-    """The GMM of a model (from :func:`load_model`) at conformation t."""
+def _n_copies(model: dict) -> int:
+    return int(len(model.get("copy_ops", np.eye(3)[None])))
+
+
+def assembly_coords(model: dict, t: float = 0.0, domain_rotations: Optional[np.ndarray] = None) -> np.ndarray:
+    """All atoms of the particle (K copies) at conformation t, (K·n, 3) Å, copy after copy;
+    ``domain_rotations`` (K, 3, 3) turns each copy's domain about its hinge (None: unmoved)."""
+    x = morph(model["coords_a"], model["coords_b"], t)
+    ops = model.get("copy_ops", np.eye(3)[None])
+    d = model.get("copy_offset", np.zeros(3))
+    dom = model.get("domain")
+    out = []
+    for k, S in enumerate(ops):
+        xk = x
+        if dom is not None and domain_rotations is not None:
+            xk = x.copy()
+            p = dom["hinge"]
+            xk[dom["atoms"]] = p + (x[dom["atoms"]] - p) @ np.asarray(domain_rotations[k]).T
+        out.append((xk + d) @ S.T)
+    return np.concatenate(out)
+
+
+def model_gmm(model: dict, t: float = 0.0, domain_rotations: Optional[np.ndarray] = None):
+    """The GMM of a model (from :func:`load_model`) at conformation t: every copy, the domains
+    unmoved (or turned by ``domain_rotations`` (K,3,3))."""
     from .gmm.model import GMM
 
-    return GMM(morph(model["coords_a"], model["coords_b"], t), model["amplitudes"], model["sigmas"])
+    K = _n_copies(model)
+    return GMM(assembly_coords(model, t, domain_rotations), np.tile(model["amplitudes"], K),
+               np.tile(model["sigmas"], K))
+
+
+def domain_truth(model: dict, rotations: np.ndarray, origins_A: np.ndarray, local_rotations: np.ndarray) -> dict:
+    """Per particle i and copy k, from the domain's rotation R_ik in its copy's own frame (n,K,3,3):
+    ``domain_rotation`` Q_ik = S_k R_ik S_kᵀ, ``domain_hinge_A`` h_k = S_k(p + d),
+    ``domain_pose_rotations`` A_i Q_ik and ``domain_pose_origins_A`` o_i − (A_i(I − Q_ik)h_k)_xy."""
+    ops, d, p = model["copy_ops"], model["copy_offset"], model["domain"]["hinge"]
+    Q = np.einsum("kab,nkbc,kdc->nkad", ops, local_rotations, ops)
+    h = np.einsum("kab,b->ka", ops, p + d)
+    u = h[None] - np.einsum("nkab,kb->nka", Q, h)
+    A = np.asarray(rotations, np.float64)
+    pose_R = np.einsum("nab,nkbc->nkac", A, Q)
+    pose_o = np.asarray(origins_A, np.float64)[:, None, :] - np.einsum("nab,nkb->nka", A, u)[..., :2]
+    return {"domain_rotation": Q, "domain_hinge_A": h, "domain_pose_rotations": pose_R,
+            "domain_pose_origins_A": pose_o}
 
 
 # --------------------------------------------------------------------------------------------
 # images
 
 
+def _project_moving(model: dict, t: float, rotations, origins_A, local_rotations, apix: float, box: int):
+    """Projections of particles whose copies' domains turn by ``local_rotations`` (k,K,3,3): the
+    static atoms at the particle pose, plus each copy's domain as a rigid body at its own pose
+    (A·S_k·R, origin − (A·S_k(p + d − R p))_xy) — projection is linear, so the particles stay batched."""
+    from .gmm.model import GMM
+    from .gmm.render import project_images
+
+    dom = model["domain"]
+    x = morph(model["coords_a"], model["coords_b"], t)
+    ops, d, p = model["copy_ops"], model["copy_offset"], dom["hinge"]
+    keep = ~dom["atoms"]
+    static = np.concatenate([(x[keep] + d) @ S.T for S in ops])
+    K = len(ops)
+    amps, sig = model["amplitudes"], model["sigmas"]
+    imgs = project_images(GMM(static, np.tile(amps[keep], K), np.tile(sig[keep], K)), rotations, origins_A, apix, box)
+    piece = GMM(x[dom["atoms"]], amps[dom["atoms"]], sig[dom["atoms"]])
+    for k, S in enumerate(ops):
+        R = local_rotations[:, k]
+        rot = np.einsum("nab,bc,ncd->nad", rotations, S, R)
+        t_k = (p + d)[None] - np.einsum("nab,b->na", R, p)  # R x + t_k = p + R(x − p) + d
+        shift = np.einsum("nab,bc,nc->na", rotations, S, t_k)[:, :2]
+        imgs += project_images(piece, rot, origins_A - shift, apix, box)
+    return imgs
+
+
 def clean_particles(model: dict, rotations: np.ndarray, origins_A: np.ndarray, ctf: Optional[CTFParams],
-                    apix: float, box: int, conformation: Optional[np.ndarray] = None) -> np.ndarray:
+                    apix: float, box: int, conformation: Optional[np.ndarray] = None,
+                    domain_rotations: Optional[np.ndarray] = None) -> np.ndarray:
     """Noise-free particle images (k, box, box) float32: projection at pose, times the CTF (if given).
 
-    ``conformation`` (k,) morph parameter per particle (ignored without a model B).
+    ``conformation`` (k,) morph parameter per particle (ignored without a model B);
+    ``domain_rotations`` (k, K, 3, 3) each copy's domain rotation in its own frame (model with a
+    domain; None: unmoved).
     """
     from .ctf import apply_ctf
     from .gmm.render import project_images
@@ -139,7 +293,18 @@ def clean_particles(model: dict, rotations: np.ndarray, origins_A: np.ndarray, c
     rotations = np.asarray(rotations, np.float64).reshape(-1, 3, 3)
     origins_A = np.asarray(origins_A, np.float64).reshape(-1, 2)
     k = len(rotations)
-    if model["coords_b"] is None or conformation is None:
+    if model.get("domain") is not None and domain_rotations is not None:
+        local = np.asarray(domain_rotations, np.float64).reshape(k, _n_copies(model), 3, 3)
+        if model["coords_b"] is None or conformation is None:
+            t0 = 0.0 if conformation is None or model["coords_b"] is None else float(np.ravel(conformation)[0])
+            imgs = _project_moving(model, t0, rotations, origins_A, local, apix, box)
+        else:
+            conf = np.broadcast_to(np.asarray(conformation, np.float64), (k,))
+            imgs = np.empty((k, box, box), np.float32)
+            for t in np.unique(conf):
+                idx = np.flatnonzero(conf == t)
+                imgs[idx] = _project_moving(model, t, rotations[idx], origins_A[idx], local[idx], apix, box)
+    elif model["coords_b"] is None or conformation is None:
         t0 = 0.0 if conformation is None or model["coords_b"] is None else float(np.ravel(conformation)[0])
         imgs = project_images(model_gmm(model, t0), rotations, origins_A, apix, box)
     else:
@@ -220,13 +385,17 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
                      b_factor: float = 30.0, atom_sigma_A: float = 1.2, perturb_angle_deg: float = 3.0,
                      perturb_shift_px: float = 1.0, max_origin_px: float = 2.0, seed: int = 0,
                      model_b: Union[str, Path, None] = None, conformation: Optional[float] = None,
-                     optics_groups: int = 1, chunk: Optional[int] = None, show_progress: bool = True) -> dict:
+                     optics_groups: int = 1, chunk: Optional[int] = None, show_progress: bool = True,
+                     copies: Optional[str] = None, copy_offset_A: Optional[float] = None,
+                     domain: Optional[str] = None, domain_angle_deg: float = 10.0) -> dict:
     """Simulate a dataset in ``out_dir`` (see the module docstring). Returns paths and truth arrays:
 
     ``{"out_dir", "stack", "true_star", "perturbed_star", "true_map", "true_map_b" (or None),
     "truth", "json"`` (paths) ``, "n_particles", "box", "apix", "snr", "noise_sigma",
     "signal_variance", "mask_radius_px", "rotations", "origins_A", "rotations_perturbed",
-    "origins_perturbed_A", "conformation", "half", "optics_group", "ctf" (CTFParams), "seed"}``.
+    "origins_perturbed_A", "conformation", "half", "optics_group", "ctf" (CTFParams), "seed"}``,
+    and with a domain the arrays of ``truth.npz`` named ``domain_*`` and ``"domain_mask"`` (path);
+    with copies ``"unit_mask"`` (path).
     """
     from .gmm.render import render_map
     from .io.maps import write_map
@@ -239,15 +408,19 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
     apix = float(apix)
     _validate(n, box, apix, snr, defocus_range, astigmatism, optics_groups, conformation, model_b,
               perturb_angle_deg, perturb_shift_px, max_origin_px)
-    mdl = load_model(model, model_b, atom_sigma_A, b_factor)
+    if domain is not None and not 0 <= domain_angle_deg <= 90:
+        raise InputError(f"the domain angle must be in [0, 90] degrees (got {domain_angle_deg})", field="domain_angle")
+    mdl = load_model(model, model_b, atom_sigma_A, b_factor, copies=copies, copy_offset_A=copy_offset_A,
+                     domain=domain)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     has_b = mdl["coords_b"] is not None
+    K = _n_copies(mdl)
 
     # Model extent → particle disc (for the SNR) and a warning when it does not fit in the box.
-    radii = np.linalg.norm(mdl["coords_a"], axis=1)
+    radii = np.linalg.norm(assembly_coords(mdl), axis=1)
     if has_b:
-        radii = np.maximum(radii, np.linalg.norm(mdl["coords_b"], axis=1))
+        radii = np.maximum(radii, np.linalg.norm(assembly_coords(mdl, 1.0), axis=1))
     sigma_A = float(mdl["sigmas"][0])
     mask_radius_px = min((radii.max() + 2 * sigma_A) / apix, box / 2.0 - 1)
     warnings = []
@@ -262,6 +435,18 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
                         cs=cs, amp_contrast=amp_contrast, max_origin_px=max_origin_px,
                         perturb_angle_deg=perturb_angle_deg, perturb_shift_px=perturb_shift_px,
                         optics_groups=optics_groups, has_b=has_b, conformation=conformation)
+
+    # The moving domain: each copy of each particle turns by its own angle (own random stream).
+    local_rot = None
+    dom_truth = {}
+    if mdl["domain"] is not None:
+        from scipy.spatial.transform import Rotation
+
+        theta = np.random.default_rng([int(seed), 3]).uniform(-domain_angle_deg, domain_angle_deg, size=(n, K))
+        local_rot = Rotation.from_rotvec((np.deg2rad(theta)[..., None] * mdl["domain"]["axis"]).reshape(-1, 3)) \
+            .as_matrix().reshape(n, K, 3, 3)
+        dom_truth = {"domain_angle_deg": theta, "domain_rotation_local": local_rot,
+                     **domain_truth(mdl, truth["rotations"], truth["origins_A"], local_rot)}
 
     # Noise level from a calibration set (its own random stream; same distributions as the data).
     mask = particle_mask(box, mask_radius_px)
@@ -286,7 +471,8 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
         for i0 in range(0, n, chunk):
             sl = slice(i0, min(n, i0 + chunk))
             imgs = clean_particles(mdl, truth["rotations"][sl], truth["origins_A"][sl], truth["ctf"].subset(sl),
-                                   apix, box, truth["conformation"][sl] if has_b else None)
+                                   apix, box, truth["conformation"][sl] if has_b else None,
+                                   None if local_rot is None else local_rot[sl])
             if noise_sigma > 0:
                 imgs += (noise_sigma * noise_rng.standard_normal(imgs.shape)).astype(np.float32)
             writer.append(imgs)
@@ -303,6 +489,8 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
         map_b = out_dir / TRUE_MAP_B
         write_map(map_b, render_map(model_gmm(mdl, 1.0), box, apix), apix)
 
+    masks = _write_masks(mdl, out_dir, box, apix, domain_angle_deg, map_t)
+
     # Star files.
     true_tab = _table(truth, truth["rotations"], truth["origins_A"], apix, box, STACK_NAME, out_dir)
     pert_tab = _table(truth, truth["rotations_perturbed"], truth["origins_perturbed_A"], apix, box, STACK_NAME,
@@ -318,7 +506,9 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
                      conformation=truth["conformation"], rotations_perturbed=truth["rotations_perturbed"],
                      origins_perturbed_A=truth["origins_perturbed_A"], half=truth["half"],
                      optics_group=truth["optics_group"], defocus_u=ctf.defocus_u, defocus_v=ctf.defocus_v,
-                     defocus_angle=ctf.defocus_angle, cs=ctf.cs, amp_contrast=ctf.amp_contrast)
+                     defocus_angle=ctf.defocus_angle, cs=ctf.cs, amp_contrast=ctf.amp_contrast,
+                     **({"copy_rotations": mdl["copy_ops"], "copy_offset_A": mdl["copy_offset"]} if K > 1 else {}),
+                     **dom_truth)
     params = {
         "model": str(model), "model_b": None if model_b is None else str(model_b),
         "conformation": conformation, "n_particles": n, "box": box, "apix": apix, "snr": snr,
@@ -326,7 +516,8 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
         "voltage": float(voltage), "cs": float(cs), "amp_contrast": float(amp_contrast),
         "b_factor": float(b_factor), "atom_sigma_A": float(atom_sigma_A), "perturb_angle_deg": float(perturb_angle_deg),
         "perturb_shift_px": float(perturb_shift_px), "max_origin_px": float(max_origin_px), "seed": int(seed),
-        "optics_groups": int(optics_groups),
+        "optics_groups": int(optics_groups), "copies": copies, "copy_offset_A": copy_offset_A,
+        "domain": domain, "domain_angle_deg": float(domain_angle_deg) if domain is not None else None,
     }
     summary = {
         "gmmcore_version": __version__, "params": params,
@@ -339,8 +530,15 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
         "per_half": {"1": int((truth["half"] == 1).sum()), "2": int((truth["half"] == 2).sum())},
         "per_optics_group": {str(g): int((truth["optics_group"] == g).sum()) for g in range(1, optics_groups + 1)},
         "phase_flipped": False, "warnings": warnings,
+        "n_copies": K, "copy_offset_used_A": [float(v) for v in mdl["copy_offset"]],
+        "domain": None if mdl["domain"] is None else {
+            "residues": mdl["domain"]["ranges"], "n_atoms": int(mdl["domain"]["atoms"].sum()),
+            "hinge_A": [float(v) for v in mdl["domain"]["hinge"]], "axis": [float(v) for v in mdl["domain"]["axis"]],
+            "angle_distribution": f"uniform in [-{float(domain_angle_deg)}, {float(domain_angle_deg)}] degrees, "
+                                  "per particle and copy"},
         "files": {"stack": STACK_NAME, "true_star": TRUE_STAR, "perturbed_star": PERTURBED_STAR,
-                  "true_map": TRUE_MAP, "true_map_b": None if map_b is None else TRUE_MAP_B, "truth": TRUTH},
+                  "true_map": TRUE_MAP, "true_map_b": None if map_b is None else TRUE_MAP_B, "truth": TRUTH,
+                  **{k: v.name for k, v in masks.items()}},
         "seconds": round(time.time() - t_start, 3),
     }
     write_json(out_dir / JSON, summary)
@@ -353,8 +551,33 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
         "rotations": truth["rotations"], "origins_A": truth["origins_A"],
         "rotations_perturbed": truth["rotations_perturbed"], "origins_perturbed_A": truth["origins_perturbed_A"],
         "conformation": truth["conformation"], "half": truth["half"], "optics_group": truth["optics_group"],
-        "ctf": truth["ctf"], "seed": int(seed), "model": mdl,
+        "ctf": truth["ctf"], "seed": int(seed), "model": mdl, **dom_truth, **masks,
     }
+
+
+def _write_masks(mdl: dict, out_dir: Path, box: int, apix: float, angle_deg: float, t: float) -> dict:
+    """``domain_mask.mrc`` (copy 0's domain over its range of motion) and, with copies,
+    ``unit_mask.mrc`` (all of copy 0): atoms within 4 Å, then a 3-pixel raised-cosine edge."""
+    from scipy.spatial.transform import Rotation
+
+    from .io.maps import write_map
+    from .masks import points_mask
+
+    out = {}
+    x = morph(mdl["coords_a"], mdl["coords_b"], t) + mdl["copy_offset"]
+    dom = mdl["domain"]
+    moved = []
+    if dom is not None:
+        p = dom["hinge"] + mdl["copy_offset"]
+        for a in np.linspace(-angle_deg, angle_deg, 5):
+            R = Rotation.from_rotvec(np.deg2rad(a) * dom["axis"]).as_matrix()
+            moved.append(p + (x[dom["atoms"]] - p) @ R.T)
+        out["domain_mask"] = out_dir / DOMAIN_MASK
+        write_map(out["domain_mask"], points_mask(np.concatenate(moved), box, apix, 4.0, 3.0), apix)
+    if _n_copies(mdl) > 1:
+        out["unit_mask"] = out_dir / UNIT_MASK
+        write_map(out["unit_mask"], points_mask(np.concatenate([x] + moved), box, apix, 4.0, 3.0), apix)
+    return out
 
 
 def _validate(n, box, apix, snr, defocus_range, astigmatism, optics_groups, conformation, model_b,

@@ -2,12 +2,19 @@
 
 Projections of the model's GMM (one Gaussian per heavy atom), CTF (not phase flipped, like raw
 data), white noise at --snr; true poses and poses perturbed by exactly --perturb-angle degrees and
---perturb-shift pixels; a second model (--model-b) morphs particles between two conformations.
+--perturb-shift pixels; a second model (--model-b) morphs particles between two conformations;
+--domain makes a domain turn rigidly about its hinge by a per-particle angle (uniform within
+±--domain-angle); --copies SYM puts several copies of the model in each particle (an assembly with
+that point-group symmetry; each copy's domain moves on its own).
 
     gmmcore simulate --model builtin:adk-closed --n 2000 --box 64 --apix 1.2 --snr 1 --out sim
+    gmmcore simulate --domain lid --domain-angle 10 --n 2000 --box 64 --apix 1.2 --snr 1 --out sim_lid
+    gmmcore simulate --copies C3 --n 1000 --box 64 --apix 2.5 --snr 1 --out sim_c3
 
 Writes particles.mrcs, particles_true.star, particles_perturbed.star, true_map.mrc, truth.npz and
-simulation.json in --out (see gmmcore.simulate).
+simulation.json in --out (see gmmcore.simulate); with --domain also domain_mask.mrc (copy 0's
+domain over its range of motion) and the per-particle domain angles and poses in truth.npz; with
+--copies also unit_mask.mrc (copy 0).
 """
 from __future__ import annotations
 
@@ -40,6 +47,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="origin error of the perturbed poses (pixels, exact, random direction)")
     p.add_argument("--max-origin", type=float, default=2.0, help="largest true origin (pixels)")
     p.add_argument("--optics-groups", type=int, default=1, help="number of optics groups")
+    p.add_argument("--domain", default=None,
+                   help="moving domain: lid (residues 122-159) or nmp (30-59) of adenylate kinase, or residue "
+                        "ranges such as 122-159[,170-180]; it turns rigidly about its hinge")
+    p.add_argument("--domain-angle", type=float, default=10.0,
+                   help="the domain's angle per particle is uniform in ±this (degrees)")
+    p.add_argument("--copies", default=None,
+                   help="copies of the model per particle, placed by a point group (C2, C3, D2, ...)")
+    p.add_argument("--copy-offset", type=float, default=None,
+                   help="distance of each copy from the assembly centre, Å (default 1.5 × radius of gyration)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", required=True, help="output folder")
 
@@ -55,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
             astigmatism=args.astigmatism, voltage=args.voltage, cs=args.cs, amp_contrast=args.amp_contrast,
             b_factor=args.b_factor, perturb_angle_deg=args.perturb_angle, perturb_shift_px=args.perturb_shift,
             max_origin_px=args.max_origin, seed=args.seed, model_b=args.model_b, conformation=args.conformation,
-            optics_groups=args.optics_groups)
+            optics_groups=args.optics_groups, copies=args.copies, copy_offset_A=args.copy_offset,
+            domain=args.domain, domain_angle_deg=args.domain_angle)
     print(f"simulated {res['n_particles']} particles ({res['box']} px, {res['apix']} Å/px, SNR {res['snr']}) "
           f"in {args.out}: {STACK_NAME}, {TRUE_STAR}, {PERTURBED_STAR}, {TRUE_MAP}, {TRUTH}, {JSON}")
     return 0

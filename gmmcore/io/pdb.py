@@ -73,10 +73,17 @@ def _element(line: str, record: str) -> str:
 
 def read_atoms(path) -> Tuple[np.ndarray, np.ndarray]:
     """Read a PDB file → (coords (n, 3) float64 Å, elements (n,) str), heavy atoms of the first model."""
+    xyz, el, _ = read_atoms_with_residues(path)
+    return xyz, el
+
+
+def read_atoms_with_residues(path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As :func:`read_atoms`, plus each atom's residue number (columns 23–26, int; 0 if blank):
+    (coords (n, 3) Å, elements (n,), resseq (n,) int64) — the same atoms in the same order."""
     path = Path(path)
     if not path.is_file():
         raise InputError("atomic model not found", path=path)
-    coords, elements = [], []
+    coords, elements, resseq = [], [], []
     seen = set()  # (chain, resseq, icode, resname, atom name) already taken (alternate locations)
     in_model = False
     with open(path, "r", errors="replace") as fh:
@@ -109,9 +116,10 @@ def read_atoms(path) -> Tuple[np.ndarray, np.ndarray]:
             seen.add(key)
             coords.append(xyz)
             elements.append(el)
+            resseq.append(int(line[22:26]) if line[22:26].strip().lstrip("-").isdigit() else 0)
     if not coords:
         raise InputError("no (non-hydrogen, non-water) atoms in the file", path=path)
-    return np.asarray(coords, dtype=np.float64), np.asarray(elements, dtype=str)
+    return np.asarray(coords, dtype=np.float64), np.asarray(elements, dtype=str), np.asarray(resseq, dtype=np.int64)
 
 
 def atomic_numbers(elements) -> np.ndarray:
