@@ -26,6 +26,7 @@ VERBS = {
     "export": "gmmcore.commands.export_particles",
     "simulate": "gmmcore.commands.simulate",
     "heterogeneity": "gmmcore.commands.heterogeneity",
+    "conf2pose": "gmmcore.commands.conf2pose",
 }
 
 

@@ -55,7 +55,7 @@ from .training import CheckpointStore, HalfTrainer, TrainSettings, encode
 log = logging.getLogger("gmmcore.refine.heter")
 
 IDENTITY = ("source", "latent", "anchors", "mask", "epochs", "full_epochs", "res", "minres", "batch", "lr",
-            "lr_full", "latent_penalty", "residual_penalty", "ring_weight", "seed")
+            "lr_full", "latent_penalty", "residual_penalty", "latent_noise", "ring_weight", "seed")
 
 
 @dataclass
@@ -77,6 +77,7 @@ class HeterogeneityParams:
     lr_full: float = 3e-4
     latent_penalty: float = 1e-3
     residual_penalty: float = 1e-3
+    latent_noise: float = 0.5
     ring_weight: str = "ssnr"
     bins: int = 5
     seed: int = 0
@@ -88,7 +89,8 @@ class HeterogeneityParams:
         return TrainSettings(latent_dim=self.latent, anchors=self.anchors, epochs=self.epochs,
                              full_epochs=self.full_epochs, batch=self.batch, chunk=self.chunk, lr=self.lr,
                              lr_full=self.lr_full, latent_penalty=self.latent_penalty,
-                             residual_penalty=self.residual_penalty, ring_weight=self.ring_weight, seed=self.seed)
+                             residual_penalty=self.residual_penalty, latent_noise=self.latent_noise,
+                             ring_weight=self.ring_weight, seed=self.seed)
 
 
 def map_gmm_fsc(map_: np.ndarray, gmm: GMM, apix: float, resolution_A: float, minres_A: float) -> float:
@@ -98,12 +100,19 @@ def map_gmm_fsc(map_: np.ndarray, gmm: GMM, apix: float, resolution_A: float, mi
     return float(np.mean(f[band])) if band.any() else float("nan")
 
 
-def _neutral_gmm(h: int, state, apix: float, res: float, minres: float, seed: int, backend) -> GMM:
+def _neutral_gmm(h: int, state, apix: float, res: float, minres: float, seed: int, backend, folder: Path) -> GMM:
+    """The run's final GMM of half h; for a run without GMMs one built from its final half map h
+    (saved as ``half{h}/neutral.gmm.npz``, reused on resume)."""
     if state.gmms is not None:
         return state.gmms[h]
+    saved = folder / "neutral.gmm.npz"
+    if saved.exists():
+        return GMM.load(saved)
     log.info("half %d: the run has no GMMs; building the neutral GMM from its final half map at %.2f Å", h, res)
     gmm, _ = build_gmm(lowpass(state.half_maps[h], apix, res), apix, res, seed=seed + h, minres_A=min(minres, 25.0),
                        backend=backend)
+    gmm.meta.update({"half": h})
+    gmm.save(saved)
     return gmm
 
 
@@ -133,7 +142,7 @@ def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
              p.minres, res, p.latent, p.anchors, device)
 
     def one_half(h: int):
-        neutral = _neutral_gmm(h, state, apix, res, p.minres, p.seed, backend)
+        neutral = _neutral_gmm(h, state, apix, res, p.minres, p.seed, backend, run.path / f"half{h}")
         move = None if mask is None else sample_map(mask, apix, neutral.centers)
         if move is not None and not (move > 0).any():
             raise InputError(f"no Gaussian of half {h}'s GMM lies inside the mask", path=p.mask, field="--mask")
