@@ -1,4 +1,4 @@
-"""Alignment-step benchmark: the separable cropped projector (kernels.PoseRefiner) against a
+"""Alignment-step benchmark: the separable cropped projector (gmm.align.PoseRefiner) against a
 straightforward implementation of the same maths.
 
     .venv/bin/python benchmarks/bench_align.py            # full run, writes benchmarks/results/bench_align.json
@@ -6,13 +6,13 @@ straightforward implementation of the same maths.
 
 Problem (defaults): box 128, apix 1.0 Å, 2,000 Gaussians, target resolution 4 Å (Fourier grid
 cropped to 65 × 33, i.e. 2× Nyquist), FRC rings 25 Å → 4 Å, 10 Adam pose steps per particle
-(kernels.PoseSettings defaults), noisy particles made from the GMM at random poses, refinement
+(backend.PoseSettings defaults), noisy particles made from the GMM at random poses, refinement
 started 2° / 1 Å away from the truth.
 
-"straightforward" = the same pose optimisation (the very same kernels._pose_fn Adam loop, same
+"straightforward" = the same pose optimisation (the very same backend Adam pose loop, same
 FRC rings, tf.GradientTape), but the projection evaluates every Gaussian at every pixel of the full,
 uncropped rfft grid (box × box//2+1): B × N × pixels complex exponentials, no separability, no
-cropping.  It is swapped in for kernels.project_ft inside its own worker process only.
+cropping.  It is swapped in for backend.tf.project_ft inside its own worker process only.
 
 Each (implementation, batch) is measured in a fresh subprocess: particle-steps per second (after
 one warm-up batch that includes tracing), and peak resident memory (``ru_maxrss``) before and after
@@ -93,7 +93,7 @@ def _mem_available_mb() -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# the straightforward projector (same maths as kernels.project_ft, evaluated densely)
+# the straightforward projector (same maths as backend.tf.project_ft, evaluated densely)
 
 
 def dense_project_ft(centers, amplitudes, sigmas, rotations, origins, sy, sx):
@@ -141,8 +141,8 @@ class FullGrid:
 def make_data(path, box, apix, n_gauss, n_particles, seed=0):
     from scipy.spatial.transform import Rotation
 
-    from gmmcore.gmm import kernels
     from gmmcore.gmm.model import GMM
+    from gmmcore.gmm.render import project_images
 
     rng = np.random.default_rng(seed)
     radius = 0.3 * box * apix
@@ -151,7 +151,7 @@ def make_data(path, box, apix, n_gauss, n_particles, seed=0):
     gmm = GMM(pts, rng.uniform(0.5, 1.5, n_gauss), rng.uniform(1.0, 2.0, n_gauss))
     R_true = Rotation.random(n_particles, random_state=seed).as_matrix()
     o_true = rng.uniform(-3, 3, (n_particles, 2))
-    imgs = kernels.project_images(gmm, R_true, o_true, apix, box)
+    imgs = project_images(gmm, R_true, o_true, apix, box)
     imgs += rng.normal(0, 1.0 * imgs.std(), imgs.shape).astype(np.float32)  # SNR ~ 1 per pixel over the box
     dR = Rotation.from_rotvec(rng.normal(0, math.radians(2.0) / math.sqrt(3), (n_particles, 3))).as_matrix()
     R0 = np.einsum("kij,kjl->kil", dR, R_true)
@@ -167,14 +167,17 @@ def make_data(path, box, apix, n_gauss, n_particles, seed=0):
 def worker(args) -> dict:
     import tensorflow as tf
 
-    from gmmcore.gmm import kernels
+    from gmmcore.backend import PoseSettings, get_backend
+    from gmmcore.backend import tf as kernels
+    from gmmcore.gmm.align import PoseRefiner
     from gmmcore.gmm.model import GMM
+    from gmmcore.grids import FourierGrid
 
-    device = kernels.configure_devices()
+    device = get_backend().describe_devices()
     d = np.load(args.data)
     gmm = GMM(d["centers"], d["amplitudes"], d["sigmas"])
     box = d["images"].shape[-1]
-    grid = kernels.FourierGrid(box, args.apix, args.resolution, args.minres)
+    grid = FourierGrid(box, args.apix, args.resolution, args.minres)
     if args.impl == "separable":
         g = grid
     else:
@@ -185,8 +188,8 @@ def worker(args) -> dict:
     idx = np.arange(B + n_meas) % len(d["R0"])
     ft = g.image_ft(d["images"][idx])
     R0, o0 = d["R0"][idx], d["o0"][idx]
-    settings = kernels.PoseSettings()
-    ref = kernels.PoseRefiner(gmm, g, settings, batch=B)
+    settings = PoseSettings()
+    ref = PoseRefiner(gmm, g, settings, batch=B)
     rss_setup = _maxrss_mb()
     rss_before = _rss_mb()
     load0 = os.getloadavg()[0]
@@ -279,14 +282,15 @@ def main(argv=None) -> int:
         if ns.out == str(HERE / "results" / "bench_align.json"):
             ns.out = str(HERE / "results" / "bench_align_quick.json")
 
-    from gmmcore.gmm import kernels
+    from gmmcore.backend import PoseSettings
+    from gmmcore.grids import FourierGrid
 
-    grid = kernels.FourierGrid(ns.box, ns.apix, ns.resolution, ns.minres)
+    grid = FourierGrid(ns.box, ns.apix, ns.resolution, ns.minres)
     results = {"problem": {"box": ns.box, "apix": ns.apix, "n_gaussians": ns.ngauss,
                            "resolution_A": ns.resolution, "minres_A": ns.minres,
                            "cropped_grid": list(grid.shape), "full_grid": [ns.box, ns.box // 2 + 1],
                            "frc_pixels": int(len(grid.pix)), "rings": grid.nrings,
-                           "pose_steps": kernels.PoseSettings().steps},
+                           "pose_steps": PoseSettings().steps},
                "machine": machine(), "runs": []}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -64,11 +64,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(module.run(args) or 0)
     except InputError as exc:
-        print(f"gmmcore {args.verb}: error: {exc}", file=sys.stderr)
+        line = f"gmmcore {args.verb}: error: {exc}"
+        print(line, file=sys.stderr)
+        _record_error(line)
         return 2
     except KeyboardInterrupt:
         print(f"gmmcore {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+def _record_error(line: str) -> None:
+    """Also write the one-line error to $GMMCORE_ERROR_FILE (how the Scipion plugin shows it)."""
+    path = os.environ.get("GMMCORE_ERROR_FILE")
+    if path:
+        try:
+            with open(path, "w") as fh:
+                fh.write(line + "\n")
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import pyworkflow.utils as pwutils
 
 from .constants import GMMREFINE_ENV_ACTIVATION, GMMREFINE_GPU, GMMREFINE_PYTHON
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # must equal gmmcore.__version__ (checked by Plugin.validateInstallation)
+_ENGINE_VERSION = {}
 _logo = ""
 _references = ["Chen2024"]
 
@@ -104,10 +105,33 @@ class Plugin(pwem.Plugin):
         return environ
 
     @classmethod
+    def getEngineVersion(cls):
+        """``gmmcore --version`` of the configured interpreter, e.g. "0.1.0", or None if it fails."""
+        import subprocess
+        key = (cls.getPython(), cls.getActivation())
+        if key not in _ENGINE_VERSION:
+            cmd = "%s -m gmmcore --version" % cls.getProgram()
+            try:
+                out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=120,
+                                     env=cls.getEnviron())
+                text = (out.stdout + out.stderr).strip().split()
+                _ENGINE_VERSION[key] = text[-1] if out.returncode == 0 and text else None
+            except (OSError, subprocess.SubprocessError):
+                _ENGINE_VERSION[key] = None
+        return _ENGINE_VERSION[key]
+
+    @classmethod
     def validateInstallation(cls):
         python = cls.getPython()
         if not os.path.exists(python):
             return ["%s = %s: interpreter not found." % (GMMREFINE_PYTHON, python)]
+        engine = cls.getEngineVersion()
+        if engine is None:
+            return ["%s = %s: 'python -m gmmcore --version' fails: install gmmcore in that environment "
+                    "(pip install scipion-em-gmmrefine)." % (GMMREFINE_PYTHON, python)]
+        if engine != __version__:
+            return ["gmmcore %s is installed in %s, but this plugin needs %s: install the matching "
+                    "version in that environment." % (engine, python, __version__)]
         return []
 
     @classmethod

@@ -124,11 +124,11 @@ def main(argv=None):
         "project": project.getPath(),
         "pictures": pictures,
         "simulation": options,
-        "resolution_A": {"before": summary["initial"]["resolution"], "after": summary["final"]["resolution"]},
+        "resolution_A": {"before": summary.resolution_initial, "after": summary.resolution_final},
         "angle_error_deg": {"before": before["angle_deg"], "after": after["angle_deg"]},
         "shift_error_px": {"before": before["shift_px"], "after": after["shift_px"]},
         "n_particles": refine.outputParticles.getSize(),
-        "iterations": len(summary.get("iterations", [])),
+        "iterations": len(summary.iterations),
         "seconds": round(time.time() - t_start, 1),
     }
     with open(os.path.join(out, "demo_summary.json"), "w") as f:

@@ -10,27 +10,18 @@ import mrcfile
 import numpy as np
 import pytest
 
-from gmmcore.cli import main
-from tests.test_cryosparc import cs_records, save_cs
-from tests.test_star import random_particles, star31_text, write_stacks
+from tests import helpers
+from tests.helpers import cs_records, random_particles, save_cs, star31_text, write_stacks
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_import(capsys, *args):
-    rc = main(["import"] + [str(a) for a in args])
-    err = capsys.readouterr().err.strip()
-    return rc, err
+    return helpers.run_verb(capsys, "import", *args)[:2]
 
 
 def assert_one_error(rc, err, *must_contain):
-    assert rc == 2
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("gmmcore import: error: ")
-    assert "Traceback" not in err
-    for s in must_contain:
-        assert str(s) in lines[0], (s, lines[0])
+    helpers.assert_one_error(rc, err, *must_contain, verb="import")
 
 
 def _star(tmp_path, text_kw=None, P=None, stacks=True):

@@ -8,50 +8,7 @@ from scipy.spatial.transform import Rotation
 from gmmcore.geometry import euler_to_matrix
 from gmmcore.io.cryosparc import load_cs, read_cs, write_cs
 from gmmcore.io.star import read_star, write_star
-from tests.test_star import assert_same_rotations, random_particles, star31_text
-
-
-def cs_records(P, long_rotvec=False, psize=True, split=True, extra=True):
-    """A .cs structured array for the particles of ``P``, built independently of gmmcore:
-    pose = rotation vector of Aᵀ (cryoSPARC's R = Aᵀ), shift = origin in pixels."""
-    n = P["n"]
-    A = euler_to_matrix(P["rot"], P["tilt"], P["psi"])
-    rv = Rotation.from_matrix(np.swapaxes(A, 1, 2)).as_rotvec()
-    if long_rotvec:  # the same rotation, as a vector longer than π: (θ − 2π) · axis with |θ − 2π| > π
-        theta = np.linalg.norm(rv, axis=1, keepdims=True)
-        rv = rv / theta * (theta - 2 * np.pi)
-    dt = [("uid", "<u8"), ("blob/path", "S40"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,))]
-    dt += [("blob/psize_A", "<f4")] if psize else []
-    dt += [("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"),
-           ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"), ("ctf/phase_shift_rad", "<f4"),
-           ("alignments3D/pose", "<f4", (3,)), ("alignments3D/shift", "<f4", (2,)), ("alignments3D/psize_A", "<f4")]
-    dt += [("alignments3D/split", "<u4")] if split else []
-    dt += [("alignments3D/error", "<f4"), ("location/micrograph_path", "S20")] if extra else []
-    r = np.zeros(n, dtype=dt)
-    r["uid"] = np.arange(n, dtype=np.uint64) * 7919 + 12345
-    r["blob/path"] = [f">J12/extract/stack{s}.mrcs".encode() for s in P["stack"]]
-    r["blob/idx"] = P["index"] - 1
-    r["blob/shape"] = P["box"]
-    if psize:
-        r["blob/psize_A"] = P["apix"]
-    r["ctf/accel_kv"], r["ctf/cs_mm"], r["ctf/amp_contrast"] = P["voltage"], P["cs"], P["q0"]
-    r["ctf/df1_A"], r["ctf/df2_A"] = P["du"], P["dv"]
-    r["ctf/df_angle_rad"] = np.radians(P["dang"])
-    r["alignments3D/pose"] = rv
-    r["alignments3D/shift"] = P["origin_A"] / P["apix"]
-    r["alignments3D/psize_A"] = P["apix"]
-    if split:
-        r["alignments3D/split"] = P["half"] - 1
-    if extra:
-        r["alignments3D/error"] = np.arange(n) * 0.5
-        r["location/micrograph_path"] = [f"mic{i}.mrc".encode() for i in range(n)]
-    return r
-
-
-def save_cs(path, rec):
-    with open(path, "wb") as f:  # keep the .cs name (np.save on a name would append .npy)
-        np.save(f, rec)
-    return path
+from tests.helpers import assert_same_rotations, cs_records, random_particles, save_cs, star31_text
 
 
 def test_read_cs_matches_independent_construction(tmp_path):

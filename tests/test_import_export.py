@@ -15,8 +15,7 @@ from gmmcore.cli import main
 from gmmcore.io.cryosparc import load_cs, read_cs
 from gmmcore.io.star import read_star, read_star_blocks, write_star
 from gmmcore.io.stacks import iter_images
-from tests.test_cryosparc import cs_records, save_cs
-from tests.test_star import assert_same_rotations, random_particles, star31_text, write_stacks
+from tests.helpers import assert_same_rotations, cs_records, random_particles, save_cs, star31_text, write_stacks
 
 
 @pytest.fixture(autouse=True)

@@ -13,25 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gmmcore.cli import main
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_refine(capsys, *args):
-    rc = main(["refine", "--cpu"] + [str(a) for a in args])
-    cap = capsys.readouterr()
-    return rc, cap.err.strip(), cap.out
+    return helpers.run_verb(capsys, "refine", "--cpu", *args)
 
 
 def assert_one_error(rc, err, *must_contain):
-    assert rc == 2, err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("gmmcore refine: error: "), lines[0]
-    assert "Traceback" not in err
-    for s in must_contain:
-        assert str(s) in lines[0], (s, lines[0])
+    helpers.assert_one_error(rc, err, *must_contain, verb="refine")
 
 
 @pytest.fixture

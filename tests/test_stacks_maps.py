@@ -12,7 +12,7 @@ from gmmcore.io.maps import read_map, write_map
 from gmmcore.io.stacks import (StackWriter, iter_images, match_image_names, parse_image_name,
                                resolve_stack_path)
 from gmmcore.io.star import read_star
-from tests.test_star import random_particles, star31_text, write_stacks
+from tests.helpers import random_particles, star31_text, write_stacks
 
 
 def test_parse_image_name():

@@ -86,8 +86,8 @@ class GmmProtImportParticles(ProtImport, GmmProtocolMixin):
         source = self.csFile.get() if self.importFrom.get() == IMPORT_FROM_CRYOSPARC else self.starFile.get()
         parts.setObjComment("Imported by gmmcore from %s (phase-flipped)" % source)
         convert.read_particles_star(star, parts, alignType=ALIGN_PROJ, phaseFlipped=True)
-        summary = self.readJson(self._outDir(SUMMARY_JSON)) or {}
-        if summary.get("phase_flipped") is False:
+        summary = self._importSummary()
+        if summary is not None and not summary.phase_flipped:
             parts.setIsPhaseFlipped(False)
         self._defineOutputs(outputParticles=parts)
 
@@ -115,19 +115,25 @@ class GmmProtImportParticles(ProtImport, GmmProtocolMixin):
         return errors
 
     def _summary(self):
-        summary = self.readJson(self._outDir(SUMMARY_JSON))
         source = self.csFile.get() if self.importFrom.get() == IMPORT_FROM_CRYOSPARC else self.starFile.get()
         lines = ["Source: %s (%s)" % (source, IMPORT_FORMATS[self.importFrom.get()])]
-        if summary:
-            halves = summary.get("per_half", {})
-            lines.append("%s particles, half 1: %s, half 2: %s" % (summary.get("n_particles"),
-                                                                   halves.get("1"), halves.get("2")))
-            if summary.get("new_split"):
+        summary = self._importSummary()
+        if summary is not None:
+            lines.append("%s particles, half 1: %s, half 2: %s" % (summary.n_particles, summary.per_half.get("1"),
+                                                                   summary.per_half.get("2")))
+            if summary.new_split:
                 lines.append("Half sets were assigned at random (new split).")
-            lines.append("Images phase-flipped: %s" % ("yes" if summary.get("phase_flipped", True) else "no"))
+            lines.append("Images phase-flipped: %s" % ("yes" if summary.phase_flipped else "no"))
+            lines.extend("Warning: %s" % w for w in summary.warnings)
         elif not self.hasAttribute("outputParticles"):
             lines.append("Output not ready yet.")
         return lines
+
+    def _importSummary(self):
+        """The engine's :class:`gmmcore.summary.ImportSummary`, or None before it exists."""
+        from gmmcore.summary import ImportSummary
+        path = self._outDir(SUMMARY_JSON)
+        return ImportSummary.load(path) if os.path.exists(path) else None
 
     def _methods(self):
         if not self.hasAttribute("outputParticles"):

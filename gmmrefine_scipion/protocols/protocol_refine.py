@@ -4,18 +4,17 @@ import os
 import pyworkflow.protocol.params as params
 from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
 from pwem.constants import ALIGN_PROJ
-from pwem.objects import FSC, AtomStruct, EMFile, SetOfFSCs, SetOfParticles, Volume
+from pwem.objects import AtomStruct, EMFile, SetOfFSCs, SetOfParticles, Volume
 from pwem.protocols import ProtRefine3D
 
 from gmmrefine_scipion import Plugin, convert
-from gmmrefine_scipion.constants import (HALF_SET_ATTR, INPUT_STAR, REFINE_DIR, SUMMARY_JSON,
-                                         SYMMETRY_HELP)
-from .protocol_base import GmmProtocolMixin
+from gmmrefine_scipion.constants import HALF_SET_ATTR, INPUT_STAR, REFINE_DIR, SYMMETRY_HELP
+from .protocol_base import GmmProtRunBase, validateSymmetry
 
 NEW_SPLIT_FLAG = "new_half_split.txt"
 
 
-class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
+class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
     """Refine the 3-D poses of particles against a Gaussian mixture model (GMM) of each half map
     (Chen, Schmid & Chiu 2024).
 
@@ -29,7 +28,10 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
     _label = "gmm global refinement"
     _possibleOutputs = {"outputParticles": SetOfParticles, "outputVolume": Volume,
                         "outputFSCs": SetOfFSCs, "outputGmmHalf1": AtomStruct,
-                        "outputGmmHalf2": AtomStruct}
+                        "outputGmmHalf2": AtomStruct, "outputGmmFileHalf1": EMFile,
+                        "outputGmmFileHalf2": EMFile}
+    VERB = "refine"
+    RUN_DIR = REFINE_DIR
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineParams(self, form):
@@ -40,7 +42,7 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
                             "for small tests).")
         form.addHidden(GPU_LIST, params.StringParam, default=Plugin.getDefaultGpu(),
                        label="GPU ids",
-                       help="GPUs to use, e.g. '0' or '0 1' (particles are split between them).")
+                       help="GPU to use, e.g. '0'. Today gmmcore uses only the first GPU listed.")
         form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
                       pointerCondition="hasAlignmentProj", important=True,
                       label="Input particles",
@@ -101,26 +103,8 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
                       help="Passed verbatim to 'gmmcore refine'.")
         form.addParallelSection(threads=1, mpi=0)
 
-    # --------------------------- INSERT steps functions ----------------------
-    def _insertAllSteps(self):
-        self._insertFunctionStep(self.convertInputStep, self.inputParticles.get().getObjId())
-        self._insertFunctionStep(self.refineStep)
-        self._insertFunctionStep(self.createOutputStep)
-
-    # --------------------------- paths ---------------------------------------
-    def _refineDir(self, *p):
-        return self._getExtraPath(REFINE_DIR, *p)
-
-    def getSummaryFile(self):
-        return self._refineDir(SUMMARY_JSON)
-
-    def getSummary(self):
-        from gmmrefine_scipion.viewers.plots import load_summary
-        path = self.getSummaryFile()
-        return load_summary(path) if os.path.exists(path) else None
-
     # --------------------------- STEPS functions -----------------------------
-    def convertInputStep(self, inputId):
+    def convertInputStep(self, inputId=None):
         parts = self.inputParticles.get()
         star = self._getExtraPath(INPUT_STAR)
         counts = convert.count_half_sets(parts)
@@ -138,27 +122,17 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
     def _usesNewSplit(self):
         return os.path.exists(self._getExtraPath(NEW_SPLIT_FLAG))
 
-    def _deviceOptions(self):
-        if self.usesGpu():
-            return {"gpu": ",".join(str(g) for g in self.getGpuList()) or "0"}
-        return {"cpu": True}
-
-    def refineStep(self):
+    def _engineOptions(self):
         options = {
             "particles": self.abspath(self._getExtraPath(INPUT_STAR)),
             "iter": self.numberOfIterations.get(),
             "sym": self.symmetryGroup.get() or "C1",
             "batch": self.batchSize.get(),
-            "out": self.abspath(self._refineDir()),
-            # a run killed earlier (Scipion 'Continue' mode) goes on from its last iteration
-            "continue": os.path.exists(self._refineDir("params.json")),
+            "ngauss": self.numberOfGaussians.get() or None,
+            "maxres": self.maxResolution.get() or None,
+            "minres": self.minResolution.get() or None,
+            "new_split": self._usesNewSplit(),
         }
-        if self.numberOfGaussians.get():
-            options["ngauss"] = self.numberOfGaussians.get()
-        if self.maxResolution.get():
-            options["maxres"] = self.maxResolution.get()
-        if self.minResolution.get():
-            options["minres"] = self.minResolution.get()
         if self.priorAngle.get() > 0:
             options["prior_angle"] = self.priorAngle.get()
             if self.priorShift.get() > 0:
@@ -170,59 +144,13 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
         if self.referenceMask.get() is not None:
             options["mask"] = self.volumeFile(self.referenceMask.get(), "mask")
         options.update(self._deviceOptions())
-        if self._usesNewSplit():
-            options["new_split"] = True
-        args = Plugin.getGmmcoreArgs("refine", **options)
-        if self.extraParams.get():
-            args += " " + self.extraParams.get()
-        self.runJob(Plugin.getProgram(), args, env=Plugin.getEnviron(), numberOfMpi=1,
-                    numberOfThreads=1)
+        return options
 
-    def createOutputStep(self):
-        from gmmrefine_scipion.viewers.plots import load_summary, summary_path
-        summary = load_summary(self.getSummaryFile())
+    def _registerOutputs(self, summary):
         inputParts = self.inputParticles.get()
-        apix = inputParts.getSamplingRate()
-
-        # ---- particles with refined poses (all other attributes copied from the input)
-        refined, byId = convert.read_refined_alignment(summary_path(summary, "particles"), apix=apix)
-        inputIds = [p.getObjId() for p in inputParts.iterItems(orderBy="id")]
-        if not byId:
-            if len(refined) != len(inputIds):
-                raise RuntimeError("The refined star file has %d particles, the input %d, and no "
-                                   "rlnImageId to match them." % (len(refined), len(inputIds)))
-            refined = {pid: v for pid, v in zip(inputIds, refined.values())}
-
-        def updateParticle(particle, _row=None):
-            value = refined.get(particle.getObjId())
-            if value is None:
-                particle._appendItem = False
-                return
-            matrix, half, _ = value
-            particle.getTransform().setMatrix(matrix)
-            if half is not None:
-                convert.set_half(particle, half)
-
-        outParts = self._createSetOfParticles()
-        outParts.copyInfo(inputParts)
-        outParts.setAlignment(ALIGN_PROJ)
-        outParts.copyItems(inputParts, updateItemCallback=updateParticle)
-
-        # ---- volume with half maps
-        vol = Volume()
-        vol.setFileName(summary_path(summary, "map"))
-        vol.setSamplingRate(apix)
-        vol.setHalfMaps([summary_path(summary, "half1"), summary_path(summary, "half2")])
-        vol.fixMRCVolume(setSamplingRate=True)
-
-        # ---- FSCs: input poses + every iteration, masked and unmasked
-        fscs = self._createSetOfFSCs()
-        from gmmrefine_scipion.viewers.plots import fsc_curves
-        for masked in (True, False):
-            for label, freq, curve, res in fsc_curves(summary, masked=masked):
-                fsc = FSC(objLabel="%s, %s (%.2f Å)" % (label, "masked" if masked else "unmasked", res))
-                fsc.setData(list(map(float, freq)), list(map(float, curve)))
-                fscs.append(fsc)
+        outParts = self._refinedParticles(inputParts, summary.path("particles"))
+        vol = self._volumeWithHalves(summary, inputParts.getSamplingRate())
+        fscs = self._fscSet(summary)
 
         self._defineOutputs(outputParticles=outParts)
         self._defineTransformRelation(self.inputParticles, outParts)
@@ -231,15 +159,14 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
         self._defineOutputs(outputFSCs=fscs)
         self._defineSourceRelation(vol, fscs)
 
-        # ---- GMMs: pseudo-atom PDB (viewable as atomic structures) + the .gmm.npz files
-        final = summary.get("final", {})
+        # GMMs: pseudo-atom PDB (viewable as atomic structures) + the .gmm.npz files
         for half in ("1", "2"):
-            if half in final.get("gmm_pdb", {}):
-                pdb = AtomStruct(filename=summary_path(summary, "gmm_pdb", half))
+            if half in summary.final.gmm_pdb:
+                pdb = AtomStruct(filename=summary.path("gmm_pdb", half))
                 self._defineOutputs(**{"outputGmmHalf%s" % half: pdb})
                 self._defineSourceRelation(vol, pdb)
-            if half in final.get("gmm", {}):
-                npz = EMFile(filename=summary_path(summary, "gmm", half))
+            if half in summary.final.gmm:
+                npz = EMFile(filename=summary.path("gmm", half))
                 self._defineOutputs(**{"outputGmmFileHalf%s" % half: npz})
 
     # --------------------------- INFO functions ------------------------------
@@ -270,10 +197,9 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
             if vdim and first is not None and vdim != first.getXDim():
                 errors.append("Initial volume box (%d) differs from the particle box (%d)."
                               % (vdim, first.getXDim()))
-        sym = (self.symmetryGroup.get() or "").strip().upper()
-        if not (sym in ("T", "O", "I") or (sym[:1] in ("C", "D") and sym[1:].isdigit() and int(sym[1:]) > 0)
-                or (sym[:1] == "I" and sym[1:].isdigit())):
-            errors.append("Unknown symmetry '%s'. %s" % (self.symmetryGroup.get(), SYMMETRY_HELP))
+        symError = validateSymmetry(self.symmetryGroup.get())
+        if symError:
+            errors.append(symError)
         if self.maxResolution.get() and self.minResolution.get() \
                 and self.maxResolution.get() >= self.minResolution.get():
             errors.append("The highest resolution (Å) must be a smaller number than the lowest.")
@@ -295,34 +221,19 @@ class GmmProtRefine(ProtRefine3D, GmmProtocolMixin):
             return convert.count_half_sets(parts)
 
     def _summary(self):
-        summary = self.getSummary()
-        lines = []
-        if summary is None:
-            return ["Refinement not started or no summary yet."]
-        initial = summary.get("initial") or {}
-        if initial.get("resolution") is not None:
-            lines.append("Input poses: %.2f Å (masked FSC 0.143)" % initial["resolution"])
-        for it in summary.get("iterations", []):
-            pc = it.get("pose_change", {})
-            lines.append("Iteration %d: %.2f Å; pose change median %.2f°, %.2f px"
-                         % (it["iteration"], it.get("resolution", float("nan")),
-                            pc.get("angle_median", float("nan")), pc.get("shift_median", float("nan"))))
+        lines = self._runSummaryLines()
         if self._usesNewSplit():
             lines.append("Half sets were assigned at random by gmmcore (new split).")
-        if summary.get("final", {}).get("resolution") is not None:
-            lines.append("Final resolution: %.2f Å" % summary["final"]["resolution"])
         return lines
 
     def _methods(self):
         summary = self.getSummary()
         if not summary or not self.hasAttribute("outputParticles"):
             return []
-        iters = summary.get("iterations", [])
         text = ("The poses of %d particles were refined against Gaussian mixture models of the two "
                 "independent half maps [Chen2024] with gmmcore for %d iterations (symmetry %s)"
-                % (self.outputParticles.getSize(), len(iters), self.symmetryGroup.get()))
-        initial = (summary.get("initial") or {}).get("resolution")
-        final = summary.get("final", {}).get("resolution")
+                % (self.outputParticles.getSize(), len(summary.iterations), self.symmetryGroup.get()))
+        initial, final = summary.resolution_initial, summary.resolution_final
         if initial and final:
             text += "; the gold-standard resolution (FSC 0.143) went from %.2f Å to %.2f Å" % (initial, final)
         return [text + "."]

@@ -1,9 +1,8 @@
-"""Small, valid stand-ins for gmmcore files (no engine needed): a particle star + stack and a
-refine run folder with the documented layout (docs/ARCHITECTURE.md, "Files a run writes").
+"""Small, valid stand-ins for gmmcore files (no engine run needed): a particle star + stack and a
+refine run folder written through the engine's run contract (gmmcore.summary).
 
 Used to test conversions and viewers quickly; the protocol tests run the real engine.
 """
-import json
 import os
 
 import numpy as np
@@ -73,8 +72,11 @@ def write_star_stack(folder, n=24, box=16, apix=2.0, version="31", halves=True, 
 
 
 def write_refine_run(folder, n=24, box=16, apix=2.0, iterations=2, ngauss=40, seed=1, star_from=None):
-    """A refine output folder as ``gmmcore refine`` documents it (summary.json + final/*)."""
+    """A refine output folder as ``gmmcore refine`` writes it (summary.json + final/*), written
+    through the engine's own run contract (gmmcore.summary) and GMM format (gmmcore.gmm.model)."""
     import mrcfile
+    from gmmcore.gmm.model import GMM
+    from gmmcore.summary import FinalFiles, HalfMapReport, IterationRecord, PoseChange, RunSummary
 
     rng = np.random.default_rng(seed)
     final = os.path.join(folder, "final")
@@ -85,47 +87,35 @@ def write_refine_run(folder, n=24, box=16, apix=2.0, iterations=2, ngauss=40, se
         f0 = 1.0 / res
         return (1.0 / (1.0 + np.exp((freq - f0) / (0.08 * freq.max())))).tolist()
 
-    def recon(res):
-        return {"resolution": res, "resolution_unmasked": res + 0.5, "resolution_masked": res,
-                "fsc": {"freq": freq.tolist(), "unmasked": fsc_curve(res + 0.5), "masked": fsc_curve(res)},
-                "n_particles": {"1": n // 2, "2": n - n // 2}, "apix": apix, "box": box}
+    def report(res):
+        return HalfMapReport(resolution=res, resolution_unmasked=res + 0.5, resolution_masked=res,
+                             fsc={"freq": freq.tolist(), "unmasked": fsc_curve(res + 0.5), "masked": fsc_curve(res)})
 
     iters = []
     for it in range(1, iterations + 1):
         res = 12.0 - 2.0 * it
-        d = recon(res)
-        d.update({"iteration": it, "target_resolution": res + 1,
-                  "pose_change": {"angle_mean": 3.0 / it, "angle_median": 2.5 / it,
-                                  "shift_mean": 0.8 / it, "shift_median": 0.6 / it},
-                  "gmm_fsc": {"1": 0.8, "2": 0.79}, "n_gaussians": {"1": ngauss, "2": ngauss},
-                  "seconds": 1.5, "dir": "iter%03d" % it})
-        iters.append(d)
+        iters.append(IterationRecord(
+            iteration=it, target_resolution=res + 1, report=report(res),
+            pose_change=PoseChange(angle_mean=3.0 / it, angle_median=2.5 / it, shift_mean=0.8 / it,
+                                   shift_median=0.6 / it),
+            frc={"before": {"1": 0.3, "2": 0.3}, "after": {"1": 0.35, "2": 0.35}},
+            gmm_fsc={"1": 0.8, "2": 0.79}, n_gaussians={"1": ngauss, "2": ngauss}, seconds=1.5,
+            dir="iter%03d" % it))
     for name in ("half1", "half2", "map"):
         with mrcfile.new(os.path.join(final, name + ".mrc"), overwrite=True) as m:
             m.set_data(rng.normal(size=(box, box, box)).astype(np.float32))
             m.voxel_size = apix
     for h in ("1", "2"):
-        np.savez(os.path.join(final, "gmm_half%s.gmm.npz" % h),
-                 centers=rng.normal(scale=8.0, size=(ngauss, 3)).astype(np.float32),
-                 amplitudes=rng.uniform(0.2, 1.0, ngauss).astype(np.float32),
-                 sigmas=rng.uniform(1.0, 3.0, ngauss).astype(np.float32))
-        with open(os.path.join(final, "gmm_half%s.pdb" % h), "w") as f:
-            for i in range(ngauss):
-                f.write("ATOM  %5d  CA  GMM A%4d    %8.3f%8.3f%8.3f%6.2f%6.2f           C\n"
-                        % (i + 1, i + 1, 0.0, 0.0, float(i), 1.0, 20.0))
-            f.write("END\n")
+        g = GMM(rng.normal(scale=8.0, size=(ngauss, 3)), rng.uniform(0.2, 1.0, ngauss), rng.uniform(1.0, 3.0, ngauss))
+        g.save(os.path.join(final, "gmm_half%s.gmm.npz" % h))
+        g.save_pdb(os.path.join(final, "gmm_half%s.pdb" % h))
     np.savez(os.path.join(final, "pose_changes.npz"),
              angle_deg=np.abs(rng.normal(scale=3.0, size=n)), shift_px=np.abs(rng.normal(scale=0.7, size=n)))
     if star_from is not None:
         import shutil
         shutil.copy(star_from, os.path.join(final, "particles.star"))
-    summary = {"params": {"iter": iterations, "ngauss": ngauss, "sym": "C1"},
-               "initial": recon(14.0), "iterations": iters,
-               "final": {"particles": "final/particles.star", "half1": "final/half1.mrc",
-                         "half2": "final/half2.mrc", "map": "final/map.mrc",
-                         "gmm": {"1": "final/gmm_half1.gmm.npz", "2": "final/gmm_half2.gmm.npz"},
-                         "gmm_pdb": {"1": "final/gmm_half1.pdb", "2": "final/gmm_half2.pdb"},
-                         "pose_changes": "final/pose_changes.npz", "resolution": iters[-1]["resolution"]}}
-    with open(os.path.join(folder, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    summary = RunSummary(kind="global", params={"iterations": iterations, "ngauss": ngauss, "sym": "C1"},
+                         n_particles={"1": n // 2, "2": n - n // 2}, initial=report(14.0), iterations=iters,
+                         final=FinalFiles(resolution=iters[-1].resolution, resolution_initial=14.0))
+    summary.save(folder)
     return os.path.join(folder, "summary.json")

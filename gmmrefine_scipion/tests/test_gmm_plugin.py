@@ -46,3 +46,22 @@ def test_command_line_and_environment(monkeypatch):
     env = Plugin.getEnviron()
     assert env["TF_CPP_MIN_LOG_LEVEL"]
     assert Plugin.validateInstallation() == []
+
+
+def test_validate_installation_compares_engine_version(monkeypatch):
+    import gmmrefine_scipion
+    from gmmrefine_scipion import Plugin
+    assert Plugin.getEngineVersion() == gmmrefine_scipion.__version__  # the real `gmmcore --version`
+    monkeypatch.setattr(Plugin, "getEngineVersion", classmethod(lambda cls: "0.0.9"))
+    errors = Plugin.validateInstallation()
+    assert len(errors) == 1 and "0.0.9" in errors[0] and gmmrefine_scipion.__version__ in errors[0], errors
+    monkeypatch.setattr(Plugin, "getEngineVersion", classmethod(lambda cls: None))
+    assert "gmmcore --version" in Plugin.validateInstallation()[0]
+
+
+def test_symmetry_names_are_the_engines():
+    from gmmrefine_scipion.protocols.protocol_base import validateSymmetry
+    for ok in ("C1", "c7", "D2", "T", "O", "I", "I2"):
+        assert validateSymmetry(ok) is None, ok
+    for bad in ("I1", "I3", "X7", "", "C0"):
+        assert validateSymmetry(bad) and "symmetry" in validateSymmetry(bad).lower(), bad

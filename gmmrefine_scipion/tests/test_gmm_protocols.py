@@ -81,7 +81,7 @@ class GmmProtocolsTestBase(BaseTest):
 
         # resolution and pose error improve over the input poses
         summary = prot.getSummary()
-        res_in, res_out = summary["initial"]["resolution"], summary["final"]["resolution"]
+        res_in, res_out = summary.resolution_initial, summary.resolution_final
         ang_in, sh_in = convert.pose_errors(inputProt.outputParticles, self.true_star)
         ang_out, sh_out = convert.pose_errors(parts, self.true_star)
         print("\n[%s] resolution %.2f -> %.2f A; median angle error %.2f -> %.2f deg; "

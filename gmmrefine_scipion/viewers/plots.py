@@ -3,12 +3,15 @@
 Each ``*_figure(..., fig=None)`` draws into ``fig`` (a matplotlib Figure, e.g. from a Scipion
 Plotter for an interactive window) or a new off-screen Figure, and returns it.  Each
 ``plot_*(..., path)`` writes a PNG and returns the path.  Inputs are the files a refine run
-writes (docs/ARCHITECTURE.md): ``summary.json``, ``final/pose_changes.npz``, ``*.gmm.npz``.
+writes, read through the run contract (:mod:`gmmcore.summary`): ``summary.json``,
+``final/pose_changes.npz``, ``*.gmm.npz`` (:class:`gmmcore.gmm.model.GMM`).
 """
-import json
 import os
 
 import numpy as np
+
+from gmmcore.fsc import resolution_at as resolution_from_curve  # noqa: F401 (the one FSC-crossing rule)
+from gmmcore.summary import RunSummary
 
 FSC_THRESHOLD = 0.143
 
@@ -32,59 +35,18 @@ def _save(fig, path):
 
 
 def load_summary(summary):
-    """A refine summary dict from a dict, a summary.json path, or a run folder."""
-    if isinstance(summary, dict):
-        return summary
-    path = summary
-    if os.path.isdir(path):
-        path = os.path.join(path, "summary.json")
-    with open(path) as f:
-        data = json.load(f)
-    data.setdefault("_dir", os.path.dirname(os.path.abspath(path)))
-    return data
+    """A :class:`gmmcore.summary.RunSummary` from a RunSummary, a summary.json path or a run folder."""
+    return summary if isinstance(summary, RunSummary) else RunSummary.load(summary)
 
 
-def summary_path(summary, key, *subkeys):
-    """Absolute path of a file named in summary['final'] (paths there are relative to the run)."""
-    value = summary["final"][key]
-    for k in subkeys:
-        value = value[str(k)]
-    return value if os.path.isabs(value) else os.path.join(summary.get("_dir", "."), value)
-
-
-def resolution_from_curve(freq, fsc, threshold=FSC_THRESHOLD):
-    """Resolution (Å) where the FSC first drops below ``threshold`` (linear interpolation)."""
-    freq, fsc = np.asarray(freq, float), np.asarray(fsc, float)
-    below = np.nonzero(fsc < threshold)[0]
-    below = below[below > 0]
-    if len(below) == 0:
-        return 1.0 / freq[-1] if freq[-1] > 0 else float("nan")
-    i = below[0]
-    f0, f1, c0, c1 = freq[i - 1], freq[i], fsc[i - 1], fsc[i]
-    f = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0) if c0 != c1 else f1
-    return 1.0 / f if f > 0 else float("nan")
-
-
-def _res(entry, masked):
-    key = "resolution_masked" if masked else "resolution_unmasked"
-    value = entry.get(key, entry.get("resolution"))
-    if value is None:
-        fsc = entry["fsc"]
-        value = resolution_from_curve(fsc["freq"], fsc["masked" if masked else "unmasked"])
-    return float(value)
+def summary_path(summary, key, half=None):
+    """Absolute path of a file of the run's final outputs (see RunSummary.path)."""
+    return load_summary(summary).path(key, half)
 
 
 def fsc_curves(summary, masked=True):
     """[(label, freq, fsc, resolution_A)] for the input poses and every iteration."""
-    summary = load_summary(summary)
-    kind = "masked" if masked else "unmasked"
-    curves = []
-    initial = summary.get("initial")
-    if initial and "fsc" in initial:
-        curves.append(("input poses", initial["fsc"]["freq"], initial["fsc"][kind], _res(initial, masked)))
-    for it in summary.get("iterations", []):
-        curves.append(("iteration %d" % it["iteration"], it["fsc"]["freq"], it["fsc"][kind], _res(it, masked)))
-    return curves
+    return load_summary(summary).fsc_curves(masked=masked)
 
 
 # ----------------------------------------------------------------------------------- FSC
@@ -145,14 +107,14 @@ def resolution_figure(summary, fig=None):
     fig = fig or _new_figure((5.5, 4.0))
     ax = fig.add_subplot(1, 1, 1)
     its, rm, ru = [], [], []
-    if summary.get("initial"):
+    if summary.initial is not None:
         its.append(0)
-        rm.append(_res(summary["initial"], True))
-        ru.append(_res(summary["initial"], False))
-    for it in summary.get("iterations", []):
-        its.append(it["iteration"])
-        rm.append(_res(it, True))
-        ru.append(_res(it, False))
+        rm.append(summary.initial.resolution_masked)
+        ru.append(summary.initial.resolution_unmasked)
+    for rec in summary.iterations:
+        its.append(rec.iteration)
+        rm.append(rec.report.resolution_masked)
+        ru.append(rec.report.resolution_unmasked)
     ax.plot(its, rm, "o-", label="masked")
     ax.plot(its, ru, "s--", label="unmasked")
     ax.set_xlabel("iteration (0 = input poses)")
@@ -170,13 +132,9 @@ def plot_resolution(summary, path):
 # ----------------------------------------------------------------------------------- GMM
 def load_gmm(path):
     """(centers (N,3) Å, amplitudes (N,), sigmas (N,) Å) from a .gmm.npz file."""
-    with np.load(path) as d:
-        centers = np.asarray(d["centers"], float).reshape(-1, 3)
-        amps = np.asarray(d["amplitudes"], float).reshape(-1)
-        sig = np.asarray(d["sigmas"], float)
-    if sig.ndim > 1:  # anisotropic widths: use the mean width for the marker size
-        sig = sig.reshape(len(centers), -1).mean(axis=1)
-    return centers, amps, sig
+    from gmmcore.gmm.model import GMM
+    g = GMM.load(path)
+    return g.centers.astype(float), g.amplitudes.astype(float), g.sigmas.astype(float)
 
 
 def gmm_figure(gmm_paths, fig=None, labels=None):
@@ -252,11 +210,11 @@ def plot_all(summary, outdir, prefix=""):
         "fsc": plot_fsc(summary, os.path.join(outdir, prefix + "fsc.png")),
         "resolution": plot_resolution(summary, os.path.join(outdir, prefix + "resolution.png")),
     }
-    final = summary.get("final", {})
-    if final.get("gmm"):
-        paths = {h: summary_path(summary, "gmm", h) for h in sorted(final["gmm"])}
+    final = summary.final
+    if final is not None and final.gmm:
+        paths = {h: summary.path("gmm", h) for h in sorted(final.gmm)}
         out["gmm"] = plot_gmm(paths, os.path.join(outdir, prefix + "gmm.png"))
-    if final.get("pose_changes"):
-        out["pose_changes"] = plot_pose_changes(summary_path(summary, "pose_changes"),
+    if final is not None and final.pose_changes:
+        out["pose_changes"] = plot_pose_changes(summary.path("pose_changes"),
                                                 os.path.join(outdir, prefix + "pose_changes.png"))
     return out

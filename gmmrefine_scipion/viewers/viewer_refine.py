@@ -99,7 +99,7 @@ class GmmRefineViewer(ProtocolViewer):
     def _showGmm(self, paramName=None):
         def build():
             summary = self._summary()
-            paths = {h: plots.summary_path(summary, "gmm", h) for h in sorted(summary["final"]["gmm"])}
+            paths = {h: summary.path("gmm", h) for h in sorted(summary.final.gmm)}
             return [FigureView(lambda fig: plots.gmm_figure(paths, fig=fig), figsize=(11, 5.5),
                                title="gmmrefine GMMs")]
         return self._guard(build)
@@ -107,7 +107,7 @@ class GmmRefineViewer(ProtocolViewer):
     def _showPoseChanges(self, paramName=None):
         def build():
             summary = self._summary()
-            npz = plots.summary_path(summary, "pose_changes")
+            npz = summary.path("pose_changes")
             return [FigureView(lambda fig: plots.pose_change_figure(npz, fig=fig), figsize=(10, 4.5),
                                title="gmmrefine pose changes")]
         return self._guard(build)
@@ -122,8 +122,8 @@ class GmmRefineViewer(ProtocolViewer):
         def build():
             from pwem.viewers.viewer_chimera import ChimeraView
             summary = self._summary()
-            files = [plots.summary_path(summary, "map")]
-            files += [plots.summary_path(summary, "gmm_pdb", h) for h in sorted(summary["final"].get("gmm_pdb", {}))]
+            files = [summary.path("map")]
+            files += [summary.path("gmm_pdb", h) for h in sorted(summary.final.gmm_pdb)]
             script = os.path.abspath(self.protocol._getExtraPath("chimerax_gmm.cxc"))
             with open(script, "w") as f:
                 for fn in files:

@@ -1,0 +1,128 @@
+"""The refinement loop over explicit state (gmmcore.refine.loop / state / rundir).
+
+* ``test_run_dir_of_previous_version_continues``: a run directory written by gmmcore 0.1.0 before
+  the loop was restructured (tests/data/run_v0.1.0, killed during iteration 2) continues with
+  this code: iteration 1 and the saved iteration-2 GMMs and chunks are reused untouched, and the
+  result equals the old code's uninterrupted run (poses bit for bit, same resolution).
+* ``test_shape_gmm_applied_on_fresh_and_resumed_iteration``: a ``shape_gmm`` hook (here: every
+  Gaussian twice as wide) changes alignment against the identity hook; after a kill that left the
+  fitted GMMs on disk, the resumed iteration applies the hook to the *loaded* GMMs and gives
+  exactly the uninterrupted result; the hook's output is never saved.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gmmcore.cli import main
+
+FIXTURE = Path(__file__).parent / "data" / "run_v0.1.0"
+OLD_ARGS = ["--iter", "2", "--maxres", "12", "--steps", "3", "--chunk", "40", "--cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("GMMCORE_NO_PROGRESS", "1")
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+
+
+def _mtimes(folder: Path):
+    return {p: p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_dir_of_previous_version_continues(tmp_path, capsys):
+    work = tmp_path / "fixture"
+    shutil.copytree(FIXTURE, work)
+    star = work / "sim" / "particles_perturbed.star"
+    run = work / "run"
+    params = json.loads((run / "params.json").read_text())
+    params["particles"] = str(star.resolve())  # the old run named the particles where they were then
+    (run / "params.json").write_text(json.dumps(params))
+    kept = {**_mtimes(run / "iter000"), **_mtimes(run / "iter001")}
+    kept.update({p: t for p, t in _mtimes(run / "iter002").items()})  # GMMs, ring weights, 3 chunks
+
+    assert main(["refine", "--particles", str(star), "--out", str(run), *OLD_ARGS]) == 0
+    out = capsys.readouterr().out
+    assert "iteration 1 already complete" in out
+
+    # nothing the old run had finished was recomputed or rewritten
+    now = _mtimes(run)
+    assert {p: now[p] for p in kept} == kept
+    assert (run / "iter002" / "align_half2_chunk0001.npz").exists()  # the chunk in flight, redone
+    # the same result as the old code's uninterrupted run
+    expected = json.loads((FIXTURE / "expected.json").read_text())
+    with np.load(run / "iter002" / "poses.npz") as a, np.load(FIXTURE / "expected_iter002_poses.npz") as b:
+        assert np.array_equal(a["rotation"], b["rotation"]) and np.array_equal(a["origin"], b["origin"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final"]["resolution"] == pytest.approx(expected["resolution_final"], abs=1e-9)
+    assert summary["iterations"][1]["fsc"]["masked"] == pytest.approx(expected["fsc_masked_iter002"], abs=1e-9)
+    assert [r["iteration"] for r in summary["iterations"]] == [1, 2]
+
+
+# =============================================================================================
+
+
+def _widened(h, gmm):
+    g = gmm.copy()
+    g.sigmas = g.sigmas * 2.0
+    return g
+
+
+@pytest.fixture(scope="module")
+def loop_setup(sim_small, tmp_path_factory):
+    """Iteration 0 of sim_small and a global plan at a fixed 12 Å band (few steps)."""
+    from gmmcore.backend import get_backend
+    from gmmcore.io.star import read_star
+    from gmmcore.refine import loop
+    from gmmcore.refine.global_refine import RefineParams
+    from gmmcore.refine.rundir import RunDir
+    from gmmcore.refine.state import IterationPlan, follow_fsc
+
+    table = read_star(sim_small["perturbed_star"])
+    folder = tmp_path_factory.mktemp("loop")
+    run = RunDir.create_or_continue(folder / "start", {"particles": "sim_small"}, ("particles",))
+    begin = loop.start(table, run, "C1", 2, 100)
+    p = RefineParams(particles="", out="", steps=3, chunk=100, maxres=12.0)
+    plan = IterationPlan(sym="C1", fsc_mask=begin.fsc_mask, band=follow_fsc(25.0, 2.0, 12.0),
+                         align=p.align_settings(), prior=table.poses, ngauss=40)
+    return table, begin.state, plan, get_backend(), folder
+
+
+def test_shape_gmm_applied_on_fresh_and_resumed_iteration(loop_setup):
+    from gmmcore.refine import loop
+    from gmmcore.refine.rundir import RunDir
+
+    table, state, plan, backend, folder = loop_setup
+    wide_plan = replace(plan, shape_gmm=_widened)
+    plain, rec_plain = loop.iterate(table, state, plan, backend, RunDir(folder / "plain").iteration(1))
+    wide, rec_wide = loop.iterate(table, state, wide_plan, backend, RunDir(folder / "wide").iteration(1))
+
+    # the fitted (saved) GMMs do not depend on the hook: it is never saved
+    for h in (1, 2):
+        a = np.load(folder / "plain" / "iter001" / f"gmm_half{h}.gmm.npz")
+        b = np.load(folder / "wide" / "iter001" / f"gmm_half{h}.gmm.npz")
+        assert np.array_equal(a["sigmas"], b["sigmas"]) and np.array_equal(a["centers"], b["centers"])
+        assert np.array_equal(wide.gmms[h].sigmas, plain.gmms[h].sigmas)
+    # ... but alignment used the shaped GMMs
+    for h in ("1", "2"):
+        assert abs(rec_wide.frc["before"][h] - rec_plain.frc["before"][h]) > 1e-3, (rec_wide.frc, rec_plain.frc)
+    assert not np.array_equal(wide.poses.rotation, plain.poses.rotation)
+
+    # kill after the GMM fits: only the fitted GMMs (and their reports) survive
+    resumed_dir = folder / "resumed" / "iter001"
+    resumed_dir.mkdir(parents=True)
+    for f in (folder / "wide" / "iter001").glob("gmm_half*"):
+        shutil.copy2(f, resumed_dir / f.name)
+    gmm_mtimes = _mtimes(resumed_dir)
+    again, rec_again = loop.iterate(table, state, wide_plan, backend, RunDir(folder / "resumed").iteration(1))
+    assert _mtimes(resumed_dir.parent).items() >= gmm_mtimes.items()  # loaded, not refitted
+    assert rec_again.frc == rec_wide.frc
+    assert np.array_equal(again.poses.rotation, wide.poses.rotation)
+    assert np.array_equal(again.poses.origin_A, wide.poses.origin_A)
+    assert rec_again.resolution == rec_wide.resolution
