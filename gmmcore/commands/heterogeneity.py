@@ -37,8 +37,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=20000, help="particles read per chunk (default 20000)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, first round (default 1e-3)")
     p.add_argument("--lr-full", type=float, default=3e-4, help="Adam learning rate, second round (default 3e-4)")
-    p.add_argument("--latent-noise", type=float, default=0.5,
-                   help="σ of the noise added to the latents in training (default 0.5; 0 = none)")
+    p.add_argument("--latent-noise", type=float, default=0.0,
+                   help="σ of noise added to the latents in training (default 0: none; see gmmcore.heter.training)")
+    p.add_argument("--latent-penalty", type=float, default=0.0,
+                   help="weight of |z|² in the loss (default 0)")
     p.add_argument("--ring-weight", choices=["ssnr", "uniform"], default="ssnr",
                    help="FRC ring weighting: ssnr (default) or uniform (the paper's plain average)")
     p.add_argument("--bins", type=int, default=5, help="bins along PC1 for the GMMs and maps (default 5)")
@@ -60,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("must be ≥ 1", field="--" + name)
     if args.anchors < 0 or args.full_epochs < 0:
         raise InputError("--anchors and --full-epochs must be ≥ 0")
-    if args.latent_noise < 0:
-        raise InputError("must be ≥ 0", field="--latent-noise")
+    for name in ("latent_noise", "latent_penalty"):
+        if getattr(args, name) < 0:
+            raise InputError("must be ≥ 0", field="--" + name.replace("_", "-"))
     if args.res is not None and args.res <= 0:
         raise InputError("must be > 0", field="--res")
     gpu = None
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         source=str(src.resolve()), out=str(args.out), latent=args.latent, anchors=args.anchors,
         mask=args.mask and str(Path(args.mask).resolve()), epochs=args.epochs, full_epochs=args.full_epochs,
         res=args.res, minres=args.minres, batch=args.batch, chunk=args.chunk, lr=args.lr, lr_full=args.lr_full,
-        latent_noise=args.latent_noise, ring_weight=args.ring_weight, bins=args.bins, seed=args.seed, gpu=gpu, cpu=args.cpu)
+        latent_noise=args.latent_noise, latent_penalty=args.latent_penalty, ring_weight=args.ring_weight,
+        bins=args.bins, seed=args.seed, gpu=gpu, cpu=args.cpu)
     run_heterogeneity(params)
     return 0

@@ -14,7 +14,7 @@ used by Chen, Schmid & Chiu (2024) — our own parameterisation, written from th
   particle's pose (the reference lineage's input).
 * :mod:`.training` — per half set: loss = 1 − ring-weighted FRC of the decoded GMM's projection
   at the particle's pose against the phase-flipped particle (the backend's projector and FRC on the
-  cropped grid), + a small latent penalty; Adam; particles streamed in chunks; checkpoint per
+  cropped grid) (+ optional latent penalty and noise); Adam; particles streamed in chunks; checkpoint per
   epoch; a resumed run is bit-identical to an uninterrupted one.
 * :mod:`.latent` — PCA of a half's latents, bins along PC1, latents.csv.
 * :mod:`.analysis` — the ``gmmcore heterogeneity`` driver (run directory, outputs, summary).

@@ -75,9 +75,9 @@ class HeterogeneityParams:
     chunk: int = 20000
     lr: float = 1e-3
     lr_full: float = 3e-4
-    latent_penalty: float = 1e-3
+    latent_penalty: float = 0.0
     residual_penalty: float = 1e-3
-    latent_noise: float = 0.5
+    latent_noise: float = 0.0
     ring_weight: str = "ssnr"
     bins: int = 5
     seed: int = 0
