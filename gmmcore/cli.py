@@ -25,6 +25,10 @@ VERBS = {
     "refine": "gmmcore.commands.refine",
     "export": "gmmcore.commands.export_particles",
     "simulate": "gmmcore.commands.simulate",
+    "refine-focused": "gmmcore.commands.refine_focused",
+    "refine-patches": "gmmcore.commands.refine_patches",
+    "expand-symmetry": "gmmcore.commands.expand_symmetry",
+    "local-resolution": "gmmcore.commands.local_resolution",
     "heterogeneity": "gmmcore.commands.heterogeneity",
     "conf2pose": "gmmcore.commands.conf2pose",
 }

@@ -48,15 +48,32 @@ def auto_mask(volume: np.ndarray, apix: float, lowpass_A: float = 15.0, threshol
     return _soft_edge(d - dilate_px, edge_px)
 
 
-def points_mask(points_A, box: int, apix: float, radius_A: float, edge_px: float = 3.0) -> np.ndarray:
-    """Soft mask (float32 (box,)*3) around points (Å, (x, y, z) from the box centre N//2): 1 within
-    ``radius_A`` of a point (distances measured from the voxel nearest each point, so to within
-    ≈ 0.9 pixel), raised-cosine to 0 over ``edge_px`` pixels."""
-    idx = np.rint(np.asarray(points_A, np.float64).reshape(-1, 3)[:, ::-1] / apix + box // 2).astype(np.int64)
-    idx = idx[((idx >= 0) & (idx < box)).all(1)]
-    seeds = np.ones((box,) * 3, bool)
-    seeds[idx[:, 0], idx[:, 1], idx[:, 2]] = False
-    if seeds.all():
+def points_mask(points_A, box: int, apix: float, radius_A: float, edge_px: float = 3.0,
+                exclude_A=None) -> np.ndarray:
+    """Soft mask (float32 (box,)*3) around points (Å, (x, y, z) from the box centre N//2): 1 at
+    voxels within ``radius_A`` of a point — and, when ``exclude_A`` points are given, no farther
+    from the points than from any excluded point (the region that belongs to these points, not to
+    their neighbours) — then a raised-cosine edge ``edge_px`` pixels wide outside that region."""
+    from scipy.spatial import cKDTree
+
+    g = (np.indices((box,) * 3).reshape(3, -1).T[:, ::-1] - box // 2) * float(apix)  # voxel (x, y, z) Å
+    d_in, _ = cKDTree(np.asarray(points_A, np.float64).reshape(-1, 3)).query(g, distance_upper_bound=radius_A + 1e-6)
+    core = np.isfinite(d_in)
+    if exclude_A is not None and len(exclude_A):
+        d_ex, _ = cKDTree(np.asarray(exclude_A, np.float64).reshape(-1, 3)).query(g[core])
+        keep = d_in[core] <= d_ex
+        core[np.flatnonzero(core)[~keep]] = False
+    core = core.reshape((box,) * 3)
+    if not core.any():
         return np.zeros((box,) * 3, np.float32)
-    d = ndimage.distance_transform_edt(seeds)
-    return _soft_edge(d - radius_A / apix, edge_px)
+    return _soft_edge(ndimage.distance_transform_edt(~core), edge_px)
+
+
+def values_at(volume: np.ndarray, points_A, apix: float) -> np.ndarray:
+    """Trilinear values of ``volume`` ([z, y, x], box centre N//2) at points (Å, (x, y, z) from
+    the box centre); points outside the box get 0.  Returns float64 (n,)."""
+    vol = np.asarray(volume, np.float64)
+    n = vol.shape[0]
+    p = np.asarray(points_A, np.float64).reshape(-1, 3)
+    coords = (p[:, ::-1] / float(apix) + n // 2).T  # (3, n) as (z, y, x) voxel indices
+    return ndimage.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0)

@@ -29,19 +29,24 @@ What it does
 7. Assemblies (``copies``, a point group such as "C3" or "D2"): K copies of the model in one
    particle, copy k's atoms at S_k·(x + d) with S_k the group's k-th operator
    (:func:`gmmcore.symmetry.symmetry_matrices`, identity first) and d an offset of ``copy_offset_A``
-   (default 1.5 × the model's radius of gyration) along x for Cn, along (1, 0.6, 0.35)/|·| for
+   (default: the smallest at which the copies' closest atoms stay 4 Å apart — copies that
+   touch) along x for Cn, along (1, 0.6, 0.35)/|·| for
    the other groups (off every symmetry axis).  The assembly has the group's symmetry; its centre
    is the box centre.
 8. A moving domain (``domain``: residue ranges such as "122-159", or "lid" (122–159) / "nmp"
-   (30–59) of adenylate kinase): in every particle and every copy the domain's atoms turn rigidly
+   (30–59) of adenylate kinase — in every copy; or "copy:k", the whole k-th copy of an assembly,
+   hinged at its interface with the other copies (the centre of mass of its atoms within 6 Å of
+   another copy), axis from its and the other copies' centres of mass): in every particle and every
+   moving copy the domain's atoms turn rigidly
    about a hinge by their own angle θ, uniform in [−``domain_angle_deg``, +``domain_angle_deg``]
    (drawn from a separate random stream, so the rest of the truth is unchanged).  Hinge point p =
    mean position of the atoms of the domain's first and last residue (where it joins the rest);
    axis = unit((c_dom − p) × (c_rest − p)), c = centres of mass of the domain and of the rest (model
    A) — the domain swings towards / away from the rest.  In the model's frame a domain atom x moves
    to p + R(θ)(x − p).  ``true_map.mrc`` is the unmoved assembly (θ = 0), ``domain_mask.mrc`` a
-   soft mask over copy 0's domain through its range of motion (atoms within 4 Å, then a 3-pixel
-   raised-cosine edge), ``unit_mask.mrc`` (with copies) the same around all of copy 0.
+   soft mask over copy 0's domain through its range of motion (voxels within 4 Å of its atoms and
+   no nearer to any other atom, then a 3-pixel raised-cosine edge), ``unit_mask.mrc`` (with
+   copies) the same around all of copy 0.
 
 Outputs in ``out_dir``: ``particles.mrcs``, ``particles_true.star`` (true poses),
 ``particles_perturbed.star`` (each rotation turned by exactly ``perturb_angle_deg`` about a random
@@ -136,10 +141,45 @@ def _domain_geometry(coords: np.ndarray, mass: np.ndarray, resseq: np.ndarray, r
     hinge = coords[ends].mean(0)
     c_dom = (coords[atoms] * mass[atoms, None]).sum(0) / mass[atoms].sum()
     c_rest = (coords[~atoms] * mass[~atoms, None]).sum(0) / mass[~atoms].sum()
+    return {"atoms": atoms, "hinge": hinge, "axis": _axis(c_dom, hinge, c_rest), "ranges": [list(r) for r in ranges]}
+
+
+def _axis(c_dom: np.ndarray, hinge: np.ndarray, c_rest: np.ndarray) -> np.ndarray:
+    """Unit hinge axis normal to (domain − hinge) and (rest − hinge); any normal of (domain −
+    hinge) when the three points are in a line."""
     axis = np.cross(c_dom - hinge, c_rest - hinge)
-    if np.linalg.norm(axis) < 1e-6:  # hinge, domain and rest in a line: any axis normal to it
-        axis = np.cross(c_dom - hinge, [1.0, 0.0, 0.0] if abs(c_dom[0] - hinge[0]) < 1e-3 else [0.0, 0.0, 1.0])
-    return {"atoms": atoms, "hinge": hinge, "axis": axis / np.linalg.norm(axis), "ranges": [list(r) for r in ranges]}
+    if np.linalg.norm(axis) < 1e-6 * max(1.0, np.linalg.norm(c_dom - hinge) ** 2):
+        v = c_dom - hinge
+        axis = np.cross(v, [0.0, 0.0, 1.0] if abs(v[2]) < 0.9 * np.linalg.norm(v) else [1.0, 0.0, 0.0])
+    return axis / np.linalg.norm(axis)
+
+
+def _copy_domain(spec: str, coords: np.ndarray, mass: np.ndarray, ops: np.ndarray, d: np.ndarray) -> dict:
+    """A whole copy of an assembly as the moving domain ("copy:k", 1-based).  Hinge: centre of
+    mass of its atoms within 6 Å of another copy (the interface; midway to the assembly centre
+    if none); axis from the copy's and the other copies' centres of mass (see :func:`_axis`).
+    Hinge and axis are returned in the copy's own (model) frame."""
+    from scipy.spatial import cKDTree
+
+    try:
+        k = int(spec.split(":", 1)[1]) - 1
+    except ValueError:
+        raise InputError(f"not a domain: {spec!r} (copy:K with K = 1..copies)", field="domain") from None
+    K = len(ops)
+    if K < 2 or not 0 <= k < K:
+        raise InputError(f"domain {spec!r}: needs --copies with at least {k + 1} copies (have {K})", field="domain")
+    placed = [(coords + d) @ S.T for S in ops]
+    mine = placed[k]
+    others = np.concatenate([p for j, p in enumerate(placed) if j != k])
+    dist, _ = cKDTree(others).query(mine)
+    near = dist < 6.0
+    c_mine = (mine * mass[:, None]).sum(0) / mass.sum()
+    hinge = (mine[near] * mass[near, None]).sum(0) / mass[near].sum() if near.any() else 0.5 * c_mine
+    c_rest = others.mean(0)
+    axis = _axis(c_mine, hinge, c_rest)
+    S = ops[k]
+    return {"atoms": np.ones(len(coords), bool), "hinge": S.T @ hinge - d, "axis": S.T @ axis, "ranges": [],
+            "copies": [k], "name": spec}
 
 
 def _copies(sym: Optional[str], coords: np.ndarray, mass: np.ndarray, offset_A: Optional[float]):
@@ -149,13 +189,32 @@ def _copies(sym: Optional[str], coords: np.ndarray, mass: np.ndarray, offset_A: 
     if sym is None:
         return np.eye(3)[None], np.zeros(3)
     ops = symmetry_matrices(sym)
+    direction = np.array([1.0, 0.0, 0.0]) if parse_symmetry(sym)[0] == "C" else np.array([1.0, 0.6, 0.35])
+    direction = direction / np.linalg.norm(direction)
     if offset_A is None:
-        rg = math.sqrt(float((mass * (coords ** 2).sum(1)).sum() / mass.sum()))
-        offset_A = 1.5 * rg
+        offset_A = _touching_offset(coords, ops, direction)
     if offset_A < 0:
         raise InputError(f"the copy offset must be ≥ 0 (got {offset_A})", field="copy_offset")
-    direction = np.array([1.0, 0.0, 0.0]) if parse_symmetry(sym)[0] == "C" else np.array([1.0, 0.6, 0.35])
-    return ops, float(offset_A) * direction / np.linalg.norm(direction)
+    return ops, float(offset_A) * direction
+
+
+def _touching_offset(coords: np.ndarray, ops: np.ndarray, direction: np.ndarray, contact_A: float = 4.0) -> float:
+    """The smallest offset (0.5 Å steps, from far to near) at which the copies' closest atoms are
+    still ``contact_A`` apart: copies that touch without overlapping."""
+    from scipy.spatial import cKDTree
+
+    if len(ops) < 2:
+        return 0.0
+    tree = cKDTree(coords)
+    s = 2.0 * float(np.linalg.norm(coords, axis=1).max()) + contact_A
+    while s > 0:
+        nxt = s - 0.5
+        d = nxt * direction
+        others = np.concatenate([(coords + d) @ S.T for S in ops[1:]]) - d  # in copy 0's frame
+        if tree.query(others)[0].min() < contact_A:
+            break
+        s = nxt
+    return s
 
 
 def load_model(model: Union[str, Path] = "builtin:adk-closed", model_b: Union[str, Path, None] = None,
@@ -166,8 +225,9 @@ def load_model(model: Union[str, Path] = "builtin:adk-closed", model_b: Union[st
     Returns ``{"coords_a": (n,3) Å, "coords_b": (n,3) Å or None, "amplitudes": (n,),
     "sigmas": (n,) Å, "elements": (n,), "resseq": (n,), "center_of_mass_A": (3,),
     "center_of_mass_b_A": (3,) or None, "copy_ops": (K,3,3), "copy_offset": (3,) Å,
-    "domain": None or {"atoms": (n,) bool, "hinge": (3,) Å, "axis": (3,), "ranges"}}``
-    (coordinates of one copy in its own frame; see the module notes for copies and the domain).
+    "domain": None or {"atoms": (n,) bool, "hinge": (3,) Å, "axis": (3,), "ranges", "copies": the
+    copies whose domain moves, "name"}}`` (coordinates, hinge and axis of one copy in its own frame;
+    see the module notes for copies and the domain).
     """
     path_a = resolve_model(model)
     xyz_a, el, resseq = read_atoms_with_residues(path_a)
@@ -189,7 +249,12 @@ def load_model(model: Union[str, Path] = "builtin:adk-closed", model_b: Union[st
         coords_b = (xyz_b - com_b) @ R.T
     sigma = math.sqrt(atom_sigma_A ** 2 + max(b_factor, 0.0) / (8.0 * math.pi ** 2))
     ops, offset = _copies(copies, coords_a, mass, copy_offset_A)
-    dom = None if domain is None else _domain_geometry(coords_a, mass, resseq, parse_domain(domain))
+    dom = None
+    if domain is not None and str(domain).strip().lower().startswith("copy:"):
+        dom = _copy_domain(str(domain).strip().lower(), coords_a, mass, ops, offset)
+    elif domain is not None:
+        dom = _domain_geometry(coords_a, mass, resseq, parse_domain(domain))
+        dom.update(copies=list(range(len(ops))), name=str(domain))
     return {"coords_a": coords_a, "coords_b": coords_b, "amplitudes": atomic_numbers(el),
             "sigmas": np.full(len(el), sigma), "elements": el, "resseq": resseq, "center_of_mass_A": com_a,
             "center_of_mass_b_A": com_b, "copy_ops": ops, "copy_offset": offset, "domain": dom}
@@ -216,7 +281,7 @@ def assembly_coords(model: dict, t: float = 0.0, domain_rotations: Optional[np.n
     out = []
     for k, S in enumerate(ops):
         xk = x
-        if dom is not None and domain_rotations is not None:
+        if dom is not None and domain_rotations is not None and k in dom["copies"]:
             xk = x.copy()
             p = dom["hinge"]
             xk[dom["atoms"]] = p + (x[dom["atoms"]] - p) @ np.asarray(domain_rotations[k]).T
@@ -263,13 +328,15 @@ def _project_moving(model: dict, t: float, rotations, origins_A, local_rotations
     dom = model["domain"]
     x = morph(model["coords_a"], model["coords_b"], t)
     ops, d, p = model["copy_ops"], model["copy_offset"], dom["hinge"]
-    keep = ~dom["atoms"]
-    static = np.concatenate([(x[keep] + d) @ S.T for S in ops])
-    K = len(ops)
     amps, sig = model["amplitudes"], model["sigmas"]
-    imgs = project_images(GMM(static, np.tile(amps[keep], K), np.tile(sig[keep], K)), rotations, origins_A, apix, box)
+    keep = [np.ones(len(x), bool) if k not in dom["copies"] else ~dom["atoms"] for k in range(len(ops))]
+    static = GMM(np.concatenate([(x[kp] + d) @ S.T for kp, S in zip(keep, ops)]),
+                 np.concatenate([amps[kp] for kp in keep]), np.concatenate([sig[kp] for kp in keep]))
+    imgs = project_images(static, rotations, origins_A, apix, box) if len(static) else \
+        np.zeros((len(rotations), box, box), np.float32)
     piece = GMM(x[dom["atoms"]], amps[dom["atoms"]], sig[dom["atoms"]])
-    for k, S in enumerate(ops):
+    for k in dom["copies"]:
+        S = ops[k]
         R = local_rotations[:, k]
         rot = np.einsum("nab,bc,ncd->nad", rotations, S, R)
         t_k = (p + d)[None] - np.einsum("nab,b->na", R, p)  # R x + t_k = p + R(x − p) + d
@@ -443,6 +510,7 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
         from scipy.spatial.transform import Rotation
 
         theta = np.random.default_rng([int(seed), 3]).uniform(-domain_angle_deg, domain_angle_deg, size=(n, K))
+        theta[:, [k for k in range(K) if k not in mdl["domain"]["copies"]]] = 0.0  # copies that do not move
         local_rot = Rotation.from_rotvec((np.deg2rad(theta)[..., None] * mdl["domain"]["axis"]).reshape(-1, 3)) \
             .as_matrix().reshape(n, K, 3, 3)
         dom_truth = {"domain_angle_deg": theta, "domain_rotation_local": local_rot,
@@ -532,7 +600,8 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
         "phase_flipped": False, "warnings": warnings,
         "n_copies": K, "copy_offset_used_A": [float(v) for v in mdl["copy_offset"]],
         "domain": None if mdl["domain"] is None else {
-            "residues": mdl["domain"]["ranges"], "n_atoms": int(mdl["domain"]["atoms"].sum()),
+            "name": mdl["domain"]["name"], "residues": mdl["domain"]["ranges"],
+            "moving_copies": [k + 1 for k in mdl["domain"]["copies"]], "n_atoms": int(mdl["domain"]["atoms"].sum()),
             "hinge_A": [float(v) for v in mdl["domain"]["hinge"]], "axis": [float(v) for v in mdl["domain"]["axis"]],
             "angle_distribution": f"uniform in [-{float(domain_angle_deg)}, {float(domain_angle_deg)}] degrees, "
                                   "per particle and copy"},
@@ -557,7 +626,8 @@ def simulate_dataset(out_dir, model: Union[str, Path] = "builtin:adk-closed", n_
 
 def _write_masks(mdl: dict, out_dir: Path, box: int, apix: float, angle_deg: float, t: float) -> dict:
     """``domain_mask.mrc`` (copy 0's domain over its range of motion) and, with copies,
-    ``unit_mask.mrc`` (all of copy 0): atoms within 4 Å, then a 3-pixel raised-cosine edge."""
+    ``unit_mask.mrc`` (all of copy 0): voxels within 4 Å of those atoms and no nearer to any other
+    atom of the (unmoved) particle, then a 3-pixel raised-cosine edge."""
     from scipy.spatial.transform import Rotation
 
     from .io.maps import write_map
@@ -565,18 +635,26 @@ def _write_masks(mdl: dict, out_dir: Path, box: int, apix: float, angle_deg: flo
 
     out = {}
     x = morph(mdl["coords_a"], mdl["coords_b"], t) + mdl["copy_offset"]
+    ops = mdl["copy_ops"]
     dom = mdl["domain"]
     moved = []
     if dom is not None:
+        k0 = dom["copies"][0]
         p = dom["hinge"] + mdl["copy_offset"]
         for a in np.linspace(-angle_deg, angle_deg, 5):
             R = Rotation.from_rotvec(np.deg2rad(a) * dom["axis"]).as_matrix()
-            moved.append(p + (x[dom["atoms"]] - p) @ R.T)
+            moved.append((p + (x[dom["atoms"]] - p) @ R.T) @ ops[k0].T)
         out["domain_mask"] = out_dir / DOMAIN_MASK
-        write_map(out["domain_mask"], points_mask(np.concatenate(moved), box, apix, 4.0, 3.0), apix)
+        rest = np.concatenate([x[~dom["atoms"]] @ S.T for S in ops] +
+                              [x[dom["atoms"]] @ S.T for k, S in enumerate(ops) if k != k0])
+        write_map(out["domain_mask"], points_mask(np.concatenate(moved), box, apix, 4.0, 3.0,
+                                                  exclude_A=rest if len(rest) else None), apix)
+        moved = moved if k0 == 0 else []
     if _n_copies(mdl) > 1:
         out["unit_mask"] = out_dir / UNIT_MASK
-        write_map(out["unit_mask"], points_mask(np.concatenate([x] + moved), box, apix, 4.0, 3.0), apix)
+        others = np.concatenate([x @ S.T for S in mdl["copy_ops"][1:]])
+        write_map(out["unit_mask"], points_mask(np.concatenate([x] + moved), box, apix, 4.0, 3.0, exclude_A=others),
+                  apix)
     return out
 
 

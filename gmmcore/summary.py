@@ -12,6 +12,14 @@ Files (all JSON, written atomically):
 * ``gmmcore refine --out DIR`` → ``DIR/summary.json``: :class:`RunSummary` (``kind`` "global";
   focused and patch runs use the same schema), with one :class:`IterationRecord` per iteration
   (also ``DIR/iterNNN/report.json``) and :class:`FinalFiles`.
+* ``gmmcore refine-focused --out DIR``: the same, ``kind`` "focused"; every report also holds
+  ``resolution_focus`` / ``fsc_focus`` (FSC within the focus mask); ``final`` also names
+  ``focus_mask``, ``fsc_mask`` and holds ``resolution_focus`` / ``resolution_focus_initial``.
+* ``gmmcore refine-patches --out DIR``: ``kind`` "patches"; ``initial`` = the start (global) maps,
+  no iterations of its own, ``patches`` = one :class:`PatchRecord` each (each patch is a focused
+  run, kind "patch", in ``DIR/patch_NN``), ``extra["composite"]`` = the :class:`HalfMapReport`
+  of the composite half maps (``final.half1/half2/map``; ``final.particles`` is None: every patch
+  has its own particles).
 
 Units: resolutions in Å, frequencies in 1/Å, pose changes in degrees and pixels, times in s.
 """
@@ -223,6 +231,42 @@ class FinalFiles:
 
 
 # ---------------------------------------------------------------------------------------------
+# patches (``kind`` "patches": one record per patch in RunSummary.patches)
+
+
+@dataclass
+class PatchRecord:
+    """One patch of a patch-by-patch run: its own focused run in ``dir`` (relative to the patch
+    run's folder), its soft spherical ``mask`` (MRC), the sphere (``center_A`` x/y/z Å from the box
+    centre, ``radius_A`` without the fall-off), the number of GMM centres it holds, and — once the
+    patch has finished — its results: ``resolution`` (FSC mask), ``resolution_focus`` (within its
+    mask; ``resolution_focus_initial`` at the start) and its refined ``particles`` (star)."""
+
+    index: int
+    dir: str
+    mask: str
+    center_A: List[float]
+    radius_A: float
+    n_gaussians: int
+    complete: bool = False
+    resolution: Optional[float] = None
+    resolution_focus: Optional[float] = None
+    resolution_focus_initial: Optional[float] = None
+    particles: Optional[str] = None
+    summary: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {**{k: v for k, v in d.items() if k != "extra"}, **self.extra}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PatchRecord":
+        known, extra = _known(cls, data)
+        return cls(**known, extra=extra)
+
+
+# ---------------------------------------------------------------------------------------------
 # a refinement run
 
 
@@ -285,7 +329,9 @@ class RunSummary:
             raise KeyError("the run has no final outputs yet")
         value = getattr(self.final, key, None)
         if value is None:
-            value = self.final.extra[key]
+            value = self.final.extra.get(key)
+        if value is None:
+            raise KeyError(f"{key}: not among this run's final outputs")
         if half is not None:
             value = value[str(half)]
         return value if os.path.isabs(value) else os.path.join(self.directory or ".", value)
@@ -298,6 +344,19 @@ class RunSummary:
         for rec in self.iterations:
             curves.append(("iteration %d" % rec.iteration, *rec.report.curve(masked)))
         return curves
+
+    def patch_records(self) -> List[PatchRecord]:
+        """The patches of a patch-by-patch run (empty for other kinds)."""
+        return [PatchRecord.from_json(p) for p in (self.patches or [])]
+
+    def composite(self) -> Optional[HalfMapReport]:
+        """The gold-standard FSC of a patch run's composite half maps (None for other kinds)."""
+        data = self.extra.get("composite")
+        return None if not data else HalfMapReport.from_json(data)
+
+    def rel(self, path: str) -> str:
+        """A path of this summary (relative to its folder) made absolute."""
+        return path if os.path.isabs(path) else os.path.join(self.directory or ".", path)
 
     @property
     def resolution_initial(self) -> Optional[float]:

@@ -135,3 +135,36 @@ def test_defaults_unchanged(tmp_path):
         assert np.array_equal(a[k], b[k]), k
     np.testing.assert_allclose(mrcfile.read(a["stack"]), mrcfile.read(b["stack"]), atol=1e-4)
     assert "domain_angle_deg" not in np.load(a["truth"]) and "domain_mask" not in a
+
+
+def test_whole_copy_as_domain(tmp_path):
+    """--domain copy:2: the second copy of a C2 assembly swings about its interface, the first stays."""
+    r = simulate_dataset(tmp_path / "c", n_particles=6, box=48, apix=2.5, snr=None, seed=2, copies="C2",
+                         domain="copy:2", domain_angle_deg=15, show_progress=False)
+    z = np.load(r["truth"])
+    assert np.all(z["domain_angle_deg"][:, 0] == 0) and np.abs(z["domain_angle_deg"][:, 1]).max() > 5
+    m = r["model"]
+    n = len(m["coords_a"])
+    x0 = assembly_coords(m)
+    stack = mrcfile.read(r["stack"])
+    from gmmcore.ctf import apply_ctf
+
+    for i in np.argsort(-np.abs(z["domain_angle_deg"][:, 1]))[:3]:  # the three largest swings
+        x1 = assembly_coords(m, domain_rotations=z["domain_rotation_local"][i])
+        assert np.abs(x1[:n] - x0[:n]).max() == 0 and np.abs(x1[n:] - x0[n:]).max() > 1.0
+        # the hinge (in the particle frame) does not move; the copy turns rigidly about it
+        Q, h = z["domain_rotation"][i, 1], z["domain_hinge_A"][1]
+        np.testing.assert_allclose((x0[n:] - h) @ Q.T + h, x1[n:], atol=1e-6)
+        whole = apply_ctf(project_images(model_gmm(m, domain_rotations=z["domain_rotation_local"][i]),
+                                         z["rotations"][[i]], z["origins_A"][[i]], 2.5, 48), r["ctf"].subset([i]), 2.5)
+        assert np.abs(stack[i] - whole[0]).max() < 1e-3 * np.abs(whole).max()
+    # the hinge lies at the interface: near both copies
+    h = z["domain_hinge_A"][1]
+    assert np.linalg.norm(x0[:n] - h, axis=1).min() < 6 and np.linalg.norm(x0[n:] - h, axis=1).min() < 6
+    dm = mrcfile.read(r["domain_mask"])
+    from gmmcore.masks import values_at
+
+    inside = values_at(dm, x0, 2.5)
+    assert inside[n:].mean() > 0.9 and inside[:n].mean() < 0.1  # the mask is the moving copy's
+    with pytest.raises(InputError):
+        load_model(copies="C2", domain="copy:3")

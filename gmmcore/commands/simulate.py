@@ -48,14 +48,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-origin", type=float, default=2.0, help="largest true origin (pixels)")
     p.add_argument("--optics-groups", type=int, default=1, help="number of optics groups")
     p.add_argument("--domain", default=None,
-                   help="moving domain: lid (residues 122-159) or nmp (30-59) of adenylate kinase, or residue "
-                        "ranges such as 122-159[,170-180]; it turns rigidly about its hinge")
+                   help="moving domain: lid (residues 122-159) or nmp (30-59) of adenylate kinase, residue "
+                        "ranges such as 122-159[,170-180] (in every copy), or copy:K (the K-th copy of --copies, "
+                        "hinged at its interface); it turns rigidly about its hinge")
     p.add_argument("--domain-angle", type=float, default=10.0,
                    help="the domain's angle per particle is uniform in ±this (degrees)")
     p.add_argument("--copies", default=None,
                    help="copies of the model per particle, placed by a point group (C2, C3, D2, ...)")
     p.add_argument("--copy-offset", type=float, default=None,
-                   help="distance of each copy from the assembly centre, Å (default 1.5 × radius of gyration)")
+                   help="distance of each copy from the assembly centre, Å (default: copies touch, closest atoms 4 Å apart)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", required=True, help="output folder")
 

@@ -31,8 +31,22 @@ IDENTITY = ("particles", "ref", "ngauss", "maxres", "minres", "sym", "mask", "st
             "seed", "new_split", "pad", "ring_weight", "prior_angle", "prior_shift")
 
 
+class AlignmentOptions:
+    """Pose-refinement settings from a parameter dataclass with the fields ``steps``, ``lr_angle``,
+    ``lr_shift``, ``prior_angle``, ``prior_shift``, ``ring_weight``, ``batch`` and ``chunk``
+    (shared by the global, focused and patch parameters)."""
+
+    def pose_settings(self) -> PoseSettings:
+        return PoseSettings(steps=self.steps, lr_angle_deg=self.lr_angle, lr_shift_px=self.lr_shift,
+                            prior_angle_deg=self.prior_angle, prior_shift_px=self.prior_shift)
+
+    def align_settings(self) -> AlignSettings:
+        return AlignSettings(pose=self.pose_settings(), ring_weight=self.ring_weight, batch=self.batch,
+                             chunk=self.chunk)
+
+
 @dataclass
-class RefineParams:
+class RefineParams(AlignmentOptions):
     """``gmmcore refine`` parameters (resolutions in Å, angles in degrees, shifts in pixels)."""
 
     particles: str
@@ -59,14 +73,6 @@ class RefineParams:
     new_split: bool = False
     pad: int = 2
     version: str = field(default=__version__)
-
-    def pose_settings(self) -> PoseSettings:
-        return PoseSettings(steps=self.steps, lr_angle_deg=self.lr_angle, lr_shift_px=self.lr_shift,
-                            prior_angle_deg=self.prior_angle, prior_shift_px=self.prior_shift)
-
-    def align_settings(self) -> AlignSettings:
-        return AlignSettings(pose=self.pose_settings(), ring_weight=self.ring_weight, batch=self.batch,
-                             chunk=self.chunk)
 
 
 def run_global(p: RefineParams) -> RunSummary:

@@ -1,0 +1,69 @@
+"""Command-line options shared by the focused and patch verbs: alignment, prior, device.
+
+Not a verb (no ``run``): a helper the verbs import (verbs never import each other).  The values
+and rules are those of ``gmmcore refine``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def add_alignment_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sym", default=None, help="symmetry (default: the --from run's, else C1; C1 for expanded particles)")
+    p.add_argument("--ngauss", type=int, help="Gaussians per GMM (default: estimated from map and resolution)")
+    p.add_argument("--maxres", type=float, help="finest target resolution used for alignment, Å")
+    p.add_argument("--minres", type=float, default=25.0, help="coarsest resolution in the FRC, Å (default 25)")
+    p.add_argument("--batch", type=int, default=16, help="particles per batch on the device (default 16)")
+    p.add_argument("--chunk", type=int, default=20000, help="particles read per chunk (default 20000)")
+    p.add_argument("--steps", type=int, default=10, help="gradient steps per particle per iteration (default 10)")
+    p.add_argument("--lr-angle", type=float, default=0.5, help="Adam step for rotations, degrees (default 0.5)")
+    p.add_argument("--lr-shift", type=float, default=0.25, help="Adam step for shifts, pixels (default 0.25)")
+    p.add_argument("--ring-weight", choices=["ssnr", "uniform"], default="ssnr",
+                   help="FRC ring weighting: ssnr (default) or uniform (the paper's plain average)")
+    p.add_argument("--prior-angle", type=float, default=None,
+                   help="MAP pose prior centred on the poses this run starts from: expected angular error, "
+                        "degrees (default 3)")
+    p.add_argument("--prior-shift", type=float, default=None,
+                   help="MAP pose prior: expected shift error, pixels (default 1)")
+    p.add_argument("--no-prior", action="store_true", help="no pose prior (plain FRC maximum, as in the paper)")
+    p.add_argument("--gpu", default=None, help="GPU id (default: the first GPU visible)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
+    p.add_argument("--seed", type=int, default=0, help="random seed (GMM seeding)")
+
+
+def alignment_values(args: argparse.Namespace) -> dict:
+    """Checked keyword values for the parameter dataclasses (FocusedParams, PatchParams)."""
+    gpu = None
+    if args.gpu not in (None, ""):
+        try:
+            gpu = [int(x) for x in str(args.gpu).replace(" ", "").split(",") if x != ""]
+        except ValueError:
+            raise InputError(f"not a list of GPU ids: {args.gpu!r}", field="--gpu") from None
+    if args.batch < 1 or args.chunk < 1 or args.steps < 1:
+        raise InputError("--batch, --chunk and --steps must be ≥ 1")
+    explicit = args.prior_angle is not None or args.prior_shift is not None
+    if explicit and (args.no_prior or args.ring_weight != "ssnr"):
+        raise InputError("a pose prior needs --ring-weight ssnr and no --no-prior", field="--prior-angle")
+    for name in ("prior_angle", "prior_shift"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise InputError("must be > 0 (use --no-prior to switch the prior off)", field="--" + name.replace("_", "-"))
+    use_prior = not args.no_prior and args.ring_weight == "ssnr"
+    if args.sym:
+        from ..symmetry import symmetry_matrices
+
+        symmetry_matrices(args.sym)
+    return dict(sym=args.sym and args.sym.upper(), ngauss=args.ngauss, maxres=args.maxres, minres=args.minres,
+                batch=args.batch, chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift,
+                ring_weight=args.ring_weight, prior_angle=(args.prior_angle or 3.0) if use_prior else None,
+                prior_shift=(args.prior_shift or 1.0) if use_prior else None, gpu=gpu, cpu=args.cpu, seed=args.seed)
+
+
+def existing(path, flag: str) -> str:
+    """The absolute path of an input that must exist (else InputError naming ``flag``)."""
+    if not Path(path).exists():
+        raise InputError("not found", path=path, field=flag)
+    return str(Path(path).resolve())

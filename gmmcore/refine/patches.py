@@ -1,0 +1,259 @@
+"""Patch-by-patch refinement: K focused refinements on K-means patches of the GMM, then composite
+half maps.
+
+1. Patches: K-means (scikit-learn, k-means++, ``n_init`` 10, ``random_state`` = seed) of the
+   centres of the start's two GMMs together (half 1's and half 2's Gaussians; the masks are shared
+   by both halves, like the FSC mask).  Patch i's soft spherical mask is centred on its cluster
+   centre with radius = the distance of its farthest member, plus a ``falloff_px`` (default 5)
+   pixel raised-cosine fall-off, so adjacent masks overlap.  Patches are numbered 1..K in the
+   order of their centres' x, then y, then z; definition and masks are written once
+   (``patches.json``, ``masks/patch_NN.mrc``) and read back by every later call or worker.
+2. Patch i = :func:`gmmcore.refine.focused.refine_focused` with mask i, ``iterations`` focused
+   iterations from the start (the source run's final state), in its own run directory
+   ``DIR/patch_NN`` (kind "patch"): resumable on its own; a finished patch is never touched
+   again.  ``only`` runs some patches (e.g. one per worker or GPU); the composite is made by the
+   call that finds every patch finished.
+3. Composite half maps (:func:`gmmcore.composite.composite`): per half h,
+   (Σ M_i·Map_i,h + max(0, 1 − Σ M_i)·Global_h) / max(Σ M_i, 1) — Map_i,h the unfiltered final
+   half map of patch i, Global_h the start's half map filling where the masks sum to less than 1.
+   With ``reimpose`` (expanded particles refined in C1), every (mask, map) pair is also taken at
+   every operator of that group (symmetric composite).  Then the gold-standard FSC of the two
+   composite halves (FSC mask of the source run).
+
+Run directory:
+
+    params.json, run.log, patches.json, masks/patch_NN.mrc, fsc_mask.mrc
+    patch_NN/      a focused run (final/particles.star: that patch's poses)
+    final/         half1.mrc, half2.mrc (composite), map.mrc, weights.mrc (Σ M_i)
+    summary.json   RunSummary kind "patches" (patches: PatchRecord list; extra["composite"])
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from .. import __version__
+from ..composite import composite, symmetry_pairs
+from ..errors import InputError
+from ..fourier import lowpass
+from ..fsc import half_map_report
+from ..io.maps import read_map, write_map
+from ..masks import soft_sphere_mask
+from ..particles import HalfPair, check_geometry
+from ..safewrite import write_json
+from ..summary import FinalFiles, HalfMapReport, PatchRecord, RunSummary
+from .focused import FSC_MASK, FocusedParams, fingerprint, focus_report, refine_focused, start_from_run
+from .global_refine import AlignmentOptions
+from .rundir import RunDir, setup_logging
+
+log = logging.getLogger("gmmcore.refine")
+
+PATCHES_JSON = "patches.json"
+IDENTITY = ("source", "start_fingerprint", "patches", "falloff_px", "patch_seed", "reimpose", "fsc_mask")
+
+
+@dataclass
+class PatchParams(AlignmentOptions):
+    """``gmmcore refine-patches`` parameters (the alignment ones as for focused refinement)."""
+
+    source: str
+    out: str
+    patches: int = 8
+    iterations: int = 3
+    falloff_px: float = 5.0
+    patch_seed: int = 0
+    only: Optional[List[int]] = None  # run just these patches (1-based); the composite waits for all
+    reimpose: Optional[str] = None
+    fsc_mask: Optional[str] = None
+    sym: Optional[str] = None
+    ngauss: Optional[int] = None
+    maxres: Optional[float] = None
+    minres: float = 25.0
+    batch: int = 16
+    chunk: int = 20000
+    steps: int = 10
+    lr_angle: float = 0.5
+    lr_shift: float = 0.25
+    ring_weight: str = "ssnr"
+    prior_angle: Optional[float] = 3.0
+    prior_shift: Optional[float] = 1.0
+    gpu: Optional[List[int]] = None
+    cpu: bool = False
+    seed: int = 0
+    pad: int = 2
+    version: str = field(default=__version__)
+
+    def focused(self, out: Path) -> FocusedParams:
+        """The focused-run parameters of one patch."""
+        keep = {k: getattr(self, k) for k in ("iterations", "sym", "ngauss", "maxres", "minres", "batch", "chunk",
+                                              "steps", "lr_angle", "lr_shift", "ring_weight", "prior_angle",
+                                              "prior_shift", "gpu", "cpu", "seed", "pad")}
+        return FocusedParams(out=str(out), source=self.source, **keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# patches
+
+
+def define_patches(gmms: HalfPair, k: int, box: int, apix: float, falloff_px: float = 5.0, seed: int = 0) -> List[dict]:
+    """K patches of the two GMMs' centres: [{"center_A" (x, y, z Å), "radius_A", "n_gaussians"}],
+    numbered by their centres' (x, y, z) order (see the module notes)."""
+    from sklearn.cluster import KMeans
+
+    pts = np.concatenate([np.asarray(g.centers, np.float64) for _, g in gmms.items()])
+    if not 1 <= k <= len(pts):
+        raise InputError(f"{k} patches for {len(pts)} Gaussians: need 1 ≤ patches ≤ Gaussians", field="--patches")
+    labels = KMeans(n_clusters=k, init="k-means++", n_init=10, random_state=seed).fit_predict(pts)
+    out = []
+    for lab in range(k):
+        mem = pts[labels == lab]
+        c = mem.mean(0)
+        out.append({"center_A": [float(v) for v in c], "radius_A": float(np.linalg.norm(mem - c, axis=1).max()),
+                    "n_gaussians": int(len(mem))})
+    out.sort(key=lambda p: tuple(round(v, 3) for v in p["center_A"]))
+    return out
+
+
+def patch_mask(patch: dict, box: int, apix: float, falloff_px: float) -> np.ndarray:
+    """The soft spherical mask of a patch (1 within its radius, raised cosine over ``falloff_px``)."""
+    center_px = np.asarray(patch["center_A"], np.float64)[::-1] / apix + box // 2
+    return soft_sphere_mask(box, patch["radius_A"] / apix, falloff_px, center=center_px)
+
+
+def _patch_dir(i: int) -> str:
+    return f"patch_{i:02d}"
+
+
+def _load_or_define(run: RunDir, p: PatchParams, gmms: HalfPair, box: int, apix: float) -> List[dict]:
+    path = run.path / PATCHES_JSON
+    if path.is_file():
+        return json.loads(path.read_text())["patches"]
+    patches = define_patches(gmms, p.patches, box, apix, p.falloff_px, p.patch_seed)
+    (run.path / "masks").mkdir(exist_ok=True)
+    for i, patch in enumerate(patches, 1):
+        patch.update(index=i, dir=_patch_dir(i), mask=f"masks/{_patch_dir(i)}.mrc")
+        write_map(run.path / patch["mask"], patch_mask(patch, box, apix, p.falloff_px), apix)
+    write_json(path, {"k": p.patches, "seed": p.patch_seed, "falloff_px": p.falloff_px,
+                      "source": "K-means of both half GMMs' centres", "patches": patches})
+    return patches
+
+
+def _finished(folder: Path) -> Optional[RunSummary]:
+    f = folder / "summary.json"
+    if not f.is_file():
+        return None
+    s = RunSummary.load(f)
+    return s if s.final is not None else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def run_patches(p: PatchParams) -> RunSummary:
+    """Run (or continue) a patch-by-patch refinement (see the module notes); returns its summary."""
+    table, start, fsc_mask, fit_mask, src = start_from_run(p.source)
+    box, apix = check_geometry(table)
+    if start.gmms is None:
+        raise InputError("the source run has no final GMMs to cut into patches", path=p.source, field="--from")
+    p = replace(p, sym=str(p.sym or src.get("sym") or "C1").upper(), reimpose=p.reimpose and p.reimpose.upper())
+    if p.fsc_mask:
+        from ..io.maps import read_map_on_grid
+
+        fsc_mask = read_map_on_grid(p.fsc_mask, box, apix, what="FSC mask", field="--fsc-mask")
+    if p.reimpose:
+        from ..symmetry import symmetry_matrices
+
+        symmetry_matrices(p.reimpose)
+    record = asdict(p)
+    record["start_fingerprint"] = fingerprint(start.poses.rotation, start.poses.origin_A, start.half_maps[1],
+                                              start.half_maps[2])
+    run = RunDir.create_or_continue(p.out, record, IDENTITY)
+    if not (run.path / FSC_MASK).is_file():
+        write_map(run.path / FSC_MASK, fsc_mask, apix)
+    patches = _load_or_define(run, p, start.gmms, box, apix)
+    wanted = sorted(set(p.only or range(1, len(patches) + 1)))
+    bad = [i for i in wanted if not 1 <= i <= len(patches)]
+    if bad:
+        raise InputError(f"no patch {bad[0]} (patches are 1..{len(patches)})", field="--patch")
+    log.info("gmmcore %s patch-by-patch refinement: %d patches (%s), %d iterations each, from %s", __version__,
+             len(patches), ", ".join(f"{q['n_gaussians']} Gaussians r {q['radius_A']:.0f} Å" for q in patches),
+             p.iterations, p.source)
+
+    initial = HalfMapReport.from_json(half_map_report(start.half_maps[1], start.half_maps[2], apix, fsc_mask))
+    summary = RunSummary(kind="patches", params=record, n_particles={str(h): int(r.size) for h, r in
+                                                                     table.half_rows().items()},
+                         initial=initial, directory=str(run.path))
+    for i in wanted:
+        patch = patches[i - 1]
+        folder = run.path / patch["dir"]
+        if _finished(folder) is not None and len(_finished(folder).iterations) == p.iterations:
+            log.info("patch %d already complete", i)
+            continue
+        log.info("patch %d of %d: centre (%.1f, %.1f, %.1f) Å, radius %.1f Å", i, len(patches), *patch["center_A"],
+                 patch["radius_A"])
+        mask, _ = read_map(run.path / patch["mask"])
+        s = refine_focused(table, start, mask, p.focused(folder), fsc_mask=fsc_mask, fit_mask=fit_mask, kind="patch",
+                           extra={"patch": i, "parent": str(run.path)})
+        setup_logging(run.path)  # the patch's run logged into its own run.log
+        summary.device = s.device
+        log.info("patch %d: %.2f -> %.2f Å within its mask", i, s.final.extra["resolution_focus_initial"],
+                 s.final.extra["resolution_focus"])
+
+    records, done = [], []
+    for patch in patches:
+        s = _finished(run.path / patch["dir"])
+        complete = s is not None and len(s.iterations) == p.iterations
+        rec = PatchRecord(index=patch["index"], dir=patch["dir"], mask=patch["mask"], center_A=patch["center_A"],
+                          radius_A=patch["radius_A"], n_gaussians=patch["n_gaussians"], complete=complete)
+        if complete:
+            rec.resolution = s.resolution_final
+            rec.resolution_focus = s.final.extra.get("resolution_focus")
+            rec.resolution_focus_initial = s.final.extra.get("resolution_focus_initial")
+            rec.particles = f"{patch['dir']}/{s.final.particles}"
+            rec.summary = f"{patch['dir']}/summary.json"
+            done.append((patch, s))
+        records.append(rec)
+    summary.patches = [r.to_json() for r in records]
+    if len(done) < len(patches):
+        summary.save()
+        log.info("%d of %d patches finished; the composite is made when all are", len(done), len(patches))
+        return summary
+    summary.final, summary.extra["composite"] = _composite(run, done, start, fsc_mask, apix, p.reimpose)
+    summary.save()
+    comp = summary.composite()
+    log.info("done: %.2f Å (start) -> %.2f Å (composite, FSC mask); results in %s", initial.resolution,
+             comp.resolution, run.path / "final")
+    return summary
+
+
+def _composite(run: RunDir, done, start, fsc_mask, apix: float, reimpose: Optional[str]):
+    """Write final/ (composite halves, map, weights) and return (FinalFiles, composite report)."""
+    fin = run.path / "final"
+    fin.mkdir(exist_ok=True)
+    masks = [read_map(run.path / patch["mask"])[0] for patch, _ in done]
+
+    def half(h: int) -> np.ndarray:
+        pairs = [(m, read_map(s.path(f"half{h}"))[0]) for m, (_, s) in zip(masks, done)]
+        if reimpose:
+            pairs = symmetry_pairs(pairs, reimpose)
+        comp, W = composite(pairs, start.half_maps[h])
+        if h == 1:
+            write_map(fin / "weights.mrc", W, apix)
+        return comp
+
+    maps = HalfPair.build(half)
+    rep = half_map_report(maps[1], maps[2], apix, fsc_mask)
+    for h, m in maps.items():
+        write_map(fin / f"half{h}.mrc", m, apix)
+    write_map(fin / "map.mrc", lowpass(0.5 * (maps[1] + maps[2]), apix, rep["resolution"]), apix)
+    files = FinalFiles(particles=None, gmm={}, gmm_pdb={}, pose_changes=None, resolution=float(rep["resolution"]),
+                       resolution_initial=None)
+    files.extra.update(weights="final/weights.mrc", fsc_mask=FSC_MASK, reimposed=reimpose,
+                       fill_rule="(sum_i M_i*Map_i + max(0, 1 - sum_i M_i)*Global) / max(sum_i M_i, 1)")
+    return files, rep
