@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo demo-heterogeneity test lint install bench clean
 
 $(STAMP): requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,6 +20,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m gmmrefine_scipion.demo --out demo_out
 
+demo-heterogeneity: $(STAMP)
+	$(PY) demos/heterogeneity.py --out demo_heterogeneity
+
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -p no:cacheprovider
@@ -31,4 +34,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_align.py
 
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out demo_heterogeneity .pytest_cache

@@ -43,6 +43,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (GMM seeding)")
     p.add_argument("--gpu", default=None, help="GPU id to use (default: the first GPU TensorFlow sees)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
+    p.add_argument("--continue", dest="cont", action="store_true",
+                   help="continue the run in --out (re-running the same command does the same)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     src = Path(args.source)
     if not (src / "summary.json").exists():
         raise InputError("not a heterogeneity run directory (no summary.json)", path=src, field="--from")
+    if args.cont and not (Path(args.out) / "convert" / "params.json").exists():
+        raise InputError("nothing to continue (no convert/params.json)", path=args.out, field="--continue")
     if not Path(args.mask).exists():
         raise InputError("file not found", path=args.mask, field="--mask")
     for name in ("steps", "batch", "chunk", "focus_steps"):

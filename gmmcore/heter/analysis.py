@@ -37,11 +37,12 @@ from ..backend import get_backend
 from ..errors import InputError
 from ..fourier import lowpass
 from ..fsc import fsc
-from ..gmm.build import build_gmm, sample_map
+from ..gmm.build import build_gmm
 from ..gmm.model import GMM
 from ..gmm.render import render_map
 from ..grids import FourierGrid
 from ..io.maps import read_map_on_grid, write_map
+from ..masks import values_at
 from ..particles import HalfPair, check_geometry, check_split
 from ..reconstruct import reconstruct_halves
 from ..refine.rundir import RunDir
@@ -143,7 +144,7 @@ def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
 
     def one_half(h: int):
         neutral = _neutral_gmm(h, state, apix, res, p.minres, p.seed, backend, run.path / f"half{h}")
-        move = None if mask is None else sample_map(mask, apix, neutral.centers)
+        move = None if mask is None else np.clip(values_at(mask, neutral.centers, apix), 0.0, 1.0)
         if move is not None and not (move > 0).any():
             raise InputError(f"no Gaussian of half {h}'s GMM lies inside the mask", path=p.mask, field="--mask")
         net_path = fin / f"network_half{h}.npz"

@@ -19,18 +19,25 @@ Per half set h, on its own (its network, its neutral GMM, its particles):
    simulator's per-particle domain poses decides, and this order passes it.
 
 3. reconstruct both half maps at the converted poses (``iter000/``; FSC with the region's mask);
-4. ``--focus-iter`` iterations of focused refinement with the same mask (GMM widths outside the
-   mask widened, σ/(0.25 + 0.75·m), applied after every fit; FSC in the mask) starting from the
-   converted poses.
+4. ``--focus-iter`` iterations of focused refinement with the same mask
+   (:func:`gmmcore.refine.focused.refine_focused`: GMM widths outside the mask widened,
+   σ/(0.25 + 0.75·m), after every fit; pose prior centred on the converted poses; FSC in the mask).
 
-The run directory has the refinement layout (:mod:`gmmcore.refine.rundir`): ``convert/``
-(per-chunk conversion checkpoints and ``poses.npz``), ``iter000/`` (converted), ``iterNNN/``
-(focused), ``final/`` (particles.star, half1.mrc, half2.mrc, map.mrc, GMMs, pose_changes.npz —
-changes from the consensus poses), ``summary.json`` (:class:`gmmcore.summary.RunSummary`, kind
-"conf2pose": ``initial`` = the consensus maps' FSC in the mask, ``extra["conversion"]`` = the
-converted maps' FSC and the conversion's pose changes and RMSDs, ``iterations`` = focused).
-Re-running the same command continues a killed run.  The result is one region's refinement: it can
-join a patch composite as one more patch.
+Run directory (``--out DIR``; re-running the same command continues a killed run)::
+
+    convert/    params.json, run.log (of the conversion), convert_half{h}_chunkNNNN.npz
+                (checkpoints), poses.npz and particles.star (converted poses of all particles), pose_changes.npz
+                (angle_deg, shift_px, half: converted vs consensus), half1.mrc, half2.mrc (at the
+                converted poses), report.json (the conversion's record)
+    params.json, run.log, iter000/ … final/, summary.json
+                a focused-refinement run (:func:`gmmcore.refine.focused.refine_focused`) from the
+                converted poses with the same mask as focus and FSC mask: ``final/particles.star``,
+                ``half1.mrc``, ``half2.mrc``, ``map.mrc`` like any refinement run; summary kind
+                "conf2pose" with ``extra["consensus"]`` (the consensus half maps' FSC in the mask),
+                ``extra["conversion"]`` (pose changes, RMSDs, files) and ``extra["conf2pose"]`` (the
+                parameters); ``initial`` is the converted maps' report.
+
+The result is one region's refinement: it can join a patch composite as one more patch.
 """
 from __future__ import annotations
 
@@ -46,15 +53,17 @@ from .. import __version__
 from ..backend import PoseSettings, ProjectionRMSDObjective, get_backend
 from ..errors import InputError
 from ..fsc import half_map_report
-from ..gmm.align import AlignSettings, BatchedPoseOptimizer, ChunkCheckpoints
-from ..gmm.build import sample_map
+from ..gmm.align import BatchedPoseOptimizer, ChunkCheckpoints
 from ..grids import FourierGrid
-from ..io.maps import read_map_on_grid
+from ..io.maps import read_map, read_map_on_grid, write_map
+from ..masks import values_at
 from ..particles import HalfPair, Poses, check_geometry, check_split
 from ..progress import progress
 from ..reconstruct import reconstruct_halves
 from ..refine.rundir import RunDir
-from ..summary import HalfMapReport, HeterogeneitySummary, PoseChange, RunSummary
+from ..refine.state import RefinementState
+from ..safewrite import atomic_path, write_json
+from ..summary import HeterogeneitySummary, PoseChange, RunSummary
 from .pair import HalfNetwork
 
 log = logging.getLogger("gmmcore.refine.heter")
@@ -62,6 +71,7 @@ log = logging.getLogger("gmmcore.refine.heter")
 IDENTITY = ("source", "mask", "steps", "lr_angle", "lr_shift", "res", "focus_iter", "maxres", "minres",
             "focus_steps", "prior_angle", "prior_shift", "seed")
 SUB_BATCH = 1024  # particles decoded at once
+CONVERT = "convert"
 
 
 @dataclass
@@ -94,8 +104,8 @@ class Conf2PoseParams:
 
 
 def gaussian_mask(mask: np.ndarray, apix: float, centers: np.ndarray) -> np.ndarray:
-    """Per-Gaussian mask weights in [0, 1]: the mask's value at each centre (nearest voxel)."""
-    return np.clip(sample_map(mask, apix, centers), 0.0, 1.0).astype(np.float32)
+    """Per-Gaussian mask weights in [0, 1]: the mask's value at each centre (trilinear)."""
+    return np.clip(values_at(mask, centers, apix), 0.0, 1.0).astype(np.float32)
 
 
 def convert_half(net: HalfNetwork, latents: np.ndarray, poses: Poses, weights: np.ndarray, grid: FourierGrid,
@@ -143,7 +153,7 @@ def _decode(net: HalfNetwork, z: np.ndarray) -> np.ndarray:
 
 def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
     """Run (or continue) a conformation-to-pose conversion + focused refinement; returns its summary."""
-    from .focus import focused_iterations
+    from ..refine.focused import FocusedParams, refine_focused
 
     hs = HeterogeneitySummary.load(p.source)
     if hs.kind != "heterogeneity":
@@ -165,57 +175,65 @@ def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
     grid = FourierGrid(box, apix, res, 0.0)
 
     backend = get_backend()
-    run = RunDir.create_or_continue(p.out, asdict(p), IDENTITY)
+    out = Path(p.out)
+    conv = RunDir.create_or_continue(out / CONVERT, asdict(p), IDENTITY)  # the conversion's identity and log
     device = backend.describe_devices(p.gpu, cpu_only=p.cpu)
     log.info("gmmcore %s conf2pose: %d particles, region %s (%d / %d Gaussians of half 1 / 2 inside), %d steps, "
              "device %s", __version__, len(table), p.mask, int((weights[1] > 0.5).sum()), int((weights[2] > 0.5).sum()),
              p.steps, device)
+
+    # 1. per half: the converted poses (checkpointed per chunk)
     t0 = time.time()
-    conv_dir = run.path / "convert"
-    conv_dir.mkdir(exist_ok=True)
     settings = p.pose_settings()
     converted = HalfPair.build(lambda h: convert_half(
         nets[h], latent[rows[h]], table.poses.subset(rows[h]), weights[h], grid, settings, batch=p.batch,
-        chunk=p.chunk, checkpoints=ChunkCheckpoints(conv_dir, f"convert_half{h}"), rows=rows[h], backend=backend,
+        chunk=p.chunk, checkpoints=ChunkCheckpoints(conv.path, f"convert_half{h}"), rows=rows[h], backend=backend,
         desc=f"conf2pose half {h}"))
     poses = table.poses
     for h, (ps, rmsd, rmsd0) in converted.items():
         poses = poses.with_rows(rows[h], ps)
         log.info("  half %d: masked projection RMSD %.4g -> %.4g", h, float(rmsd0.mean()), float(rmsd.mean()))
-    poses.save(conv_dir / "poses.npz")
-    change = PoseChange.of(*poses.change_from(table.poses, apix))
+    poses.save(conv.path / "poses.npz")
+    ang, sh = poses.change_from(table.poses, apix)
+    with atomic_path(conv.path / "pose_changes.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, angle_deg=ang, shift_px=sh, half=table.half)
+    change = PoseChange.of(ang, sh)
     log.info("  conversion: pose change %.2f° / %.2f px (mean)", change.angle_mean, change.shift_mean)
 
-    # iteration 0: the consensus maps' and the converted maps' FSC in the region's mask
-    initial = HalfMapReport.from_json(half_map_report(state0.half_maps[1], state0.half_maps[2], apix, mask))
-    store = run.iteration(0)
+    # 2. half maps at the converted poses (the start of the focused refinement)
     conv_table = table.with_poses(poses)
-    if store.complete:
-        conv_report = HalfMapReport.from_json(store.report())
-        maps = store.load_half_maps()
+    from ..io.star import write_star
+
+    write_star(conv_table, conv.path / "particles.star")
+    maps_done = all((conv.path / f"half{h}.mrc").exists() for h in (1, 2)) and (conv.path / "report.json").exists()
+    if maps_done:
+        maps = HalfPair.build(lambda h: read_map(conv.path / f"half{h}.mrc")[0])
     else:
         maps = reconstruct_halves(conv_table, pad=2, chunk=p.chunk)
-        store.save_half_maps(maps, apix)
-        conv_report = HalfMapReport.from_json(half_map_report(maps[1], maps[2], apix, mask))
-        store.finish(conv_report)
-    log.info("  region resolution: consensus %.2f Å, converted %.2f Å (FSC in the mask)", initial.resolution,
-             conv_report.resolution)
-    summary = RunSummary(kind="conf2pose", params=asdict(p), device=device,
-                         n_particles={str(h): int(r.size) for h, r in rows.items()}, initial=initial,
-                         directory=str(run.path))
-    summary.extra["conversion"] = {
-        **conv_report.to_json(), "pose_change": asdict(change), "seconds": time.time() - t0,
-        "rmsd_before": {str(h): float(c[2].mean()) for h, c in converted.items()},
-        "rmsd_after": {str(h): float(c[1].mean()) for h, c in converted.items()},
-        "heterogeneity": str(Path(hs.directory).resolve()), "consensus": hs.source}
-    summary.save()
+        for h, m in maps.items():
+            write_map(conv.path / f"half{h}.mrc", m, apix)
+    conv_rep = half_map_report(maps[1], maps[2], apix, mask)
+    consensus = half_map_report(state0.half_maps[1], state0.half_maps[2], apix, mask)
+    conversion = {"pose_change": asdict(change), "pose_changes": f"{CONVERT}/pose_changes.npz",
+                  "particles": f"{CONVERT}/particles.star",
+                  "poses": f"{CONVERT}/poses.npz", "seconds": time.time() - t0,
+                  "rmsd_before": {str(h): float(c[2].mean()) for h, c in converted.items()},
+                  "rmsd_after": {str(h): float(c[1].mean()) for h, c in converted.items()},
+                  "resolution_region": float(conv_rep["resolution"]), "heterogeneity": str(Path(hs.directory).resolve()),
+                  "consensus_run": hs.source}
+    write_json(conv.path / "report.json", conversion)
+    log.info("  region resolution (FSC in the mask): consensus %.2f Å, converted %.2f Å", consensus["resolution"],
+             conv_rep["resolution"])
 
-    from ..refine.state import RefinementState
-
-    state = RefinementState(0, poses, maps, conv_report.resolution)
-    state = focused_iterations(conv_table, state, mask, p, run, backend, summary)
-    summary.final = run.finish(conv_table, state, table.poses, initial.resolution)
-    summary.save()
-    log.info("done: region %.2f Å (consensus) -> %.2f Å (converted) -> %.2f Å (focused); results in %s",
-             initial.resolution, conv_report.resolution, summary.resolution_final, run.path / "final")
+    # 3. focused refinement from the converted poses, same mask (FSC in the mask too)
+    fp = FocusedParams(out=str(out), mask=p.mask, iterations=int(p.focus_iter), source=str(Path(hs.directory).resolve()),
+                       fsc_mask=p.mask, sym="C1", maxres=p.maxres, minres=p.minres, batch=p.batch, chunk=p.chunk,
+                       steps=p.focus_steps, prior_angle=p.prior_angle, prior_shift=p.prior_shift, gpu=p.gpu, cpu=p.cpu,
+                       seed=p.seed)
+    start = RefinementState(0, poses, maps, float(conv_rep["resolution"]))
+    summary = refine_focused(conv_table, start, mask, fp, fsc_mask=mask, backend=backend, kind="conf2pose",
+                             extra={"conversion": conversion, "consensus": consensus, "conf2pose": asdict(p)})
+    log.info("region: %.2f Å (consensus) -> %.2f Å (converted) -> %.2f Å (focused, %d iterations)",
+             consensus["resolution"], conv_rep["resolution"], summary.resolution_final, p.focus_iter)
     return summary

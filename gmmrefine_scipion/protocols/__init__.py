@@ -2,3 +2,5 @@
 from .protocol_export import GmmProtExportParticles
 from .protocol_import import GmmProtImportParticles
 from .protocol_refine import GmmProtRefine
+from .protocol_heterogeneity import GmmProtHeterogeneity
+from .protocol_conf2pose import GmmProtConfToPose

@@ -1,3 +1,4 @@
 """Viewers: ``plots`` (plain matplotlib functions that write PNGs headless) and the Scipion
 viewer classes registered for the gmmrefine protocols."""
 from .viewer_refine import GmmRefineViewer
+from .viewer_heterogeneity import GmmConfToPoseViewer, GmmHeterogeneityViewer
