@@ -52,14 +52,16 @@ def test_projection_rmsd_objective_finds_region_pose():
     opt = BatchedPoseOptimizer(ProjectionRMSDObjective(g, grid, weights),
                                PoseSettings(steps=30, lr_angle_deg=1.0, lr_shift_px=0.5, final_lr_fraction=0.1),
                                batch=8)
-    R, on, rmsd, rmsd0 = opt.refine(A, o, conf_centers=conf, ref_rotations=A, ref_origins_A=o)
+    R, on, score, score0 = opt.refine(A, o, conf_centers=conf, ref_rotations=A, ref_origins_A=o)
+    ratio = score / score0  # scores are −RMSD: the RMSD after / before
     err = angular_distance(R, B)
     assert angular_distance(A, B).mean() == pytest.approx(4.0, abs=1e-6)
     assert err.mean() < 0.4 and err.max() < 1.5, err  # from 4°; out-of-plane turns converge slowest
     assert np.linalg.norm(on - oB, axis=1).mean() / 2.0 < 0.1
-    assert np.all(-rmsd < -rmsd0 * 0.2)  # scores are −RMSD: the RMSD fell to < 20 % of its start
+    assert np.median(ratio) < 0.15 and ratio.max() < 0.5, ratio
     # the other order would turn the region the wrong way: A·Qᵀ is 8° from the truth
-    assert np.all(angular_distance(R, A @ np.swapaxes(Q, 1, 2)) > 7.0)
+    wrong = angular_distance(R, A @ np.swapaxes(Q, 1, 2))
+    assert wrong.mean() > 7.5 and wrong.min() > 6.0, wrong
 
 
 def test_projection_rmsd_objective_refuses_a_prior():

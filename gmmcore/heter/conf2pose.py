@@ -82,7 +82,7 @@ class Conf2PoseParams:
     mask: str  # the target region (MRC)
     out: str
     steps: int = 30
-    lr_angle: float = 1.0  # degrees per Adam step
+    lr_angle: float = 2.0  # degrees per Adam step (decaying to 10 %: reaches ≈ 33° in 30 steps)
     lr_shift: float = 0.5  # pixels per Adam step
     res: Optional[float] = None  # Å: band of the RMSD (default: the heterogeneity resolution)
     focus_iter: int = 3

@@ -119,8 +119,9 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
             lines.append("Conversion: pose change mean %.2f°, %.2f px; region at the converted poses: %.2f Å"
                          % (pc["angle_mean"], pc["shift_mean"], conv["resolution_region"]))
         for rec in summary.iterations:
-            lines.append("Focused iteration %d: region %.2f Å" % (rec.iteration, rec.report.extra.get(
-                "resolution_focus", rec.resolution)))
+            focus = {**rec.report.extra, **rec.extra}
+            lines.append("Focused iteration %d: region %.2f Å" % (rec.iteration, focus.get("resolution_focus",
+                                                                                              rec.resolution)))
         return lines
 
     def _methods(self):

@@ -151,9 +151,10 @@ def region_fsc_figure(summary, fig=None):
         ax.plot(s.initial.fsc["freq"], s.initial.extra["fsc_focus"], color="tab:green",
                 label="converted poses (%.2f Å)" % s.initial.extra["resolution_focus"])
     for rec in s.iterations:
-        if "fsc_focus" in rec.report.extra:
-            ax.plot(rec.report.fsc["freq"], rec.report.extra["fsc_focus"],
-                    label="focused %d (%.2f Å)" % (rec.iteration, rec.report.extra["resolution_focus"]))
+        focus = {**rec.report.extra, **rec.extra}  # a loaded record keeps them in its own extra
+        if "fsc_focus" in focus:
+            ax.plot(rec.report.fsc["freq"], focus["fsc_focus"],
+                    label="focused %d (%.2f Å)" % (rec.iteration, focus["resolution_focus"]))
     ax.axhline(0.143, color="grey", lw=0.8)
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC within the region's mask")
