@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-heterogeneity test lint install bench clean
+.PHONY: demo demo-focused demo-heterogeneity test lint install bench clean
 
 $(STAMP): requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m gmmrefine_scipion.demo --out demo_out
+
+# global -> patch-by-patch refinement on a simulated particle with a moving domain (engine only)
+demo-focused: $(STAMP)
+	$(PY) demos/focused.py --out demo_focused_out
 
 demo-heterogeneity: $(STAMP)
 	$(PY) demos/heterogeneity.py --out demo_heterogeneity
@@ -34,4 +38,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_align.py
 
 clean:
-	rm -rf demo_out demo_heterogeneity .pytest_cache
+	rm -rf demo_out demo_focused_out demo_heterogeneity .pytest_cache

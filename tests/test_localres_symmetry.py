@@ -113,7 +113,10 @@ def test_expand_symmetry_and_reconstruct(c3):
     k = exp.star_particles[OPERATOR_COLUMN].to_numpy() - 1
     assert np.array_equal(rows, np.repeat(np.arange(n), 3)) and np.array_equal(k, np.tile([0, 1, 2], n))
     np.testing.assert_allclose(exp.rotation, np.einsum("nij,njl->nil", src.rotation[rows], ops[k]), atol=2e-5)
-    assert np.array_equal(exp.half, src.half[rows]) and np.array_equal(exp.image_name, src.image_name[rows])
+    from gmmcore.io.stacks import resolved_image_names
+
+    assert np.array_equal(exp.half, src.half[rows])
+    assert np.array_equal(exp.image_name, resolved_image_names(src)[rows])  # the same images (absolute paths)
     np.testing.assert_allclose(exp.origin, src.origin[rows], atol=1e-5)
     assert SOURCE_COLUMN in exp.star_particles.columns
     info = json.loads((d / "exp" / "summary.json").read_text())
@@ -146,9 +149,14 @@ def test_reimpose_after_focused(c3, tmp_path):
         r = rotate_map(v, S)
         return float(np.linalg.norm((r - v) * m) / np.linalg.norm(v * m))
 
+    # the floor: the start map (C1 reconstruction of the expanded set, symmetric by construction)
+    # measured the same way — what resampling a rotated grid costs
+    floor = asym(read_map(out / "iter000" / "half1.mrc")[0])
     a_sym, a_plain = asym(sym), asym(plain)
-    print(f"\nasymmetry (|R·V − V| / |V|): reimposed {a_sym:.3f}, focused C1 map {a_plain:.3f}")
-    assert a_sym < 0.05 and a_sym < 0.5 * a_plain, (a_sym, a_plain)
+    print(f"\nasymmetry (|R·V − V| / |V|): reimposed {a_sym:.3f}, focused C1 map {a_plain:.3f}, "
+          f"symmetric start map {floor:.3f}")
+    assert a_sym < 1.5 * floor + 0.01, (a_sym, floor)
+    assert a_plain > 3 * a_sym, (a_sym, a_plain)
 
 
 def _halves(d):

@@ -2,7 +2,8 @@
 
 RELION's convention (relion_particle_symmetry_expand): each particle with rotation A becomes K rows
 with rotations A·S_k (S_k the group's operators, identity first); image, origin, CTF and half set
-are kept, and the columns rlnGmmSourceParticle / rlnGmmSymmetryOperator trace each row back.
+are kept (image names written with absolute stack paths), and the columns rlnGmmSourceParticle /
+rlnGmmSymmetryOperator trace each row back.
 Refine the expanded particles in C1 with a mask on one asymmetric unit (refine-focused or
 refine-patches), then --reimpose the symmetry on the result.
 
@@ -36,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     K = symmetry_order(args.sym)
     table = read_star(args.particles)
     out = Path(args.out)
+    from ..io.stacks import resolved_image_names
+
+    table.image_name = resolved_image_names(table)  # absolute: the expanded star lives elsewhere
     with OutputGuard(out):
         exp = expand_symmetry(table, args.sym)
         write_star(exp, out / "particles.star")

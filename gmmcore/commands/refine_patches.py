@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from ._alignment import add_alignment_arguments, alignment_values, existing
+from ..options import add_alignment_arguments, alignment_values, existing
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -36,6 +36,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="symmetrise the composite (particles expanded with gmmcore expand-symmetry, refined in C1)")
     p.add_argument("--fsc-mask", metavar="MRC", help="mask of the FSC (default: the --from run's FSC mask)")
     p.add_argument("--out", required=True, help="run directory (re-running the same command continues it)")
+    p.add_argument("--continue", dest="cont", action="store_true",
+                   help="continue the run in --out (re-running the same command does the same)")
     add_alignment_arguments(p)
 
 
@@ -44,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.patches < 1:
         raise InputError("must be ≥ 1", field="--patches")
+    from pathlib import Path
+
+    if args.cont and not (Path(args.out) / "params.json").exists():
+        raise InputError("nothing to continue (no params.json)", path=args.out, field="--continue")
     if args.iterations < 0:
         raise InputError("must be ≥ 0", field="--iter")
     if args.falloff < 0:

@@ -22,7 +22,8 @@ half maps.
 
 Run directory:
 
-    params.json, run.log, patches.json, masks/patch_NN.mrc, fsc_mask.mrc
+    params.json, run.log, fsc_mask.mrc, masks/patch_NN.mrc,
+    patches.json   the patches (centre, radius, size), the start GMMs and each Gaussian's patch
     patch_NN/      a focused run (final/particles.star: that patch's poses)
     final/         half1.mrc, half2.mrc (composite), map.mrc, weights.mrc (Σ M_i)
     summary.json   RunSummary kind "patches" (patches: PatchRecord list; extra["composite"])
@@ -33,7 +34,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -100,11 +101,14 @@ class PatchParams(AlignmentOptions):
 # patches
 
 
-def define_patches(gmms: HalfPair, k: int, box: int, apix: float, falloff_px: float = 5.0, seed: int = 0) -> List[dict]:
-    """K patches of the two GMMs' centres: [{"center_A" (x, y, z Å), "radius_A", "n_gaussians"}],
-    numbered by their centres' (x, y, z) order (see the module notes)."""
+def define_patches(gmms: HalfPair, k: int, box: int, apix: float, falloff_px: float = 5.0, seed: int = 0
+                   ) -> Tuple[List[dict], dict]:
+    """K patches of the two GMMs' centres: ([{"center_A" (x, y, z Å), "radius_A", "n_gaussians"}],
+    {"1": patch number (1..K) of each Gaussian of half 1's GMM, "2": of half 2's}), numbered by
+    their centres' (x, y, z) order (see the module notes)."""
     from sklearn.cluster import KMeans
 
+    sizes = [len(g) for _, g in gmms.items()]
     pts = np.concatenate([np.asarray(g.centers, np.float64) for _, g in gmms.items()])
     if not 1 <= k <= len(pts):
         raise InputError(f"{k} patches for {len(pts)} Gaussians: need 1 ≤ patches ≤ Gaussians", field="--patches")
@@ -113,10 +117,14 @@ def define_patches(gmms: HalfPair, k: int, box: int, apix: float, falloff_px: fl
     for lab in range(k):
         mem = pts[labels == lab]
         c = mem.mean(0)
-        out.append({"center_A": [float(v) for v in c], "radius_A": float(np.linalg.norm(mem - c, axis=1).max()),
-                    "n_gaussians": int(len(mem))})
+        out.append({"label": lab, "center_A": [float(v) for v in c],
+                    "radius_A": float(np.linalg.norm(mem - c, axis=1).max()), "n_gaussians": int(len(mem))})
     out.sort(key=lambda p: tuple(round(v, 3) for v in p["center_A"]))
-    return out
+    number = np.empty(k, np.int64)
+    for i, p in enumerate(out, 1):
+        number[p.pop("label")] = i
+    numbered = number[labels]
+    return out, {"1": numbered[:sizes[0]].tolist(), "2": numbered[sizes[0]:].tolist()}
 
 
 def patch_mask(patch: dict, box: int, apix: float, falloff_px: float) -> np.ndarray:
@@ -133,13 +141,15 @@ def _load_or_define(run: RunDir, p: PatchParams, gmms: HalfPair, box: int, apix:
     path = run.path / PATCHES_JSON
     if path.is_file():
         return json.loads(path.read_text())["patches"]
-    patches = define_patches(gmms, p.patches, box, apix, p.falloff_px, p.patch_seed)
+    patches, labels = define_patches(gmms, p.patches, box, apix, p.falloff_px, p.patch_seed)
     (run.path / "masks").mkdir(exist_ok=True)
     for i, patch in enumerate(patches, 1):
         patch.update(index=i, dir=_patch_dir(i), mask=f"masks/{_patch_dir(i)}.mrc")
         write_map(run.path / patch["mask"], patch_mask(patch, box, apix, p.falloff_px), apix)
     write_json(path, {"k": p.patches, "seed": p.patch_seed, "falloff_px": p.falloff_px,
-                      "source": "K-means of both half GMMs' centres", "patches": patches})
+                      "source": "K-means of both half GMMs' centres", "patches": patches,
+                      "gmm": {str(h): RunSummary.load(p.source).path("gmm", h) for h in (1, 2)},
+                      "labels": labels})
     return patches
 
 

@@ -1,14 +1,15 @@
-"""Command-line options shared by the focused and patch verbs: alignment, prior, device.
+"""Command-line options shared by several verbs (refine-focused, refine-patches): alignment,
+pose prior, device.
 
-Not a verb (no ``run``): a helper the verbs import (verbs never import each other).  The values
-and rules are those of ``gmmcore refine``.
+Not a verb: verbs never import each other, so what they share lives here (one layer below
+:mod:`gmmcore.commands`).  The values and rules are those of ``gmmcore refine``.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..errors import InputError
+from .errors import InputError
 
 
 def add_alignment_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def alignment_values(args: argparse.Namespace) -> dict:
             raise InputError("must be > 0 (use --no-prior to switch the prior off)", field="--" + name.replace("_", "-"))
     use_prior = not args.no_prior and args.ring_weight == "ssnr"
     if args.sym:
-        from ..symmetry import symmetry_matrices
+        from .symmetry import symmetry_matrices
 
         symmetry_matrices(args.sym)
     return dict(sym=args.sym and args.sym.upper(), ngauss=args.ngauss, maxres=args.maxres, minres=args.minres,

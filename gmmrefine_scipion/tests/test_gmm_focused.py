@@ -1,0 +1,129 @@
+"""Scipion projects run headless: import -> gmm refinement -> focused refinement -> patch refinement
+(composite), symmetry expansion; outputs registered and every viewer builds its views.
+
+Simulated with ``gmmcore simulate``: two adenylate kinases side by side, the second swinging ±15°
+(``--copies C2 --domain copy:2``), 300 particles, box 48, 1 iteration per run on the CPU.
+"""
+import os
+
+import numpy as np
+
+from pyworkflow.tests import BaseTest, setupTestProject
+from pwem.protocols import ProtImportMask
+
+from gmmrefine_scipion import convert
+from gmmrefine_scipion.demo import simulate
+from gmmrefine_scipion.protocols import (GmmProtExpandSymmetry, GmmProtFocusedRefine, GmmProtImportParticles,
+                                         GmmProtPatchRefine, GmmProtRefine)
+
+SIM = dict(n=300, box=48, apix=2.2, snr=2.0, perturb_angle=2.0, perturb_shift=0.5, seed=4, copies="C2",
+           domain="copy:2", domain_angle=15)
+RUN = dict(numberOfIterations=1, useGpu=False)
+
+
+def simulated_dataset():
+    folder = os.path.join(os.environ["SCIPION_TESTS"], "gmmrefine_sim_domain_%(n)d_%(box)d_%(seed)d" % SIM)
+    if not os.path.exists(os.path.join(folder, "particles_perturbed.star")):
+        simulate(folder, quiet=True, **SIM)
+    return folder
+
+
+class TestGmmFocused(BaseTest):
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.data = simulated_dataset()
+
+    def _import(self):
+        prot = self.newProtocol(GmmProtImportParticles, objLabel="gmm import", importFrom=0,
+                                starFile=os.path.join(self.data, "particles_perturbed.star"))
+        self.launchProtocol(prot)
+        return prot
+
+    def test_focused_patches_expand(self):
+        imp = self._import()
+        glob = self.newProtocol(GmmProtRefine, objLabel="gmm global", **RUN)
+        glob.inputParticles.set(imp)
+        glob.inputParticles.setExtended("outputParticles")
+        self.launchProtocol(glob)
+
+        mask = self.newProtocol(ProtImportMask, maskPath=os.path.join(self.data, "domain_mask.mrc"),
+                                samplingRate=SIM["apix"])
+        self.launchProtocol(mask)
+
+        # ---- focused refinement from the global run
+        foc = self.newProtocol(GmmProtFocusedRefine, objLabel="gmm focused", inputType=0, **RUN)
+        foc.inputRefinement.set(glob)
+        foc.focusMask.set(mask)
+        foc.focusMask.setExtended("outputMask")
+        self.launchProtocol(foc)
+        self.assertSetSize(foc.outputParticles, SIM["n"])
+        before = {p.getObjId(): convert.get_half_set(p) for p in glob.outputParticles.iterItems()}
+        self.assertEqual(before, {p.getObjId(): convert.get_half_set(p) for p in foc.outputParticles.iterItems()})
+        self.assertTrue(foc.outputVolume.hasHalfMaps())
+        labels = [f.getObjLabel() for f in foc.outputFSCs]
+        self.assertTrue(any("within focus mask" in lab for lab in labels), labels)
+        self.assertTrue(os.path.exists(foc.outputLocalResolution.getFileName()))
+        summary = foc.getSummary()
+        self.assertEqual(summary.kind, "focused")
+        self.assertTrue(any("focus mask" in line for line in foc.summary()), foc.summary())
+        # the poses moved against the global ones (the focus was applied)
+        ang, _ = convert.pose_errors(foc.outputParticles, os.path.join(self.data, "particles_true.star"))
+        ang_g, _ = convert.pose_errors(glob.outputParticles, os.path.join(self.data, "particles_true.star"))
+        self.assertGreater(abs(float(np.mean(ang)) - float(np.mean(ang_g))), 0.2)
+
+        # ---- patch refinement from the global run
+        pat = self.newProtocol(GmmProtPatchRefine, objLabel="gmm patches", numberOfPatches=2, **RUN)
+        pat.inputRefinement.set(glob)
+        self.launchProtocol(pat)
+        for k in (1, 2):
+            parts = getattr(pat, "outputParticlesPatch%02d" % k)
+            self.assertSetSize(parts, SIM["n"])
+            self.assertTrue(os.path.exists(getattr(pat, "outputMaskPatch%02d" % k).getFileName()))
+        self.assertTrue(pat.outputVolume.hasHalfMaps())
+        self.assertTrue(os.path.exists(pat.outputLocalResolution.getFileName()))
+        self.assertTrue(any("Composite" in line for line in pat.summary()), pat.summary())
+        labels = [f.getObjLabel() for f in pat.outputFSCs]
+        self.assertTrue(any(lab.startswith("composite") for lab in labels) and
+                        any("patch 2" in lab for lab in labels), labels)
+
+        # ---- viewers: every view builds (no display), every plot writes a PNG
+        from gmmrefine_scipion.viewers import GmmFocusedViewer
+        from gmmrefine_scipion.viewers.plots_focused import plot_all_focused
+        for prot in (foc, pat):
+            viewer = GmmFocusedViewer(project=self.proj)
+            viewer.setProtocol(prot)
+            for name, build in viewer._getVisualizeDict().items():
+                if prot is foc and name.startswith("displayPatch"):
+                    continue
+                views = build(name)
+                self.assertEqual(len(views), 1, name)
+                self.assertEqual(type(views[0]).__name__, "FigureView", name)
+            pngs = plot_all_focused(prot.getSummaryFile(), self.getOutputPath("png_%s" % prot.getObjId()),
+                                    localres=prot.getLocalResolutionFile())
+            for path in pngs.values():
+                self.assertGreater(os.path.getsize(path), 5000, path)
+
+        # ---- symmetry expansion of the imported particles
+        exp = self.newProtocol(GmmProtExpandSymmetry, symmetryGroup="C2")
+        exp.inputParticles.set(imp)
+        exp.inputParticles.setExtended("outputParticles")
+        self.launchProtocol(exp)
+        self.assertSetSize(exp.outputParticles, 2 * SIM["n"])
+        first = {}
+        for p in exp.outputParticles.iterItems():
+            first.setdefault(p._gmmSourceParticle.get(), []).append(
+                (p._gmmSymmetryOperator.get(), convert.get_half_set(p), np.array(p.getTransform().getMatrix())))
+        src = {p.getObjId(): (convert.get_half_set(p), np.array(p.getTransform().getMatrix()))
+               for p in imp.outputParticles.iterItems()}
+        self.assertEqual(set(first), set(src))
+        from gmmcore.symmetry import symmetry_matrices
+        S = symmetry_matrices("C2")
+        for pid, rows in list(first.items())[:20]:
+            half, T = src[pid]
+            A, o = convert.scipion_poses(T)
+            for k, h, Tk in rows:
+                self.assertEqual(h, half)
+                Ak, ok = convert.scipion_poses(Tk)
+                np.testing.assert_allclose(Ak, A @ S[k - 1], atol=1e-4)
+                np.testing.assert_allclose(ok, o, atol=1e-3)

@@ -1,0 +1,106 @@
+"""Scipion viewer for focused and patch-by-patch GMM refinement (matplotlib; ChimeraX when configured)."""
+import os
+
+import pyworkflow.protocol.params as params
+from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
+
+from gmmrefine_scipion.protocols import GmmProtFocusedRefine, GmmProtPatchRefine
+from . import plots, plots_focused
+from .viewer_refine import FigureView, chimerax_program
+
+
+class GmmFocusedViewer(ProtocolViewer):
+    """FSC of input poses vs global vs focused / composite (and within the masks), per-patch FSC
+    within each patch mask, the GMM coloured by patch, the patch masks over the map, pose-change
+    histograms against the start, and the local resolution (ChimeraX, or slices)."""
+    _label = "viewer gmm focused / patch refinement"
+    _targets = [GmmProtFocusedRefine, GmmProtPatchRefine]
+    _environments = [DESKTOP_TKINTER, WEB_DJANGO]
+
+    def _defineParams(self, form):
+        form.addSection(label="Visualization")
+        form.addParam("displayComparison", params.LabelParam, label="Show FSC: input, global, focused / composite",
+                      help="Gold-standard FSC (masked) of the input poses, the global refinement this run "
+                           "started from and its result; for a focused run also the FSC within the focus mask "
+                           "at the start and at the end (dotted).")
+        form.addParam("displayPatchFsc", params.LabelParam, label="Show FSC within each patch mask",
+                      condition="self._isPatches()")
+        form.addParam("displayPatchGmm", params.LabelParam, label="Show the GMM coloured by patch",
+                      condition="self._isPatches()")
+        form.addParam("displayPatchMasks", params.LabelParam, label="Show the patch masks over the map",
+                      condition="self._isPatches()")
+        form.addParam("patchNumber", params.IntParam, default=1, condition="self._isPatches()",
+                      label="Patch for the pose changes")
+        form.addParam("displayPoseChanges", params.LabelParam, label="Show pose changes against the start",
+                      help="Histograms of the angle (degrees) and shift (pixels) between the poses the run "
+                           "started from and its refined poses (for a patch run: of the chosen patch).")
+        form.addParam("displayLocalRes", params.LabelParam, label="Show local resolution",
+                      help="In ChimeraX (map coloured by local resolution) when configured, else central "
+                           "slices.")
+
+    def _isPatches(self):
+        return isinstance(self.protocol, GmmProtPatchRefine)
+
+    def _getVisualizeDict(self):
+        return {"displayComparison": self._showComparison, "displayPatchFsc": self._showPatchFsc,
+                "displayPatchGmm": self._showPatchGmm, "displayPatchMasks": self._showPatchMasks,
+                "displayPoseChanges": self._showPoseChanges, "displayLocalRes": self._showLocalRes}
+
+    def _summary(self):
+        summary = self.protocol.getSummary()
+        if summary is None:
+            raise FileNotFoundError("No summary yet: %s" % self.protocol.getSummaryFile())
+        return summary
+
+    def _guard(self, build):
+        try:
+            return build()
+        except (OSError, KeyError, ValueError) as exc:
+            return [self.errorMessage(str(exc), "gmmrefine viewer")]
+
+    def _figure(self, draw, figsize, title):
+        return self._guard(lambda: [FigureView(lambda fig: draw(self._summary(), fig), figsize=figsize, title=title)])
+
+    def _showComparison(self, paramName=None):
+        return self._figure(lambda s, fig: plots_focused.comparison_fsc_figure(s, fig=fig), (7, 5), "gmmrefine FSC")
+
+    def _showPatchFsc(self, paramName=None):
+        return self._figure(lambda s, fig: plots_focused.patch_fsc_figure(s, fig=fig), (7, 5), "gmmrefine patch FSC")
+
+    def _showPatchGmm(self, paramName=None):
+        return self._figure(lambda s, fig: plots_focused.patch_gmm_figure(s, fig=fig), (11, 5.5),
+                            "gmmrefine patches")
+
+    def _showPatchMasks(self, paramName=None):
+        return self._figure(lambda s, fig: plots_focused.patch_masks_figure(s, fig=fig), (12, 4.5),
+                            "gmmrefine patch masks")
+
+    def _poseChangesFile(self, summary):
+        if summary.kind != "patches":
+            return summary.path("pose_changes")
+        for rec, s in plots_focused.patch_runs(summary):
+            if rec.index == self.patchNumber.get() and s is not None:
+                return s.path("pose_changes")
+        raise KeyError("patch %d has no results" % self.patchNumber.get())
+
+    def _showPoseChanges(self, paramName=None):
+        return self._figure(lambda s, fig: plots.pose_change_figure(self._poseChangesFile(s), fig=fig), (10, 4.5),
+                            "gmmrefine pose changes")
+
+    def _showLocalRes(self, paramName=None):
+        path = self.protocol.getLocalResolutionFile()
+        if path is None:
+            return [self.infoMessage("No local-resolution map (the protocol ran without it).", "gmmrefine")]
+        program = chimerax_program()
+        if program is not None:
+            def chimera():
+                from pwem.viewers.viewer_chimera import ChimeraView
+                summary = self._summary()
+                script = os.path.abspath(self.protocol._getExtraPath("chimerax_localres.cxc"))
+                with open(script, "w") as f:
+                    f.write("open %s\nopen %s\n" % (os.path.abspath(summary.path("map")), os.path.abspath(path)))
+                    f.write("volume #2 hide\ncolor sample #1 map #2 palette rainbow\n")
+                return [ChimeraView(script)]
+            return self._guard(chimera)
+        return self._figure(lambda s, fig: plots_focused.local_resolution_figure(s.path("map"), path, fig=fig),
+                            (13, 4.5), "gmmrefine local resolution")

@@ -1,0 +1,150 @@
+"""Patch-by-patch refinement: patches, gold standard, composite rule, resume (sim_small, tiny runs).
+
+* ``test_patches_gold_standard``: half 2's images swamped by noise — every patch's half-1 poses
+  and the composite half 1 are bit-identical, half 2 differs; the patch masks are the same files
+  for both halves, and each composite half is exactly Σ M_i·Map_i,h / Σ M_i (global fill) with
+  those masks (one set of weights for both halves).
+* ``test_patches_resume``: a run killed in the middle of patch 2 (its GMMs saved) continues at
+  patch 2: patch 1 is not touched, patch 2's GMMs are reused, and the result equals the
+  uninterrupted run; ``--patch`` runs single patches (workers) and the composite waits for all.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import mrcfile
+import numpy as np
+import pytest
+
+from gmmcore.cli import main
+
+TINY = ["--maxres", "12", "--steps", "4", "--chunk", "50", "--ngauss", "120", "--cpu"]
+
+
+def _mtimes(folder):
+    return {p: p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_global(sim_small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("patch_global") / "global"
+    assert main(["refine", "--particles", str(sim_small["perturbed_star"]), "--iter", "1", "--out", str(out),
+                 *TINY]) == 0
+    return out
+
+
+def _corrupt_global(sim, global_dir, folder):
+    """A copy of the global run whose particles point at a stack with half 2 swamped by noise."""
+    folder.mkdir(parents=True)
+    with mrcfile.open(sim["stack"], permissive=True) as m:
+        imgs = np.array(m.data, dtype=np.float32)
+    h2 = np.asarray(sim["half"]) == 2
+    imgs[h2] += np.random.default_rng(9).normal(0.0, float(imgs.std()), imgs[h2].shape).astype(np.float32)
+    with mrcfile.new(folder / "particles.mrcs", overwrite=True) as m:
+        m.set_data(imgs)
+        m.set_image_stack()
+        m.voxel_size = sim["apix"]
+    shutil.copy(sim["perturbed_star"], folder / "particles_perturbed.star")
+    run = folder / "global"
+    shutil.copytree(global_dir, run)
+    for name in ("params.json", "summary.json"):  # the run's particles: images resolved next to them
+        data = json.loads((run / name).read_text())
+        (data if name == "params.json" else data["params"])["particles"] = str(folder / "particles_perturbed.star")
+        (run / name).write_text(json.dumps(data))
+    return run
+
+
+def _patches(source, out, *extra):
+    return main(["refine-patches", "--from", str(source), "--patches", "2", "--iter", "1", "--out", str(out),
+                 *TINY, *extra])
+
+
+def test_patches_gold_standard(sim_small, tiny_global, tmp_path):
+    from gmmcore.composite import composite
+    from gmmcore.io.maps import read_map
+    from gmmcore.particles import Poses
+
+    assert _patches(tiny_global, tmp_path / "clean") == 0
+    bad_global = _corrupt_global(sim_small, tiny_global, tmp_path / "corrupt")
+    assert _patches(bad_global, tmp_path / "bad") == 0
+    a, b = tmp_path / "clean", tmp_path / "bad"
+    summary = json.loads((a / "summary.json").read_text())
+    assert summary["kind"] == "patches" and len(summary["patches"]) == 2
+    assert summary["final"]["particles"] is None and summary["composite"]["resolution"] > 0
+    half = np.asarray(sim_small["half"])
+    for rec in summary["patches"]:
+        assert rec["complete"] and (a / rec["particles"]).is_file()
+        # the same patches from the same start, and one mask per patch for both halves
+        ma = mrcfile.read(a / rec["mask"])
+        assert np.array_equal(ma, mrcfile.read(b / rec["mask"]))
+        assert np.array_equal(ma, mrcfile.read(a / rec["dir"] / "focus_mask.mrc"))
+        pa, pb = Poses.load(a / rec["dir"] / "iter001" / "poses.npz"), Poses.load(b / rec["dir"] / "iter001" / "poses.npz")
+        for h in (1, 2):
+            s = half == h
+            same = np.array_equal(pa.rotation[s], pb.rotation[s]) and np.array_equal(pa.origin_A[s], pb.origin_A[s])
+            assert same == (h == 1), f"patch {rec['index']} half {h}: poses {'differ' if h == 1 else 'identical'}"
+    assert np.array_equal(mrcfile.read(a / "final" / "half1.mrc"), mrcfile.read(b / "final" / "half1.mrc"))
+    assert not np.array_equal(mrcfile.read(a / "final" / "half2.mrc"), mrcfile.read(b / "final" / "half2.mrc"))
+    # each composite half: the stated rule with the same masks, the start's half map filling
+    masks = [read_map(a / rec["mask"])[0] for rec in summary["patches"]]
+    for h in (1, 2):
+        maps = [read_map(a / rec["dir"] / "final" / f"half{h}.mrc")[0] for rec in summary["patches"]]
+        expect, W = composite(list(zip(masks, maps)), read_map(tiny_global / "final" / f"half{h}.mrc")[0])
+        np.testing.assert_allclose(read_map(a / "final" / f"half{h}.mrc")[0], expect, atol=1e-5)
+    assert np.array_equal(read_map(a / "final" / "weights.mrc")[0], W)
+    # every Gaussian of the start lies inside (M = 1) the sphere of its own patch
+    from gmmcore.gmm.model import GMM
+    from gmmcore.masks import values_at
+
+    info = json.loads((a / "patches.json").read_text())
+    assert sum(p["n_gaussians"] for p in info["patches"]) == len(info["labels"]["1"]) + len(info["labels"]["2"])
+    for h in ("1", "2"):
+        c = GMM.load(info["gmm"][h]).centers
+        own = np.array([values_at(masks[k - 1], c[[j]], 2.0)[0] for j, k in enumerate(info["labels"][h])])
+        assert own.min() > 0.95, own.min()  # (the farthest member sits on the edge: trilinear < 1)
+
+
+def test_patches_resume(sim_small, tiny_global, tmp_path, capsys):
+    ref = tmp_path / "ref"
+    assert main(["refine-patches", "--from", str(tiny_global), "--patches", "3", "--iter", "1", "--out", str(ref),
+                 *TINY]) == 0
+    out = tmp_path / "resumed"
+    shutil.copytree(ref, out)
+    p2 = out / "patch_02"
+    it = p2 / "iter001"
+    # killed while aligning patch 2: its GMMs were saved, nothing after; patch 3 never started
+    for f in list(it.glob("align_*")) + [it / "poses.npz", it / "report.json", it / "half1.mrc", it / "half2.mrc",
+                                         p2 / "summary.json", out / "summary.json"]:
+        f.unlink()
+    for d in (p2 / "final", out / "patch_03", out / "final"):
+        shutil.rmtree(d)
+    patch1 = _mtimes(out / "patch_01")
+    gmms = _mtimes(it)  # what survived of patch 2: the fitted GMMs and their reports
+    assert {f.name for f in gmms} == {"gmm_half1.gmm.npz", "gmm_half1.json", "gmm_half2.gmm.npz", "gmm_half2.json"}
+    capsys.readouterr()
+    # a worker runs patch 3 alone first: no composite yet
+    assert main(["refine-patches", "--from", str(tiny_global), "--patches", "3", "--iter", "1", "--out", str(out),
+                 "--patch", "3", *TINY]) == 0
+    assert "2 of 3 patches finished" in capsys.readouterr().out
+    assert not (out / "final").exists() and (out / "patch_03" / "final" / "particles.star").is_file()
+    # then the whole command: patch 1 untouched, patch 2 continues from its saved GMMs
+    assert main(["refine-patches", "--from", str(tiny_global), "--patches", "3", "--iter", "1", "--out", str(out),
+                 *TINY]) == 0
+    stdout = capsys.readouterr().out
+    assert "patch 1 already complete" in stdout and "patch 3 already complete" in stdout
+    assert _mtimes(out / "patch_01") == patch1
+    assert {p: t for p, t in _mtimes(it).items() if p in gmms} == gmms
+    for k in (1, 2, 3):
+        with np.load(ref / f"patch_{k:02d}" / "iter001" / "poses.npz") as x, \
+                np.load(out / f"patch_{k:02d}" / "iter001" / "poses.npz") as y:
+            assert np.array_equal(x["rotation"], y["rotation"]) and np.array_equal(x["origin"], y["origin"]), k
+    for h in (1, 2):
+        assert np.array_equal(mrcfile.read(ref / "final" / f"half{h}.mrc"), mrcfile.read(out / "final" / f"half{h}.mrc"))
+    a, b = json.loads((ref / "summary.json").read_text()), json.loads((out / "summary.json").read_text())
+    assert a["composite"]["fsc"] == b["composite"]["fsc"]
+    # other defining parameters into the same folder: one line naming them
+    capsys.readouterr()
+    rc = main(["refine-patches", "--from", str(tiny_global), "--patches", "4", "--iter", "1", "--out", str(out), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "patches" in err and "Traceback" not in err, err
