@@ -12,6 +12,9 @@ Files (all JSON, written atomically):
 * ``gmmcore refine --out DIR`` → ``DIR/summary.json``: :class:`RunSummary` (``kind`` "global";
   focused and patch runs use the same schema), with one :class:`IterationRecord` per iteration
   (also ``DIR/iterNNN/report.json``) and :class:`FinalFiles`.
+* ``gmmcore heterogeneity --out DIR`` → ``DIR/summary.json``: :class:`HeterogeneitySummary` (one
+  :class:`LatentHalfReport` per half set); ``gmmcore conf2pose --out DIR`` → a :class:`RunSummary`
+  of kind "conf2pose" (``extra["consensus"]``, ``extra["conversion"]``).
 * ``gmmcore refine-focused --out DIR``: the same, ``kind`` "focused"; every report also holds
   ``resolution_focus`` / ``fsc_focus`` (FSC within the focus mask); ``final`` also names
   ``focus_mask``, ``fsc_mask`` and holds ``resolution_focus`` / ``resolution_focus_initial``.
