@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-focused demo-heterogeneity test lint install bench clean
+.PHONY: demo demo-focused demo-heterogeneity gui test lint install bench clean
 
 $(STAMP): requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -26,6 +26,9 @@ demo-focused: $(STAMP)
 
 demo-heterogeneity: $(STAMP)
 	$(PY) demos/heterogeneity.py --out demo_heterogeneity
+
+gui: $(STAMP)
+	$(PY) -m gmmrefine_scipion.gui --out demo_out
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports

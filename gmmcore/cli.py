@@ -57,18 +57,50 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=summary, description=description,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.configure_parser(p)
+        # set by the Scipion plugin: errors name the form field instead of the option (OPTION=LABEL)
+        p.add_argument("--form-field", action="extend", nargs="+", default=[], metavar="OPTION=LABEL",
+                       help=argparse.SUPPRESS)
     return parser
+
+
+def _verb_options(parser: argparse.ArgumentParser, verb: str) -> set:
+    """The option strings the verb's sub-parser accepts (an error suggests only these)."""
+    for action in parser._subparsers._group_actions:  # noqa: SLF001 - argparse has no public accessor
+        sub = action.choices.get(verb)
+        if sub is not None:
+            return {o for a in sub._actions for o in a.option_strings}  # noqa: SLF001
+    return set()
+
+
+def _form_fields(args) -> dict:
+    fields = {}
+    for item in getattr(args, "form_field", None) or []:
+        opt, _, label = str(item).partition("=")
+        if label:
+            fields["--" + opt.lstrip("-")] = label
+    return fields
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
     module = importlib.import_module(VERBS[args.verb])
     try:
         return int(module.run(args) or 0)
     except InputError as exc:
-        line = f"gmmcore {args.verb}: error: {exc}"
+        line = f"gmmcore {args.verb}: error: " + exc.render(_verb_options(parser, args.verb), _form_fields(args))
+        print(line, file=sys.stderr)
+        _record_error(line)
+        return 2
+    except OSError as exc:  # a full disk, a read-only file system, ...: one line, not a traceback
+        from .safewrite import os_error_line
+
+        text = os_error_line(exc)
+        if text is None:
+            raise
+        line = f"gmmcore {args.verb}: error: {text}"
         print(line, file=sys.stderr)
         _record_error(line)
         return 2

@@ -77,3 +77,25 @@ def values_at(volume: np.ndarray, points_A, apix: float) -> np.ndarray:
     p = np.asarray(points_A, np.float64).reshape(-1, 3)
     coords = (p[:, ::-1] / float(apix) + n // 2).T  # (3, n) as (z, y, x) voxel indices
     return ndimage.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0)
+
+
+MIN_MASK_VOXELS = 125  # voxels with M ≥ 0.5: a 5³ cube — anything smaller cannot carry an FSC
+
+
+def check_mask(mask: np.ndarray, path=None, field: str = "--mask") -> np.ndarray:
+    """A user's soft mask must hold weights in 0..1 (±0.001) and enclose at least
+    :data:`MIN_MASK_VOXELS` voxels at M ≥ 0.5; InputError naming the file otherwise."""
+    from .errors import InputError
+
+    m = np.asarray(mask, np.float32)
+    lo, hi = float(m.min()), float(m.max())
+    if hi <= 0:
+        raise InputError("the mask is empty (all values ≤ 0)", path=path, field=field)
+    if lo < -1e-3 or hi > 1.001:
+        raise InputError(f"mask values must lie between 0 and 1 (found {lo:.3g} … {hi:.3g}): a mask is a soft 0..1 "
+                         "weight, not a map", path=path, field=field)
+    inside = int(np.count_nonzero(m >= 0.5))
+    if inside < MIN_MASK_VOXELS:
+        raise InputError(f"the mask encloses only {inside} voxels at ≥ 0.5 (at least {MIN_MASK_VOXELS} are needed "
+                         "for a masked FSC)", path=path, field=field)
+    return m

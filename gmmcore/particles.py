@@ -18,6 +18,7 @@ Conventions (see docs/ARCHITECTURE.md):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Generic, Iterator, Optional, Tuple, TypeVar
 
@@ -145,6 +146,36 @@ class CTFParams:
                    full(0), full(0))
 
 
+# Sane bounds of CTF values (outside them a value is a unit mistake or a corrupt file, never data):
+# voltage 1–1000 kV; |Cs| <= 20 mm; amplitude contrast in [0, 1) (RELION uses atan(q/sqrt(1-q²)));
+# |defocus| <= 200,000 Å (20 µm; RELION defoci are in Å, single-particle data use 0.2–5 µm).
+VOLTAGE_RANGE_KV = (1.0, 1000.0)
+CS_MAX_MM = 20.0
+DEFOCUS_MAX_A = 200_000.0
+# RELION's value when rlnAmplitudeContrast is absent (and cryoSPARC's usual one)
+DEFAULT_AMPLITUDE_CONTRAST = 0.1
+
+
+def check_ctf(ctf: CTFParams, source=None, labels: Optional[dict] = None) -> None:
+    """Refuse CTF values outside the sane bounds above (:class:`InputError` naming the file, the
+    file's label for the value (``labels``: CTFParams field → label) and the first bad row)."""
+    labels = labels or {}
+    tests = [
+        ("voltage", lambda v: (v >= VOLTAGE_RANGE_KV[0]) & (v <= VOLTAGE_RANGE_KV[1]),
+         f"outside {VOLTAGE_RANGE_KV[0]:g}–{VOLTAGE_RANGE_KV[1]:g} kV"),
+        ("cs", lambda v: np.abs(v) <= CS_MAX_MM, f"outside ±{CS_MAX_MM:g} mm"),
+        ("amp_contrast", lambda v: (v >= 0) & (v < 1), "outside [0, 1)"),
+        ("defocus_u", lambda v: np.abs(v) <= DEFOCUS_MAX_A, f"outside ±{DEFOCUS_MAX_A:,.0f} Å (20 µm; defocus is in Å)"),
+        ("defocus_v", lambda v: np.abs(v) <= DEFOCUS_MAX_A, f"outside ±{DEFOCUS_MAX_A:,.0f} Å (20 µm; defocus is in Å)"),
+    ]
+    for name, ok, why in tests:
+        v = np.asarray(getattr(ctf, name), np.float64)
+        good = np.isfinite(v) & ok(v)
+        if not good.all():
+            r = int(np.flatnonzero(~good)[0])
+            raise InputError(f"value {v[r]:g} in row {r + 1} is {why}", path=source, field=labels.get(name, name))
+
+
 @dataclass
 class ParticleTable:
     image_name: np.ndarray  # (n,) str, "index@path"
@@ -187,6 +218,11 @@ class ParticleTable:
             meta=dict(self.meta),
         )
 
+    def slim(self) -> "ParticleTable":
+        """The table without the pass-through columns (what reading images and reconstructing
+        need; small to send to a worker process)."""
+        return replace(self, star_particles=None, star_optics=None, cs_records=None, meta=dict(self.meta))
+
     @property
     def poses(self) -> Poses:
         return Poses(self.rotation, self.origin)
@@ -198,6 +234,19 @@ class ParticleTable:
             rotation, origin = rotation.rotation, rotation.origin_A
         return replace(self, rotation=np.asarray(rotation, np.float64), origin=np.asarray(origin, np.float64),
                        meta=dict(self.meta))
+
+    def content_hash(self) -> str:
+        """SHA-256 of what a refinement reads from the table (image names, poses, half sets,
+        optics, CTF): a run is identified by its input's content, not only by the file's path."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update("\n".join(np.asarray(self.image_name).astype(str)).encode())
+        for a in (self.rotation, self.origin, self.half, self.optics_group, self.apix, self.image_size,
+                  *(getattr(self.ctf, f.name) for f in fields(self.ctf))):
+            h.update(np.ascontiguousarray(np.asarray(a, np.float64)).tobytes())
+        h.update(b"flipped" if self.phase_flipped else b"raw")
+        return h.hexdigest()
 
     def half_rows(self) -> HalfPair:
         """Row numbers of each half set, HalfPair of int64 arrays."""
@@ -213,42 +262,218 @@ def split_field(table: ParticleTable) -> str:
     return "alignments3D/split" if table.meta.get("format") == "cryosparc" else "rlnRandomSubset"
 
 
-def check_split(table: ParticleTable) -> HalfPair:
-    """The gold-standard rule: every particle in half 1 or 2 and both halves non-empty.
-    Returns the rows of each half; raises InputError naming the file and field otherwise."""
+# A split whose smaller half holds less than this fraction of the particles is no usable
+# gold-standard split: its FSC rests on too few particles on one side (and such files are
+# usually a tool's artefact, e.g. every particle in half 1).
+MIN_HALF_FRACTION = 0.10
+
+
+@dataclass(frozen=True)
+class ImageKeys:
+    """Parsed RELION image names ``index@path`` of n particles.
+
+    ``index0`` (n,) int64, 0-based (0 for a bare path); ``path_code`` (n,) int64 into ``paths``,
+    the distinct stack paths (stripped, cryoSPARC's leading '>' removed, normalised) in order of
+    first appearance; ``bare`` (n,) bool: the name had no ``index@``."""
+
+    index0: np.ndarray
+    path_code: np.ndarray
+    paths: list
+    bare: np.ndarray
+
+    def image(self) -> np.ndarray:
+        """(n,) int64: one number per distinct image (same stack and index ⇔ same number)."""
+        return self.path_code * (int(self.index0.max(initial=0)) + 1) + self.index0
+
+
+def image_keys(names, source=None, field: str = "rlnImageName") -> ImageKeys:
+    """Parse RELION image names ``index@path`` (fast: one pass, paths normalised once each).  A bad
+    name (index not a positive integer, empty path) raises :class:`InputError` naming its row."""
+    import os
+
+    raw = np.asarray(names, dtype=object).reshape(-1).tolist()
+    n = len(raw)
+    parts = [str(x).strip().partition("@") for x in raw]
+    bare = np.fromiter((not p[1] for p in parts), dtype=bool, count=n)
+    idx_txt = ["1" if not p[1] else p[0] for p in parts]
+    path_txt = [p[0] if not p[1] else p[2] for p in parts]
+    try:
+        idx = np.array(idx_txt, dtype=object).astype(np.int64) if n else np.zeros(0, np.int64)
+        bad = idx < 1
+    except (ValueError, OverflowError):
+        idx, bad = None, None
+    if bad is None or bad.any() or not all(path_txt):
+        for r in range(n):
+            try:
+                ok = int(idx_txt[r]) >= 1 and bool(path_txt[r])
+            except (ValueError, OverflowError):
+                ok = False
+            if not ok:
+                name = str(raw[r]).strip()
+                raise InputError(f"row {r + 1}: bad image name {name!r} (expected index@path, index 1-based)",
+                                 path=source, field=field)
+    codes: dict = {}
+    paths: list = []
+    code = np.empty(n, dtype=np.int64)
+    for r, p in enumerate(path_txt):
+        c = codes.get(p)
+        if c is None:
+            c = codes[p] = len(paths)
+            paths.append(os.path.normpath(p.lstrip(">")))
+        code[r] = c
+    # raw spellings that normalise to one path ("a//b", "./a/b") share a code
+    uniq = {}
+    remap = np.array([uniq.setdefault(p, len(uniq)) for p in paths], dtype=np.int64)
+    if len(uniq) != len(paths):
+        code = remap[code] if n else code
+        paths = list(uniq)
+    return ImageKeys(idx - 1, code, paths, bare)
+
+
+def check_image_names(names, source=None, field: str = "rlnImageName") -> None:
+    """Every name parses, and a name without ``index@`` (a whole single-image file) is used by one
+    particle only: several particles naming the same file without an index would all read its first
+    image."""
+    keys = image_keys(names, source, field)
+    if keys.bare.any():
+        rows = np.flatnonzero(keys.bare)
+        codes = keys.path_code[rows]
+        _, first, counts = np.unique(codes, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            c = codes[first[np.argmax(counts > 1)]]
+            shared = rows[codes == c]
+            raise InputError(f"{shared.size} particles name {keys.paths[c]!r} without an image index (rows "
+                             f"{shared[0] + 1} and {shared[1] + 1}, ...): write index@path (1-based) so each "
+                             "particle reads its own image of the stack", path=source, field=field)
+
+
+def images_in_both_halves(table: ParticleTable) -> Optional[Tuple[str, np.ndarray, int]]:
+    """The first image named by particles of both half sets: ``(name, rows, n_images)`` where
+    ``rows`` are its rows and ``n_images`` how many images are shared across halves; None if none."""
     half = np.asarray(table.half)
     if len(table) == 0:
-        raise InputError("no particles", path=table.source or None)
-    if not np.isin(half, (1, 2)).all():
-        what = "no half-set split" if not (half > 0).any() else f"{int((~np.isin(half, (1, 2))).sum())} particles without a half set"
-        raise InputError(f"{what} (rlnRandomSubset / alignments3D/split) in the input; gold-standard refinement "
-                         "needs one: use --new-split to assign a random split", path=table.source or None,
-                         field=split_field(table))
-    rows = table.half_rows()
-    for h, r in rows.items():
-        if r.size == 0:
-            raise InputError(f"no particles in half set {h}: a gold-standard reconstruction needs both halves "
-                             "(use --new-split to assign a random split)", path=table.source or None,
-                             field=split_field(table))
-    return rows
+        return None
+    key = image_keys(table.image_name, table.source or None).image()
+    order = np.argsort(key, kind="stable")
+    ks, hs = key[order], half[order]
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    mixed = np.minimum.reduceat(hs, starts) != np.maximum.reduceat(hs, starts)
+    if not mixed.any():
+        return None
+    shared = ks[starts[mixed]]
+    first_rows = order[starts[mixed]]  # the first row (stable order) of each shared image
+    k = shared[np.argmin(first_rows)]
+    rows = np.flatnonzero(key == k)
+    return str(table.image_name[rows[0]]), rows, int(mixed.sum())
 
 
-def assign_split(table: ParticleTable, new_split: bool, seed: int) -> str:
-    """Check the half split (:func:`check_split`), or, when ``new_split`` and the input has none,
-    assign a random balanced one with ``seed`` (in place).  Returns "input" or "new-random"."""
+@dataclass(frozen=True)
+class SplitProblem:
+    """Why a half split is no usable gold-standard split.  ``kind``: "none" (no split), "partial"
+    (some particles without a half), "empty" (a half without particles), "lopsided" (a half below
+    :data:`MIN_HALF_FRACTION`), "shared" (an image in both halves)."""
+
+    kind: str
+    message: str
+
+    @property
+    def kept_at_import(self) -> bool:
+        """An empty or lopsided split is kept (with a warning) by ``gmmcore import``; the others stop it."""
+        return self.kind in ("empty", "lopsided")
+
+
+def half_counts_problem(n_half1: int, n_half2: int, n_without: int = 0) -> Optional[SplitProblem]:
+    """The counting part of the split rule (what a Scipion form can check from counts alone):
+    None when every particle has a half and each half holds ≥ :data:`MIN_HALF_FRACTION`."""
+    counts = {1: int(n_half1), 2: int(n_half2)}
+    n = counts[1] + counts[2] + int(n_without)
+    if n == 0:
+        return SplitProblem("none", "no particles")
+    if n_without == n:
+        return SplitProblem("none", "no half-set split in the input")
+    if n_without:
+        return SplitProblem("partial", f"{int(n_without)} particles without a half set")
+    for h in (1, 2):
+        if counts[h] == 0:
+            return SplitProblem("empty", f"no particles in half set {h} (all {n} in half set {3 - h})")
+    h = 1 if counts[1] < counts[2] else 2
+    if counts[h] < MIN_HALF_FRACTION * n:
+        return SplitProblem("lopsided", f"lopsided half split: half set {h} holds {counts[h]} of {n} particles "
+                                        f"({counts[h] / n:.1%}, below {MIN_HALF_FRACTION:.0%})")
+    return None
+
+
+def split_problem(table: ParticleTable) -> Optional[SplitProblem]:
+    """None for a usable gold-standard split, else what is wrong with it (the one rule, used by
+    :func:`check_split` and :func:`assign_split`): :func:`half_counts_problem`, then no image in
+    both halves."""
     half = np.asarray(table.half)
-    if len(table) and (half > 0).all():
+    usable = np.isin(half, (1, 2))
+    problem = half_counts_problem(int((half == 1).sum()), int((half == 2).sum()), int((~usable).sum()))
+    if problem is not None:
+        return problem
+    shared = images_in_both_halves(table)
+    if shared is not None:
+        name, rows, k = shared
+        return SplitProblem("shared", f"image {name} is in both half sets (rows {rows[0] + 1} and {rows[1] + 1}; "
+                                      f"{k} image(s) in all): the gold standard needs each image in one half only")
+    return None
+
+
+def check_split(table: ParticleTable) -> HalfPair:
+    """The gold-standard rule: every particle in half 1 or 2, each half with at least
+    :data:`MIN_HALF_FRACTION` of the particles, no image in both halves.  Returns the rows of each
+    half; raises InputError naming the file and field otherwise."""
+    from .errors import NEW_SPLIT
+
+    problem = split_problem(table)
+    if problem is not None:
+        if len(table) == 0:
+            raise InputError("no particles", path=table.source or None)
+        raise InputError(problem.message, path=table.source or None, field=split_field(table), remedy=NEW_SPLIT)
+    return table.half_rows()
+
+
+def assign_split(table: ParticleTable, new_split: bool, seed: int, keep_unusable: bool = False) -> str:
+    """Check the half split, or redo it.  Returns "input" (the input's split is kept) or
+    "new-random".
+
+    With ``new_split``, a split that is not usable (:func:`split_problem`: none, partial, empty,
+    lopsided, or an image in both halves) is replaced, in place, by a random balanced one with
+    ``seed`` that keeps every image in one half; why is recorded in ``table.meta["split_note"]``.  A
+    usable split is always kept.  Without ``new_split`` an unusable split raises
+    (:func:`check_split`) — except, with ``keep_unusable`` (``gmmcore import``), an empty or lopsided
+    one, which is kept and described in ``table.meta["split_warning"]``."""
+    import pandas as pd
+
+    problem = split_problem(table)
+    if problem is None:
         return "input"
     if not new_split:
-        check_split(table)  # raises: the input has no (complete) split
-    rng = np.random.default_rng(seed)
+        if keep_unusable and problem.kept_at_import:
+            table.meta["split_warning"] = problem.message
+            return "input"
+        check_split(table)  # raises
     n = len(table)
-    perm = rng.permutation(n)
-    new = np.empty(n, dtype=np.int8)
-    new[perm[: (n + 1) // 2]] = 1
-    new[perm[(n + 1) // 2:]] = 2
-    table.half = new
+    if n == 0:
+        check_split(table)
+    inv, uniq = pd.factorize(image_keys(table.image_name, table.source or None).image())
+    m = len(uniq)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(m)
+    per_image = np.empty(m, dtype=np.int8)
+    per_image[perm[: (m + 1) // 2]] = 1
+    per_image[perm[(m + 1) // 2:]] = 2
+    table.half = per_image[inv]
+    table.meta["split_note"] = f"{problem.message}: made a new random split (seed {seed})"
     return "new-random"
+
+
+def min_particles_per_half(box: int) -> int:
+    """The fewest particles per half set a gold-standard refinement accepts: the Crowther count
+    π·D/d of views that fill Fourier space to Nyquist (D = box·apix, d = 2·apix → π·box/2) even
+    without noise; with fewer, the half maps cannot be complete and the FSC is not a resolution."""
+    return int(math.ceil(math.pi * int(box) / 2.0))
 
 
 def check_geometry(table: ParticleTable, rows=None) -> Tuple[int, float]:

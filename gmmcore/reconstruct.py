@@ -15,7 +15,6 @@ images chunk by chunk, so memory does not grow with the number of particles.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
 
@@ -26,10 +25,12 @@ from .ctf import ctf_2d, phase_flip
 from .errors import InputError
 from .fourier import freq_index, radial_index
 from .particles import CTFParams, HalfPair, check_geometry, check_split
+from .resources import cpu_threads
 from .symmetry import symmetry_matrices
 
 _PARALLEL_MIN_PARTICLES = 2000  # below this, reconstruct_halves runs the halves one after the other
 _ENTRIES_PER_PASS = 3_000_000  # scatter entries per bincount pass (memory knob, not a result knob)
+READ_BLOCK = 1024  # images read at once: memory is bounded by this, not by the dataset or --chunk
 
 
 class Reconstructor:
@@ -67,10 +68,10 @@ class Reconstructor:
 
     # ------------------------------------------------------------------ insertion
     def insert(self, images: np.ndarray, rotations: np.ndarray, origins_A: np.ndarray, ctf: Optional[CTFParams],
-               phase_flipped: bool) -> None:
+               phase_flipped: bool, on_pass=None) -> None:
         """Insert images (k, n, n) with RELION rotations (k, 3, 3) and origins (k, 2) Å.
 
-        ``ctf=None`` means no CTF (c = 1).  Raw (not phase-flipped) images are first flipped on
+        ``on_pass(n)`` is called after each pass of n images (progress).  ``ctf=None`` means no CTF (c = 1).  Raw (not phase-flipped) images are first flipped on
         their own grid — where their CTF really lives — and then weighted by |CTF| on the padded
         grid like phase-flipped data; multiplying the padded transform by the CTF instead would
         misplace every CTF sign change that the unpadded grid aliases (high defocus, small boxes).
@@ -102,6 +103,8 @@ class Reconstructor:
             wts = c * c * self._mult
             for R in self.sym_ops:
                 self._scatter(rotations[b0:b1] @ R, vals, wts)
+            if on_pass is not None:
+                on_pass(b1 - b0)
         self.count += k
 
     def _slices(self, images: np.ndarray, origins_px: np.ndarray) -> np.ndarray:
@@ -110,7 +113,7 @@ class Reconstructor:
         padded = np.zeros((b, P, P), dtype=np.float32)
         o = P // 2 - n // 2
         padded[:, o:o + n, o:o + n] = images
-        F = sfft.rfft2(sfft.ifftshift(padded, axes=(-2, -1)), workers=-1).reshape(b, -1)[:, self._sel]
+        F = sfft.rfft2(sfft.ifftshift(padded, axes=(-2, -1)), workers=cpu_threads()).reshape(b, -1)[:, self._sel]
         # Centre: move content by +origin, g(p) = f(p − origin) ⇔ F·exp(−2πi k·origin/P).
         ph = (-2.0 * np.pi / P) * (origins_px[:, 0:1] * self._kx + origins_px[:, 1:2] * self._ky)
         return F.astype(np.complex128) * np.exp(1j * ph)
@@ -184,7 +187,7 @@ class Reconstructor:
         reg = float(regularisation) * mean_w[np.minimum(shell, m - 1)]
         den = W + reg
         F = np.where(inside & (den > 0), D / np.where(den > 0, den, 1.0), 0.0)
-        vol = sfft.fftshift(sfft.irfftn(F, s=(P, P, P), workers=-1))
+        vol = sfft.fftshift(sfft.irfftn(F, s=(P, P, P), workers=cpu_threads()))
         o = P // 2 - n // 2
         vol = vol[o:o + n, o:o + n, o:o + n]
         # Gridding correction: trilinear interpolation ⇔ sinc² per axis in real space.
@@ -200,23 +203,25 @@ def _reconstruct_one(table, idx, box, apix, sym, pad, chunk, desc) -> np.ndarray
 
     rec = Reconstructor(box, apix, pad=pad, sym=sym)
     bar = progress(total=len(idx), desc=desc, unit="img")
-    for rows, images in iter_images(table, idx, chunk):
+    for rows, images in iter_images(table, idx, min(chunk, READ_BLOCK)):
         rows = np.asarray(rows)
-        rec.insert(images, table.rotation[rows], table.origin[rows], table.ctf.subset(rows), table.phase_flipped)
-        bar.update(len(rows))
+        rec.insert(images, table.rotation[rows], table.origin[rows], table.ctf.subset(rows), table.phase_flipped,
+                   on_pass=bar.update)
     bar.close()
     return rec.finish()
 
 
 def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 20000, workers: Optional[int] = None,
-                       indices=None) -> HalfPair:
+                       indices=None, desc: str = "") -> HalfPair:
     """Reconstruct the two gold-standard half maps of ``table``: HalfPair of float32 volumes.
 
     ``indices`` restricts to those rows; ``workers`` > 1 reconstructs the halves in two parallel
-    (spawned) processes; the default does so when there are ≥ 2 CPUs and ≥ 2000 particles.  As with
+    (spawned) processes; the default does so when ≥ 2 CPU threads may be used (gmmcore.resources) and
+    there are ≥ 2000 particles.  As with
     any spawned process pool, a script calling this at import time needs an
-    ``if __name__ == "__main__":`` guard.
+    ``if __name__ == "__main__":`` guard.  ``desc`` prefixes the progress reports.
     """
+    label = (desc + " " if desc else "") + "half {} reconstruction"
     sub = table if indices is None else table.subset(indices)
     box, apix = check_geometry(sub)
     symmetry_matrices(sym)  # validate early (InputError naming --sym)
@@ -224,13 +229,14 @@ def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 2000
     rows = np.arange(len(table)) if indices is None else np.arange(len(table))[indices]
     parts = parts.map(lambda h, r: rows[r])
     if workers is None:  # a worker process costs ~1-2 s to start: only worth it for larger sets
-        workers = 2 if (os.cpu_count() or 1) >= 2 and rows.size >= _PARALLEL_MIN_PARTICLES else 1
+        workers = 2 if cpu_threads() >= 2 and rows.size >= _PARALLEL_MIN_PARTICLES else 1
     if workers <= 1:
-        return parts.map(lambda h, idx: _reconstruct_one(table, idx, box, apix, sym, pad, chunk, f"half {h}"))
+        return parts.map(lambda h, idx: _reconstruct_one(table, idx, box, apix, sym, pad, chunk, label.format(h)))
     import multiprocessing as mp
 
     # Each worker gets only its half's rows (a smaller pickle); its indices refer to that subset.
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as ex:
-        futs = parts.map(lambda h, idx: ex.submit(_reconstruct_one, table.subset(idx), np.arange(idx.size), box, apix,
-                                                  sym, pad, chunk, f"half {h}"))
+        slim = table.slim()
+        futs = parts.map(lambda h, idx: ex.submit(_reconstruct_one, slim.subset(idx), np.arange(idx.size), box, apix,
+                                                  sym, pad, chunk, label.format(h)))
         return futs.map(lambda h, f: f.result())

@@ -78,6 +78,8 @@ class ImportSummary:
     apix: List[float]
     box: List[int]
     warnings: List[str] = field(default_factory=list)
+    split_note: Optional[str] = None  # why a new split was made (``--new-split``), e.g. "no particles in half set 2: ..."
+    stacks_missing: int = 0  # stacks not found by a ``--metadata-only`` import (names kept as given)
     extra: dict = field(default_factory=dict)
 
     @property

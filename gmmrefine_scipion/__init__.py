@@ -26,7 +26,13 @@ class Plugin(pwem.Plugin):
     _homeVar = ""
     _pathVars = []
     _supportedVersions = [__version__]
-    _url = "https://github.com/gmmrefine/scipion-em-gmmrefine"
+    # No project web site yet: the help link is the method's paper.
+    _url = "https://doi.org/10.1038/s41592-023-02082-9"
+
+    def getName(self):
+        """The short name Scipion shows before protocol labels ("gmmrefine - gmm global refinement");
+        the Python package stays gmmrefine_scipion."""
+        return "gmmrefine"
 
     @classmethod
     def _defineVariables(cls):

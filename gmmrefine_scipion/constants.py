@@ -21,11 +21,16 @@ OPTICS_GROUP_ATTR = "_rlnOpticsGroup"
 LATENT_ATTR = "_gmmLatent"
 LATENT_PC1_ATTR = "_gmmLatentPC1"
 LATENT_PC2_ATTR = "_gmmLatentPC2"
+#: The image a particle was imported from (absolute path, index@path), when gmmcore import wrote a
+#: phase-flipped copy: export can point back at it.
+ORIGINAL_IMAGE_ATTR = "_rlnImageOriginalName"
+#: The micrograph name exactly as the input star had it (the Coordinate keeps only its base name).
+MICROGRAPH_ATTR = "_rlnMicrographName"
 
 # ---- Import formats -----------------------------------------------------------
 IMPORT_FROM_RELION = 0
 IMPORT_FROM_CRYOSPARC = 1
-IMPORT_FORMATS = ["RELION star (3.0 / 3.1 / 5)", "cryoSPARC .cs"]
+IMPORT_FORMATS = ["RELION star (3.0 / 3.1 / 4 / 5)", "cryoSPARC .cs"]
 
 # ---- Export formats -----------------------------------------------------------
 EXPORT_RELION = 0

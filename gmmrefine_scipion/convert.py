@@ -24,7 +24,7 @@ import pandas as pd
 
 from pwem.constants import ALIGN_NONE, ALIGN_PROJ
 from pwem.objects import Acquisition, Coordinate, CTFModel, Particle, Transform
-from pyworkflow.object import Integer
+from pyworkflow.object import Integer, String
 
 from gmmcore.errors import InputError
 from gmmcore.geometry import angular_distance, euler_to_matrix, matrix_to_euler  # noqa: F401 (re-exported)
@@ -32,7 +32,8 @@ from gmmcore.io.stacks import format_image_name, parse_image_name, resolve_stack
 from gmmcore.io.star import read_star, write_star
 from gmmcore.particles import CTFParams, ParticleTable
 
-from .constants import HALF_SET_ATTR, LATENT_ATTR, LATENT_PC1_ATTR, LATENT_PC2_ATTR, OPTICS_GROUP_ATTR
+from .constants import (HALF_SET_ATTR, LATENT_ATTR, LATENT_PC1_ATTR, LATENT_PC2_ATTR, MICROGRAPH_ATTR,
+                        OPTICS_GROUP_ATTR, ORIGINAL_IMAGE_ATTR)
 
 # Extensions gmmcore (mrcfile) reads directly; anything else is converted to .mrcs first.
 MRC_EXTENSIONS = (".mrc", ".mrcs", ".st", ".map")
@@ -211,7 +212,11 @@ def write_particles_star(partSet, starFile, stackDir=None, requireHalfSets=False
         if coord is not None and coord.getX() is not None:
             row["rlnCoordinateX"] = float(coord.getX())
             row["rlnCoordinateY"] = float(coord.getY())
-            row["rlnMicrographName"] = str(coord.getMicName() or coord.getMicId() or "mic")
+            row["rlnMicrographName"] = str(part.getAttributeValue(MICROGRAPH_ATTR, None)
+                                           or coord.getMicName() or coord.getMicId() or "mic")
+        original = part.getAttributeValue(ORIGINAL_IMAGE_ATTR, None)
+        if original:
+            row["rlnImageOriginalName"] = str(original)
         if not part.hasCTF():
             raise ValueError("Particle %s has no CTF; gmmcore needs one." % part.getObjId())
         ctf = part.getCTF()
@@ -294,7 +299,7 @@ def _optics_text(optics_df):
 
 
 def read_particles_star(starFile, partSet, alignType=ALIGN_PROJ, imageRoot=None,
-                        phaseFlipped=None, pixelSize=None):
+                        phaseFlipped=None, pixelSize=None, originalRoot=None, originalStackRoot=None):
     """Fill an empty SetOfParticles from a particle star file (RELION 3.0 / 3.1+; e.g. gmmcore
     import's output), read by :func:`gmmcore.io.star.read_star` (which needs angles and CTF).
 
@@ -302,7 +307,10 @@ def read_particles_star(starFile, partSet, alignType=ALIGN_PROJ, imageRoot=None,
     (gmmcore's search) and stored relative to the current folder (the project) when inside it.
     ``pixelSize`` fills a missing pixel size.  Sets sampling rate, acquisition (+ the optics
     table text, as the relion plugin keeps it), CTF, ALIGN_PROJ transforms (unless ``alignType``
-    is another), ``_rlnRandomSubset`` and ``_rlnOpticsGroup`` on every particle.
+    is another), ``_rlnRandomSubset`` and ``_rlnOpticsGroup`` on every particle.  When the star
+    has rlnImageOriginalName (gmmcore import's phase-flipped copy), each particle keeps its
+    original image as ``_rlnImageOriginalName``, resolved against ``originalRoot`` (the folder of the
+    file that was imported) where the stack exists; the full rlnMicrographName is kept too.
     """
     table = read_star(starFile, image_root=imageRoot, apix=pixelSize)
     n = len(table)
@@ -327,6 +335,7 @@ def read_particles_star(starFile, partSet, alignType=ALIGN_PROJ, imageRoot=None,
     ids = _column(table, "rlnImageId")
     hasHalves = _column(table, "rlnRandomSubset") is not None
     cx, cy, mic = (_column(table, k) for k in ("rlnCoordinateX", "rlnCoordinateY", "rlnMicrographName"))
+    originals = _original_images(table, originalRoot, originalStackRoot)
     setAlign = alignType == ALIGN_PROJ
     matrices = scipion_matrices(table.rotation, table.origin_px()) if setAlign else None
 
@@ -356,11 +365,33 @@ def read_particles_star(starFile, partSet, alignType=ALIGN_PROJ, imageRoot=None,
             if mic is not None:
                 coord.setMicName(os.path.basename(str(mic[i])))
             part.setCoordinate(coord)
+        if mic is not None:
+            setattr(part, MICROGRAPH_ATTR, String(str(mic[i])))
+        if originals is not None:
+            setattr(part, ORIGINAL_IMAGE_ATTR, String(originals[i]))
         partSet.append(part)
 
     partSet.setHasCTF(True)
     partSet.setAlignment(ALIGN_PROJ if setAlign else ALIGN_NONE)
     return n
+
+
+def _original_images(table, root, stackRoot=None):
+    """rlnImageOriginalName of each row with its stack path made absolute (found from ``root``, the
+    imported file's folder, where it exists), or None without that column."""
+    names = _column(table, "rlnImageOriginalName")
+    if names is None:
+        return None
+    out, found = [], {}
+    for name in names:
+        index, path = relion_to_location(str(name))
+        if path not in found:
+            try:
+                found[path] = resolve_stack_path(path, star_dir=root, image_root=stackRoot)
+            except InputError:
+                found[path] = path  # not on this machine: kept as it was
+        out.append(location_to_relion(index, found[path]))
+    return out
 
 
 def read_refined_alignment(starFile, apix=None):

@@ -135,7 +135,7 @@ def main(argv=None):
         json.dump(result, f, indent=1)
 
     print("\nScipion project : %s" % result["project"])
-    print("  (open it with:  SCIPION_USER_DATA=%s scipion3 project %s)" % (os.environ["SCIPION_USER_DATA"], name))
+    print("  (open it in the Scipion GUI with:  make gui   or   python -m gmmrefine_scipion.gui --out %s)" % out)
     print("Pictures        : %s" % os.path.join(out, "pictures"))
     for key, path in pictures.items():
         print("  %-13s %s" % (key, path))

@@ -126,8 +126,22 @@ def test_global_refinement_recovers_poses(global_run):
     p_in, p_out = blocks_in["particles"], blocks_out["particles"]
     assert len(p_out) == len(p_in) == n
     assert set(p_in.columns) <= set(p_out.columns), set(p_in.columns) - set(p_out.columns)
-    for col in ("rlnImageName", "rlnClassNumber", "rlnRandomSubset", "rlnOpticsGroup"):
+    for col in ("rlnClassNumber", "rlnRandomSubset", "rlnOpticsGroup"):
         assert (p_in[col].astype(str).values == p_out[col].astype(str).values).all(), col
+    # image names resolve from final/ itself (absolute: the stack is not inside final/) to the same
+    # images as the input's names, read from another working directory
+    from gmmcore.io.stacks import resolved_image_names
+
+    assert all(Path(nm.split("@", 1)[1]).is_absolute() for nm in p_out["rlnImageName"])
+    cwd = Path.cwd()
+    try:
+        import os
+
+        os.chdir(out.parent)
+        assert (resolved_image_names(read_star(fin / "particles.star")) ==
+                resolved_image_names(read_star(global_run["star"]))).all()
+    finally:
+        os.chdir(cwd)
     for col in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"):
         np.testing.assert_allclose(p_out[col].astype(float), p_in[col].astype(float), rtol=1e-6)
     refined = read_star(fin / "particles.star")

@@ -113,3 +113,92 @@ def test_prior_settings_recorded(sim_small, tmp_path, capsys, monkeypatch):
     for extra in ([], ["--no-prior"], ["--ring-weight", "uniform"], ["--prior-angle", "5"]):
         assert run_refine(capsys, "--particles", sim_small["perturbed_star"], "--out", tmp_path / "o", *extra)[0] == 0
     assert seen == [(3.0, 1.0), (None, None), (None, None), (5.0, 1.0)]
+
+
+# ---- every input checked before anything is written ------------------------------------------
+
+
+@pytest.mark.parametrize("extra, field", [
+    (["--ngauss", "0"], "--ngauss"),
+    (["--lr-angle", "nan"], "--lr-angle"),
+    (["--lr-shift", "-0.5"], "--lr-shift"),
+    (["--ref-lowpass", "0"], "--ref-lowpass"),
+    (["--minres", "3"], "--minres"),          # finer than the finest possible target (2.1 Å at 2 Å/px... 4.2 Å)
+    (["--maxres", "30"], "--maxres"),         # coarser than --minres 25
+    (["--maxres", "-4"], "--maxres"),
+    (["--threads", "0"], "--threads"),
+    (["--iter", "-1"], "--iter"),
+])
+def test_bad_numbers_refused_before_writing(sim_small, tmp_path, capsys, extra, field):
+    rc, err, _ = run_refine(capsys, "--particles", sim_small["perturbed_star"], "--out", tmp_path / "out", *extra)
+    assert_one_error(rc, err, field)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("zeros", "empty"), ("voxel", "encloses only 1 voxels"), ("map", "between 0 and 1"), ("apix", "pixel size"),
+])
+def test_bad_mask_refused_before_writing(sim_small, tmp_path, capsys, kind, words):
+    from gmmcore.io.maps import write_map
+    from gmmcore.masks import soft_sphere_mask
+
+    box, apix = sim_small["box"], sim_small["apix"]
+    m = {"zeros": np.zeros((box,) * 3, np.float32), "voxel": np.zeros((box,) * 3, np.float32),
+         "map": 5.0 * soft_sphere_mask(box, 10), "apix": soft_sphere_mask(box, 10)}[kind]
+    if kind == "voxel":
+        m[box // 2, box // 2, box // 2] = 1.0
+    f = write_map(tmp_path / f"{kind}.mrc", m, apix * (1.5 if kind == "apix" else 1.0))
+    rc, err, _ = run_refine(capsys, "--particles", sim_small["perturbed_star"], "--out", tmp_path / "out", "--mask", f)
+    assert_one_error(rc, err, f, "--mask", words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_half_split_and_too_few_particles_refused(sim_small, tmp_path, capsys):
+    from gmmcore.io.star import read_star, write_star
+
+    (tmp_path / "particles.mrcs").symlink_to(sim_small["stack"])
+    table = read_star(sim_small["perturbed_star"])
+    table.half = np.ones(len(table), np.int8)  # every particle in half 1 (seen in a real RELION 3.1 file)
+    one = write_star(table, tmp_path / "one_half.star")
+    rc, err, _ = run_refine(capsys, "--particles", one, "--out", tmp_path / "o1")
+    assert_one_error(rc, err, one, "half set 2", "--new-split")
+    assert not (tmp_path / "o1").exists()
+
+    few = write_star(read_star(sim_small["perturbed_star"]).subset(np.arange(40)), tmp_path / "few.star")
+    rc, err, _ = run_refine(capsys, "--particles", few, "--out", tmp_path / "o2")
+    assert_one_error(rc, err, few, "at least 76 per half", "--force")  # ceil(π·48/2) = 76
+    assert not (tmp_path / "o2").exists()
+    rc, err, _ = run_refine(capsys, "--particles", few, "--out", tmp_path / "o2", "--force", "--iter", "0")
+    assert rc == 0, err
+
+
+def test_iter0_gpu_request_threads_recorded(sim_small, tmp_path, capsys):
+    """--iter 0: the input poses' maps and FSC; the summary lists only files that exist; a GPU asked
+    for on an engine without one is a warning in the log and the summary; --threads is honoured."""
+    import json
+
+    out = tmp_path / "out"
+    rc, err, stdout = helpers.run_verb(capsys, "refine", "--particles", sim_small["perturbed_star"], "--out", out,
+                                       "--iter", "0", "--gpu", "0", "--threads", "1")  # no --cpu: a GPU asked for
+    assert rc == 0, err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["iterations"] == [] and s["final"]["gmm"] == {} and s["final"]["gmm_pdb"] == {}
+    for key in ("particles", "half1", "half2", "map", "pose_changes"):
+        assert (out / s["final"][key]).is_file(), key
+    log = (out / "run.log").read_text()
+    assert "GPU 0 requested; the engine sees no GPU" in log
+    assert any("GPU 0 requested" in w for w in s["warnings"])
+    assert "CPU (1 threads)" in log and s["params"]["threads"] == 1
+
+
+def test_progress_lines_in_logs(sim_small, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GMMCORE_NO_PROGRESS")
+    monkeypatch.setenv("GMMCORE_PROGRESS", "lines")
+    rc, err, stdout = run_refine(capsys, "--particles", sim_small["perturbed_star"], "--out", tmp_path / "o",
+                                 "--iter", "1", "--maxres", "12", "--steps", "2")
+    assert rc == 0, err
+    lines = stdout.splitlines()
+    for step in ("GMM fit", "alignment", "reconstruction"):
+        mine = [ln for ln in lines if step in ln and "%" in ln]
+        assert len(mine) >= 3, (step, lines[:20])  # regular lines, not only 0 % and 100 %
+    assert any("ETA" in ln and "ptcl/s" in ln for ln in lines if "alignment" in ln)

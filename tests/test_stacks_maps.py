@@ -184,3 +184,28 @@ def test_outputs_get_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode) == 0o644
+
+
+def test_names_resolving_from_the_written_star(tmp_path, monkeypatch):
+    """Names written for a star in another folder (refine's final/) resolve from that star alone:
+    stacks inside its folder relative to it, all others absolute; read back from elsewhere."""
+    from gmmcore.io.stacks import names_resolving_from
+    from gmmcore.io.star import write_star
+
+    imp = tmp_path / "imported"
+    imp.mkdir()
+    t, imgs = _table_with_stacks(imp, n=9, n_stack=2)
+    for folder in (tmp_path / "run" / "final", imp):
+        folder.mkdir(parents=True, exist_ok=True)
+        out = t.subset(np.arange(len(t)))
+        out.image_name = names_resolving_from(t, folder)
+        write_star(out, folder / "written.star")
+        monkeypatch.chdir(tmp_path / "run" if folder != imp else tmp_path)
+        back = read_star(folder / "written.star")
+        paths = {nm.split("@", 1)[1] for nm in back.image_name}
+        if folder == imp:
+            assert paths == {"stack0.mrcs", "stack1.mrcs"}
+        else:
+            assert paths == {str((imp / f"stack{s}.mrcs").resolve()) for s in (0, 1)}
+        for rows, block in iter_images(back, chunk=4):
+            np.testing.assert_array_equal(block, imgs[rows])

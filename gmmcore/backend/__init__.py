@@ -3,7 +3,9 @@
 Nothing outside this package imports an array library (TensorFlow, JAX); the rest of the engine
 asks :func:`get_backend` for a :class:`Backend` and hands it NumPy arrays.  A backend implements:
 
-* ``describe_devices(gpu, cpu_only)`` — choose devices (before first use), one-line description;
+* ``describe_devices(gpu, cpu_only, threads)`` — choose devices and CPU threads (before first
+  use); a one-line description starting "GPU" when a GPU runs; a GPU id that does not exist is an
+  InputError;
 * ``frc_rings(gmm, grid, particle_ft, rotations, origins_A)`` — per-ring FRC of particles against
   the GMM's projections at given poses;
 * ``pose_optimizer(objective, settings)`` — a compiled local pose optimiser for one objective
@@ -104,7 +106,8 @@ class PoseOptimizer(Protocol):
 class Backend(Protocol):
     name: str
 
-    def describe_devices(self, gpu: Optional[Sequence[int]] = None, cpu_only: bool = False) -> str: ...
+    def describe_devices(self, gpu: Optional[Sequence[int]] = None, cpu_only: bool = False,
+                         threads: Optional[int] = None) -> str: ...
 
     def frc_rings(self, gmm, grid, particle_ft: np.ndarray, rotations: np.ndarray, origins_A: np.ndarray,
                   batch: int = 64) -> np.ndarray: ...

@@ -18,12 +18,41 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf  # noqa: E402
+
+
+def _import_tensorflow():
+    """Import TensorFlow with its C++ start-up chatter (absl/oneDNN notices printed straight to file
+    descriptor 2 before TF_CPP_MIN_LOG_LEVEL applies) kept off the user's stderr; an import error
+    is still reported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tempfile
+
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr descriptor: import as is
+        import tensorflow
+        return tensorflow
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tensorflow
+
+
+tf = _import_tensorflow()
 
 from ..grids import full_grid_frequencies  # noqa: E402
 from . import FRCObjective, PoseSettings, ProjectionRMSDObjective  # noqa: E402
@@ -44,17 +73,34 @@ _DEVICES_CONFIGURED = False
 
 def configure_devices(gpu: Optional[Sequence[int]] = None, cpu_only: bool = False) -> str:
     """Choose devices before TensorFlow starts: ``gpu`` = ids to use (None: all visible),
-    ``cpu_only``: hide GPUs.  Turns memory growth on.  Returns a one-line description."""
+    ``cpu_only``: hide GPUs.  Turns memory growth on; CPU thread pools follow
+    :func:`gmmcore.resources.cpu_threads`.  A GPU id that does not exist (when GPUs are visible)
+    is an InputError.  Returns a one-line description ("GPU: ..." or "CPU (n threads)")."""
     global _DEVICES_CONFIGURED
+    from ..errors import InputError
+    from ..resources import cpu_threads, threads_limited
+
     gpus = tf.config.list_physical_devices("GPU")
+    if gpu is not None and gpus and not cpu_only:
+        missing = [i for i in gpu if not 0 <= i < len(gpus)]
+        if missing:
+            raise InputError(f"GPU {','.join(map(str, missing))} does not exist (TensorFlow sees {len(gpus)} GPU(s): "
+                             f"ids 0–{len(gpus) - 1})", field="--gpu")
     if not _DEVICES_CONFIGURED:
+        if threads_limited():
+            try:
+                n = cpu_threads()
+                tf.config.threading.set_intra_op_parallelism_threads(n)
+                tf.config.threading.set_inter_op_parallelism_threads(min(n, 2))
+            except RuntimeError:  # TF already initialised: keep its pools
+                pass
         try:
             if cpu_only or not gpus:
                 tf.config.set_visible_devices([], "GPU")
                 gpus = []
             else:
                 if gpu is not None:
-                    gpus = [gpus[i] for i in gpu if i < len(gpus)]
+                    gpus = [gpus[i] for i in gpu]
                 tf.config.set_visible_devices(gpus, "GPU")
                 for g in gpus:
                     tf.config.experimental.set_memory_growth(g, True)
@@ -65,7 +111,7 @@ def configure_devices(gpu: Optional[Sequence[int]] = None, cpu_only: bool = Fals
         gpus = tf.config.get_visible_devices("GPU")
     if gpus:
         return "GPU: " + ", ".join(g.name for g in gpus)
-    return f"CPU ({os.cpu_count()} cores)"
+    return f"CPU ({cpu_threads()} threads)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,7 +450,11 @@ class TFBackend:
 
     name = "tf"
 
-    def describe_devices(self, gpu=None, cpu_only=False) -> str:
+    def describe_devices(self, gpu=None, cpu_only=False, threads=None) -> str:
+        if threads is not None:
+            from ..resources import set_cpu_threads
+
+            set_cpu_threads(threads)
         return configure_devices(gpu, cpu_only)
 
     def frc_rings(self, gmm, grid, particle_ft, rotations, origins_A, batch: int = 64) -> np.ndarray:

@@ -32,12 +32,17 @@ def configure_parser(p) -> None:
 def run(args) -> int:
     from ..gmm.build import build_gmm
     from ..io.maps import read_map
-    from ..safewrite import write_json
+    from ..safewrite import check_output_path, refuse_overwriting_inputs, write_json
 
     if args.ngauss is not None and args.ngauss < 1:
         raise InputError("must be at least 1", field="--ngauss")
-    if args.resolution <= 0:
+    if not (args.resolution > 0):
         raise InputError("must be positive", field="--resolution")
+    outputs = [str(args.out) + ext for ext in (".gmm.npz", ".pdb", ".json")]
+    for o in outputs:
+        check_output_path(o, "--out", folder=False)
+    seed_model = args.seed_model if args.seed_model and not str(args.seed_model).startswith("builtin:") else None
+    refuse_overwriting_inputs(outputs, [args.map, seed_model])
     m, apix = read_map(args.map)
     gmm, report = build_gmm(m, apix, args.resolution, n_gaussians=args.ngauss, seed_model=args.seed_model,
                             seed=args.seed, minres_A=args.minres, iterations=args.iterations,

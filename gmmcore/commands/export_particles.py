@@ -28,6 +28,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["relion", "cryosparc"], required=True, help="output format")
     p.add_argument("--reference", metavar="ORIGINAL", default=None,
                    help="the original star/.cs the particles were imported from (keeps its fields and image names)")
+    p.add_argument("--original-images", action="store_true",
+                   help="without --reference: point rlnImageName at the images the particles were imported from "
+                        "(rlnImageOriginalName, which `gmmcore import` records) instead of its phase-flipped copy")
     p.add_argument("--out", metavar="FILE", required=True, help="output file (.star or .cs)")
 
 
@@ -38,13 +41,36 @@ def _star_reference_rows(table, ref, ref_path) -> np.ndarray:
     return reference_rows(table, ref_names, ref_path, "rlnImageName")
 
 
-def export(particles, fmt: str, out, reference=None) -> Path:
+def to_original_images(table):
+    """The table pointing at the images the particles were imported from (rlnImageOriginalName):
+    a row whose name changes was a phase-flipped copy of a raw original, so the result is marked
+    not phase-flipped; rows of an import that did not copy images keep their names."""
+    df = table.star_particles
+    if df is None or "rlnImageOriginalName" not in getattr(df, "columns", ()):
+        return table, False
+    original = df["rlnImageOriginalName"].astype(str).to_numpy(object)
+    changed = original != np.asarray(table.image_name).astype(str)
+    if not changed.any():
+        return table, False
+    if not changed.all():
+        raise InputError("only some rows have a phase-flipped copy of their image; export them with --reference",
+                         path=table.source or None, field="rlnImageOriginalName")
+    from dataclasses import replace
+
+    return replace(table, image_name=original, phase_flipped=False), True
+
+
+def export(particles, fmt: str, out, reference=None, original_images: bool = False) -> Path:
     """Library form of the verb; returns the written path."""
     from ..io.cryosparc import write_cs
+    from ..io.stacks import referenced_stacks
     from ..io.star import read_star, write_star
+    from ..safewrite import check_output_path, refuse_overwriting_inputs
 
-    table = read_star(particles)
+    check_output_path(out, "--out", folder=False)
+    table = read_star(particles, need_stacks=False)
     out = Path(out)
+    refuse_overwriting_inputs([out], [particles, reference] + referenced_stacks(table))
     if fmt == "cryosparc":
         if reference is not None and Path(reference).suffix == ".star":
             raise InputError("--reference for --format cryosparc must be the original .cs", path=reference)
@@ -52,10 +78,15 @@ def export(particles, fmt: str, out, reference=None) -> Path:
     if fmt != "relion":
         raise InputError(f"unknown format {fmt!r}", field="--format")
     if reference is None:
+        if original_images:
+            table, swapped = to_original_images(table)
+            if swapped:
+                print("gmmcore export: rlnImageName points at the original (not phase-flipped) images",
+                      file=sys.stderr)
         return write_star(table, out)
     if Path(reference).suffix == ".cs":
         from ..io.cryosparc import read_cs
-        ref = read_cs(reference)
+        ref = read_cs(reference, need_stacks=False)
         rows = _star_reference_rows(table, ref, reference)
         ref = ref.subset(rows)
         ref.cs_records = None
@@ -66,7 +97,7 @@ def export(particles, fmt: str, out, reference=None) -> Path:
         except InputError:
             pass
     else:
-        ref = read_star(reference)
+        ref = read_star(reference, need_stacks=False)
         rows = _star_reference_rows(table, ref, reference)
         ref = ref.subset(rows)
     # origins are in Å in both; keep them in Å (same particles, same pixel size)
@@ -77,6 +108,10 @@ def export(particles, fmt: str, out, reference=None) -> Path:
 
 
 def run(args) -> int:
-    path = export(args.particles, args.format, args.out, reference=args.reference)
+    if args.original_images and args.reference:
+        raise InputError("--reference already points at the original images; leave out --original-images",
+                         field="--original-images")
+    path = export(args.particles, args.format, args.out, reference=args.reference,
+                  original_images=args.original_images)
     print(f"gmmcore export: wrote {path}", file=sys.stderr)
     return 0

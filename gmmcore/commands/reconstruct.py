@@ -10,6 +10,7 @@ Writes DIR/half1.mrc, half2.mrc, map.mrc (average, low-passed to the resolution)
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -33,22 +34,29 @@ def run(args) -> int:
     from ..fsc import half_map_report
     from ..io.maps import read_map_on_grid, write_map
     from ..io.star import read_star
+    from ..masks import check_mask
     from ..particles import check_geometry, check_split
     from ..reconstruct import reconstruct_halves
-    from ..safewrite import OutputGuard, write_json
+    from ..io.stacks import referenced_stacks
+    from ..safewrite import OutputGuard, check_output_path, refuse_overwriting_inputs, write_json
     from ..symmetry import symmetry_matrices
 
     symmetry_matrices(args.sym)
-    if not args.pad or args.pad < 1:
-        raise InputError(f"padding factor must be >= 1 (got {args.pad})", field="--pad")
+    if not (math.isfinite(args.pad) and 1 <= args.pad <= 4):
+        raise InputError(f"padding factor must be between 1 and 4 (got {args.pad})", field="--pad")
     if args.chunk < 1:
         raise InputError(f"chunk must be >= 1 (got {args.chunk})", field="--chunk")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"must be >= 1 (got {args.workers})", field="--workers")
+    check_output_path(args.out, "--out", folder=True)
     t0 = time.time()
     table = read_star(args.particles)
     box, apix = check_geometry(table)
     rows = check_split(table)
-    mask = read_map_on_grid(args.mask, box, apix) if args.mask else None
+    mask = check_mask(read_map_on_grid(args.mask, box, apix), path=args.mask) if args.mask else None
     out = Path(args.out)
+    refuse_overwriting_inputs([out / f for f in ("half1.mrc", "half2.mrc", "map.mrc", "summary.json")],
+                              [args.particles, args.mask] + referenced_stacks(table, required=True), out_dir=out)
     with OutputGuard(out):
         halves = reconstruct_halves(table, sym=args.sym, pad=args.pad, chunk=args.chunk, workers=args.workers)
         report = half_map_report(halves[1], halves[2], apix, mask=mask)

@@ -12,6 +12,7 @@ DIR/summary.json (FSC per iteration, pose changes) and DIR/run.log.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..errors import InputError
@@ -46,10 +47,29 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default=None, help="GPU id to use, e.g. 0 (default: the first GPU TensorFlow sees); "
                                              "only one GPU is used today")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
-    p.add_argument("--new-split", action="store_true", help="make a new random half split when the input has none")
+    p.add_argument("--new-split", action="store_true",
+                   help="make a new random half split when the input has no usable one (none, incomplete, a half "
+                        "with < 10%% of the particles, or an image in both halves); logged in run.log")
     p.add_argument("--seed", type=int, default=0, help="random seed (GMM seeding, new split)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads to use (TensorFlow, FFTs, half maps reconstructed in parallel; default: all cores)")
+    p.add_argument("--force", action="store_true",
+                   help="refine even with fewer particles per half set than a gold-standard refinement needs "
+                        "(π·box/2: the views that fill Fourier space to Nyquist)")
     p.add_argument("--continue", dest="cont", action="store_true",
                    help="continue the run in --out (re-running the same command does the same)")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--out is a usable folder that holds none of the inputs (the particles star, its stacks, the
+    reference and the mask), and every stack is found — checked before anything is written."""
+    from ..io.stacks import referenced_stacks
+    from ..io.star import read_star
+    from ..safewrite import check_output_path, refuse_overwriting_inputs
+
+    check_output_path(args.out, "--out", folder=True)
+    stacks = referenced_stacks(read_star(args.particles, need_stacks=False), required=True)
+    refuse_overwriting_inputs([], [args.particles, args.ref, args.mask] + stacks, out_dir=args.out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v and not Path(v).exists():
             raise InputError("file not found", path=v, field=f"--{name}")
-    if args.iterations < 0 or args.batch < 1 or args.chunk < 1 or args.steps < 1:
-        raise InputError("--iter must be ≥ 0, --batch, --chunk and --steps ≥ 1")
+    _check_numbers(args)
+    _check_outputs(args)
     explicit = args.prior_angle is not None or args.prior_shift is not None
     if explicit and (args.no_prior or args.ring_weight != "ssnr"):
         raise InputError("a pose prior needs --ring-weight ssnr and no --no-prior", field="--prior-angle")
@@ -87,7 +107,35 @@ def run(args: argparse.Namespace) -> int:
                           minres=args.minres, sym=args.sym, mask=args.mask and str(Path(args.mask).resolve()), batch=args.batch,
                           chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift, ring_weight=args.ring_weight,
                           prior_angle=prior_angle, prior_shift=prior_shift, gpu=gpu,
-                          cpu=args.cpu, seed=args.seed, new_split=args.new_split)
+                          cpu=args.cpu, seed=args.seed, new_split=args.new_split, threads=args.threads,
+                          force=args.force)
     symmetry_matrices(params.sym)  # validates --sym
-    global_refine.run_global(params)
+    from ..safewrite import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # a stop (SIGTERM, e.g. from Scipion) unwinds: no temporaries left
+        global_refine.run_global(params)
     return 0
+
+
+def _check_numbers(args) -> None:
+    """Every numeric option in its range before anything runs (NaN is never in range)."""
+    def need(ok: bool, flag: str, what: str) -> None:
+        if not ok:
+            raise InputError(f"{what} (got {getattr(args, flag.lstrip('-').replace('-', '_'), None)!r})", field=flag)
+
+    finite = math.isfinite
+    need(args.iterations >= 0, "--iter", "must be ≥ 0")
+    for flag in ("--batch", "--chunk", "--steps"):
+        need(getattr(args, flag[2:]) >= 1, flag, "must be ≥ 1")
+    need(args.ngauss is None or args.ngauss >= 1, "--ngauss", "must be ≥ 1 (leave it out to estimate it)")
+    need(args.threads is None or args.threads >= 1, "--threads", "must be ≥ 1")
+    for flag in ("--lr-angle", "--lr-shift", "--minres", "--ref-lowpass"):
+        v = getattr(args, flag[2:].replace("-", "_"))
+        need(finite(v) and v > 0, flag, "must be a positive number")
+    need(args.maxres is None or (finite(args.maxres) and args.maxres > 0), "--maxres", "must be a positive resolution in Å")
+    if args.maxres is not None and args.maxres >= args.minres:
+        raise InputError(f"--maxres {args.maxres:g} Å must be finer (smaller) than --minres {args.minres:g} Å",
+                         field="--maxres")
+    for flag in ("--prior-angle", "--prior-shift"):
+        v = getattr(args, flag[2:].replace("-", "_"))
+        need(v is None or finite(v), flag, "must be a number")

@@ -62,9 +62,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..safewrite import OutputGuard
-    from ..simulate import JSON, PERTURBED_STAR, STACK_NAME, TRUE_MAP, TRUE_STAR, TRUTH, simulate_dataset
+    from pathlib import Path
 
+    from ..safewrite import OutputGuard, check_output_path, refuse_overwriting_inputs
+    from ..simulate import (JSON, PERTURBED_STAR, STACK_NAME, TRUE_MAP, TRUE_MAP_B, TRUE_STAR, TRUTH,
+                            simulate_dataset)
+
+    check_output_path(args.out, "--out", folder=True)
+    models = [m for m in (args.model, args.model_b) if m and not str(m).startswith("builtin:")]
+    refuse_overwriting_inputs([Path(args.out) / f for f in (STACK_NAME, TRUE_STAR, PERTURBED_STAR, TRUE_MAP,
+                                                            TRUE_MAP_B, TRUTH, JSON)], models)
     with OutputGuard(args.out):
         res = simulate_dataset(
             args.out, model=args.model, n_particles=args.n, box=args.box, apix=args.apix,

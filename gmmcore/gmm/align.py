@@ -53,9 +53,10 @@ class BatchedPoseOptimizer:
         self.settings = settings
         self._opt = (backend or get_backend()).pose_optimizer(objective, settings)
 
-    def refine(self, rotations: np.ndarray, origins_A: np.ndarray, **per_particle: np.ndarray):
+    def refine(self, rotations: np.ndarray, origins_A: np.ndarray, on_batch=None, **per_particle: np.ndarray):
         """rotations (k,3,3), origins (k,2) Å, per-particle inputs of the objective (k, ...) →
-        (rotations (k,3,3) float64, origins (k,2) float64, score (k,) float32, start score (k,))."""
+        (rotations (k,3,3) float64, origins (k,2) float64, score (k,) float32, start score (k,)).
+        ``on_batch(n)`` is called after each batch of n particles (progress)."""
         k = len(rotations)
         out_R, out_o = np.empty((k, 3, 3)), np.empty((k, 2))
         out_s, out_s0 = np.empty(k, np.float32), np.empty(k, np.float32)
@@ -74,6 +75,8 @@ class BatchedPoseOptimizer:
             out_o[sl] = on[:n]
             out_s[sl] = s[:n]
             out_s0[sl] = s0[:n]
+            if on_batch is not None:
+                on_batch(n)
         return out_R, out_o, out_s, out_s0
 
 
@@ -88,13 +91,14 @@ class PoseRefiner(BatchedPoseOptimizer):
         super().__init__(FRCObjective(gmm, grid, self.ring_weights, float(data_scale)), settings, batch, backend)
 
     def refine(self, particle_ft: np.ndarray, rotations: np.ndarray, origins_A: np.ndarray,
-               prior_rotations: Optional[np.ndarray] = None, prior_origins_A: Optional[np.ndarray] = None):
+               prior_rotations: Optional[np.ndarray] = None, prior_origins_A: Optional[np.ndarray] = None,
+               on_batch=None):
         """particle_ft (k, ny, nx) complex (cropped, phase-flipped), rotations (k,3,3), origins (k,2) Å
         → (rotations, origins_A, score, initial_score) as float64 / float32 arrays.
 
         ``prior_rotations`` / ``prior_origins_A``: centre of the pose prior (default: the start pose);
         used only when the settings switch the prior on."""
-        return super().refine(rotations, origins_A, particle_ft=particle_ft,
+        return super().refine(rotations, origins_A, on_batch=on_batch, particle_ft=particle_ft,
                               prior_rotations=rotations if prior_rotations is None else prior_rotations,
                               prior_origins_A=origins_A if prior_origins_A is None else prior_origins_A)
 
@@ -194,19 +198,19 @@ def align_particles(table: ParticleTable, start: Poses, rows: np.ndarray, gmm: G
             bar.update(len(chunk_rows))
             continue
         res = {key: np.empty_like(v[sel]) for key, v in out.items()}
-        for pos, imgs in iter_images(table, chunk_rows, chunk=chunk):
+        # Images are read SUB_BATCH at a time: memory is bounded by that, not by the chunk (the
+        # checkpoint unit) or the dataset.
+        for pos, imgs in iter_images(table, chunk_rows, chunk=min(chunk, SUB_BATCH)):
             # ``pos`` are table rows (iter_images groups them by file); place them within this chunk
             where = _positions(chunk_rows, pos)
-            # Transforms in sub-batches: memory is set by SUB_BATCH, not by the chunk or the dataset.
             for b0 in range(0, len(pos), SUB_BATCH):
                 b = slice(b0, b0 + SUB_BATCH)
                 pb = pos[b]
                 F = particle_transforms(imgs[b], table, pb, grid)
                 R, o, s, s0 = refiner.refine(F, start.rotation[pb], start.origin_A[pb], prior.rotation[pb],
-                                             prior.origin_A[pb])
+                                             prior.origin_A[pb], on_batch=bar.update)
                 w = where[b]
                 res["rotation"][w], res["origin"][w], res["score"][w], res["score0"][w] = R, o, s, s0
-                bar.update(len(pb))
         for key in out:
             out[key][sel] = res[key]
         if checkpoints is not None:

@@ -60,6 +60,7 @@ import numpy as np
 from ..backend import get_backend
 from ..errors import InputError
 from ..grids import band_limits
+from ..progress import progress
 from .model import GMM
 
 SIGMA_FACTOR = 0.3  # initial width / resolution
@@ -283,11 +284,11 @@ class _FitProblem:
 def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 25.0, iterations: int = 300,
             amplitudes0=None, sigmas0=None, sigma_factor: float = SIGMA_FACTOR, amp_weight: float = 0.1,
             lr_center: float = 0.03, lr_shape: float = 0.05, max_slab_elems: int = 40_000_000,
-            verbose: bool = False, backend=None) -> Tuple[GMM, dict]:
+            verbose: bool = False, backend=None, desc: Optional[str] = None) -> Tuple[GMM, dict]:
     """Fit centres, amplitudes and widths of a GMM to ``map_`` within ``resolution_A`` (module notes).
 
     ``max_slab_elems`` bounds the complex (slab-z × y × N) intermediate of one slab (larger grids are
-    done slab by slab, two passes).  Returns (GMM, report) with report ``{"fsc_mean", "fsc", "freq",
+    done slab by slab, two passes).  ``desc``: report progress under this name.  Returns (GMM, report) with report ``{"fsc_mean", "fsc", "freq",
     "steps", "seconds", "n_gaussians", "loss", "loss_start", "minres_A", "resolution_A"}``; the
     returned parameters are the best (lowest loss) met.
     """
@@ -332,6 +333,7 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
     mom = [np.zeros_like(p) for p in params]
     vel = [np.zeros_like(p) for p in params]
     best_loss, best_p, first = float("inf"), [p.copy() for p in params], None
+    bar = progress(total=steps, desc=desc, unit="step") if desc else None
     for t in range(steps + 1):
         loss, fsc, grads = fit.value_and_grad(params, amp0)
         if first is None:
@@ -342,6 +344,8 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
             print(f"step {t:4d} loss {loss:.4f} mean FSC {np.mean(fsc):.4f}")
         if t == steps:
             break
+        if bar is not None:
+            bar.update(1)
         decay = 1.0 - 0.9 * t / max(steps - 1, 1)
         for i, g in enumerate(grads):
             g = np.where(np.isfinite(g), g, 0.0).astype(np.float32)
@@ -350,6 +354,8 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
             mh = mom[i] / (1 - b1 ** (t + 1))
             vh = vel[i] / (1 - b2 ** (t + 1))
             params[i] = (params[i] - decay * lrs[i] * mh / (np.sqrt(vh) + eps)).astype(np.float32)
+    if bar is not None:
+        bar.close()
     loss, fsc, _ = fit.value_and_grad(best_p, amp0)
     softplus = lambda x: np.logaddexp(0.0, x.astype(np.float64))  # noqa: E731
     gmm = GMM(best_p[0], amp0 * softplus(best_p[1]), sig0 * softplus(best_p[2]),

@@ -16,10 +16,10 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..safewrite import atomic_path
-from ..errors import InputError
+from ..errors import APIX, CS, VOLTAGE, InputError
 from ..geometry import matrix_to_rotvec, rotvec_to_matrix
-from ..particles import CTFParams, ParticleTable
-from .stacks import format_image_name, parse_image_name, resolve_stack_path, stack_shape
+from ..particles import DEFAULT_AMPLITUDE_CONTRAST, CTFParams, ParticleTable, check_ctf
+from .stacks import StackLocator, format_image_name, parse_image_name, stack_shape
 from .stacks import reference_rows as rows_by_image_name
 
 
@@ -76,12 +76,20 @@ def cs_image_names(arr) -> List[Tuple[int, str]]:
     return [(int(i), _decode(p)) for i, p in zip(arr["blob/idx"], arr["blob/path"])]
 
 
-def read_cs(path, image_root=None, apix: Optional[float] = None) -> ParticleTable:
+def read_cs(path, image_root=None, apix: Optional[float] = None, voltage: Optional[float] = None,
+            cs: Optional[float] = None, amp_contrast: Optional[float] = None,
+            need_stacks: bool = True) -> ParticleTable:
     """Read a cryoSPARC particle ``.cs`` into a ParticleTable (A = Rodrigues(pose)ᵀ, origins in Å).
 
     ``apix`` fills a missing ``blob/psize_A``; a ``blob/psize_A`` differing from it by more than 1 %
-    is an :class:`InputError`.
+    is an :class:`InputError`.  ``voltage``, ``cs``, ``amp_contrast`` fill missing ``ctf/accel_kv``,
+    ``ctf/cs_mm``, ``ctf/amp_contrast`` (a missing amplitude contrast is 0.1 with a warning in
+    ``table.meta["warnings"]``; a missing voltage or Cs without a value is an error).
+    ``need_stacks`` as in :func:`gmmcore.io.star.read_star` (only for files without ``blob/shape``).
     """
+    from .star import fill_constant
+
+    warnings: List[str] = []
     path = Path(path)
     arr = load_cs(path)
     n = len(arr)
@@ -102,7 +110,7 @@ def read_cs(path, image_root=None, apix: Optional[float] = None) -> ParticleTabl
     elif psize is not None:
         px = psize
     else:
-        raise InputError("no pixel size in the .cs; give --apix", path=path, field="blob/psize_A")
+        raise InputError("no pixel size in the .cs", path=path, field="blob/psize_A", remedy=APIX)
     if (px <= 0).any():
         raise InputError("pixel size must be positive", path=path, field="blob/psize_A")
 
@@ -121,21 +129,29 @@ def read_cs(path, image_root=None, apix: Optional[float] = None) -> ParticleTabl
     else:
         size = np.zeros(n, dtype=np.int32)
         if n:
-            f = resolve_stack_path(names[0][1], cs_dir, root, source=str(path))
-            size[:] = stack_shape(f)[2]
+            locator = StackLocator(cs_dir, root, str(path))
+            f = locator.resolve(names[0][1]) if need_stacks else locator.find(names[0][1])
+            if f is not None:
+                size[:] = stack_shape(f)[2]
 
     ctf = CTFParams(
         defocus_u=_field(arr, "ctf/df1_A", path),
         defocus_v=_field(arr, "ctf/df2_A", path),
         defocus_angle=np.rad2deg(_field(arr, "ctf/df_angle_rad", path, required=False) if
                                  "ctf/df_angle_rad" in arr.dtype.names else np.zeros(n)),
-        voltage=_field(arr, "ctf/accel_kv", path),
-        cs=_field(arr, "ctf/cs_mm", path),
-        amp_contrast=_field(arr, "ctf/amp_contrast", path),
+        voltage=fill_constant(_field(arr, "ctf/accel_kv", path, required=False), voltage, n, "ctf/accel_kv", path,
+                              "--voltage", VOLTAGE),
+        cs=fill_constant(_field(arr, "ctf/cs_mm", path, required=False), cs, n, "ctf/cs_mm", path, "--cs-mm", CS),
+        amp_contrast=fill_constant(_field(arr, "ctf/amp_contrast", path, required=False), amp_contrast, n,
+                                   "ctf/amp_contrast", path, "--amp-contrast", None,
+                                   default=DEFAULT_AMPLITUDE_CONTRAST, tolerance=1e-3, warnings=warnings),
         phase_shift=np.rad2deg(_field(arr, "ctf/phase_shift_rad", path) if
                                "ctf/phase_shift_rad" in arr.dtype.names else np.zeros(n)),
         bfactor=_field(arr, "ctf/bfactor", path) if "ctf/bfactor" in arr.dtype.names else np.zeros(n),
     )
+
+    check_ctf(ctf, path, {"voltage": "ctf/accel_kv", "cs": "ctf/cs_mm", "amp_contrast": "ctf/amp_contrast",
+                          "defocus_u": "ctf/df1_A", "defocus_v": "ctf/df2_A"})
 
     if "alignments3D/split" in arr.dtype.names:
         split = np.asarray(arr["alignments3D/split"]).astype(np.int64)
@@ -166,7 +182,7 @@ def read_cs(path, image_root=None, apix: Optional[float] = None) -> ParticleTabl
         image_root=root,
         cs_records=arr,
         source=str(path),
-        meta={"format": "cryosparc", "star_dir": cs_dir},
+        meta={"format": "cryosparc", "star_dir": cs_dir, "warnings": warnings},
     )
 
 

@@ -25,18 +25,13 @@ def read_map(path, apix: Optional[float] = None) -> Tuple[np.ndarray, float]:
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path=path)
-    try:
-        with mrcfile.open(str(path), mode="r", permissive=True) as m:
-            if m.data is None:
-                raise InputError("not a readable MRC map (bad header)", path=path)
-            data = np.asarray(m.data, dtype=np.float32)
-            h = m.header
-            axes = (int(h.maps), int(h.mapr), int(h.mapc))
-            vs = float(m.voxel_size.x)
-    except InputError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise InputError(f"not a readable MRC map ({exc})", path=path) from None
+    from .mrc import open_mrc
+
+    with open_mrc(path, what="MRC map") as m:  # validated when the header has a map ID, quiet otherwise
+        data = np.asarray(m.data, dtype=np.float32)
+        h = m.header
+        axes = (int(h.maps), int(h.mapr), int(h.mapc))
+        vs = float(m.voxel_size.x)
     if data.ndim != 3:
         raise InputError(f"expected a 3-D map, found shape {data.shape}", path=path)
     if sorted(axes) == [1, 2, 3] and axes != (3, 2, 1):

@@ -18,7 +18,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import mrcfile
 import numpy as np
 
-from ..errors import InputError
+from ..errors import STACK_ROOT, InputError
+from ..safewrite import _umask
+from ..particles import image_keys
 
 
 # --------------------------------------------------------------------------------------------------
@@ -47,52 +49,111 @@ def format_image_name(index0: int, path: str) -> str:
     return f"{int(index0) + 1:06d}@{path}"
 
 
-def _candidates(path: str, star_dir, image_root) -> List[Path]:
-    p = Path(path)
-    if p.is_absolute():
-        return [p]
-    out: List[Path] = []
-    if image_root:
-        out.append(Path(image_root) / p)
-    if star_dir:
-        out.append(Path(star_dir) / p)
-    out.append(Path.cwd() / p)
-    if star_dir:
-        # RELION names are relative to the project folder, cryoSPARC's to the project folder too;
-        # star/.cs files usually sit one or two folders below it (Refine3D/job012/, J12/).
-        sd = Path(star_dir).resolve()
-        out.extend([sd.parent / p, sd.parent.parent / p])
-    return out
+class StackLocator:
+    """Finds the stacks a star/.cs file names, where RELION and cryoSPARC users keep them.
+
+    A name is tried (in this order, the first existing file wins):
+
+    1. as given, when absolute;
+    2. relative to ``image_root`` (``--stack-root``), the star/.cs file's folder ``star_dir``, the
+       working folder, then every folder above ``star_dir`` — RELION names are relative to the
+       project folder (the one holding ``Extract/jobNNN/``), cryoSPARC's to the project folder
+       (holding ``J12/extract/``), and the star/.cs usually sits one or more folders below it;
+    3. without its leading folders (``/old/disk/proj/Extract/job012/a.mrcs`` →
+       ``Extract/job012/a.mrcs`` → ``job012/a.mrcs`` → ``a.mrcs``), longest first, relative to
+       ``image_root``, ``star_dir`` and the folders above it: stacks moved or copied elsewhere.
+
+    A leading ``>`` (cryoSPARC) is ignored.  Folder look-ups are cached, so thousands of stacks
+    resolve quickly.
+    """
+
+    def __init__(self, star_dir=None, image_root=None, source=None):
+        self.star_dir = Path(star_dir).resolve() if star_dir else None
+        self.image_root = Path(image_root).resolve() if image_root else None
+        self.source = source if source is not None else (None if star_dir is None else str(star_dir))
+        self.cwd = Path.cwd()
+        above = list(self.star_dir.parents) if self.star_dir else []
+        as_given = [self.image_root, self.star_dir, self.cwd] + above
+        moved = [self.image_root, self.star_dir] + above
+        self._as_given = list(dict.fromkeys(b for b in as_given if b is not None))
+        self._moved = list(dict.fromkeys(b for b in moved if b is not None))
+        self._dirs: Dict[Path, bool] = {}
+
+    def _isdir(self, d: Path) -> bool:
+        hit = self._dirs.get(d)
+        if hit is None:
+            hit = self._dirs[d] = d.is_dir()
+        return hit
+
+    def _rules(self, parts: Tuple[str, ...]):
+        """(base, k): try base / parts[k:]."""
+        for base in self._as_given:
+            yield base, 0
+        for k in range(1, len(parts)):
+            for base in self._moved:
+                yield base, k
+
+    def find(self, path) -> Optional[str]:
+        """Absolute path of the stack named ``path``, or None."""
+        path = str(path).strip()
+        if path.startswith(">"):
+            path = path[1:]
+        p = Path(path)
+        if p.is_absolute():
+            if p.is_file():
+                return str(p.resolve())
+            parts = p.parts[1:]
+            rules = [(b, k) for k in range(0, len(parts)) for b in self._moved]
+        else:
+            parts = p.parts
+            rules = list(self._rules(parts))
+        for base, k in rules:
+            rest = parts[k:]
+            if not rest:
+                continue
+            cand = base.joinpath(*rest)
+            if self._isdir(cand.parent) and cand.is_file():
+                return str(cand.resolve())
+        return None
+
+    def searched(self) -> str:
+        """The folders searched, in words (for error messages)."""
+        out = []
+        if self.image_root is not None and self.image_root != self.star_dir:
+            out.append(f"the stacks folder {self.image_root}")
+        if self.star_dir is not None:
+            out.append(f"{self.star_dir} and the folders above it")
+        out.append(f"the working folder {self.cwd}")
+        return "; ".join(out)
+
+    def missing_error(self, path, n_missing: int = 1, n_total: int = 1) -> InputError:
+        count = f" (and {n_missing - 1} more of {n_total} stacks)" if n_missing > 1 else ""
+        return InputError(f"image stack {str(path).lstrip('>')!r} not found{count}; looked for it, and for it "
+                          f"without its leading folders, in: {self.searched()}",
+                          path=self.source, field="rlnImageName", remedy=STACK_ROOT)
+
+    def resolve(self, path) -> str:
+        """Like :meth:`find`, but a missing stack is an :class:`InputError` naming the folders searched."""
+        hit = self.find(path)
+        if hit is None:
+            raise self.missing_error(path)
+        return hit
 
 
 def resolve_stack_path(path, star_dir=None, image_root=None, source=None) -> str:
-    """Absolute path of a stack named ``path`` in a star/.cs file.
-
-    Absolute paths are used as they are; relative ones are tried against ``image_root``, the star
-    file's folder ``star_dir``, the working directory, then the two folders above ``star_dir``.
-    A leading ``>`` (cryoSPARC) is ignored.  :class:`InputError` names ``source`` (the star file)
-    and rlnImageName when none exists.
-    """
-    path = str(path).strip()
-    if path.startswith(">"):
-        path = path[1:]
-    cands = _candidates(path, star_dir, image_root)
-    for c in cands:
-        if c.is_file():
-            return str(c.resolve())
-    tried = ", ".join(dict.fromkeys(str(c.parent) for c in cands))
-    raise InputError(f"image stack {path!r} not found (looked in: {tried}); use --stack-root DIR",
-                     path=source if source is not None else star_dir, field="rlnImageName")
+    """Absolute path of a stack named ``path`` in a star/.cs file (see :class:`StackLocator` for
+    where it is looked for).  :class:`InputError` names ``source`` (the star file), rlnImageName and
+    the folders searched when none exists."""
+    return StackLocator(star_dir, image_root, source).resolve(path)
 
 
 def stack_shape(path) -> Tuple[int, int, int]:
     """(n_images, ny, nx) of an MRC stack, from its header."""
-    try:
-        with mrcfile.open(str(path), mode="r", header_only=True, permissive=True) as m:
-            h = m.header
-            nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read MRC header ({exc})", path=path) from None
+    from .mrc import open_mrc
+
+    with open_mrc(path, what="MRC stack", header_only=True) as m:
+        h = m.header
+        nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
     return nz, ny, nx
 
 
@@ -103,19 +164,65 @@ def _table_dirs(table):
     return star_dir, table.image_root
 
 
-def resolved_image_names(table) -> np.ndarray:
-    """The table's image names with their stack paths made absolute (``index@/abs/path``)."""
+def table_locator(table) -> StackLocator:
+    """The :class:`StackLocator` of a particle table (its file's folder, its image root)."""
     star_dir, root = _table_dirs(table)
-    cache: Dict[str, str] = {}
+    return StackLocator(star_dir, root, table.source or None)
+
+
+def locate_image_names(table) -> Tuple[np.ndarray, List[str]]:
+    """``(names, missing)``: the table's image names with the stacks that exist made absolute
+    (``index@/abs/path``) and the others as given; ``missing`` lists the stack paths not found."""
+    loc = table_locator(table)
+    keys = image_keys(table.image_name, table.source or None)
+    found = [loc.find(p) for p in keys.paths]
+    raw = [str(nm).strip() for nm in table.image_name]
+    out = [raw[r] if found[c] is None else f"{i + 1:06d}@{found[c]}"
+           for r, (i, c) in enumerate(zip(keys.index0.tolist(), keys.path_code.tolist()))]
+    missing = [p for p, hit in zip(keys.paths, found) if hit is None]
+    return np.asarray(out, dtype=object), missing
+
+
+def resolved_image_names(table) -> np.ndarray:
+    """The table's image names with their stack paths made absolute (``index@/abs/path``);
+    :class:`InputError` naming the first missing stack and the folders searched otherwise."""
+    names, missing = locate_image_names(table)
+    if missing:
+        raise table_locator(table).missing_error(missing[0], len(missing), len(image_keys(table.image_name).paths))
+    return names
+
+
+def referenced_stacks(table, required: bool = False) -> List[str]:
+    """The absolute paths of the stacks the table names (inputs an output must not replace): those
+    that exist, or with ``required`` all of them (else :class:`InputError` naming the first missing
+    one and the folders searched — for verbs that will read the images, before they write)."""
+    loc = table_locator(table)
+    paths = image_keys(table.image_name, table.source or None).paths
+    found = [loc.find(p) for p in paths]
+    missing = [p for p, f in zip(paths, found) if f is None]
+    if required and missing:
+        raise loc.missing_error(missing[0], len(missing), len(paths))
+    return [f for f in found if f is not None]
+
+
+def names_resolving_from(table, folder) -> np.ndarray:
+    """The table's image names rewritten so they resolve from ``folder`` (where a star will be
+    written): stacks inside ``folder`` (or below it) relative to it, all others absolute.  Stacks
+    that cannot be found keep their names.  (The rule for every star gmmcore writes for its own
+    outputs: ``gmmcore import``, ``refine``'s ``final/particles.star``.)"""
+    folder = Path(folder).resolve()
+    names, _ = locate_image_names(table)
     out = []
-    for r, name in enumerate(table.image_name):
-        try:
-            i, p = parse_image_name(name)
-        except InputError as exc:
-            raise InputError(f"row {r + 1}: {exc.message}", path=table.source or None, field=exc.field) from None
-        if p not in cache:
-            cache[p] = resolve_stack_path(p, star_dir, root, source=table.source or None)
-        out.append(format_image_name(i, cache[p]))
+    for nm in names:
+        i, p = parse_image_name(nm)
+        if os.path.isabs(p):
+            try:
+                p = str(Path(p).relative_to(folder))
+            except ValueError:
+                pass
+            out.append(format_image_name(i, p))
+        else:
+            out.append(nm)
     return np.asarray(out, dtype=object)
 
 
@@ -123,19 +230,9 @@ def resolved_image_names(table) -> np.ndarray:
 # reading
 # --------------------------------------------------------------------------------------------------
 def _open_stack(path):
-    try:
-        m = mrcfile.mmap(path, mode="r")
-    except ValueError:
-        try:
-            m = mrcfile.mmap(path, mode="r", permissive=True)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"not a readable MRC stack ({exc})", path=path) from None
-        if m.data is None:
-            m.close()
-            raise InputError("not a readable MRC stack (bad header)", path=path)
-    except OSError as exc:
-        raise InputError(f"cannot open stack ({exc})", path=path) from None
-    return m
+    from .mrc import open_mrc
+
+    return open_mrc(path, what="MRC stack", mmap=True)
 
 
 def iter_images(table, indices=None, chunk: int = 20000) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
@@ -155,22 +252,11 @@ def iter_images(table, indices=None, chunk: int = 20000) -> Iterator[Tuple[np.nd
     star_dir, root = _table_dirs(table)
     src = table.source or None
 
-    path_ids: Dict[str, int] = {}
-    paths: List[str] = []
-    index0 = np.empty(rows.size, dtype=np.int64)
-    pid = np.empty(rows.size, dtype=np.int64)
-    for j, r in enumerate(rows):
-        try:
-            i, p = parse_image_name(table.image_name[r])
-        except InputError as exc:
-            raise InputError(f"row {r + 1}: {exc.message}", path=src, field=exc.field) from None
-        k = path_ids.get(p)
-        if k is None:
-            k = path_ids[p] = len(paths)
-            paths.append(p)
-        index0[j] = i
-        pid[j] = k
-    resolved = [resolve_stack_path(p, star_dir, root, source=src) for p in paths]
+    keys = image_keys(np.asarray(table.image_name)[rows], src)
+    index0, pid, paths = keys.index0, keys.path_code, keys.paths
+    bare_pid = set(pid[keys.bare].tolist())
+    locator = StackLocator(star_dir, root, src)
+    resolved = [locator.resolve(p) for p in paths]
     size = np.asarray(table.image_size)[rows]
     order = np.lexsort((index0, pid, size))
 
@@ -199,6 +285,9 @@ def iter_images(table, indices=None, chunk: int = 20000) -> Iterator[Tuple[np.nd
                 data = current["mrc"].data
                 if data.ndim == 2:
                     data = data[None]
+                if k in bare_pid and data.shape[0] > 1:
+                    raise InputError(f"a particle names this stack of {data.shape[0]} images without an image "
+                                     "index: write index@path (1-based)", path=fname, field="rlnImageName")
                 idx = index0[sel[lo:hi]]
                 if idx.max() >= data.shape[0]:
                     bad = int(idx[idx >= data.shape[0]][0]) + 1
@@ -227,9 +316,14 @@ class StackWriter:
 
     ``StackWriter(path, box, apix)`` then ``write(images)`` appends (the number of images need not
     be known); with ``n`` given, ``write(rows, images)`` also puts images at positions ``rows``
-    (any order).  Data go to a temporary file beside ``path`` which :meth:`close` renames to
-    ``path``; :meth:`abort` (or leaving a ``with`` block by an exception) removes it.  Memory use is
-    one chunk.  The header is an image stack (ispg 0) with voxel size ``apix`` and statistics.
+    (any order).  Data go to a temporary file beside ``path`` (``.NAME.XXXXXXXX.part.mrcs``) which
+    :meth:`close` renames to ``path`` with the usual permissions (umask); :meth:`abort` (or leaving
+    a ``with`` block by any exception, Ctrl-C included) removes it.  Memory use is one chunk.  The
+    header is an image stack (ispg 0) with voxel size ``apix`` and statistics.
+
+    Images are written with ordinary positioned writes, never through a memory map: on a full
+    disk a write fails with ``OSError`` (ENOSPC) instead of killing the process with SIGBUS, and
+    the file grows only as far as it is written.
     """
 
     _HEADER = 1024
@@ -245,6 +339,7 @@ class StackWriter:
         self._count = 0  # images appended / highest position written + 1
         self._stats = [np.inf, -np.inf, 0.0, 0.0, 0]  # min, max, sum, sumsq, count
         self._closed = False
+        self._f = None
         try:
             # a valid 1-image stack header made by mrcfile; data are then written raw after it
             with mrcfile.new(str(self.tmp), overwrite=True) as m:
@@ -255,15 +350,13 @@ class StackWriter:
             self._offset = offset
             self._f = open(self.tmp, "r+b")
             self._f.truncate(offset)
-            self._mm = None
-            if self.n is not None:
-                self._f.truncate(offset + self.n * self.box * self.box * 4)
-                if self.n:
-                    self._mm = np.memmap(self.tmp, dtype="<f4", mode="r+", offset=offset,
-                                         shape=(self.n, self.box, self.box))
         except BaseException:
-            self.tmp.unlink(missing_ok=True)
+            self.abort()
             raise
+
+    @property
+    def _image_bytes(self) -> int:
+        return self.box * self.box * 4
 
     def _update_stats(self, images: np.ndarray) -> None:
         if images.size == 0:
@@ -283,6 +376,32 @@ class StackWriter:
             raise ValueError(f"expected images of {self.box}x{self.box}, got {images.shape}")
         return images
 
+    def _write_header(self, nz: int) -> None:
+        """The final header: nz images, statistics, an image stack (ispg 0, mz 1) of voxel size apix."""
+        from mrcfile.dtypes import HEADER_DTYPE
+
+        fd = self._f.fileno()
+        h = np.frombuffer(bytearray(os.pread(fd, self._HEADER, 0)), dtype=HEADER_DTYPE)  # one record
+        h["nz"] = nz
+        h["mz"] = 1
+        h["ispg"] = 0
+        cella = h["cella"]
+        cella["x"], cella["y"], cella["z"] = self.apix * self.box, self.apix * self.box, self.apix
+        mn, mx, sm, sq, cnt = self._stats
+        if cnt:
+            mean = sm / cnt
+            h["dmin"], h["dmax"], h["dmean"] = mn, mx, mean
+            h["rms"] = float(np.sqrt(max(sq / cnt - mean * mean, 0.0)))
+        os.pwrite(fd, h.tobytes(), 0)
+
+    def _pwrite(self, position: int, images: np.ndarray) -> None:
+        data = np.ascontiguousarray(images, dtype="<f4").tobytes()
+        at = self._offset + int(position) * self._image_bytes
+        fd = self._f.fileno()
+        done = 0
+        while done < len(data):  # os.pwrite may write less than asked
+            done += os.pwrite(fd, data[done:], at + done)
+
     def write(self, rows_or_images, images=None) -> None:
         """``write(images)`` appends; ``write(rows, images)`` writes at positions (needs ``n``)."""
         if images is None:
@@ -294,11 +413,15 @@ class StackWriter:
             raise ValueError(f"{rows.size} positions for {images.shape[0]} images")
         if rows.size == 0:
             return
-        if self._mm is None:
+        if self.n is None:
             raise ValueError("write(rows, images) needs the number of images n at construction")
         if rows.min() < 0 or rows.max() >= self.n:
             raise IndexError(f"positions must be in [0, {self.n})")
-        self._mm[rows] = images
+        order = np.argsort(rows, kind="stable")
+        r, im = rows[order], images[order]
+        breaks = np.flatnonzero(np.diff(r) != 1) + 1  # runs of consecutive positions: one write each
+        for lo, hi in zip([0] + breaks.tolist(), breaks.tolist() + [r.size]):
+            self._pwrite(int(r[lo]), im[lo:hi])
         self._update_stats(images)
         self._count = max(self._count, int(rows.max()) + 1)
 
@@ -308,8 +431,7 @@ class StackWriter:
         if self.n is not None:
             self.write(np.arange(self._count, self._count + k), images)
             return
-        self._f.seek(self._offset + self._count * self.box * self.box * 4)
-        self._f.write(np.ascontiguousarray(images, dtype="<f4").tobytes())
+        self._pwrite(self._count, images)
         self._update_stats(images)
         self._count += k
 
@@ -318,23 +440,12 @@ class StackWriter:
             return self.path
         try:
             nz = self.n if self.n is not None else self._count
-            if self._mm is not None:
-                self._mm.flush()
-                del self._mm
-                self._mm = None
-            self._f.truncate(self._offset + nz * self.box * self.box * 4)
-            self._f.seek(8)  # header word 3: nz
-            self._f.write(np.array([nz], dtype="<i4").tobytes())
+            self._f.truncate(self._offset + nz * self._image_bytes)
+            self._write_header(nz)
+            self._f.flush()
+            os.fsync(self._f.fileno())
             self._f.close()
-            with mrcfile.mmap(str(self.tmp), mode="r+", permissive=True) as m:
-                h = m.header
-                mn, mx, sm, sq, cnt = self._stats
-                if cnt:
-                    mean = sm / cnt
-                    h.dmin, h.dmax, h.dmean = mn, mx, mean
-                    h.rms = float(np.sqrt(max(sq / cnt - mean * mean, 0.0)))
-                m.set_image_stack()
-                m.voxel_size = self.apix
+            os.chmod(self.tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
             os.replace(self.tmp, self.path)
         except BaseException:
             self.abort()
@@ -345,10 +456,7 @@ class StackWriter:
     def abort(self) -> None:
         self._closed = True
         try:
-            if self._mm is not None:
-                del self._mm
-                self._mm = None
-            if not self._f.closed:
+            if self._f is not None and not self._f.closed:
                 self._f.close()
         except Exception:  # noqa: BLE001 - best-effort cleanup
             pass

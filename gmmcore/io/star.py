@@ -29,10 +29,10 @@ import pandas as pd
 import starfile
 
 from ..safewrite import atomic_path
-from ..errors import InputError
+from ..errors import APIX, CS, VOLTAGE, InputError, Remedy
 from ..geometry import euler_to_matrix, matrix_to_euler
-from ..particles import CTFParams, ParticleTable
-from .stacks import parse_image_name, resolve_stack_path, stack_shape
+from ..particles import DEFAULT_AMPLITUDE_CONTRAST, CTFParams, ParticleTable, check_ctf, check_image_names
+from .stacks import StackLocator, parse_image_name, stack_shape
 
 # labels whose values are strings even when they look like numbers
 _STRING_LABEL = re.compile(r"(Name|File|FileName|Image|Metadata|Movie|Path)$")
@@ -50,15 +50,22 @@ _FLOAT_FORMAT = "%.10g"
 # reading
 # --------------------------------------------------------------------------------------------------
 def _prescan(path: Path) -> Tuple[Optional[int], List[str]]:
-    """(version from a '# version N' line, labels of string columns)."""
+    """(version from a '# version N' line, labels of string columns).  A label that appears twice
+    in one block is an :class:`InputError` (the parser would fail on it obscurely)."""
     version = None
     strings = set()
+    block, seen = None, set()
     try:
         with open(path, "r", errors="replace") as f:
             for line in f:
                 s = line.lstrip()
-                if s.startswith("_"):
+                if s.startswith("data_"):
+                    block, seen = s.split()[0], set()
+                elif s.startswith("_"):
                     lab = s.split()[0][1:]
+                    if lab in seen:
+                        raise InputError(f"label _{lab} appears twice in {block or 'the file'}", path=path, field=lab)
+                    seen.add(lab)
                     if _STRING_LABEL.search(lab):
                         strings.add(lab)
                 elif version is None and s.startswith("#"):
@@ -66,7 +73,7 @@ def _prescan(path: Path) -> Tuple[Optional[int], List[str]]:
                     if m:
                         version = int(m.group(1))
     except OSError as exc:
-        raise InputError(f"cannot read file ({exc})", path=path) from None
+        raise InputError(f"cannot read file ({exc.strerror or exc})", path=path) from None
     return version, sorted(strings)
 
 
@@ -113,6 +120,17 @@ def _numeric(series: pd.Series, name: str, path) -> np.ndarray:
     return v
 
 
+def _integer(v: np.ndarray, name: str, path) -> np.ndarray:
+    """Values that must be whole numbers (optics group numbers, sizes, flags): 1.7 is an error,
+    never truncated."""
+    v = _finite(v, name, path)
+    bad = v != np.round(v)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise InputError(f"value {v[r]:g} in row {r + 1} is not a whole number", path=path, field=name)
+    return v.astype(np.int64)
+
+
 def _finite(v: np.ndarray, name: str, path) -> np.ndarray:
     if not np.isfinite(v).all():
         r = int(np.flatnonzero(~np.isfinite(v))[0])
@@ -141,12 +159,46 @@ def _pick_particle_block(blocks: Dict[str, pd.DataFrame], path) -> Tuple[str, pd
                      path=path, field="data_particles")
 
 
-def read_star(path, image_root=None, apix: Optional[float] = None) -> ParticleTable:
+def fill_constant(values: Optional[np.ndarray], given: Optional[float], n: int, label: str, path,
+                  option: str, remedy: Optional[Remedy], default: Optional[float] = None,
+                  tolerance: float = 0.01, warnings: Optional[list] = None) -> np.ndarray:
+    """An optics constant (voltage, Cs, amplitude contrast) per particle: the file's values, or
+    ``given`` (a command-line value) when the file has none.  A file value that differs from
+    ``given`` by more than ``tolerance`` (relative, or absolute below 1) is an :class:`InputError`.
+    Missing from both: ``default`` with a warning appended to ``warnings`` (RELION's rule for the
+    amplitude contrast), or an :class:`InputError` with ``remedy`` — never a silent guess."""
+    if values is not None:
+        if given is not None:
+            v = np.asarray(values, np.float64)
+            dev = np.abs(v - float(given)) / max(abs(float(given)), 1.0)
+            if n and np.max(dev) > tolerance:
+                r = int(np.argmax(dev))
+                raise InputError(f"value {v[r]:g} in the file differs from {option} {given:g}", path=path, field=label)
+        return np.asarray(values, np.float64)
+    if given is not None:
+        return np.full(n, float(given))
+    if default is not None:
+        if warnings is not None:
+            warnings.append(f"{path}: no {label}; using {default:g} (RELION's default; {option} sets another value)")
+        return np.full(n, float(default))
+    raise InputError(f"missing column {label} (no default is safe)", path=path, field=label, remedy=remedy)
+
+
+def read_star(path, image_root=None, apix: Optional[float] = None, voltage: Optional[float] = None,
+              cs: Optional[float] = None, amp_contrast: Optional[float] = None,
+              need_stacks: bool = True) -> ParticleTable:
     """Read a RELION particle star file (3.0, 3.1, 4 or 5).
 
-    ``image_root``: folder relative image paths are resolved against (default: the star's folder).
-    ``apix``: fills a missing pixel size; a pixel size in the file that differs from it by more
-    than 1 % is an :class:`InputError`.
+    ``image_root``: folder relative image paths are resolved against first (default: the star's
+    folder; see :class:`gmmcore.io.stacks.StackLocator`).
+    ``apix``, ``voltage`` (kV), ``cs`` (mm), ``amp_contrast``: fill a value the file lacks; a file
+    value that differs from one of them (pixel size by > 1 %) is an :class:`InputError`.  Without
+    them a missing pixel size, voltage or Cs is an :class:`InputError`; a missing amplitude contrast
+    is 0.1 (as in RELION) with a warning in ``table.meta["warnings"]``.
+    ``need_stacks``: RELION 3.0 files give the image size only through the stacks' headers; with
+    False a missing stack leaves the size unknown (0) instead of an error (metadata-only work).
+    CTF values are checked against :func:`gmmcore.particles.check_ctf`'s bounds; image names must
+    parse (:func:`gmmcore.particles.check_image_names`).
     """
     path = Path(path)
     blocks, version = read_star_blocks(path)
@@ -158,13 +210,10 @@ def read_star(path, image_root=None, apix: Optional[float] = None) -> ParticleTa
     n = len(parts)
     star_dir = str(path.resolve().parent)
     root = str(image_root) if image_root is not None else star_dir
+    warnings: List[str] = []
 
     names = parts["rlnImageName"].astype(str).to_numpy(dtype=object)
-    for r, nm in enumerate(names[:1]):
-        try:
-            parse_image_name(nm)
-        except InputError as exc:
-            raise InputError(f"row {r + 1}: {exc.message}", path=path, field=exc.field) from None
+    check_image_names(names, source=path)
     rot = _finite(_col(parts, "rlnAngleRot", path, pname), "rlnAngleRot", path)
     tilt = _finite(_col(parts, "rlnAngleTilt", path, pname), "rlnAngleTilt", path)
     psi = _finite(_col(parts, "rlnAnglePsi", path, pname), "rlnAnglePsi", path)
@@ -182,8 +231,8 @@ def read_star(path, image_root=None, apix: Optional[float] = None) -> ParticleTa
     px = per["apix"]
     if px is None:
         if apix is None:
-            raise InputError("no pixel size (rlnImagePixelSize, or rlnDetectorPixelSize and rlnMagnification); "
-                             "give --apix", path=path, field="rlnImagePixelSize")
+            raise InputError("no pixel size (rlnImagePixelSize, or rlnDetectorPixelSize and rlnMagnification)",
+                             path=path, field="rlnImagePixelSize", remedy=APIX)
         px = np.full(n, float(apix))
     elif apix is not None:
         rel = np.abs(px - float(apix)) / float(apix)
@@ -212,12 +261,19 @@ def read_star(path, image_root=None, apix: Optional[float] = None) -> ParticleTa
     da = _finite(_opt(parts, "rlnDefocusAngle", path, 0.0), "rlnDefocusAngle", path)
     ps = _finite(_opt(parts, "rlnPhaseShift", path, 0.0), "rlnPhaseShift", path)
     bf = _finite(_opt(parts, "rlnCtfBfactor", path, 0.0), "rlnCtfBfactor", path)
-    ctf = CTFParams(defocus_u=du, defocus_v=dv, defocus_angle=da, voltage=per["voltage"], cs=per["cs"],
-                    amp_contrast=per["amp_contrast"], phase_shift=ps, bfactor=bf)
+    kv = fill_constant(per["voltage"], voltage, n, "rlnVoltage", path, "--voltage", VOLTAGE)
+    cs_mm = fill_constant(per["cs"], cs, n, "rlnSphericalAberration", path, "--cs-mm", CS)
+    q0 = fill_constant(per["amp_contrast"], amp_contrast, n, "rlnAmplitudeContrast", path, "--amp-contrast", None,
+                       default=DEFAULT_AMPLITUDE_CONTRAST, tolerance=1e-3, warnings=warnings)
+    ctf = CTFParams(defocus_u=du, defocus_v=dv, defocus_angle=da, voltage=kv, cs=cs_mm,
+                    amp_contrast=q0, phase_shift=ps, bfactor=bf)
+    check_ctf(ctf, path, {"voltage": "rlnVoltage", "cs": "rlnSphericalAberration",
+                          "amp_contrast": "rlnAmplitudeContrast", "defocus_u": "rlnDefocusU",
+                          "defocus_v": "rlnDefocusV"})
 
     # half sets
     if "rlnRandomSubset" in parts.columns:
-        h = _finite(_numeric(parts["rlnRandomSubset"], "rlnRandomSubset", path), "rlnRandomSubset", path)
+        h = _integer(_numeric(parts["rlnRandomSubset"], "rlnRandomSubset", path), "rlnRandomSubset", path)
         if not np.isin(h, (1, 2)).all():
             bad = sorted(set(np.unique(h[~np.isin(h, (1, 2))]).tolist()))
             raise InputError(f"half sets must be 1 or 2, found {bad}", path=path, field="rlnRandomSubset")
@@ -229,13 +285,16 @@ def read_star(path, image_root=None, apix: Optional[float] = None) -> ParticleTa
     size = per["image_size"]
     if size is None:
         size = np.zeros(n, dtype=np.int32)
+        locator = StackLocator(star_dir, root, str(path))
         for g in np.unique(group):
             first = int(np.flatnonzero(group == g)[0])
             _, p = parse_image_name(names[first])
-            f = resolve_stack_path(p, star_dir, root, source=str(path))
-            _, ny, nx = stack_shape(f)
-            size[group == g] = nx
+            f = locator.resolve(p) if need_stacks else locator.find(p)
+            if f is not None:
+                size[group == g] = stack_shape(f)[2]
     size = np.asarray(size, dtype=np.int32)
+    if (size < 0).any():
+        raise InputError("image size must be positive", path=path, field="rlnImageSize")
 
     table = ParticleTable(
         image_name=names,
@@ -251,7 +310,7 @@ def read_star(path, image_root=None, apix: Optional[float] = None) -> ParticleTa
         star_particles=parts,
         star_optics=optics,
         source=str(path),
-        meta={"format": fmt, "version": version, "star_dir": star_dir},
+        meta={"format": fmt, "version": version, "star_dir": star_dir, "warnings": warnings},
     )
     return table
 
@@ -259,8 +318,7 @@ def read_star(path, image_root=None, apix: Optional[float] = None) -> ParticleTa
 def _optics_per_particle(parts: pd.DataFrame, optics: pd.DataFrame, path, pname) -> dict:
     n = len(parts)
     if "rlnOpticsGroup" in optics.columns:
-        onum = _finite(_numeric(optics["rlnOpticsGroup"], "rlnOpticsGroup", path), "rlnOpticsGroup", path)
-        onum = onum.astype(np.int64)
+        onum = _integer(_numeric(optics["rlnOpticsGroup"], "rlnOpticsGroup", path), "rlnOpticsGroup", path)
     elif len(optics) == 1:
         onum = np.array([1])
     else:
@@ -268,8 +326,7 @@ def _optics_per_particle(parts: pd.DataFrame, optics: pd.DataFrame, path, pname)
     if len(np.unique(onum)) != len(onum):
         raise InputError("duplicate optics group numbers in data_optics", path=path, field="rlnOpticsGroup")
     if "rlnOpticsGroup" in parts.columns:
-        group = _finite(_numeric(parts["rlnOpticsGroup"], "rlnOpticsGroup", path), "rlnOpticsGroup", path)
-        group = group.astype(np.int64)
+        group = _integer(_numeric(parts["rlnOpticsGroup"], "rlnOpticsGroup", path), "rlnOpticsGroup", path)
     elif len(optics) == 1:
         group = np.full(n, int(onum[0]))
     else:
@@ -281,28 +338,20 @@ def _optics_per_particle(parts: pd.DataFrame, optics: pd.DataFrame, path, pname)
                          path=path, field="rlnOpticsGroup")
     row = np.array([pos[int(g)] for g in group], dtype=np.int64) if n else np.zeros(0, np.int64)
 
-    def per_group(label, fallback_particle=True, required=True):
+    def per_group(label, fallback_particle=True, integer=False):
+        conv = _integer if integer else _finite
         if label in optics.columns:
-            return _finite(_numeric(optics[label], label, path), label, path)[row]
+            return conv(_numeric(optics[label], label, path), label, path)[row]
         if fallback_particle and label in parts.columns:
-            return _finite(_numeric(parts[label], label, path), label, path)
-        if required:
-            raise InputError(f"missing column {label} in data_optics", path=path, field=label)
+            return conv(_numeric(parts[label], label, path), label, path)
         return None
 
-    apix = per_group("rlnImagePixelSize", required=False)
+    apix = per_group("rlnImagePixelSize")
     if apix is None and "rlnDetectorPixelSize" in optics.columns and "rlnMagnification" in optics.columns:
         apix = (_numeric(optics["rlnDetectorPixelSize"], "rlnDetectorPixelSize", path)
                 * 1e4 / _numeric(optics["rlnMagnification"], "rlnMagnification", path))[row]
-    size = per_group("rlnImageSize", fallback_particle=False, required=False)
-    flipped = per_group("rlnCtfDataArePhaseFlipped", required=False)
-    flipped_flag = False
-    if flipped is not None and n:
-        vals = set(np.unique(flipped).astype(int).tolist())
-        if len(vals) > 1:
-            raise InputError("some optics groups are phase flipped and others not; import them separately",
-                             path=path, field="rlnCtfDataArePhaseFlipped")
-        flipped_flag = vals == {1}
+    size = per_group("rlnImageSize", fallback_particle=False, integer=True)
+    flipped = per_group("rlnCtfDataArePhaseFlipped", integer=True)
     return {
         "group": group,
         "apix": apix,
@@ -310,43 +359,49 @@ def _optics_per_particle(parts: pd.DataFrame, optics: pd.DataFrame, path, pname)
         "voltage": per_group("rlnVoltage"),
         "cs": per_group("rlnSphericalAberration"),
         "amp_contrast": per_group("rlnAmplitudeContrast"),
-        "phase_flipped": flipped_flag,
+        "phase_flipped": _phase_flipped(flipped, path, "optics groups"),
     }
+
+
+def _phase_flipped(flags: Optional[np.ndarray], path, what: str) -> bool:
+    if flags is None or not len(flags):
+        return False
+    vals = set(np.unique(flags).tolist())
+    if not vals <= {0, 1}:
+        raise InputError(f"must be 0 or 1, found {sorted(vals)}", path=path, field="rlnCtfDataArePhaseFlipped")
+    if len(vals) > 1:
+        raise InputError(f"some {what} are phase flipped and others not; import them separately",
+                         path=path, field="rlnCtfDataArePhaseFlipped")
+    return vals == {1}
 
 
 def _optics_from_particle_columns(parts: pd.DataFrame, path) -> dict:
     """RELION 3.0: optics values are particle columns; groups = distinct optics settings."""
     n = len(parts)
 
-    def req(label):
+    def opt(label, integer=False):
         if label not in parts.columns:
-            raise InputError(f"missing column {label}", path=path, field=label)
-        return _finite(_numeric(parts[label], label, path), label, path)
+            return None
+        v = _numeric(parts[label], label, path)
+        return _integer(v, label, path) if integer else _finite(v, label, path)
 
     if "rlnImagePixelSize" in parts.columns:
-        apix = _finite(_numeric(parts["rlnImagePixelSize"], "rlnImagePixelSize", path), "rlnImagePixelSize", path)
+        apix = opt("rlnImagePixelSize")
     elif "rlnDetectorPixelSize" in parts.columns and "rlnMagnification" in parts.columns:
-        apix = req("rlnDetectorPixelSize") * 1e4 / req("rlnMagnification")
+        apix = opt("rlnDetectorPixelSize") * 1e4 / opt("rlnMagnification")
     else:
         apix = None
-    voltage, cs, q0 = req("rlnVoltage"), req("rlnSphericalAberration"), req("rlnAmplitudeContrast")
+    voltage, cs, q0 = opt("rlnVoltage"), opt("rlnSphericalAberration"), opt("rlnAmplitudeContrast")
     if "rlnOpticsGroup" in parts.columns:
-        group = _finite(_numeric(parts["rlnOpticsGroup"], "rlnOpticsGroup", path), "rlnOpticsGroup", path)
-        group = group.astype(np.int64)
+        group = opt("rlnOpticsGroup", integer=True)
     else:
-        key = np.stack([np.round(apix if apix is not None else np.zeros(n), 6), np.round(voltage, 6),
-                        np.round(cs, 6), np.round(q0, 6)], axis=1) if n else np.zeros((0, 4))
+        cols = [np.round(c, 6) if c is not None else np.zeros(n) for c in (apix, voltage, cs, q0)]
+        key = np.stack(cols, axis=1) if n else np.zeros((0, 4))
         _, inv = np.unique(key, axis=0, return_inverse=True)
         group = inv.reshape(-1).astype(np.int64) + 1
-    flipped = False
-    if "rlnCtfDataArePhaseFlipped" in parts.columns and n:
-        vals = set(np.unique(req("rlnCtfDataArePhaseFlipped")).astype(int).tolist())
-        if len(vals) > 1:
-            raise InputError("some particles are phase flipped and others not", path=path,
-                             field="rlnCtfDataArePhaseFlipped")
-        flipped = vals == {1}
     return {"group": group, "apix": apix, "image_size": None, "voltage": voltage, "cs": cs,
-            "amp_contrast": q0, "phase_flipped": flipped}
+            "amp_contrast": q0,
+            "phase_flipped": _phase_flipped(opt("rlnCtfDataArePhaseFlipped", integer=True), path, "particles")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -417,6 +472,8 @@ def _optics_frame(table: ParticleTable, groups: List[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=cols)
     for c in ("rlnOpticsGroup", "rlnImageSize", "rlnImageDimensionality", "rlnCtfDataArePhaseFlipped"):
         df[c] = df[c].astype(np.int64)
+    if (df["rlnImageSize"] <= 0).any():  # unknown (a metadata-only read without the stacks): RELION reads the headers
+        df = df.drop(columns=["rlnImageSize"])
     return df
 
 

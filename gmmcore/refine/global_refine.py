@@ -16,9 +16,11 @@ from .. import __version__
 from ..backend import PoseSettings, get_backend
 from ..fourier import lowpass
 from ..gmm.align import AlignSettings
+from ..errors import InputError
 from ..io.maps import read_map_on_grid
 from ..io.star import read_star
-from ..particles import HalfPair, assign_split, check_geometry
+from ..masks import check_mask
+from ..particles import HalfPair, assign_split, check_geometry, check_split, min_particles_per_half
 from ..summary import HalfMapReport, RunSummary
 from . import loop
 from .rundir import RunDir
@@ -27,8 +29,8 @@ from .state import IterationPlan, follow_fsc
 log = logging.getLogger("gmmcore.refine")
 
 # Parameters that define the result: a run directory with other values cannot be continued.
-IDENTITY = ("particles", "ref", "ngauss", "maxres", "minres", "sym", "mask", "steps", "lr_angle", "lr_shift",
-            "seed", "new_split", "pad", "ring_weight", "prior_angle", "prior_shift")
+IDENTITY = ("particles", "particles_hash", "ref", "ngauss", "maxres", "minres", "sym", "mask", "steps", "lr_angle",
+            "lr_shift", "seed", "new_split", "pad", "ring_weight", "prior_angle", "prior_shift")
 
 
 class AlignmentOptions:
@@ -72,7 +74,15 @@ class RefineParams(AlignmentOptions):
     seed: int = 0
     new_split: bool = False
     pad: int = 2
+    threads: Optional[int] = None  # CPU threads (None: all cores)
+    force: bool = False  # run below the minimum particles per half set
+    particles_hash: Optional[str] = None  # content of the input (set by run_global)
     version: str = field(default=__version__)
+
+
+def read_mask(path, box: int, apix: float):
+    """A user's mask: on the particles' grid and a usable soft mask (see masks.check_mask)."""
+    return check_mask(read_map_on_grid(path, box, apix), path=path)
 
 
 def run_global(p: RefineParams) -> RunSummary:
@@ -80,18 +90,42 @@ def run_global(p: RefineParams) -> RunSummary:
     # Check every input before anything is written, so a corrected command can use the same --out.
     table = read_star(p.particles)
     box, apix = check_geometry(table)
+    p = replace(p, particles_hash=table.content_hash())
     new_split = assign_split(table, p.new_split, seed=p.seed) == "new-random"
-    user_mask = read_map_on_grid(p.mask, box, apix) if p.mask else None
+    rows = check_split(table)
+    n_min = min_particles_per_half(box)
+    if min(r.size for _, r in rows.items()) < n_min and not p.force:
+        raise InputError(f"{rows[1].size} / {rows[2].size} particles in half sets 1 / 2: a gold-standard refinement "
+                         f"at box {box} needs at least {n_min} per half (π·box/2 views fill Fourier space to "
+                         "Nyquist); use --force to refine anyway", path=p.particles, field="rlnRandomSubset")
+    finest = max(p.maxres or 0.0, 2.0 * apix * 1.05)
+    if p.minres <= finest:
+        raise InputError(f"{p.minres:g} Å is not coarser than the finest target resolution ({finest:.2f} Å): "
+                         "no FRC rings would be left", field="--minres")
+    user_mask = read_mask(p.mask, box, apix) if p.mask else None
     ref = read_map_on_grid(p.ref, box, apix, what="reference", field="--ref") if p.ref else None
 
     backend = get_backend()
     run = RunDir.create_or_continue(p.out, asdict(p), IDENTITY)
-    device = backend.describe_devices(p.gpu, cpu_only=p.cpu)
-    rows = table.half_rows()
+    try:
+        return _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref)
+    except InputError:
+        run.discard()  # bad input found mid-run: leave nothing a later run could trust
+        raise
+
+
+def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref) -> RunSummary:
+    device = backend.describe_devices(p.gpu, cpu_only=p.cpu, threads=p.threads)
+    warnings = []
+    if p.gpu and not p.cpu and not device.startswith("GPU"):
+        warnings.append(f"GPU {','.join(map(str, p.gpu))} requested; the engine sees no GPU: running on the CPU "
+                        f"({backend.name} backend)")
+    for w in warnings:
+        log.warning("WARNING: %s", w)
     log.info("gmmcore %s refine: %d particles (half 1: %d, half 2: %d), box %d, %.3f Å/px, %s, device %s",
              __version__, len(table), rows[1].size, rows[2].size, box, apix, p.sym, device)
     if new_split:
-        log.info("NOTE: no half-set split in the input: made a new random split (seed %d)", p.seed)
+        log.info("NOTE: %s", table.meta.get("split_note") or f"made a new random half split (seed {p.seed})")
 
     # Only a user's mask may shape the GMMs: the automatic mask is made from both halves and serves
     # the FSC alone, so it must not touch either half's model.
@@ -102,6 +136,11 @@ def run_global(p: RefineParams) -> RunSummary:
     summary = RunSummary(kind="global", params=asdict(p), device=device,
                          n_particles={str(h): int(r.size) for h, r in rows.items()},
                          initial=HalfMapReport.from_json(begin.report), directory=str(run.path))
+    summary.extra["split"] = "new-random" if new_split else "input"
+    if new_split and table.meta.get("split_note"):
+        summary.extra["split_note"] = table.meta["split_note"]
+    if warnings:
+        summary.extra["warnings"] = warnings
     state = begin.state
     if ref is not None:  # the first GMMs come from the starting map, not from the input half maps
         log.info("first GMMs from --ref low-passed to %.1f Å", p.ref_lowpass)

@@ -46,7 +46,7 @@ def start(table: ParticleTable, run: RunDir, sym: str, pad: float, chunk: int,
     else:
         t0 = time.time()
         log.info("reconstructing half maps at the input poses")
-        maps = reconstruct_halves(table, sym=sym, pad=pad, chunk=chunk)
+        maps = reconstruct_halves(table, sym=sym, pad=pad, chunk=chunk, desc="input poses")
         store.save_half_maps(maps, apix)
         if fsc_mask is None:
             fsc_mask = auto_mask(0.5 * (maps[1] + maps[2]), apix)
@@ -70,7 +70,7 @@ def _fit_gmm(h: int, half_map: np.ndarray, apix: float, band, plan: IterationPla
     m = lowpass(half_map * plan.fit_mask if plan.fit_mask is not None else half_map, apix, band.resolution_A)
     try:
         gmm, rep = build_gmm(m, apix, band.resolution_A, n_gaussians=plan.ngauss, seed=plan.seed + h,
-                             minres_A=band.minres_A, backend=backend)
+                             minres_A=band.minres_A, backend=backend, desc=f"iter {store.iteration} half {h} GMM fit")
     except InputError as exc:
         raise InputError(f"half {h}, iteration {store.iteration}: {exc.message} (is this half's map empty or "
                          "pure noise?)", path=store.folder / f"half{h}", field=exc.field) from None
@@ -103,7 +103,7 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     rows = table.half_rows()
     aligned = HalfPair.build(lambda h: align_particles(
         table, state.poses, rows[h], shaped[h], grid, plan.align, prior=plan.prior,
-        checkpoints=store.checkpoints(h), backend=backend, desc=f"iter {it} half {h}"))
+        checkpoints=store.checkpoints(h), backend=backend, desc=f"iter {it} half {h} alignment"))
     poses = state.poses
     for h, res in aligned.items():
         poses = poses.with_rows(rows[h], res.poses)
@@ -111,7 +111,8 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     store.save_poses(poses)
     change = PoseChange.of(*poses.change_from(state.poses, apix))
 
-    maps = reconstruct_halves(table.with_poses(poses), sym=plan.sym, pad=plan.pad, chunk=plan.align.chunk)
+    maps = reconstruct_halves(table.with_poses(poses), sym=plan.sym, pad=plan.pad, chunk=plan.align.chunk,
+                              desc=f"iter {it}")
     store.save_half_maps(maps, apix)
     rep = HalfMapReport.from_json(half_map_report(maps[1], maps[2], apix, plan.fsc_mask))
     rep.extra.update(plan.extra_report(maps))

@@ -10,7 +10,8 @@ Layout (``--out DIR``; every file written atomically, the record of a step writt
                                 second, marks the GMM done), align_half{h}_ring_weights.npz,
                                 align_half{h}_chunkNNNN.npz (alignment checkpoints), poses.npz,
                                 half1.mrc, half2.mrc, report.json (last: the iteration is complete)
-    final/                      particles.star, half1.mrc, half2.mrc, map.mrc,
+    final/                      particles.star (image names resolve from final/: absolute paths),
+                                half1.mrc, half2.mrc, map.mrc,
                                 gmm_half{1,2}.gmm.npz/.pdb, pose_changes.npz
     summary.json                :class:`gmmcore.summary.RunSummary`
 
@@ -122,24 +123,62 @@ class RunDir:
 
     def __init__(self, path):
         self.path = Path(path)
+        self.created = False
 
     @classmethod
     def create_or_continue(cls, path, params: dict, identity: Sequence[str]) -> "RunDir":
         """Create ``path`` (or continue the run in it): its params.json must agree on every
-        ``identity`` parameter, else InputError.  Starts the log."""
+        ``identity`` parameter, else InputError (a parameter a run of an older version did not
+        record is not compared).  Removes temporaries a killed run left.  Starts the log."""
         run = cls(path)
-        run.path.mkdir(parents=True, exist_ok=True)
-        setup_logging(run.path)
         pfile = run.path / "params.json"
+        old = None
         if pfile.exists():
-            old = json.loads(pfile.read_text())
-            diff = [k for k in identity if old.get(k) != params.get(k)]
+            try:
+                old = json.loads(pfile.read_text())
+            except ValueError:
+                raise InputError("params.json is unreadable; use a new --out", path=pfile) from None
+            diff = [k for k in identity if k in old and old.get(k) != params.get(k)]
             if diff:
-                raise InputError(f"holds a run with different parameters ({', '.join(diff)}); "
-                                 "use a new --out, or the same parameters to continue", path=run.path)
-            log.info("continuing the run in %s", run.path)
+                what = ("the particles' content changed" if diff == ["particles_hash"] else
+                        f"different parameters ({', '.join(diff)})")
+                raise InputError(f"holds a run with {what}; use a new --out, or the same parameters and "
+                                 "input to continue", path=run.path)
+        elif run.path.is_dir() and any(p.name != "run.log" for p in run.path.iterdir()):
+            raise InputError("is not empty and holds no gmmcore run (no params.json); use a new or empty --out",
+                             path=run.path)
+        run.created = old is None and not run.path.exists()
+        run.path.mkdir(parents=True, exist_ok=True)
         write_json(pfile, params)
+        setup_logging(run.path)
+        if old is not None:
+            log.info("continuing the run in %s", run.path)
+        run.remove_temporaries()
         return run
+
+    def remove_temporaries(self) -> int:
+        """Delete the temporaries of writes a kill interrupted (safewrite's names), in the run
+        directory and its sub-folders; returns how many."""
+        from ..safewrite import remove_stale_temporaries
+
+        stray = []
+        for folder in [self.path] + sorted(p for p in self.path.rglob("*") if p.is_dir()):
+            stray += remove_stale_temporaries(folder)
+        if stray:
+            log.info("removed %d temporary file(s) left by an interrupted run", len(stray))
+        return len(stray)
+
+    def discard(self) -> None:
+        """Remove the run directory when this invocation created it (a run refused mid-way by
+        bad input leaves nothing behind that a later run could trust)."""
+        if getattr(self, "created", False):
+            import shutil
+
+            for h in list(log.handlers):
+                if getattr(h, "_gmm_out", None) == str(self.path):
+                    h.close()
+                    log.removeHandler(h)
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def params(self) -> dict:
         return json.loads((self.path / "params.json").read_text())
@@ -160,12 +199,15 @@ class RunDir:
         low-passed to the final resolution, the GMMs (.gmm.npz + .pdb) and per-particle pose
         changes from ``start``."""
         from ..fourier import lowpass
+        from ..io.stacks import names_resolving_from
         from ..io.star import write_star
 
         fin = self.path / "final"
         fin.mkdir(exist_ok=True)
         apix = float(table.apix[0])
-        write_star(table.with_poses(state.poses), fin / "particles.star")
+        final = table.with_poses(state.poses)
+        final.image_name = names_resolving_from(table, fin)  # absolute unless the stack is inside final/
+        write_star(final, fin / "particles.star")
         files = FinalFiles(resolution=float(state.resolution_A), resolution_initial=float(initial_resolution))
         for h, m in state.half_maps.items():
             write_map(fin / f"half{h}.mrc", m, apix)

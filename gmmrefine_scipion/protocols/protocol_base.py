@@ -9,6 +9,7 @@
   ``convertInputStep``, ``_engineOptions`` and ``_registerOutputs``.
 """
 import os
+import re
 
 from gmmcore.summary import SUMMARY_NAME, RunSummary
 
@@ -17,8 +18,20 @@ from gmmrefine_scipion import Plugin
 ERROR_FILE = "gmmcore_error.txt"  # the engine writes its one-line error here (GMMCORE_ERROR_FILE)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 class GmmProtocolMixin:
-    """Mix into an EMProtocol: ``runGmmcore(verb, **options)``."""
+    """Mix into an EMProtocol (first: ``class P(GmmProtocolMixin, ProtImport)``):
+    ``runGmmcore(verb, **options)``; a failed run's error is plain text."""
+
+    def setFailed(self, msg):
+        """The error a user sees is the engine's reason as it is: pyworkflow's colour codes and
+        "Protocol failed: " prefix removed."""
+        msg = _ANSI.sub("", str(msg or ""))
+        if msg.startswith("Protocol failed: "):
+            msg = msg[len("Protocol failed: "):]
+        super().setFailed(msg)
 
     def runGmmcore(self, verb, *args, extra="", **options):
         """Run ``gmmcore <verb>``; on failure raise the engine's one-line error, not the command line."""
@@ -191,7 +204,7 @@ class GmmProtRunBase(GmmProtocolMixin):
         summary = self.getSummary()
         if summary is None:
             return ["Not started, or no summary yet."]
-        lines = []
+        lines = ["Warning: %s" % w for w in summary.extra.get("warnings", [])]
         if summary.resolution_initial is not None:
             lines.append("Input poses: %.2f Å (masked FSC 0.143)" % summary.resolution_initial)
         for rec in summary.iterations:

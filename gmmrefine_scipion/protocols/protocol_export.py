@@ -8,11 +8,11 @@ from pwem.protocols import EMProtocol
 
 from gmmrefine_scipion import convert
 from gmmrefine_scipion.constants import (EXPORT_BOTH, EXPORT_CRYOSPARC, EXPORT_FORMATS,
-                                         EXPORT_RELION, INPUT_STAR)
+                                         EXPORT_RELION, INPUT_STAR, ORIGINAL_IMAGE_ATTR)
 from .protocol_base import GmmProtocolMixin
 
 
-class GmmProtExportParticles(EMProtocol, GmmProtocolMixin):
+class GmmProtExportParticles(GmmProtocolMixin, EMProtocol):
     """Write particles with their poses, CTF and half sets as a RELION 3.1 star file and/or a
     cryoSPARC .cs file (gmmcore export), e.g. to continue processing outside Scipion."""
     _label = "export particles (gmm)"
@@ -32,7 +32,9 @@ class GmmProtExportParticles(EMProtocol, GmmProtocolMixin):
                       label="Original star file (optional)",
                       help="The star file the particles were imported from: the RELION output then "
                            "keeps its rows, optics and image names (the original, not "
-                           "phase-flipped, images) with the new poses and half sets.")
+                           "phase-flipped, images) with the new poses and half sets. Without it, "
+                           "particles imported by 'import particles (gmm)' still point at their "
+                           "original images, and keep their micrograph names and coordinates.")
         form.addParam("referenceCs", params.PathParam, allowsNull=True,
                       condition="exportFormat != %d" % EXPORT_RELION,
                       label="Original cryoSPARC .cs (optional)",
@@ -67,10 +69,16 @@ class GmmProtExportParticles(EMProtocol, GmmProtocolMixin):
                 options["reference"] = self.abspath(self.referenceCs.get())
             if fmt == "relion" and self.referenceStar.get():
                 options["reference"] = self.abspath(self.referenceStar.get())
+            elif fmt == "relion" and self._hasOriginalImages():
+                options["original_images"] = True  # point at the imported (not phase-flipped) images
             self.runGmmcore("export", **options)
             if self.exportDir.get():
                 os.makedirs(self.exportDir.get(), exist_ok=True)
                 shutil.copy(path, self.exportDir.get())
+
+    def _hasOriginalImages(self):
+        first = self.inputParticles.get().getFirstItem()
+        return first is not None and bool(first.getAttributeValue(ORIGINAL_IMAGE_ATTR, None))
 
     def _validate(self):
         errors = []

@@ -1,18 +1,16 @@
 """GMM-based global refinement of particle poses (gold standard, one GMM per half set)."""
-import os
 
 import pyworkflow.protocol.params as params
 from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
 from pwem.constants import ALIGN_PROJ
-from pwem.objects import AtomStruct, EMFile, SetOfFSCs, SetOfParticles, Volume
+from pwem.objects import AtomStruct, SetOfFSCs, SetOfParticles, Volume
 from pwem.protocols import ProtRefine3D
+
+from gmmcore.particles import half_counts_problem
 
 from gmmrefine_scipion import Plugin, convert
 from gmmrefine_scipion.constants import HALF_SET_ATTR, INPUT_STAR, REFINE_DIR, SYMMETRY_HELP
 from .protocol_base import GmmProtRunBase, validateSymmetry
-
-NEW_SPLIT_FLAG = "new_half_split.txt"
-
 
 class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
     """Refine the 3-D poses of particles against a Gaussian mixture model (GMM) of each half map
@@ -28,8 +26,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
     _label = "gmm global refinement"
     _possibleOutputs = {"outputParticles": SetOfParticles, "outputVolume": Volume,
                         "outputFSCs": SetOfFSCs, "outputGmmHalf1": AtomStruct,
-                        "outputGmmHalf2": AtomStruct, "outputGmmFileHalf1": EMFile,
-                        "outputGmmFileHalf2": EMFile}
+                        "outputGmmHalf2": AtomStruct}
     VERB = "refine"
     RUN_DIR = REFINE_DIR
 
@@ -101,26 +98,25 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
         form.addParam("extraParams", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
                       label="Additional gmmcore arguments",
                       help="Passed verbatim to 'gmmcore refine'.")
-        form.addParallelSection(threads=1, mpi=0)
+        form.addParallelSection(threads=4, mpi=0)
 
     # --------------------------- STEPS functions -----------------------------
     def convertInputStep(self, inputId=None):
         parts = self.inputParticles.get()
         star = self._getExtraPath(INPUT_STAR)
         counts = convert.count_half_sets(parts)
-        newSplit = bool(counts[None]) and self.newSplit.get()
-        if newSplit:
-            self.info("%d of %d input particles have no half set: gmmcore will assign all of them "
-                      "to halves at random (--new-split)." % (counts[None], parts.getSize()))
-            with open(self._getExtraPath(NEW_SPLIT_FLAG), "w") as f:
-                f.write("random half split by gmmcore refine --new-split, %d particles\n"
-                        % parts.getSize())
+        if self.newSplit.get():
+            self.info("'Make a new random half split?' is Yes: gmmcore keeps a usable split and assigns "
+                      "new random halves when the split is missing, incomplete or lopsided (--new-split).")
         convert.write_particles_star(parts, star, stackDir=self._getTmpPath("stacks"),
-                                     requireHalfSets=not newSplit, writeHalfSets=not newSplit)
+                                     requireHalfSets=not self.newSplit.get(),
+                                     writeHalfSets=not (self.newSplit.get() and counts[None]))
         self.info("Wrote %s" % star)
 
     def _usesNewSplit(self):
-        return os.path.exists(self._getExtraPath(NEW_SPLIT_FLAG))
+        """Whether gmmcore assigned new random half sets (from its run summary)."""
+        summary = self.getSummary()
+        return summary is not None and summary.extra.get("split") == "new-random"
 
     def _engineOptions(self):
         options = {
@@ -131,7 +127,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
             "ngauss": self.numberOfGaussians.get() or None,
             "maxres": self.maxResolution.get() or None,
             "minres": self.minResolution.get() or None,
-            "new_split": self._usesNewSplit(),
+            "new_split": bool(self.newSplit.get()),
         }
         if self.priorAngle.get() > 0:
             options["prior_angle"] = self.priorAngle.get()
@@ -144,6 +140,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
         if self.referenceMask.get() is not None:
             options["mask"] = self.volumeFile(self.referenceMask.get(), "mask")
         options.update(self._deviceOptions())
+        options["threads"] = max(1, self.numberOfThreads.get() or 1)
         return options
 
     def _registerOutputs(self, summary):
@@ -159,15 +156,13 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
         self._defineOutputs(outputFSCs=fscs)
         self._defineSourceRelation(vol, fscs)
 
-        # GMMs: pseudo-atom PDB (viewable as atomic structures) + the .gmm.npz files
+        # GMMs as pseudo-atom PDBs (atomic structures: ChimeraX shows them); the .gmm.npz files
+        # beside them are what later gmmcore runs read, through the run directory.
         for half in ("1", "2"):
             if half in summary.final.gmm_pdb:
                 pdb = AtomStruct(filename=summary.path("gmm_pdb", half))
                 self._defineOutputs(**{"outputGmmHalf%s" % half: pdb})
                 self._defineSourceRelation(vol, pdb)
-            if half in summary.final.gmm:
-                npz = EMFile(filename=summary.path("gmm", half))
-                self._defineOutputs(**{"outputGmmFileHalf%s" % half: npz})
 
     # --------------------------- INFO functions ------------------------------
     def _validate(self):
@@ -188,10 +183,11 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
                               % HALF_SET_ATTR)
             else:
                 counts = self._halfCounts(parts)
-                if counts.get(None) or not counts.get(1) or not counts.get(2):
-                    errors.append("Half sets are incomplete (half 1: %s, half 2: %s, none: %s). "
-                                  "Set 'Make a new random half split?' to Yes to redo them."
-                                  % (counts.get(1, 0), counts.get(2, 0), counts.get(None, 0)))
+                problem = half_counts_problem(counts.get(1, 0), counts.get(2, 0), counts.get(None, 0))
+                if problem is not None:
+                    errors.append("Half sets: %s (half 1: %s, half 2: %s, none: %s). Set 'Make a new random "
+                                  "half split?' to Yes to redo them." % (problem.message, counts.get(1, 0),
+                                                                         counts.get(2, 0), counts.get(None, 0)))
         if self.initialVolume.get() is not None:
             vdim = self.initialVolume.get().getXDim()
             if vdim and first is not None and vdim != first.getXDim():

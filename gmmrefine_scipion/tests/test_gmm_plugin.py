@@ -67,3 +67,30 @@ def test_symmetry_names_are_the_engines():
         assert validateSymmetry(ok) is None, ok
     for bad in ("I1", "I3", "X7", "", "C0"):
         assert validateSymmetry(bad) and "symmetry" in validateSymmetry(bad).lower(), bad
+
+
+def test_gui_opens_the_demo_project_headless(tmp_path):
+    """`make gui`'s command opens a demo project in pyworkflow's project window (on Xvfb)."""
+    import shutil
+    import subprocess
+    import pytest
+    if not shutil.which("xvfb-run"):
+        pytest.skip("xvfb-run not installed (CI installs Debian's xvfb)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCIPION_", "_GMMREFINE"))}
+    out = tmp_path / "demo_out"
+    import gmmrefine_scipion
+    headless = os.path.join(os.path.dirname(gmmrefine_scipion.__file__), "headless.py")
+    make_project = ("import runpy; runpy.run_path(%r)['setup_scipion_env'](%r); "  # env before pyworkflow
+                    "from pyworkflow.project import Manager; Manager().createProject('gmmrefine_demo_test')"
+                    % (headless, str(out / "scipion")))
+    subprocess.run([sys.executable, "-c", make_project], check=True, env=env, cwd=tmp_path, timeout=300,
+                   capture_output=True)
+    r = subprocess.run(["xvfb-run", "-a", sys.executable, "-m", "gmmrefine_scipion.gui", "--out", str(out),
+                        "--close-after", "3"], env=env, cwd=tmp_path, timeout=300, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "GUI started: gmmrefine_demo_test" in r.stdout, r.stdout + r.stderr
+
+
+def test_protocol_labels_show_the_short_plugin_name():
+    from gmmrefine_scipion.protocols import GmmProtRefine
+    assert GmmProtRefine.getClassLabel() == "gmmrefine - gmm global refinement"

@@ -156,6 +156,19 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
         ang_ref, _ = convert.pose_errors(refine.outputParticles, self.true_star)
         self.assertAlmostEqual(float(np.median(ang)), float(np.median(ang_ref)), places=2)
         self.assertEqual(len(np.load(cs)), SIM["n"])
+
+        # without the original star: still the original (raw, not phase-flipped) images
+        plain = self.newProtocol(GmmProtExportParticles, objLabel="gmm export, no reference", exportFormat=0,
+                                 baseName="plain")
+        plain.inputParticles.set(refine)
+        plain.inputParticles.setExtended("outputParticles")
+        self.launchProtocol(plain)
+        exported = read_star(plain._getExtraPath("plain.star"))
+        original_stack = os.path.realpath(os.path.join(self.data, "particles.mrcs"))
+        self.assertFalse(exported.phase_flipped)
+        self.assertEqual({os.path.realpath(str(n).split("@", 1)[1]) for n in exported.image_name}, {original_stack})
+        ang, _ = convert.pose_errors(plain._getExtraPath("plain.star"), self.true_star)
+        self.assertAlmostEqual(float(np.median(ang)), float(np.median(ang_ref)), places=2)
         self.assert_engine_quality(problems)
 
 
@@ -211,3 +224,38 @@ class TestGmmImportRelion(GmmProtocolsTestBase):
         self.assertTrue(any("half sets" in e for e in errors), errors)
         refine.newSplit.set(True)
         self.assertFalse([e for e in refine.validate() if "half" in e])
+
+
+class TestGmmErrors(BaseTest):
+    """A failing engine run shows the engine's one-line reason as the protocol's error."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+
+    def test_failed_import_shows_engine_error(self):
+        import re
+        import shutil
+
+        import mrcfile
+        data = simulated_dataset()
+        star = self.getOutputPath("nan_image.star")
+        shutil.copy(os.path.join(data, "particles_perturbed.star"), star)
+        stack = self.getOutputPath("particles.mrcs")  # the star names it relative to its folder
+        shutil.copy(os.path.join(data, "particles.mrcs"), stack)
+        with mrcfile.open(stack, mode="r+") as m:
+            m.data[5] = np.nan  # passes the form's checks; the engine finds it while phase flipping
+        prot = self.newProtocol(GmmProtImportParticles, objLabel="gmm import, NaN image",
+                                importFrom=0, starFile=star)
+        self.proj.launchProtocol(prot, wait=True)
+        self.assertTrue(prot.isFailed())
+        message = prot.getErrorMessage()
+        with open(prot._getExtraPath("gmmcore_error.txt")) as f:
+            engine = f.read().strip()
+        self.assertTrue(engine.startswith("gmmcore import: error: ") and len(engine.splitlines()) == 1, engine)
+        self.assertEqual(message.strip(), engine.split(": error: ", 1)[1])
+        self.assertIn("NaN", message)
+        self.assertIn("particles.mrcs", message)
+        self.assertNotIn("non-zero exit status", message)
+        self.assertIsNone(re.search(r"\x1b\[", message))
+        self.assertNotIn("Traceback", message)

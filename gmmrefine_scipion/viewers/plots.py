@@ -146,19 +146,21 @@ def gmm_figure(gmm_paths, fig=None, labels=None):
     elif isinstance(gmm_paths, str):
         gmm_paths = [gmm_paths]
     labels = labels or [os.path.basename(p) for p in gmm_paths]
-    fig = fig or _new_figure((5.2 * len(gmm_paths), 5.0))
+    fig = fig or _new_figure((5.2 * len(gmm_paths) + 1.0, 5.2))
     data = [load_gmm(p) for p in gmm_paths]
     amax = max(float(np.max(np.abs(a))) for _, a, _ in data) or 1.0
     amin = min(float(np.min(a)) for _, a, _ in data)
     smax = max(float(np.max(s)) for _, _, s in data) or 1.0
     lim = max((float(np.max(np.abs(c))) for c, _, _ in data if len(c)), default=1.0) * 1.05
+    # room for the titles above and for the colour bar on the right, beside (not over) the plots
+    fig.subplots_adjust(left=0.02, right=0.86, bottom=0.04, top=0.88, wspace=0.12)
     sc = None
     for k, ((c, a, s), label) in enumerate(zip(data, labels)):
         ax = fig.add_subplot(1, len(data), k + 1, projection="3d")
         size = 4.0 + 60.0 * (s / smax) ** 2
         sc = ax.scatter(c[:, 0], c[:, 1], c[:, 2], c=a, s=size, cmap="viridis", vmin=min(amin, 0.0),
                         vmax=amax, alpha=0.75, linewidths=0)
-        ax.set_title("%s: %d Gaussians" % (label, len(a)))
+        ax.set_title("%s: %d Gaussians" % (label, len(a)), fontsize=10)
         ax.set_xlabel("x (Å)")
         ax.set_ylabel("y (Å)")
         ax.set_zlabel("z (Å)")
@@ -166,7 +168,8 @@ def gmm_figure(gmm_paths, fig=None, labels=None):
         ax.set_ylim(-lim, lim)
         ax.set_zlim(-lim, lim)
     if sc is not None:
-        cb = fig.colorbar(sc, ax=fig.axes, shrink=0.6, pad=0.08)
+        cax = fig.add_axes([0.89, 0.2, 0.02, 0.6])
+        cb = fig.colorbar(sc, cax=cax)
         cb.set_label("amplitude (marker size = width)")
     return fig
 

@@ -50,7 +50,9 @@ class GmmRefineViewer(ProtocolViewer):
         form.addParam("displayFsc", params.LabelParam, label="Show FSC of every iteration",
                       help="Input poses (dashed) and each iteration, final in bold; 0.143 line; "
                            "the legend gives each resolution.")
-        form.addParam("displayResolution", params.LabelParam, label="Show resolution per iteration")
+        form.addParam("displayResolution", params.LabelParam, label="Show resolution per iteration",
+                      help="Gold-standard resolution (FSC 0.143, masked and unmasked) of the input poses "
+                           "(iteration 0) and after every iteration.")
         form.addParam("displayGmm", params.LabelParam, label="Show the GMM of each half (3-D)",
                       help="One point per Gaussian at its centre: colour = amplitude, size = width.")
         form.addParam("displayPoseChanges", params.LabelParam, label="Show pose changes",
