@@ -176,6 +176,8 @@ def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
 
     backend = get_backend()
     out = Path(p.out)
+    if not (out / "params.json").exists():  # a new run: refuse a foreign non-empty folder, claim this one
+        RunDir.create_or_continue(out, {"kind": "conf2pose", "conf2pose": asdict(p)}, ())
     conv = RunDir.create_or_continue(out / CONVERT, asdict(p), IDENTITY)  # the conversion's identity and log
     device = backend.describe_devices(p.gpu, cpu_only=p.cpu)
     log.info("gmmcore %s conf2pose: %d particles, region %s (%d / %d Gaussians of half 1 / 2 inside), %d steps, "
