@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-focused gui test lint install bench clean
+.PHONY: demo demo-focused demo-heterogeneity gui test lint install bench clean
 
 $(STAMP): requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: $(STAMP)
 demo-focused: $(STAMP)
 	$(PY) demos/focused.py --out demo_focused_out
 
+demo-heterogeneity: $(STAMP)
+	$(PY) demos/heterogeneity.py --out demo_heterogeneity
+
 gui: $(STAMP)
 	$(PY) -m gmmrefine_scipion.gui --out demo_out
 
@@ -38,4 +41,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_align.py --backends tf jax --cases i --batches 16 64 --out benchmarks/results/bench_align_cpu.json
 
 clean:
-	rm -rf demo_out demo_focused_out .pytest_cache
+	rm -rf demo_out demo_focused_out demo_heterogeneity .pytest_cache

@@ -29,6 +29,8 @@ VERBS = {
     "refine-patches": "gmmcore.commands.refine_patches",
     "expand-symmetry": "gmmcore.commands.expand_symmetry",
     "local-resolution": "gmmcore.commands.local_resolution",
+    "heterogeneity": "gmmcore.commands.heterogeneity",
+    "conf2pose": "gmmcore.commands.conf2pose",
 }
 
 

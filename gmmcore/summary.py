@@ -12,6 +12,9 @@ Files (all JSON, written atomically):
 * ``gmmcore refine --out DIR`` → ``DIR/summary.json``: :class:`RunSummary` (``kind`` "global";
   focused and patch runs use the same schema), with one :class:`IterationRecord` per iteration
   (also ``DIR/iterNNN/report.json``) and :class:`FinalFiles`.
+* ``gmmcore heterogeneity --out DIR`` → ``DIR/summary.json``: :class:`HeterogeneitySummary` (one
+  :class:`LatentHalfReport` per half set); ``gmmcore conf2pose --out DIR`` → a :class:`RunSummary`
+  of kind "conf2pose" (``extra["consensus"]``, ``extra["conversion"]``).
 * ``gmmcore refine-focused --out DIR``: the same, ``kind`` "focused"; every report also holds
   ``resolution_focus`` / ``fsc_focus`` (FSC within the focus mask); ``final`` also names
   ``focus_mask``, ``fsc_mask`` and holds ``resolution_focus`` / ``resolution_focus_initial``.
@@ -369,3 +372,100 @@ class RunSummary:
         if self.final is not None and self.final.resolution is not None:
             return float(self.final.resolution)
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# a heterogeneity analysis (``gmmcore heterogeneity``); ``gmmcore conf2pose`` writes a RunSummary
+# of kind "conf2pose" (its conversion step in ``extra["conversion"]``)
+
+
+@dataclass
+class LatentHalfReport:
+    """One half set of a heterogeneity analysis.  ``history``: per epoch {"round", "epoch",
+    "loss" (mean 1 − ring-weighted FRC), "frc", "seconds"}; ``frc_neutral`` / ``frc_decoded``: mean
+    ring-weighted FRC of the half's particles against the neutral GMM / their decoded GMMs;
+    ``gmm_fsc_neutral`` / ``gmm_fsc_decoder_zero``: mean map-vs-GMM FSC (within the band) of the
+    neutral GMM and of the decoder at latent 0 against the half map; ``bins``: per PC1 bin
+    {"pc1", "n", "gmm", "gmm_pdb", "map"} (paths relative to the run folder)."""
+
+    n_particles: int
+    network: str
+    history: List[dict] = field(default_factory=list)
+    explained_variance_ratio: List[float] = field(default_factory=list)
+    frc_neutral: Optional[float] = None
+    frc_decoded: Optional[float] = None
+    gmm_fsc_neutral: Optional[float] = None
+    gmm_fsc_decoder_zero: Optional[float] = None
+    n_gaussians: int = 0
+    n_moving: int = 0
+    n_anchors: int = 0
+    pc1_flipped: bool = False
+    bins: List[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {**{k: v for k, v in d.items() if k != "extra"}, **self.extra}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LatentHalfReport":
+        known, extra = _known(cls, data)
+        known.setdefault("n_particles", 0)
+        known.setdefault("network", "")
+        return cls(**known, extra=extra)
+
+    def losses(self, round_name: Optional[str] = None) -> List[float]:
+        """Loss per epoch (of one round, or all)."""
+        return [float(r["loss"]) for r in self.history if round_name in (None, r.get("round"))]
+
+
+@dataclass
+class HeterogeneitySummary:
+    """``DIR/summary.json`` of ``gmmcore heterogeneity``: the source run, the band, one
+    :class:`LatentHalfReport` per half set, and the latents files (``latents``: CSV with
+    rlnImageName, half, z1..zL, pc1, pc2; ``latents_npz``: the same as float arrays)."""
+
+    kind: str = "heterogeneity"
+    params: dict = field(default_factory=dict)
+    device: str = ""
+    source: str = ""
+    latent_dim: int = 0
+    resolution_A: Optional[float] = None
+    minres_A: Optional[float] = None
+    n_particles: Dict[str, int] = field(default_factory=dict)
+    halves: Dict[str, LatentHalfReport] = field(default_factory=dict)
+    latents: str = "final/latents.csv"
+    latents_npz: str = "final/latents.npz"
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+    directory: str = ""  # where it was loaded from (not written)
+
+    def to_json(self) -> dict:
+        d = {"schema": SCHEMA_VERSION, "kind": self.kind, "params": self.params, "device": self.device,
+             "source": self.source, "latent_dim": self.latent_dim, "resolution_A": self.resolution_A,
+             "minres_A": self.minres_A, "n_particles": self.n_particles,
+             "halves": {h: r.to_json() for h, r in self.halves.items()}, "latents": self.latents,
+             "latents_npz": self.latents_npz, "seconds": self.seconds}
+        d.update(self.extra)
+        return d
+
+    def save(self, folder=None) -> None:
+        _write(os.path.join(str(folder or self.directory), SUMMARY_NAME), self.to_json())
+
+    @classmethod
+    def from_json(cls, data: dict, directory: str = "") -> "HeterogeneitySummary":
+        data = dict(data)
+        data.pop("schema", None)
+        known, extra = _known(cls, data)
+        known.pop("directory", None)
+        halves = {str(h): LatentHalfReport.from_json(r) for h, r in (known.pop("halves", None) or {}).items()}
+        return cls(**known, halves=halves, extra=extra, directory=directory)
+
+    @classmethod
+    def load(cls, path_or_dir) -> "HeterogeneitySummary":
+        data, folder = _read(path_or_dir)
+        return cls.from_json(data, directory=folder)
+
+    def path(self, relative: str) -> str:
+        """Absolute path of a file named in this summary (relative to its folder)."""
+        return relative if os.path.isabs(relative) else os.path.join(self.directory or ".", relative)

@@ -15,6 +15,12 @@ HALF_SET_ATTR = "_rlnRandomSubset"
 HALF_SET_LABEL = "rlnRandomSubset"
 #: Optics group of a particle, as the relion plugin stores it.
 OPTICS_GROUP_ATTR = "_rlnOpticsGroup"
+#: Latent coordinates of a particle from GmmProtHeterogeneity: the vector (CsvList of floats, in
+#: the latent space of the particle's own half set) and its first two principal components
+#: (PCA within that half).
+LATENT_ATTR = "_gmmLatent"
+LATENT_PC1_ATTR = "_gmmLatentPC1"
+LATENT_PC2_ATTR = "_gmmLatentPC2"
 #: The image a particle was imported from (absolute path, index@path), when gmmcore import wrote a
 #: phase-flipped copy: export can point back at it.
 ORIGINAL_IMAGE_ATTR = "_rlnImageOriginalName"
@@ -40,4 +46,6 @@ SYMMETRY_HELP = ("Point-group symmetry in RELION notation: C1 (none), Cn, Dn, T,
 INPUT_STAR = "input_particles.star"
 IMPORT_DIR = "import"
 REFINE_DIR = "refine"
+HETEROGENEITY_DIR = "heterogeneity"
+CONF2POSE_DIR = "conf2pose"
 SUMMARY_JSON = "summary.json"

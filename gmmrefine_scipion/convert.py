@@ -32,7 +32,8 @@ from gmmcore.io.stacks import format_image_name, parse_image_name, resolve_stack
 from gmmcore.io.star import read_star, write_star
 from gmmcore.particles import CTFParams, ParticleTable
 
-from .constants import HALF_SET_ATTR, MICROGRAPH_ATTR, OPTICS_GROUP_ATTR, ORIGINAL_IMAGE_ATTR
+from .constants import (HALF_SET_ATTR, LATENT_ATTR, LATENT_PC1_ATTR, LATENT_PC2_ATTR, MICROGRAPH_ATTR,
+                        OPTICS_GROUP_ATTR, ORIGINAL_IMAGE_ATTR)
 
 # Extensions gmmcore (mrcfile) reads directly; anything else is converted to .mrcs first.
 MRC_EXTENSIONS = (".mrc", ".mrcs", ".st", ".map")
@@ -125,6 +126,42 @@ def count_half_sets(particles):
     for p in particles.iterItems():
         counts[get_half_set(p)] += 1
     return counts
+
+
+# ------------------------------------------------------------------------------------------------
+# Latent coordinates (GmmProtHeterogeneity)
+# ------------------------------------------------------------------------------------------------
+def set_latent(particle, latent, pc1, pc2):
+    """Store a particle's latent vector (``_gmmLatent``, CsvList of floats) and PC1/PC2."""
+    from pyworkflow.object import CsvList, Float
+    values = CsvList(pType=float)
+    values.set([float(v) for v in latent])
+    setattr(particle, LATENT_ATTR, values)
+    setattr(particle, LATENT_PC1_ATTR, Float(float(pc1)))
+    setattr(particle, LATENT_PC2_ATTR, Float(float(pc2)))
+
+
+def get_latent(particle):
+    """(latent vector as a list of floats, pc1, pc2) of a particle, or None."""
+    values = getattr(particle, LATENT_ATTR, None)
+    if values is None:
+        return None
+    pc1, pc2 = getattr(particle, LATENT_PC1_ATTR, None), getattr(particle, LATENT_PC2_ATTR, None)
+    return ([float(v) for v in values], float(pc1.get()) if pc1 is not None else None,
+            float(pc2.get()) if pc2 is not None else None)
+
+
+def read_latents(latentsCsv, starFile):
+    """{particle id: (latent vector, pc1, pc2)} from a heterogeneity run's latents.csv and the
+    particle star it was made from (rows in the same order; ids from rlnImageId, else 1-based rows)."""
+    from gmmcore.heter.latent import read_latents_csv
+    lat = read_latents_csv(latentsCsv)
+    table = read_star(starFile)
+    if list(lat["rlnImageName"]) != [str(n) for n in table.image_name]:
+        raise RuntimeError("%s does not list the particles of %s in order" % (latentsCsv, starFile))
+    ids = _column(table, "rlnImageId")
+    keys = [int(i) for i in ids] if ids is not None else list(range(1, len(table) + 1))
+    return {k: (lat["latent"][i], lat["pc1"][i], lat["pc2"][i]) for i, k in enumerate(keys)}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -79,6 +79,27 @@ class FRCObjective:
     data_scale: float = 1.0
 
 
+@dataclass
+class ProjectionRMSDObjective:
+    """Pose objective of conformation-to-pose: minus the RMSD between the masked projection of
+    ``gmm`` (the neutral GMM) at the pose being optimised and a per-particle target, the masked
+    projection of the particle's conformation GMM at its reference (initial) pose.
+
+    The conformation GMM has the same Gaussians as ``gmm`` (same amplitudes and widths, one to
+    one) at other centres.  ``weights`` (N,) in 0..1 is the per-Gaussian mask (1 inside the target
+    region): both projections use amplitudes × weights.  The RMSD is over the pixels of the
+    difference image band-limited to ``grid`` (all rings from 1 to its resolution; build the grid
+    with ``minres_A=0``), in the projections' units (mass per pixel).  No pose prior.
+
+    Per-particle inputs of the optimiser: ``conf_centers`` (k, N, 3) Å, ``ref_rotations``
+    (k, 3, 3), ``ref_origins_A`` (k, 2).
+    """
+
+    gmm: Any
+    grid: Any
+    weights: np.ndarray
+
+
 class PoseOptimizer(Protocol):
     def __call__(self, rotations: np.ndarray, origins_A: np.ndarray, **per_particle: np.ndarray):
         """One padded batch → (rotations (B,3,3), origins_A (B,2), score (B,), start score (B,)), float32."""

@@ -56,7 +56,7 @@ def _import_tensorflow():
 tf = _import_tensorflow()
 
 from ..grids import full_grid_frequencies  # noqa: E402
-from . import FRCObjective, PoseSettings  # noqa: E402
+from . import FRCObjective, PoseSettings, ProjectionRMSDObjective  # noqa: E402
 from .kernels import CPU_BATCH_CAP, HermitianLayout, RingLayout, batch_for_memory, host_free_bytes  # noqa: E402
 
 # TF logs a harmless warning while fitting (the gradient of volume_ft's real→complex amplitude cast
@@ -143,10 +143,13 @@ def _gmm_tensors(gmm):
 def project_ft(centers, amplitudes, sigmas, rotations, origins, sy, sx):
     """Fourier transforms of GMM projections on a separable grid.
 
-    centers (N,3) Å, amplitudes (N,), sigmas (N,) Å, rotations (B,3,3) RELION A, origins (B,2) Å,
+    centers (N,3) Å — or (B,N,3): one set of centres per image (e.g. per-particle conformations) —,
+    amplitudes (N,), sigmas (N,) Å, rotations (B,3,3) RELION A, origins (B,2) Å,
     sy (ny,), sx (nx,) in 1/Å.  Returns (real, imag), each (B, ny, nx) float32.
     """
-    mu = tf.einsum("bij,nj->bni", rotations[:, :2, :], centers) - origins[:, None, :]  # (B,N,2)
+    per_image = len(centers.shape) == 3
+    mu = tf.einsum("bij,bnj->bni" if per_image else "bij,nj->bni", rotations[:, :2, :], centers) \
+        - origins[:, None, :]  # (B,N,2)
     s2 = -2.0 * math.pi**2 * tf.square(sigmas)[:, None]  # (N,1)
     ex = tf.exp(s2 * tf.square(sx)[None, :])  # (N,nx)
     ey = tf.exp(s2 * tf.square(sy)[None, :]) * amplitudes[:, None]  # (N,ny)
@@ -217,6 +220,18 @@ def frc_from_rings(m_re, m_im, p_re, p_im, p_pow, ring_index):
     s_mp = tf.reduce_sum(mr * p_re + mi * p_im, axis=-1)
     s_mm = tf.reduce_sum(mr * mr + mi * mi, axis=-1)
     return s_mp / tf.sqrt(s_mm * p_pow + 1e-30)
+
+
+def frc(model_re, model_im, part_re, part_im, pix, ring, nrings):
+    """Per-ring FRC on the full cropped grid (heterogeneity training, per-particle centres through
+    :func:`project_ft`): inputs (B, ny, nx), ``pix`` flat indices of used pixels, ``ring`` their
+    ring ids → (B, nrings), each ring normalised on its own."""
+    B = tf.shape(model_re)[0]
+    g = lambda x: tf.gather(tf.reshape(x, [B, -1]), pix, axis=1)  # noqa: E731
+    mr, mi, pr, pi = g(model_re), g(model_im), g(part_re), g(part_im)
+    vals = tf.transpose(tf.stack([mr * pr + mi * pi, mr * mr + mi * mi, pr * pr + pi * pi], axis=-1), [1, 0, 2])
+    s = tf.transpose(tf.math.unsorted_segment_sum(vals, ring, nrings), [1, 0, 2])  # (B, nrings, 3)
+    return s[..., 0] / tf.sqrt(s[..., 1] * s[..., 2] + 1e-30)
 
 
 def particle_rings(particle_ft: np.ndarray, rings: RingLayout):
@@ -295,7 +310,42 @@ def _frc_objective(objective: FRCObjective, settings: PoseSettings):
     return consts, data, prepare, score, key
 
 
-_OBJECTIVES = {FRCObjective: _frc_objective}
+def _rmsd_objective(objective: ProjectionRMSDObjective, settings: PoseSettings):
+    """The conformation-to-pose objective: J = −RMSD between the masked projection of the neutral
+    GMM at the pose and the particle's target (its masked conformation GMM projected at its
+    reference pose, made once per batch).  RMSD of the band-limited difference image per pixel:
+    sqrt(Σ_k w_k |ΔF_k|²) / box², w = 2 for k_x > 0 (Hermitian mates), 1 on the k_x = 0 column."""
+    if settings.prior_angle_deg is not None:
+        raise ValueError("the projection-RMSD objective has no pose prior")
+    grid = objective.grid
+    c, a, s = _gmm_tensors(objective.gmm)
+    a = a * tf.constant(np.asarray(objective.weights, np.float32).reshape(-1))
+    nx = len(grid.sx)
+    pix_w = np.where(np.asarray(grid.pix) % nx > 0, 2.0, 1.0).astype(np.float32)
+    sy, sx, pix = tf.constant(grid.sy), tf.constant(grid.sx), tf.constant(grid.pix)
+    consts = (c, a, s, sy, sx, pix, tf.constant(pix_w), tf.constant(1.0 / float(grid.box) ** 2, F32))
+
+    def score(cs, R, org, data):
+        centers, amps, sigmas, sy_, sx_, pix_, w, norm = cs
+        t_re, t_im = data
+        mre, mim = project_ft(centers, amps, sigmas, R, org, sy_, sx_)
+        B = tf.shape(mre)[0]
+        g = lambda x: tf.gather(tf.reshape(x, [B, -1]), pix_, axis=1)  # noqa: E731
+        d2 = tf.reduce_sum(w[None, :] * (tf.square(g(mre) - t_re) + tf.square(g(mim) - t_im)), axis=1)
+        rmsd = tf.sqrt(d2 + 1e-20) * norm
+        return -rmsd, -rmsd
+
+    def data(conf_centers, ref_rotations, ref_origins_A):
+        tre, tim = project_ft(tf.constant(conf_centers, F32), a, s, tf.constant(ref_rotations, F32),
+                              tf.constant(ref_origins_A, F32), sy, sx)
+        B = tf.shape(tre)[0]
+        g = lambda x: tf.gather(tf.reshape(x, [B, -1]), pix, axis=1)  # noqa: E731
+        return g(tre), g(tim)
+
+    return consts, data, lambda cs: cs, score, ("rmsd",)
+
+
+_OBJECTIVES = {FRCObjective: _frc_objective, ProjectionRMSDObjective: _rmsd_objective}
 _LOOPS = {}  # (objective key, settings, apix, jit_compile) → traced pose loop
 
 

@@ -4,3 +4,5 @@ from .protocol_import import GmmProtImportParticles
 from .protocol_refine import GmmProtRefine
 from .protocol_focused import GmmProtFocusedRefine, GmmProtPatchRefine
 from .protocol_expand import GmmProtExpandSymmetry
+from .protocol_heterogeneity import GmmProtHeterogeneity
+from .protocol_conf2pose import GmmProtConfToPose

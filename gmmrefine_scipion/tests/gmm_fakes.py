@@ -119,3 +119,61 @@ def write_refine_run(folder, n=24, box=16, apix=2.0, iterations=2, ngauss=40, se
                          final=FinalFiles(resolution=iters[-1].resolution, resolution_initial=14.0))
     summary.save(folder)
     return os.path.join(folder, "summary.json")
+
+
+def write_heterogeneity_run(folder, n=40, box=16, apix=2.0, latent_dim=3, bins=3, epochs=(4, 2), seed=2):
+    """A heterogeneity output folder as ``gmmcore heterogeneity`` writes it (summary.json,
+    final/latents.csv, maps along PC1), written through the engine's run contract."""
+    import mrcfile
+    from gmmcore.heter.latent import write_latents_csv
+    from gmmcore.summary import HeterogeneitySummary, LatentHalfReport
+
+    rng = np.random.default_rng(seed)
+    final = os.path.join(folder, "final")
+    os.makedirs(os.path.join(final, "bins"), exist_ok=True)
+    half = (np.arange(n) % 2) + 1
+    latent = rng.normal(size=(n, latent_dim)).astype(np.float32)
+    pcs = np.stack([latent[:, 0], latent[:, 1]], 1)
+    names = ["%06d@particles.mrcs" % (i + 1) for i in range(n)]
+    write_latents_csv(os.path.join(final, "latents.csv"), names, half, latent, pcs)
+    halves = {}
+    for h in (1, 2):
+        rep = LatentHalfReport(n_particles=int((half == h).sum()), network="final/network_half%d.npz" % h,
+                               explained_variance_ratio=[0.6, 0.3, 0.1], frc_neutral=0.30, frc_decoded=0.32,
+                               gmm_fsc_neutral=0.8, gmm_fsc_decoder_zero=0.8)
+        rep.history = [{"round": r, "epoch": e + 1, "loss": 0.7 - 0.01 * k, "frc": 0.3 + 0.01 * k, "seconds": 1.0}
+                       for k, (r, e) in enumerate([("anchors", e) for e in range(epochs[0])] +
+                                                  [("full", e) for e in range(epochs[1])])]
+        for k in range(bins):
+            stem = "bins/half%d_bin%d" % (h, k + 1)
+            with mrcfile.new(os.path.join(final, stem + ".mrc"), overwrite=True) as m:
+                m.set_data(rng.normal(size=(box, box, box)).astype(np.float32))
+                m.voxel_size = apix
+            rep.bins.append({"pc1": float(k - 1), "n": n // (2 * bins), "gmm": "final/%s.gmm.npz" % stem,
+                             "gmm_pdb": "final/%s.pdb" % stem, "map": "final/%s.mrc" % stem})
+        halves[str(h)] = rep
+    HeterogeneitySummary(latent_dim=latent_dim, resolution_A=8.0, minres_A=40.0,
+                         n_particles={"1": n // 2, "2": n - n // 2}, halves=halves).save(folder)
+    return os.path.join(folder, "summary.json")
+
+
+def write_conf2pose_run(folder, n=24, box=16, apix=2.0, seed=3):
+    """A conf2pose output folder (a refine-like run of kind "conf2pose" with the conversion's
+    record and pose changes), written through the engine's run contract."""
+    from gmmcore.summary import RunSummary
+    write_refine_run(folder, n=n, box=box, apix=apix, iterations=1, seed=seed)
+    s = RunSummary.load(folder)
+    s.kind = "conf2pose"
+    s.initial.extra.update(resolution_focus=9.0, fsc_focus=s.initial.fsc["masked"])
+    for rec in s.iterations:
+        rec.report.extra.update(resolution_focus=8.0, fsc_focus=rec.report.fsc["masked"])
+    s.extra["consensus"] = {**s.initial.to_json(), "resolution": 11.0}
+    os.makedirs(os.path.join(folder, "convert"), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    np.savez(os.path.join(folder, "convert", "pose_changes.npz"), angle_deg=np.abs(rng.normal(scale=5.0, size=n)),
+             shift_px=np.abs(rng.normal(scale=0.5, size=n)), half=(np.arange(n) % 2) + 1)
+    s.extra["conversion"] = {"pose_changes": "convert/pose_changes.npz", "particles": "convert/particles.star",
+                             "pose_change": {"angle_mean": 5.0, "angle_median": 4.0, "shift_mean": 0.5,
+                                             "shift_median": 0.4}, "resolution_region": 9.0}
+    s.save(folder)
+    return os.path.join(folder, "summary.json")

@@ -8,7 +8,8 @@ def test_plugin_registered_with_protocols_viewers_and_bibtex():
     plugin = Domain.getPlugin("gmmrefine_scipion")
     assert plugin.Plugin._pathVars == []
     protocols = Domain.getProtocols()
-    for name in ("GmmProtImportParticles", "GmmProtRefine", "GmmProtExportParticles"):
+    for name in ("GmmProtImportParticles", "GmmProtRefine", "GmmProtExportParticles", "GmmProtHeterogeneity",
+                 "GmmProtConfToPose"):
         assert name in protocols
     assert "GmmRefineViewer" in Domain.getViewers()
     assert "Chen2024" in plugin._bibtex
@@ -33,7 +34,8 @@ def test_protocols_conf_tree():
 
     for tree in protocols.values():
         walk(tree)
-    assert {"GmmProtImportParticles", "GmmProtRefine", "GmmProtExportParticles"} <= found, (found, text)
+    assert {"GmmProtImportParticles", "GmmProtRefine", "GmmProtExportParticles", "GmmProtHeterogeneity",
+            "GmmProtConfToPose"} <= found, (found, text)
 
 
 def test_command_line_and_environment(monkeypatch):

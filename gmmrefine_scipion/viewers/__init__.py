@@ -2,3 +2,4 @@
 viewer classes registered for the gmmrefine protocols."""
 from .viewer_refine import GmmRefineViewer
 from .viewer_focused import GmmFocusedViewer
+from .viewer_heterogeneity import GmmConfToPoseViewer, GmmHeterogeneityViewer

@@ -1,0 +1,87 @@
+"""DNN heterogeneity analysis of a refinement run, independently per half set (GMM encoder/decoder).
+
+Per half set: an encoder maps each particle (the gradient of its FRC with respect to the neutral
+GMM's centres at its pose) to a latent vector; a hierarchical decoder maps a latent vector to the
+GMM's centres (anchors from K-means drive the full GMM, then the full GMM is trained); latent 0 is
+the half's neutral (consensus) GMM.  Loss: the ring-weighted FRC of the decoded GMM's projection at
+the particle's pose.  The two halves' networks never see each other's particles or GMM.
+Re-running the same command continues a killed run (checkpoint every epoch).
+
+    gmmcore heterogeneity --from refined --latent 4 --anchors 32 --epochs 20 --out heter
+
+Writes DIR/final/latents.csv (rlnImageName, half, z1..zL, pc1, pc2), the networks
+(final/network_half{1,2}.npz), per half the PCA and GMMs + maps of --bins bins along PC1
+(final/bins/), DIR/summary.json and DIR/run.log.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", required=True, help="a finished gmmcore refine run directory")
+    p.add_argument("--out", required=True, help="run directory (re-running the same command continues it)")
+    p.add_argument("--latent", type=int, default=4, help="latent dimensions (default 4)")
+    p.add_argument("--anchors", type=int, default=32,
+                   help="anchor Gaussians of the hierarchical decoder (K-means of the GMM; default 32; 0 = none)")
+    p.add_argument("--mask", help="focus the analysis on a region (MRC): only Gaussians inside it move")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of the first (anchor) round (default 20)")
+    p.add_argument("--full-epochs", type=int, default=10,
+                   help="epochs of the second round, where every Gaussian is trained (default 10)")
+    p.add_argument("--res", type=float, help="finest resolution in the FRC, Å (default: the run's final resolution)")
+    p.add_argument("--minres", type=float, default=40.0, help="coarsest resolution in the FRC, Å (default 40)")
+    p.add_argument("--batch", type=int, default=16, help="particles per training batch (default 16)")
+    p.add_argument("--chunk", type=int, default=20000, help="particles read per chunk (default 20000)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, first round (default 1e-3)")
+    p.add_argument("--lr-full", type=float, default=3e-4, help="Adam learning rate, second round (default 3e-4)")
+    p.add_argument("--latent-noise", type=float, default=0.0,
+                   help="σ of noise added to the latents in training (default 0: none; see gmmcore.heter.training)")
+    p.add_argument("--latent-penalty", type=float, default=0.0,
+                   help="weight of |z|² in the loss (default 0)")
+    p.add_argument("--ring-weight", choices=["ssnr", "uniform"], default="ssnr",
+                   help="FRC ring weighting: ssnr (default) or uniform (the paper's plain average)")
+    p.add_argument("--bins", type=int, default=5, help="bins along PC1 for the GMMs and maps (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (network initialisation, anchors, order)")
+    p.add_argument("--gpu", default=None, help="GPU id to use (default: the first GPU TensorFlow sees)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
+    p.add_argument("--continue", dest="cont", action="store_true",
+                   help="continue the run in --out (re-running the same command does the same)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..heter.analysis import HeterogeneityParams, run_heterogeneity
+
+    src = Path(args.source)
+    if not src.is_dir():
+        raise InputError("not a run directory", path=src, field="--from")
+    if args.cont and not (Path(args.out) / "params.json").exists():
+        raise InputError("nothing to continue (no params.json)", path=args.out, field="--continue")
+    if args.mask and not Path(args.mask).exists():
+        raise InputError("file not found", path=args.mask, field="--mask")
+    for name in ("latent", "epochs", "batch", "chunk", "bins"):
+        if getattr(args, name) < 1:
+            raise InputError("must be ≥ 1", field="--" + name)
+    if args.anchors < 0 or args.full_epochs < 0:
+        raise InputError("--anchors and --full-epochs must be ≥ 0")
+    for name in ("latent_noise", "latent_penalty"):
+        if getattr(args, name) < 0:
+            raise InputError("must be ≥ 0", field="--" + name.replace("_", "-"))
+    if args.res is not None and args.res <= 0:
+        raise InputError("must be > 0", field="--res")
+    gpu = None
+    if args.gpu not in (None, ""):
+        try:
+            gpu = [int(x) for x in str(args.gpu).split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"not a list of GPU ids: {args.gpu!r}", field="--gpu") from None
+    params = HeterogeneityParams(
+        source=str(src.resolve()), out=str(args.out), latent=args.latent, anchors=args.anchors,
+        mask=args.mask and str(Path(args.mask).resolve()), epochs=args.epochs, full_epochs=args.full_epochs,
+        res=args.res, minres=args.minres, batch=args.batch, chunk=args.chunk, lr=args.lr, lr_full=args.lr_full,
+        latent_noise=args.latent_noise, latent_penalty=args.latent_penalty, ring_weight=args.ring_weight,
+        bins=args.bins, seed=args.seed, gpu=gpu, cpu=args.cpu)
+    run_heterogeneity(params)
+    return 0

@@ -1,0 +1,135 @@
+"""Conformation to pose, then focused refinement of one region (gmmcore conf2pose)."""
+import os
+
+import pyworkflow.protocol.params as params
+from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
+from pwem.objects import SetOfFSCs, SetOfParticles, Volume
+from pwem.protocols import ProtRefine3D
+
+from gmmrefine_scipion import Plugin
+from gmmrefine_scipion.constants import CONF2POSE_DIR
+from .protocol_base import GmmProtRunBase
+
+
+class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
+    """Turn each particle's conformation (from a gmm heterogeneity analysis) into a change of its
+    pose for one region, then refine that region with focused refinement (Chen, Schmid & Chiu 2024).
+
+    Per half set: the decoder gives each particle's GMM; the new pose is where the region of the
+    consensus GMM projects as the particle's region does at its original pose (Adam on the pose,
+    30 steps).  The map reconstructed at the new poses resolves the region (the rest smears out);
+    focused iterations with the same mask follow.  Outputs: the converted particles, the particles
+    after focused refinement, the final map with its half maps, and the FSCs (within the mask).
+    """
+    _label = "gmm conformation to pose"
+    _possibleOutputs = {"outputParticlesConverted": SetOfParticles, "outputParticles": SetOfParticles,
+                        "outputVolume": Volume, "outputFSCs": SetOfFSCs}
+    VERB = "conf2pose"
+    RUN_DIR = CONF2POSE_DIR
+
+    # --------------------------- DEFINE param functions ----------------------
+    def _defineParams(self, form):
+        form.addSection(label="Input")
+        form.addHidden(USE_GPU, params.BooleanParam, default=True, label="Use GPU?",
+                       help="Run on the GPU; No runs on the CPU (slow, fine for small tests).")
+        form.addHidden(GPU_LIST, params.StringParam, default=Plugin.getDefaultGpu(), label="GPU ids",
+                       help="GPU to use, e.g. '0'. gmmcore uses the first GPU listed.")
+        form.addParam("inputHeterogeneity", params.PointerParam, pointerClass="GmmProtHeterogeneity",
+                      important=True, label="GMM heterogeneity run",
+                      help="A finished gmm heterogeneity analysis (its networks and latent coordinates).")
+        form.addParam("regionMask", params.PointerParam, pointerClass="VolumeMask", important=True,
+                      label="Mask of the target region",
+                      help="Around the region to resolve (e.g. a moving domain) at its consensus position; "
+                           "the Gaussians inside it define the region's pose, and the focused refinement "
+                           "uses it too. Keep it tight: parts that do not move with the region pull the "
+                           "converted pose back.")
+        form.addSection(label="Refinement")
+        form.addParam("steps", params.IntParam, default=30, validators=[params.GE(1)],
+                      label="Pose search steps", help="Adam steps per particle (the paper: 30).")
+        form.addParam("focusIterations", params.IntParam, default=3, validators=[params.GE(0)],
+                      label="Focused iterations", help="Focused refinement iterations after the conversion.")
+        form.addParam("maxResolution", params.FloatParam, default=0.0, validators=[params.GE(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label="Highest resolution used (Å)",
+                      help="Focused refinement: best resolution used in the alignment (0: follow the FSC).")
+        form.addParam("batchSize", params.IntParam, default=16, expertLevel=params.LEVEL_ADVANCED,
+                      validators=[params.GT(0)], label="Batch size")
+        form.addParam("extraParams", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
+                      label="Additional gmmcore arguments", help="Passed verbatim to 'gmmcore conf2pose'.")
+
+    # --------------------------- STEPS functions -----------------------------
+    def _inputSignature(self):
+        prot = self.inputHeterogeneity.get()
+        return prot.getObjId() if prot is not None else None
+
+    def _engineOptions(self):
+        het = self.inputHeterogeneity.get()
+        options = {"from": self.abspath(het._runDir()), "mask": self.volumeFile(self.regionMask.get(), "region_mask"),
+                   "steps": self.steps.get(), "focus_iter": self.focusIterations.get(),
+                   "maxres": self.maxResolution.get() or None, "batch": self.batchSize.get()}
+        options.update(self._deviceOptions())
+        return options
+
+    def runEngineStep(self):
+        options = dict(self._engineOptions())
+        options["out"] = self.abspath(self._runDir())
+        options["continue"] = os.path.exists(self._runDir("convert", "params.json"))
+        self.runGmmcore(self.VERB, extra=self._extraArguments(), **options)
+
+    def _registerOutputs(self, summary):
+        het = self.inputHeterogeneity.get()
+        inputParts = het.outputParticles  # the refinement's particles with their latent coordinates
+        conv = summary.extra["conversion"]
+        converted = self._refinedParticles(inputParts, os.path.join(summary.directory, conv["particles"]))
+        self._defineOutputs(outputParticlesConverted=converted)
+        self._defineTransformRelation(het.outputParticles, converted)
+        focused = self._refinedParticles(inputParts, summary.path("particles"))
+        self._defineOutputs(outputParticles=focused)
+        self._defineTransformRelation(het.outputParticles, focused)
+        vol = self._volumeWithHalves(summary, inputParts.getSamplingRate())
+        self._defineOutputs(outputVolume=vol)
+        self._defineSourceRelation(het.outputParticles, vol)
+        fscs = self._fscSet(summary)
+        self._defineOutputs(outputFSCs=fscs)
+        self._defineSourceRelation(vol, fscs)
+
+    # --------------------------- INFO functions ------------------------------
+    def _validate(self):
+        errors = []
+        het = self.inputHeterogeneity.get()
+        if het is None:
+            return ["Choose a GMM heterogeneity run."]
+        if het.getSummary() is None or not het.hasAttribute("outputParticles"):
+            errors.append("The heterogeneity run has not finished.")
+        if self.regionMask.get() is None:
+            errors.append("Choose the mask of the target region.")
+        if self.usesGpu() and not self.getGpuList():
+            errors.append("Give the GPU ids or set 'Use GPU' to No.")
+        return errors
+
+    def _summary(self):
+        summary = self.getSummary()
+        if summary is None:
+            return ["Not started, or no summary yet."]
+        lines = []
+        cons, conv = summary.extra.get("consensus"), summary.extra.get("conversion")
+        if cons:
+            lines.append("Region, consensus poses: %.2f Å (FSC in the mask)" % cons["resolution"])
+        if conv:
+            pc = conv["pose_change"]
+            lines.append("Conversion: pose change mean %.2f°, %.2f px; region at the converted poses: %.2f Å"
+                         % (pc["angle_mean"], pc["shift_mean"], conv["resolution_region"]))
+        for rec in summary.iterations:
+            focus = {**rec.report.extra, **rec.extra}
+            lines.append("Focused iteration %d: region %.2f Å" % (rec.iteration, focus.get("resolution_focus",
+                                                                                              rec.resolution)))
+        return lines
+
+    def _methods(self):
+        summary = self.getSummary()
+        if summary is None or summary.final is None:
+            return []
+        return ["The particles' conformations were converted into poses of the target region and refined with "
+                "%d iterations of focused refinement [Chen2024] using gmmcore." % len(summary.iterations)]
+
+    def _citations(self):
+        return ["Chen2024"]

@@ -1,0 +1,88 @@
+"""Scipion project, headless: import (a simulated particle with a moving domain) -> GmmProtRefine
+-> GmmProtHeterogeneity -> GmmProtConfToPose, and their outputs in the project graph.
+
+Small and fast (box 32, 3 Å/px, 300 particles, one refinement iteration, a few epochs, one focused
+iteration); the numbers of the method are tested in tests/test_heterogeneity.py — here: every
+particle carries its latent coordinates, the maps along PC1 are a SetOfVolumes, the converted and
+the focused particles keep their half sets and change their poses, the summaries read back.
+"""
+import os
+
+import numpy as np
+from pyworkflow.tests import BaseTest, setupTestProject
+from pwem.protocols import ProtImportMask
+
+from gmmrefine_scipion import convert
+from gmmrefine_scipion.demo import simulate
+from gmmrefine_scipion.protocols import (GmmProtConfToPose, GmmProtHeterogeneity, GmmProtImportParticles,
+                                         GmmProtRefine)
+
+SIM = dict(n=300, box=32, apix=3.0, snr=2.0, domain="lid", domain_angle=20, perturb_angle=2.0, perturb_shift=0.5,
+           seed=5)
+
+
+def simulated_domain_dataset():
+    folder = os.path.join(os.environ["SCIPION_TESTS"], "gmmrefine_lid_%(n)d_%(box)d_%(seed)d" % SIM)
+    if not os.path.exists(os.path.join(folder, "domain_mask.mrc")):
+        simulate(folder, quiet=True, **SIM)
+    return folder
+
+
+class TestGmmHeterogeneityChain(BaseTest):
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.data = simulated_domain_dataset()
+
+    def test_chain(self):
+        imp = self.newProtocol(GmmProtImportParticles, objLabel="gmm import", importFrom=0,
+                               starFile=os.path.join(self.data, "particles_perturbed.star"))
+        self.launchProtocol(imp)
+        refine = self.newProtocol(GmmProtRefine, objLabel="gmm refine", numberOfIterations=1, useGpu=False)
+        refine.inputParticles.set(imp)
+        refine.inputParticles.setExtended("outputParticles")
+        self.launchProtocol(refine)
+
+        het = self.newProtocol(GmmProtHeterogeneity, objLabel="gmm heterogeneity", latentDim=3, anchors=16,
+                               epochs=3, fullEpochs=1, maxResolution=8.0, bins=3, useGpu=False)
+        het.inputRefinement.set(refine)
+        self.launchProtocol(het)
+        parts = het.outputParticles
+        self.assertSetSize(parts, SIM["n"])
+        halves = {}
+        for p in parts.iterItems():
+            latent, pc1, pc2 = convert.get_latent(p)
+            self.assertEqual(len(latent), 3)
+            self.assertTrue(np.isfinite(pc1) and np.isfinite(pc2))
+            halves.setdefault(convert.get_half_set(p), []).append(pc1)
+        for h in (1, 2):  # PC1 from each half's own PCA: centred on that half
+            self.assertLess(abs(np.mean(halves[h])), 1e-3)
+        self.assertEqual(het.outputVolumes.getSize(), 2 * 3)
+        for vol in het.outputVolumes.iterItems():
+            self.assertTrue(os.path.exists(vol.getFileName()))
+        self.assertTrue(any("PC1" in line for line in het.summary()), het.summary())
+
+        mask = self.newProtocol(ProtImportMask, maskPath=os.path.join(self.data, "domain_mask.mrc"),
+                                samplingRate=SIM["apix"])
+        self.launchProtocol(mask)
+        c2p = self.newProtocol(GmmProtConfToPose, objLabel="gmm conf2pose", steps=10, focusIterations=1,
+                               maxResolution=8.0, batchSize=64, useGpu=False)
+        c2p.inputHeterogeneity.set(het)
+        c2p.regionMask.set(mask)
+        c2p.regionMask.setExtended("outputMask")
+        self.launchProtocol(c2p)
+        for name in ("outputParticlesConverted", "outputParticles"):
+            out = getattr(c2p, name)
+            self.assertSetSize(out, SIM["n"])
+            before = {p.getObjId(): (convert.get_half_set(p), p.getTransform().getMatrix().copy())
+                      for p in parts.iterItems()}
+            moved = 0
+            for p in out.iterItems():
+                half, matrix = before[p.getObjId()]
+                self.assertEqual(convert.get_half_set(p), half)
+                self.assertIsNotNone(convert.get_latent(p))  # copied from the heterogeneity output
+                moved += not np.allclose(p.getTransform().getMatrix(), matrix, atol=1e-6)
+            self.assertGreater(moved, SIM["n"] // 2, name)
+        self.assertTrue(c2p.outputVolume.hasHalfMaps())
+        self.assertEqual(c2p.outputFSCs.getSize(), 2 * 2)  # converted start + 1 iteration, masked and unmasked
+        self.assertTrue(any("Conversion" in line for line in c2p.summary()), c2p.summary())
