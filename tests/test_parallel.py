@@ -97,7 +97,7 @@ def seeded_run(reference: Path, out: Path) -> Path:
 def chunk_workers(run: Path) -> dict:
     """{chunk label: worker name} from the run's log lines of finished units."""
     text = (run / "run.log").read_text()
-    return dict(re.findall(r"(iter 1 half \d chunk \d+) \(\d+ ptcl\): worker (\S+)", text))
+    return dict(re.findall(r"(iter 1 half \d(?: alignment)? chunk \d+) \(\d+ ptcl\): worker (\S+)", text))
 
 
 def test_local_cluster_same_result(sim_small, reference, local_cluster, tmp_path):

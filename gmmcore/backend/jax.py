@@ -70,8 +70,15 @@ def configure_devices(gpu: Optional[Sequence[int]] = None, cpu_only: bool = Fals
             except RuntimeError:
                 devs = []
         if devs:
+            if gpu:
+                missing = [i for i in gpu if not 0 <= i < len(devs)]
+                if missing:
+                    from ..errors import InputError
+
+                    raise InputError(f"GPU {','.join(map(str, missing))} does not exist (JAX sees {len(devs)} GPU(s): "
+                                     f"ids 0–{len(devs) - 1})", field="--gpu")
             i = gpu[0] if gpu else 0
-            dev = devs[i] if i < len(devs) else devs[0]
+            dev = devs[i]
         else:
             dev = jax.devices("cpu")[0]
         _Devices.device = dev
@@ -643,7 +650,11 @@ class JAXBackend:
 
     name = "jax"
 
-    def describe_devices(self, gpu=None, cpu_only=False) -> str:
+    def describe_devices(self, gpu=None, cpu_only=False, threads=None) -> str:
+        if threads is not None:  # FFTs and reconstruction workers; XLA's own pools are set at start-up
+            from ..resources import set_cpu_threads
+
+            set_cpu_threads(threads)
         return configure_devices(gpu, cpu_only)
 
     def frc_rings(self, gmm, grid, particle_ft, rotations, origins_A, batch: int = 64) -> np.ndarray:

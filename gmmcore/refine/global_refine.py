@@ -123,7 +123,7 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, exe
     warnings = []
     if executor is None or executor.in_process:
         device = backend.describe_devices(p.gpu, cpu_only=p.cpu, threads=p.threads)
-        if p.gpu and not p.cpu and not device.startswith("GPU"):
+        if p.gpu and not p.cpu and "GPU" not in device:
             warnings.append(f"GPU {','.join(map(str, p.gpu))} requested; the engine sees no GPU: running on the CPU "
                             f"({backend.name} backend)")
     else:  # the driver only writes files and measures FSCs: it keeps off the workers' GPUs
