@@ -1,4 +1,4 @@
-"""Command-line options shared by several verbs (refine-focused, refine-patches): alignment,
+"""Command-line options shared by several verbs (refine, refine-focused, refine-patches): alignment,
 pose prior, device.
 
 Not a verb: verbs never import each other, so what they share lives here (one layer below
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Union
 
 from .errors import InputError
 
@@ -17,7 +18,9 @@ def add_alignment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ngauss", type=int, help="Gaussians per GMM (default: estimated from map and resolution)")
     p.add_argument("--maxres", type=float, help="finest target resolution used for alignment, Å")
     p.add_argument("--minres", type=float, default=25.0, help="coarsest resolution in the FRC, Å (default 25)")
-    p.add_argument("--batch", type=int, default=16, help="particles per batch on the device (default 16)")
+    p.add_argument("--batch", default="16",
+                   help="particles per batch on the device: the GPU-memory knob (default 16), or 'auto' (the "
+                        "largest that fits the device's memory)")
     p.add_argument("--chunk", type=int, default=20000, help="particles read per chunk (default 20000)")
     p.add_argument("--steps", type=int, default=10, help="gradient steps per particle per iteration (default 10)")
     p.add_argument("--lr-angle", type=float, default=0.5, help="Adam step for rotations, degrees (default 0.5)")
@@ -32,6 +35,10 @@ def add_alignment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prior", action="store_true", help="no pose prior (plain FRC maximum, as in the paper)")
     p.add_argument("--gpu", default=None, help="GPU id (default: the first GPU visible)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
+    p.add_argument("--backend", choices=["tf", "jax"], default="tf",
+                   help="array backend: tf (TensorFlow, the default) or jax (GPUs without TensorFlow; also the CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads to use (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="random seed (GMM seeding)")
 
 
@@ -43,8 +50,11 @@ def alignment_values(args: argparse.Namespace) -> dict:
             gpu = [int(x) for x in str(args.gpu).replace(" ", "").split(",") if x != ""]
         except ValueError:
             raise InputError(f"not a list of GPU ids: {args.gpu!r}", field="--gpu") from None
-    if args.batch < 1 or args.chunk < 1 or args.steps < 1:
-        raise InputError("--batch, --chunk and --steps must be ≥ 1")
+    batch = parse_batch(args.batch)
+    if args.chunk < 1 or args.steps < 1:
+        raise InputError("--chunk and --steps must be ≥ 1")
+    if args.threads is not None and args.threads < 1:
+        raise InputError("must be ≥ 1", field="--threads")
     explicit = args.prior_angle is not None or args.prior_shift is not None
     if explicit and (args.no_prior or args.ring_weight != "ssnr"):
         raise InputError("a pose prior needs --ring-weight ssnr and no --no-prior", field="--prior-angle")
@@ -58,9 +68,23 @@ def alignment_values(args: argparse.Namespace) -> dict:
 
         symmetry_matrices(args.sym)
     return dict(sym=args.sym and args.sym.upper(), ngauss=args.ngauss, maxres=args.maxres, minres=args.minres,
-                batch=args.batch, chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift,
+                batch=batch, chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift,
                 ring_weight=args.ring_weight, prior_angle=(args.prior_angle or 3.0) if use_prior else None,
-                prior_shift=(args.prior_shift or 1.0) if use_prior else None, gpu=gpu, cpu=args.cpu, seed=args.seed)
+                prior_shift=(args.prior_shift or 1.0) if use_prior else None, gpu=gpu, cpu=args.cpu, seed=args.seed,
+                backend=args.backend, threads=args.threads)
+
+
+def parse_batch(value) -> Union[int, str]:
+    """``--batch``: a positive integer or 'auto'."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        b = int(value)
+    except ValueError:
+        raise InputError(f"not a batch size: {value!r} (a positive integer or 'auto')", field="--batch") from None
+    if b < 1:
+        raise InputError("must be ≥ 1 (or 'auto')", field="--batch")
+    return b
 
 
 def existing(path, flag: str) -> str:

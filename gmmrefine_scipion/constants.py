@@ -49,3 +49,10 @@ REFINE_DIR = "refine"
 HETEROGENEITY_DIR = "heterogeneity"
 CONF2POSE_DIR = "conf2pose"
 SUMMARY_JSON = "summary.json"
+
+# Scipion form label → gmmcore --backend value
+BACKEND_LABELS = ["tensorflow", "jax"]
+BACKEND_VALUES = ["tf", "jax"]
+BACKEND_HELP = ("tensorflow: the default (CPU or GPU). jax: for GPU machines with JAX and no TensorFlow (also "
+                "runs on the CPU). Same results within float precision; the run log names the backend and "
+                "device used.")

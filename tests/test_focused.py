@@ -173,19 +173,24 @@ def test_refine_focused_cli(start, sim_small, tmp_path, capsys):
     write_map(mask, soft_sphere_mask(48, 6, 3, center=(24, 24, 30)), 2.0)
     out = tmp_path / "cli"
     args = ["refine-focused", "--particles", str(sim_small["perturbed_star"]), "--half1", str(d / "half1.mrc"),
-            "--half2", str(d / "half2.mrc"), "--mask", str(mask), "--iter", "0", "--out", str(out), "--cpu"]
-    assert main(args) == 0
+            "--half2", str(d / "half2.mrc"), "--mask", str(mask), "--iter", "0", "--out", str(out)]
+    assert main(args + ["--gpu", "0", "--batch", "auto", "--threads", "1"]) == 0
     for f in ("final/particles.star", "final/half1.mrc", "final/half2.mrc", "final/map.mrc", "focus_mask.mrc",
               "fsc_mask.mrc", "summary.json"):
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
     assert s["kind"] == "focused" and s["final"]["resolution_focus"] == s["initial"]["resolution_focus"]
+    assert s["params"]["batch"] == "auto" and s["params"]["threads"] == 1 and s["params"]["backend"] == "tf"
+    if "GPU" not in s["device"]:  # a GPU asked for and none seen: said in the summary (the run goes on)
+        assert any("GPU 0 requested" in w for w in s.get("warnings", [])), s.get("warnings")
     capsys.readouterr()
     # a mask on another grid, and neither --from nor --particles: one line each, exit 2
     small = tmp_path / "small.mrc"
     write_map(small, np.ones((32,) * 3, np.float32), 2.0)
     for bad in (args[:7] + ["--mask", str(small), "--out", str(tmp_path / "x")],
-                ["refine-focused", "--mask", str(mask), "--out", str(tmp_path / "y")]):
+                ["refine-focused", "--mask", str(mask), "--out", str(tmp_path / "y")],
+                args[:-2] + ["--out", str(tmp_path / "z"), "--batch", "0"],
+                args[:-2] + ["--out", str(tmp_path / "z"), "--threads", "0"]):
         assert main(bad) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("gmmcore refine-focused: error:"), err

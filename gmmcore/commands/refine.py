@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..options import parse_batch
 from ..parallel import flags as execution
 
 
@@ -83,19 +84,6 @@ def _check_outputs(args: argparse.Namespace) -> None:
     check_output_path(args.out, "--out", folder=True)
     stacks = referenced_stacks(read_star(args.particles, need_stacks=False), required=True)
     refuse_overwriting_inputs([], [args.particles, args.ref, args.mask] + stacks, out_dir=args.out)
-
-
-def parse_batch(value):
-    """``--batch``: a positive integer or 'auto'."""
-    if str(value).strip().lower() == "auto":
-        return "auto"
-    try:
-        b = int(value)
-    except ValueError:
-        raise InputError(f"not a batch size: {value!r} (a positive integer or 'auto')", field="--batch") from None
-    if b < 1:
-        raise InputError("must be ≥ 1 (or 'auto')", field="--batch")
-    return b
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ import hashlib
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -84,7 +84,7 @@ class FocusedParams(AlignmentOptions):
     ngauss: Optional[int] = None
     maxres: Optional[float] = None
     minres: float = 25.0
-    batch: int = 16
+    batch: Union[int, str] = 16  # or "auto"
     chunk: int = 20000
     steps: int = 10
     lr_angle: float = 0.5
@@ -96,6 +96,8 @@ class FocusedParams(AlignmentOptions):
     cpu: bool = False
     seed: int = 0
     pad: int = 2
+    threads: Optional[int] = None  # CPU threads (None: all cores)
+    backend: str = "tf"  # "tf" or "jax"
     version: str = field(default=__version__)
 
 
@@ -203,7 +205,7 @@ def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.
     if fsc_mask is None:
         fsc_mask = auto_mask(0.5 * (start.half_maps[1] + start.half_maps[2]), apix)
     fsc_mask = np.asarray(fsc_mask, np.float32)
-    backend = backend or get_backend()
+    backend = backend or get_backend(params.backend)
     record = asdict(params)
     record.update(particles_hash=table.content_hash(), start_fingerprint=fingerprint(start.poses.rotation, start.poses.origin_A, start.half_maps[1],
                                                 start.half_maps[2]),
@@ -223,7 +225,12 @@ def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.
     for name, m in ((FOCUS_MASK, focus_mask), (FSC_MASK, fsc_mask)):
         if not (run.path / name).is_file():  # same content on a resume (fingerprints in the identity)
             write_map(run.path / name, m, apix)
-    device = backend.describe_devices(params.gpu, cpu_only=params.cpu)
+    device = backend.describe_devices(params.gpu, cpu_only=params.cpu, threads=params.threads)
+    warnings = []
+    if params.gpu and not params.cpu and "GPU" not in device:
+        warnings.append(f"GPU {','.join(map(str, params.gpu))} requested; the engine sees no GPU: running on the "
+                        f"CPU ({backend.name} backend)")
+        log.warning("warning: %s", warnings[-1])
     rows = table.half_rows()
     log.info("gmmcore %s %s refinement: %d particles (half 1: %d, half 2: %d), box %d, %.3f Å/px, %s, "
              "focus mask %.0f voxels, device %s", __version__, kind, len(table), rows[1].size, rows[2].size, box,
@@ -235,6 +242,8 @@ def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.
     summary = RunSummary(kind=kind, params=record, device=device,
                          n_particles={str(h): int(r.size) for h, r in rows.items()}, initial=initial,
                          directory=str(run.path), extra=dict(extra or {}))
+    if warnings:
+        summary.extra["warnings"] = warnings
     state = start
     for i in range(1, params.iterations + 1):
         state, rec = loop.iterate(table, state, plan, backend, run.iteration(i))

@@ -34,7 +34,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -75,7 +75,7 @@ class PatchParams(AlignmentOptions):
     ngauss: Optional[int] = None
     maxres: Optional[float] = None
     minres: float = 25.0
-    batch: int = 16
+    batch: Union[int, str] = 16  # or "auto"
     chunk: int = 20000
     steps: int = 10
     lr_angle: float = 0.5
@@ -87,13 +87,15 @@ class PatchParams(AlignmentOptions):
     cpu: bool = False
     seed: int = 0
     pad: int = 2
+    threads: Optional[int] = None  # CPU threads (None: all cores)
+    backend: str = "tf"  # "tf" or "jax"
     version: str = field(default=__version__)
 
     def focused(self, out: Path) -> FocusedParams:
         """The focused-run parameters of one patch."""
         keep = {k: getattr(self, k) for k in ("iterations", "sym", "ngauss", "maxres", "minres", "batch", "chunk",
                                               "steps", "lr_angle", "lr_shift", "ring_weight", "prior_angle",
-                                              "prior_shift", "gpu", "cpu", "seed", "pad")}
+                                              "prior_shift", "gpu", "cpu", "seed", "pad", "threads", "backend")}
         return FocusedParams(out=str(out), source=self.source, **keep)
 
 

@@ -13,7 +13,7 @@ from pwem.objects import SetOfFSCs, SetOfParticles, Volume, VolumeMask
 from pwem.protocols import ProtRefine3D
 
 from gmmrefine_scipion import Plugin, convert
-from gmmrefine_scipion.constants import INPUT_STAR, SYMMETRY_HELP
+from gmmrefine_scipion.constants import BACKEND_HELP, BACKEND_LABELS, BACKEND_VALUES, INPUT_STAR, SYMMETRY_HELP
 from .protocol_base import GmmProtRunBase, validateSymmetry
 
 FOCUSED_DIR = "focused"
@@ -52,12 +52,17 @@ def _alignmentParams(form, iterations, iterLabel):
     form.addParam("priorShift", params.FloatParam, default=1.0, validators=[params.GE(0)],
                   expertLevel=params.LEVEL_ADVANCED, condition="priorAngle > 0",
                   label="Start pose accuracy: shift (px)")
-    form.addParam("batchSize", params.IntParam, default=16, validators=[params.GT(0)],
+    form.addParam("batchSize", params.IntParam, default=16, validators=[params.GE(0)],
                   expertLevel=params.LEVEL_ADVANCED, label="Batch size",
-                  help="Particles aligned together on the GPU; lower it if the GPU runs out of memory.")
+                  help="Particles aligned together on the GPU; lower it if the GPU runs out of memory. 0 = "
+                       "automatic: the largest batch that fits the device's free memory (results do not depend "
+                       "on it).")
+    form.addParam("arrayBackend", params.EnumParam, choices=BACKEND_LABELS, default=0,
+                  expertLevel=params.LEVEL_ADVANCED, display=params.EnumParam.DISPLAY_HLIST,
+                  label="Array backend", help=BACKEND_HELP)
     form.addParam("extraParams", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
                   label="Additional gmmcore arguments", help="Passed verbatim to gmmcore.")
-    form.addParallelSection(threads=1, mpi=0)
+    form.addParallelSection(threads=4, mpi=0)
 
 
 class _GmmFocusedBase(GmmProtRunBase):
@@ -71,7 +76,9 @@ class _GmmFocusedBase(GmmProtRunBase):
         self._insertFunctionStep(self.createOutputStep)
 
     def _alignmentOptions(self):
-        options = {"iter": self.numberOfIterations.get(), "batch": self.batchSize.get(),
+        options = {"iter": self.numberOfIterations.get(), "batch": self.batchSize.get() or "auto",
+                   "backend": BACKEND_VALUES[self.arrayBackend.get()],
+                   "threads": max(1, self.numberOfThreads.get() or 1),
                    "ngauss": self.numberOfGaussians.get() or None, "maxres": self.maxResolution.get() or None,
                    "reimpose": self.reimposeSymmetry.get() or None}
         if self.priorAngle.get() > 0:

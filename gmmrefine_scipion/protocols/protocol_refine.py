@@ -9,12 +9,10 @@ from pwem.protocols import ProtRefine3D
 from gmmcore.particles import half_counts_problem
 
 from gmmrefine_scipion import Plugin, convert
-from gmmrefine_scipion.constants import HALF_SET_ATTR, INPUT_STAR, REFINE_DIR, SYMMETRY_HELP
+from gmmrefine_scipion.constants import (BACKEND_HELP, BACKEND_LABELS, BACKEND_VALUES, HALF_SET_ATTR, INPUT_STAR,
+                                         REFINE_DIR, SYMMETRY_HELP)
 from .protocol_base import GmmProtRunBase, validateSymmetry
 
-# Scipion form label → gmmcore --backend value
-BACKEND_LABELS = ["tensorflow", "jax"]
-BACKEND_VALUES = ["tf", "jax"]
 
 
 class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
@@ -105,9 +103,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
         form.addParam("arrayBackend", params.EnumParam, choices=BACKEND_LABELS, default=0,
                       expertLevel=params.LEVEL_ADVANCED, display=params.EnumParam.DISPLAY_HLIST,
                       label="Array backend",
-                      help="tensorflow: the default (CPU or GPU). jax: for GPU machines with JAX and "
-                           "no TensorFlow (also runs on the CPU). Same results within float precision; "
-                           "the run log names the backend and device used.")
+                      help=BACKEND_HELP)
         form.addParam("daskScheduler", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
                       label="Dask scheduler address",
                       help="Run the work on a running Dask cluster instead of this protocol's GPUs, e.g. "
