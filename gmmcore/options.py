@@ -55,6 +55,21 @@ def alignment_values(args: argparse.Namespace) -> dict:
         raise InputError("--chunk and --steps must be ≥ 1")
     if args.threads is not None and args.threads < 1:
         raise InputError("must be ≥ 1", field="--threads")
+    prior_angle, prior_shift = pose_prior(args)
+    if args.sym:
+        from .symmetry import symmetry_matrices
+
+        symmetry_matrices(args.sym)
+    return dict(sym=args.sym and args.sym.upper(), ngauss=args.ngauss, maxres=args.maxres, minres=args.minres,
+                batch=batch, chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift,
+                ring_weight=args.ring_weight, prior_angle=prior_angle, prior_shift=prior_shift, gpu=gpu, cpu=args.cpu, seed=args.seed,
+                backend=args.backend, threads=args.threads)
+
+
+def pose_prior(args: argparse.Namespace, angle_deg: float = 3.0, shift_px: float = 1.0):
+    """(prior angle in degrees, prior shift in pixels) from ``--prior-angle/--prior-shift/--no-prior/
+    --ring-weight`` (defaults ``angle_deg``, ``shift_px``); (None, None) without a prior.  The prior
+    needs SSNR ring weights; given values must be > 0."""
     explicit = args.prior_angle is not None or args.prior_shift is not None
     if explicit and (args.no_prior or args.ring_weight != "ssnr"):
         raise InputError("a pose prior needs --ring-weight ssnr and no --no-prior", field="--prior-angle")
@@ -62,16 +77,9 @@ def alignment_values(args: argparse.Namespace) -> dict:
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise InputError("must be > 0 (use --no-prior to switch the prior off)", field="--" + name.replace("_", "-"))
-    use_prior = not args.no_prior and args.ring_weight == "ssnr"
-    if args.sym:
-        from .symmetry import symmetry_matrices
-
-        symmetry_matrices(args.sym)
-    return dict(sym=args.sym and args.sym.upper(), ngauss=args.ngauss, maxres=args.maxres, minres=args.minres,
-                batch=batch, chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift,
-                ring_weight=args.ring_weight, prior_angle=(args.prior_angle or 3.0) if use_prior else None,
-                prior_shift=(args.prior_shift or 1.0) if use_prior else None, gpu=gpu, cpu=args.cpu, seed=args.seed,
-                backend=args.backend, threads=args.threads)
+    if args.no_prior or args.ring_weight != "ssnr":
+        return None, None
+    return args.prior_angle or angle_deg, args.prior_shift or shift_px
 
 
 def parse_batch(value) -> Union[int, str]:

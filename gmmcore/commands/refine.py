@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from ..options import parse_batch
+from ..options import parse_batch, pose_prior
 from ..parallel import flags as execution
 
 
@@ -95,20 +95,11 @@ def run(args: argparse.Namespace) -> int:
     batch = parse_batch(args.batch)
     _check_numbers(args)
     _check_outputs(args)
-    explicit = args.prior_angle is not None or args.prior_shift is not None
-    if explicit and (args.no_prior or args.ring_weight != "ssnr"):
-        raise InputError("a pose prior needs --ring-weight ssnr and no --no-prior", field="--prior-angle")
-    for name in ("prior_angle", "prior_shift"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise InputError("must be > 0 (use --no-prior to switch the prior off)", field="--" + name.replace("_", "-"))
-    use_prior = not args.no_prior and args.ring_weight == "ssnr"
     from ..refine import global_refine
     from ..refine.global_refine import RefineParams
     from ..symmetry import symmetry_matrices
 
-    prior_angle = (args.prior_angle or RefineParams.prior_angle) if use_prior else None
-    prior_shift = (args.prior_shift or RefineParams.prior_shift) if use_prior else None
+    prior_angle, prior_shift = pose_prior(args, RefineParams.prior_angle, RefineParams.prior_shift)
     out = Path(args.out)
     if args.cont and not (out / "params.json").exists():
         raise InputError("nothing to continue (no params.json)", path=out, field="--continue")

@@ -63,23 +63,11 @@ IDENTITY = ("particles_hash", "start_fingerprint", "focus_mask_fingerprint", "fs
             "prior_angle", "prior_shift")
 
 
-@dataclass
-class FocusedParams(AlignmentOptions):
-    """Focused-refinement parameters (resolutions Å, angles degrees, shifts pixels).
+@dataclass(kw_only=True)
+class FocusedAlignment(AlignmentOptions):
+    """The alignment and device fields of a focused run, shared by patch runs (resolutions Å,
+    angles degrees, shifts pixels; keyword-only)."""
 
-    ``source`` (a finished run directory) or ``particles`` + ``half1`` + ``half2`` name the start
-    (recorded only; :func:`refine_focused` itself takes the start as arrays).  ``mask`` is the
-    focus mask's path (None when the caller passes an array, e.g. a patch)."""
-
-    out: str
-    mask: Optional[str] = None
-    iterations: int = 3
-    source: Optional[str] = None
-    particles: Optional[str] = None
-    half1: Optional[str] = None
-    half2: Optional[str] = None
-    fsc_mask: Optional[str] = None
-    reimpose: Optional[str] = None  # point group: also write the symmetric composite (expanded particles)
     sym: Optional[str] = None  # None: the source run's symmetry (C1 without one)
     ngauss: Optional[int] = None
     maxres: Optional[float] = None
@@ -98,6 +86,25 @@ class FocusedParams(AlignmentOptions):
     pad: int = 2
     threads: Optional[int] = None  # CPU threads (None: all cores)
     backend: str = "tf"  # "tf" or "jax"
+
+
+@dataclass
+class FocusedParams(FocusedAlignment):
+    """Focused-refinement parameters (resolutions Å, angles degrees, shifts pixels).
+
+    ``source`` (a finished run directory) or ``particles`` + ``half1`` + ``half2`` name the start
+    (recorded only; :func:`refine_focused` itself takes the start as arrays).  ``mask`` is the
+    focus mask's path (None when the caller passes an array, e.g. a patch)."""
+
+    out: str
+    mask: Optional[str] = None
+    iterations: int = 3
+    source: Optional[str] = None
+    particles: Optional[str] = None
+    half1: Optional[str] = None
+    half2: Optional[str] = None
+    fsc_mask: Optional[str] = None
+    reimpose: Optional[str] = None  # point group: also write the symmetric composite (expanded particles)
     version: str = field(default=__version__)
 
 

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -48,8 +48,7 @@ from ..masks import soft_sphere_mask
 from ..particles import HalfPair, check_geometry
 from ..safewrite import write_json
 from ..summary import FinalFiles, HalfMapReport, PatchRecord, RunSummary
-from .focused import FSC_MASK, FocusedParams, fingerprint, refine_focused, start_from_run
-from .global_refine import AlignmentOptions
+from .focused import FSC_MASK, FocusedAlignment, FocusedParams, fingerprint, refine_focused, start_from_run
 from .rundir import RunDir, setup_logging
 
 log = logging.getLogger("gmmcore.refine")
@@ -59,7 +58,7 @@ IDENTITY = ("source", "start_fingerprint", "patches", "falloff_px", "patch_seed"
 
 
 @dataclass
-class PatchParams(AlignmentOptions):
+class PatchParams(FocusedAlignment):
     """``gmmcore refine-patches`` parameters (the alignment ones as for focused refinement)."""
 
     source: str
@@ -71,32 +70,12 @@ class PatchParams(AlignmentOptions):
     only: Optional[List[int]] = None  # run just these patches (1-based); the composite waits for all
     reimpose: Optional[str] = None
     fsc_mask: Optional[str] = None
-    sym: Optional[str] = None
-    ngauss: Optional[int] = None
-    maxres: Optional[float] = None
-    minres: float = 25.0
-    batch: Union[int, str] = 16  # or "auto"
-    chunk: int = 20000
-    steps: int = 10
-    lr_angle: float = 0.5
-    lr_shift: float = 0.25
-    ring_weight: str = "ssnr"
-    prior_angle: Optional[float] = 3.0
-    prior_shift: Optional[float] = 1.0
-    gpu: Optional[List[int]] = None
-    cpu: bool = False
-    seed: int = 0
-    pad: int = 2
-    threads: Optional[int] = None  # CPU threads (None: all cores)
-    backend: str = "tf"  # "tf" or "jax"
     version: str = field(default=__version__)
 
     def focused(self, out: Path) -> FocusedParams:
         """The focused-run parameters of one patch."""
-        keep = {k: getattr(self, k) for k in ("iterations", "sym", "ngauss", "maxres", "minres", "batch", "chunk",
-                                              "steps", "lr_angle", "lr_shift", "ring_weight", "prior_angle",
-                                              "prior_shift", "gpu", "cpu", "seed", "pad", "threads", "backend")}
-        return FocusedParams(out=str(out), source=self.source, **keep)
+        keep = {f.name: getattr(self, f.name) for f in fields(FocusedAlignment)}
+        return FocusedParams(out=str(out), source=self.source, iterations=self.iterations, **keep)
 
 
 # ---------------------------------------------------------------------------------------------

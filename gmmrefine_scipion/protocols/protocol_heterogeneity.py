@@ -9,8 +9,7 @@ from pwem.protocols import ProtAnalysis3D
 from gmmcore.summary import HeterogeneitySummary
 
 from gmmrefine_scipion import Plugin, convert
-from gmmrefine_scipion.constants import (HETEROGENEITY_DIR, LATENT_ATTR, LATENT_PC1_ATTR, LATENT_PC2_ATTR,
-                                         REFINE_DIR)
+from gmmrefine_scipion.constants import HETEROGENEITY_DIR, REFINE_DIR
 from .protocol_base import GmmProtRunBase
 
 
