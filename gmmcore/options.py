@@ -33,7 +33,9 @@ def add_alignment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior-shift", type=float, default=None,
                    help="MAP pose prior: expected shift error, pixels (default 1)")
     p.add_argument("--no-prior", action="store_true", help="no pose prior (plain FRC maximum, as in the paper)")
-    p.add_argument("--gpu", default=None, help="GPU id (default: the first GPU visible)")
+    p.add_argument("--gpu", default=None,
+                   help="GPU id (default: the first GPU visible); refine-patches: a list, e.g. 0,1,2,3, runs one "
+                        "patch per GPU at once")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
     p.add_argument("--backend", choices=["tf", "jax"], default="tf",
                    help="array backend: tf (TensorFlow, the default) or jax (GPUs without TensorFlow; also the CPU)")
@@ -44,12 +46,9 @@ def add_alignment_arguments(p: argparse.ArgumentParser) -> None:
 
 def alignment_values(args: argparse.Namespace) -> dict:
     """Checked keyword values for the parameter dataclasses (FocusedParams, PatchParams)."""
-    gpu = None
-    if args.gpu not in (None, ""):
-        try:
-            gpu = [int(x) for x in str(args.gpu).replace(" ", "").split(",") if x != ""]
-        except ValueError:
-            raise InputError(f"not a list of GPU ids: {args.gpu!r}", field="--gpu") from None
+    from .parallel.flags import parse_gpus
+
+    gpu = parse_gpus(args.gpu)
     batch = parse_batch(args.batch)
     if args.chunk < 1 or args.steps < 1:
         raise InputError("--chunk and --steps must be ≥ 1")

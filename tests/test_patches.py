@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import mrcfile
@@ -155,3 +156,25 @@ def test_patches_resume(tiny_global, clean_patches, tmp_path, capsys):
     rc = main(["refine-patches", "--from", str(tiny_global), "--patches", "3", "--iter", "1", "--out", str(out), *TINY])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "patches" in err and "Traceback" not in err, err
+
+
+def test_patches_on_two_workers(tiny_global, clean_patches, tmp_path):
+    """--workers 2: one unit per patch on two Dask worker processes (as --gpu 0,1 would on two GPUs)
+    gives the in-process result — every patch's poses and both composite halves — and the log
+    names the worker of each patch."""
+    pytest.importorskip("distributed")
+    from gmmcore.geometry import angular_distance
+
+    out = tmp_path / "workers"
+    assert _patches(tiny_global, out, "--workers", "2") == 0
+    for k in (1, 2):
+        d = f"patch_{k:02d}/iter001/poses.npz"
+        with np.load(clean_patches / d) as a, np.load(out / d) as b:
+            assert angular_distance(a["rotation"], b["rotation"]).max() <= 1e-5
+            assert np.abs(a["origin"] - b["origin"]).max() <= 1e-5
+    for h in (1, 2):
+        a, b = mrcfile.read(clean_patches / "final" / f"half{h}.mrc"), mrcfile.read(out / "final" / f"half{h}.mrc")
+        assert np.corrcoef(a.ravel().astype(np.float64), b.ravel().astype(np.float64))[0, 1] > 0.99999
+    log = (out / "run.log").read_text()
+    assert "patch(es) on local Dask cluster: 2 CPU worker process(es)" in log, log
+    assert len(re.findall(r"patch \d: .* within its mask \(\S+, ", log)) == 2, log

@@ -5,8 +5,9 @@ halves), one soft spherical mask per patch (radius = its farthest Gaussian, plus
 pixel soft edge); per patch --iter focused iterations (Gaussians outside its mask widened) from
 the run's final state; then per half the composite Σ M_i·Map_i / Σ M_i (the global map filling
 where Σ M_i < 1) and the gold-standard FSC of the two composite halves.  Each patch is its own
-resumable run in DIR/patch_NN (--patch N runs only some: one worker or GPU each; the call that
-finds every patch finished makes the composite).  --reimpose SYM symmetrises the composite of a
+resumable run in DIR/patch_NN: --gpu 0,1,2,3 (one worker per GPU), --workers, --dask-scheduler or
+--cluster run patches at once, one unit per patch; --patch N runs only some (the call that finds
+every patch finished makes the composite).  --reimpose SYM symmetrises the composite of a
 run on symmetry-expanded particles.
 
     gmmcore refine-patches --from refined --patches 8 --iter 3 --out patches
@@ -22,6 +23,7 @@ import argparse
 
 from ..errors import InputError
 from ..options import add_alignment_arguments, alignment_values, existing
+from ..parallel import flags as execution
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -39,6 +41,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--continue", dest="cont", action="store_true",
                    help="continue the run in --out (re-running the same command does the same)")
     add_alignment_arguments(p)
+    execution.configure_parser(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +67,21 @@ def run(args: argparse.Namespace) -> int:
                          iterations=args.iterations, falloff_px=args.falloff, patch_seed=args.patch_seed, only=only,
                          reimpose=args.reimpose, fsc_mask=existing(args.fsc_mask, "--fsc-mask") if args.fsc_mask else None,
                          **alignment_values(args))
-    s = run_patches(params)
+    import logging
+    import sys
+
+    from ..parallel import ExecutorLost
+    from ..parallel.clusters import open_executor
+    from ..safewrite import sigterm_as_interrupt
+
+    options = execution.execution_options(args, params.gpu, Path(args.out))
+    try:
+        # one unit per patch: several GPUs / workers refine patches at once (--gpu 0,1 / --workers / --cluster)
+        with sigterm_as_interrupt(), open_executor(options, log=logging.getLogger("gmmcore.refine")) as executor:
+            s = run_patches(params, executor=executor)
+    except ExecutorLost as exc:
+        print(f"gmmcore refine-patches: {exc}", file=sys.stderr)
+        return 3
     comp = s.composite()
     if comp is None:
         done = sum(1 for r in s.patch_records() if r.complete)

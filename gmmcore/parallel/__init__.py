@@ -17,7 +17,7 @@ is, the executor only where it runs:
 The API, for any caller (refinement loop, patch refinement, ...)::
 
     from gmmcore.parallel import Unit
-    results = executor.run([Unit(f"patch {k}", run_patch, (params_k,)) for k in range(K)])
+    results = executor.run([Unit(f"patch {i}", refine_patch, (table, start, mask_i, params_i, ...)) ...])
     maps = executor.map_reduce([half1_parts, half2_parts], combine=added, finish=finished)
 
 ``run`` returns the results in the order of the units, whatever order they finish in; a unit

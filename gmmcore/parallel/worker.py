@@ -89,6 +89,11 @@ def ensure_device(setup: WorkerSetup) -> str:
     return _DEVICE
 
 
+def chosen_device() -> Optional[str]:
+    """The description of the device this worker chose (None before its first device unit)."""
+    return _DEVICE
+
+
 def run_unit(fn: Callable[..., Any], args: tuple, kwargs: dict, setup: Optional[WorkerSetup],
              label: str) -> Tuple[Any, UnitInfo]:
     """Worker side of a unit: device ready (unless ``setup`` is None: a unit that uses no device),

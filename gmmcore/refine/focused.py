@@ -189,7 +189,8 @@ def focused_plan(table: ParticleTable, start: RefinementState, focus_mask: np.nd
 
 def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.ndarray, params: FocusedParams,
                    fsc_mask: Optional[np.ndarray] = None, fit_mask: Optional[np.ndarray] = None, backend=None,
-                   kind: str = "focused", extra: Optional[dict] = None) -> RunSummary:
+                   kind: str = "focused", extra: Optional[dict] = None, device: Optional[str] = None
+                   ) -> RunSummary:
     """Run (or continue) ``params.iterations`` focused iterations in ``params.out``.
 
     ``table``: the particles (poses = ``start.poses``, half sets 1/2); ``start``: the state to
@@ -199,6 +200,7 @@ def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.
     fitted (None: the whole map, as the paper).  Re-running with the same inputs continues a killed
     run; different inputs into the same directory → InputError.  Returns the run's summary (also
     ``params.out/summary.json``), kind ``kind`` with ``extra`` merged into its top level.
+    ``device``: the description of a device already chosen (a worker's); None: choose it here.
     """
     box, apix = check_geometry(table)
     check_split(table)
@@ -232,7 +234,8 @@ def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.
     for name, m in ((FOCUS_MASK, focus_mask), (FSC_MASK, fsc_mask)):
         if not (run.path / name).is_file():  # same content on a resume (fingerprints in the identity)
             write_map(run.path / name, m, apix)
-    device = backend.describe_devices(params.gpu, cpu_only=params.cpu, threads=params.threads)
+    if device is None:
+        device = backend.describe_devices(params.gpu, cpu_only=params.cpu, threads=params.threads)
     warnings = []
     if params.gpu and not params.cpu and "GPU" not in device:
         warnings.append(f"GPU {','.join(map(str, params.gpu))} requested; the engine sees no GPU: running on the "

@@ -49,6 +49,7 @@ from ..particles import HalfPair, check_geometry
 from ..safewrite import write_json
 from ..summary import FinalFiles, HalfMapReport, PatchRecord, RunSummary
 from .focused import FSC_MASK, FocusedAlignment, FocusedParams, fingerprint, refine_focused, start_from_run
+from ..parallel import Unit, local_executor
 from .rundir import RunDir, setup_logging
 
 log = logging.getLogger("gmmcore.refine")
@@ -146,8 +147,20 @@ def _finished(folder: Path) -> Optional[RunSummary]:
 # the run
 
 
-def run_patches(p: PatchParams) -> RunSummary:
-    """Run (or continue) a patch-by-patch refinement (see the module notes); returns its summary."""
+def refine_patch(table, start, mask, params: FocusedParams, fsc_mask, fit_mask, extra: dict) -> RunSummary:
+    """One patch: a focused run of kind "patch" in ``params.out`` (a work unit: runs in this
+    process or on a worker, whose chosen device it keeps)."""
+    from ..parallel.worker import chosen_device
+
+    return refine_focused(table, start, mask, params, fsc_mask=fsc_mask, fit_mask=fit_mask, kind="patch",
+                          extra=extra, device=chosen_device() if params.gpu is None else None)
+
+
+def run_patches(p: PatchParams, executor=None) -> RunSummary:
+    """Run (or continue) a patch-by-patch refinement (see the module notes); returns its summary.
+
+    ``executor`` (:mod:`gmmcore.parallel`): where the patches run — one unit per patch (default:
+    in this process, one after the other); the composite is made here when all are finished."""
     table, start, fsc_mask, fit_mask, src = start_from_run(p.source)
     box, apix = check_geometry(table)
     if start.gmms is None:
@@ -181,21 +194,38 @@ def run_patches(p: PatchParams) -> RunSummary:
     summary = RunSummary(kind="patches", params=record, n_particles={str(h): int(r.size) for h, r in
                                                                      table.half_rows().items()},
                          initial=initial, directory=str(run.path))
+    todo = []
     for i in wanted:
-        patch = patches[i - 1]
-        folder = run.path / patch["dir"]
-        if _finished(folder) is not None and len(_finished(folder).iterations) == p.iterations:
+        f = _finished(run.path / patches[i - 1]["dir"])
+        if f is not None and len(f.iterations) == p.iterations:
             log.info("patch %d already complete", i)
-            continue
+        else:
+            todo.append(i)
+    executor = executor or local_executor()
+    units = []
+    for i in todo:
+        patch = patches[i - 1]
         log.info("patch %d of %d: centre (%.1f, %.1f, %.1f) Å, radius %.1f Å", i, len(patches), *patch["center_A"],
                  patch["radius_A"])
         mask, _ = read_map(run.path / patch["mask"])
-        s = refine_focused(table, start, mask, p.focused(folder), fsc_mask=fsc_mask, fit_mask=fit_mask, kind="patch",
-                           extra={"patch": i, "parent": str(run.path)})
-        setup_logging(run.path)  # the patch's run logged into its own run.log
-        summary.device = s.device
-        log.info("patch %d: %.2f -> %.2f Å within its mask", i, s.final.extra["resolution_focus_initial"],
-                 s.final.extra["resolution_focus"])
+        fp = p.focused(run.path / patch["dir"])
+        if not executor.in_process:  # a worker runs on the device it was given (its GPU, or the CPU)
+            fp = replace(fp, gpu=None)
+        units.append(Unit(f"patch {i}", refine_patch, (table, start, mask, fp, fsc_mask, fit_mask,
+                                                        {"patch": i, "parent": str(run.path)})))
+
+    def done_one(k, s, info):
+        setup_logging(run.path)  # a patch run in this process logged into its own run.log
+        i = todo[k]
+        where = f" ({info.worker}, {info.device})" if info.device else ""
+        log.info("patch %d: %.2f -> %.2f Å within its mask%s", i, s.final.extra["resolution_focus_initial"],
+                 s.final.extra["resolution_focus"], where)
+
+    if units:
+        if not executor.in_process:
+            log.info("%d patch(es) on %s", len(units), executor.describe())
+        summaries = executor.run(units, on_done=done_one)
+        summary.device = summaries[-1].device
 
     records, done = [], []
     for patch in patches:

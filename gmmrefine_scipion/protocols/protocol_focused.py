@@ -27,7 +27,8 @@ def _alignmentParams(form, iterations, iterLabel):
     form.addHidden(USE_GPU, params.BooleanParam, default=True, label="Use GPU?",
                    help="Run the GMM kernels on GPU(s); No runs them on the CPU (slow, fine for small tests).")
     form.addHidden(GPU_LIST, params.StringParam, default=Plugin.getDefaultGpu(), label="GPU ids",
-                   help="GPU to use, e.g. '0'. Today gmmcore uses only the first GPU listed.")
+                   help="GPU(s) to use, e.g. '0' or '0 1 2 3'. Focused refinement uses the first; patch-by-patch "
+                        "refinement refines one patch per listed GPU at once (one worker process each).")
     form.addSection(label="Refinement")
     form.addParam("numberOfIterations", params.IntParam, default=iterations,
                   validators=[params.Range(1, 50, "between 1 and 50")], label=iterLabel,
