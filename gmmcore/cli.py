@@ -104,9 +104,34 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(line, file=sys.stderr)
         _record_error(line)
         return 2
+    except ModuleNotFoundError as exc:  # an array library this environment lacks: say which, and what to do
+        text = _missing_library(exc, args)
+        if text is None:
+            raise
+        line = f"gmmcore {args.verb}: error: {text}"
+        print(line, file=sys.stderr)
+        _record_error(line)
+        return 2
     except KeyboardInterrupt:
         print(f"gmmcore {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+_LIBRARIES = {"tensorflow": ("TensorFlow", "tf", "jax"), "jax": ("JAX", "jax", "tf"), "jaxlib": ("JAX", "jax", "tf")}
+
+
+def _missing_library(exc: ModuleNotFoundError, args) -> Optional[str]:
+    """The one-line error for a missing TensorFlow or JAX (None for any other missing module)."""
+    name = (exc.name or "").split(".")[0]
+    if name not in _LIBRARIES:
+        return None
+    label, backend, other = _LIBRARIES[name]
+    text = f"{label} is not installed in this Python environment ({sys.executable})"
+    if getattr(args, "backend", None) == backend:
+        return f"{text}: install it, or choose the other array backend (--backend {other})"
+    if args.verb in ("heterogeneity", "conf2pose"):
+        return f"{text}: the heterogeneity networks run on TensorFlow only; install it (see the README)"
+    return f"{text}: install it (see the README)"
 
 
 def _record_error(line: str) -> None:

@@ -187,3 +187,18 @@ def test_cs_missing_field(tmp_path, capsys):
     rc, err = run_import(capsys, "--cs", cs, "--out", out)
     assert_one_error(rc, err, cs, "alignments3D/pose")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("blocked, backend, hint", [("tensorflow", "tf", "--backend jax"),
+                                                    ("jax", "jax", "--backend tf")])
+def test_missing_array_library(tmp_path, blocked, backend, hint):
+    """An array library the environment lacks: one line naming it and the other backend, exit 2."""
+    code = (f"import sys; sys.modules[{blocked!r}] = None\n"
+            "from gmmcore.cli import main\n"
+            f"sys.exit(main(['simulate', '--n', '20', '--box', '32', '--backend', {backend!r}, '--out', sys.argv[1]]))")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sim")], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    err = p.stderr.strip()
+    assert p.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("gmmcore simulate: error:") and "not installed" in err and hint in err, err
+    assert not (tmp_path / "sim").exists() or not any((tmp_path / "sim").iterdir())
