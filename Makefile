@@ -32,7 +32,7 @@ gui: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider --durations=20
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports
