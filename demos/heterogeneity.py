@@ -25,7 +25,7 @@ import numpy as np
 
 def _focus(record):
     """The FSC within the focus mask of an iteration record (kept in its extra fields)."""
-    return {**record.report.extra, **record.extra}["fsc_focus"]
+    return record.report.extra["fsc_focus"]
 
 
 def main(argv=None):

@@ -189,17 +189,17 @@ class IterationRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> "IterationRecord":
-        data = dict(data)
-        rep = HalfMapReport.from_json({k: data.pop(k) for k in ("resolution", "resolution_unmasked",
-                                                                 "resolution_masked", "fsc")})
+        # The record is flat on disk: the keys that are not the record's own are its report's
+        # extras (a plan's extra_report, e.g. the FSC within a focus mask).
         known, extra = _known(cls, data)
+        rep = HalfMapReport.from_json({k: extra.pop(k) for k in list(extra)})
         pc = known.pop("pose_change", None) or {}
         return cls(report=rep, pose_change=PoseChange(**{k: pc.get(k, float("nan")) for k in
                                                           ("angle_mean", "angle_median", "shift_mean", "shift_median")}),
                    **{k: known.get(k, d) for k, d in (("iteration", 0), ("target_resolution", float("nan")),
                                                       ("frc", {}), ("gmm_fsc", {}), ("n_gaussians", {}),
                                                       ("seconds", 0.0), ("dir", ""))},
-                   extra=extra)
+                   extra={})
 
     def save(self, path) -> None:
         _write(str(path), self.to_json())

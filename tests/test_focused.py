@@ -94,6 +94,18 @@ def focus_run(start):
     return _focused(table, state, mask, fsc_mask, d / "focus"), d / "focus"
 
 
+def test_summary_keeps_the_focus_fsc(focus_run):
+    """The run contract round trip: the FSC within the focus mask (the plan's extra report) is in
+    the loaded summary's iteration report, as in the summary the run returned."""
+    from gmmcore.summary import RunSummary
+
+    summary, out = focus_run
+    loaded = RunSummary.load(out / "summary.json")
+    a, b = summary.iterations[-1].report, loaded.iterations[-1].report
+    assert b.extra["resolution_focus"] == a.extra["resolution_focus"] and b.extra["fsc_focus"] == a.extra["fsc_focus"]
+    assert b.resolution == a.resolution and b.fsc == a.fsc and loaded.iterations[-1].extra == {}
+
+
 def test_focus_changes_alignment_and_survives_resume(start, focus_run, tmp_path):
     from gmmcore.particles import Poses
 

@@ -228,7 +228,7 @@ def RunSummary_load(path):
 
 
 def _focus_curve(record):
-    return {**record.report.extra, **record.extra}["fsc_focus"]  # a loaded record keeps them in its extra
+    return record.report.extra["fsc_focus"]
 
 
 def test_conformation_to_pose(chain):

@@ -119,7 +119,7 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
             lines.append("Conversion: pose change mean %.2f°, %.2f px; region at the converted poses: %.2f Å"
                          % (pc["angle_mean"], pc["shift_mean"], conv["resolution_region"]))
         for rec in summary.iterations:
-            focus = {**rec.report.extra, **rec.extra}
+            focus = rec.report.extra
             lines.append("Focused iteration %d: region %.2f Å" % (rec.iteration, focus.get("resolution_focus",
                                                                                               rec.resolution)))
         return lines

@@ -151,7 +151,7 @@ def region_fsc_figure(summary, fig=None):
         ax.plot(s.initial.fsc["freq"], s.initial.extra["fsc_focus"], color="tab:green",
                 label="converted poses (%.2f Å)" % s.initial.extra["resolution_focus"])
     for rec in s.iterations:
-        focus = {**rec.report.extra, **rec.extra}  # a loaded record keeps them in its own extra
+        focus = rec.report.extra
         if "fsc_focus" in focus:
             ax.plot(rec.report.fsc["freq"], focus["fsc_focus"],
                     label="focused %d (%.2f Å)" % (rec.iteration, focus["resolution_focus"]))
