@@ -94,27 +94,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(line, file=sys.stderr)
         _record_error(line)
         return 2
+    except ModuleNotFoundError as exc:  # an array library this environment lacks: say which, and what to do
+        return _fail(args.verb, _missing_library(exc, args))
     except OSError as exc:  # a full disk, a read-only file system, ...: one line, not a traceback
         from .safewrite import os_error_line
 
-        text = os_error_line(exc)
-        if text is None:
-            raise
-        line = f"gmmcore {args.verb}: error: {text}"
-        print(line, file=sys.stderr)
-        _record_error(line)
-        return 2
-    except ModuleNotFoundError as exc:  # an array library this environment lacks: say which, and what to do
-        text = _missing_library(exc, args)
-        if text is None:
-            raise
-        line = f"gmmcore {args.verb}: error: {text}"
-        print(line, file=sys.stderr)
-        _record_error(line)
-        return 2
+        return _fail(args.verb, os_error_line(exc))
     except KeyboardInterrupt:
         print(f"gmmcore {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(verb: str, text: Optional[str]) -> int:
+    """Print (and record) one error line, exit code 2; re-raise the exception being handled when
+    there is no line for it (``text`` None)."""
+    if text is None:
+        raise
+    line = f"gmmcore {verb}: error: {text}"
+    print(line, file=sys.stderr)
+    _record_error(line)
+    return 2
 
 
 _LIBRARIES = {"tensorflow": ("TensorFlow", "tf", "jax"), "jax": ("JAX", "jax", "tf"), "jaxlib": ("JAX", "jax", "tf")}

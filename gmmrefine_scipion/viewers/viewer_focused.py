@@ -2,20 +2,18 @@
 import os
 
 import pyworkflow.protocol.params as params
-from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
 
 from gmmrefine_scipion.protocols import GmmProtFocusedRefine, GmmProtPatchRefine
 from . import plots, plots_focused
-from .viewer_refine import FigureView, chimerax_program
+from .viewer_refine import GmmSummaryViewer, chimerax_program
 
 
-class GmmFocusedViewer(ProtocolViewer):
+class GmmFocusedViewer(GmmSummaryViewer):
     """FSC of input poses vs global vs focused / composite (and within the masks), per-patch FSC
     within each patch mask, the GMM coloured by patch, the patch masks over the map, pose-change
     histograms against the start, and the local resolution (ChimeraX, or slices)."""
     _label = "viewer gmm focused / patch refinement"
     _targets = [GmmProtFocusedRefine, GmmProtPatchRefine]
-    _environments = [DESKTOP_TKINTER, WEB_DJANGO]
 
     def _defineParams(self, form):
         form.addSection(label="Visualization")
@@ -45,21 +43,6 @@ class GmmFocusedViewer(ProtocolViewer):
         return {"displayComparison": self._showComparison, "displayPatchFsc": self._showPatchFsc,
                 "displayPatchGmm": self._showPatchGmm, "displayPatchMasks": self._showPatchMasks,
                 "displayPoseChanges": self._showPoseChanges, "displayLocalRes": self._showLocalRes}
-
-    def _summary(self):
-        summary = self.protocol.getSummary()
-        if summary is None:
-            raise FileNotFoundError("No summary yet: %s" % self.protocol.getSummaryFile())
-        return summary
-
-    def _guard(self, build):
-        try:
-            return build()
-        except (OSError, KeyError, ValueError) as exc:
-            return [self.errorMessage(str(exc), "gmmrefine viewer")]
-
-    def _figure(self, draw, figsize, title):
-        return self._guard(lambda: [FigureView(lambda fig: draw(self._summary(), fig), figsize=figsize, title=title)])
 
     def _showComparison(self, paramName=None):
         return self._figure(lambda s, fig: plots_focused.comparison_fsc_figure(s, fig=fig), (7, 5), "gmmrefine FSC")

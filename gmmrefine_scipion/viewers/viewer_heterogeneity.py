@@ -3,33 +3,13 @@ when configured)."""
 import os
 
 import pyworkflow.protocol.params as params
-from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
 
 from gmmrefine_scipion.protocols import GmmProtConfToPose, GmmProtHeterogeneity
 from . import plots, plots_heterogeneity as hplots
-from .viewer_refine import FigureView, chimerax_program
+from .viewer_refine import GmmSummaryViewer, chimerax_program
 
 
-class _GuardedViewer(ProtocolViewer):
-    _environments = [DESKTOP_TKINTER, WEB_DJANGO]
-
-    def _summary(self):
-        summary = self.protocol.getSummary()
-        if summary is None:
-            raise FileNotFoundError("No summary yet: %s" % self.protocol.getSummaryFile())
-        return summary
-
-    def _guard(self, build):
-        try:
-            return build()
-        except (OSError, KeyError, ValueError) as exc:
-            return [self.errorMessage(str(exc), "gmmrefine viewer")]
-
-    def _figure(self, draw, figsize, title):
-        return self._guard(lambda: [FigureView(lambda fig: draw(self._summary(), fig), figsize=figsize, title=title)])
-
-
-class GmmHeterogeneityViewer(_GuardedViewer):
+class GmmHeterogeneityViewer(GmmSummaryViewer):
     """The latent space (PC1 vs PC2, by density and by half set), the maps along PC1 (montage or a
     ChimeraX volume series) and the training-loss curves."""
     _label = "viewer gmm heterogeneity"
@@ -66,7 +46,7 @@ class GmmHeterogeneityViewer(_GuardedViewer):
         return self._guard(build)
 
 
-class GmmConfToPoseViewer(_GuardedViewer):
+class GmmConfToPoseViewer(GmmSummaryViewer):
     """Histogram of the pose changes of the conversion, FSC within the region's mask (consensus,
     converted, focused), and the gold-standard FSC of the focused iterations."""
     _label = "viewer gmm conformation to pose"

@@ -36,12 +36,33 @@ def chimerax_program():
     return program if program and os.path.exists(program) else None
 
 
-class GmmRefineViewer(ProtocolViewer):
+class GmmSummaryViewer(ProtocolViewer):
+    """What the gmmrefine viewers share: the protocol's run summary, and a viewer error message
+    (not a traceback) when a file is missing or unreadable."""
+
+    _environments = [DESKTOP_TKINTER, WEB_DJANGO]
+
+    def _summary(self):
+        summary = self.protocol.getSummary()
+        if summary is None:
+            raise FileNotFoundError("No summary yet: %s" % self.protocol.getSummaryFile())
+        return summary
+
+    def _guard(self, build):
+        try:
+            return build()
+        except (OSError, KeyError, ValueError) as exc:
+            return [self.errorMessage(str(exc), "gmmrefine viewer")]
+
+    def _figure(self, draw, figsize, title):
+        return self._guard(lambda: [FigureView(lambda fig: draw(self._summary(), fig), figsize=figsize, title=title)])
+
+
+class GmmRefineViewer(GmmSummaryViewer):
     """FSC curves per iteration, resolution per iteration, the GMM of each half (3-D scatter:
     colour = amplitude, size = width), pose-change histograms, and the map / GMMs in ChimeraX."""
     _label = "viewer gmm refinement"
     _targets = [GmmProtRefine]
-    _environments = [DESKTOP_TKINTER, WEB_DJANGO]
 
     def _defineParams(self, form):
         form.addSection(label="Visualization")
@@ -67,19 +88,6 @@ class GmmRefineViewer(ProtocolViewer):
                 "displayGmm": self._showGmm,
                 "displayPoseChanges": self._showPoseChanges,
                 "displayChimera": self._showChimera}
-
-    # ------------------------------------------------------------------ helpers
-    def _summary(self):
-        summary = self.protocol.getSummary()
-        if summary is None:
-            raise FileNotFoundError("No refinement summary yet: %s" % self.protocol.getSummaryFile())
-        return summary
-
-    def _guard(self, build):
-        try:
-            return build()
-        except (OSError, KeyError, ValueError) as exc:
-            return [self.errorMessage(str(exc), "gmmrefine viewer")]
 
     # ------------------------------------------------------------------ views
     def _showFsc(self, paramName=None):
