@@ -159,7 +159,7 @@ def run_verb(capsys, verb, *args):
 
 def assert_one_error(rc, err, *must_contain, verb=None):
     """A user mistake: exit code 2, exactly one stderr line ``gmmcore <verb>: error: ...`` naming
-    everything in ``must_contain``, no traceback."""
+    everything in ``must_contain``, no traceback.  Returns the line."""
     assert rc == 2, err
     lines = err.splitlines()
     assert len(lines) == 1, err
@@ -168,3 +168,4 @@ def assert_one_error(rc, err, *must_contain, verb=None):
     assert "Traceback" not in err
     for s in must_contain:
         assert str(s) in lines[0], (s, lines[0])
+    return lines[0]

@@ -18,22 +18,15 @@ import pytest
 from gmmcore.cli import main
 from gmmcore.errors import InputError
 from gmmcore.safewrite import check_output_path, is_temporary, refuse_overwriting_inputs
-from tests.helpers import random_particles, star31_text, write_stacks
+from tests.helpers import assert_one_error, random_particles, run_verb, star31_text, write_stacks
 
 
 def run(capsys, verb, *args):
-    rc = main([verb] + [str(a) for a in args])
-    return rc, capsys.readouterr().err.strip()
+    return run_verb(capsys, verb, *args)[:2]
 
 
 def one_error(rc, err, verb, *must):
-    assert rc == 2, err
-    lines = err.splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"gmmcore {verb}: error: "), lines[0]
-    for s in must:
-        assert str(s) in lines[0], (s, lines[0])
-    return lines[0]
+    return assert_one_error(rc, err, *must, verb=verb)
 
 
 def digest(folder: Path) -> dict:

@@ -15,28 +15,20 @@ import mrcfile
 import numpy as np
 import pytest
 
-from gmmcore.cli import main
 from gmmcore.errors import InputError
 from gmmcore.io.star import read_star, read_star_blocks
 from gmmcore.io.stacks import iter_images
 from gmmcore.particles import MIN_HALF_FRACTION, assign_split, check_split
-from tests.helpers import cs_records, save_cs
+from tests.helpers import assert_one_error, cs_records, run_verb, save_cs
 from tests.helpers import random_particles, star30_text, star31_text, write_stacks
 
 
 def run(capsys, verb, *args):
-    rc = main([verb] + [str(a) for a in args])
-    return rc, capsys.readouterr().err.strip()
+    return run_verb(capsys, verb, *args)[:2]
 
 
 def one_error(rc, err, verb, *must):
-    assert rc == 2, err
-    lines = err.splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"gmmcore {verb}: error: "), lines[0]
-    for s in must:
-        assert str(s) in lines[0], (s, lines[0])
-    return lines[0]
+    return assert_one_error(rc, err, *must, verb=verb)
 
 
 def drop_column(text: str, label: str) -> str:
