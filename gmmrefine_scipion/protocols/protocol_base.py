@@ -206,6 +206,12 @@ class GmmProtRunBase(GmmProtocolMixin):
         return outParts
 
     # --------------------------- info ----------------------------------------
+    def _gpuErrors(self):
+        """The form's GPU fields: GPU use asked for without GPU ids is an error (as a list)."""
+        if self.usesGpu() and not self.getGpuList():
+            return ["Give the GPU ids or set 'Use GPU' to No."]
+        return []
+
     def _runSummaryLines(self):
         """Resolution of the input poses, of every iteration (with pose changes) and the final one."""
         summary = self.getSummary()

@@ -102,8 +102,7 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
             errors.append("The heterogeneity run has not finished.")
         if self.regionMask.get() is None:
             errors.append("Choose the mask of the target region.")
-        if self.usesGpu() and not self.getGpuList():
-            errors.append("Give the GPU ids or set 'Use GPU' to No.")
+        errors += self._gpuErrors()
         return errors
 
     def _summary(self):

@@ -136,8 +136,7 @@ class _GmmFocusedBase(GmmProtRunBase):
             err = validateSymmetry(sym)
             if err:
                 errors.append("Reimpose " + err[0].lower() + err[1:])
-        if self.usesGpu() and not self.getGpuList():
-            errors.append("Give the GPU ids or set 'Use GPU' to No.")
+        errors += self._gpuErrors()
         return errors
 
     def _citations(self):

@@ -132,8 +132,7 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
         if not os.path.exists(os.path.join(self._sourceRunDir(), "summary.json")) or \
                 not prot.hasAttribute("outputParticles"):
             errors.append("The GMM refinement run has not finished (no summary or output particles).")
-        if self.usesGpu() and not self.getGpuList():
-            errors.append("Give the GPU ids or set 'Use GPU' to No.")
+        errors += self._gpuErrors()
         return errors
 
     def _summary(self):

@@ -214,8 +214,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
         if self.maxResolution.get() and self.minResolution.get() \
                 and self.maxResolution.get() >= self.minResolution.get():
             errors.append("The highest resolution (Å) must be a smaller number than the lowest.")
-        if self.usesGpu() and not self.getGpuList():
-            errors.append("Give the GPU ids or set 'Use GPU' to No.")
+        errors += self._gpuErrors()
         return errors
 
     @staticmethod
