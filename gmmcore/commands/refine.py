@@ -15,9 +15,7 @@ DIR/summary.json (FSC per iteration, pose changes) and DIR/run.log.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
-import sys
 from pathlib import Path
 
 from ..errors import InputError
@@ -112,18 +110,8 @@ def run(args: argparse.Namespace) -> int:
                           force=args.force, backend=args.backend)
     symmetry_matrices(params.sym)  # validates --sym
     options = execution.execution_options(args, gpu, out)
-    from ..parallel import ExecutorLost
-    from ..parallel.clusters import open_executor
-    from ..safewrite import sigterm_as_interrupt
-
-    try:
-        # a stop (SIGTERM, e.g. from Scipion) unwinds like Ctrl-C: no temporaries left
-        with sigterm_as_interrupt(), open_executor(options, log=logging.getLogger("gmmcore.refine")) as executor:
-            global_refine.run_global(params, executor=executor)
-    except ExecutorLost as exc:
-        print(f"gmmcore refine: {exc}", file=sys.stderr)
-        return 3
-    return 0
+    rc, _ = execution.run_on_executor("refine", options, lambda ex: global_refine.run_global(params, executor=ex))
+    return rc
 
 
 def _check_numbers(args) -> None:

@@ -20,6 +20,7 @@ DIR/summary.json (kind "patches": per-patch and composite FSCs) and DIR/run.log.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import InputError
 from ..options import add_alignment_arguments, alignment_values, existing
@@ -49,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.patches < 1:
         raise InputError("must be ≥ 1", field="--patches")
-    from pathlib import Path
-
     if args.cont and not (Path(args.out) / "params.json").exists():
         raise InputError("nothing to continue (no params.json)", path=args.out, field="--continue")
     if args.iterations < 0:
@@ -67,21 +66,11 @@ def run(args: argparse.Namespace) -> int:
                          iterations=args.iterations, falloff_px=args.falloff, patch_seed=args.patch_seed, only=only,
                          reimpose=args.reimpose, fsc_mask=existing(args.fsc_mask, "--fsc-mask") if args.fsc_mask else None,
                          **alignment_values(args))
-    import logging
-    import sys
-
-    from ..parallel import ExecutorLost
-    from ..parallel.clusters import open_executor
-    from ..safewrite import sigterm_as_interrupt
-
+    # one unit per patch: several GPUs / workers refine patches at once (--gpu 0,1 / --workers / --cluster)
     options = execution.execution_options(args, params.gpu, Path(args.out))
-    try:
-        # one unit per patch: several GPUs / workers refine patches at once (--gpu 0,1 / --workers / --cluster)
-        with sigterm_as_interrupt(), open_executor(options, log=logging.getLogger("gmmcore.refine")) as executor:
-            s = run_patches(params, executor=executor)
-    except ExecutorLost as exc:
-        print(f"gmmcore refine-patches: {exc}", file=sys.stderr)
-        return 3
+    rc, s = execution.run_on_executor("refine-patches", options, lambda ex: run_patches(params, executor=ex))
+    if rc:
+        return rc
     comp = s.composite()
     if comp is None:
         done = sum(1 for r in s.patch_records() if r.complete)

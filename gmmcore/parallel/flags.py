@@ -1,6 +1,6 @@
 """The command-line flags of where a run executes, shared by the refinement verbs (global, focused,
 patch): a verb calls ``configure_parser(p)`` in its own ``configure_parser`` and
-``execution_options(args, gpus, out)`` in its ``run``.
+``execution_options(args, gpus, out)`` and ``run_on_executor`` in its ``run``.
 
 ``configure_parser(p)`` adds ``--workers``, ``--dask-scheduler``, ``--cluster`` and the batch-job
 flags; :func:`execution_options` turns them (with ``--gpu`` / ``--cpu``) into
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from ..errors import InputError
 from .clusters import ExecutionOptions
@@ -52,6 +52,25 @@ def parse_gpus(text: Optional[str]) -> Optional[List[int]]:
         return [int(x) for x in str(text).replace(" ", ",").split(",") if x != ""]
     except ValueError:
         raise InputError(f"not a list of GPU ids: {text!r}", field="--gpu") from None
+
+
+def run_on_executor(verb: str, options: ExecutionOptions, work: Callable[[Any], Any]) -> Tuple[int, Any]:
+    """``work(executor)`` on the executor ``options`` ask for, a SIGTERM (e.g. from Scipion)
+    unwinding like Ctrl-C (no temporaries left) → (exit code 0, its result); a lost cluster → one
+    line on stderr and (3, None): re-running the command continues from its checkpoints."""
+    import logging
+    import sys
+
+    from ..safewrite import sigterm_as_interrupt
+    from .clusters import open_executor
+    from .executor import ExecutorLost
+
+    try:
+        with sigterm_as_interrupt(), open_executor(options, log=logging.getLogger("gmmcore.refine")) as executor:
+            return 0, work(executor)
+    except ExecutorLost as exc:
+        print(f"gmmcore {verb}: {exc}", file=sys.stderr)
+        return 3, None
 
 
 def execution_options(args: argparse.Namespace, gpus: Optional[List[int]], out: Path):
