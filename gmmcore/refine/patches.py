@@ -135,12 +135,13 @@ def _load_or_define(run: RunDir, p: PatchParams, gmms: HalfPair, box: int, apix:
     return patches
 
 
-def _finished(folder: Path) -> Optional[RunSummary]:
+def _finished(folder: Path, iterations: int) -> Optional[RunSummary]:
+    """The summary of the patch run in ``folder`` when it finished all ``iterations``, else None."""
     f = folder / "summary.json"
     if not f.is_file():
         return None
     s = RunSummary.load(f)
-    return s if s.final is not None else None
+    return s if s.final is not None and len(s.iterations) == iterations else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,8 +197,7 @@ def run_patches(p: PatchParams, executor=None) -> RunSummary:
                          initial=initial, directory=str(run.path))
     todo = []
     for i in wanted:
-        f = _finished(run.path / patches[i - 1]["dir"])
-        if f is not None and len(f.iterations) == p.iterations:
+        if _finished(run.path / patches[i - 1]["dir"], p.iterations) is not None:
             log.info("patch %d already complete", i)
         else:
             todo.append(i)
@@ -229,8 +229,8 @@ def run_patches(p: PatchParams, executor=None) -> RunSummary:
 
     records, done = [], []
     for patch in patches:
-        s = _finished(run.path / patch["dir"])
-        complete = s is not None and len(s.iterations) == p.iterations
+        s = _finished(run.path / patch["dir"], p.iterations)
+        complete = s is not None
         rec = PatchRecord(index=patch["index"], dir=patch["dir"], mask=patch["mask"], center_A=patch["center_A"],
                           radius_A=patch["radius_A"], n_gaussians=patch["n_gaussians"], complete=complete)
         if complete:
