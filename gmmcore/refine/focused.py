@@ -48,7 +48,7 @@ from ..masks import auto_mask
 from ..particles import HalfPair, ParticleTable, check_geometry, check_split
 from ..summary import HalfMapReport, RunSummary
 from . import loop
-from .global_refine import AlignmentOptions
+from .global_refine import AlignmentOptions, choose_device
 from .rundir import RunDir
 from .state import IterationPlan, RefinementState, follow_fsc
 
@@ -234,13 +234,9 @@ def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.
     for name, m in ((FOCUS_MASK, focus_mask), (FSC_MASK, fsc_mask)):
         if not (run.path / name).is_file():  # same content on a resume (fingerprints in the identity)
             write_map(run.path / name, m, apix)
-    if device is None:
-        device = backend.describe_devices(params.gpu, cpu_only=params.cpu, threads=params.threads)
     warnings = []
-    if params.gpu and not params.cpu and "GPU" not in device:
-        warnings.append(f"GPU {','.join(map(str, params.gpu))} requested; the engine sees no GPU: running on the "
-                        f"CPU ({backend.name} backend)")
-        log.warning("warning: %s", warnings[-1])
+    if device is None:
+        device, warnings = choose_device(backend, params.gpu, params.cpu, params.threads)
     rows = table.half_rows()
     log.info("gmmcore %s %s refinement: %d particles (half 1: %d, half 2: %d), box %d, %.3f Å/px, %s, "
              "focus mask %.0f voxels, device %s", __version__, kind, len(table), rows[1].size, rows[2].size, box,

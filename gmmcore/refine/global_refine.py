@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field, replace
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 from .. import __version__
 from ..backend import PoseSettings, get_backend
@@ -119,18 +119,25 @@ def run_global(p: RefineParams, executor=None) -> RunSummary:
         raise
 
 
-def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, executor) -> RunSummary:
+def choose_device(backend, gpu: Optional[List[int]], cpu: bool, threads: Optional[int]) -> Tuple[str, List[str]]:
+    """This process's device through ``backend`` → (its description, warnings): a GPU asked for that
+    the backend does not see is a warning, logged here (the run goes on on the CPU)."""
+    device = backend.describe_devices(gpu, cpu_only=cpu, threads=threads)
     warnings = []
-    if executor is None or executor.in_process:
-        device = backend.describe_devices(p.gpu, cpu_only=p.cpu, threads=p.threads)
-        if p.gpu and not p.cpu and "GPU" not in device:
-            warnings.append(f"GPU {','.join(map(str, p.gpu))} requested; the engine sees no GPU: running on the CPU "
-                            f"({backend.name} backend)")
-    else:  # the driver only writes files and measures FSCs: it keeps off the workers' GPUs
-        backend.describe_devices(None, cpu_only=True, threads=p.threads)
-        device = executor.describe()
+    if gpu and not cpu and "GPU" not in device:
+        warnings.append(f"GPU {','.join(map(str, gpu))} requested; the engine sees no GPU: running on the CPU "
+                        f"({backend.name} backend)")
     for w in warnings:
         log.warning("WARNING: %s", w)
+    return device, warnings
+
+
+def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, executor) -> RunSummary:
+    if executor is None or executor.in_process:
+        device, warnings = choose_device(backend, p.gpu, p.cpu, p.threads)
+    else:  # the driver only writes files and measures FSCs: it keeps off the workers' GPUs
+        backend.describe_devices(None, cpu_only=True, threads=p.threads)
+        device, warnings = executor.describe(), []
     log.info("backend %s on %s", backend.name, device)
     log.info("gmmcore %s refine: %d particles (half 1: %d, half 2: %d), box %d, %.3f Å/px, %s, device %s",
              __version__, len(table), rows[1].size, rows[2].size, box, apix, p.sym, device)
