@@ -1,82 +1,202 @@
-"""Command-line options shared by several verbs (refine, refine-focused, refine-patches): alignment,
-pose prior, device.
+"""Command-line options of the refinement-like verbs (refine, refine-focused, refine-patches,
+heterogeneity, conf2pose): one declaration and one check of each shared flag.
 
 Not a verb: verbs never import each other, so what they share lives here (one layer below
-:mod:`gmmcore.commands`).  The values and rules are those of ``gmmcore refine``.
+:mod:`gmmcore.commands`).  A verb declares its flags with the ``add_*`` functions (a default that
+differs between verbs is a keyword parameter, stated once by that verb; every other default comes
+from :mod:`gmmcore.defaults`) and calls :func:`check` first in its ``run``, before anything is
+read or written: each flag the verb declared is checked by the one rule of that flag (range, NaN,
+infinity, the band order ``--maxres < --minres``).  Errors are :class:`InputError` naming the flag.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Optional, Union
 
+from . import defaults
 from .errors import InputError
 
 
-def add_alignment_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sym", default=None, help="symmetry (default: the --from run's, else C1; C1 for expanded particles)")
-    p.add_argument("--ngauss", type=int, help="Gaussians per GMM (default: estimated from map and resolution)")
-    p.add_argument("--maxres", type=float, help="finest target resolution used for alignment, Å")
-    p.add_argument("--minres", type=float, default=25.0, help="coarsest resolution in the FRC, Å (default 25)")
-    p.add_argument("--batch", default="16",
-                   help="particles per batch on the device: the GPU-memory knob (default 16), or 'auto' (the "
-                        "largest that fits the device's memory)")
-    p.add_argument("--chunk", type=int, default=20000, help="particles read per chunk (default 20000)")
-    p.add_argument("--steps", type=int, default=10, help="gradient steps per particle per iteration (default 10)")
-    p.add_argument("--lr-angle", type=float, default=0.5, help="Adam step for rotations, degrees (default 0.5)")
-    p.add_argument("--lr-shift", type=float, default=0.25, help="Adam step for shifts, pixels (default 0.25)")
-    p.add_argument("--ring-weight", choices=["ssnr", "uniform"], default="ssnr",
-                   help="FRC ring weighting: ssnr (default) or uniform (the paper's plain average)")
-    p.add_argument("--prior-angle", type=float, default=None,
-                   help="MAP pose prior centred on the poses this run starts from: expected angular error, "
-                        "degrees (default 3)")
-    p.add_argument("--prior-shift", type=float, default=None,
-                   help="MAP pose prior: expected shift error, pixels (default 1)")
-    p.add_argument("--no-prior", action="store_true", help="no pose prior (plain FRC maximum, as in the paper)")
-    p.add_argument("--gpu", default=None,
-                   help="GPU id (default: the first GPU visible); refine-patches: a list, e.g. 0,1,2,3, runs one "
-                        "patch per GPU at once")
+TF_ONLY = "array backend: tf (TensorFlow; the networks of this verb run on TensorFlow only)"
+
+
+# ---- declarations ---------------------------------------------------------------------------
+def add_run_arguments(p: argparse.ArgumentParser, *, seed_help: str = "random seed (GMM seeding)",
+                      batch_help: str = "particles per batch on the device: the GPU-memory knob",
+                      chunk_help: str = "particles read per chunk",
+                      gpu_help: str = "GPU id(s), e.g. 0 or 0,1,2,3 (default: the first GPU the backend sees)",
+                      backend_help: str = "array backend: tf (TensorFlow; CPU or GPU) or jax (JAX: GPUs without "
+                                          "TensorFlow, also runs on the CPU)", batch_auto: bool = True) -> None:
+    """Where and how a run executes: ``--gpu --cpu --backend --threads --batch --chunk --seed
+    --continue`` (defaults from :mod:`gmmcore.defaults`).  ``batch_auto``: the verb sizes
+    ``--batch auto`` on the device (else it takes a number only: :func:`fixed_batch`)."""
+    auto = (", or 'auto': the largest power of two whose working memory fits half the device's free memory"
+            if batch_auto else "")
+    p.add_argument("--gpu", default=None, help=gpu_help)
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
-    p.add_argument("--backend", choices=["tf", "jax"], default="tf",
-                   help="array backend: tf (TensorFlow, the default) or jax (GPUs without TensorFlow; also the CPU)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads to use (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (GMM seeding)")
+    p.add_argument("--backend", choices=defaults.BACKENDS, default=defaults.BACKEND,
+                   help=f"{backend_help} (default {defaults.BACKEND})")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads to use (default: all cores)")
+    p.add_argument("--batch", default=str(defaults.BATCH),
+                   help=f"{batch_help} (default {defaults.BATCH}){auto}")
+    p.add_argument("--chunk", type=int, default=defaults.CHUNK, help=f"{chunk_help} (default {defaults.CHUNK})")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help=f"{seed_help} (default {defaults.SEED})")
+    p.add_argument("--continue", dest="cont", action="store_true",
+                   help="continue the run in --out (re-running the same command does the same)")
+
+
+def add_band_arguments(p: argparse.ArgumentParser, *, minres: float = defaults.MINRES_A,
+                       maxres_help: str = "finest target resolution used for alignment, Å",
+                       minres_help: str = "coarsest resolution in the FRC, Å", res_alias: bool = False) -> None:
+    """The resolution band ``--maxres`` (finest, Å) and ``--minres`` (coarsest, Å; default
+    ``minres``).  ``res_alias``: also accept ``--res`` for ``--maxres`` (deprecated)."""
+    p.add_argument("--maxres", type=float, default=None, help=maxres_help)
+    p.add_argument("--minres", type=float, default=minres, help=f"{minres_help} (default {minres:g})")
+    if res_alias:
+        add_deprecated_alias(p, "--res", "--maxres", dest="maxres")
+
+
+def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = None,
+                            sym_help: str = "the --from run's, else C1; C1 for expanded particles",
+                            prior_help: str = "the poses this run starts from", **run_help: str) -> None:
+    """The flags of local pose refinement (``gmmcore refine``, ``refine-focused``, ``refine-patches``):
+    symmetry, GMM size, band, Adam steps, ring weights, pose prior, and :func:`add_run_arguments`.
+    ``sym``: this verb's default symmetry (None: decided by the run)."""
+    p.add_argument("--sym", default=sym, help=f"symmetry: C1, Cn, Dn, T, O, I (default: {sym or sym_help})")
+    p.add_argument("--ngauss", type=int, help="Gaussians per GMM (default: estimated from map and resolution)")
+    add_band_arguments(p)
+    p.add_argument("--steps", type=int, default=defaults.STEPS,
+                   help=f"gradient steps per particle per iteration (default {defaults.STEPS})")
+    p.add_argument("--lr-angle", type=float, default=defaults.LR_ANGLE_DEG,
+                   help=f"Adam step for rotations, degrees (default {defaults.LR_ANGLE_DEG:g})")
+    p.add_argument("--lr-shift", type=float, default=defaults.LR_SHIFT_PX,
+                   help=f"Adam step for shifts, pixels (default {defaults.LR_SHIFT_PX:g})")
+    p.add_argument("--ring-weight", choices=["ssnr", "uniform"], default="ssnr",
+                   help="FRC ring weighting: ssnr (population FRC × ring size, estimated per half; default) or "
+                        "uniform (plain average over rings, as in the paper)")
+    add_prior_arguments(p, centred_on=prior_help)
+    add_run_arguments(p, **run_help)
+
+
+def add_prior_arguments(p: argparse.ArgumentParser, *, centred_on: str = "the poses this run starts from") -> None:
+    """The MAP pose prior: ``--prior-angle`` (degrees), ``--prior-shift`` (pixels), ``--no-prior``."""
+    p.add_argument("--prior-angle", type=float, default=None,
+                   help=f"MAP pose prior centred on {centred_on}: their expected angular error, degrees (default "
+                        f"{defaults.PRIOR_ANGLE_DEG:g}). Keeps low-SNR particles from drifting; strong data overrides it")
+    p.add_argument("--prior-shift", type=float, default=None,
+                   help=f"MAP pose prior: expected shift error, pixels (default {defaults.PRIOR_SHIFT_PX:g})")
+    p.add_argument("--no-prior", action="store_true",
+                   help="no pose prior: plain maximum of the FRC (as in the paper; also what --ring-weight uniform "
+                        "means where a verb has it)")
+
+
+def add_deprecated_alias(p: argparse.ArgumentParser, old: str, new: str, *, dest: str) -> None:
+    """``old`` still works as ``new`` (one release), with a one-line note on stderr."""
+    class _Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"{parser.prog}: note: {old} is deprecated, use {new}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    p.add_argument(old, dest=dest, type=float, action=_Deprecated, help=argparse.SUPPRESS)
+
+
+# ---- one rule per flag ----------------------------------------------------------------------
+def _positive(v) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+def at_least(low: float, note: str = "") -> tuple:
+    """The rule "a finite number ≥ ``low``" (for :func:`check`)."""
+    return (lambda v: math.isfinite(v) and v >= low), f"must be ≥ {low:g}{note}"
+
+
+POSITIVE = (_positive, "must be a positive number")
+RESOLUTION = (_positive, "must be a positive resolution in Å")
+PRIOR = (_positive, "must be > 0 (use --no-prior to switch the prior off)")
+
+# flag -> (test on a given value, what the error says); a flag left out (None) is always fine
+RULES = {
+    "--iter": at_least(0), "--steps": at_least(1), "--chunk": at_least(1), "--threads": at_least(1),
+    "--ngauss": at_least(1, " (leave it out to estimate it)"), "--seed": at_least(0),
+    "--lr-angle": POSITIVE, "--lr-shift": POSITIVE, "--minres": RESOLUTION, "--maxres": RESOLUTION,
+    "--prior-angle": PRIOR, "--prior-shift": PRIOR,
+}
+
+
+def check(args: argparse.Namespace, rules: Optional[dict] = None, tf_only: bool = False) -> None:
+    """Check every flag of ``args`` that has a rule (:data:`RULES`, plus a verb's own ``rules``),
+    the band order and the pose-prior flags; ``tf_only``: the verb runs on TensorFlow only.  Call
+    it first in a verb's ``run``: nothing is read or written before it."""
+    for flag, (ok, what) in {**RULES, **(rules or {})}.items():
+        v = getattr(args, _dest(flag), None)
+        if v is not None and not _safe(ok, v):
+            raise InputError(f"{what} (got {v!r})", field=flag)
+    maxres, minres = getattr(args, "maxres", None), getattr(args, "minres", None)
+    if maxres is not None and minres is not None and maxres >= minres:
+        raise InputError(f"--maxres {maxres:g} Å must be finer (smaller) than --minres {minres:g} Å",
+                         field="--maxres")
+    if hasattr(args, "batch"):
+        parse_batch(args.batch)
+    if hasattr(args, "gpu"):
+        from .parallel.flags import parse_gpus
+
+        parse_gpus(args.gpu)
+    if hasattr(args, "prior_angle"):
+        pose_prior(args)
+    if tf_only and getattr(args, "backend", defaults.BACKEND) != "tf":
+        raise InputError("runs on TensorFlow only: use --backend tf", field="--backend")
+
+
+def _dest(flag: str) -> str:
+    return {"--iter": "iterations", "--continue": "cont"}.get(flag, flag.lstrip("-").replace("-", "_"))
+
+
+def _safe(ok, v) -> bool:
+    try:
+        return bool(ok(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_continue(args: argparse.Namespace, marker: str = "params.json") -> None:
+    """``--continue`` needs a run to continue: ``--out``/``marker`` must exist."""
+    if getattr(args, "cont", False) and not (Path(args.out) / marker).exists():
+        raise InputError(f"nothing to continue (no {marker})", path=args.out, field="--continue")
 
 
 def alignment_values(args: argparse.Namespace) -> dict:
     """Checked keyword values for the parameter dataclasses (FocusedParams, PatchParams)."""
     from .parallel.flags import parse_gpus
 
-    gpu = parse_gpus(args.gpu)
-    batch = parse_batch(args.batch)
-    if args.chunk < 1 or args.steps < 1:
-        raise InputError("--chunk and --steps must be ≥ 1")
-    if args.threads is not None and args.threads < 1:
-        raise InputError("must be ≥ 1", field="--threads")
+    check(args)
     prior_angle, prior_shift = pose_prior(args)
     if args.sym:
         from .symmetry import symmetry_matrices
 
         symmetry_matrices(args.sym)
     return dict(sym=args.sym and args.sym.upper(), ngauss=args.ngauss, maxres=args.maxres, minres=args.minres,
-                batch=batch, chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift,
-                ring_weight=args.ring_weight, prior_angle=prior_angle, prior_shift=prior_shift, gpu=gpu, cpu=args.cpu, seed=args.seed,
-                backend=args.backend, threads=args.threads)
+                batch=parse_batch(args.batch), chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle,
+                lr_shift=args.lr_shift, ring_weight=args.ring_weight, prior_angle=prior_angle, prior_shift=prior_shift,
+                gpu=parse_gpus(args.gpu), cpu=args.cpu, seed=args.seed, backend=args.backend, threads=args.threads)
 
 
-def pose_prior(args: argparse.Namespace, angle_deg: float = 3.0, shift_px: float = 1.0):
+def pose_prior(args: argparse.Namespace, angle_deg: float = defaults.PRIOR_ANGLE_DEG,
+               shift_px: float = defaults.PRIOR_SHIFT_PX):
     """(prior angle in degrees, prior shift in pixels) from ``--prior-angle/--prior-shift/--no-prior/
     --ring-weight`` (defaults ``angle_deg``, ``shift_px``); (None, None) without a prior.  The prior
-    needs SSNR ring weights; given values must be > 0."""
+    needs SSNR ring weights; given values must be finite and > 0."""
     explicit = args.prior_angle is not None or args.prior_shift is not None
-    if explicit and (args.no_prior or args.ring_weight != "ssnr"):
+    ring_weight = getattr(args, "ring_weight", "ssnr")
+    if explicit and (args.no_prior or ring_weight != "ssnr"):
         raise InputError("a pose prior needs --ring-weight ssnr and no --no-prior", field="--prior-angle")
-    for name in ("prior_angle", "prior_shift"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise InputError("must be > 0 (use --no-prior to switch the prior off)", field="--" + name.replace("_", "-"))
-    if args.no_prior or args.ring_weight != "ssnr":
+    for flag in ("--prior-angle", "--prior-shift"):
+        v = getattr(args, _dest(flag))
+        if v is not None and not _positive(v):
+            raise InputError(RULES[flag][1], field=flag)
+    if args.no_prior or ring_weight != "ssnr":
         return None, None
     return args.prior_angle or angle_deg, args.prior_shift or shift_px
 
@@ -90,12 +210,27 @@ def parse_batch(value) -> Union[int, str]:
     except ValueError:
         raise InputError(f"not a batch size: {value!r} (a positive integer or 'auto')", field="--batch") from None
     if b < 1:
-        raise InputError("must be ≥ 1 (or 'auto')", field="--batch")
+        raise InputError(f"must be ≥ 1 or 'auto' (got {value!r})", field="--batch")
     return b
+
+
+def fixed_batch(args: argparse.Namespace) -> int:
+    """``--batch`` of a verb whose engine needs a number (heterogeneity, conf2pose): 'auto' is
+    refused with one line until that engine sizes its batches on the device."""
+    batch = parse_batch(args.batch)
+    if batch == "auto":
+        raise InputError("'auto' is not available for this verb yet: give a number of particles "
+                         f"(default {defaults.BATCH})", field="--batch")
+    return batch
 
 
 def existing(path, flag: str) -> str:
     """The absolute path of an input that must exist (else InputError naming ``flag``)."""
     if not Path(path).exists():
-        raise InputError("not found", path=path, field=flag)
+        raise InputError("file not found", path=path, field=flag)
     return str(Path(path).resolve())
+
+
+def existing_all(args: argparse.Namespace, flags: Iterable[str]) -> dict:
+    """{dest: absolute path or None} of the optional input files ``flags`` (each must exist if given)."""
+    return {_dest(f): existing(getattr(args, _dest(f)), f) if getattr(args, _dest(f), None) else None for f in flags}

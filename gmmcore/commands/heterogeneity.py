@@ -11,14 +11,20 @@ Re-running the same command continues a killed run (checkpoint every epoch).
 
 Writes DIR/final/latents.csv (rlnImageName, half, z1..zL, pc1, pc2), the networks
 (final/network_half{1,2}.npz), per half the PCA and GMMs + maps of --bins bins along PC1
-(final/bins/), DIR/summary.json and DIR/run.log.
+(final/bins/), DIR/summary.json and DIR/run.log.  ``--res`` is the old name of ``--maxres``
+(deprecated).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from .. import defaults
 from ..errors import InputError
+from ..options import (POSITIVE, TF_ONLY, add_band_arguments, add_run_arguments, at_least, check, check_continue,
+                       existing_all, fixed_batch)
+from ..parallel.flags import parse_gpus
+from ..resources import set_cpu_threads
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -31,10 +37,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=20, help="epochs of the first (anchor) round (default 20)")
     p.add_argument("--full-epochs", type=int, default=10,
                    help="epochs of the second round, where every Gaussian is trained (default 10)")
-    p.add_argument("--res", type=float, help="finest resolution in the FRC, Å (default: the run's final resolution)")
-    p.add_argument("--minres", type=float, default=40.0, help="coarsest resolution in the FRC, Å (default 40)")
-    p.add_argument("--batch", type=int, default=16, help="particles per training batch (default 16)")
-    p.add_argument("--chunk", type=int, default=20000, help="particles read per chunk (default 20000)")
+    add_band_arguments(p, minres=defaults.HETEROGENEITY_MINRES_A, res_alias=True,
+                       maxres_help="finest resolution in the FRC, Å (default: the run's final resolution)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, first round (default 1e-3)")
     p.add_argument("--lr-full", type=float, default=3e-4, help="Adam learning rate, second round (default 3e-4)")
     p.add_argument("--latent-noise", type=float, default=0.0,
@@ -44,44 +48,32 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ring-weight", choices=["ssnr", "uniform"], default="ssnr",
                    help="FRC ring weighting: ssnr (default) or uniform (the paper's plain average)")
     p.add_argument("--bins", type=int, default=5, help="bins along PC1 for the GMMs and maps (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (network initialisation, anchors, order)")
-    p.add_argument("--gpu", default=None, help="GPU id to use (default: the first GPU TensorFlow sees)")
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
-    p.add_argument("--continue", dest="cont", action="store_true",
-                   help="continue the run in --out (re-running the same command does the same)")
+    add_run_arguments(p, seed_help="random seed (network initialisation, anchors, order)",
+                      batch_help="particles per training batch", backend_help=TF_ONLY, batch_auto=False,
+                      gpu_help="GPU id to use (default: the first GPU TensorFlow sees)")
+
+
+RULES = {"--latent": at_least(1), "--epochs": at_least(1), "--bins": at_least(1), "--anchors": at_least(0),
+         "--full-epochs": at_least(0), "--latent-noise": at_least(0), "--latent-penalty": at_least(0),
+         "--lr": POSITIVE, "--lr-full": POSITIVE}
 
 
 def run(args: argparse.Namespace) -> int:
     from ..heter.analysis import HeterogeneityParams, run_heterogeneity
 
+    check(args, RULES, tf_only=True)
+    batch = fixed_batch(args)
     src = Path(args.source)
     if not src.is_dir():
         raise InputError("not a run directory", path=src, field="--from")
-    if args.cont and not (Path(args.out) / "params.json").exists():
-        raise InputError("nothing to continue (no params.json)", path=args.out, field="--continue")
-    if args.mask and not Path(args.mask).exists():
-        raise InputError("file not found", path=args.mask, field="--mask")
-    for name in ("latent", "epochs", "batch", "chunk", "bins"):
-        if getattr(args, name) < 1:
-            raise InputError("must be ≥ 1", field="--" + name)
-    if args.anchors < 0 or args.full_epochs < 0:
-        raise InputError("--anchors and --full-epochs must be ≥ 0")
-    for name in ("latent_noise", "latent_penalty"):
-        if getattr(args, name) < 0:
-            raise InputError("must be ≥ 0", field="--" + name.replace("_", "-"))
-    if args.res is not None and args.res <= 0:
-        raise InputError("must be > 0", field="--res")
-    gpu = None
-    if args.gpu not in (None, ""):
-        try:
-            gpu = [int(x) for x in str(args.gpu).split(",") if x.strip()]
-        except ValueError:
-            raise InputError(f"not a list of GPU ids: {args.gpu!r}", field="--gpu") from None
+    check_continue(args)
+    mask = existing_all(args, ("--mask",))["mask"]
+    set_cpu_threads(args.threads)
     params = HeterogeneityParams(
         source=str(src.resolve()), out=str(args.out), latent=args.latent, anchors=args.anchors,
-        mask=args.mask and str(Path(args.mask).resolve()), epochs=args.epochs, full_epochs=args.full_epochs,
-        res=args.res, minres=args.minres, batch=args.batch, chunk=args.chunk, lr=args.lr, lr_full=args.lr_full,
+        mask=mask, epochs=args.epochs, full_epochs=args.full_epochs,
+        res=args.maxres, minres=args.minres, batch=batch, chunk=args.chunk, lr=args.lr, lr_full=args.lr_full,
         latent_noise=args.latent_noise, latent_penalty=args.latent_penalty, ring_weight=args.ring_weight,
-        bins=args.bins, seed=args.seed, gpu=gpu, cpu=args.cpu)
+        bins=args.bins, seed=args.seed, gpu=parse_gpus(args.gpu), cpu=args.cpu)
     run_heterogeneity(params)
     return 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from ..options import add_alignment_arguments, alignment_values, existing
+from ..options import add_alignment_arguments, alignment_values, check, check_continue, existing, existing_all
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -35,26 +35,19 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="also write the symmetric composite final/reimposed_*.mrc (particles expanded with "
                         "gmmcore expand-symmetry, refined in C1 with a mask on one asymmetric unit)")
     p.add_argument("--out", required=True, help="run directory (re-running the same command continues it)")
-    p.add_argument("--continue", dest="cont", action="store_true",
-                   help="continue the run in --out (re-running the same command does the same)")
     add_alignment_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..refine.focused import FocusedParams, run_focused_command
 
+    check(args)
     if bool(args.source) == bool(args.particles):
         raise InputError("give either --from RUN_DIR or --particles STAR (with --half1 and --half2)", field="--from")
     if args.particles and not (args.half1 and args.half2):
         raise InputError("--particles needs --half1 and --half2 (the half maps at those poses)", field="--half1")
-    from pathlib import Path
-
-    if args.cont and not (Path(args.out) / "params.json").exists():
-        raise InputError("nothing to continue (no params.json)", path=args.out, field="--continue")
-    if args.iterations < 0:
-        raise InputError("must be ≥ 0", field="--iter")
-    paths = {k: existing(getattr(args, k), "--" + k.replace("_", "-")) if getattr(args, k) else None
-             for k in ("particles", "half1", "half2", "mask", "fsc_mask")}
+    check_continue(args)
+    paths = existing_all(args, ("--particles", "--half1", "--half2", "--mask", "--fsc-mask"))
     source = existing(args.source, "--from") if args.source else None
     if args.reimpose:
         from ..symmetry import symmetry_matrices

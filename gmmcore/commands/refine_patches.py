@@ -23,7 +23,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from ..options import add_alignment_arguments, alignment_values, existing
+from ..options import add_alignment_arguments, alignment_values, at_least, check, check_continue, existing
 from ..parallel import flags as execution
 
 
@@ -39,23 +39,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="symmetrise the composite (particles expanded with gmmcore expand-symmetry, refined in C1)")
     p.add_argument("--fsc-mask", metavar="MRC", help="mask of the FSC (default: the --from run's FSC mask)")
     p.add_argument("--out", required=True, help="run directory (re-running the same command continues it)")
-    p.add_argument("--continue", dest="cont", action="store_true",
-                   help="continue the run in --out (re-running the same command does the same)")
-    add_alignment_arguments(p)
+    add_alignment_arguments(p, gpu_help="GPU id(s), e.g. 0 or 0,1,2,3 (default: the first GPU the backend sees); "
+                                        "several ids: one patch per GPU at once")
     execution.configure_parser(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..refine.patches import PatchParams, run_patches
 
-    if args.patches < 1:
-        raise InputError("must be ≥ 1", field="--patches")
-    if args.cont and not (Path(args.out) / "params.json").exists():
-        raise InputError("nothing to continue (no params.json)", path=args.out, field="--continue")
-    if args.iterations < 0:
-        raise InputError("must be ≥ 0", field="--iter")
-    if args.falloff < 0:
-        raise InputError("must be ≥ 0", field="--falloff")
+    check(args, {"--patches": at_least(1), "--falloff": at_least(0), "--patch-seed": at_least(0)})
+    check_continue(args)
     only = None
     if args.patch:
         try:

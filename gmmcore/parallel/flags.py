@@ -45,13 +45,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def parse_gpus(text: Optional[str]) -> Optional[List[int]]:
-    """'0,1, 3' → [0, 1, 3]; None/'' → None."""
+    """'0,1, 3' → [0, 1, 3]; None/'' → None; anything else but ids ≥ 0 → InputError naming --gpu."""
     if text in (None, ""):
         return None
     try:
-        return [int(x) for x in str(text).replace(" ", ",").split(",") if x != ""]
+        ids = [int(x) for x in str(text).replace(" ", ",").split(",") if x != ""]
     except ValueError:
-        raise InputError(f"not a list of GPU ids: {text!r}", field="--gpu") from None
+        ids = [-1]
+    if not ids or min(ids) < 0:
+        raise InputError(f"not a list of GPU ids: {text!r} (e.g. 0 or 0,1,2,3)", field="--gpu")
+    return ids
 
 
 def run_on_executor(verb: str, options: ExecutionOptions, work: Callable[[Any], Any]) -> Tuple[int, Any]:

@@ -1,0 +1,19 @@
+"""Default values shared by the engine's verbs and their parameter dataclasses, each written once.
+
+A leaf module (no imports): the command line (:mod:`gmmcore.options`), the drivers and the
+plugin may all read it.  Units: Å for resolutions, degrees for angles, pixels for shifts.
+"""
+
+MINRES_A = 25.0  # coarsest resolution of the FRC (and of a GMM fit), Å
+HETEROGENEITY_MINRES_A = 40.0  # coarsest resolution of the heterogeneity networks' FRC, Å
+BATCH = 16  # particles per device batch
+CHUNK = 20000  # particles (images) read per chunk
+STEPS = 10  # gradient steps per particle per refinement iteration
+LR_ANGLE_DEG = 0.5  # Adam step for rotations, degrees
+LR_SHIFT_PX = 0.25  # Adam step for shifts, pixels
+PRIOR_ANGLE_DEG = 3.0  # MAP pose prior: expected angular error of the start poses, degrees
+PRIOR_SHIFT_PX = 1.0  # MAP pose prior: expected shift error of the start poses, pixels
+SEED = 0  # random seed
+BACKEND = "tf"  # array backend
+BACKENDS = ("tf", "jax")
+SYMMETRY = "C1"
