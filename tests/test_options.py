@@ -120,3 +120,11 @@ def test_defaults_written_once(tmp_path):
         assert args.chunk == defaults.CHUNK and int(args.batch) == defaults.BATCH and args.seed == defaults.SEED
         assert args.backend == defaults.BACKEND and args.threads is None and args.maxres is None
         assert args.minres == (defaults.HETEROGENEITY_MINRES_A if verb == "heterogeneity" else defaults.MINRES_A)
+
+
+@pytest.mark.parametrize("verb", list(cli.VERBS))
+def test_help_of_every_verb(capsys, verb):
+    """``gmmcore <verb> --help`` prints the verb's options (a stray % in a help text once broke it)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([verb, "--help"])
+    assert exit_.value.code == 0 and "--out" in capsys.readouterr().out

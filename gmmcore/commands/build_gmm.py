@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import defaults
 from ..errors import InputError
 
 
@@ -22,11 +23,12 @@ def configure_parser(p) -> None:
     p.add_argument("--ngauss", type=int, default=None, help="number of Gaussians (default: estimated)")
     p.add_argument("--seed-model", default=None,
                    help="PDB to seed one Gaussian per heavy atom (coordinates in the map's frame), or builtin:adk-closed")
-    p.add_argument("--minres", type=float, default=25.0, help="lowest resolution fitted (Å, default 25)")
+    p.add_argument("--minres", type=float, default=defaults.MINRES_A,
+                   help=f"lowest resolution fitted (Å, default {defaults.MINRES_A:g})")
     p.add_argument("--iterations", type=int, default=300, help="Adam steps (default 300)")
     p.add_argument("--threshold", type=float, default=None, help="density threshold for K-means (default: automatic)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--backend", choices=["tf", "jax"], default="tf",
+    p.add_argument("--seed", type=int, default=defaults.SEED, help=f"random seed (default {defaults.SEED})")
+    p.add_argument("--backend", choices=defaults.BACKENDS, default=defaults.BACKEND,
                    help="array backend of the fit: tf (TensorFlow, default) or jax (runs on a GPU when JAX sees one)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.gmm.npz, PREFIX.pdb, PREFIX.json")
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import defaults
 from ..errors import InputError
 from ..particles import MIN_HALF_FRACTION, assign_split
 from ..safewrite import (OutputGuard, check_output_path, refuse_overwriting_inputs, remove_stale_temporaries,
@@ -72,8 +73,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="check the images but do not phase flip them; the star points at the original stacks")
     p.add_argument("--new-split", action="store_true",
                    help="assign a random gold-standard half split (fixed seed) when the input has no usable one "
-                        f"(none, incomplete, a half below {MIN_HALF_FRACTION:.0%}, or an image in both halves)")
-    p.add_argument("--chunk", type=int, default=20000, help="images per chunk (memory use ~ chunk·box²·4 bytes)")
+                        f"(none, incomplete, a half below {MIN_HALF_FRACTION:.0%}%, or an image in both halves)")
+    p.add_argument("--chunk", type=int, default=defaults.CHUNK, help="images per chunk (memory use ~ chunk·box²·4 bytes)")
     p.add_argument("--out", metavar="DIR", required=True,
                    help="output folder (not the input's folder, nor one holding its stacks)")
 

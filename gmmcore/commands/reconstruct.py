@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import defaults
 from ..errors import InputError
 
 
@@ -24,7 +25,8 @@ def configure_parser(p) -> None:
     p.add_argument("--sym", default="C1", help="point group: C1, Cn, Dn, T, O, I (RELION orientation); default C1")
     p.add_argument("--mask", metavar="MRC", help="mask for the masked FSC (default: automatic mask from the map)")
     p.add_argument("--pad", type=float, default=2, help="padding factor (default 2)")
-    p.add_argument("--chunk", type=int, default=20000, help="images read per chunk (default 20000)")
+    p.add_argument("--chunk", type=int, default=defaults.CHUNK,
+                   help=f"images read per chunk (default {defaults.CHUNK})")
     p.add_argument("--workers", type=int, default=None, help="processes: 2 reconstructs the halves in parallel (default: 2 if >= 2 CPUs and >= 2000 particles)")
     p.add_argument("--out", default="reconstruct", metavar="DIR", help="output folder (default ./reconstruct)")
 

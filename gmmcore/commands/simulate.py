@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 
+from .. import defaults
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
@@ -57,8 +59,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="copies of the model per particle, placed by a point group (C2, C3, D2, ...)")
     p.add_argument("--copy-offset", type=float, default=None,
                    help="distance of each copy from the assembly centre, Å (default: copies touch, closest atoms 4 Å apart)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--backend", choices=["tf", "jax"], default="tf", help="array backend that projects the model")
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="random seed")
+    p.add_argument("--backend", choices=defaults.BACKENDS, default=defaults.BACKEND, help="array backend that projects the model")
     p.add_argument("--out", required=True, help="output folder")
 
 
