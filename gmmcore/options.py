@@ -128,7 +128,7 @@ RULES = {
 
 def check(args: argparse.Namespace, rules: Optional[dict] = None, tf_only: bool = False) -> None:
     """Check every flag of ``args`` that has a rule (:data:`RULES`, plus a verb's own ``rules``),
-    the band order and the pose-prior flags; ``tf_only``: the verb runs on TensorFlow only.  Call
+    the band order, symmetry names, ``--batch``, ``--gpu`` and the pose-prior flags; ``tf_only``: the verb runs on TensorFlow only.  Call
     it first in a verb's ``run``: nothing is read or written before it."""
     for flag, (ok, what) in {**RULES, **(rules or {})}.items():
         v = getattr(args, _dest(flag), None)
@@ -138,6 +138,9 @@ def check(args: argparse.Namespace, rules: Optional[dict] = None, tf_only: bool 
     if maxres is not None and minres is not None and maxres >= minres:
         raise InputError(f"--maxres {maxres:g} Å must be finer (smaller) than --minres {minres:g} Å",
                          field="--maxres")
+    for flag in ("--sym", "--reimpose"):  # point-group names
+        if getattr(args, _dest(flag), None):
+            _symmetry(getattr(args, _dest(flag)), flag)
     if hasattr(args, "batch"):
         parse_batch(args.batch)
     if hasattr(args, "gpu"):
@@ -148,6 +151,15 @@ def check(args: argparse.Namespace, rules: Optional[dict] = None, tf_only: bool 
         pose_prior(args)
     if tf_only and getattr(args, "backend", defaults.BACKEND) != "tf":
         raise InputError("runs on TensorFlow only: use --backend tf", field="--backend")
+
+
+def _symmetry(name: str, flag: str) -> None:
+    from .symmetry import parse_symmetry
+
+    try:
+        parse_symmetry(name)
+    except InputError as exc:
+        raise InputError(exc.message, field=flag) from None
 
 
 def _dest(flag: str) -> str:
@@ -168,15 +180,10 @@ def check_continue(args: argparse.Namespace, marker: str = "params.json") -> Non
 
 
 def alignment_values(args: argparse.Namespace) -> dict:
-    """Checked keyword values for the parameter dataclasses (FocusedParams, PatchParams)."""
+    """Keyword values for the parameter dataclasses (FocusedParams, PatchParams), after :func:`check`."""
     from .parallel.flags import parse_gpus
 
-    check(args)
     prior_angle, prior_shift = pose_prior(args)
-    if args.sym:
-        from .symmetry import symmetry_matrices
-
-        symmetry_matrices(args.sym)
     return dict(sym=args.sym and args.sym.upper(), ngauss=args.ngauss, maxres=args.maxres, minres=args.minres,
                 batch=parse_batch(args.batch), chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle,
                 lr_shift=args.lr_shift, ring_weight=args.ring_weight, prior_angle=prior_angle, prior_shift=prior_shift,

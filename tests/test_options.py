@@ -35,6 +35,8 @@ BAD = [
     ("--prior-angle", ["--prior-angle", "0"]),
     ("--prior-shift", ["--prior-shift", "nan"]),
     ("--iter", ["--iter", "-1"]),
+    ("--sym", ["--sym", "X7"]),
+    ("--reimpose", ["--reimpose", "Q2"]),
 ]
 
 

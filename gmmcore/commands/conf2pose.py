@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("not a heterogeneity run directory (no summary.json)", path=src, field="--from")
     check_continue(args, "convert/params.json")
     mask = existing(args.mask, "--mask")
-    set_cpu_threads(args.threads)
+    if args.threads is not None:  # the networks' thread pools and FFT workers follow it
+        set_cpu_threads(args.threads)
     params = Conf2PoseParams(
         source=str(src.resolve()), mask=mask, out=str(args.out), steps=args.steps,
         lr_angle=args.lr_angle, lr_shift=args.lr_shift, res=args.convert_maxres, focus_iter=args.focus_iter,

@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("not a run directory", path=src, field="--from")
     check_continue(args)
     mask = existing_all(args, ("--mask",))["mask"]
-    set_cpu_threads(args.threads)
+    if args.threads is not None:  # the networks' thread pools and FFT workers follow it
+        set_cpu_threads(args.threads)
     params = HeterogeneityParams(
         source=str(src.resolve()), out=str(args.out), latent=args.latent, anchors=args.anchors,
         mask=mask, epochs=args.epochs, full_epochs=args.full_epochs,

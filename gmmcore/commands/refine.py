@@ -62,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
     from ..refine import global_refine
     from ..refine.global_refine import RefineParams
-    from ..symmetry import symmetry_matrices
 
     prior_angle, prior_shift = pose_prior(args, RefineParams.prior_angle, RefineParams.prior_shift)
     out = Path(args.out)
@@ -74,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
                           prior_angle=prior_angle, prior_shift=prior_shift, gpu=gpu,
                           cpu=args.cpu, seed=args.seed, new_split=args.new_split, threads=args.threads,
                           force=args.force, backend=args.backend)
-    symmetry_matrices(params.sym)  # validates --sym
     options = execution.execution_options(args, gpu, out)
     rc, _ = execution.run_on_executor("refine", options, lambda ex: global_refine.run_global(params, executor=ex))
     return rc

@@ -49,10 +49,6 @@ def run(args: argparse.Namespace) -> int:
     check_continue(args)
     paths = existing_all(args, ("--particles", "--half1", "--half2", "--mask", "--fsc-mask"))
     source = existing(args.source, "--from") if args.source else None
-    if args.reimpose:
-        from ..symmetry import symmetry_matrices
-
-        symmetry_matrices(args.reimpose)
     params = FocusedParams(out=str(args.out), iterations=args.iterations, source=source, **paths,
                            reimpose=args.reimpose and args.reimpose.upper(), **alignment_values(args))
     s = run_focused_command(params)
