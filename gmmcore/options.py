@@ -68,24 +68,37 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
     p.add_argument("--sym", default=sym, help=f"symmetry: C1, Cn, Dn, T, O, I (default: {sym or sym_help})")
     p.add_argument("--ngauss", type=int, help="Gaussians per GMM (default: estimated from map and resolution)")
     add_band_arguments(p)
-    p.add_argument("--steps", type=int, default=defaults.STEPS,
-                   help=f"gradient steps per particle per iteration (default {defaults.STEPS})")
-    p.add_argument("--lr-angle", type=float, default=defaults.LR_ANGLE_DEG,
-                   help=f"Adam step for rotations, degrees (default {defaults.LR_ANGLE_DEG:g})")
-    p.add_argument("--lr-shift", type=float, default=defaults.LR_SHIFT_PX,
-                   help=f"Adam step for shifts, pixels (default {defaults.LR_SHIFT_PX:g})")
+    add_step_arguments(p)
+    add_ring_weight_argument(p)
+    add_prior_arguments(p, centred_on=prior_help)
+    add_run_arguments(p, **run_help)
+
+
+def add_step_arguments(p: argparse.ArgumentParser, *, steps: int = defaults.STEPS,
+                       lr_angle: float = defaults.LR_ANGLE_DEG, lr_shift: float = defaults.LR_SHIFT_PX,
+                       steps_help: str = "gradient steps per particle per iteration", lr_angle_note: str = "") -> None:
+    """The Adam pose search: ``--steps``, ``--lr-angle`` (degrees), ``--lr-shift`` (pixels); a verb
+    whose search differs passes its own defaults."""
+    p.add_argument("--steps", type=int, default=steps, help=f"{steps_help} (default {steps})")
+    p.add_argument("--lr-angle", type=float, default=lr_angle,
+                   help=f"Adam step for rotations, degrees (default {lr_angle:g}{lr_angle_note})")
+    p.add_argument("--lr-shift", type=float, default=lr_shift,
+                   help=f"Adam step for shifts, pixels (default {lr_shift:g})")
+
+
+def add_ring_weight_argument(p: argparse.ArgumentParser) -> None:
+    """``--ring-weight``: how the FRC weighs its rings."""
     p.add_argument("--ring-weight", choices=["ssnr", "uniform"], default="ssnr",
                    help="FRC ring weighting: ssnr (population FRC × ring size, estimated per half; default) or "
                         "uniform (plain average over rings, as in the paper)")
-    add_prior_arguments(p, centred_on=prior_help)
-    add_run_arguments(p, **run_help)
 
 
 def add_prior_arguments(p: argparse.ArgumentParser, *, centred_on: str = "the poses this run starts from") -> None:
     """The MAP pose prior: ``--prior-angle`` (degrees), ``--prior-shift`` (pixels), ``--no-prior``."""
     p.add_argument("--prior-angle", type=float, default=None,
-                   help=f"MAP pose prior centred on {centred_on}: their expected angular error, degrees (default "
-                        f"{defaults.PRIOR_ANGLE_DEG:g}). Keeps low-SNR particles from drifting; strong data overrides it")
+                   help=f"MAP pose prior centred on {centred_on}: their expected angular error, degrees "
+                        f"(default {defaults.PRIOR_ANGLE_DEG:g}). Keeps low-SNR particles from drifting; strong "
+                        "data overrides it")
     p.add_argument("--prior-shift", type=float, default=None,
                    help=f"MAP pose prior: expected shift error, pixels (default {defaults.PRIOR_SHIFT_PX:g})")
     p.add_argument("--no-prior", action="store_true",
@@ -128,8 +141,9 @@ RULES = {
 
 def check(args: argparse.Namespace, rules: Optional[dict] = None, tf_only: bool = False) -> None:
     """Check every flag of ``args`` that has a rule (:data:`RULES`, plus a verb's own ``rules``),
-    the band order, symmetry names, ``--batch``, ``--gpu`` and the pose-prior flags; ``tf_only``: the verb runs on TensorFlow only.  Call
-    it first in a verb's ``run``: nothing is read or written before it."""
+    the band order, symmetry names, ``--batch``, ``--gpu`` and the pose-prior flags; ``tf_only``:
+    the verb runs on TensorFlow only.  Call it first in a verb's ``run``: nothing is read or
+    written before it."""
     for flag, (ok, what) in {**RULES, **(rules or {})}.items():
         v = getattr(args, _dest(flag), None)
         if v is not None and not _safe(ok, v):

@@ -22,7 +22,8 @@ from pathlib import Path
 from .. import defaults
 from ..errors import InputError
 from ..options import (RESOLUTION, TF_ONLY, add_band_arguments, add_deprecated_alias, add_prior_arguments,
-                       add_run_arguments, at_least, check, check_continue, existing, fixed_batch, pose_prior)
+                       add_run_arguments, add_step_arguments, at_least, check, check_continue, existing, fixed_batch,
+                       pose_prior)
 from ..parallel.flags import parse_gpus
 from ..resources import set_cpu_threads
 
@@ -31,10 +32,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", required=True, help="a gmmcore heterogeneity run directory")
     p.add_argument("--mask", required=True, help="mask of the target region (MRC, on the particles' grid)")
     p.add_argument("--out", required=True, help="run directory (re-running the same command continues it)")
-    p.add_argument("--steps", type=int, default=30, help="Adam steps of the pose search per particle (default 30)")
-    p.add_argument("--lr-angle", type=float, default=2.0,
-                   help="Adam step for rotations, degrees (default 2; decays to 10 %%: reaches ≈ 33° in 30 steps)")
-    p.add_argument("--lr-shift", type=float, default=0.5, help="Adam step for shifts, pixels (default 0.5)")
+    add_step_arguments(p, steps=30, lr_angle=2.0, lr_shift=0.5, steps_help="Adam steps of the pose search per particle",
+                       lr_angle_note="; decays to 10 %%: reaches ≈ 33° in 30 steps")
     p.add_argument("--convert-maxres", type=float, help="finest resolution of the projections compared, Å "
                                                         "(default: the heterogeneity analysis' resolution)")
     add_deprecated_alias(p, "--res", "--convert-maxres", dest="convert_maxres")

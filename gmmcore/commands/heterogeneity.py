@@ -21,8 +21,8 @@ from pathlib import Path
 
 from .. import defaults
 from ..errors import InputError
-from ..options import (POSITIVE, TF_ONLY, add_band_arguments, add_run_arguments, at_least, check, check_continue,
-                       existing_all, fixed_batch)
+from ..options import (POSITIVE, TF_ONLY, add_band_arguments, add_ring_weight_argument, add_run_arguments,
+                       at_least, check, check_continue, existing_all, fixed_batch)
 from ..parallel.flags import parse_gpus
 from ..resources import set_cpu_threads
 
@@ -45,8 +45,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="σ of noise added to the latents in training (default 0: none; see gmmcore.heter.training)")
     p.add_argument("--latent-penalty", type=float, default=0.0,
                    help="weight of |z|² in the loss (default 0)")
-    p.add_argument("--ring-weight", choices=["ssnr", "uniform"], default="ssnr",
-                   help="FRC ring weighting: ssnr (default) or uniform (the paper's plain average)")
+    add_ring_weight_argument(p)
     p.add_argument("--bins", type=int, default=5, help="bins along PC1 for the GMMs and maps (default 5)")
     add_run_arguments(p, seed_help="random seed (network initialisation, anchors, order)",
                       batch_help="particles per training batch", backend_help=TF_ONLY, batch_auto=False,
