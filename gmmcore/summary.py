@@ -239,7 +239,7 @@ class IterationRecord:
     @classmethod
     def from_json(cls, data: dict) -> "IterationRecord":
         # The record is flat on disk: the keys that are not the record's own are its report's
-        # extras (a plan's extra_report, e.g. the FSC within a focus mask).
+        # (typed, e.g. the FSC within a focus mask, or free-form extras).
         known, extra = _known(cls, data)
         rep = HalfMapReport.from_json({k: extra.pop(k) for k in list(extra)})
         pc = known.pop("pose_change", None) or {}

@@ -96,7 +96,8 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     maps = reconstruct_halves(table.with_poses(poses), sym=plan.sym, pad=plan.pad, chunk=plan.align.chunk,
                               executor=ex, backend=backend, desc=f"iter {it}")
     store.save_half_maps(maps, apix)
-    rep = HalfMapReport.from_json({**half_map_report(maps[1], maps[2], apix, plan.fsc_mask), **plan.extra_report(maps)})
+    rep = HalfMapReport.from_json({**half_map_report(maps[1], maps[2], apix, plan.fsc_mask),
+                                   **plan.extra_report(maps)})
     record = IterationRecord(
         iteration=it, target_resolution=band.resolution_A, report=rep, pose_change=change,
         frc={"before": {str(h): float(r.score0.mean()) for h, r in aligned.items()},

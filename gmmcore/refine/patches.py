@@ -129,7 +129,8 @@ def _load_or_define(run: RunDir, p: PatchParams, gmms: HalfPair, box: int, apix:
         write_map(run.path / patch["mask"], patch_mask(patch, box, apix, p.falloff_px), apix)
     PatchDefinition(k=p.patches, seed=p.patch_seed, falloff_px=p.falloff_px,
                     source="K-means of both half GMMs' centres", patches=patches,
-                    gmm={str(h): RunSummary.load(p.source).path("gmm", h) for h in (1, 2)}, labels=labels).save(run.path)
+                    gmm={str(h): RunSummary.load(p.source).path("gmm", h) for h in (1, 2)},
+                    labels=labels).save(run.path)
     return patches
 
 
