@@ -413,15 +413,15 @@ class Conversion:
     maps' FSC resolution in the region's mask (Å), the heterogeneity run and its consensus run."""
 
     pose_change: PoseChange
-    pose_changes: str
-    particles: str
-    poses: str
-    seconds: float
-    rmsd_before: Dict[str, float]
-    rmsd_after: Dict[str, float]
-    resolution_region: float
-    heterogeneity: str
-    consensus_run: str
+    pose_changes: str = "convert/pose_changes.npz"
+    particles: str = "convert/particles.star"
+    poses: str = "convert/poses.npz"
+    seconds: float = 0.0
+    rmsd_before: Dict[str, float] = field(default_factory=dict)
+    rmsd_after: Dict[str, float] = field(default_factory=dict)
+    resolution_region: Optional[float] = None
+    heterogeneity: str = ""
+    consensus_run: str = ""
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -432,7 +432,8 @@ class Conversion:
     @classmethod
     def from_json(cls, data: dict) -> "Conversion":
         known, extra = _known(cls, data)
-        known["pose_change"] = PoseChange(**known["pose_change"])
+        pc = known.get("pose_change") or {}
+        known["pose_change"] = PoseChange(**{f.name: pc.get(f.name, float("nan")) for f in fields(PoseChange)})
         return cls(**known, extra=extra)
 
 

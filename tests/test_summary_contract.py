@@ -117,3 +117,11 @@ def test_verb_summaries_roundtrip(tmp_path):
                                 apix=2.0, mask="auto", within_mask={"median": 5.0}, half1="/h1", half2="/h2")
     lr.save(tmp_path)
     assert LocalResolutionSummary.load(tmp_path) == lr
+
+
+def test_partial_conversion_loads():
+    """A conversion record with only some keys (e.g. a plugin test's forged run) still loads."""
+    s = RunSummary.from_json({"kind": "conf2pose", "iterations": [], "conversion": {
+        "pose_changes": "convert/pose_changes.npz", "pose_change": {"angle_mean": 5.0}, "resolution_region": 9.0}})
+    assert s.conversion.pose_change.angle_mean == 5.0 and s.conversion.resolution_region == 9.0
+    assert s.conversion.pose_changes == "convert/pose_changes.npz"
