@@ -288,10 +288,18 @@ def test_cli_errors(chain, tmp_path, capsys):
     assert "--from" in err and "nothing" in err
     err = one_line_error("conf2pose", "--from", chain["cons"], "--mask", chain["mask"], "--out", tmp_path / "o2")
     assert "not a heterogeneity run" in err and str(chain["cons"]) in err
-    empty = tmp_path / "empty.mrc"
-    with mrcfile.new(str(empty)) as m:
-        m.set_data(np.zeros((48, 48, 48), np.float32))
-        m.voxel_size = 2.0
+    from gmmcore.masks import soft_sphere_mask
+
+    # a usable mask (masks.check_mask) in a corner of the box, empty of the particle's Gaussians
+    empty, zeros = tmp_path / "empty.mrc", tmp_path / "zeros.mrc"
+    for path, data in ((empty, soft_sphere_mask(48, 4, 2, center=(5, 5, 5))), (zeros, np.zeros((48,) * 3, np.float32))):
+        with mrcfile.new(str(path)) as m:
+            m.set_data(data)
+            m.voxel_size = 2.0
     err = one_line_error("conf2pose", "--from", chain["het"], "--mask", empty, "--out", tmp_path / "o3")
     assert "inside the mask" in err and "empty.mrc" in err
     assert not (tmp_path / "o3").exists()
+    # an all-zero mask is refused by the one mask check, as in every verb
+    err = one_line_error("conf2pose", "--from", chain["het"], "--mask", zeros, "--out", tmp_path / "o4")
+    assert "the mask is empty" in err and "zeros.mrc" in err and "--mask" in err
+    assert not (tmp_path / "o4").exists()
