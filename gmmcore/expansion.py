@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .particles import ParticleTable
-from .symmetry import symmetry_matrices
+from .symmetry import symmetry_matrices, symmetry_name
 
 SOURCE_COLUMN = "rlnGmmSourceParticle"
 OPERATOR_COLUMN = "rlnGmmSymmetryOperator"
@@ -38,7 +38,7 @@ def expand_symmetry(table: ParticleTable, sym: str) -> ParticleTable:
     df[OPERATOR_COLUMN] = k + 1
     out.star_particles = df
     out.cs_records = None
-    out.meta = {**out.meta, "expanded": {"sym": sym.upper(), "operators": K, "source": table.source}}
+    out.meta = {**out.meta, "expanded": {"sym": symmetry_name(sym), "operators": K, "source": table.source}}
     return out
 
 

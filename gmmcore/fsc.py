@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .fourier import ft, ift, radial_index, rfft_weights, shell_frequencies
-from .masks import auto_mask
+from .masks import auto_fsc_mask
 
 
 def fsc(map1: np.ndarray, map2: np.ndarray, apix: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -102,12 +102,12 @@ def half_map_report(half1: np.ndarray, half2: np.ndarray, apix: float, mask: Opt
 
     Returns ``{"resolution", "resolution_unmasked", "resolution_masked",
     "fsc": {"freq", "unmasked", "masked"}}`` (Å, 1/Å; lists), ``resolution`` = masked resolution.
-    ``mask`` defaults to :func:`auto_mask` of the average of the halves.
+    ``mask`` defaults to :func:`masks.auto_fsc_mask` of the halves.
     """
     half1 = np.asarray(half1, dtype=np.float32)
     half2 = np.asarray(half2, dtype=np.float32)
     if mask is None:
-        mask = auto_mask(0.5 * (half1 + half2), apix)
+        mask = auto_fsc_mask(half1, half2, apix)
     freq, fsc_u = fsc(half1, half2, apix)
     _, fsc_m = fsc_masked(half1, half2, apix, mask)
     res_u = resolution_at(freq, fsc_u, threshold)

@@ -99,3 +99,9 @@ def check_mask(mask: np.ndarray, path=None, field: str = "--mask") -> np.ndarray
         raise InputError(f"the mask encloses only {inside} voxels at ≥ 0.5 (at least {MIN_MASK_VOXELS} are needed "
                          "for a masked FSC)", path=path, field=field)
     return m
+
+
+def auto_fsc_mask(half1: np.ndarray, half2: np.ndarray, apix: float) -> np.ndarray:
+    """The automatic FSC mask of two half maps: :func:`auto_mask` of their average (the one rule
+    wherever no FSC mask is given)."""
+    return auto_mask(0.5 * (half1 + half2), apix)

@@ -54,15 +54,30 @@ def _closure(generators, max_order: int = 120) -> np.ndarray:
     return out
 
 
+def _spelling(sym) -> str:
+    return str(sym).strip().upper()
+
+
 def parse_symmetry(sym: str):
-    """'C4' → ('C', 4); 'd7' → ('D', 7); 'T'/'O'/'I'/'I2' → (letter, 0).  Bad → InputError(--sym)."""
-    s = str(sym).strip().upper()
+    """'C4' → ('C', 4); 'd7' → ('D', 7); 'T'/'O'/'I'/'I2' → (letter, 0).  Bad → InputError(--sym).
+    The one reader of symmetry names (:func:`symmetry_name` spells them)."""
+    s = _spelling(sym)
     m = re.fullmatch(r"([CD])(\d+)", s)
     if m and int(m.group(2)) >= 1:
         return m.group(1), int(m.group(2))
     if s in ("T", "O", "I", "I2"):
         return s[0], 0
     raise InputError(f"unknown symmetry {sym!r} (use C1, Cn, Dn, T, O or I)", field="--sym")
+
+
+def symmetry_name(sym: str, field: str = "--sym") -> str:
+    """The canonical name of a point group: 'c4 ' → 'C4', 'd07' → 'D7', 't' → 'T', 'i2' → 'I2'
+    (InputError naming ``field`` when unknown)."""
+    try:
+        letter, n = parse_symmetry(sym)
+    except InputError as exc:
+        raise InputError(exc.message, field=field) from None
+    return f"{letter}{n}" if n else _spelling(sym)
 
 
 @lru_cache(maxsize=64)

@@ -102,7 +102,7 @@ def test_summary_keeps_the_focus_fsc(focus_run):
     summary, out = focus_run
     loaded = RunSummary.load(out / "summary.json")
     a, b = summary.iterations[-1].report, loaded.iterations[-1].report
-    assert b.extra["resolution_focus"] == a.extra["resolution_focus"] and b.extra["fsc_focus"] == a.extra["fsc_focus"]
+    assert b.resolution_focus == a.resolution_focus and b.fsc_focus == a.fsc_focus
     assert b.resolution == a.resolution and b.fsc == a.fsc and loaded.iterations[-1].extra == {}
 
 
@@ -125,8 +125,8 @@ def test_focus_changes_alignment_and_survives_resume(start, focus_run, tmp_path)
     assert d.mean() > 0.3, d.mean()  # the focus changed the alignment
     rep = json.loads((it_f / "report.json").read_text())
     assert {"resolution_focus", "fsc_focus"} <= set(rep) and len(rep["fsc_focus"]) == 25
-    assert s_focus.kind == "focused" and s_focus.final.extra["focus_mask"] == "focus_mask.mrc"
-    assert s_none.final.extra["resolution_focus"] > 0
+    assert s_focus.kind == "focused" and s_focus.final.focus_mask == "focus_mask.mrc"
+    assert s_none.final.resolution_focus > 0
 
     # resume: killed after the GMMs were fitted and saved (alignment, maps, report lost)
     out = tmp_path / "resumed"

@@ -228,7 +228,7 @@ def RunSummary_load(path):
 
 
 def _focus_curve(record):
-    return record.report.extra["fsc_focus"]
+    return record.report.fsc_focus
 
 
 def test_conformation_to_pose(chain):
@@ -248,9 +248,9 @@ def test_conformation_to_pose(chain):
              "conf2pose+focused": read_star(c2p / "final" / "particles.star").poses}
     err = {k: angular_distance(p.rotation, dom_R) for k, p in poses.items()}
     shift = {k: float(np.linalg.norm(p.origin_A - dom_o, axis=1).mean() / 2.0) for k, p in poses.items()}
-    region = {"consensus": _region_measures(c2p, chain["cons"] / "final", s.extra["consensus"]["fsc"]["masked"], chain),
+    region = {"consensus": _region_measures(c2p, chain["cons"] / "final", s.consensus.fsc["masked"], chain),
               "focused alone": _region_measures(c2p, focus / "final", _focus_curve(fs.iterations[-1]), chain),
-              "converted": _region_measures(c2p, c2p / "convert", s.initial.extra["fsc_focus"], chain),
+              "converted": _region_measures(c2p, c2p / "convert", s.initial.fsc_focus, chain),
               "conf2pose+focused": _region_measures(c2p, c2p / "final", _focus_curve(s.iterations[-1]), chain)}
     for k in poses:
         print("%-18s domain pose error %.2f° (median %.2f°), %.2f px; FSC in the mask: mean %.3f, 0.5 at %.2f Å, "
@@ -272,7 +272,7 @@ def test_conformation_to_pose(chain):
         assert b["vs_truth"] > w["vs_truth"] + 0.02, (better, worse, b, w)
     # the run contract
     assert s.kind == "conf2pose" and s.final is not None and (c2p / "final" / "half1.mrc").exists()
-    with np.load(c2p / s.extra["conversion"]["pose_changes"]) as z:
+    with np.load(c2p / s.conversion.pose_changes) as z:
         assert z["angle_deg"].shape == (400,) and z["angle_deg"].mean() > 3.0
 
 
@@ -288,10 +288,18 @@ def test_cli_errors(chain, tmp_path, capsys):
     assert "--from" in err and "nothing" in err
     err = one_line_error("conf2pose", "--from", chain["cons"], "--mask", chain["mask"], "--out", tmp_path / "o2")
     assert "not a heterogeneity run" in err and str(chain["cons"]) in err
-    empty = tmp_path / "empty.mrc"
-    with mrcfile.new(str(empty)) as m:
-        m.set_data(np.zeros((48, 48, 48), np.float32))
-        m.voxel_size = 2.0
+    from gmmcore.masks import soft_sphere_mask
+
+    # a usable mask (masks.check_mask) in a corner of the box, empty of the particle's Gaussians
+    empty, zeros = tmp_path / "empty.mrc", tmp_path / "zeros.mrc"
+    for path, data in ((empty, soft_sphere_mask(48, 4, 2, center=(5, 5, 5))), (zeros, np.zeros((48,) * 3, np.float32))):
+        with mrcfile.new(str(path)) as m:
+            m.set_data(data)
+            m.voxel_size = 2.0
     err = one_line_error("conf2pose", "--from", chain["het"], "--mask", empty, "--out", tmp_path / "o3")
     assert "inside the mask" in err and "empty.mrc" in err
     assert not (tmp_path / "o3").exists()
+    # an all-zero mask is refused by the one mask check, as in every verb
+    err = one_line_error("conf2pose", "--from", chain["het"], "--mask", zeros, "--out", tmp_path / "o4")
+    assert "the mask is empty" in err and "zeros.mrc" in err and "--mask" in err
+    assert not (tmp_path / "o4").exists()

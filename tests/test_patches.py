@@ -178,3 +178,19 @@ def test_patches_on_two_workers(tiny_global, clean_patches, tmp_path):
     log = (out / "run.log").read_text()
     assert "patch(es) on local Dask cluster: 2 CPU worker process(es)" in log, log
     assert len(re.findall(r"patch \d: .* within its mask \(\S+, ", log)) == 2, log
+
+
+def test_patches_fsc_mask_is_checked(tiny_global, tmp_path, capsys):
+    """--fsc-mask goes through the one mask check (masks.check_mask), as every user mask: a map
+    that is not a 0..1 mask is refused before anything is written."""
+    from tests.helpers import assert_one_error, run_verb
+
+    bad = tmp_path / "not_a_mask.mrc"
+    with mrcfile.new(str(bad)) as m:
+        m.set_data(np.full((48,) * 3, 3.0, np.float32))
+        m.voxel_size = 2.0
+    out = tmp_path / "p"
+    rc, err, _ = run_verb(capsys, "refine-patches", "--from", tiny_global, "--patches", "2", "--iter", "1",
+                          "--out", out, "--fsc-mask", bad, *TINY)
+    assert_one_error(rc, err, "not_a_mask.mrc", "--fsc-mask", "between 0 and 1", verb="refine-patches")
+    assert not out.exists()

@@ -73,3 +73,15 @@ def test_expand_rotations():
     assert E.shape == (3, 3, 3, 3)
     np.testing.assert_allclose(E[:, 0], A, atol=1e-12)
     np.testing.assert_allclose(E[1, 2], A[1] @ symmetry_matrices("C3")[2], atol=1e-12)
+
+
+def test_symmetry_name_is_the_one_normaliser():
+    import pytest
+
+    from gmmcore.errors import InputError
+    from gmmcore.symmetry import symmetry_name
+
+    assert [symmetry_name(s) for s in ("c4 ", "d07", "t", "o", "i", "I2", "C1")] == ["C4", "D7", "T", "O", "I", "I2", "C1"]
+    with pytest.raises(InputError) as e:
+        symmetry_name("c0", field="--reimpose")
+    assert e.value.field == "--reimpose"

@@ -29,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..expansion import expand_symmetry
     from ..io.star import read_star, write_star
-    from ..safewrite import OutputGuard, write_json
-    from ..symmetry import symmetry_order
+    from ..safewrite import OutputGuard
+    from ..summary import ExpansionSummary
+    from ..symmetry import symmetry_name, symmetry_order
 
     if not Path(args.particles).is_file():
         raise InputError("file not found", path=args.particles, field="--particles")
@@ -44,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
         exp = expand_symmetry(table, args.sym)
         write_star(exp, out / "particles.star")
         per_half = {str(h): int((exp.half == h).sum()) for h in (1, 2)}
-        write_json(out / "summary.json", {"sym": args.sym.upper(), "operators": K, "n_input": len(table),
-                                          "n_particles": len(exp), "per_half": per_half,
-                                          "particles": "particles.star", "source": str(Path(args.particles).resolve()),
-                                          "convention": "rotation A*S_k (RELION relion_particle_symmetry_expand)"})
-    print(f"{len(table)} particles x {K} operators of {args.sym.upper()} = {len(exp)} rows in {out}/particles.star")
+        ExpansionSummary(sym=symmetry_name(args.sym), operators=K, n_input=len(table), n_particles=len(exp),
+                         per_half=per_half, particles="particles.star", source=str(Path(args.particles).resolve()),
+                         convention="rotation A*S_k (RELION relion_particle_symmetry_expand)").save(out)
+    print(f"{len(table)} particles x {K} operators of {symmetry_name(args.sym)} = {len(exp)} rows in "
+          f"{out}/particles.star")
     return 0

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io.maps import read_map, read_map_on_grid, write_map
     from ..localres import local_resolution, region_summary
     from ..masks import auto_mask
-    from ..safewrite import OutputGuard, write_json
+    from ..safewrite import OutputGuard
+    from ..summary import LocalResolutionSummary
 
     if args.window < 4 or args.step < 1 or not 0 < args.threshold < 1:
         raise InputError("need --window ≥ 4, --step ≥ 1 and 0 < --threshold < 1")
@@ -50,11 +51,10 @@ def run(args: argparse.Namespace) -> int:
                               threshold=args.threshold)
         write_map(out / "local_resolution.mrc", lr, apix)
         stats = region_summary(lr, mask)
-        write_json(out / "summary.json", {"local_resolution": "local_resolution.mrc", "window_px": args.window,
-                                          "step_px": args.step, "threshold": args.threshold, "apix": apix,
-                                          "mask": str(args.mask) if args.mask else "auto", "within_mask": stats,
-                                          "half1": str(Path(args.half1).resolve()),
-                                          "half2": str(Path(args.half2).resolve())})
+        LocalResolutionSummary(local_resolution="local_resolution.mrc", window_px=args.window, step_px=args.step,
+                               threshold=args.threshold, apix=apix, mask=str(args.mask) if args.mask else "auto",
+                               within_mask=stats, half1=str(Path(args.half1).resolve()),
+                               half2=str(Path(args.half2).resolve())).save(out)
     print(f"local resolution within the mask: median {stats['median']:.2f} Å (10-90 %: {stats['p10']:.2f}-"
           f"{stats['p90']:.2f} Å); map in {out}/local_resolution.mrc")
     return 0

@@ -40,8 +40,9 @@ def run(args) -> int:
     from ..particles import check_geometry, check_split
     from ..reconstruct import reconstruct_halves
     from ..io.stacks import referenced_stacks
-    from ..safewrite import OutputGuard, check_output_path, refuse_overwriting_inputs, write_json
-    from ..symmetry import symmetry_matrices
+    from ..safewrite import OutputGuard, check_output_path, refuse_overwriting_inputs
+    from ..summary import HalfMapReport, ReconstructSummary
+    from ..symmetry import symmetry_matrices, symmetry_name
 
     symmetry_matrices(args.sym)
     if not (math.isfinite(args.pad) and 1 <= args.pad <= 4):
@@ -66,14 +67,10 @@ def run(args) -> int:
         write_map(out / "half1.mrc", halves[1], apix)
         write_map(out / "half2.mrc", halves[2], apix)
         write_map(out / "map.mrc", avg.astype(np.float32), apix)
-        summary = dict(report)
-        summary.update({
-            "n_particles": {str(h): int(r.size) for h, r in rows.items()},
-            "apix": apix, "box": box, "sym": args.sym.upper(), "pad": args.pad,
-            "mask": str(args.mask) if args.mask else "auto", "particles": str(args.particles),
-            "seconds": round(time.time() - t0, 2),
-        })
-        write_json(out / "summary.json", summary)
+        ReconstructSummary(report=HalfMapReport.from_json(report),
+                           n_particles={str(h): int(r.size) for h, r in rows.items()}, apix=apix, box=box, sym=symmetry_name(args.sym), pad=args.pad,
+                           mask=str(args.mask) if args.mask else "auto", particles=str(args.particles),
+                           seconds=round(time.time() - t0, 2)).save(out)
     print(f"resolution {report['resolution']:.2f} Å (masked), {report['resolution_unmasked']:.2f} Å (unmasked); "
           f"maps in {out}")
     return 0

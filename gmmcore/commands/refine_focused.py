@@ -53,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
                            reimpose=args.reimpose and args.reimpose.upper(), **alignment_values(args))
     s = run_focused_command(params)
     print(f"resolution {s.resolution_initial:.2f} -> {s.resolution_final:.2f} Å (FSC mask); within the focus "
-          f"mask {s.final.extra['resolution_focus_initial']:.2f} -> {s.final.extra['resolution_focus']:.2f} Å; "
+          f"mask {s.final.resolution_focus_initial:.2f} -> {s.final.resolution_focus:.2f} Å; "
           f"results in {args.out}/final")
     return 0

@@ -20,7 +20,7 @@ Per half set h, on its own (its network, its neutral GMM, its particles):
 
 3. reconstruct both half maps at the converted poses (``iter000/``; FSC with the region's mask);
 4. ``--focus-iter`` iterations of focused refinement with the same mask
-   (:func:`gmmcore.refine.focused.refine_focused`: GMM widths outside the mask widened,
+   (:func:`gmmcore.refine.focused_run.refine_focused`: GMM widths outside the mask widened,
    σ/(0.25 + 0.75·m), after every fit; pose prior centred on the converted poses; FSC in the mask).
 
 Run directory (``--out DIR``; re-running the same command continues a killed run)::
@@ -30,12 +30,12 @@ Run directory (``--out DIR``; re-running the same command continues a killed run
                 (angle_deg, shift_px, half: converted vs consensus), half1.mrc, half2.mrc (at the
                 converted poses), report.json (the conversion's record)
     params.json, run.log, iter000/ … final/, summary.json
-                a focused-refinement run (:func:`gmmcore.refine.focused.refine_focused`) from the
+                a focused-refinement run (:func:`gmmcore.refine.focused_run.refine_focused`) from the
                 converted poses with the same mask as focus and FSC mask: ``final/particles.star``,
                 ``half1.mrc``, ``half2.mrc``, ``map.mrc`` like any refinement run; summary kind
-                "conf2pose" with ``extra["consensus"]`` (the consensus half maps' FSC in the mask),
-                ``extra["conversion"]`` (pose changes, RMSDs, files) and ``extra["conf2pose"]`` (the
-                parameters); ``initial`` is the converted maps' report.
+                "conf2pose" with ``consensus`` (the consensus half maps' FSC in the mask),
+                ``conversion`` (:class:`gmmcore.summary.Conversion`: pose changes, RMSDs, files) and
+                ``conf2pose`` (the parameters); ``initial`` is the converted maps' report.
 
 The result is one region's refinement: it can join a patch composite as one more patch.
 """
@@ -55,15 +55,17 @@ from ..errors import InputError
 from ..fsc import half_map_report
 from ..gmm.align import BatchedPoseOptimizer, ChunkCheckpoints
 from ..grids import FourierGrid
-from ..io.maps import read_map, read_map_on_grid, write_map
+from ..io.maps import read_map, write_map
 from ..masks import values_at
 from ..particles import HalfPair, Poses, check_geometry, check_split
 from ..progress import progress
 from ..reconstruct import reconstruct_halves
+from ..refine.drive import read_user_mask
+from ..refine.focused_run import FocusedParams, refine_focused
 from ..refine.rundir import RunDir
 from ..refine.state import RefinementState
 from ..safewrite import atomic_path, write_json
-from ..summary import HeterogeneitySummary, PoseChange, RunSummary
+from ..summary import Conversion, HalfMapReport, HeterogeneitySummary, PoseChange, RunKind, RunSummary
 from .pair import HalfNetwork
 
 log = logging.getLogger("gmmcore.refine.heter")
@@ -151,17 +153,29 @@ def _decode(net: HalfNetwork, z: np.ndarray) -> np.ndarray:
     return net.decoder(tf.constant(np.asarray(z, np.float32))).numpy()
 
 
-def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
-    """Run (or continue) a conformation-to-pose conversion + focused refinement; returns its summary."""
-    from ..refine.focused import FocusedParams, refine_focused
+@dataclass
+class _Inputs:
+    """What a conf2pose run reads before it writes anything."""
 
+    hs: HeterogeneitySummary
+    table: object  # ParticleTable at the consensus poses
+    state0: RefinementState  # the consensus run's final state
+    rows: HalfPair
+    mask: np.ndarray
+    latent: np.ndarray
+    nets: HalfPair
+    weights: HalfPair
+    grid: FourierGrid
+
+
+def _read_inputs(p: Conf2PoseParams) -> _Inputs:
     hs = HeterogeneitySummary.load(p.source)
-    if hs.kind != "heterogeneity":
+    if hs.kind != RunKind.HETEROGENEITY:
         raise InputError(f"not a heterogeneity run (kind {hs.kind!r})", path=p.source, field="--from")
     table, state0 = RunDir(hs.source).final_state()
     box, apix = check_geometry(table)
     rows = check_split(table)
-    mask = read_map_on_grid(p.mask, box, apix)
+    mask = read_user_mask(p.mask, box, apix)
     with np.load(hs.path(hs.latents_npz)) as z:
         latent = z["latent"]
         if len(latent) != len(table) or not np.array_equal(z["half"], table.half):
@@ -172,8 +186,12 @@ def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
         if not (w > 0).any():
             raise InputError(f"no Gaussian of half {h}'s neutral GMM lies inside the mask", path=p.mask, field="--mask")
     res = float(p.res) if p.res else float(hs.resolution_A)
-    grid = FourierGrid(box, apix, res, 0.0)
+    return _Inputs(hs, table, state0, rows, mask, latent, nets, weights, FourierGrid(box, apix, res, 0.0))
 
+
+def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
+    """Run (or continue) a conformation-to-pose conversion + focused refinement; returns its summary."""
+    inp = _read_inputs(p)
     backend = get_backend()
     out = Path(p.out)
     if not (out / "params.json").exists():  # a new run: refuse a foreign non-empty folder, claim this one
@@ -181,16 +199,48 @@ def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
     conv = RunDir.create_or_continue(out / CONVERT, asdict(p), IDENTITY)  # the conversion's identity and log
     device = backend.describe_devices(p.gpu, cpu_only=p.cpu)
     log.info("gmmcore %s conf2pose: %d particles, region %s (%d / %d Gaussians of half 1 / 2 inside), %d steps, "
-             "device %s", __version__, len(table), p.mask, int((weights[1] > 0.5).sum()), int((weights[2] > 0.5).sum()),
-             p.steps, device)
-
-    # 1. per half: the converted poses (checkpointed per chunk)
+             "device %s", __version__, len(inp.table), p.mask, int((inp.weights[1] > 0.5).sum()),
+             int((inp.weights[2] > 0.5).sum()), p.steps, device)
     t0 = time.time()
+    poses, change, converted = _convert_poses(p, inp, conv, backend)
+    conv_table, maps, conv_rep = _converted_maps(p, inp, conv, poses)
+    apix = check_geometry(inp.table)[1]
+    consensus = half_map_report(inp.state0.half_maps[1], inp.state0.half_maps[2], apix, inp.mask)
+    conversion = Conversion(pose_change=change, pose_changes=f"{CONVERT}/pose_changes.npz",
+                            particles=f"{CONVERT}/particles.star", poses=f"{CONVERT}/poses.npz",
+                            seconds=time.time() - t0,
+                            rmsd_before={str(h): float(c[2].mean()) for h, c in converted.items()},
+                            rmsd_after={str(h): float(c[1].mean()) for h, c in converted.items()},
+                            resolution_region=float(conv_rep["resolution"]),
+                            heterogeneity=str(Path(inp.hs.directory).resolve()), consensus_run=inp.hs.source)
+    write_json(conv.path / "report.json", conversion.to_json())
+    log.info("  region resolution (FSC in the mask): consensus %.2f Å, converted %.2f Å", consensus["resolution"],
+             conv_rep["resolution"])
+
+    # 3. focused refinement from the converted poses, same mask (FSC in the mask too): a plan plus a call
+    fp = FocusedParams(out=str(out), mask=p.mask, iterations=int(p.focus_iter),
+                       source=str(Path(inp.hs.directory).resolve()), fsc_mask=p.mask, sym="C1", maxres=p.maxres,
+                       minres=p.minres, batch=p.batch, chunk=p.chunk, steps=p.focus_steps, prior_angle=p.prior_angle,
+                       prior_shift=p.prior_shift, gpu=p.gpu, cpu=p.cpu, seed=p.seed)
+    start = RefinementState(0, poses, maps, float(conv_rep["resolution"]))
+    summary = refine_focused(conv_table, start, inp.mask, fp, fsc_mask=inp.mask, backend=backend,
+                             kind=RunKind.CONF2POSE, mode={"conversion": conversion, "conf2pose": asdict(p),
+                                                           "consensus": HalfMapReport.from_json(consensus)})
+    log.info("region: %.2f Å (consensus) -> %.2f Å (converted) -> %.2f Å (focused, %d iterations)",
+             consensus["resolution"], conv_rep["resolution"], summary.resolution_final, p.focus_iter)
+    return summary
+
+
+def _convert_poses(p: Conf2PoseParams, inp: _Inputs, conv: RunDir, backend):
+    """1. per half: the converted poses (checkpointed per chunk) → (poses, PoseChange, per half
+    (poses, RMSD after, RMSD before)); writes convert/poses.npz and pose_changes.npz."""
+    table, rows = inp.table, inp.rows
+    apix = check_geometry(table)[1]
     settings = p.pose_settings()
     converted = HalfPair.build(lambda h: convert_half(
-        nets[h], latent[rows[h]], table.poses.subset(rows[h]), weights[h], grid, settings, batch=p.batch,
-        chunk=p.chunk, checkpoints=ChunkCheckpoints(conv.path, f"convert_half{h}"), rows=rows[h], backend=backend,
-        desc=f"conf2pose half {h}"))
+        inp.nets[h], inp.latent[rows[h]], table.poses.subset(rows[h]), inp.weights[h], inp.grid, settings,
+        batch=p.batch, chunk=p.chunk, checkpoints=ChunkCheckpoints(conv.path, f"convert_half{h}"), rows=rows[h],
+        backend=backend, desc=f"conf2pose half {h}"))
     poses = table.poses
     for h, (ps, rmsd, rmsd0) in converted.items():
         poses = poses.with_rows(rows[h], ps)
@@ -202,11 +252,16 @@ def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
             np.savez(fh, angle_deg=ang, shift_px=sh, half=table.half)
     change = PoseChange.of(ang, sh)
     log.info("  conversion: pose change %.2f° / %.2f px (mean)", change.angle_mean, change.shift_mean)
+    return poses, change, converted
 
-    # 2. half maps at the converted poses (the start of the focused refinement)
-    conv_table = table.with_poses(poses)
+
+def _converted_maps(p: Conf2PoseParams, inp: _Inputs, conv: RunDir, poses):
+    """2. half maps at the converted poses (the start of the focused refinement) → (table at the
+    converted poses, maps, their report with the region's mask); convert/particles.star, half{h}.mrc."""
     from ..io.star import write_star
 
+    apix = check_geometry(inp.table)[1]
+    conv_table = inp.table.with_poses(poses)
     write_star(conv_table, conv.path / "particles.star")
     maps_done = all((conv.path / f"half{h}.mrc").exists() for h in (1, 2)) and (conv.path / "report.json").exists()
     if maps_done:
@@ -215,27 +270,4 @@ def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
         maps = reconstruct_halves(conv_table, pad=2, chunk=p.chunk)
         for h, m in maps.items():
             write_map(conv.path / f"half{h}.mrc", m, apix)
-    conv_rep = half_map_report(maps[1], maps[2], apix, mask)
-    consensus = half_map_report(state0.half_maps[1], state0.half_maps[2], apix, mask)
-    conversion = {"pose_change": asdict(change), "pose_changes": f"{CONVERT}/pose_changes.npz",
-                  "particles": f"{CONVERT}/particles.star",
-                  "poses": f"{CONVERT}/poses.npz", "seconds": time.time() - t0,
-                  "rmsd_before": {str(h): float(c[2].mean()) for h, c in converted.items()},
-                  "rmsd_after": {str(h): float(c[1].mean()) for h, c in converted.items()},
-                  "resolution_region": float(conv_rep["resolution"]), "heterogeneity": str(Path(hs.directory).resolve()),
-                  "consensus_run": hs.source}
-    write_json(conv.path / "report.json", conversion)
-    log.info("  region resolution (FSC in the mask): consensus %.2f Å, converted %.2f Å", consensus["resolution"],
-             conv_rep["resolution"])
-
-    # 3. focused refinement from the converted poses, same mask (FSC in the mask too)
-    fp = FocusedParams(out=str(out), mask=p.mask, iterations=int(p.focus_iter), source=str(Path(hs.directory).resolve()),
-                       fsc_mask=p.mask, sym="C1", maxres=p.maxres, minres=p.minres, batch=p.batch, chunk=p.chunk,
-                       steps=p.focus_steps, prior_angle=p.prior_angle, prior_shift=p.prior_shift, gpu=p.gpu, cpu=p.cpu,
-                       seed=p.seed)
-    start = RefinementState(0, poses, maps, float(conv_rep["resolution"]))
-    summary = refine_focused(conv_table, start, mask, fp, fsc_mask=mask, backend=backend, kind="conf2pose",
-                             extra={"conversion": conversion, "consensus": consensus, "conf2pose": asdict(p)})
-    log.info("region: %.2f Å (consensus) -> %.2f Å (converted) -> %.2f Å (focused, %d iterations)",
-             consensus["resolution"], conv_rep["resolution"], summary.resolution_final, p.focus_iter)
-    return summary
+    return conv_table, maps, half_map_report(maps[1], maps[2], apix, inp.mask)

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field, replace
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Union
 
 from .. import __version__
-from ..backend import PoseSettings, get_backend
+from ..backend import get_backend
 from ..fourier import lowpass
-from ..gmm.align import AlignSettings
 from ..errors import InputError
 from ..io.maps import read_map_on_grid
 from ..io.star import read_star
-from ..masks import check_mask
 from ..particles import HalfPair, assign_split, check_geometry, check_split, min_particles_per_half
-from ..summary import HalfMapReport, RunSummary
-from . import loop
+from ..summary import HalfMapReport, RunKind, RunSummary
+from .drive import AlignmentOptions, choose_device, new_summary, read_user_mask, run_iterations
 from .rundir import RunDir
+from .start import iteration0
 from .state import IterationPlan, follow_fsc
 
 log = logging.getLogger("gmmcore.refine")
@@ -31,20 +30,6 @@ log = logging.getLogger("gmmcore.refine")
 # Parameters that define the result: a run directory with other values cannot be continued.
 IDENTITY = ("particles", "particles_hash", "ref", "ngauss", "maxres", "minres", "sym", "mask", "steps", "lr_angle",
             "lr_shift", "seed", "new_split", "pad", "ring_weight", "prior_angle", "prior_shift")
-
-
-class AlignmentOptions:
-    """Pose-refinement settings from a parameter dataclass with the fields ``steps``, ``lr_angle``,
-    ``lr_shift``, ``prior_angle``, ``prior_shift``, ``ring_weight``, ``batch`` and ``chunk``
-    (shared by the global, focused and patch parameters)."""
-
-    def pose_settings(self) -> PoseSettings:
-        return PoseSettings(steps=self.steps, lr_angle_deg=self.lr_angle, lr_shift_px=self.lr_shift,
-                            prior_angle_deg=self.prior_angle, prior_shift_px=self.prior_shift)
-
-    def align_settings(self) -> AlignSettings:
-        return AlignSettings(pose=self.pose_settings(), ring_weight=self.ring_weight, batch=self.batch,
-                             chunk=self.chunk)
 
 
 @dataclass
@@ -81,11 +66,6 @@ class RefineParams(AlignmentOptions):
     version: str = field(default=__version__)
 
 
-def read_mask(path, box: int, apix: float):
-    """A user's mask: on the particles' grid and a usable soft mask (see masks.check_mask)."""
-    return check_mask(read_map_on_grid(path, box, apix), path=path)
-
-
 def run_global(p: RefineParams, executor=None) -> RunSummary:
     """Run (or continue) a global refinement; returns its summary (also DIR/summary.json).
 
@@ -107,7 +87,7 @@ def run_global(p: RefineParams, executor=None) -> RunSummary:
     if p.minres <= finest:
         raise InputError(f"{p.minres:g} Å is not coarser than the finest target resolution ({finest:.2f} Å): "
                          "no FRC rings would be left", field="--minres")
-    user_mask = read_mask(p.mask, box, apix) if p.mask else None
+    user_mask = read_user_mask(p.mask, box, apix) if p.mask else None
     ref = read_map_on_grid(p.ref, box, apix, what="reference", field="--ref") if p.ref else None
 
     backend = get_backend(p.backend)
@@ -117,19 +97,6 @@ def run_global(p: RefineParams, executor=None) -> RunSummary:
     except InputError:
         run.discard()  # bad input found mid-run: leave nothing a later run could trust
         raise
-
-
-def choose_device(backend, gpu: Optional[List[int]], cpu: bool, threads: Optional[int]) -> Tuple[str, List[str]]:
-    """This process's device through ``backend`` → (its description, warnings): a GPU asked for that
-    the backend does not see is a warning, logged here (the run goes on on the CPU)."""
-    device = backend.describe_devices(gpu, cpu_only=cpu, threads=threads)
-    warnings = []
-    if gpu and not cpu and "GPU" not in device:
-        warnings.append(f"GPU {','.join(map(str, gpu))} requested; the engine sees no GPU: running on the CPU "
-                        f"({backend.name} backend)")
-    for w in warnings:
-        log.warning("WARNING: %s", w)
-    return device, warnings
 
 
 def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, executor) -> RunSummary:
@@ -146,27 +113,21 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, exe
 
     # Only a user's mask may shape the GMMs: the automatic mask is made from both halves and serves
     # the FSC alone, so it must not touch either half's model.
-    begin = loop.start(table, run, p.sym, p.pad, p.chunk, fsc_mask=user_mask, executor=executor, backend=backend)
+    begin = iteration0(table, run, p.sym, p.pad, p.chunk, fsc_mask=user_mask, executor=executor, backend=backend)
     plan = IterationPlan(sym=p.sym, fsc_mask=begin.fsc_mask, fit_mask=user_mask,
                          band=follow_fsc(p.minres, apix, p.maxres), align=p.align_settings(),
                          prior=table.poses, ngauss=p.ngauss, seed=p.seed, pad=p.pad)
-    summary = RunSummary(kind="global", params=asdict(p), device=device,
-                         n_particles={str(h): int(r.size) for h, r in rows.items()},
-                         initial=HalfMapReport.from_json(begin.report), directory=str(run.path))
-    summary.extra["split"] = "new-random" if new_split else "input"
+    summary = new_summary(RunKind.GLOBAL, asdict(p), table, HalfMapReport.from_json(begin.report), run, device,
+                          warnings)
+    summary.split = "new-random" if new_split else "input"
     if new_split and table.meta.get("split_note"):
-        summary.extra["split_note"] = table.meta["split_note"]
-    if warnings:
-        summary.extra["warnings"] = warnings
+        summary.split_note = table.meta["split_note"]
     state = begin.state
     if ref is not None:  # the first GMMs come from the starting map, not from the input half maps
         log.info("first GMMs from --ref low-passed to %.1f Å", p.ref_lowpass)
         ref_lp = lowpass(ref, apix, p.ref_lowpass)
         state = replace(state, half_maps=HalfPair(ref_lp, ref_lp), resolution_A=max(state.resolution_A, p.ref_lowpass))
-    for i in range(1, p.iterations + 1):
-        state, record = loop.iterate(table, state, plan, backend, run.iteration(i), executor=executor)
-        summary.iterations.append(record)
-        summary.save()
+    state = run_iterations(table, state, plan, backend, run, summary, p.iterations, executor=executor)
     if not summary.iterations:
         state = begin.state
     summary.final = run.finish(table, state, table.poses, begin.state.resolution_A)

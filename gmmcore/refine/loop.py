@@ -7,7 +7,7 @@ target) → GMM_h (fitted within the band, or loaded when a killed run resumes) 
 their FSC measured.  Nothing mixes the halves before the FSC; its resolution sets the next band
 (the plan's rule), as in any gold-standard refinement.
 
-:func:`start` is iteration 0: half maps at the input poses, their FSC, the FSC mask.
+Iteration 0 (the start's half maps, their FSC, the FSC mask) is :func:`gmmcore.refine.start.iteration0`.
 """
 from __future__ import annotations
 
@@ -24,45 +24,14 @@ from ..backend import get_backend
 from ..gmm.align import AlignSet, align_sets
 from ..gmm.build import build_gmm
 from ..grids import FourierGrid
-from ..io.maps import read_map, write_map
-from ..masks import auto_mask
 from ..parallel import Unit, local_executor
 from ..particles import HalfPair, ParticleTable, check_geometry
 from ..reconstruct import reconstruct_halves
 from ..summary import HalfMapReport, IterationRecord, PoseChange
-from .rundir import IterationStore, RunDir, Start
+from .rundir import IterationStore
 from .state import IterationPlan, RefinementState
 
 log = logging.getLogger("gmmcore.refine")
-
-
-def start(table: ParticleTable, run: RunDir, sym: str, pad: float, chunk: int,
-          fsc_mask: Optional[np.ndarray] = None, executor=None, backend=None) -> Start:
-    """Iteration 0: reconstruct the half maps at the table's poses (or load them), make the
-    automatic FSC mask when ``fsc_mask`` is None (saved as mask_auto.mrc), report the FSC.
-    ``executor``: where the reconstruction's units run (default: this process)."""
-    box, apix = check_geometry(table)
-    store = run.iteration(0)
-    if store.complete:
-        report = store.report()
-        maps = store.load_half_maps()
-    else:
-        t0 = time.time()
-        log.info("reconstructing half maps at the input poses")
-        maps = reconstruct_halves(table, sym=sym, pad=pad, chunk=chunk, executor=executor, backend=backend,
-                                  desc="input poses")
-        store.save_half_maps(maps, apix)
-        if fsc_mask is None:
-            fsc_mask = auto_mask(0.5 * (maps[1] + maps[2]), apix)
-            write_map(run.auto_mask_path, fsc_mask, apix)
-        report = half_map_report(maps[1], maps[2], apix, fsc_mask)
-        report["seconds"] = time.time() - t0
-        store.finish(report)
-    if fsc_mask is None:
-        fsc_mask, _ = read_map(run.auto_mask_path)
-    log.info("input poses: resolution %.2f Å (masked), %.2f Å (unmasked)",
-             report["resolution_masked"], report["resolution_unmasked"])
-    return Start(RefinementState(0, table.poses, maps, float(report["resolution"])), report, fsc_mask)
 
 
 def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Optional[np.ndarray],
@@ -127,8 +96,8 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     maps = reconstruct_halves(table.with_poses(poses), sym=plan.sym, pad=plan.pad, chunk=plan.align.chunk,
                               executor=ex, backend=backend, desc=f"iter {it}")
     store.save_half_maps(maps, apix)
-    rep = HalfMapReport.from_json(half_map_report(maps[1], maps[2], apix, plan.fsc_mask))
-    rep.extra.update(plan.extra_report(maps))
+    rep = HalfMapReport.from_json({**half_map_report(maps[1], maps[2], apix, plan.fsc_mask),
+                                   **plan.extra_report(maps)})
     record = IterationRecord(
         iteration=it, target_resolution=band.resolution_A, report=rep, pose_change=change,
         frc={"before": {str(h): float(r.score0.mean()) for h, r in aligned.items()},

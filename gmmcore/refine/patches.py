@@ -8,7 +8,7 @@ half maps.
    pixel raised-cosine fall-off, so adjacent masks overlap.  Patches are numbered 1..K in the
    order of their centres' x, then y, then z; definition and masks are written once
    (``patches.json``, ``masks/patch_NN.mrc``) and read back by every later call or worker.
-2. Patch i = :func:`gmmcore.refine.focused.refine_focused` with mask i, ``iterations`` focused
+2. Patch i = :func:`gmmcore.refine.focused_run.refine_focused` with mask i, ``iterations`` focused
    iterations from the start (the source run's final state), in its own run directory
    ``DIR/patch_NN`` (kind "patch"): resumable on its own; a finished patch is never touched
    again.  ``only`` runs some patches (e.g. one per worker or GPU); the composite is made by the
@@ -23,14 +23,13 @@ half maps.
 Run directory:
 
     params.json, run.log, fsc_mask.mrc, masks/patch_NN.mrc,
-    patches.json   the patches (centre, radius, size), the start GMMs and each Gaussian's patch
+    patches.json   PatchDefinition: the patches (centre, radius, size), the start GMMs, each Gaussian's patch
     patch_NN/      a focused run (final/particles.star: that patch's poses)
     final/         half1.mrc, half2.mrc (composite), map.mrc, weights.mrc (Σ M_i)
-    summary.json   RunSummary kind "patches" (patches: PatchRecord list; extra["composite"])
+    summary.json   RunSummary kind "patches" (patches: PatchRecord list; composite_report)
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -46,15 +45,16 @@ from ..fsc import half_map_report
 from ..io.maps import read_map, write_map
 from ..masks import soft_sphere_mask
 from ..particles import HalfPair, check_geometry
-from ..safewrite import write_json
-from ..summary import FinalFiles, HalfMapReport, PatchRecord, RunSummary
-from .focused import FSC_MASK, FocusedAlignment, FocusedParams, fingerprint, refine_focused, start_from_run
+from ..summary import FinalFiles, HalfMapReport, PatchDefinition, PatchRecord, ReimposedMaps, RunKind, RunSummary
+from ..symmetry import symmetry_name
 from ..parallel import Unit, local_executor
+from .drive import finished, new_summary, read_user_mask, state_fingerprint
+from .focused_run import FocusedAlignment, FocusedParams, refine_focused
 from .rundir import RunDir, setup_logging
+from .start import FSC_MASK, start_from_run
 
 log = logging.getLogger("gmmcore.refine")
 
-PATCHES_JSON = "patches.json"
 IDENTITY = ("source", "start_fingerprint", "patches", "falloff_px", "patch_seed", "reimpose", "fsc_mask")
 
 
@@ -120,41 +120,31 @@ def _patch_dir(i: int) -> str:
 
 
 def _load_or_define(run: RunDir, p: PatchParams, gmms: HalfPair, box: int, apix: float) -> List[dict]:
-    path = run.path / PATCHES_JSON
-    if path.is_file():
-        return json.loads(path.read_text())["patches"]
+    if (run.path / PatchDefinition.NAME).is_file():
+        return PatchDefinition.load(run.path).patches
     patches, labels = define_patches(gmms, p.patches, box, apix, p.falloff_px, p.patch_seed)
     (run.path / "masks").mkdir(exist_ok=True)
     for i, patch in enumerate(patches, 1):
         patch.update(index=i, dir=_patch_dir(i), mask=f"masks/{_patch_dir(i)}.mrc")
         write_map(run.path / patch["mask"], patch_mask(patch, box, apix, p.falloff_px), apix)
-    write_json(path, {"k": p.patches, "seed": p.patch_seed, "falloff_px": p.falloff_px,
-                      "source": "K-means of both half GMMs' centres", "patches": patches,
-                      "gmm": {str(h): RunSummary.load(p.source).path("gmm", h) for h in (1, 2)},
-                      "labels": labels})
+    PatchDefinition(k=p.patches, seed=p.patch_seed, falloff_px=p.falloff_px,
+                    source="K-means of both half GMMs' centres", patches=patches,
+                    gmm={str(h): RunSummary.load(p.source).path("gmm", h) for h in (1, 2)},
+                    labels=labels).save(run.path)
     return patches
-
-
-def _finished(folder: Path, iterations: int) -> Optional[RunSummary]:
-    """The summary of the patch run in ``folder`` when it finished all ``iterations``, else None."""
-    f = folder / "summary.json"
-    if not f.is_file():
-        return None
-    s = RunSummary.load(f)
-    return s if s.final is not None and len(s.iterations) == iterations else None
 
 
 # ---------------------------------------------------------------------------------------------
 # the run
 
 
-def refine_patch(table, start, mask, params: FocusedParams, fsc_mask, fit_mask, extra: dict) -> RunSummary:
+def refine_patch(table, start, mask, params: FocusedParams, fsc_mask, fit_mask, mode: dict) -> RunSummary:
     """One patch: a focused run of kind "patch" in ``params.out`` (a work unit: runs in this
     process or on a worker, whose chosen device it keeps)."""
     from ..parallel.worker import chosen_device
 
-    return refine_focused(table, start, mask, params, fsc_mask=fsc_mask, fit_mask=fit_mask, kind="patch",
-                          extra=extra, device=chosen_device() if params.gpu is None else None)
+    return refine_focused(table, start, mask, params, fsc_mask=fsc_mask, fit_mask=fit_mask, kind=RunKind.PATCH,
+                          mode=mode, device=chosen_device() if params.gpu is None else None)
 
 
 def run_patches(p: PatchParams, executor=None) -> RunSummary:
@@ -166,18 +156,12 @@ def run_patches(p: PatchParams, executor=None) -> RunSummary:
     box, apix = check_geometry(table)
     if start.gmms is None:
         raise InputError("the source run has no final GMMs to cut into patches", path=p.source, field="--from")
-    p = replace(p, sym=str(p.sym or src.get("sym") or "C1").upper(), reimpose=p.reimpose and p.reimpose.upper())
+    p = replace(p, sym=symmetry_name(p.sym or src.get("sym") or "C1"),
+                reimpose=p.reimpose and symmetry_name(p.reimpose, "--reimpose"))
     if p.fsc_mask:
-        from ..io.maps import read_map_on_grid
-
-        fsc_mask = read_map_on_grid(p.fsc_mask, box, apix, what="FSC mask", field="--fsc-mask")
-    if p.reimpose:
-        from ..symmetry import symmetry_matrices
-
-        symmetry_matrices(p.reimpose)
+        fsc_mask = read_user_mask(p.fsc_mask, box, apix, "FSC mask", "--fsc-mask")
     record = asdict(p)
-    record["start_fingerprint"] = fingerprint(start.poses.rotation, start.poses.origin_A, start.half_maps[1],
-                                              start.half_maps[2])
+    record["start_fingerprint"] = state_fingerprint(start)
     # each patch_NN is a run of its own (maybe written by another worker now): it cleans itself
     run = RunDir.create_or_continue(p.out, record, IDENTITY, nested_runs=("patch_*",))
     if not (run.path / FSC_MASK).is_file():
@@ -192,16 +176,19 @@ def run_patches(p: PatchParams, executor=None) -> RunSummary:
              p.iterations, p.source)
 
     initial = HalfMapReport.from_json(half_map_report(start.half_maps[1], start.half_maps[2], apix, fsc_mask))
-    summary = RunSummary(kind="patches", params=record, n_particles={str(h): int(r.size) for h, r in
-                                                                     table.half_rows().items()},
-                         initial=initial, directory=str(run.path))
-    todo = []
-    for i in wanted:
-        if _finished(run.path / patches[i - 1]["dir"], p.iterations) is not None:
-            log.info("patch %d already complete", i)
-        else:
-            todo.append(i)
-    executor = executor or local_executor()
+    summary = new_summary(RunKind.PATCHES, record, table, initial, run)
+    todo = [i for i in wanted if finished(run.path / patches[i - 1]["dir"], p.iterations) is None]
+    for i in sorted(set(wanted) - set(todo)):
+        log.info("patch %d already complete", i)
+    device = _run_units(run, p, patches, todo, table, start, fsc_mask, fit_mask, executor or local_executor())
+    if device is not None:
+        summary.device = device
+    return _collect(run, p, patches, summary, start, fsc_mask, apix)
+
+
+def _run_units(run: RunDir, p: PatchParams, patches: List[dict], todo: List[int], table, start, fsc_mask, fit_mask,
+               executor) -> Optional[str]:
+    """Run the patches ``todo`` (one unit each); → the device of the last one (None: none ran)."""
     units = []
     for i in todo:
         patch = patches[i - 1]
@@ -216,46 +203,47 @@ def run_patches(p: PatchParams, executor=None) -> RunSummary:
 
     def done_one(k, s, info):
         setup_logging(run.path)  # a patch run in this process logged into its own run.log
-        i = todo[k]
         where = f" ({info.worker}, {info.device})" if info.device else ""
-        log.info("patch %d: %.2f -> %.2f Å within its mask%s", i, s.final.extra["resolution_focus_initial"],
-                 s.final.extra["resolution_focus"], where)
+        log.info("patch %d: %.2f -> %.2f Å within its mask%s", todo[k], s.final.resolution_focus_initial,
+                 s.final.resolution_focus, where)
 
-    if units:
-        if not executor.in_process:
-            log.info("%d patch(es) on %s", len(units), executor.describe())
-        summaries = executor.run(units, on_done=done_one)
-        summary.device = summaries[-1].device
+    if not units:
+        return None
+    if not executor.in_process:
+        log.info("%d patch(es) on %s", len(units), executor.describe())
+    return executor.run(units, on_done=done_one)[-1].device
 
+
+def _collect(run: RunDir, p: PatchParams, patches: List[dict], summary: RunSummary, start, fsc_mask,
+             apix: float) -> RunSummary:
+    """The patch records (results of the finished ones); the composite when every patch is finished."""
     records, done = [], []
     for patch in patches:
-        s = _finished(run.path / patch["dir"], p.iterations)
-        complete = s is not None
+        s = finished(run.path / patch["dir"], p.iterations)
         rec = PatchRecord(index=patch["index"], dir=patch["dir"], mask=patch["mask"], center_A=patch["center_A"],
-                          radius_A=patch["radius_A"], n_gaussians=patch["n_gaussians"], complete=complete)
-        if complete:
+                          radius_A=patch["radius_A"], n_gaussians=patch["n_gaussians"], complete=s is not None)
+        if s is not None:
             rec.resolution = s.resolution_final
-            rec.resolution_focus = s.final.extra.get("resolution_focus")
-            rec.resolution_focus_initial = s.final.extra.get("resolution_focus_initial")
+            rec.resolution_focus = s.final.resolution_focus
+            rec.resolution_focus_initial = s.final.resolution_focus_initial
             rec.particles = f"{patch['dir']}/{s.final.particles}"
             rec.summary = f"{patch['dir']}/summary.json"
             done.append((patch, s))
         records.append(rec)
-    summary.patches = [r.to_json() for r in records]
+    summary.patches = records
     if len(done) < len(patches):
         summary.save()
         log.info("%d of %d patches finished; the composite is made when all are", len(done), len(patches))
         return summary
-    summary.final, summary.extra["composite"] = _composite(run, done, start, fsc_mask, apix, p.reimpose)
+    summary.final, summary.composite_report = _composite(run, done, start, fsc_mask, apix, p.reimpose)
     summary.save()
-    comp = summary.composite()
-    log.info("done: %.2f Å (start) -> %.2f Å (composite, FSC mask); results in %s", initial.resolution,
-             comp.resolution, run.path / "final")
+    log.info("done: %.2f Å (start) -> %.2f Å (composite, FSC mask); results in %s", summary.initial.resolution,
+             summary.composite_report.resolution, run.path / "final")
     return summary
 
 
 def _composite(run: RunDir, done, start, fsc_mask, apix: float, reimpose: Optional[str]):
-    """Write final/ (composite halves, map, weights) and return (FinalFiles, composite report)."""
+    """Write final/ (composite halves, map, weights) and return (FinalFiles, the composite's report)."""
     fin = run.path / "final"
     fin.mkdir(exist_ok=True)
     masks = [read_map(run.path / patch["mask"])[0] for patch, _ in done]
@@ -275,7 +263,7 @@ def _composite(run: RunDir, done, start, fsc_mask, apix: float, reimpose: Option
         write_map(fin / f"half{h}.mrc", m, apix)
     write_map(fin / "map.mrc", lowpass(0.5 * (maps[1] + maps[2]), apix, rep["resolution"]), apix)
     files = FinalFiles(particles=None, gmm={}, gmm_pdb={}, pose_changes=None, resolution=float(rep["resolution"]),
-                       resolution_initial=None)
-    files.extra.update(weights="final/weights.mrc", fsc_mask=FSC_MASK, reimposed=reimpose,
+                       resolution_initial=None, weights="final/weights.mrc", fsc_mask=FSC_MASK,
+                       reimposed=ReimposedMaps(sym=reimpose) if reimpose else None,
                        fill_rule="(sum_i M_i*Map_i + max(0, 1 - sum_i M_i)*Global) / max(sum_i M_i, 1)")
-    return files, rep
+    return files, HalfMapReport.from_json(rep)
