@@ -41,8 +41,9 @@ def test_width_mask_values():
     # centres (x, y, z) Å from the box centre (index 16): x = 2 → voxel 17 (M 1); x = 0 → 16 (M 0.5);
     # x = −10 → voxel 11 (M 0); x = 1 → voxel 16.5 (trilinear: M 0.75); x = 60 → outside the box (M 0)
     g = GMM([[2, 3, 1], [0, -4, 2], [-10, 0, 0], [1, 0, 0], [60, 0, 0]], [1, 2, 3, 4, 5], [1.5, 2.0, 1.0, 1.2, 1.1])
-    out = widen(g, mask, apix)
-    np.testing.assert_allclose(width_factors(mask, g.centers, apix), [1.0, 1 / 0.625, 4.0, 1 / 0.8125, 4.0])
+    out = widen(g, mask, apix, rule="sigma")  # the paper's text: σ' = σ/(0.25 + 0.75·M)
+    np.testing.assert_allclose(width_factors(mask, g.centers, apix, rule="sigma"),
+                               [1.0, 1 / 0.625, 4.0, 1 / 0.8125, 4.0])
     assert out.sigmas[0] == g.sigmas[0]  # inside: unchanged, exactly
     assert out.sigmas[1] == np.float32(2.0 / 0.625)
     assert out.sigmas[2] == np.float32(4.0)  # exactly 4x
@@ -50,12 +51,28 @@ def test_width_mask_values():
     assert out.sigmas[4] == np.float32(4.4)
     assert np.array_equal(out.centers, g.centers) and np.array_equal(out.amplitudes, g.amplitudes)
     assert np.array_equal(g.sigmas, np.float32([1.5, 2.0, 1.0, 1.2, 1.1]))  # the input is not modified
+    # the default, the reference code's rule: σ'² = σ²/(0.25 + 0.75·M) — at most 2× wider
+    var = widen(g, mask, apix)
+    np.testing.assert_allclose(width_factors(mask, g.centers, apix),
+                               [1.0, 1 / np.sqrt(0.625), 2.0, 1 / np.sqrt(0.8125), 2.0])
+    assert var.sigmas[0] == g.sigmas[0] and var.sigmas[2] == np.float32(2.0)
+    np.testing.assert_allclose(var.sigmas.astype(np.float64) ** 2,
+                               g.sigmas.astype(np.float64) ** 2 / np.array([1, 0.625, 0.25, 0.8125, 0.25]),
+                               rtol=1e-6)
+    # another mask level: L = 0.5 → at most √2 (variance) / 2 (sigma)
+    np.testing.assert_allclose(width_factors(mask, g.centers, apix, level=0.5)[[0, 2]], [1.0, np.sqrt(2.0)])
+    np.testing.assert_allclose(width_factors(mask, g.centers, apix, level=0.5, rule="sigma")[[0, 2]], [1.0, 2.0])
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            width_factors(mask, g.centers, apix, level=bad)
     # the hook: same mask for both halves, never compounding (applied to the raw GMM each time)
     hook = widen_outside(mask, apix)
     once = hook(1, g)
     again = hook(2, g)
-    assert np.array_equal(once.sigmas, again.sigmas) and np.array_equal(once.sigmas, out.sigmas)
-    assert once.meta["focus"]["widened"] == 4
+    assert np.array_equal(once.sigmas, again.sigmas) and np.array_equal(once.sigmas, var.sigmas)
+    assert once.meta["focus"]["widened"] == 4 and once.meta["focus"]["rule"] == "variance"
+    paper = widen_outside(mask, apix, rule="sigma")(1, g)
+    assert np.array_equal(paper.sigmas, out.sigmas)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,8 +134,8 @@ def test_focus_changes_alignment_and_survives_resume(start, focus_run, tmp_path)
     for h in (1, 2):
         gf, gn = GMM.load(it_f / f"gmm_half{h}.gmm.npz"), GMM.load(it_n / f"gmm_half{h}.gmm.npz")
         assert np.array_equal(gf.sigmas, gn.sigmas) and np.array_equal(gf.centers, gn.centers)
-        f = width_factors(mask, gf.centers, 2.0)
-        assert (f > 3.0).mean() > 0.3 and (f == 1.0).sum() >= 5  # most Gaussians widened, some kept
+        f = width_factors(mask, gf.centers, 2.0)  # the default rule: M < 1/9 ⇔ f > √3
+        assert (f > 1.73).mean() > 0.3 and (f == 1.0).sum() >= 5  # most Gaussians widened, some kept
     pf, pn = Poses.load(it_f / "poses.npz"), Poses.load(it_n / "poses.npz")
     d = angular_distance(pf.rotation, pn.rotation)
     print(f"\nfocused vs unfocused poses: mean {d.mean():.2f}°, median {np.median(d):.2f}°")
