@@ -17,3 +17,6 @@ SEED = 0  # random seed
 BACKEND = "tf"  # array backend
 BACKENDS = ("tf", "jax")
 SYMMETRY = "C1"
+WIDTH_RULE = "variance"  # focused refinement: σ'² = σ²/d outside the mask (the reference code's rule)
+WIDTH_RULES = ("variance", "sigma")  # sigma: σ' = σ/d (the paper's text)
+MASK_LEVEL = 0.25  # focused refinement: d = L + (1 − L)·M, L the mask level

@@ -86,6 +86,17 @@ def add_step_arguments(p: argparse.ArgumentParser, *, steps: int = defaults.STEP
                    help=f"Adam step for shifts, pixels (default {lr_shift:g})")
 
 
+def add_focus_arguments(p: argparse.ArgumentParser) -> None:
+    """How Gaussians outside a focus mask are widened: ``--width-rule``, ``--mask-level``."""
+    p.add_argument("--width-rule", choices=defaults.WIDTH_RULES, default=defaults.WIDTH_RULE,
+                   help="widening of the Gaussians outside the focus mask, d = L + (1 − L)·M at each centre: "
+                        "variance (σ'² = σ²/d, at most 2× wider at L 0.25: the reference implementation's rule; "
+                        "default) or sigma (σ' = σ/d, at most 4×: the paper's text)")
+    p.add_argument("--mask-level", type=float, default=defaults.MASK_LEVEL,
+                   help=f"L above: the weight left outside the focus mask, 0 < L ≤ 1 (default {defaults.MASK_LEVEL:g}; "
+                        "1 = no widening)")
+
+
 def add_ring_weight_argument(p: argparse.ArgumentParser) -> None:
     """``--ring-weight``: how the FRC weighs its rings."""
     p.add_argument("--ring-weight", choices=["ssnr", "uniform"], default="ssnr",
@@ -136,6 +147,7 @@ RULES = {
     "--ngauss": at_least(1, " (leave it out to estimate it)"), "--seed": at_least(0),
     "--lr-angle": POSITIVE, "--lr-shift": POSITIVE, "--minres": RESOLUTION, "--maxres": RESOLUTION,
     "--prior-angle": PRIOR, "--prior-shift": PRIOR,
+    "--mask-level": ((lambda v: 0 < v <= 1), "must be in (0, 1]"),
 }
 
 
@@ -201,7 +213,9 @@ def alignment_values(args: argparse.Namespace) -> dict:
     return dict(sym=args.sym and args.sym.upper(), ngauss=args.ngauss, maxres=args.maxres, minres=args.minres,
                 batch=parse_batch(args.batch), chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle,
                 lr_shift=args.lr_shift, ring_weight=args.ring_weight, prior_angle=prior_angle, prior_shift=prior_shift,
-                gpu=parse_gpus(args.gpu), cpu=args.cpu, seed=args.seed, backend=args.backend, threads=args.threads)
+                gpu=parse_gpus(args.gpu), cpu=args.cpu, seed=args.seed, backend=args.backend, threads=args.threads,
+                width_rule=getattr(args, "width_rule", defaults.WIDTH_RULE),
+                mask_level=getattr(args, "mask_level", defaults.MASK_LEVEL))
 
 
 def pose_prior(args: argparse.Namespace, angle_deg: float = defaults.PRIOR_ANGLE_DEG,

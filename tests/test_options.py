@@ -37,6 +37,9 @@ BAD = [
     ("--iter", ["--iter", "-1"]),
     ("--sym", ["--sym", "X7"]),
     ("--reimpose", ["--reimpose", "Q2"]),
+    ("--mask-level", ["--mask-level", "0"]),
+    ("--mask-level", ["--mask-level", "1.5"]),
+    ("--mask-level", ["--mask-level", "nan"]),
 ]
 
 

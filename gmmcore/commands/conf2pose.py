@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .. import defaults
 from ..errors import InputError
-from ..options import (RESOLUTION, TF_ONLY, add_band_arguments, add_deprecated_alias, add_prior_arguments,
+from ..options import (RESOLUTION, TF_ONLY, add_band_arguments, add_deprecated_alias, add_focus_arguments,
+                       add_prior_arguments,
                        add_run_arguments, add_step_arguments, at_least, check, check_continue, existing, fixed_batch,
                        pose_prior)
 from ..parallel.flags import parse_gpus
@@ -43,6 +44,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--focus-steps", type=int, default=defaults.STEPS,
                    help=f"focused refinement: gradient steps per particle (default {defaults.STEPS})")
     add_prior_arguments(p, centred_on="the converted poses (focused refinement)")
+    add_focus_arguments(p)
     add_run_arguments(p, backend_help=TF_ONLY, batch_auto=False,
                       gpu_help="GPU id to use (default: the first GPU TensorFlow sees)")
 
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         lr_angle=args.lr_angle, lr_shift=args.lr_shift, res=args.convert_maxres, focus_iter=args.focus_iter,
         maxres=args.maxres, minres=args.minres, focus_steps=args.focus_steps,
         prior_angle=prior_angle, prior_shift=prior_shift,
-        batch=batch, chunk=args.chunk, seed=args.seed, gpu=parse_gpus(args.gpu), cpu=args.cpu)
+        batch=batch, chunk=args.chunk, seed=args.seed, gpu=parse_gpus(args.gpu), cpu=args.cpu,
+        width_rule=args.width_rule, mask_level=args.mask_level)
     run_conf2pose(params)
     return 0

@@ -2,8 +2,8 @@
 
 From a finished run (--from, e.g. a `gmmcore refine` directory) or from another program's
 particles and half maps (--particles --half1 --half2): per half, a GMM of the half map whose
-Gaussians outside --mask are widened (σ/(0.25 + 0.75·M), M the mask at the Gaussian's centre: 4×
-where M = 0), then local pose refinement of that half's particles against it, reconstruction and
+Gaussians outside --mask are widened (σ'² = σ²/(0.25 + 0.75·M), M the mask at the Gaussian's centre:
+2× where M = 0; --width-rule sigma for the paper's σ' = σ/(…), 4×), then local pose refinement of that half's particles against it, reconstruction and
 FSC — unmasked, with the FSC mask, and within the focus mask.  The pose prior is centred on the
 poses the run starts from.  Re-running the same command continues a killed run.
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from ..options import add_alignment_arguments, alignment_values, check, check_continue, existing, existing_all
+from ..options import add_alignment_arguments, add_focus_arguments, alignment_values, check, check_continue, existing, existing_all
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -36,6 +36,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "gmmcore expand-symmetry, refined in C1 with a mask on one asymmetric unit)")
     p.add_argument("--out", required=True, help="run directory (re-running the same command continues it)")
     add_alignment_arguments(p)
+    add_focus_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

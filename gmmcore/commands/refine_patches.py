@@ -23,7 +23,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from ..options import add_alignment_arguments, alignment_values, at_least, check, check_continue, existing
+from ..options import add_alignment_arguments, add_focus_arguments, alignment_values, at_least, check, check_continue, existing
 from ..parallel import flags as execution
 
 
@@ -41,6 +41,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (re-running the same command continues it)")
     add_alignment_arguments(p, gpu_help="GPU id(s), e.g. 0 or 0,1,2,3 (default: the first GPU the backend sees); "
                                         "several ids: one patch per GPU at once")
+    add_focus_arguments(p)
     execution.configure_parser(p)
 
 

@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import defaults
 from ..masks import values_at
 from .model import GMM
 
@@ -38,8 +39,8 @@ class WidthRule(str, Enum):
     SIGMA = "sigma"  # σ' = σ/d: the paper's text (≤ 4× at L = 0.25)
 
 
-DEFAULT_WIDTH_RULE = WidthRule.VARIANCE
-DEFAULT_MASK_LEVEL = 0.25
+DEFAULT_WIDTH_RULE = WidthRule(defaults.WIDTH_RULE)
+DEFAULT_MASK_LEVEL = defaults.MASK_LEVEL
 
 
 def check_mask_level(level: float) -> float:

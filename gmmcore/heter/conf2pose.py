@@ -49,7 +49,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, defaults
 from ..backend import PoseSettings, ProjectionRMSDObjective, get_backend
 from ..errors import InputError
 from ..fsc import half_map_report
@@ -71,7 +71,7 @@ from .pair import HalfNetwork
 log = logging.getLogger("gmmcore.refine.heter")
 
 IDENTITY = ("source", "mask", "steps", "lr_angle", "lr_shift", "res", "focus_iter", "maxres", "minres",
-            "focus_steps", "prior_angle", "prior_shift", "seed")
+            "focus_steps", "prior_angle", "prior_shift", "seed", "width_rule", "mask_level")
 SUB_BATCH = 1024  # particles decoded at once
 CONVERT = "convert"
 
@@ -98,6 +98,8 @@ class Conf2PoseParams:
     seed: int = 0
     gpu: Optional[List[int]] = None
     cpu: bool = False
+    width_rule: str = defaults.WIDTH_RULE  # focused refinement: widening outside the mask (gmm.focus)
+    mask_level: float = defaults.MASK_LEVEL
     version: str = field(default=__version__)
 
     def pose_settings(self) -> PoseSettings:
@@ -221,7 +223,8 @@ def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
     fp = FocusedParams(out=str(out), mask=p.mask, iterations=int(p.focus_iter),
                        source=str(Path(inp.hs.directory).resolve()), fsc_mask=p.mask, sym="C1", maxres=p.maxres,
                        minres=p.minres, batch=p.batch, chunk=p.chunk, steps=p.focus_steps, prior_angle=p.prior_angle,
-                       prior_shift=p.prior_shift, gpu=p.gpu, cpu=p.cpu, seed=p.seed)
+                       prior_shift=p.prior_shift, gpu=p.gpu, cpu=p.cpu, seed=p.seed, width_rule=p.width_rule,
+                       mask_level=p.mask_level)
     start = RefinementState(0, poses, maps, float(conv_rep["resolution"]))
     summary = refine_focused(conv_table, start, inp.mask, fp, fsc_mask=inp.mask, backend=backend,
                              kind=RunKind.CONF2POSE, mode={"conversion": conversion, "conf2pose": asdict(p),

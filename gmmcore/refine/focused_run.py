@@ -1,9 +1,10 @@
 """One focused run from arrays: the refinement loop with the GMMs widened outside a mask.
 
 A focused run is :func:`gmmcore.refine.loop.iterate` with a plan (:func:`focused_plan`) whose
-``shape_gmm`` hook is :func:`gmmcore.gmm.focus.widen_outside` (σ' = σ/(0.25 + 0.75·M(c)) for every
-Gaussian whose centre lies where the focus mask M < 1; applied after every fit and every resume
-load, never saved, never compounding).  Everything else is global refinement's gold standard: per
+``shape_gmm`` hook is :func:`gmmcore.gmm.focus.widen_outside` (by default σ'² = σ²/(0.25 + 0.75·M(c))
+for every Gaussian whose centre lies where the focus mask M < 1 — the reference code's rule; the
+paper's σ' = σ/(…) with ``width_rule="sigma"``; applied after every fit and every resume load, never
+saved, never compounding).  Everything else is global refinement's gold standard: per
 half its own GMM, fitted to its own half map; particles of a half aligned only to it; the pose
 prior centred on the poses the focused run *started from*; the band follows the measured
 (FSC-mask) resolution.  Reports: every iteration's FSC unmasked, with the FSC mask, and within
@@ -31,7 +32,7 @@ from typing import List, Optional, Union
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, defaults
 from ..backend import get_backend
 from ..errors import InputError
 from ..fsc import fsc_masked, half_map_report, resolution_at
@@ -54,7 +55,7 @@ FOCUS_MASK = "focus_mask.mrc"
 # Parameters that define a focused run's result (with the fingerprints of its start and masks).
 IDENTITY = ("particles_hash", "start_fingerprint", "focus_mask_fingerprint", "fsc_mask_fingerprint", "fit_mask_fingerprint",
             "ngauss", "maxres", "minres", "sym", "steps", "lr_angle", "lr_shift", "seed", "pad", "ring_weight",
-            "prior_angle", "prior_shift")
+            "prior_angle", "prior_shift", "width_rule", "mask_level")
 
 
 @dataclass(kw_only=True)
@@ -80,6 +81,8 @@ class FocusedAlignment(AlignmentOptions):
     pad: int = 2
     threads: Optional[int] = None  # CPU threads (None: all cores)
     backend: str = "tf"  # "tf" or "jax"
+    width_rule: str = defaults.WIDTH_RULE  # "variance" (σ'²=σ²/d) or "sigma" (σ'=σ/d), gmm.focus
+    mask_level: float = defaults.MASK_LEVEL  # L in d = L + (1 − L)·M
 
 
 @dataclass
@@ -117,7 +120,7 @@ def focused_plan(table: ParticleTable, start: RefinementState, focus_mask: np.nd
     box, apix = check_geometry(table)
     return IterationPlan(sym=params.sym or "C1", fsc_mask=fsc_mask, fit_mask=fit_mask,
                          band=follow_fsc(params.minres, apix, params.maxres), align=params.align_settings(),
-                         shape_gmm=widen_outside(focus_mask, apix), prior=start.poses, ngauss=params.ngauss,
+                         shape_gmm=widen_outside(focus_mask, apix, params.mask_level, params.width_rule), prior=start.poses, ngauss=params.ngauss,
                          seed=params.seed, pad=params.pad, extra_report=focus_report(focus_mask, apix))
 
 
