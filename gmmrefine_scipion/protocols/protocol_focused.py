@@ -121,7 +121,7 @@ class _GmmFocusedBase(GmmProtRunBase):
     def _comparisonFscs(self, summary):
         """Scipion FSCs of the comparison plot: input poses, global (start), result, focus-mask curves."""
         from pwem.objects import FSC
-        from gmmrefine_scipion.viewers.plots_focused import comparison_curves
+        from gmmrefine_scipion.plotting.focused import comparison_curves
         fscs = self._createSetOfFSCs()
         for label, freq, curve, res, _ in comparison_curves(summary):
             fsc = FSC(objLabel="%s (%.2f Å)" % (label, res))
@@ -329,7 +329,7 @@ class GmmProtPatchRefine(_GmmFocusedBase, ProtRefine3D):
 
     def _patchFscs(self, summary):
         from pwem.objects import FSC
-        from gmmrefine_scipion.viewers.plots_focused import patch_runs
+        from gmmrefine_scipion.plotting.focused import patch_runs
         fscs = self._comparisonFscs(summary)
         for rec, s in patch_runs(summary):
             if s is None or not s.iterations:

@@ -4,7 +4,7 @@ import os
 import pyworkflow.protocol.params as params
 
 from gmmrefine_scipion.protocols import GmmProtFocusedRefine, GmmProtPatchRefine
-from . import plots, plots_focused
+from gmmrefine_scipion.plotting import focused as plots_focused, refine as plots
 from .viewer_refine import GmmSummaryViewer, chimerax_program
 
 
