@@ -49,11 +49,8 @@ class GmmProtocolMixin:
         errfile = os.path.abspath(self._getExtraPath(ERROR_FILE))
         if os.path.exists(errfile):
             os.remove(errfile)
-        env = Plugin.getEnviron()
+        env = self.engineEnviron()
         env["GMMCORE_ERROR_FILE"] = errfile
-        threads = getattr(self, "numberOfThreads", None)  # the form's Threads field, where it has one
-        if threads is not None and threads.get():
-            env[THREADS_ENV] = str(max(1, threads.get()))
         arguments = Plugin.getGmmcoreArgs(verb, *args, **options)
         if extra:
             arguments += " " + extra
@@ -64,6 +61,14 @@ class GmmProtocolMixin:
             if reason:
                 raise RuntimeError(reason) from None
             raise RuntimeError("gmmcore %s failed (%s); see the log for details." % (verb, exc)) from None
+
+    def engineEnviron(self):
+        """The engine's environment: the plugin's, with the form's Threads (where it has them)."""
+        env = Plugin.getEnviron()
+        threads = getattr(self, "numberOfThreads", None)
+        if threads is not None and threads.get():
+            env[THREADS_ENV] = str(max(1, threads.get()))
+        return env
 
     @staticmethod
     def abspath(path):
