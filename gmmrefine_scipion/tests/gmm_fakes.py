@@ -177,3 +177,18 @@ def write_conf2pose_run(folder, n=24, box=16, apix=2.0, seed=3):
                                              "shift_median": 0.4}, "resolution_region": 9.0}
     s.save(folder)
     return os.path.join(folder, "summary.json")
+
+
+def write_focused_run(folder, n=24, box=16, apix=2.0, seed=4):
+    """A refine-focused output folder (kind "focused": the FSC within the focus mask at the start
+    and after each iteration), written through the engine's run contract."""
+    from gmmcore.summary import RunSummary
+    write_refine_run(folder, n=n, box=box, apix=apix, iterations=1, seed=seed)
+    s = RunSummary.load(folder)
+    s.kind = "focused"
+    s.initial.extra.update(resolution_focus=9.0, fsc_focus=s.initial.fsc["masked"])
+    for rec in s.iterations:
+        rec.report.extra.update(resolution_focus=8.0, fsc_focus=rec.report.fsc["masked"])
+    s.final.extra.update(resolution_focus_initial=9.0, resolution_focus=8.0)
+    s.save(folder)
+    return os.path.join(folder, "summary.json")

@@ -11,12 +11,14 @@ from pyworkflow.tests import BaseTest, setupTestProject
 from pyworkflow.viewer import DESKTOP_TKINTER
 
 import gmm_fakes
+from gmmrefine_scipion.plotting.refine import _new_figure
 from gmmrefine_scipion.protocols import (GmmProtConfToPose, GmmProtFocusedRefine, GmmProtHeterogeneity,
                                          GmmProtPatchRefine, GmmProtRefine)
 
 # protocol -> forge its run directory (None: the form only)
 FAKE_RUNS = {GmmProtRefine: gmm_fakes.write_refine_run, GmmProtHeterogeneity: gmm_fakes.write_heterogeneity_run,
-             GmmProtConfToPose: gmm_fakes.write_conf2pose_run, GmmProtFocusedRefine: None, GmmProtPatchRefine: None}
+             GmmProtConfToPose: gmm_fakes.write_conf2pose_run, GmmProtFocusedRefine: gmm_fakes.write_focused_run,
+             GmmProtPatchRefine: None}
 
 
 class TestGmmViewerForms(BaseTest):
@@ -30,6 +32,10 @@ class TestGmmViewerForms(BaseTest):
         forge = FAKE_RUNS[protClass]
         if forge is not None:
             forge(prot.getRunDir())
+        if hasattr(prot, "getLocalResolutionFile") and forge is not None:  # as gmmcore local-resolution writes it
+            import shutil
+            os.makedirs(prot._getExtraPath("localres"))
+            shutil.copy(prot.getRunDir("final", "map.mrc"), prot._getExtraPath("localres", "local_resolution.mrc"))
         return prot, forge is not None
 
     def test_every_viewer_form_builds_and_evaluates(self):
@@ -57,6 +63,9 @@ class TestGmmViewerForms(BaseTest):
                     continue  # needs ChimeraX configured
                 views = handlers[name](name)
                 self.assertEqual([type(v).__name__ for v in views], ["FigureView"], (protClass.__name__, name))
+                fig = _new_figure((8, 5))
+                views[0]._draw(fig)  # what show() draws into its window, off screen
+                self.assertTrue(fig.axes, (protClass.__name__, name))
 
     def test_patch_fields_only_for_patch_runs(self):
         focused, _ = self._protocol(GmmProtFocusedRefine)
