@@ -1,7 +1,7 @@
 """Every viewer's form is built and its conditions evaluated the way Scipion's "Analyze results"
 does it (pwem's Domain.findViewers for the protocol, ProtocolViewer.setProtocol, then each field's
 condition and expert level as pyworkflow's FormWindow evaluates them), for every protocol that has
-a viewer; each button of the form has a view, and (for the runs gm_fakes can forge) builds one.
+a viewer; each button of the form has a view, and (for the runs gmm_fakes can forge) draws it.
 No engine run, no display (seconds)."""
 import os
 
