@@ -133,6 +133,9 @@ class GmmProtFocusedRefine(GmmProtFocusedBase, ProtRefine3D):
             ex = summary.final.extra
             lines.append("Within the focus mask: %.2f Å -> %.2f Å" % (ex["resolution_focus_initial"],
                                                                     ex["resolution_focus"]))
+            if ex["resolution_focus"] > ex["resolution_focus_initial"]:
+                lines.insert(0, "Warning: the region got worse within the focus mask; it may not move relative to "
+                                "the rest (a rigid particle): keep the start's result.")
             if ex.get("reimposed"):
                 lines.append("Symmetry %s reimposed: %.2f Å" % (ex["reimposed"]["sym"], ex["reimposed"]["resolution"]))
         return lines
