@@ -1,4 +1,6 @@
 """Patch-by-patch GMM refinement with composite half maps (``gmmcore refine-patches``)."""
+from collections import namedtuple
+
 import pyworkflow as pw
 import pyworkflow.protocol.params as params
 from pwem.objects import SetOfFSCs, SetOfParticles, Volume, VolumeMask
@@ -7,6 +9,7 @@ from pwem.protocols import ProtRefine3D
 from .protocol_focused_base import GmmProtFocusedBase
 
 PATCHES_DIR = "patches"
+PossibleOutput = namedtuple("PossibleOutput", "name value")  # what pyworkflow reads of an outputs Enum member
 
 
 class GmmProtPatchRefine(GmmProtFocusedBase, ProtRefine3D):
@@ -38,11 +41,12 @@ class GmmProtPatchRefine(GmmProtFocusedBase, ProtRefine3D):
                       help="Soft edge added to each spherical patch mask (adjacent masks overlap).")
 
     def getPossibleOutputs(self):
-        """Besides the composite: the particles and the mask of every patch (numbered from 1)."""
-        outputs = dict(self._possibleOutputs)
+        """Besides the composite: the particles and the mask of every patch (numbered from 1), as
+        (name, class) pairs that pyworkflow reads like the members of an outputs Enum."""
+        outputs = [PossibleOutput(name, cls) for name, cls in self._possibleOutputs.items()]
         for k in range(1, (self.numberOfPatches.get() or 0) + 1):
-            outputs["outputParticlesPatch%02d" % k] = SetOfParticles
-            outputs["outputMaskPatch%02d" % k] = VolumeMask
+            outputs += [PossibleOutput("outputParticlesPatch%02d" % k, SetOfParticles),
+                        PossibleOutput("outputMaskPatch%02d" % k, VolumeMask)]
         return outputs
 
     def _inputSignature(self):

@@ -101,5 +101,6 @@ class TestGmmProtocolForms(BaseTest):
 
     def test_patch_outputs_are_possible_outputs(self):
         prot = GmmProtPatchRefine(numberOfPatches=2)
-        names = set(prot.getPossibleOutputs())
-        self.assertTrue({"outputVolume", "outputParticlesPatch01", "outputMaskPatch02"} <= names, names)
+        names = {name for name, _ in prot.iterOutputAttributes(includePossible=True)}  # as pyworkflow lists them
+        self.assertEqual(names, {"outputVolume", "outputFSCs", "outputLocalResolution", "outputParticlesPatch01",
+                                 "outputParticlesPatch02", "outputMaskPatch01", "outputMaskPatch02"})
