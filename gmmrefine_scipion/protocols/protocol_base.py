@@ -327,6 +327,12 @@ class GmmProtRunBase(GmmProtocolMixin):
         """[(form label, Volume)]: the chosen maps that must share the particles' box and pixel size."""
         return []
 
+    def _warnings(self):
+        """What the user confirms before the run starts (Scipion asks in the form)."""
+        if not self.usesGpu() and not self._deviceOptions().get("dask_scheduler"):
+            return ["'Use GPU' is No: gmmcore runs on the CPU, much slower (fine for small tests)."]
+        return []
+
     def _gpuErrors(self):
         """The form's GPU fields: GPU use asked for without GPU ids is an error (as a list)."""
         if self.usesGpu() and not self.getGpuList():

@@ -176,6 +176,17 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
             errors.append("The highest resolution (Å) must be a smaller number than the lowest.")
         return errors
 
+    def _warnings(self):
+        warnings = GmmProtRunBase._warnings(self)
+        if self.newSplit.get():
+            warnings.append("'%s' is Yes: particles without a usable split get random half sets, and the "
+                            "resolution is then not independent of the refinement that made their poses."
+                            % NEW_SPLIT_LABEL)
+        if self.fewParticles.get():
+            warnings.append("'%s' is Yes: with too few particles per half set the FSC is not a resolution."
+                            % FEW_PARTICLES_LABEL)
+        return warnings
+
     def _countErrors(self, counts, box):
         """Each half set needs π·box/2 particles (gmmcore's rule); a new split halves the set."""
         fewest = min(counts.get(1, 0), counts.get(2, 0))

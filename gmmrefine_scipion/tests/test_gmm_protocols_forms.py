@@ -83,6 +83,8 @@ class TestGmmProtocolForms(BaseTest):
         refine.referenceMask.set(self._mask("mask_ok", 16, 2.0))
         refine.fewParticles.set(True)
         self.assertEqual(refine.validate(), [])
+        # what the form asks the user to confirm
+        self.assertEqual(len(refine.warnings()), 2, refine.warnings())  # CPU only, few particles
 
     def test_gpu_requested_and_not_used_is_a_summary_warning(self):
         for protClass, forge, load in ((GmmProtRefine, gmm_fakes.write_refine_run, RunSummary),
