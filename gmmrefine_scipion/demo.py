@@ -95,7 +95,7 @@ def main(argv=None):
     # 2. Scipion project
     from pyworkflow.project import Manager
     from gmmrefine_scipion.protocols import GmmProtImportParticles, GmmProtRefine
-    from gmmrefine_scipion.viewers import plots
+    from gmmrefine_scipion.plotting import refine as plots
 
     name = "gmmrefine_demo_%s" % time.strftime("%Y%m%d_%H%M%S")
     manager = Manager()

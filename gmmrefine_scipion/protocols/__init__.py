@@ -2,7 +2,8 @@
 from .protocol_export import GmmProtExportParticles
 from .protocol_import import GmmProtImportParticles
 from .protocol_refine import GmmProtRefine
-from .protocol_focused import GmmProtFocusedRefine, GmmProtPatchRefine
+from .protocol_focused import GmmProtFocusedRefine
+from .protocol_patches import GmmProtPatchRefine
 from .protocol_expand import GmmProtExpandSymmetry
 from .protocol_heterogeneity import GmmProtHeterogeneity
 from .protocol_conf2pose import GmmProtConfToPose

@@ -1,21 +1,32 @@
-"""What every gmmrefine protocol shares: running gmmcore, reading its run contract.
+"""What every gmmrefine protocol shares: running gmmcore, reading its run contract, the form.
 
 * :class:`GmmProtocolMixin` — run ``gmmcore <verb>`` through ``runJob`` (logged, cancellable, on
-  the protocol's host); a failure raises the engine's own one-line reason (file, field, remedy).
-* :class:`GmmProtRunBase` — a protocol that runs one gmmcore *run directory* (``extra/<RUN_DIR>``)
-  and registers its outputs: ``convertInputStep`` → ``runEngineStep`` (``gmmcore <VERB>
-  <_engineOptions()> --out DIR``; a rerun continues a killed run) → ``createOutputStep``
-  (outputs read through :class:`gmmcore.summary.RunSummary`).  A new protocol supplies its form,
-  ``convertInputStep``, ``_engineOptions`` and ``_registerOutputs``.
+  the protocol's host; the form's Threads, where it has them, through ``GMMCORE_THREADS``); a
+  failure raises the engine's own one-line reason (file, field, remedy).
+* :class:`GmmProtRunBase` — a protocol that runs one gmmcore *run directory* (:meth:`getRunDir`,
+  ``extra/<RUN_DIR>``) and registers its outputs: ``convertInputStep`` → ``runEngineStep``
+  (``gmmcore <VERB> <_engineOptions()> --out DIR``; a rerun continues a killed run) →
+  ``createOutputStep`` (outputs read through the run's summary, :mod:`gmmcore.summary`).  Its form
+  holds the fields every compute protocol has (GPU, highest resolution, pose prior, batch size with
+  0 = automatic, array backend, extra arguments, Threads); a new protocol supplies its own fields
+  through the ``_define*Params`` hooks, ``_protocolOptions``, ``convertInputStep``,
+  ``_registerOutputs``, ``_validateInputs`` and ``_summaryLines``.
 """
 import os
 import re
 
+import pyworkflow.protocol.params as params
+from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
+
 from gmmcore.summary import SUMMARY_NAME, RunSummary
 
 from gmmrefine_scipion import Plugin
+from gmmrefine_scipion.constants import BACKEND_HELP, BACKEND_LABELS, BACKEND_VALUES
 
 ERROR_FILE = "gmmcore_error.txt"  # the engine writes its one-line error here (GMMCORE_ERROR_FILE)
+THREADS_ENV = "GMMCORE_THREADS"  # the engine's one CPU-threads knob (gmmcore.resources), inherited by its workers
+THREADS_HELP = ("CPU threads gmmcore may use (TensorFlow, FFTs, half maps reconstructed in parallel), also "
+                "beside a GPU.")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -38,7 +49,7 @@ class GmmProtocolMixin:
         errfile = os.path.abspath(self._getExtraPath(ERROR_FILE))
         if os.path.exists(errfile):
             os.remove(errfile)
-        env = Plugin.getEnviron()
+        env = self.engineEnviron()
         env["GMMCORE_ERROR_FILE"] = errfile
         arguments = Plugin.getGmmcoreArgs(verb, *args, **options)
         if extra:
@@ -50,6 +61,14 @@ class GmmProtocolMixin:
             if reason:
                 raise RuntimeError(reason) from None
             raise RuntimeError("gmmcore %s failed (%s); see the log for details." % (verb, exc)) from None
+
+    def engineEnviron(self):
+        """The engine's environment: the plugin's, with the form's Threads (where it has them)."""
+        env = Plugin.getEnviron()
+        threads = getattr(self, "numberOfThreads", None)
+        if threads is not None and threads.get():
+            env[THREADS_ENV] = str(max(1, threads.get()))
+        return env
 
     @staticmethod
     def abspath(path):
@@ -90,10 +109,71 @@ def validateSymmetry(sym):
 
 class GmmProtRunBase(GmmProtocolMixin):
     """A protocol that runs one gmmcore run directory (see the module notes).  Mix in before the
-    Scipion protocol class: ``class P(GmmProtRunBase, ProtRefine3D)`` (first, so its steps win)."""
+    Scipion protocol class: ``class P(GmmProtRunBase, ProtRefine3D)`` (first, so its steps win).
+
+    The form is shared (:meth:`_defineParams`): a subclass adds its own fields through the hooks
+    ``_defineInputParams``, ``_defineSettingsParams`` and ``_defineExpertParams``, and says through
+    the class attributes below which of the common fields its verb takes."""
 
     VERB = "refine"
     RUN_DIR = "refine"
+    PARAMS_FILE = ("params.json",)  # in the run directory: the engine has started this run
+    SUMMARY_CLASS = RunSummary
+
+    # ---- the common fields, per verb ----------------------------------------
+    GPU_HELP = "GPU to use, e.g. '0'. gmmcore uses the first GPU listed."
+    SETTINGS_SECTION = "Refinement"
+    MAXRES_OPTION = "maxres"  # the engine option the field "Highest resolution used" sets
+    MAXRES_LEVEL = params.LEVEL_ADVANCED
+    MAXRES_HELP = "Best resolution used when comparing particles to the GMM (0: follow the FSC of each iteration)."
+    POSE_PRIOR = True  # the pose-prior fields (verbs that align particles)
+    PRIOR_LABEL = "Input pose accuracy"
+    PRIOR_HELP = ("Width of the pose prior centred on the poses this run starts from (MAP alignment): their "
+                  "expected angular error. It keeps particles with little signal from drifting; strong data "
+                  "overrides it. 0: no prior (the paper's plain maximum of the FRC).")
+    BACKEND = True  # the array-backend field (verbs that take --backend)
+    BATCH_HELP = ("Particles processed together on the device; lower it if the GPU runs out of memory. "
+                  "0 = automatic: the largest batch that fits the device's free memory.")
+
+    # --------------------------- the form --------------------------------------
+    def _defineParams(self, form):
+        form.addSection(label="Input")
+        form.addHidden(USE_GPU, params.BooleanParam, default=True, label="Use GPU?",
+                       help="Run on the GPU(s); No runs on the CPU (slow, fine for small tests).")
+        form.addHidden(GPU_LIST, params.StringParam, default=Plugin.getDefaultGpu(), label="GPU ids",
+                       help=self.GPU_HELP)
+        self._defineInputParams(form)
+        form.addSection(label=self.SETTINGS_SECTION)
+        self._defineSettingsParams(form)
+        form.addParam("maxResolution", params.FloatParam, default=0.0, validators=[params.GE(0)],
+                      expertLevel=self.MAXRES_LEVEL, label="Highest resolution used (Å)", help=self.MAXRES_HELP)
+        if self.POSE_PRIOR:
+            form.addParam("priorAngle", params.FloatParam, default=3.0, validators=[params.GE(0)],
+                          expertLevel=params.LEVEL_ADVANCED, label="%s: angle (deg)" % self.PRIOR_LABEL,
+                          help=self.PRIOR_HELP)
+            form.addParam("priorShift", params.FloatParam, default=1.0, validators=[params.GE(0)],
+                          expertLevel=params.LEVEL_ADVANCED, condition="priorAngle > 0",
+                          label="%s: shift (px)" % self.PRIOR_LABEL, help="Expected shift error, pixels.")
+        form.addParam("batchSize", params.IntParam, default=16, validators=[params.GE(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label="Batch size", help=self.BATCH_HELP)
+        if self.BACKEND:
+            form.addParam("arrayBackend", params.EnumParam, choices=BACKEND_LABELS, default=0,
+                          expertLevel=params.LEVEL_ADVANCED, display=params.EnumParam.DISPLAY_HLIST,
+                          label="Array backend", help=BACKEND_HELP)
+        self._defineExpertParams(form)
+        form.addParam("extraParams", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
+                      label="Additional gmmcore arguments", help="Passed verbatim to 'gmmcore %s'." % self.VERB)
+        form.addParallelSection(threads=4, mpi=0, binThreadsHelp=THREADS_HELP)
+
+    def _defineInputParams(self, form):
+        """The protocol's inputs (section "Input", after the GPU fields)."""
+        raise NotImplementedError
+
+    def _defineSettingsParams(self, form):
+        """The protocol's own settings (section SETTINGS_SECTION, before the common fields)."""
+
+    def _defineExpertParams(self, form):
+        """The protocol's own expert fields (after batch size and backend)."""
 
     # --------------------------- steps ----------------------------------------
     def _insertAllSteps(self):
@@ -110,7 +190,24 @@ class GmmProtRunBase(GmmProtocolMixin):
         pass
 
     def _engineOptions(self):
-        """``gmmcore <VERB>`` options besides --out (subclasses)."""
+        """``gmmcore <VERB>`` options besides --out: the protocol's own and the common fields'."""
+        options = dict(self._protocolOptions())
+        options[self.MAXRES_OPTION] = self.maxResolution.get() or None
+        options["batch"] = self.batchSize.get() or "auto"
+        if self.POSE_PRIOR:
+            if self.priorAngle.get() > 0:
+                options["prior_angle"] = self.priorAngle.get()
+                if self.priorShift.get() > 0:
+                    options["prior_shift"] = self.priorShift.get()
+            else:
+                options["no_prior"] = True
+        if self.BACKEND:
+            options["backend"] = BACKEND_VALUES[self.arrayBackend.get()]
+        options.update(self._deviceOptions())
+        return options
+
+    def _protocolOptions(self):
+        """The engine options of the protocol's own fields (subclasses)."""
         return {}
 
     def _extraArguments(self):
@@ -133,28 +230,30 @@ class GmmProtRunBase(GmmProtocolMixin):
 
     def runEngineStep(self):
         options = dict(self._engineOptions())
-        options["out"] = self.abspath(self._runDir())
+        options["out"] = self.abspath(self.getRunDir())
         # a run killed earlier (Scipion 'Continue' mode) goes on from where it stopped
-        options["continue"] = os.path.exists(self._runDir("params.json"))
+        options["continue"] = os.path.exists(self.getRunDir(*self.PARAMS_FILE))
         self.runGmmcore(self.VERB, extra=self._extraArguments(), **options)
 
     def createOutputStep(self):
-        self._registerOutputs(RunSummary.load(self.getSummaryFile()))
+        self._registerOutputs(self.SUMMARY_CLASS.load(self.getSummaryFile()))
 
     def _registerOutputs(self, summary):
         raise NotImplementedError
 
     # --------------------------- the run directory ---------------------------
-    def _runDir(self, *p):
+    def getRunDir(self, *p):
+        """The gmmcore run directory of this protocol (``extra/RUN_DIR``), or a path inside it:
+        what a later protocol passes to ``gmmcore ... --from``."""
         return self._getExtraPath(self.RUN_DIR, *p)
 
     def getSummaryFile(self):
-        return self._runDir(SUMMARY_NAME)
+        return self.getRunDir(SUMMARY_NAME)
 
     def getSummary(self):
-        """The run's :class:`RunSummary`, or None before the engine wrote one."""
+        """The run's summary (:attr:`SUMMARY_CLASS`), or None before the engine wrote one."""
         path = self.getSummaryFile()
-        return RunSummary.load(path) if os.path.exists(path) else None
+        return self.SUMMARY_CLASS.load(path) if os.path.exists(path) else None
 
     # --------------------------- shared outputs ------------------------------
     def _volumeWithHalves(self, summary, apix):
@@ -206,18 +305,65 @@ class GmmProtRunBase(GmmProtocolMixin):
         return outParts
 
     # --------------------------- info ----------------------------------------
+    def _validate(self):
+        """The protocol's input checks, then the maps that must sit on the particles' grid, then the
+        GPU fields; messages name the form's fields."""
+        errors = self._validateInputs()
+        parts = self._inputParticles()
+        if parts is not None:
+            for label, volume in self._volumesOnParticleGrid():
+                errors += gridErrors(label, volume, parts)
+        return errors + self._gpuErrors()
+
+    def _validateInputs(self):
+        """The protocol's own checks (subclasses); an empty list when its inputs are usable."""
+        return []
+
+    def _inputParticles(self):
+        """The particles the run works on (a SetOfParticles), None while not chosen (subclasses)."""
+        return None
+
+    def _volumesOnParticleGrid(self):
+        """[(form label, Volume)]: the chosen maps that must share the particles' box and pixel size."""
+        return []
+
+    def _warnings(self):
+        """What the user confirms before the run starts (Scipion asks in the form)."""
+        if not self.usesGpu() and not self._deviceOptions().get("dask_scheduler"):
+            return ["'Use GPU' is No: gmmcore runs on the CPU, much slower (fine for small tests)."]
+        return []
+
     def _gpuErrors(self):
         """The form's GPU fields: GPU use asked for without GPU ids is an error (as a list)."""
         if self.usesGpu() and not self.getGpuList():
             return ["Give the GPU ids or set 'Use GPU' to No."]
         return []
 
-    def _runSummaryLines(self):
-        """Resolution of the input poses, of every iteration (with pose changes) and the final one."""
+    def _summary(self):
         summary = self.getSummary()
         if summary is None:
             return ["Not started, or no summary yet."]
-        lines = ["Warning: %s" % w for w in summary.extra.get("warnings", [])]
+        return self._warningLines(summary) + self._summaryLines(summary)
+
+    def _summaryLines(self, summary):
+        """What the Summary tab shows of a run (subclasses; the warnings come first)."""
+        return self._iterationLines(summary)
+
+    def _warningLines(self, summary):
+        """The engine's warnings, and a GPU asked for that the run did not use."""
+        warnings = list(summary.extra.get("warnings", []))
+        device = summary.device or ""
+        usesCluster = bool((self._deviceOptions().get("dask_scheduler")))
+        if self.usesGpu() and not usesCluster and device and "GPU" not in device \
+                and not any("GPU" in w for w in warnings):
+            warnings.append("a GPU was requested (GPU ids %s) but the run used %s."
+                            % (" ".join(map(str, self.getGpuList())) or "-", device))
+        return ["Warning: %s" % w for w in warnings]
+
+    @staticmethod
+    def _iterationLines(summary):
+        """Resolution of the input poses, of every iteration (with pose changes) and the final one."""
+        lines = []
         if summary.resolution_initial is not None:
             lines.append("Input poses: %.2f Å (masked FSC 0.143)" % summary.resolution_initial)
         for rec in summary.iterations:
@@ -227,3 +373,17 @@ class GmmProtRunBase(GmmProtocolMixin):
         if summary.resolution_final is not None:
             lines.append("Final resolution: %.2f Å" % summary.resolution_final)
         return lines
+
+
+def gridErrors(label, volume, particles):
+    """A map that must sit on the particles' grid (a mask, a start map): same box and pixel size
+    (within 1 %, as gmmcore checks); the messages name the form field ``label``."""
+    errors = []
+    first = particles.getFirstItem()
+    box, apix = (first.getXDim() if first is not None else None), particles.getSamplingRate()
+    vbox, vapix = volume.getXDim(), volume.getSamplingRate()
+    if box and vbox and vbox != box:
+        errors.append("%s: box %d differs from the particles' box %d." % (label, vbox, box))
+    if apix and vapix and abs(vapix - apix) > 0.01 * apix:
+        errors.append("%s: pixel size %.3f Å differs from the particles' %.3f Å." % (label, vapix, apix))
+    return errors

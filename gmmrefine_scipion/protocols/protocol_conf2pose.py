@@ -1,14 +1,15 @@
 """Conformation to pose, then focused refinement of one region (gmmcore conf2pose)."""
 import os
 
+import pyworkflow as pw
 import pyworkflow.protocol.params as params
-from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
 from pwem.objects import SetOfFSCs, SetOfParticles, Volume
 from pwem.protocols import ProtRefine3D
 
-from gmmrefine_scipion import Plugin
 from gmmrefine_scipion.constants import CONF2POSE_DIR
 from .protocol_base import GmmProtRunBase
+
+REGION_MASK_LABEL = "Mask of the target region"
 
 
 class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
@@ -21,59 +22,45 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     focused iterations with the same mask follow.  Outputs: the converted particles, the particles
     after focused refinement, the final map with its half maps, and the FSCs (within the mask).
     """
-    _label = "gmm conformation to pose"
+    _label = "conformation to pose"
+    _devStatus = pw.BETA
     _possibleOutputs = {"outputParticlesConverted": SetOfParticles, "outputParticles": SetOfParticles,
                         "outputVolume": Volume, "outputFSCs": SetOfFSCs}
     VERB = "conf2pose"
     RUN_DIR = CONF2POSE_DIR
 
+    PARAMS_FILE = ("convert", "params.json")  # the conversion stage writes first
+    MAXRES_HELP = "Focused refinement: best resolution used in the alignment (0: follow the FSC)."
+    PRIOR_LABEL = "Focused refinement: start pose accuracy"
+    BACKEND = False  # gmmcore conf2pose runs on TensorFlow
+
     # --------------------------- DEFINE param functions ----------------------
-    def _defineParams(self, form):
-        form.addSection(label="Input")
-        form.addHidden(USE_GPU, params.BooleanParam, default=True, label="Use GPU?",
-                       help="Run on the GPU; No runs on the CPU (slow, fine for small tests).")
-        form.addHidden(GPU_LIST, params.StringParam, default=Plugin.getDefaultGpu(), label="GPU ids",
-                       help="GPU to use, e.g. '0'. gmmcore uses the first GPU listed.")
+    def _defineInputParams(self, form):
         form.addParam("inputHeterogeneity", params.PointerParam, pointerClass="GmmProtHeterogeneity",
                       important=True, label="GMM heterogeneity run",
                       help="A finished gmm heterogeneity analysis (its networks and latent coordinates).")
         form.addParam("regionMask", params.PointerParam, pointerClass="VolumeMask", important=True,
-                      label="Mask of the target region",
+                      label=REGION_MASK_LABEL,
                       help="Around the region to resolve (e.g. a moving domain) at its consensus position; "
                            "the Gaussians inside it define the region's pose, and the focused refinement "
                            "uses it too. Keep it tight: parts that do not move with the region pull the "
-                           "converted pose back.")
-        form.addSection(label="Refinement")
+                           "converted pose back. Same box and pixel size as the particles.")
+
+    def _defineSettingsParams(self, form):
         form.addParam("steps", params.IntParam, default=30, validators=[params.GE(1)],
                       label="Pose search steps", help="Adam steps per particle (the paper: 30).")
         form.addParam("focusIterations", params.IntParam, default=3, validators=[params.GE(0)],
                       label="Focused iterations", help="Focused refinement iterations after the conversion.")
-        form.addParam("maxResolution", params.FloatParam, default=0.0, validators=[params.GE(0)],
-                      expertLevel=params.LEVEL_ADVANCED, label="Highest resolution used (Å)",
-                      help="Focused refinement: best resolution used in the alignment (0: follow the FSC).")
-        form.addParam("batchSize", params.IntParam, default=16, expertLevel=params.LEVEL_ADVANCED,
-                      validators=[params.GT(0)], label="Batch size")
-        form.addParam("extraParams", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
-                      label="Additional gmmcore arguments", help="Passed verbatim to 'gmmcore conf2pose'.")
 
     # --------------------------- STEPS functions -----------------------------
     def _inputSignature(self):
         prot = self.inputHeterogeneity.get()
         return prot.getObjId() if prot is not None else None
 
-    def _engineOptions(self):
+    def _protocolOptions(self):
         het = self.inputHeterogeneity.get()
-        options = {"from": self.abspath(het._runDir()), "mask": self.volumeFile(self.regionMask.get(), "region_mask"),
-                   "steps": self.steps.get(), "focus_iter": self.focusIterations.get(),
-                   "maxres": self.maxResolution.get() or None, "batch": self.batchSize.get()}
-        options.update(self._deviceOptions())
-        return options
-
-    def runEngineStep(self):
-        options = dict(self._engineOptions())
-        options["out"] = self.abspath(self._runDir())
-        options["continue"] = os.path.exists(self._runDir("convert", "params.json"))
-        self.runGmmcore(self.VERB, extra=self._extraArguments(), **options)
+        return {"from": self.abspath(het.getRunDir()), "mask": self.volumeFile(self.regionMask.get(), "region_mask"),
+                "steps": self.steps.get(), "focus_iter": self.focusIterations.get()}
 
     def _registerOutputs(self, summary):
         het = self.inputHeterogeneity.get()
@@ -93,7 +80,7 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
         self._defineSourceRelation(vol, fscs)
 
     # --------------------------- INFO functions ------------------------------
-    def _validate(self):
+    def _validateInputs(self):
         errors = []
         het = self.inputHeterogeneity.get()
         if het is None:
@@ -102,13 +89,17 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
             errors.append("The heterogeneity run has not finished.")
         if self.regionMask.get() is None:
             errors.append("Choose the mask of the target region.")
-        errors += self._gpuErrors()
         return errors
 
-    def _summary(self):
-        summary = self.getSummary()
-        if summary is None:
-            return ["Not started, or no summary yet."]
+    def _inputParticles(self):
+        het = self.inputHeterogeneity.get()
+        return het.outputParticles if het is not None and het.hasAttribute("outputParticles") else None
+
+    def _volumesOnParticleGrid(self):
+        mask = self.regionMask.get()
+        return [(REGION_MASK_LABEL, mask)] if mask is not None else []
+
+    def _summaryLines(self, summary):
         lines = []
         cons, conv = summary.extra.get("consensus"), summary.extra.get("conversion")
         if cons:

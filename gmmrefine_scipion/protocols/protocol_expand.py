@@ -1,5 +1,6 @@
 """Symmetry expansion of particles (``gmmcore expand-symmetry``) for focused / patch refinement in C1."""
 import numpy as np
+import pyworkflow as pw
 import pyworkflow.protocol.params as params
 from pyworkflow.object import Integer
 from pwem.constants import ALIGN_PROJ
@@ -19,12 +20,13 @@ class GmmProtExpandSymmetry(GmmProtocolMixin, ProtParticles):
     """Expand particles by a point group: one copy per particle and symmetry operator, with rotation
     A·S_k (RELION's relion_particle_symmetry_expand convention), half set kept.
 
-    Refine the expanded particles in C1 with 'gmm focused refinement' (particles + volume; the
+    Refine the expanded particles in C1 with 'focused refinement' (particles + volume; the
     volume of the symmetric refinement) and a mask on one asymmetric unit — each copy brings a
     different subunit under the mask — then reimpose the symmetry there.  Every output particle
     records its source particle (_gmmSourceParticle) and operator (_gmmSymmetryOperator).
     """
-    _label = "gmm expand symmetry"
+    _label = "expand symmetry"
+    _devStatus = pw.BETA
     _possibleOutputs = {"outputParticles": SetOfParticles}
 
     def _defineParams(self, form):
@@ -32,8 +34,9 @@ class GmmProtExpandSymmetry(GmmProtocolMixin, ProtParticles):
         form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
                       pointerCondition="hasAlignmentProj", important=True, label="Input particles",
                       help="Particles with 3-D poses from a symmetric refinement.")
-        form.addParam("symmetryGroup", params.StringParam, default="C3", label="Symmetry",
-                      help=SYMMETRY_HELP + " The group the particles were refined with.")
+        form.addParam("symmetryGroup", params.StringParam, default="C1", label="Symmetry",
+                      help=SYMMETRY_HELP + " The group the particles were refined with (C1, the default, has "
+                                           "nothing to expand: set it).")
 
     def _insertAllSteps(self):
         self._insertFunctionStep(self.expandStep, self.inputParticles.get().getObjId(), self.symmetryGroup.get())

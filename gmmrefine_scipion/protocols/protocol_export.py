@@ -2,6 +2,7 @@
 import os
 import shutil
 
+import pyworkflow as pw
 import pyworkflow.protocol.params as params
 from pwem.constants import ALIGN_PROJ
 from pwem.protocols import EMProtocol
@@ -15,14 +16,15 @@ from .protocol_base import GmmProtocolMixin
 class GmmProtExportParticles(GmmProtocolMixin, EMProtocol):
     """Write particles with their poses, CTF and half sets as a RELION 3.1 star file and/or a
     cryoSPARC .cs file (gmmcore export), e.g. to continue processing outside Scipion."""
-    _label = "export particles (gmm)"
+    _label = "export particles"
+    _devStatus = pw.PROD
 
     def _defineParams(self, form):
         form.addSection(label="Export")
         form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
                       pointerCondition="hasAlignmentProj", important=True,
                       label="Particles", help="Particles with 3-D poses, e.g. the output of "
-                                              "'gmm global refinement'.")
+                                              "'global refinement'.")
         form.addParam("exportFormat", params.EnumParam, choices=EXPORT_FORMATS, default=EXPORT_BOTH,
                       display=params.EnumParam.DISPLAY_HLIST, label="Format",
                       help="RELION: star file with optics block (origins in Å). cryoSPARC: .cs "

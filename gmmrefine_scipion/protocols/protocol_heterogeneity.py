@@ -1,16 +1,18 @@
 """GMM/DNN heterogeneity analysis of a GMM refinement, independently per half set (gmmcore heterogeneity)."""
 import os
 
+import pyworkflow as pw
 import pyworkflow.protocol.params as params
-from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
 from pwem.objects import SetOfParticles, SetOfVolumes
 from pwem.protocols import ProtAnalysis3D
 
 from gmmcore.summary import HeterogeneitySummary
 
-from gmmrefine_scipion import Plugin, convert
-from gmmrefine_scipion.constants import HETEROGENEITY_DIR, REFINE_DIR
+from gmmrefine_scipion import convert
+from gmmrefine_scipion.constants import HETEROGENEITY_DIR
 from .protocol_base import GmmProtRunBase
+
+FOCUS_MASK_LABEL = "Focus mask (optional)"
 
 
 class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
@@ -25,27 +27,35 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
     components within the particle's half), and maps reconstructed from the particles binned along
     PC1 of each half.  A killed run continues from its last epoch in 'Continue' mode.
     """
-    _label = "gmm heterogeneity analysis"
+    _label = "heterogeneity analysis"
+    _devStatus = pw.BETA
     _possibleOutputs = {"outputParticles": SetOfParticles, "outputVolumes": SetOfVolumes}
     VERB = "heterogeneity"
     RUN_DIR = HETEROGENEITY_DIR
 
+    SUMMARY_CLASS = HeterogeneitySummary
+    SETTINGS_SECTION = "Networks"
+    MAXRES_OPTION = "res"  # gmmcore heterogeneity's name for the finest resolution
+    MAXRES_LEVEL = params.LEVEL_NORMAL
+    MAXRES_HELP = ("Finest frequency compared (0: the refinement's final resolution). A coarser value (e.g. 6-8 Å) "
+                   "is faster and usually enough for domain motions.")
+    POSE_PRIOR = False
+    BACKEND = False  # the networks train with TensorFlow
+    BATCH_HELP = "Particles per training batch. 0 = automatic: the largest batch that fits the device's memory."
+
     # --------------------------- DEFINE param functions ----------------------
-    def _defineParams(self, form):
-        form.addSection(label="Input")
-        form.addHidden(USE_GPU, params.BooleanParam, default=True, label="Use GPU?",
-                       help="Train on the GPU; No trains on the CPU (slow, fine for small tests).")
-        form.addHidden(GPU_LIST, params.StringParam, default=Plugin.getDefaultGpu(), label="GPU ids",
-                       help="GPU to use, e.g. '0'. gmmcore uses the first GPU listed.")
+    def _defineInputParams(self, form):
         form.addParam("inputRefinement", params.PointerParam, pointerClass="GmmProtRefine", important=True,
                       label="GMM refinement run",
                       help="A finished gmm global refinement: its final particles (poses, half sets), "
                            "half maps and GMMs are the input; each half's GMM is its neutral state.")
         form.addParam("focusMask", params.PointerParam, pointerClass="VolumeMask", allowsNull=True,
-                      label="Focus mask (optional)",
+                      label=FOCUS_MASK_LABEL,
                       help="Only Gaussians inside this mask move: the analysis focuses on that region "
-                           "(e.g. a flexible domain). Empty: the whole GMM.")
-        form.addSection(label="Networks")
+                           "(e.g. a flexible domain); same box and pixel size as the particles. Empty: the "
+                           "whole GMM.")
+
+    def _defineSettingsParams(self, form):
         form.addParam("latentDim", params.IntParam, default=4, validators=[params.Range(1, 64, "1 to 64")],
                       label="Latent dimensions")
         form.addParam("anchors", params.IntParam, default=32, validators=[params.GE(0)],
@@ -56,16 +66,8 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
                       label="Epochs (anchor round)")
         form.addParam("fullEpochs", params.IntParam, default=10, validators=[params.GE(0)],
                       label="Epochs (full-GMM round)")
-        form.addParam("maxResolution", params.FloatParam, default=0.0, validators=[params.GE(0)],
-                      label="Highest resolution used (Å)",
-                      help="Finest frequency compared (0: the refinement's final resolution). A coarser "
-                           "value (e.g. 6-8 Å) is faster and usually enough for domain motions.")
         form.addParam("bins", params.IntParam, default=5, validators=[params.Range(1, 50, "1 to 50")],
                       label="Maps along PC1", help="Number of bins of particles along PC1 (per half).")
-        form.addParam("batchSize", params.IntParam, default=16, expertLevel=params.LEVEL_ADVANCED,
-                      validators=[params.GT(0)], label="Batch size")
-        form.addParam("extraParams", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
-                      label="Additional gmmcore arguments", help="Passed verbatim to 'gmmcore heterogeneity'.")
 
     # --------------------------- STEPS functions -----------------------------
     def _inputSignature(self):
@@ -73,26 +75,17 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
         return prot.getObjId() if prot is not None else None
 
     def _sourceRunDir(self):
-        return self.abspath(self.inputRefinement.get()._getExtraPath(REFINE_DIR))
+        return self.abspath(self.inputRefinement.get().getRunDir())
 
-    def _engineOptions(self):
+    def _protocolOptions(self):
         options = {"from": self._sourceRunDir(), "latent": self.latentDim.get(), "anchors": self.anchors.get(),
-                   "epochs": self.epochs.get(), "full_epochs": self.fullEpochs.get(),
-                   "res": self.maxResolution.get() or None, "bins": self.bins.get(), "batch": self.batchSize.get()}
+                   "epochs": self.epochs.get(), "full_epochs": self.fullEpochs.get(), "bins": self.bins.get()}
         if self.focusMask.get() is not None:
             options["mask"] = self.volumeFile(self.focusMask.get(), "focus_mask")
-        options.update(self._deviceOptions())
         return options
 
-    def getSummaryFile(self):
-        return self._runDir("summary.json")
-
-    def getSummary(self):
-        path = self.getSummaryFile()
-        return HeterogeneitySummary.load(path) if os.path.exists(path) else None
-
     def createOutputStep(self):
-        summary = HeterogeneitySummary.load(self.getSummaryFile())
+        summary = self.SUMMARY_CLASS.load(self.getSummaryFile())
         refine = self.inputRefinement.get()
         inputParts = refine.outputParticles
         star = os.path.join(self._sourceRunDir(), "final", "particles.star")
@@ -124,21 +117,23 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
         self._defineSourceRelation(self.inputRefinement, vols)
 
     # --------------------------- INFO functions ------------------------------
-    def _validate(self):
-        errors = []
+    def _validateInputs(self):
         prot = self.inputRefinement.get()
         if prot is None:
             return ["Choose a GMM refinement run."]
-        if not os.path.exists(os.path.join(self._sourceRunDir(), "summary.json")) or \
-                not prot.hasAttribute("outputParticles"):
-            errors.append("The GMM refinement run has not finished (no summary or output particles).")
-        errors += self._gpuErrors()
-        return errors
+        if prot.getSummary() is None or not prot.hasAttribute("outputParticles"):
+            return ["The GMM refinement run has not finished (no summary or output particles)."]
+        return []
 
-    def _summary(self):
-        summary = self.getSummary()
-        if summary is None:
-            return ["Not started, or no summary yet."]
+    def _inputParticles(self):
+        prot = self.inputRefinement.get()
+        return prot.outputParticles if prot is not None and prot.hasAttribute("outputParticles") else None
+
+    def _volumesOnParticleGrid(self):
+        mask = self.focusMask.get()
+        return [(FOCUS_MASK_LABEL, mask)] if mask is not None else []
+
+    def _summaryLines(self, summary):
         lines = ["Latent space: %d dimensions, band %.1f-%.2f Å" % (summary.latent_dim, summary.minres_A or 0,
                                                                    summary.resolution_A or 0)]
         for h, rep in sorted(summary.halves.items()):

@@ -1,6 +1,7 @@
 """Import particles with poses from a RELION star file or a cryoSPARC .cs file."""
 import os
 
+import pyworkflow as pw
 import pyworkflow.protocol.params as params
 from pwem.constants import ALIGN_PROJ
 from pwem.objects import SetOfParticles
@@ -31,7 +32,8 @@ class GmmProtImportParticles(GmmProtocolMixin, ProtImport):
     output set is marked phase-flipped.  Poses become Scipion projection alignment; the half set of
     each particle is kept in _rlnRandomSubset (the attribute the relion plugin uses).
     """
-    _label = "import particles (gmm)"
+    _label = "import particles"
+    _devStatus = pw.PROD
     _possibleOutputs = {"outputParticles": SetOfParticles}
 
     # --------------------------- DEFINE param functions ----------------------

@@ -1,18 +1,21 @@
 """GMM-based global refinement of particle poses (gold standard, one GMM per half set)."""
 
 import pyworkflow.protocol.params as params
-from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
+import pyworkflow as pw
 from pwem.constants import ALIGN_PROJ
 from pwem.objects import AtomStruct, SetOfFSCs, SetOfParticles, Volume
 from pwem.protocols import ProtRefine3D
 
-from gmmcore.particles import half_counts_problem
+from gmmcore.particles import half_counts_problem, min_particles_per_half
 
-from gmmrefine_scipion import Plugin, convert
-from gmmrefine_scipion.constants import (BACKEND_HELP, BACKEND_LABELS, BACKEND_VALUES, HALF_SET_ATTR, INPUT_STAR,
-                                         REFINE_DIR, SYMMETRY_HELP)
+from gmmrefine_scipion import convert
+from gmmrefine_scipion.constants import HALF_SET_ATTR, INPUT_STAR, REFINE_DIR, SYMMETRY_HELP
 from .protocol_base import GmmProtRunBase, validateSymmetry
 
+NEW_SPLIT_LABEL = "Make a new random half split?"
+INITIAL_VOLUME_LABEL = "Initial volume (optional)"
+MASK_LABEL = "Mask (optional)"
+FEW_PARTICLES_LABEL = "Refine few particles anyway?"
 
 
 class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
@@ -26,93 +29,62 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
     pseudo-atom PDB).  A killed run continues from its last finished iteration when relaunched in
     'Continue' mode.
     """
-    _label = "gmm global refinement"
+    _label = "global refinement"
+    _devStatus = pw.PROD
+    # a dict, not an Enum: two outputs share a class (an Enum would make the second an alias)
     _possibleOutputs = {"outputParticles": SetOfParticles, "outputVolume": Volume,
                         "outputFSCs": SetOfFSCs, "outputGmmHalf1": AtomStruct,
                         "outputGmmHalf2": AtomStruct}
     VERB = "refine"
     RUN_DIR = REFINE_DIR
 
-    # --------------------------- DEFINE param functions ----------------------
-    def _defineParams(self, form):
-        form.addSection(label="Input")
-        form.addHidden(USE_GPU, params.BooleanParam, default=True,
-                       label="Use GPU?",
-                       help="Run the GMM kernels on GPU(s); No runs them on the CPU (slow, fine "
-                            "for small tests).")
-        form.addHidden(GPU_LIST, params.StringParam, default=Plugin.getDefaultGpu(),
-                       label="GPU ids",
-                       help="GPUs to use, e.g. '0' or '0 1 2 3': one gmmcore worker process per listed "
-                            "GPU, the particles shared out between them (same result as one GPU).")
-        form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
-                      pointerCondition="hasAlignmentProj", important=True,
-                      label="Input particles",
-                      help="Particles with 3-D poses (projection alignment), e.g. from a "
-                           "RELION/cryoSPARC refinement or an import. Their half sets "
-                           "(_rlnRandomSubset) are kept.")
-        form.addParam("newSplit", params.BooleanParam, default=False,
-                      label="Make a new random half split?",
-                      help="Only for particles without (complete) half sets: gmmcore assigns them "
-                           "to two halves at random (this is logged and shown in the summary). Note that resolution estimates are then not "
-                           "independent of the earlier refinement that produced the poses.")
-        form.addParam("initialVolume", params.PointerParam, pointerClass="Volume", allowsNull=True,
-                      label="Initial volume (optional)",
-                      help="Starting map given to gmmcore (--ref), same box and pixel size as "
-                           "the particles. Empty: the half maps are reconstructed from the input "
-                           "poses.")
-        form.addParam("referenceMask", params.PointerParam, pointerClass="VolumeMask", allowsNull=True,
-                      label="Mask (optional)",
-                      help="Soft mask for the masked FSC and GMM fitting. Empty: automatic mask.")
-        form.addParam("symmetryGroup", params.StringParam, default="C1",
-                      label="Symmetry", help=SYMMETRY_HELP)
+    GPU_HELP = ("GPUs to use, e.g. '0' or '0 1 2 3': one gmmcore worker process per listed GPU, the particles "
+                "shared out between them (same result as one GPU).")
+    BATCH_HELP = GmmProtRunBase.BATCH_HELP + " The paper: 16 at box 240 needs ~9 GB; results do not depend on it."
 
-        form.addSection(label="Refinement")
+    # --------------------------- DEFINE param functions ----------------------
+    def _defineInputParams(self, form):
+        form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
+                      pointerCondition="hasAlignmentProj", important=True, label="Input particles",
+                      help="Particles with 3-D poses (projection alignment), e.g. from a RELION/cryoSPARC "
+                           "refinement or an import. Their half sets (_rlnRandomSubset) are kept.")
+        form.addParam("newSplit", params.BooleanParam, default=False, label=NEW_SPLIT_LABEL,
+                      help="Only for particles without (complete) half sets: gmmcore assigns them to two halves "
+                           "at random (this is logged and shown in the summary). Note that resolution estimates "
+                           "are then not independent of the earlier refinement that produced the poses.")
+        form.addParam("initialVolume", params.PointerParam, pointerClass="Volume", allowsNull=True,
+                      label=INITIAL_VOLUME_LABEL,
+                      help="Starting map, same box and pixel size as the particles. Empty: the half maps are "
+                           "reconstructed from the input poses.")
+        form.addParam("referenceMask", params.PointerParam, pointerClass="VolumeMask", allowsNull=True,
+                      label=MASK_LABEL,
+                      help="Soft mask (0..1) for the masked FSC and GMM fitting, same box and pixel size as the "
+                           "particles. Empty: automatic mask. Masks are made e.g. by xmipp 'create 3d mask' or "
+                           "relion 'create mask', or imported with 'import mask'.")
+        form.addParam("symmetryGroup", params.StringParam, default="C1", label="Symmetry", help=SYMMETRY_HELP)
+
+    def _defineSettingsParams(self, form):
         form.addParam("numberOfIterations", params.IntParam, default=5,
-                      validators=[params.Range(1, 50, "between 1 and 50")],
-                      label="Iterations",
+                      validators=[params.Range(1, 50, "between 1 and 50")], label="Iterations",
                       help="Global refinement iterations; the paper converges in about 5.")
-        form.addParam("numberOfGaussians", params.IntParam, default=0,
-                      validators=[params.GE(0)],
+        form.addParam("numberOfGaussians", params.IntParam, default=0, validators=[params.GE(0)],
                       label="Number of Gaussians",
-                      help="0: estimated from the map (mass and resolution). More Gaussians "
-                           "describe finer detail but cost GPU memory and time.")
-        form.addParam("maxResolution", params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
-                      label="Highest resolution used (Å)",
-                      help="Best resolution used when comparing particles to the GMM "
-                           "(0: follow the FSC of each iteration).")
+                      help="0: estimated from the map (mass and resolution). More Gaussians describe finer "
+                           "detail but cost GPU memory and time.")
         form.addParam("minResolution", params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
                       label="Lowest resolution used (Å)",
                       help="Frequencies below this are ignored when aligning (0: engine default).")
-        form.addParam("priorAngle", params.FloatParam, default=3.0, expertLevel=params.LEVEL_ADVANCED,
-                      validators=[params.GE(0)],
-                      label="Input pose accuracy: angle (deg)",
-                      help="Width of the pose prior centred on the input poses (MAP alignment): the "
-                           "expected angular error of the upstream refinement. It keeps particles with "
-                           "little signal from drifting; strong data overrides it. 0: no prior (the "
-                           "paper's plain maximum of the FRC).")
-        form.addParam("priorShift", params.FloatParam, default=1.0, expertLevel=params.LEVEL_ADVANCED,
-                      validators=[params.GE(0)], condition="priorAngle > 0",
-                      label="Input pose accuracy: shift (px)",
-                      help="Expected shift error of the input poses, pixels.")
-        form.addParam("batchSize", params.IntParam, default=16, expertLevel=params.LEVEL_ADVANCED,
-                      validators=[params.GE(0)],
-                      label="Batch size",
-                      help="Particles aligned together on the GPU; lower it if the GPU runs out "
-                           "of memory (the paper: 16 at box 240 needs ~9 GB). 0 = automatic: the "
-                           "largest batch that fits the device's free memory (results do not depend on it).")
-        form.addParam("arrayBackend", params.EnumParam, choices=BACKEND_LABELS, default=0,
-                      expertLevel=params.LEVEL_ADVANCED, display=params.EnumParam.DISPLAY_HLIST,
-                      label="Array backend",
-                      help=BACKEND_HELP)
+
+    def _defineExpertParams(self, form):
+        form.addParam("fewParticles", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
+                      label=FEW_PARTICLES_LABEL,
+                      help="Refine even when a half set holds fewer particles than the views that fill Fourier "
+                           "space to Nyquist (π·box/2); the FSC of such half maps is not a resolution.")
         form.addParam("daskScheduler", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
                       label="Dask scheduler address",
                       help="Run the work on a running Dask cluster instead of this protocol's GPUs, e.g. "
                            "tcp://node12:8786 (its workers must see this project's files on the same "
                            "paths). Empty: the GPUs above.")
-        form.addParam("extraParams", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
-                      label="Additional gmmcore arguments",
-                      help="Passed verbatim to 'gmmcore refine'.")
-        form.addParallelSection(threads=4, mpi=0)
 
     # --------------------------- STEPS functions -----------------------------
     def convertInputStep(self, inputId=None):
@@ -127,35 +99,20 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
                                      writeHalfSets=not (self.newSplit.get() and counts[None]))
         self.info("Wrote %s" % star)
 
-    def _usesNewSplit(self):
-        """Whether gmmcore assigned new random half sets (from its run summary)."""
-        summary = self.getSummary()
-        return summary is not None and summary.extra.get("split") == "new-random"
-
-    def _engineOptions(self):
+    def _protocolOptions(self):
         options = {
             "particles": self.abspath(self._getExtraPath(INPUT_STAR)),
             "iter": self.numberOfIterations.get(),
             "sym": self.symmetryGroup.get() or "C1",
-            "batch": self.batchSize.get() or "auto",
-            "backend": BACKEND_VALUES[self.arrayBackend.get()],
             "ngauss": self.numberOfGaussians.get() or None,
-            "maxres": self.maxResolution.get() or None,
             "minres": self.minResolution.get() or None,
             "new_split": bool(self.newSplit.get()),
+            "force": bool(self.fewParticles.get()),
         }
-        if self.priorAngle.get() > 0:
-            options["prior_angle"] = self.priorAngle.get()
-            if self.priorShift.get() > 0:
-                options["prior_shift"] = self.priorShift.get()
-        else:
-            options["no_prior"] = True
         if self.initialVolume.get() is not None:
             options["ref"] = self.volumeFile(self.initialVolume.get(), "initial_volume")
         if self.referenceMask.get() is not None:
             options["mask"] = self.volumeFile(self.referenceMask.get(), "mask")
-        options.update(self._deviceOptions())
-        options["threads"] = max(1, self.numberOfThreads.get() or 1)
         return options
 
     def _registerOutputs(self, summary):
@@ -180,7 +137,14 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
                 self._defineSourceRelation(vol, pdb)
 
     # --------------------------- INFO functions ------------------------------
-    def _validate(self):
+    def _inputParticles(self):
+        return self.inputParticles.get()
+
+    def _volumesOnParticleGrid(self):
+        return [(label, vol) for label, vol in ((INITIAL_VOLUME_LABEL, self.initialVolume.get()),
+                                                (MASK_LABEL, self.referenceMask.get())) if vol is not None]
+
+    def _validateInputs(self):
         errors = []
         parts = self.inputParticles.get()
         if parts is None:
@@ -190,32 +154,50 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
                           "'%s'." % parts.getAlignment())
         first = parts.getFirstItem()
         hasHalf = first is not None and convert.get_half_set(first) is not None
+        counts = self._halfCounts(parts) if hasHalf else {None: parts.getSize()}
         if not self.newSplit.get():
             if not hasHalf:
-                errors.append("The input particles have no half sets (%s). Refinement is gold "
-                              "standard: use particles from a refinement/import that kept its "
-                              "split, or set 'Make a new random half split?' to Yes."
-                              % HALF_SET_ATTR)
+                errors.append("The input particles have no half sets (%s). Refinement is gold standard: use "
+                              "particles from a refinement/import that kept its split, or set '%s' to Yes."
+                              % (HALF_SET_ATTR, NEW_SPLIT_LABEL))
             else:
-                counts = self._halfCounts(parts)
                 problem = half_counts_problem(counts.get(1, 0), counts.get(2, 0), counts.get(None, 0))
                 if problem is not None:
-                    errors.append("Half sets: %s (half 1: %s, half 2: %s, none: %s). Set 'Make a new random "
-                                  "half split?' to Yes to redo them." % (problem.message, counts.get(1, 0),
-                                                                         counts.get(2, 0), counts.get(None, 0)))
-        if self.initialVolume.get() is not None:
-            vdim = self.initialVolume.get().getXDim()
-            if vdim and first is not None and vdim != first.getXDim():
-                errors.append("Initial volume box (%d) differs from the particle box (%d)."
-                              % (vdim, first.getXDim()))
+                    errors.append("Half sets: %s (half 1: %s, half 2: %s, none: %s). Set '%s' to Yes to redo "
+                                  "them." % (problem.message, counts.get(1, 0), counts.get(2, 0),
+                                             counts.get(None, 0), NEW_SPLIT_LABEL))
+        if first is not None and not self.fewParticles.get():
+            errors += self._countErrors(counts, first.getXDim())
         symError = validateSymmetry(self.symmetryGroup.get())
         if symError:
             errors.append(symError)
         if self.maxResolution.get() and self.minResolution.get() \
                 and self.maxResolution.get() >= self.minResolution.get():
             errors.append("The highest resolution (Å) must be a smaller number than the lowest.")
-        errors += self._gpuErrors()
         return errors
+
+    def _warnings(self):
+        warnings = GmmProtRunBase._warnings(self)
+        if self.newSplit.get():
+            warnings.append("'%s' is Yes: particles without a usable split get random half sets, and the "
+                            "resolution is then not independent of the refinement that made their poses."
+                            % NEW_SPLIT_LABEL)
+        if self.fewParticles.get():
+            warnings.append("'%s' is Yes: with too few particles per half set the FSC is not a resolution."
+                            % FEW_PARTICLES_LABEL)
+        return warnings
+
+    def _countErrors(self, counts, box):
+        """Each half set needs π·box/2 particles (gmmcore's rule); a new split halves the set."""
+        fewest = min(counts.get(1, 0), counts.get(2, 0))
+        if self.newSplit.get() and (counts.get(None, 0) or not fewest):
+            fewest = sum(counts.values()) // 2
+        need = min_particles_per_half(box)
+        if fewest >= need:
+            return []
+        return ["Input particles: %d in the smaller half set; a gold-standard refinement at box %d needs at least "
+                "%d per set (π·box/2 views fill Fourier space). Use more particles, or set '%s' to Yes."
+                % (fewest, box, need, FEW_PARTICLES_LABEL)]
 
     @staticmethod
     def _halfCounts(parts):
@@ -230,9 +212,9 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
         except Exception:  # noqa: BLE001 (mapper without aggregate support)
             return convert.count_half_sets(parts)
 
-    def _summary(self):
-        lines = self._runSummaryLines()
-        if self._usesNewSplit():
+    def _summaryLines(self, summary):
+        lines = self._iterationLines(summary)
+        if summary.extra.get("split") == "new-random":
             lines.append("Half sets were assigned at random by gmmcore (new split).")
         return lines
 

@@ -160,13 +160,7 @@ def write_heterogeneity_run(folder, n=40, box=16, apix=2.0, latent_dim=3, bins=3
 def write_conf2pose_run(folder, n=24, box=16, apix=2.0, seed=3):
     """A conf2pose output folder (a refine-like run of kind "conf2pose" with the conversion's
     record and pose changes), written through the engine's run contract."""
-    from gmmcore.summary import RunSummary
-    write_refine_run(folder, n=n, box=box, apix=apix, iterations=1, seed=seed)
-    s = RunSummary.load(folder)
-    s.kind = "conf2pose"
-    s.initial.extra.update(resolution_focus=9.0, fsc_focus=s.initial.fsc["masked"])
-    for rec in s.iterations:
-        rec.report.extra.update(resolution_focus=8.0, fsc_focus=rec.report.fsc["masked"])
+    s = _focused_summary(folder, "conf2pose", n, box, apix, seed)
     s.extra["consensus"] = {**s.initial.to_json(), "resolution": 11.0}
     os.makedirs(os.path.join(folder, "convert"), exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -177,3 +171,25 @@ def write_conf2pose_run(folder, n=24, box=16, apix=2.0, seed=3):
                                              "shift_median": 0.4}, "resolution_region": 9.0}
     s.save(folder)
     return os.path.join(folder, "summary.json")
+
+
+def write_focused_run(folder, n=24, box=16, apix=2.0, seed=4):
+    """A refine-focused output folder (kind "focused": the FSC within the focus mask at the start
+    and after each iteration), written through the engine's run contract."""
+    s = _focused_summary(folder, "focused", n, box, apix, seed)
+    s.final.extra.update(resolution_focus_initial=9.0, resolution_focus=8.0)
+    s.save(folder)
+    return os.path.join(folder, "summary.json")
+
+
+def _focused_summary(folder, kind, n, box, apix, seed):
+    """A one-iteration refine run of ``kind`` with the FSC within a focus mask at the start (9 Å)
+    and after the iteration (8 Å); returns its RunSummary (not saved yet)."""
+    from gmmcore.summary import RunSummary
+    write_refine_run(folder, n=n, box=box, apix=apix, iterations=1, seed=seed)
+    s = RunSummary.load(folder)
+    s.kind = kind
+    s.initial.extra.update(resolution_focus=9.0, fsc_focus=s.initial.fsc["masked"])
+    for rec in s.iterations:
+        rec.report.extra.update(resolution_focus=8.0, fsc_focus=rec.report.fsc["masked"])
+    return s

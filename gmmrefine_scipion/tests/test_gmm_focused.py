@@ -89,7 +89,7 @@ class TestGmmFocused(BaseTest):
 
         # ---- viewers: every view builds (no display), every plot writes a PNG
         from gmmrefine_scipion.viewers import GmmFocusedViewer
-        from gmmrefine_scipion.viewers.plots_focused import plot_all_focused
+        from gmmrefine_scipion.plotting.focused import plot_all_focused
         for prot in (foc, pat):
             viewer = GmmFocusedViewer(project=self.proj)
             viewer.setProtocol(prot)

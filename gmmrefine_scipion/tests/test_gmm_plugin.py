@@ -93,4 +93,4 @@ def test_gui_opens_the_demo_project_headless(tmp_path):
 
 def test_protocol_labels_show_the_short_plugin_name():
     from gmmrefine_scipion.protocols import GmmProtRefine
-    assert GmmProtRefine.getClassLabel() == "gmmrefine - gmm global refinement"
+    assert GmmProtRefine.getClassLabel() == "gmmrefine - global refinement"

@@ -22,7 +22,7 @@ from gmmrefine_scipion.constants import HALF_SET_ATTR
 from gmmrefine_scipion.demo import simulate
 from gmmrefine_scipion.protocols import (GmmProtExportParticles, GmmProtImportParticles,
                                          GmmProtRefine)
-from gmmrefine_scipion.viewers import plots
+from gmmrefine_scipion.plotting import refine as plots
 
 # Small and fast: a few hundred particles, box 48, 2 iterations on CPU (~40 s per refinement).
 SIM = dict(n=400, box=48, apix=2.0, snr=1.0, perturb_angle=4.0, perturb_shift=1.0, seed=3)

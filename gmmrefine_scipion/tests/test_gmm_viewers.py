@@ -4,7 +4,7 @@ import os
 import pytest
 
 import gmm_fakes
-from gmmrefine_scipion.viewers import plots
+from gmmrefine_scipion.plotting import refine as plots
 
 
 @pytest.fixture(scope="module")

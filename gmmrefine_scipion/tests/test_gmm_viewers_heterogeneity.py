@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gmm_fakes
-from gmmrefine_scipion.viewers import plots_heterogeneity as hplots
+from gmmrefine_scipion.plotting import heterogeneity as hplots
 
 
 def _png_ok(path):

@@ -4,7 +4,7 @@ import os
 import pyworkflow.protocol.params as params
 
 from gmmrefine_scipion.protocols import GmmProtFocusedRefine, GmmProtPatchRefine
-from . import plots, plots_focused
+from gmmrefine_scipion.plotting import focused as plots_focused, refine as plots
 from .viewer_refine import GmmSummaryViewer, chimerax_program
 
 
@@ -21,14 +21,12 @@ class GmmFocusedViewer(GmmSummaryViewer):
                       help="Gold-standard FSC (masked) of the input poses, the global refinement this run "
                            "started from and its result; for a focused run also the FSC within the focus mask "
                            "at the start and at the end (dotted).")
-        form.addParam("displayPatchFsc", params.LabelParam, label="Show FSC within each patch mask",
-                      condition="self._isPatches()")
-        form.addParam("displayPatchGmm", params.LabelParam, label="Show the GMM coloured by patch",
-                      condition="self._isPatches()")
-        form.addParam("displayPatchMasks", params.LabelParam, label="Show the patch masks over the map",
-                      condition="self._isPatches()")
-        form.addParam("patchNumber", params.IntParam, default=1, condition="self._isPatches()",
-                      label="Patch for the pose changes")
+        if self._isPatches():  # the form is built once the protocol is set (ProtocolViewer.setProtocol)
+            form.addParam("displayPatchFsc", params.LabelParam, label="Show FSC within each patch mask")
+            form.addParam("displayPatchGmm", params.LabelParam, label="Show the GMM coloured by patch")
+            form.addParam("displayPatchMasks", params.LabelParam, label="Show the patch masks over the map")
+            form.addParam("patchNumber", params.IntParam, default=1, validators=[params.GE(1)],
+                          label="Patch for the pose changes")
         form.addParam("displayPoseChanges", params.LabelParam, label="Show pose changes against the start",
                       help="Histograms of the angle (degrees) and shift (pixels) between the poses the run "
                            "started from and its refined poses (for a patch run: of the chosen patch).")
@@ -40,9 +38,12 @@ class GmmFocusedViewer(GmmSummaryViewer):
         return isinstance(self.protocol, GmmProtPatchRefine)
 
     def _getVisualizeDict(self):
-        return {"displayComparison": self._showComparison, "displayPatchFsc": self._showPatchFsc,
-                "displayPatchGmm": self._showPatchGmm, "displayPatchMasks": self._showPatchMasks,
-                "displayPoseChanges": self._showPoseChanges, "displayLocalRes": self._showLocalRes}
+        views = {"displayComparison": self._showComparison, "displayPoseChanges": self._showPoseChanges,
+                 "displayLocalRes": self._showLocalRes}
+        if self._isPatches():
+            views.update(displayPatchFsc=self._showPatchFsc, displayPatchGmm=self._showPatchGmm,
+                         displayPatchMasks=self._showPatchMasks)
+        return views
 
     def _showComparison(self, paramName=None):
         return self._figure(lambda s, fig: plots_focused.comparison_fsc_figure(s, fig=fig), (7, 5), "gmmrefine FSC")

@@ -5,7 +5,7 @@ import os
 import pyworkflow.protocol.params as params
 
 from gmmrefine_scipion.protocols import GmmProtConfToPose, GmmProtHeterogeneity
-from . import plots, plots_heterogeneity as hplots
+from gmmrefine_scipion.plotting import heterogeneity as hplots, refine as plots
 from .viewer_refine import GmmSummaryViewer, chimerax_program
 
 

@@ -5,7 +5,7 @@ import pyworkflow.protocol.params as params
 from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer, View
 
 from gmmrefine_scipion.protocols import GmmProtRefine
-from . import plots
+from gmmrefine_scipion.plotting import refine as plots
 
 MASKED, UNMASKED, BOTH = 0, 1, 2
 

@@ -1,4 +1,4 @@
-"""Plots of focused and patch-by-patch runs (headless matplotlib, like :mod:`.plots`).
+"""Plots of focused and patch-by-patch runs (headless matplotlib, like :mod:`.refine`).
 
 Inputs are the run directories' files, read through the run contract (:mod:`gmmcore.summary`):
 a focused run (kind "focused"), a patch run (kind "patches") with its ``patches.json`` and
@@ -20,7 +20,7 @@ import numpy as np
 
 from gmmcore.summary import RunSummary
 
-from .plots import FSC_THRESHOLD, _new_figure, _save, load_summary
+from .refine import FSC_THRESHOLD, _new_figure, _save, load_summary
 
 
 def _read_map(path):
@@ -206,7 +206,7 @@ def local_resolution_figure(map_path, localres_path, fig=None):
 
 def plot_all_focused(summary, outdir, localres=None):
     """Every plot of a focused / patch run as PNGs in ``outdir``: {name: path}."""
-    from .plots import pose_change_figure
+    from .refine import pose_change_figure
     summary = load_summary(summary)
     out = {"fsc_comparison": _save(comparison_fsc_figure(summary), os.path.join(outdir, "fsc_comparison.png"))}
     if summary.kind == "patches":

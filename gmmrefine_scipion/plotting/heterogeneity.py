@@ -1,4 +1,4 @@
-"""Plain matplotlib plots of gmmcore heterogeneity and conf2pose runs (headless, like ``plots``).
+"""Plain matplotlib plots of gmmcore heterogeneity and conf2pose runs (headless, like :mod:`.refine`).
 
 Inputs are the files those runs write, read through the run contract (:mod:`gmmcore.summary`):
 a heterogeneity run's ``summary.json`` (:class:`gmmcore.summary.HeterogeneitySummary`),
@@ -12,7 +12,7 @@ import numpy as np
 
 from gmmcore.summary import HeterogeneitySummary, RunSummary
 
-from .plots import _new_figure, _save, pose_change_figure
+from .refine import _new_figure, _save, pose_change_figure
 
 HALF_COLOURS = {1: "tab:blue", 2: "tab:orange"}
 

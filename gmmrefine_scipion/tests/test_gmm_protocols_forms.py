@@ -1,0 +1,108 @@
+"""The compute protocols' shared form, without an engine run (seconds): one meaning of the batch
+size (0 = automatic), Threads for every compute protocol (the engine's GMMCORE_THREADS), checks of
+the maps on the particles' grid and of the particle count naming the form's fields, the GPU asked
+for and not used in every Summary, the patch outputs among the possible outputs."""
+import os
+
+import mrcfile
+import numpy as np
+
+from pyworkflow.tests import BaseTest, setupTestProject
+from pwem.constants import ALIGN_PROJ
+from pwem.objects import SetOfParticles, VolumeMask
+
+import gmm_fakes
+from gmmcore.summary import HeterogeneitySummary, RunSummary
+from gmmrefine_scipion import convert
+from gmmrefine_scipion.protocols import (GmmProtConfToPose, GmmProtExpandSymmetry, GmmProtFocusedRefine,
+                                         GmmProtHeterogeneity, GmmProtPatchRefine, GmmProtRefine)
+
+COMPUTE = (GmmProtRefine, GmmProtFocusedRefine, GmmProtPatchRefine, GmmProtHeterogeneity, GmmProtConfToPose)
+
+
+class TestGmmProtocolForms(BaseTest):
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+
+    def _particles(self, name, n=24, box=16, apix=2.0):
+        star, _ = gmm_fakes.write_star_stack(self.getOutputPath(name), n=n, box=box, apix=apix)
+        parts = SetOfParticles(filename=self.getOutputPath(name + ".sqlite"))
+        convert.read_particles_star(star, parts, alignType=ALIGN_PROJ, phaseFlipped=False)
+        parts.write()
+        return parts
+
+    def _mask(self, name, box, apix):
+        path = self.getOutputPath(name + ".mrc")
+        with mrcfile.new(path, overwrite=True) as m:
+            m.set_data(np.ones((box,) * 3, np.float32))
+            m.voxel_size = apix
+        mask = VolumeMask(location=path)
+        mask.setSamplingRate(apix)
+        return mask
+
+    def _saved(self, protClass, **kwargs):
+        prot = self.newProtocol(protClass, **kwargs)
+        self.proj.saveProtocol(prot)
+        return prot
+
+    def test_common_fields(self):
+        for protClass in COMPUTE:
+            prot = protClass()
+            for name in ("useGpu", "gpuList", "maxResolution", "batchSize", "extraParams", "numberOfThreads"):
+                self.assertTrue(prot.hasAttribute(name), (protClass.__name__, name))
+            self.assertEqual(prot.batchSize.get(), 16, protClass.__name__)
+            self.assertIn("0 = automatic", prot.getParam("batchSize").help.get(), protClass.__name__)
+        self.assertEqual(GmmProtExpandSymmetry().symmetryGroup.get(), "C1")
+
+    def test_batch_zero_is_auto_and_threads_reach_the_engine(self):
+        refine = self._saved(GmmProtRefine, batchSize=0, numberOfThreads=3, useGpu=False)
+        refine.inputParticles.set(self._particles("batch"))
+        options = refine._engineOptions()
+        self.assertEqual((options["batch"], options["cpu"]), ("auto", True))
+        self.assertEqual(refine.engineEnviron()["GMMCORE_THREADS"], "3")
+        het = self._saved(GmmProtHeterogeneity, batchSize=0, numberOfThreads=2, useGpu=False)
+        het.inputRefinement.set(refine)
+        options = het._engineOptions()
+        self.assertEqual(options["batch"], "auto")
+        self.assertEqual(options["from"], os.path.abspath(refine.getRunDir()))
+        self.assertEqual(het.engineEnviron()["GMMCORE_THREADS"], "2")
+
+    def test_mask_on_the_particles_grid_and_particle_count(self):
+        refine = self._saved(GmmProtRefine, useGpu=False)
+        refine.inputParticles.set(self._particles("grid", n=24, box=16, apix=2.0))
+        refine.referenceMask.set(self._mask("mask_box20", 20, 2.0))
+        errors = refine.validate()
+        self.assertTrue(any(e.startswith("Mask (optional): box 20") for e in errors), errors)
+        # 12 particles per half set at box 16: gmmcore needs ceil(pi * 16 / 2) = 26
+        self.assertTrue(any("'Refine few particles anyway?'" in e for e in errors), errors)
+        self.assertFalse([e for e in errors if "--" in e], errors)
+        refine.referenceMask.set(self._mask("mask_apix", 16, 2.5))
+        errors = refine.validate()
+        self.assertTrue(any(e.startswith("Mask (optional): pixel size 2.500") for e in errors), errors)
+        refine.referenceMask.set(self._mask("mask_ok", 16, 2.0))
+        refine.fewParticles.set(True)
+        self.assertEqual(refine.validate(), [])
+        # what the form asks the user to confirm
+        self.assertEqual(len(refine.warnings()), 2, refine.warnings())  # CPU only, few particles
+
+    def test_gpu_requested_and_not_used_is_a_summary_warning(self):
+        for protClass, forge, load in ((GmmProtRefine, gmm_fakes.write_refine_run, RunSummary),
+                                       (GmmProtHeterogeneity, gmm_fakes.write_heterogeneity_run, HeterogeneitySummary),
+                                       (GmmProtConfToPose, gmm_fakes.write_conf2pose_run, RunSummary)):
+            prot = self._saved(protClass, useGpu=True, gpuList="0")
+            forge(prot.getRunDir())
+            summary = load.load(prot.getRunDir())
+            summary.device = "CPU (4 threads)"
+            summary.save(prot.getRunDir())
+            warnings = [line for line in prot.summary() if line.startswith("Warning:")]
+            self.assertEqual(len(warnings), 1, (protClass.__name__, prot.summary()))
+            self.assertIn("GPU", warnings[0])
+            prot.useGpu.set(False)
+            self.assertFalse([line for line in prot.summary() if line.startswith("Warning:")], protClass.__name__)
+
+    def test_patch_outputs_are_possible_outputs(self):
+        prot = GmmProtPatchRefine(numberOfPatches=2)
+        names = {name for name, _ in prot.iterOutputAttributes(includePossible=True)}  # as pyworkflow lists them
+        self.assertEqual(names, {"outputVolume", "outputFSCs", "outputLocalResolution", "outputParticlesPatch01",
+                                 "outputParticlesPatch02", "outputMaskPatch01", "outputMaskPatch02"})

@@ -1,0 +1,80 @@
+"""Every viewer's form is built and its conditions evaluated the way Scipion's "Analyze results"
+does it (pwem's Domain.findViewers for the protocol, ProtocolViewer.setProtocol, then each field's
+condition and expert level as pyworkflow's FormWindow evaluates them), for every protocol that has
+a viewer; each button of the form has a view, and (for the runs gmm_fakes can forge) draws it.
+No engine run, no display (seconds)."""
+import os
+
+from pyworkflow import Config
+from pyworkflow.protocol.params import LabelParam
+from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.viewer import DESKTOP_TKINTER
+
+import gmm_fakes
+from gmmrefine_scipion.plotting.refine import _new_figure
+from gmmrefine_scipion.protocols import (GmmProtConfToPose, GmmProtFocusedRefine, GmmProtHeterogeneity,
+                                         GmmProtPatchRefine, GmmProtRefine)
+
+# protocol -> forge its run directory (None: the form only)
+FAKE_RUNS = {GmmProtRefine: gmm_fakes.write_refine_run, GmmProtHeterogeneity: gmm_fakes.write_heterogeneity_run,
+             GmmProtConfToPose: gmm_fakes.write_conf2pose_run, GmmProtFocusedRefine: gmm_fakes.write_focused_run,
+             GmmProtPatchRefine: None}
+
+
+class TestGmmViewerForms(BaseTest):
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+
+    def _protocol(self, protClass):
+        prot = self.newProtocol(protClass, objLabel=protClass.__name__)
+        self.proj.saveProtocol(prot)  # gives it its working folder
+        forge = FAKE_RUNS[protClass]
+        if forge is not None:
+            forge(prot.getRunDir())
+        if hasattr(prot, "getLocalResolutionFile") and forge is not None:  # as gmmcore local-resolution writes it
+            import shutil
+            os.makedirs(prot._getExtraPath("localres"))
+            shutil.copy(prot.getRunDir("final", "map.mrc"), prot._getExtraPath("localres", "local_resolution.mrc"))
+        return prot, forge is not None
+
+    def test_every_viewer_form_builds_and_evaluates(self):
+        for protClass in FAKE_RUNS:
+            prot, forged = self._protocol(protClass)
+            viewers = Config.getDomain().findViewers(prot, DESKTOP_TKINTER)
+            ours = [v for v in viewers if v.__module__.startswith("gmmrefine_scipion.")]
+            self.assertEqual(len(ours), 1, (protClass.__name__, viewers))
+            viewer = ours[0](project=self.proj, protocol=prot)
+            viewer.setProtocol(prot)  # what visualize() does before the FormWindow is built
+            handlers = viewer._getVisualizeDict()
+            buttons = []
+            for name, param in viewer._definition.iterParams():
+                shown = viewer.evalParamCondition(name) and viewer.evalParamExpertLevel(param)
+                self.assertIn(shown, (True, False), (protClass.__name__, name))
+                if isinstance(param, LabelParam) and shown:
+                    buttons.append(name)
+            self.assertTrue(buttons, protClass.__name__)
+            self.assertEqual(set(buttons), set(handlers), protClass.__name__)
+            self.assertEqual(viewer.validate(), [], protClass.__name__)
+            if not forged:
+                continue
+            for name in buttons:
+                if "Chimera" in name:
+                    continue  # needs ChimeraX configured
+                views = handlers[name](name)
+                self.assertEqual([type(v).__name__ for v in views], ["FigureView"], (protClass.__name__, name))
+                fig = _new_figure((8, 5))
+                views[0]._draw(fig)  # what show() draws into its window, off screen
+                self.assertTrue(fig.axes, (protClass.__name__, name))
+
+    def test_patch_fields_only_for_patch_runs(self):
+        focused, _ = self._protocol(GmmProtFocusedRefine)
+        patches, _ = self._protocol(GmmProtPatchRefine)
+        names = {}
+        for prot in (focused, patches):
+            viewer = Config.getDomain().findViewers(prot, DESKTOP_TKINTER)[0](project=self.proj, protocol=prot)
+            viewer.setProtocol(prot)
+            names[prot] = {n for n, _ in viewer._definition.iterParams()}
+        self.assertNotIn("displayPatchFsc", names[focused])
+        self.assertTrue({"displayPatchFsc", "displayPatchGmm", "displayPatchMasks", "patchNumber"} <= names[patches])
+        self.assertTrue(os.path.isdir(self.proj.getPath()))
