@@ -4,7 +4,7 @@ Two trainings of one half set with the same seed — each in a fresh trainer, wi
 determinism on (:func:`gmmcore.heter.training.deterministic_ops`) — give bit-identical network
 weights and latents; another seed gives other latents.  A small simulated dataset (48 particles,
 box 32, 3 Å/px) and a synthetic neutral GMM keep it fast (no GMM fit).  Across machines the
-latents may differ (CPU thread count, instruction set, oneDNN; see the training module's notes).
+latents may differ (oneDNN, instruction set, TF version, GPU; see the training module's notes).
 """
 from __future__ import annotations
 

@@ -31,10 +31,11 @@ bit-identical to an uninterrupted run.
 Determinism: training and encoding turn on TensorFlow's op determinism
 (:func:`deterministic_ops`; process-wide, irreversible), so one seed gives bit-identical networks
 and latents on one machine — GPU kernels that would use atomics switch to deterministic ones, and
-a GPU op without one raises instead of silently varying.  Not covered: a different CPU thread
-count (``--threads``; Eigen splits reductions by thread), instruction set (AVX2 vs AVX-512 FMA
-paths), oneDNN on/off (``TF_ENABLE_ONEDNN_OPTS``), TensorFlow/CUDA version or GPU model — each
-changes float32 rounding, which 30 epochs of training amplify to visibly different latents.
+a GPU op without one raises instead of silently varying.  Not covered, each changing float32
+rounding that 30 epochs amplify: oneDNN on/off (``TF_ENABLE_ONEDNN_OPTS=0`` moved latents by
+≈ 3e-6 after 9 small epochs), the CPU's instruction set (oneDNN and Eigen pick AVX2 / AVX-512 /
+AMX kernels per CPU), the TensorFlow/CUDA version, the GPU model, CPU vs GPU.  The CPU thread
+count (``--threads``) gave bit-identical latents (1 vs 2 threads) but TensorFlow does not promise it.
 """
 from __future__ import annotations
 
