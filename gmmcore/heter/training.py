@@ -27,6 +27,15 @@ network's arrays, Adam's state, the input scale and ring weights, the round/epoc
 loss history.  A killed run resumes from its last checkpoint and — the order of every epoch being a
 function of the seed, and the compiled functions traced afresh for every trainer — ends
 bit-identical to an uninterrupted run.
+
+Determinism: training and encoding turn on TensorFlow's op determinism
+(:func:`deterministic_ops`; process-wide, irreversible), so one seed gives bit-identical networks
+and latents on one machine — GPU kernels that would use atomics switch to deterministic ones, and
+a GPU op without one raises instead of silently varying.  Not covered, each changing float32
+rounding that 30 epochs amplify: oneDNN on/off (``TF_ENABLE_ONEDNN_OPTS=0`` moved latents by
+≈ 3e-6 after 9 small epochs), the CPU's instruction set (oneDNN and Eigen pick AVX2 / AVX-512 /
+AMX kernels per CPU), the TensorFlow/CUDA version, the GPU model, CPU vs GPU.  The CPU thread
+count (``--threads``) gave bit-identical latents (1 vs 2 threads) but TensorFlow does not promise it.
 """
 from __future__ import annotations
 
@@ -55,6 +64,12 @@ from .score import GridTensors, weighted_frc
 log = logging.getLogger("gmmcore.refine.heter")
 F32 = tf.float32
 ROUNDS = ("anchors", "full")
+
+
+def deterministic_ops() -> None:
+    """Turn on TensorFlow's op determinism for this process (idempotent).  No TF random op is used
+    here (all randomness is NumPy from the seed), so its seed requirement does not apply."""
+    tf.config.experimental.enable_op_determinism()
 
 
 @dataclass(frozen=True)
@@ -190,6 +205,7 @@ class HalfTrainer:
         self.table, self.rows, self.layout, self.grid = table, np.asarray(rows, np.int64), layout, grid
         self.s, self.half, self.store = settings, int(half), store
         self.backend = backend or get_backend()
+        deterministic_ops()
         saved = store.load()
         if saved is not None:
             state, arrays = saved
@@ -355,6 +371,7 @@ def encode(net: HalfNetwork, table: ParticleTable, rows: np.ndarray, batch: int 
            with_scores: bool = True) -> Dict[str, np.ndarray]:
     """Latents of particles ``rows`` (this half's!) → {"latent" (k, L), "frc_neutral" (k,),
     "frc_decoded" (k,)} (ring-weighted FRC against the neutral and the decoded GMM)."""
+    deterministic_ops()
     gt = GridTensors.of(net.grid, net.ring_weights)
     fm = FeatureMaker(net.decoder.layout, gt)
     enc, dec = net.encoder, net.decoder
