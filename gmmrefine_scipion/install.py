@@ -91,7 +91,8 @@ def install_commands(base_python: str, version: str, backends: Sequence[str],
     check = "import %s" % ", ".join(modules)
     return [
         ("%s -m venv ." % shlex.quote(base_python), "bin/python"),
-        ("%s -m pip install -q --upgrade pip && %s -m pip install %s && %s -c %s && echo %s > %s"
+        ("%s -m pip install -q --upgrade pip && %s -m pip install %s && TF_CPP_MIN_LOG_LEVEL=2 %s -c %s "
+         "&& echo %s > %s"
          % (python, python, engine_spec(version, engine_extras(backends, driver), checkout), python,
             shlex.quote(check), shlex.quote(" ".join(backends)), DONE_MARK), DONE_MARK),
     ]
