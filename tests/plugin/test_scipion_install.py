@@ -51,6 +51,8 @@ def sandbox(tmp_path_factory):
            if not k.startswith(("SCIPION_", "GMMREFINE_", "PYTHON", "VIRTUAL_ENV", "MPLBACKEND"))}
     env.update(SCIPION_HOME=os.path.join(root, "home"), SCIPION_USER_DATA=os.path.join(root, "userdata"),
                SCIPION_NOTIFY="False", TF_CPP_MIN_LOG_LEVEL="2")
+    for folder in ("SCIPION_HOME", "SCIPION_USER_DATA"):
+        os.makedirs(env[folder], exist_ok=True)  # scipion-app refuses a SCIPION_HOME that does not exist
     venv = os.path.join(root, "venv")
     python = os.path.join(venv, "bin", "python")
     env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", "")  # Scipion runs protocols with
