@@ -28,8 +28,9 @@ SCIPION_MAIN = ("import importlib.util, runpy, sys; sys.argv = ['scipion'] + sys
 CHAIN = "gmmrefine_scipion.tests.test_gmm_engine_env"
 
 
-def run(cmd, env, timeout, cwd=None):
-    """Run, print the command, its wall time and last lines (pytest -s / -rA shows them)."""
+def run(cmd, env, timeout, cwd):
+    """Run in ``cwd`` (never this checkout: ``python -c`` would import from it); print the command,
+    its wall time and last lines (pytest -s / -rA shows them)."""
     t0 = time.time()
     out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     text = out.stdout + out.stderr
@@ -58,9 +59,9 @@ def sandbox(tmp_path_factory):
     env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", "")  # Scipion runs protocols with
     # "python3" from PATH, as in an activated venv
     if not os.path.exists(python):
-        rc, text = run([sys.executable, "-m", "venv", venv], env, 300)
+        rc, text = run([sys.executable, "-m", "venv", venv], env, 300, root)
         assert rc == 0, text
-    rc, text = run([python, "-m", "pip", "install", "-q"] + SCIPION_PACKAGES, env, 1800)
+    rc, text = run([python, "-m", "pip", "install", "-q"] + SCIPION_PACKAGES, env, 1800, root)
     assert rc == 0, text
     return dict(root=root, plugin=plugin, env=env, scipion=[python, "-c", SCIPION_MAIN])
 
@@ -68,22 +69,22 @@ def sandbox(tmp_path_factory):
 def test_installp_devel_creates_the_engine_environment_and_scipion_tests_run(sandbox):
     import gmmrefine_scipion
     from gmmrefine_scipion.install import DONE_MARK
-    env, scipion = sandbox["env"], sandbox["scipion"]
-    rc, text = run(scipion + ["installp", "-p", sandbox["plugin"], "--devel", "-j", "2"], env, 2400)
+    env, scipion, root = sandbox["env"], sandbox["scipion"], sandbox["root"]
+    rc, text = run(scipion + ["installp", "-p", sandbox["plugin"], "--devel", "-j", "2"], env, 2400, root)
     assert rc == 0 and "ERROR" not in text, text[-3000:]
     engine = os.path.join(env["SCIPION_HOME"], "software", "em", "gmmrefine-%s" % gmmrefine_scipion.__version__)
     with open(os.path.join(engine, DONE_MARK)) as f:
         assert f.read().split() == ["tf"]
     rc, text = run([os.path.join(engine, "bin", "python"), "-c",
                     "import gmmcore, tensorflow as tf; print(gmmcore.__file__, tf.__version__, "
-                    "tf.config.list_physical_devices('GPU'))"], env, 300)
+                    "tf.config.list_physical_devices('GPU'))"], env, 300, root)
     assert rc == 0 and os.path.join(sandbox["plugin"], "gmmcore") in text, text
 
-    rc, text = run(scipion + ["tests", "--show"], env, 600)
+    rc, text = run(scipion + ["tests", "--show"], env, 600, root)
     # (pwem 3.11.1 itself prints "Error loading the test" for a few of its own modules)
     assert rc == 0 and "Traceback" not in text, text[-3000:]
     assert CHAIN in text and not [line for line in text.splitlines() if "Error" in line and "gmmrefine" in line], \
         text[-3000:]
 
-    rc, text = run(scipion + ["tests", CHAIN], dict(env, SCIPION_TEST_NOSYNC="1"), 1800)
+    rc, text = run(scipion + ["tests", CHAIN], dict(env, SCIPION_TEST_NOSYNC="1"), 1800, root)
     assert rc == 0 and "FAILED" not in text and "Traceback" not in text, text[-5000:]
