@@ -9,13 +9,18 @@ STAMP := $(VENV)/.installed
 # traces and compiles, so two processes on two cores finish the suite ~1.5x sooner than one
 TEST_WORKERS ?= 2
 
-.PHONY: demo demo-focused demo-heterogeneity gui test lint install bench clean
+.PHONY: demo demo-focused demo-heterogeneity gui test test-install lint install bench clean
 
-$(STAMP): requirements.txt setup.py
+# The two distributions of the checkout, both editable: the plugin (scipion-em-gmmrefine, from .)
+# and the engine (gmmcore, from ./gmmcore); their dependencies are the pins of requirements.txt.
+# The plugin first: reinstalling it over an older single-distribution install must not remove the
+# engine's `gmmcore` script afterwards.
+$(STAMP): requirements.txt setup.py pyproject.toml gmmcore/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --no-deps -e ./gmmcore
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +41,10 @@ gui: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=20
+
+# slow tier: Scipion's own installer on a copy of this checkout in a fresh venv (PyPI needed, ~10 min)
+test-install: $(STAMP)
+	GMMREFINE_SLOW_TESTS=1 $(PY) -m pytest -p no:cacheprovider -m slow tests/plugin/test_scipion_install.py
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports

@@ -1,12 +1,19 @@
 """Names shared by the gmmrefine Scipion plugin (variables, labels, file names)."""
 
 # ---- Plugin variables (set in scipion.conf or the environment) ----------------
-#: Interpreter of the environment where gmmcore is installed (default: this Python).
+#: Interpreter of the environment where gmmcore is installed (default: the engine environment's
+#: python when GMMREFINE_ENV_ACTIVATION is set, else Scipion's own).
 GMMREFINE_PYTHON = "GMMREFINE_PYTHON"
-#: Optional shell command run before gmmcore, e.g. "conda activate gmmcore".
+#: Shell command run before gmmcore, e.g. "conda activate gmmcore" (default: the activation of the
+#: engine environment gmmrefine-<version> when the installer made one).
 GMMREFINE_ENV_ACTIVATION = "GMMREFINE_ENV_ACTIVATION"
 #: Default GPU ids for the forms (Scipion syntax, e.g. "0" or "0 1").
 GMMREFINE_GPU = "GMMREFINE_GPU"
+#: Array backends the installer puts in the engine environment and validation imports there:
+#: "tf" (default), "jax" or "tf jax".
+GMMREFINE_BACKENDS = "GMMREFINE_BACKENDS"
+#: The engine environment Scipion's installer creates: <EM_ROOT>/gmmrefine-<version>.
+ENGINE_ENV_NAME = "gmmrefine"
 
 # ---- Particle attributes ------------------------------------------------------
 #: Half-set attribute on every particle; the same name the relion plugin reads/writes
