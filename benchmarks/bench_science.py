@@ -46,9 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gmmcore.fsc import fsc, fsc_masked, resolution_at  # noqa: E402
-from gmmcore.geometry import angular_distance  # noqa: E402
 from gmmcore.io.maps import read_map  # noqa: E402
 from gmmcore.io.star import read_star  # noqa: E402
+
+from benchmarks.realistic.truth import pose_errors  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_science.json"
 MODES = ("truth", "start", "global", "focused", "patches", "c2p")
@@ -102,20 +103,10 @@ def map_scores(h1: np.ndarray, h2: np.ndarray, set_dir: Path, apix: float) -> di
 
 
 def pose_scores(star: Path, set_dir: Path) -> dict:
-    """Angular error (degrees) of a star's rotations in the core and the domain's frame."""
-    truth = np.load(set_dir / "truth.npz")
-    tab = read_star(star, need_stacks=False)
-    names = tab.image_name
-    sp = tab.star_particles
-    if sp is not None and "rlnImageOriginalName" in sp.columns:  # an imported / refined star
-        names = sp["rlnImageOriginalName"].to_numpy()
-    idx = np.array([int(str(nm).split("@")[0]) - 1 for nm in names])  # rows → truth index
-    R = tab.rotation
-    core = angular_distance(R, truth["rotations"][idx])
-    dom = angular_distance(R, truth["domain_pose_rotations"][idx])
-    sh = np.linalg.norm(tab.origin - truth["origins_A"][idx], axis=1) / float(tab.apix[0])
+    """Angular error (degrees) in the core and the domain's frame, shift error (px): mean, median."""
+    err = pose_errors(star, set_dir)
     f = lambda v: {"mean": round(float(v.mean()), 3), "median": round(float(np.median(v)), 3)}  # noqa: E731
-    return {"core_deg": f(core), "domain_deg": f(dom), "shift_px": f(sh), "n": int(len(idx))}
+    return {**{k: f(v) for k, v in err.items()}, "n": int(len(err["core_deg"]))}
 
 
 def export_raw(star: Path, set_dir: Path, out: Path, log: Path) -> Path:

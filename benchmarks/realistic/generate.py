@@ -200,8 +200,10 @@ def signal_disc(box: int, radius_px: float) -> np.ndarray:
 
 
 def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int = 17, box: int = 64,
-             apix: float = 1.5, snr: float = 0.05, bins: int = 20, force: bool = False) -> dict:
-    """Make one set in ``out_dir`` (skipped when ``generation.json`` there has the same parameters).
+             apix: float = 1.5, snr: float = 0.05, bins: int = 20, force: bool = False,
+             start_angle_deg: float = 2.4, start_shift_px: float = 1.2) -> dict:
+    """Make one set in ``out_dir`` (skipped when ``generation.json`` there has the same parameters;
+    ``start_angle_deg`` / ``start_shift_px``: the mean start-pose error).
     Returns the parameters and summary written to ``generation.json``."""
     if shutil.which("relion_project") is None:
         raise SystemExit("relion_project (RELION) is not on PATH")
@@ -210,7 +212,8 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     n = int(spec["n"] if n is None else n)
     flexible = bool(spec["flexible"])
     params = {"set": kind, "n": n, "seed": int(seed), "box": int(box), "apix": float(apix), "snr": float(snr),
-              "bins": int(bins) if flexible else 1, "version": 1}
+              "bins": int(bins) if flexible else 1, "start_angle_deg": float(start_angle_deg),
+              "start_shift_px": float(start_shift_px), "version": 1}
     info_path = out / "generation.json"
     if not force and info_path.is_file():
         old = json.loads(info_path.read_text())
@@ -223,7 +226,8 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     traj = load_trajectory()
     nb = params["bins"]
     t_bins = (np.arange(nb) + 0.5) / nb if flexible else np.zeros(1)
-    truth = draw_truth(n, box, apix, seed, flexible, nb)
+    truth = draw_truth(n, box, apix, seed, flexible, nb, start_angle_deg=start_angle_deg,
+                       start_shift_px=start_shift_px)
     t_ref = T_REF if flexible else 0.0
 
     # Maps: the reference state (truth map) and one per bin.
