@@ -25,8 +25,8 @@ Scores per run (its poses exported with `gmmcore export --reference` to the set'
   true rotation A) and in the domain's frame (A·Q, Q the LID's motion from t_ref to the particle's
   state) — the latter is what a domain-focused run should approach;
 * wall time of the run.
-Results: benchmarks/results/bench_science.json (a dict keyed "<set>/<mode>[/<tag>]"; later runs
-update it).
+Results: benchmarks/results/bench_science.json (a dict keyed "<set>/<mode>[/<tag>][@n<N>]"; later
+runs update it).
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def run_modes(a) -> dict:
             shutil.rmtree(d)
 
     def record(mode: str, entry: dict) -> None:
-        key = f"{a.set}/{mode}{tag}"
+        key = f"{a.set}/{mode}{tag}" + (f"@n{a.n}" if a.n else "")
         entry.update(n_particles=a.n, set=a.set)
         results[key] = entry
         print(json.dumps({key: entry}), flush=True)
@@ -201,6 +201,8 @@ def run_modes(a) -> dict:
         apix = float(json.loads((set_dir / "generation.json").read_text())["params"]["apix"])
         h1, h2 = (read_map(d / "final" / f"half{s}.mrc")[0].astype(np.float64) for s in (1, 2))
         entry["composite_gmmcore_maps"] = map_scores(h1, h2, set_dir, apix)
+        g1, g2 = (read_map(g / "final" / f"half{s}.mrc")[0].astype(np.float64) for s in (1, 2))
+        entry["global_gmmcore_maps"] = map_scores(g1, g2, set_dir, apix)  # like for like with the composite
         record("patches", entry)
     if "c2p" in a.modes:
         h = work / f"heterogeneity_{sub}"
