@@ -1,0 +1,255 @@
+"""Science benchmark: refinement modes on the realistic sets (benchmarks/realistic/), scored against the truth.
+
+    python benchmarks/bench_science.py --set flexible --modes global focused
+    python benchmarks/bench_science.py --set flexible --modes focused --extra-focused "--width-rule variance" \
+        --tag variance
+    python benchmarks/bench_science.py --set rigid --modes truth global --n 1000
+
+Modes (each a gmmcore command on the set's start poses; folders under --work/<set>/):
+  truth     the true core-frame poses (reference row: the domain blurred by its motion)
+  start     the start poses (≈ 2.4° / 1.2 px from the truth)
+  global    gmmcore import + gmmcore refine
+  focused   gmmcore refine-focused --from global --mask domain_mask.mrc
+  patches   gmmcore refine-patches --from global --patches 3 (each patch's poses scored; the composite
+            half maps' FSC reported as made by gmmcore)
+  c2p       gmmcore heterogeneity --from global, then gmmcore conf2pose --mask domain_mask.mrc
+Each run is skipped when its final/ folder exists (--rerun to redo).  Extra flags per mode:
+--extra-global, --extra-focused, --extra-patches, --extra-heterogeneity, --extra-c2p (one string each).
+
+Scores per run (its poses exported with `gmmcore export --reference` to the set's raw images):
+* an INDEPENDENT reconstruction: `relion_reconstruct --ctf --subset 1|2` of the run's poses;
+  gold-standard FSC-0.143 (gmmcore.fsc.fsc_masked, phase-randomisation corrected) of the two half
+  maps inside the domain mask, the core mask and the particle mask; and the map (mean of the halves)
+  against the truth map (state t_ref): FSC-0.5 resolution and mean FSC up to 2/3 Nyquist, same masks;
+* angular error (degrees; mean and median) against the true poses in the core frame (the particle's
+  true rotation A) and in the domain's frame (A·Q, Q the LID's motion from t_ref to the particle's
+  state) — the latter is what a domain-focused run should approach;
+* wall time of the run.
+Results: benchmarks/results/bench_science.json (a dict keyed "<set>/<mode>[/<tag>][@n<N>]"; later
+runs update it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gmmcore.fsc import fsc, fsc_masked, resolution_at  # noqa: E402
+from gmmcore.io.maps import read_map  # noqa: E402
+from gmmcore.io.star import read_star  # noqa: E402
+
+from benchmarks.realistic.truth import pose_errors  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "bench_science.json"
+MODES = ("truth", "start", "global", "focused", "patches", "c2p")
+MASKS = {"domain": "domain_mask.mrc", "core": "core_mask.mrc", "particle": "particle_mask.mrc"}
+
+
+def gmmcore(*args: str, log: Path) -> float:
+    """Run a gmmcore verb (same interpreter, niceness inherited); returns its wall time (s)."""
+    cmd = [sys.executable, "-m", "gmmcore", *args]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               GMMCORE_NO_PROGRESS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    t0 = time.time()
+    with open(log, "a") as fh:
+        fh.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        fh.flush()
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+    if done.returncode != 0:
+        raise RuntimeError(f"gmmcore {args[0]} failed ({done.returncode}); see {log}")
+    return time.time() - t0
+
+
+def relion_halves(star: Path, out: Path, apix: float, project: Path) -> tuple:
+    """relion_reconstruct --ctf per half set → (half1, half2) arrays; run in ``project`` (RELION reads
+    relative image names from its working folder)."""
+    maps = []
+    for s in (1, 2):
+        o = out / f"relion_half{s}.mrc"
+        done = subprocess.run(["relion_reconstruct", "--i", str(Path(star).resolve()), "--o", str(o.resolve()),
+                               "--subset", str(s), "--ctf", "--angpix", str(apix)], cwd=str(project),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if done.returncode != 0 or not o.is_file():
+            raise RuntimeError(f"relion_reconstruct failed:\n{done.stdout[-2000:]}")
+        maps.append(read_map(o)[0].astype(np.float64))
+    return maps[0], maps[1]
+
+
+def map_scores(h1: np.ndarray, h2: np.ndarray, set_dir: Path, apix: float) -> dict:
+    """Half-map FSC-0.143 and map-vs-truth FSC (0.5, mean over the band) inside each mask."""
+    truth = read_map(set_dir / "truth_map.mrc")[0].astype(np.float64)
+    avg = 0.5 * (h1 + h2)
+    out = {}
+    for name, f in MASKS.items():
+        mask = read_map(set_dir / f)[0].astype(np.float64)
+        freq, curve = fsc_masked(h1, h2, apix, mask)
+        freq_t, curve_t = fsc(avg * mask, truth * mask, apix)
+        band = (freq_t > 0) & (freq_t <= (2.0 / 3.0) / (2.0 * apix))
+        out[name] = {"fsc0143_A": round(resolution_at(freq, curve, 0.143), 3),
+                     "truth_fsc05_A": round(resolution_at(freq_t, curve_t, 0.5), 3),
+                     "truth_fsc_mean": round(float(curve_t[band].mean()), 4)}
+    return out
+
+
+def pose_scores(star: Path, set_dir: Path) -> dict:
+    """Angular error (degrees) in the core and the domain's frame, shift error (px): mean, median."""
+    err = pose_errors(star, set_dir)
+    f = lambda v: {"mean": round(float(v.mean()), 3), "median": round(float(np.median(v)), 3)}  # noqa: E731
+    return {**{k: f(v) for k, v in err.items()}, "n": int(len(err["core_deg"]))}
+
+
+def export_raw(star: Path, set_dir: Path, out: Path, log: Path) -> Path:
+    """A run's poses on the set's raw (not phase-flipped) images: gmmcore export --reference."""
+    dst = out / "poses_raw.star"
+    gmmcore("export", "--particles", str(star), "--format", "relion", "--reference",
+            str(set_dir / "particles.star"), "--out", str(dst), log=log)
+    return dst
+
+
+def score(star: Path, set_dir: Path, out: Path, log: Path, raw: bool = False) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    apix = float(json.loads((set_dir / "generation.json").read_text())["params"]["apix"])
+    raw_star = star if raw else export_raw(star, set_dir, out, log)
+    h1, h2 = relion_halves(raw_star, out, apix, set_dir)
+    return {"maps": map_scores(h1, h2, set_dir, apix), "poses": pose_scores(star, set_dir)}
+
+
+def subset_star(set_dir: Path, n: int, work: Path, name: str) -> Path:
+    """The first n particles of a set's star (reduced runs); the full star when n is None."""
+    src = set_dir / name
+    if n is None:
+        return src
+    from gmmcore.io.star import write_star
+
+    tab = read_star(src)
+    dst = set_dir / f"subset_{n}_{name}"  # beside the stack: relative image names stay valid
+    write_star(tab.subset(np.arange(min(n, len(tab)))), dst)
+    return dst
+
+
+def run_modes(a) -> dict:
+    set_dir = Path(a.data) / a.set
+    if not (set_dir / "generation.json").is_file():
+        raise SystemExit(f"no generated set in {set_dir}: run python -m benchmarks.realistic.generate --set {a.set}")
+    work = Path(a.work) / a.set / (f"n{a.n}" if a.n else "all")
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "bench.log"
+    common = ["--threads", str(a.threads)] if a.threads else []
+    tag = f"/{a.tag}" if a.tag else ""
+    results = {}
+
+    def done(d: Path) -> bool:
+        return (d / "final" / "particles.star").is_file() or (d / "final" / "half1.mrc").is_file()
+
+    def fresh(d: Path) -> None:
+        if a.rerun and d.exists():
+            shutil.rmtree(d)
+
+    def record(mode: str, entry: dict) -> None:
+        key = f"{a.set}/{mode}{tag}" + (f"@n{a.n}" if a.n else "")
+        entry.update(n_particles=a.n, set=a.set)
+        results[key] = entry
+        print(json.dumps({key: entry}), flush=True)
+
+    start_star = subset_star(set_dir, a.n, work, "particles.star")
+    if "truth" in a.modes:
+        record("truth", score(subset_star(set_dir, a.n, work, "particles_true.star"), set_dir, work / "score_truth",
+                              log, raw=True))
+    if "start" in a.modes:
+        record("start", score(start_star, set_dir, work / "score_start", log, raw=True))
+    imported = work / "imported"
+    if not (imported / "particles.star").is_file():
+        gmmcore("import", "--star", str(start_star), "--out", str(imported), log=log)
+    g = work / "global"
+    if "global" in a.modes:
+        fresh(g)
+        sec = 0.0 if done(g) else gmmcore("refine", "--particles", str(imported / "particles.star"), "--out", str(g),
+                                          "--iter", str(a.iter_global), *common, *shlex.split(a.extra_global), log=log)
+        record("global", {**score(g / "final" / "particles.star", set_dir, work / "score_global", log),
+                          "seconds": round(sec, 1), "extra": a.extra_global})
+    mask = str(set_dir / MASKS["domain"])
+    sub = a.tag or "default"
+    if "focused" in a.modes:
+        d = work / f"focused_{sub}"
+        fresh(d)
+        sec = 0.0 if done(d) else gmmcore("refine-focused", "--from", str(g), "--mask", mask, "--out", str(d),
+                                          "--iter", str(a.iter_focused), *common, *shlex.split(a.extra_focused),
+                                          log=log)
+        record("focused", {**score(d / "final" / "particles.star", set_dir, work / f"score_focused_{sub}", log),
+                           "seconds": round(sec, 1), "extra": a.extra_focused})
+    if "patches" in a.modes:
+        d = work / f"patches_{sub}"
+        fresh(d)
+        sec = 0.0 if done(d) else gmmcore("refine-patches", "--from", str(g), "--patches", "3", "--out", str(d),
+                                          "--iter", str(a.iter_patches), *common, *shlex.split(a.extra_patches),
+                                          log=log)
+        entry = {"seconds": round(sec, 1), "extra": a.extra_patches, "patches": {}}
+        for p in sorted(d.glob("patch_*")):
+            entry["patches"][p.name] = score(p / "final" / "particles.star", set_dir, work / f"score_{sub}_{p.name}",
+                                             log)
+        apix = float(json.loads((set_dir / "generation.json").read_text())["params"]["apix"])
+        h1, h2 = (read_map(d / "final" / f"half{s}.mrc")[0].astype(np.float64) for s in (1, 2))
+        entry["composite_gmmcore_maps"] = map_scores(h1, h2, set_dir, apix)
+        g1, g2 = (read_map(g / "final" / f"half{s}.mrc")[0].astype(np.float64) for s in (1, 2))
+        entry["global_gmmcore_maps"] = map_scores(g1, g2, set_dir, apix)  # like for like with the composite
+        record("patches", entry)
+    if "c2p" in a.modes:
+        h = work / f"heterogeneity_{sub}"
+        d = work / f"c2p_{sub}"
+        fresh(h)
+        fresh(d)
+        sec = 0.0
+        if not (h / "final" / "latents.csv").is_file():
+            sec += gmmcore("heterogeneity", "--from", str(g), "--out", str(h), *shlex.split(a.extra_heterogeneity),
+                           log=log)
+        if not done(d):
+            sec += gmmcore("conf2pose", "--from", str(h), "--mask", mask, "--out", str(d), *shlex.split(a.extra_c2p),
+                           log=log)
+        record("c2p", {**score(d / "final" / "particles.star", set_dir, work / f"score_c2p_{sub}", log),
+                       "seconds": round(sec, 1), "extra": a.extra_heterogeneity + " | " + a.extra_c2p})
+    return results
+
+
+def save(results: dict, path: Path = RESULTS) -> None:
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old.update(results)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(old, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Refinement modes on the realistic sets, scored against the truth.")
+    p.add_argument("--set", choices=["rigid", "flexible"], default="flexible")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=["truth", "global", "focused"])
+    p.add_argument("--data", default=str(ROOT / "benchmarks" / "realistic_cache"), help="generated sets")
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / "realistic_cache" / "runs"), help="run folders")
+    p.add_argument("--n", type=int, default=None, help="use only the first N particles (reduced runs)")
+    p.add_argument("--tag", default="", help="label of this variant (run folders and result keys)")
+    p.add_argument("--rerun", action="store_true", help="redo the selected runs even when finished")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--iter-global", type=int, default=5)
+    p.add_argument("--iter-focused", type=int, default=3)
+    p.add_argument("--iter-patches", type=int, default=3)
+    for m in ("global", "focused", "patches", "heterogeneity", "c2p"):
+        p.add_argument(f"--extra-{m}", default="", help=f"extra flags for the {m} command (one quoted string)")
+    p.add_argument("--out", default=str(RESULTS), help="results JSON")
+    a = p.parse_args(argv)
+    res = run_modes(a)
+    save(res, Path(a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
