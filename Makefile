@@ -44,7 +44,7 @@ test: $(STAMP)
 
 # slow tier: Scipion's own installer on a copy of this checkout in a fresh venv (PyPI needed, ~10 min)
 test-install: $(STAMP)
-	GMMREFINE_SLOW_TESTS=1 $(PY) -m pytest -p no:cacheprovider -m slow tests/plugin/test_scipion_install.py
+	GMMREFINE_SLOW_TESTS=1 $(PY) -m pytest -p no:cacheprovider -m install tests/plugin/test_scipion_install.py
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports

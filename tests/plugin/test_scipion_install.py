@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600),
+pytestmark = [pytest.mark.install, pytest.mark.timeout(3600),
               pytest.mark.skipif(not os.environ.get("GMMREFINE_SLOW_TESTS"),
                                  reason="slow tier: GMMREFINE_SLOW_TESTS=1 (make test-install)")]
 
