@@ -22,9 +22,8 @@ from pathlib import Path
 from .. import defaults
 from ..errors import InputError
 from ..options import (RESOLUTION, TF_ONLY, add_band_arguments, add_deprecated_alias, add_focus_arguments,
-                       add_prior_arguments,
-                       add_run_arguments, add_step_arguments, at_least, check, check_continue, existing, fixed_batch,
-                       pose_prior)
+                       add_prior_arguments, add_run_arguments, add_step_arguments, at_least, check, check_continue,
+                       claim_run_output, existing, fixed_batch, pose_prior)
 from ..parallel.flags import parse_gpus
 from ..resources import set_cpu_threads
 
@@ -63,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("not a heterogeneity run directory (no summary.json)", path=src, field="--from")
     check_continue(args, "convert/params.json")
     mask = existing(args.mask, "--mask")
+    claim_run_output(args, "conf2pose", "conf2pose", [mask], input_runs=[src])
     if args.threads is not None:  # the networks' thread pools and FFT workers follow it
         set_cpu_threads(args.threads)
     params = Conf2PoseParams(
