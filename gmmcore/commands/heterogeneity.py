@@ -62,8 +62,6 @@ RULES = {"--latent": at_least(1), "--epochs": at_least(1),
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..heter.analysis import HeterogeneityParams, run_heterogeneity
-
     check(args, RULES, tf_only=True)
     batch = fixed_batch(args)
     src = Path(args.source)
@@ -75,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
     if grid is not None:
         check_band_on_grid(args, grid[1])
     claim_run_output(args, "heterogeneity", "heterogeneity", [mask], input_runs=[src])
+    from ..backend import get_backend
+
+    backend = get_backend("tf")  # TensorFlow imported with its start-up chatter kept off stderr, before the networks
+    _warn_without_gpu(backend, args)
+    from ..heter.analysis import HeterogeneityParams, run_heterogeneity
+
     if args.threads is not None:  # the networks' thread pools and FFT workers follow it
         set_cpu_threads(args.threads)
     params = HeterogeneityParams(
@@ -85,3 +89,16 @@ def run(args: argparse.Namespace) -> int:
         bins=args.bins, seed=args.seed, gpu=parse_gpus(args.gpu), cpu=args.cpu)
     run_heterogeneity(params)
     return 0
+
+
+def _warn_without_gpu(backend, args: argparse.Namespace) -> None:
+    """GPUs asked for and none seen: the same warning as every verb, on stderr (the run goes on on the CPU)."""
+    import sys
+
+    from ..backend import no_gpu_warning
+
+    gpu = parse_gpus(args.gpu)
+    if gpu and not args.cpu:
+        text = no_gpu_warning(gpu, args.cpu, backend.describe_devices(gpu, cpu_only=args.cpu), backend.name)
+        if text:
+            print(f"gmmcore heterogeneity: WARNING: {text}", file=sys.stderr)

@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import __version__
 from ..backend import get_backend
+from ..backend import tf as _tf_backend  # noqa: F401 - TensorFlow imported quietly, before the networks import it
 from ..errors import InputError
 from ..fourier import lowpass
 from ..fsc import fsc
