@@ -281,10 +281,9 @@ def run_grid(source) -> Optional[tuple]:
         m, apix = read_map(s.path("half1"))
         n = None
         if s.final is not None and s.final.gmm:
-            import numpy as np
+            from .gmm.model import GMM
 
-            with np.load(s.path("gmm", 1)) as g:
-                n = int(len(g[g.files[0]]))
+            n = min(len(GMM.load(s.path("gmm", h))) for h in (1, 2))
         return m.shape[0], float(apix), n
     except Exception:  # noqa: BLE001 - any unreadable run is reported by the engine with its own words
         return None

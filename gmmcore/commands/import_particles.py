@@ -137,7 +137,7 @@ def _check_space(out: Path, n: int, box: int) -> None:
 
 def run(args) -> int:
     from ..io.stacks import (StackWriter, iter_images, locate_image_names, referenced_stacks, resolved_image_names,
-                             table_locator)
+                             stack_stamp, table_locator)
     from ..io.star import write_star
     from ..progress import progress
 
@@ -207,7 +207,9 @@ def run(args) -> int:
         if "rlnImageOriginalName" not in sp.columns:
             sp["rlnImageOriginalName"] = original_names
         table.star_particles = sp
-        write_star(table, out / STAR_NAME)
+        # the star last, with the stamp of the stack published just before it: a kill between the two
+        # renames leaves a star that refuses the new stack instead of pairing with it
+        write_star(table, out / STAR_NAME, stacks={STACK_NAME: stack_stamp(out / STACK_NAME)} if flip else None)
 
         if split == "new-random":
             _log(f"{table.meta['split_note']}")
