@@ -271,22 +271,34 @@ def check_band_on_grid(args: argparse.Namespace, apix: float) -> None:
 
 
 def run_grid(source) -> Optional[tuple]:
-    """(box, Å/px, number of Gaussians of the final GMM or None) of a finished run directory, read
-    from its final half map 1 and GMM; None when the run cannot tell (the engine says why later)."""
+    """(box, Å/px, number of Gaussians of the final GMMs or None, average of the final half maps) of
+    a finished run directory; None when the run cannot tell (the engine says why later)."""
     try:
         from .io.maps import read_map
         from .summary import RunSummary
 
         s = RunSummary.load(source)
         m, apix = read_map(s.path("half1"))
+        m = 0.5 * (m + read_map(s.path("half2"))[0])
         n = None
         if s.final is not None and s.final.gmm:
             from .gmm.model import GMM
 
             n = min(len(GMM.load(s.path("gmm", h))) for h in (1, 2))
-        return m.shape[0], float(apix), n
+        return m.shape[0], float(apix), n, m
     except Exception:  # noqa: BLE001 - any unreadable run is reported by the engine with its own words
         return None
+
+
+def check_user_mask(path, flag: str, box: int, apix: float, density=None) -> None:
+    """A mask flag's file: on the grid, 0..1, not empty (:func:`gmmcore.masks.check_mask`) and, with
+    ``density``, overlapping the particle (:func:`gmmcore.masks.check_overlap`)."""
+    from .io.maps import read_map_on_grid
+    from .masks import check_mask, check_overlap
+
+    m = check_mask(read_map_on_grid(path, box, apix, field=flag), path=path, field=flag)
+    if density is not None:
+        check_overlap(m, density, apix, path=path, field=flag)
 
 
 def claim_run_output(args: argparse.Namespace, kind: str, verb: str, inputs: Iterable = (),

@@ -215,3 +215,27 @@ def test_sigterm_is_interrupted_in_every_verb(world, capsys, monkeypatch):
     assert rc == 130 and err.splitlines()[-1].startswith("gmmcore expand-symmetry: interrupted"), err
     assert not list((world / "exp").glob(".gmmcore.lock*")) if (world / "exp").exists() else True
     assert signal.getsignal(signal.SIGTERM) == handler
+
+
+def test_masks_that_miss_the_particle_are_refused(tmp_path, capsys):
+    """A mask away from the density (the wrong origin, another box) is refused before writing."""
+    rng = np.random.default_rng(5)
+    density = ball(2.5, (3, 3, 3))
+    for h in (1, 2):
+        write_map(tmp_path / f"half{h}.mrc", density + 0.01 * rng.normal(size=(BOX,) * 3), APIX)
+    far = np.zeros((BOX,) * 3, np.float32)
+    far[11:, 11:, 11:] = 1.0
+    write_map(tmp_path / "far.mrc", far, APIX)
+    star = particles(tmp_path / "p")
+    refused(tmp_path, capsys, "local-resolution", ["--half1", tmp_path / "half1.mrc", "--half2", tmp_path / "half2.mrc",
+                                                   "--mask", tmp_path / "far.mrc", "--out", tmp_path / "lr"],
+            "--mask", "does not overlap")
+    for flag in ("--mask", "--fsc-mask"):
+        args = ["--cpu", "--particles", star, "--half1", tmp_path / "half1.mrc", "--half2", tmp_path / "half2.mrc",
+                "--mask", tmp_path / "far.mrc" if flag == "--mask" else tmp_path / "half1.mrc", "--out",
+                tmp_path / "f"]
+        if flag == "--fsc-mask":
+            write_map(tmp_path / "near.mrc", ball(4, (4, 4, 4)), APIX)
+            args[8] = tmp_path / "near.mrc"
+            args += ["--fsc-mask", tmp_path / "far.mrc"]
+        refused(tmp_path, capsys, "refine-focused", args, flag, "does not overlap")

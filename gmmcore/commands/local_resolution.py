@@ -48,7 +48,7 @@ def check_inputs(args: argparse.Namespace):
 
     from ..io.maps import read_map, read_map_on_grid
     from ..localres import memory_bytes
-    from ..masks import check_mask
+    from ..masks import check_mask, check_overlap
 
     if args.window < 4:
         raise InputError(f"must be at least 4 voxels (got {args.window})", field="--window")
@@ -79,6 +79,8 @@ def check_inputs(args: argparse.Namespace):
     if args.step > box:
         raise InputError(f"{args.step} voxels is larger than the {box}-voxel box", field="--step")
     mask = check_mask(read_map_on_grid(args.mask, box, apix), path=args.mask) if args.mask else None
+    if mask is not None:
+        check_overlap(mask, 0.5 * (h1 + h2), apix, path=args.mask)
     need = memory_bytes(box, args.window)
     free = _available_memory()
     if free and need > free:

@@ -20,7 +20,7 @@ import argparse
 
 from ..errors import InputError
 from ..options import (add_alignment_arguments, add_focus_arguments, alignment_values, check, check_band_on_grid,
-                       check_continue, claim_run_output, existing, existing_all, run_grid)
+                       check_continue, check_user_mask, claim_run_output, existing, existing_all, run_grid)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -62,10 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_before_writing(args: argparse.Namespace, paths: dict, source) -> None:
-    """The band against the grid, the masks (grid, 0..1, not empty) and the output folder — before
-    anything is written."""
-    from ..io.maps import read_map, read_map_on_grid
-    from ..masks import check_mask
+    """The band against the grid, the masks (grid, 0..1, not empty, overlapping the particle) and
+    the output folder — before anything is written."""
+    from ..io.maps import read_map
 
     stacks = []
     if source:
@@ -76,12 +75,13 @@ def _check_before_writing(args: argparse.Namespace, paths: dict, source) -> None
 
         stacks = referenced_stacks(read_star(paths["particles"], need_stacks=False))
         m, apix = read_map(paths["half1"])
-        grid = (m.shape[0], apix, None)
+        m2, apix2 = read_map(paths["half2"])
+        grid = (m.shape[0], apix, None, 0.5 * (m + m2) if m2.shape == m.shape else None)
     if grid is not None:
-        box, apix, n_gauss = grid
+        box, apix, _, density = grid
         check_band_on_grid(args, apix)
         for flag in ("--mask", "--fsc-mask"):
             path = paths[flag.lstrip("-").replace("-", "_")]
             if path:
-                check_mask(read_map_on_grid(path, box, apix, field=flag), path=path, field=flag)
+                check_user_mask(path, flag, box, apix, density)
     claim_run_output(args, "focused", "refine-focused", list(paths.values()) + stacks, input_runs=[source])
