@@ -91,6 +91,8 @@ def test_focused_numbers_refused_before_writing(world, capsys, extra, must):
     out = world / "focused"
     refused(world, capsys, "refine-focused", ["--cpu", "--from", world / "R", "--mask", world / "in/centre.mrc",
                                               "--out", out, *extra], *must)
+    refused(world, capsys, "refine-patches", ["--cpu", "--from", world / "R", "--patches", "2", "--out", out,
+                                              *extra], *must)
     assert not out.exists()
 
 
@@ -239,3 +241,22 @@ def test_masks_that_miss_the_particle_are_refused(tmp_path, capsys):
             args[8] = tmp_path / "near.mrc"
             args += ["--fsc-mask", tmp_path / "far.mrc"]
         refused(tmp_path, capsys, "refine-focused", args, flag, "does not overlap")
+
+
+def test_tensorflow_verbs_fail_in_clean_lines(world):
+    """heterogeneity (a TensorFlow verb) in a fresh process: its stderr holds only its own lines —
+    no absl/oneDNN start-up notices — and --gpu with no such GPU is the one warning (or error)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    p = subprocess.run([sys.executable, "-m", "gmmcore", "heterogeneity", "--gpu", "7", "--from", world / "R",
+                        "--bins", "1", "--mask", world / "in/zero.mrc", "--out", world / "h"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, p.stderr
+    assert all(line.startswith("gmmcore heterogeneity: ") for line in lines), p.stderr
+    assert lines[-1].startswith("gmmcore heterogeneity: error: ") and len(lines) <= 2, p.stderr
+    if len(lines) == 2:
+        assert "GPU 7 requested; the engine sees no GPU" in lines[0]
