@@ -175,16 +175,38 @@ def test_claim_records_the_kind_for_rundir(tmp_path):
     assert json.loads((out / "params.json").read_text()) == {"source": "a"}
 
 
-def test_second_claim_on_a_busy_folder_names_the_first(tmp_path):
-    out = tmp_path / "o"
+def _holder(out: Path, kind: str, verb: str, keys=None) -> subprocess.Popen:
+    """Another process that claims ``out`` and keeps it until killed."""
     child = subprocess.Popen([sys.executable, "-c",
                               "import sys,time; sys.path.insert(0, %r)\n"
                               "from gmmcore.safewrite import claim_output\n"
-                              "claim_output(%r, 'global', 'refine'); print('ok', flush=True); time.sleep(30)"
-                              % (str(Path(__file__).resolve().parents[1]), str(out))],
+                              "claim_output(%r, %r, %r, lock_keys=%r); print('ok', flush=True); time.sleep(60)"
+                              % (str(Path(__file__).resolve().parents[1]), str(out), kind, verb, keys)],
                              stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ok"
+    return child
+
+
+def test_patch_workers_share_a_run_but_not_a_patch(tmp_path):
+    out = tmp_path / "patches"
+    child = _holder(out, "patches", "refine-patches", ["patch_01"])
     try:
-        assert child.stdout.readline().strip() == "ok"
+        claim_output(out, "patches", "refine-patches", lock_keys=["patch_02"])  # another patch: fine
+        release_claims()
+        with pytest.raises(InputError, match="in use by `gmmcore refine-patches`"):
+            claim_output(out, "patches", "refine-patches", lock_keys=["patch_01"])
+        with pytest.raises(InputError, match="in use by"):
+            claim_output(out, "patches", "refine-patches")  # the whole run (the composite) waits
+    finally:
+        child.kill()
+        child.wait()
+        release_claims()
+
+
+def test_second_claim_on_a_busy_folder_names_the_first(tmp_path):
+    out = tmp_path / "o"
+    child = _holder(out, "global", "refine")
+    try:
         with pytest.raises(InputError, match=f"in use by `gmmcore refine` \\(PID {child.pid} on"):
             claim_output(out, "global", "refine")
     finally:
