@@ -354,7 +354,11 @@ class OutputClaim:
                     lock.unlink()
             except OSError:
                 pass
-        if refused and self.folder and self.out.is_dir() and not getattr(self, "shared", False):
+        if not self.folder:
+            if self.created and self.out.parent.is_dir() and not any(self.out.parent.iterdir()):
+                self.out.parent.rmdir()  # the folder this claim made for an output file, still empty
+            return
+        if refused and self.out.is_dir() and not getattr(self, "shared", False):
             if self.created:
                 shutil.rmtree(self.out, ignore_errors=True)
                 return
@@ -363,7 +367,7 @@ class OutputClaim:
                     shutil.rmtree(p, ignore_errors=True)
                 else:
                     p.unlink(missing_ok=True)
-        elif self.created and self.folder and self.out.is_dir() and not any(self.out.iterdir()):
+        elif self.created and self.out.is_dir() and not any(self.out.iterdir()):
             self.out.rmdir()
 
 
@@ -463,7 +467,7 @@ def claim_output(out, kind: Optional[str], verb: str, inputs: Iterable = (), inp
             if who is not None:
                 raise InputError(f"is in use by {who}; wait for it to finish, or choose another output", path=out,
                                  field=field)
-    created = folder and not base.exists()
+    created = not base.exists()
     base.mkdir(parents=True, exist_ok=True)
     stamp = {"pid": os.getpid(), "host": socket.gethostname(), "verb": verb,
              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -472,15 +476,25 @@ def claim_output(out, kind: Optional[str], verb: str, inputs: Iterable = (), inp
     claim.shared = lock_keys is not None  # other commands write the same folder now: never clean it up
     for name in names:
         lock = base / name
+        # written under a private name, then linked to the lock's name: a lock is never seen half-written
+        tmp = base / f"{name}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(stamp))
         try:
-            fd = os.open(str(lock), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            try:
+                os.link(tmp, lock)
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links: exclusive create, then write
+                fd = os.open(str(lock), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(json.dumps(stamp))
         except FileExistsError:
             who = _lock_text(lock) or "another command"
             claim.release(refused=True)
             raise InputError(f"is in use by {who}; wait for it to finish, or choose another output", path=out,
                              field=field) from None
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(stamp))
+        finally:
+            tmp.unlink(missing_ok=True)
         locks.append(lock)
     claim.before = set(given.rglob("*")) if folder else set()
     _CLAIMS.append(claim)
