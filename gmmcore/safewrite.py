@@ -411,7 +411,10 @@ def _lock_text(lock: Path) -> Optional[str]:
         except OSError:
             pass
         return None
-    return f"`gmmcore {data.get('verb', '?')}` (PID {pid} on {host}, since {data.get('since', '?')})"
+    text = f"`gmmcore {data.get('verb', '?')}` (PID {pid} on {host}, since {data.get('since', '?')})"
+    if host != socket.gethostname():  # its process cannot be checked from here
+        text += f" — if it no longer runs there, delete {lock}"
+    return text
 
 
 def claim_output(out, kind: Optional[str], verb: str, inputs: Iterable = (), input_runs: Iterable = (),
