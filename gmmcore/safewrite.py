@@ -500,6 +500,10 @@ def claim_output(out, kind: Optional[str], verb: str, inputs: Iterable = (), inp
             tmp.unlink(missing_ok=True)
         locks.append(lock)
     claim.before = set(given.rglob("*")) if folder else set()
+    if not _CLAIMS:
+        import atexit
+
+        atexit.register(release_claims)  # library use (no command line around it): released at exit at the latest
     _CLAIMS.append(claim)
     return claim
 
