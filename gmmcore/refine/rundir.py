@@ -2,7 +2,10 @@
 
 Layout (``--out DIR``; every file written atomically, the record of a step written last):
 
-    params.json                 the parameters; a run continues only with the same defining ones
+    params.json                 the parameters ("kind": the verb's kind of run, see
+                                gmmcore.safewrite.claim_output); a run continues only with the same
+                                kind and the same defining parameters
+    .gmmcore.lock               while a command writes the run: its PID and host
     run.log                     the log
     mask_auto.mrc               the automatic FSC mask (when no --mask), made at iteration 0
     iter000/                    input poses: half1.mrc, half2.mrc, report.json
