@@ -14,6 +14,12 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
+# TensorFlow / absl / XLA start-up noise is silenced before any verb can load a backend (a failing
+# command prints its one error line, nothing else); a user's own setting wins
+for _name, _value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("GRPC_VERBOSITY", "ERROR"), ("GLOG_minloglevel", "2"),
+                      ("ABSL_MIN_LOG_LEVEL", "3")):
+    os.environ.setdefault(_name, _value)
+
 from . import __version__
 from .errors import InputError
 
@@ -82,14 +88,27 @@ def _form_fields(args) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Run one verb.  Every verb alike: SIGTERM unwinds like Ctrl-C ("interrupted", exit code 130;
+    re-running the command continues), an InputError is one line (exit code 2) and leaves nothing
+    the command wrote, the output's lock is released at the end."""
+    from .safewrite import release_claims, sigterm_as_interrupt
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    try:
+        with sigterm_as_interrupt():
+            return _run(parser, args)
+    finally:  # a refused command (InputError) leaves nothing; a crash or an interrupt keeps what resumes
+        release_claims(refused=getattr(args, "_refused", False))
+
+
+def _run(parser: argparse.ArgumentParser, args) -> int:
     module = importlib.import_module(VERBS[args.verb])
     try:
         return int(module.run(args) or 0)
     except InputError as exc:
+        args._refused = True
         line = f"gmmcore {args.verb}: error: " + exc.render(_verb_options(parser, args.verb), _form_fields(args))
         print(line, file=sys.stderr)
         _record_error(line)
@@ -101,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return _fail(args.verb, os_error_line(exc))
     except KeyboardInterrupt:
-        print(f"gmmcore {args.verb}: interrupted", file=sys.stderr)
+        print(f"gmmcore {args.verb}: interrupted (run the same command again to continue)", file=sys.stderr)
         return 130
 
 

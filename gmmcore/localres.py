@@ -94,6 +94,17 @@ def local_resolution(half1: np.ndarray, half2: np.ndarray, apix: float, mask: Op
     return full.astype(np.float32)
 
 
+def memory_bytes(box: int, window_px: int) -> int:
+    """Working memory of :func:`local_resolution` (bytes, about): the padded half maps, one batch
+    of windows and their transforms, the shell matrix and the full-size result."""
+    w = int(window_px) + int(window_px) % 2
+    m = w // 2 + 1
+    padded = 2 * (box + w) ** 3 * 8
+    batch = min(BATCH, box ** 3) * (2 * w ** 3 * 8 + 2 * w * w * m * 16 + 3 * w * w * m * 8)
+    shells = w * w * m * m * 8
+    return int(padded + batch + shells + 4 * box ** 3 * 8)
+
+
 def _crossing(fsc: np.ndarray, threshold: float, length_A: float) -> np.ndarray:
     """Per row: resolution (Å) where the FSC (shells 0..m-1) first falls below ``threshold``."""
     m = fsc.shape[1]

@@ -101,6 +101,16 @@ def check_mask(mask: np.ndarray, path=None, field: str = "--mask") -> np.ndarray
     return m
 
 
+def check_overlap(mask: np.ndarray, density: np.ndarray, apix: float, path=None, field: str = "--mask") -> None:
+    """A user's mask must overlap the particle: some weight where the automatic mask of ``density``
+    (e.g. the average of the half maps) is ≥ 0.5; InputError naming the file otherwise."""
+    from .errors import InputError
+
+    if not float(np.asarray(mask, np.float32)[auto_mask(density, apix) >= 0.5].sum()) > 0:
+        raise InputError("the mask does not overlap the particle's density (wrong box position or origin?)",
+                         path=path, field=field)
+
+
 def auto_fsc_mask(half1: np.ndarray, half2: np.ndarray, apix: float) -> np.ndarray:
     """The automatic FSC mask of two half maps: :func:`auto_mask` of their average (the one rule
     wherever no FSC mask is given)."""

@@ -259,6 +259,56 @@ def fixed_batch(args: argparse.Namespace) -> int:
     return batch
 
 
+def check_band_on_grid(args: argparse.Namespace, apix: float) -> None:
+    """The band against the pixel size (before anything is written): ``--minres`` and ``--maxres``
+    must be coarser than Nyquist (2·apix, with the 5 % the refinement keeps)."""
+    finest = 2.0 * apix * 1.05
+    for flag in ("--maxres", "--minres"):
+        v = getattr(args, _dest(flag), None)
+        if v is not None and v <= finest:
+            raise InputError(f"{v:g} Å is not coarser than Nyquist with margin ({finest:.2f} Å at {apix:g} Å/px)",
+                             field=flag)
+
+
+def run_grid(source) -> Optional[tuple]:
+    """(box, Å/px, number of Gaussians of the final GMMs or None, average of the final half maps) of
+    a finished run directory; None when the run cannot tell (the engine says why later)."""
+    try:
+        from .io.maps import read_map
+        from .summary import RunSummary
+
+        s = RunSummary.load(source)
+        m, apix = read_map(s.path("half1"))
+        m = 0.5 * (m + read_map(s.path("half2"))[0])
+        n = None
+        if s.final is not None and s.final.gmm:
+            from .gmm.model import GMM
+
+            n = min(len(GMM.load(s.path("gmm", h))) for h in (1, 2))
+        return m.shape[0], float(apix), n, m
+    except Exception:  # noqa: BLE001 - any unreadable run is reported by the engine with its own words
+        return None
+
+
+def check_user_mask(path, flag: str, box: int, apix: float, density=None) -> None:
+    """A mask flag's file: on the grid, 0..1, not empty (:func:`gmmcore.masks.check_mask`) and, with
+    ``density``, overlapping the particle (:func:`gmmcore.masks.check_overlap`)."""
+    from .io.maps import read_map_on_grid
+    from .masks import check_mask, check_overlap
+
+    m = check_mask(read_map_on_grid(path, box, apix, field=flag), path=path, field=flag)
+    if density is not None:
+        check_overlap(m, density, apix, path=path, field=flag)
+
+
+def claim_run_output(args: argparse.Namespace, kind: str, verb: str, inputs: Iterable = (),
+                     input_runs: Iterable = (), lock_keys: Optional[Iterable[str]] = None) -> None:
+    """:func:`gmmcore.safewrite.claim_output` for a run verb's ``--out`` (a run directory of ``kind``)."""
+    from .safewrite import claim_output
+
+    claim_output(args.out, kind, verb, inputs, input_runs=input_runs, lock_keys=lock_keys)
+
+
 def existing(path, flag: str) -> str:
     """The absolute path of an input that must exist (else InputError naming ``flag``)."""
     if not Path(path).exists():

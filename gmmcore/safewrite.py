@@ -261,3 +261,253 @@ def os_error_line(exc: OSError) -> Optional[str]:
     hint = {errno.ENOSPC: "; free space or choose another output folder",
             errno.EDQUOT: "; free space or choose another output folder"}.get(exc.errno, "")
     return f"{where}: {what}{hint}" if where else f"{what}{hint}"
+
+
+# --------------------------------------------------------------------------------------------------
+# the output folder of a verb: one rule for all (applied before anything is written)
+# --------------------------------------------------------------------------------------------------
+LOCK_NAME = ".gmmcore.lock"
+
+# kind (recorded as "kind" in params.json / summary.json) -> the verb that writes it
+KIND_VERBS = {"global": "refine", "focused": "refine-focused", "patches": "refine-patches",
+              "patch": "refine-patches (one patch)", "heterogeneity": "heterogeneity", "conf2pose": "conf2pose",
+              "import": "import", "reconstruct": "reconstruct", "simulate": "simulate",
+              "expand-symmetry": "expand-symmetry", "local-resolution": "local-resolution", "run": "an older gmmcore"}
+
+# summary.json keys that tell the verbs whose summaries carry no "kind" apart
+_FLAT_KINDS = (("local-resolution", ("local_resolution", "window_px")), ("expand-symmetry", ("operators", "n_input")),
+               ("reconstruct", ("pad", "sym", "particles")), ("import", ("star", "phase_flipped")))
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def folder_kind(folder) -> Optional[str]:
+    """The kind of gmmcore output a folder holds (see :data:`KIND_VERBS`; "run": a run directory
+    whose params.json names no kind), or None when it holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    params = _read_json(folder / "params.json") if (folder / "params.json").is_file() else None
+    if params is not None and isinstance(params.get("kind"), str):
+        return params["kind"]
+    summary = _read_json(folder / "summary.json") if (folder / "summary.json").is_file() else None
+    if summary is not None:
+        if isinstance(summary.get("kind"), str):
+            return summary["kind"]
+        for kind, keys in _FLAT_KINDS:
+            if all(k in summary for k in keys):
+                return kind
+    if (folder / "params.json").is_file():
+        return "run"
+    if (folder / "simulation.json").is_file():
+        return "simulate"
+    return None
+
+
+def enclosing_run(path) -> Optional[Path]:
+    """The outermost folder at or above ``path`` that holds gmmcore output (a run of any kind), or None."""
+    p = Path(os.path.realpath(str(path)))
+    found = None
+    for folder in [p] + list(p.parents):
+        if folder_kind(folder) is not None:
+            found = folder
+    return found
+
+
+def _within(inner: str, outer: str) -> bool:
+    """``inner`` is ``outer`` or below it (real paths)."""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class OutputClaim:
+    """This process' claim on an output folder (or file): its lock files, the kind of run it
+    writes, and what was there before (removed again when the command is refused)."""
+
+    def __init__(self, out: Path, kind: Optional[str], locks: List[Path], created: bool, folder: bool):
+        self.out, self.kind, self.locks, self.created, self.folder = out, kind, locks, created, folder
+        self.before = set(out.rglob("*")) if folder and out.is_dir() else set()
+
+    def release(self, refused: bool = False) -> None:
+        """Remove the locks; ``refused``: also what the command wrote (and the folder it made)."""
+        for lock in self.locks:
+            try:
+                data = _read_json(lock) or {}
+                if data.get("pid") == os.getpid():
+                    lock.unlink()
+            except OSError:
+                pass
+        if not self.folder:
+            if self.created and self.out.parent.is_dir() and not any(self.out.parent.iterdir()):
+                self.out.parent.rmdir()  # the folder this claim made for an output file, still empty
+            return
+        if refused and self.out.is_dir() and not getattr(self, "shared", False):
+            if self.created:
+                shutil.rmtree(self.out, ignore_errors=True)
+                return
+            for p in sorted(set(self.out.rglob("*")) - self.before, reverse=True):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        elif self.created and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
+
+
+_CLAIMS: List[OutputClaim] = []
+
+
+def claimed_kind(folder) -> Optional[str]:
+    """The kind this process claimed ``folder`` for (None: not claimed here)."""
+    real = os.path.realpath(str(folder))
+    for c in _CLAIMS:
+        if c.folder and os.path.realpath(str(c.out)) == real:
+            return c.kind
+    return None
+
+
+def release_claims(refused: bool = False) -> None:
+    """Release every output this process claimed (the command line does it when a verb ends)."""
+    while _CLAIMS:
+        _CLAIMS.pop().release(refused)
+
+
+def _lock_text(lock: Path) -> Optional[str]:
+    """Who holds ``lock`` ("`gmmcore VERB` (PID n on HOST, since T)"), or None when it is free or
+    stale (its process is gone on this host; a stale lock is removed)."""
+    import socket
+
+    data = _read_json(lock)
+    if data is None:
+        if lock.exists():
+            try:  # a half-written lock (killed while writing it): stale
+                lock.unlink()
+            except OSError:
+                pass
+        return None
+    pid, host = data.get("pid"), data.get("host")
+    if pid == os.getpid() and host == socket.gethostname():
+        return None
+    if host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+        try:
+            lock.unlink()
+        except OSError:
+            pass
+        return None
+    text = f"`gmmcore {data.get('verb', '?')}` (PID {pid} on {host}, since {data.get('since', '?')})"
+    if host != socket.gethostname():  # its process cannot be checked from here
+        text += f" — if it no longer runs there, delete {lock}"
+    return text
+
+
+def claim_output(out, kind: Optional[str], verb: str, inputs: Iterable = (), input_runs: Iterable = (),
+                 folder: bool = True, field: str = "--out", lock_keys: Optional[Iterable[str]] = None) -> OutputClaim:
+    """The one rule of every verb's output, before anything is written: ``out`` (a folder when
+    ``folder``, else a file) is a usable path (:func:`check_output_path`); it is not, and does not
+    hold, any of ``inputs`` (files or folders); it does not lie inside a run that holds an input
+    (or one of ``input_runs``, e.g. ``--from``) nor inside any other gmmcore run; a folder does not
+    hold a run of another ``kind``; and no other command is writing it (a lock file with PID and
+    host; a lock whose process is gone on this host is stale and removed).  Each refusal is one
+    :class:`InputError` line; then the lock is taken (``lock_keys``: per-part locks, e.g. one per
+    patch, that only exclude the same parts and the whole) and the kind recorded for
+    :class:`~gmmcore.refine.rundir.RunDir`.  Released by :func:`release_claims`."""
+    import socket
+    import time
+
+    check_output_path(out, field, folder=folder)
+    given = Path(out)
+    real = os.path.realpath(str(out))
+    ins = [str(i) for i in inputs if i]
+    for i in ins:
+        ri = os.path.realpath(i)
+        if ri == real:
+            raise InputError(f"is the input {i}; choose another output", path=out, field=field)
+        if folder and _within(ri, real):
+            raise InputError(f"holds the input {i}: writing there could replace it; choose another output folder",
+                             path=out, field=field)
+    runs = [os.path.realpath(str(r)) for r in input_runs if r]
+    runs += [str(r) for r in (enclosing_run(i) for i in ins) if r is not None]
+    for r in runs:
+        if _within(real, r):
+            what = "is" if real == r else "lies inside"
+            raise InputError(f"{what} the input run {r}; choose an output folder outside it", path=out, field=field)
+    home = enclosing_run(real if folder else os.path.dirname(real))
+    if home is not None and (not folder or str(home) != real):
+        raise InputError(f"lies inside the gmmcore {KIND_VERBS.get(folder_kind(home), 'run')} output {home}; "
+                         "choose an output folder outside it", path=out, field=field)
+    if folder and kind is not None:
+        old = folder_kind(real)
+        if old is not None and old != kind and old != "run":
+            raise InputError(f"holds a `gmmcore {KIND_VERBS.get(old, old)}` run (kind {old!r}); this is a "
+                             f"`gmmcore {verb}` run: choose another --out", path=out, field=field)
+    # the lock
+    base = given if folder else given.parent
+    stem = LOCK_NAME if folder else f".{given.name}{LOCK_NAME}"
+    names = [stem] if lock_keys is None else [f"{stem}.{k}" for k in lock_keys]
+    if base.is_dir():
+        held = [p for p in base.glob(stem + "*") if p.is_file()]
+        for p in held:
+            if lock_keys is not None and p.name != stem and p.name not in names:
+                continue  # another part of the same run (e.g. another patch)
+            who = _lock_text(p)
+            if who is not None:
+                raise InputError(f"is in use by {who}; wait for it to finish, or choose another output", path=out,
+                                 field=field)
+    created = not base.exists()
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = {"pid": os.getpid(), "host": socket.gethostname(), "verb": verb,
+             "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    locks = []
+    claim = OutputClaim(given, kind, locks, created, folder)
+    claim.shared = lock_keys is not None  # other commands write the same folder now: never clean it up
+    for name in names:
+        lock = base / name
+        # written under a private name, then linked to the lock's name: a lock is never seen half-written
+        tmp = base / f"{name}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(stamp))
+        try:
+            try:
+                os.link(tmp, lock)
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links: exclusive create, then write
+                fd = os.open(str(lock), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(json.dumps(stamp))
+        except FileExistsError:
+            who = _lock_text(lock) or "another command"
+            claim.release(refused=True)
+            raise InputError(f"is in use by {who}; wait for it to finish, or choose another output", path=out,
+                             field=field) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        locks.append(lock)
+    claim.before = set(given.rglob("*")) if folder else set()
+    if not _CLAIMS:
+        import atexit
+
+        atexit.register(release_claims)  # library use (no command line around it): released at exit at the latest
+    _CLAIMS.append(claim)
+    return claim
+
+
+def is_lock(name: str) -> bool:
+    """A lock file of :func:`claim_output` (not an output)."""
+    return name.startswith(LOCK_NAME) or (name.startswith(".") and LOCK_NAME in name)

@@ -129,6 +129,15 @@ class Backend(Protocol):
 _LOADED = {}
 
 
+def no_gpu_warning(gpu, cpu: bool, device: str, backend_name: str) -> "str | None":
+    """The one warning of every verb when GPUs were asked for (``gpu``: ids) and the backend sees
+    none (``device`` is its description): the run goes on on the CPU.  None when nothing to say."""
+    if gpu and not cpu and "GPU" not in device:
+        return (f"GPU {','.join(map(str, gpu))} requested; the engine sees no GPU: running on the CPU "
+                f"({backend_name} backend)")
+    return None
+
+
 def get_backend(name: str = "tf") -> Backend:
     """The backend called ``name`` (imported on first use)."""
     if name not in BACKENDS:

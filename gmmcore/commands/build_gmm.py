@@ -37,7 +37,7 @@ def run(args) -> int:
     from ..backend import get_backend
     from ..gmm.build import build_gmm
     from ..io.maps import read_map
-    from ..safewrite import check_output_path, refuse_overwriting_inputs, write_json
+    from ..safewrite import check_output_path, claim_output, refuse_overwriting_inputs, write_json
 
     if args.ngauss is not None and args.ngauss < 1:
         raise InputError("must be at least 1", field="--ngauss")
@@ -48,6 +48,10 @@ def run(args) -> int:
         check_output_path(o, "--out", folder=False)
     seed_model = args.seed_model if args.seed_model and not str(args.seed_model).startswith("builtin:") else None
     refuse_overwriting_inputs(outputs, [args.map, seed_model])
+    if not Path(args.map).is_file():
+        raise InputError("file not found", path=args.map, field="--map")
+    for o in outputs:
+        claim_output(o, None, "build-gmm", [args.map, seed_model], folder=False)
     m, apix = read_map(args.map)
     gmm, report = build_gmm(m, apix, args.resolution, n_gaussians=args.ngauss, seed_model=args.seed_model,
                             seed=args.seed, minres_A=args.minres, iterations=args.iterations,

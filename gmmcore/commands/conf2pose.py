@@ -22,9 +22,8 @@ from pathlib import Path
 from .. import defaults
 from ..errors import InputError
 from ..options import (RESOLUTION, TF_ONLY, add_band_arguments, add_deprecated_alias, add_focus_arguments,
-                       add_prior_arguments,
-                       add_run_arguments, add_step_arguments, at_least, check, check_continue, existing, fixed_batch,
-                       pose_prior)
+                       add_prior_arguments, add_run_arguments, add_step_arguments, at_least, check, check_continue,
+                       claim_run_output, existing, fixed_batch, pose_prior)
 from ..parallel.flags import parse_gpus
 from ..resources import set_cpu_threads
 
@@ -53,8 +52,6 @@ RULES = {"--convert-maxres": RESOLUTION, "--focus-iter": at_least(0), "--focus-s
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..heter.conf2pose import Conf2PoseParams, run_conf2pose
-
     check(args, RULES, tf_only=True)
     batch = fixed_batch(args)
     prior_angle, prior_shift = pose_prior(args)
@@ -63,6 +60,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("not a heterogeneity run directory (no summary.json)", path=src, field="--from")
     check_continue(args, "convert/params.json")
     mask = existing(args.mask, "--mask")
+    claim_run_output(args, "conf2pose", "conf2pose", [mask], input_runs=[src])
+    from ..backend import get_backend
+
+    backend = get_backend("tf")  # TensorFlow imported with its start-up chatter kept off stderr, before the networks
+    _warn_without_gpu(backend, args)
+    from ..heter.conf2pose import Conf2PoseParams, run_conf2pose
+
     if args.threads is not None:  # the networks' thread pools and FFT workers follow it
         set_cpu_threads(args.threads)
     params = Conf2PoseParams(
@@ -74,3 +78,16 @@ def run(args: argparse.Namespace) -> int:
         width_rule=args.width_rule, mask_level=args.mask_level)
     run_conf2pose(params)
     return 0
+
+
+def _warn_without_gpu(backend, args: argparse.Namespace) -> None:
+    """GPUs asked for and none seen: the same warning as every verb, on stderr (the run goes on on the CPU)."""
+    import sys
+
+    from ..backend import no_gpu_warning
+
+    gpu = parse_gpus(args.gpu)
+    if gpu and not args.cpu:
+        text = no_gpu_warning(gpu, args.cpu, backend.describe_devices(gpu, cpu_only=args.cpu), backend.name)
+        if text:
+            print(f"gmmcore conf2pose: WARNING: {text}", file=sys.stderr)

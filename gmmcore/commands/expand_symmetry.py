@@ -27,19 +27,24 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..expansion import expand_symmetry
+    from ..expansion import SOURCE_COLUMN, expand_symmetry
+    from ..io.stacks import referenced_stacks, resolved_image_names
     from ..io.star import read_star, write_star
-    from ..safewrite import OutputGuard
+    from ..safewrite import OutputGuard, check_output_path, claim_output
     from ..summary import ExpansionSummary
     from ..symmetry import symmetry_name, symmetry_order
 
     if not Path(args.particles).is_file():
         raise InputError("file not found", path=args.particles, field="--particles")
     K = symmetry_order(args.sym)
+    check_output_path(args.out, "--out", folder=True)
     table = read_star(args.particles)
+    df = table.star_particles
+    if df is not None and SOURCE_COLUMN in getattr(df, "columns", ()):
+        raise InputError(f"these particles are already symmetry-expanded (column {SOURCE_COLUMN}): expand the "
+                         "original particles once", path=args.particles, field="--particles")
     out = Path(args.out)
-    from ..io.stacks import resolved_image_names
-
+    claim_output(out, "expand-symmetry", "expand-symmetry", [args.particles] + referenced_stacks(table))
     table.image_name = resolved_image_names(table)  # absolute: the expanded star lives elsewhere
     with OutputGuard(out):
         exp = expand_symmetry(table, args.sym)

@@ -65,12 +65,16 @@ def export(particles, fmt: str, out, reference=None, original_images: bool = Fal
     from ..io.cryosparc import write_cs
     from ..io.stacks import referenced_stacks
     from ..io.star import read_star, write_star
-    from ..safewrite import check_output_path, refuse_overwriting_inputs
+    from ..safewrite import check_output_path, claim_output, refuse_overwriting_inputs
 
     check_output_path(out, "--out", folder=False)
     table = read_star(particles, need_stacks=False)
     out = Path(out)
-    refuse_overwriting_inputs([out], [particles, reference] + referenced_stacks(table))
+    inputs = [particles, reference] + referenced_stacks(table)
+    refuse_overwriting_inputs([out], inputs)
+    if reference is not None and not Path(reference).is_file():
+        raise InputError("file not found", path=reference, field="--reference")
+    claim_output(out, None, "export", inputs, folder=False)
     if fmt == "cryosparc":
         if reference is not None and Path(reference).suffix == ".star":
             raise InputError("--reference for --format cryosparc must be the original .cs", path=reference)

@@ -22,7 +22,8 @@ from pathlib import Path
 from .. import defaults
 from ..errors import InputError
 from ..options import (POSITIVE, TF_ONLY, add_band_arguments, add_ring_weight_argument, add_run_arguments,
-                       at_least, check, check_continue, existing_all, fixed_batch)
+                       at_least, check, check_band_on_grid, check_continue, claim_run_output, existing_all,
+                       fixed_batch, run_grid)
 from ..parallel.flags import parse_gpus
 from ..resources import set_cpu_threads
 
@@ -52,14 +53,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                       gpu_help="GPU id to use (default: the first GPU TensorFlow sees)")
 
 
-RULES = {"--latent": at_least(1), "--epochs": at_least(1), "--bins": at_least(1), "--anchors": at_least(0),
+MAX_BINS = 100
+
+RULES = {"--latent": at_least(1), "--epochs": at_least(1),
+         "--bins": ((lambda v: 1 <= v <= MAX_BINS), f"must be between 1 and {MAX_BINS}"), "--anchors": at_least(0),
          "--full-epochs": at_least(0), "--latent-noise": at_least(0), "--latent-penalty": at_least(0),
          "--lr": POSITIVE, "--lr-full": POSITIVE}
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..heter.analysis import HeterogeneityParams, run_heterogeneity
-
     check(args, RULES, tf_only=True)
     batch = fixed_batch(args)
     src = Path(args.source)
@@ -67,6 +69,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("not a run directory", path=src, field="--from")
     check_continue(args)
     mask = existing_all(args, ("--mask",))["mask"]
+    grid = run_grid(src)
+    if grid is not None:
+        check_band_on_grid(args, grid[1])
+    claim_run_output(args, "heterogeneity", "heterogeneity", [mask], input_runs=[src])
+    from ..backend import get_backend
+
+    backend = get_backend("tf")  # TensorFlow imported with its start-up chatter kept off stderr, before the networks
+    _warn_without_gpu(backend, args)
+    from ..heter.analysis import HeterogeneityParams, run_heterogeneity
+
     if args.threads is not None:  # the networks' thread pools and FFT workers follow it
         set_cpu_threads(args.threads)
     params = HeterogeneityParams(
@@ -77,3 +89,16 @@ def run(args: argparse.Namespace) -> int:
         bins=args.bins, seed=args.seed, gpu=parse_gpus(args.gpu), cpu=args.cpu)
     run_heterogeneity(params)
     return 0
+
+
+def _warn_without_gpu(backend, args: argparse.Namespace) -> None:
+    """GPUs asked for and none seen: the same warning as every verb, on stderr (the run goes on on the CPU)."""
+    import sys
+
+    from ..backend import no_gpu_warning
+
+    gpu = parse_gpus(args.gpu)
+    if gpu and not args.cpu:
+        text = no_gpu_warning(gpu, args.cpu, backend.describe_devices(gpu, cpu_only=args.cpu), backend.name)
+        if text:
+            print(f"gmmcore heterogeneity: WARNING: {text}", file=sys.stderr)

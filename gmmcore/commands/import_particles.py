@@ -41,8 +41,8 @@ import pandas as pd
 from .. import defaults
 from ..errors import InputError
 from ..particles import MIN_HALF_FRACTION, assign_split
-from ..safewrite import (OutputGuard, check_output_path, refuse_overwriting_inputs, remove_stale_temporaries,
-                         sigterm_as_interrupt)
+from ..safewrite import (OutputGuard, check_output_path, claim_output, refuse_overwriting_inputs,
+                         remove_stale_temporaries, sigterm_as_interrupt)
 from ..summary import ImportSummary
 
 NEW_SPLIT_SEED = 20240601
@@ -137,7 +137,7 @@ def _check_space(out: Path, n: int, box: int) -> None:
 
 def run(args) -> int:
     from ..io.stacks import (StackWriter, iter_images, locate_image_names, referenced_stacks, resolved_image_names,
-                             table_locator)
+                             stack_stamp, table_locator)
     from ..io.star import write_star
     from ..progress import progress
 
@@ -168,9 +168,11 @@ def run(args) -> int:
     if missing:
         warnings.append(f"{len(missing)} stacks not found (image names kept as given), e.g. {missing[0]!r}; looked in "
                         f"{table_locator(table).searched()}")
-    refuse_overwriting_inputs([out / f for f in OUTPUTS], [table.source] + referenced_stacks(table), out_dir=out)
+    inputs = [table.source] + referenced_stacks(table)
+    refuse_overwriting_inputs([out / f for f in OUTPUTS], inputs, out_dir=out)
     if flip:
         _check_space(out, n, int(table.image_size[0]))
+    claim_output(out, "import", "import", inputs)
 
     removed = remove_stale_temporaries(out)
     if removed:
@@ -205,7 +207,9 @@ def run(args) -> int:
         if "rlnImageOriginalName" not in sp.columns:
             sp["rlnImageOriginalName"] = original_names
         table.star_particles = sp
-        write_star(table, out / STAR_NAME)
+        # the star last, with the stamp of the stack published just before it: a kill between the two
+        # renames leaves a star that refuses the new stack instead of pairing with it
+        write_star(table, out / STAR_NAME, stacks={STACK_NAME: stack_stamp(out / STACK_NAME)} if flip else None)
 
         if split == "new-random":
             _log(f"{table.meta['split_note']}")

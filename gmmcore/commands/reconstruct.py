@@ -40,7 +40,7 @@ def run(args) -> int:
     from ..particles import check_geometry, check_split
     from ..reconstruct import reconstruct_halves
     from ..io.stacks import referenced_stacks
-    from ..safewrite import OutputGuard, check_output_path, refuse_overwriting_inputs
+    from ..safewrite import OutputGuard, check_output_path, claim_output, refuse_overwriting_inputs
     from ..summary import HalfMapReport, ReconstructSummary
     from ..symmetry import symmetry_matrices, symmetry_name
 
@@ -58,8 +58,10 @@ def run(args) -> int:
     rows = check_split(table)
     mask = check_mask(read_map_on_grid(args.mask, box, apix), path=args.mask) if args.mask else None
     out = Path(args.out)
-    refuse_overwriting_inputs([out / f for f in ("half1.mrc", "half2.mrc", "map.mrc", "summary.json")],
-                              [args.particles, args.mask] + referenced_stacks(table, required=True), out_dir=out)
+    inputs = [args.particles, args.mask] + referenced_stacks(table, required=True)
+    refuse_overwriting_inputs([out / f for f in ("half1.mrc", "half2.mrc", "map.mrc", "summary.json")], inputs,
+                              out_dir=out)
+    claim_output(out, "reconstruct", "reconstruct", inputs)
     with OutputGuard(out):
         halves = reconstruct_halves(table, sym=args.sym, pad=args.pad, chunk=args.chunk, workers=args.workers)
         report = half_map_report(halves[1], halves[2], apix, mask=mask)

@@ -48,11 +48,13 @@ def _check_outputs(args: argparse.Namespace) -> None:
     reference and the mask), and every stack is found — checked before anything is written."""
     from ..io.stacks import referenced_stacks
     from ..io.star import read_star
-    from ..safewrite import check_output_path, refuse_overwriting_inputs
+    from ..safewrite import check_output_path, claim_output, refuse_overwriting_inputs
 
     check_output_path(args.out, "--out", folder=True)
     stacks = referenced_stacks(read_star(args.particles, need_stacks=False), required=True)
-    refuse_overwriting_inputs([], [args.particles, args.ref, args.mask] + stacks, out_dir=args.out)
+    inputs = [args.particles, args.ref, args.mask] + stacks
+    refuse_overwriting_inputs([], inputs, out_dir=args.out)
+    claim_output(args.out, "global", "refine", inputs)
 
 
 def run(args: argparse.Namespace) -> int:

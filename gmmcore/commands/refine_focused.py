@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from ..options import add_alignment_arguments, add_focus_arguments, alignment_values, check, check_continue, existing, existing_all
+from ..options import (add_alignment_arguments, add_focus_arguments, alignment_values, check, check_band_on_grid,
+                       check_continue, check_user_mask, claim_run_output, existing, existing_all, run_grid)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     check_continue(args)
     paths = existing_all(args, ("--particles", "--half1", "--half2", "--mask", "--fsc-mask"))
     source = existing(args.source, "--from") if args.source else None
+    _check_before_writing(args, paths, source)
     params = FocusedParams(out=str(args.out), iterations=args.iterations, source=source, **paths,
                            reimpose=args.reimpose and args.reimpose.upper(), **alignment_values(args))
     s = run_focused_command(params)
@@ -57,3 +59,29 @@ def run(args: argparse.Namespace) -> int:
           f"mask {s.final.resolution_focus_initial:.2f} -> {s.final.resolution_focus:.2f} Å; "
           f"results in {args.out}/final")
     return 0
+
+
+def _check_before_writing(args: argparse.Namespace, paths: dict, source) -> None:
+    """The band against the grid, the masks (grid, 0..1, not empty, overlapping the particle) and
+    the output folder — before anything is written."""
+    from ..io.maps import read_map
+
+    stacks = []
+    if source:
+        grid = run_grid(source)
+    else:
+        from ..io.stacks import referenced_stacks
+        from ..io.star import read_star
+
+        stacks = referenced_stacks(read_star(paths["particles"], need_stacks=False))
+        m, apix = read_map(paths["half1"])
+        m2, apix2 = read_map(paths["half2"])
+        grid = (m.shape[0], apix, None, 0.5 * (m + m2) if m2.shape == m.shape else None)
+    if grid is not None:
+        box, apix, _, density = grid
+        check_band_on_grid(args, apix)
+        for flag in ("--mask", "--fsc-mask"):
+            path = paths[flag.lstrip("-").replace("-", "_")]
+            if path:
+                check_user_mask(path, flag, box, apix, density)
+    claim_run_output(args, "focused", "refine-focused", list(paths.values()) + stacks, input_runs=[source])

@@ -23,7 +23,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from ..options import add_alignment_arguments, add_focus_arguments, alignment_values, at_least, check, check_continue, existing
+from ..options import (add_alignment_arguments, add_focus_arguments, alignment_values, at_least, check,
+                       check_band_on_grid, check_continue, check_user_mask, claim_run_output, existing, run_grid)
 from ..parallel import flags as execution
 
 
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             only = [int(x) for x in str(args.patch).replace(" ", "").split(",") if x]
         except ValueError:
             raise InputError(f"not a list of patch numbers: {args.patch!r}", field="--patch") from None
+    _check_before_writing(args, only)
     params = PatchParams(source=existing(args.source, "--from"), out=str(args.out), patches=args.patches,
                          iterations=args.iterations, falloff_px=args.falloff, patch_seed=args.patch_seed, only=only,
                          reimpose=args.reimpose, fsc_mask=existing(args.fsc_mask, "--fsc-mask") if args.fsc_mask else None,
@@ -74,3 +76,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"resolution {s.resolution_initial:.2f} Å (start) -> {comp.resolution:.2f} Å (composite); "
               f"results in {args.out}/final")
     return 0
+
+
+def _check_before_writing(args: argparse.Namespace, only) -> None:
+    """The band against the grid, the patch count against the Gaussians, the FSC mask and the
+    output folder (one lock per patch with --patch: workers share a run) — before anything is written."""
+    source = existing(args.source, "--from")
+    if only is not None and any(not 1 <= i <= args.patches for i in only):
+        raise InputError(f"patches are numbered 1..{args.patches} (got {args.patch})", field="--patch")
+    grid = run_grid(source)
+    if grid is not None:
+        box, apix, n_gauss, density = grid
+        check_band_on_grid(args, apix)
+        if n_gauss is not None and args.patches > n_gauss:
+            raise InputError(f"{args.patches} patches but the --from run's GMM has {n_gauss} Gaussians: at most "
+                             "one patch per Gaussian", field="--patches")
+        if args.fsc_mask:
+            check_user_mask(args.fsc_mask, "--fsc-mask", box, apix, density)
+    keys = None if only is None else [f"patch_{i:02d}" for i in sorted(set(only))]
+    claim_run_output(args, "patches", "refine-patches", [source, args.fsc_mask], input_runs=[source],
+                     lock_keys=keys)

@@ -67,7 +67,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..safewrite import OutputGuard, check_output_path, refuse_overwriting_inputs
+    from ..safewrite import OutputGuard, check_output_path, claim_output, refuse_overwriting_inputs
     from ..simulate import (JSON, PERTURBED_STAR, STACK_NAME, TRUE_MAP, TRUE_MAP_B, TRUE_STAR, TRUTH,
                             simulate_dataset)
 
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     models = [m for m in (args.model, args.model_b) if m and not str(m).startswith("builtin:")]
     refuse_overwriting_inputs([Path(args.out) / f for f in (STACK_NAME, TRUE_STAR, PERTURBED_STAR, TRUE_MAP,
                                                             TRUE_MAP_B, TRUTH, JSON)], models)
+    claim_output(args.out, "simulate", "simulate", models)
     with OutputGuard(args.out):
         res = simulate_dataset(
             args.out, model=args.model, n_particles=args.n, box=args.box, apix=args.apix,

@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import __version__
 from ..backend import get_backend
+from ..backend import tf as _tf_backend  # noqa: F401 - TensorFlow imported quietly, before the networks import it
 from ..errors import InputError
 from ..fourier import lowpass
 from ..fsc import fsc
@@ -42,7 +43,7 @@ from ..gmm.model import GMM
 from ..gmm.render import render_map
 from ..grids import FourierGrid
 from ..io.maps import read_map_on_grid, write_map
-from ..masks import values_at
+from ..masks import auto_fsc_mask, check_mask, values_at
 from ..particles import HalfPair, check_geometry, check_split
 from ..reconstruct import reconstruct_halves
 from ..refine.rundir import RunDir
@@ -117,6 +118,27 @@ def _neutral_gmm(h: int, state, apix: float, res: float, minres: float, seed: in
     return gmm
 
 
+MIN_BIN_PARTICLES = 10  # particles per half in one bin along PC1: fewer make a map of noise
+
+
+def _check_before_writing(p: HeterogeneityParams, state, rows, mask, apix: float) -> None:
+    """What would otherwise be refused mid-run: a mask that misses every Gaussian (or the density
+    of a run without GMMs), more bins than the particles fill."""
+    n_min = min(int(r.size) for _, r in rows.items())
+    if n_min < p.bins * MIN_BIN_PARTICLES:
+        raise InputError(f"{p.bins} bins of a half set of {n_min} particles leave fewer than {MIN_BIN_PARTICLES} "
+                         f"particles per bin: use at most {max(1, n_min // MIN_BIN_PARTICLES)}", field="--bins")
+    if mask is None:
+        return
+    if state.gmms is not None:
+        for h, g in state.gmms.items():
+            if not (values_at(mask, g.centers, apix) > 0).any():
+                raise InputError(f"no Gaussian of half {h}'s GMM lies inside the mask (it misses the particle)",
+                                 path=p.mask, field="--mask")
+    elif not float((mask * auto_fsc_mask(state.half_maps[1], state.half_maps[2], apix)).sum()) > 0:
+        raise InputError("the mask does not overlap the particle's density", path=p.mask, field="--mask")
+
+
 def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
     """Run (or continue) a heterogeneity analysis; returns its summary (also DIR/summary.json)."""
     t_start = time.time()
@@ -126,10 +148,11 @@ def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
     table, state = src.final_state()
     box, apix = check_geometry(table)
     rows = check_split(table)
-    mask = read_map_on_grid(p.mask, box, apix) if p.mask else None
+    mask = check_mask(read_map_on_grid(p.mask, box, apix), path=p.mask) if p.mask else None
     res = float(p.res) if p.res else max(float(state.resolution_A), 2.1 * apix)
     if res < 2 * apix:
         raise InputError(f"{res:g} Å is beyond Nyquist ({2 * apix:g} Å)", field="--res")
+    _check_before_writing(p, state, rows, mask, apix)
     grid = FourierGrid(box, apix, res, p.minres)
     settings = p.train_settings()
 

@@ -93,6 +93,8 @@ def read_cs(path, image_root=None, apix: Optional[float] = None, voltage: Option
     path = Path(path)
     arr = load_cs(path)
     n = len(arr)
+    if n == 0:
+        raise InputError("holds no particles (0 records)", path=path)
     for f in ("blob/path", "blob/idx", "alignments3D/pose", "alignments3D/shift"):
         if f not in arr.dtype.names:
             raise InputError(f"missing field {f}", path=path, field=f)

@@ -147,6 +147,25 @@ def resolve_stack_path(path, star_dir=None, image_root=None, source=None) -> str
     return StackLocator(star_dir, image_root, source).resolve(path)
 
 
+STAMP_BYTES = 1 << 20  # bytes hashed at each end of a stack by :func:`stack_stamp`
+
+
+def stack_stamp(path) -> str:
+    """A cheap content stamp of a stack: its size and a BLAKE2 hash of its first and last MiB
+    ("SIZE:HEX").  A star written together with its stack records it (``gmmcore import``), so a
+    star read with a stack written by another import (a kill between the two renames) is refused."""
+    import hashlib
+
+    size = os.path.getsize(path)
+    h = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as fh:
+        h.update(fh.read(STAMP_BYTES))
+        if size > STAMP_BYTES:
+            fh.seek(max(STAMP_BYTES, size - STAMP_BYTES))
+            h.update(fh.read(STAMP_BYTES))
+    return f"{size}:{h.hexdigest()}"
+
+
 def stack_shape(path) -> Tuple[int, int, int]:
     """(n_images, ny, nx) of an MRC stack, from its header."""
     from .mrc import open_mrc

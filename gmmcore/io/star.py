@@ -32,7 +32,10 @@ from ..safewrite import atomic_path
 from ..errors import APIX, CS, VOLTAGE, InputError, Remedy
 from ..geometry import euler_to_matrix, matrix_to_euler
 from ..particles import DEFAULT_AMPLITUDE_CONTRAST, CTFParams, ParticleTable, check_ctf, check_image_names
-from .stacks import StackLocator, parse_image_name, stack_shape
+from .stacks import StackLocator, parse_image_name, stack_shape, stack_stamp
+
+# "# gmmcore stack NAME SIZE:HASH": the stack written with this star (see check_stack_stamps)
+_STAMP = re.compile(r"^#\s*gmmcore stack\s+(\S+)\s+(\S+)\s*$")
 
 # labels whose values are strings even when they look like numbers
 _STRING_LABEL = re.compile(r"(Name|File|FileName|Image|Metadata|Movie|Path)$")
@@ -312,7 +315,26 @@ def read_star(path, image_root=None, apix: Optional[float] = None, voltage: Opti
         source=str(path),
         meta={"format": fmt, "version": version, "star_dir": star_dir, "warnings": warnings},
     )
+    check_stack_stamps(path)
     return table
+
+
+def check_stack_stamps(path) -> None:
+    """A star whose header records the stamp of a stack written with it (``# gmmcore stack NAME
+    STAMP``, names relative to the star's folder) must find that stack unchanged: a different one is
+    an :class:`InputError` (an import interrupted between publishing its stack and its star)."""
+    path = Path(path)
+    with open(path, "r", errors="replace") as fh:
+        for i, line in zip(range(40), fh):
+            m = _STAMP.match(line.strip())
+            if m is None:
+                if line.lstrip().startswith("loop_"):
+                    return
+                continue
+            stack = path.parent / m.group(1)
+            if stack.is_file() and stack_stamp(stack) != m.group(2):
+                raise InputError(f"{m.group(1)} is not the stack this star was written with (an import interrupted "
+                                 "between writing the two?): run the import again", path=path)
 
 
 def _optics_per_particle(parts: pd.DataFrame, optics: pd.DataFrame, path, pname) -> dict:
@@ -517,14 +539,17 @@ def particle_frame(table: ParticleTable) -> Tuple[pd.DataFrame, pd.DataFrame]:
     return optics, df
 
 
-def write_star(table: ParticleTable, path) -> Path:
-    """Write ``table`` as a RELION 3.1+ particle star (data_optics, data_particles), atomically."""
+def write_star(table: ParticleTable, path, stacks: Optional[Dict[str, str]] = None) -> Path:
+    """Write ``table`` as a RELION 3.1+ particle star (data_optics, data_particles), atomically.
+    ``stacks``: {name relative to the star's folder: :func:`~gmmcore.io.stacks.stack_stamp`} of
+    the stacks written with it, recorded in the header and checked on reading."""
     optics, particles = particle_frame(table)
     text = starfile.to_string({"optics": optics, "particles": particles}, float_format=_FLOAT_FORMAT,
                               na_rep="nan")
     lines = text.split("\n", 1)
     body = lines[1] if lines and lines[0].startswith("# Created by the starfile") else text
-    text = "\n# version 30001\n\n" + body.lstrip("\n")
+    stamps = "".join(f"# gmmcore stack {name} {stamp}\n" for name, stamp in (stacks or {}).items())
+    text = "\n# version 30001\n" + stamps + "\n" + body.lstrip("\n")
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(text)

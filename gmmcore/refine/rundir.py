@@ -2,7 +2,10 @@
 
 Layout (``--out DIR``; every file written atomically, the record of a step written last):
 
-    params.json                 the parameters; a run continues only with the same defining ones
+    params.json                 the parameters ("kind": the verb's kind of run, see
+                                gmmcore.safewrite.claim_output); a run continues only with the same
+                                kind and the same defining parameters
+    .gmmcore.lock               while a command writes the run: its PID and host
     run.log                     the log
     mask_auto.mrc               the automatic FSC mask (when no --mask), made at iteration 0
     iter000/                    input poses: half1.mrc, half2.mrc, report.json
@@ -33,7 +36,7 @@ from ..gmm.align import ChunkCheckpoints
 from ..gmm.model import GMM
 from ..io.maps import read_map, write_map
 from ..particles import HalfPair, Poses
-from ..safewrite import write_json
+from ..safewrite import KIND_VERBS, claimed_kind, is_lock, write_json
 from ..summary import SUMMARY_NAME, FinalFiles, IterationRecord, RunSummary
 from .state import RefinementState
 
@@ -127,15 +130,20 @@ class RunDir:
 
     @classmethod
     def create_or_continue(cls, path, params: dict, identity: Sequence[str],
-                           nested_runs: Sequence[str] = ()) -> "RunDir":
-        """Create ``path`` (or continue the run in it): its params.json must agree on every
-        ``identity`` parameter, else InputError (a parameter a run of an older version did not
-        record is not compared).  Removes temporaries a killed run left — except inside
-        sub-folders matching a ``nested_runs`` glob (e.g. "patch_*"): those are run directories of
-        their own, possibly written by another process right now, and clean themselves.  Starts
-        the log."""
+                           nested_runs: Sequence[str] = (), kind: Optional[str] = None) -> "RunDir":
+        """Create ``path`` (or continue the run in it): its params.json must hold a run of the same
+        kind and agree on every ``identity`` parameter, else InputError (a parameter a run of an
+        older version did not record is not compared; a run of unknown kind that shares no identity
+        parameter is another kind of run).  ``kind`` (default: the kind the command claimed ``path``
+        for, :func:`gmmcore.safewrite.claim_output`) is recorded in params.json.  Removes
+        temporaries a killed run left — except inside sub-folders matching a ``nested_runs`` glob
+        (e.g. "patch_*"): those are run directories of their own, possibly written by another
+        process right now, and clean themselves.  Starts the log."""
         run = cls(path)
         run.nested_runs = tuple(nested_runs)
+        kind = kind or claimed_kind(run.path)
+        if kind is not None:
+            params = {"kind": kind, **{k: v for k, v in params.items() if k != "kind"}}
         pfile = run.path / "params.json"
         old = None
         if pfile.exists():
@@ -143,13 +151,20 @@ class RunDir:
                 old = json.loads(pfile.read_text())
             except ValueError:
                 raise InputError("params.json is unreadable; use a new --out", path=pfile) from None
+            old_kind = old.get("kind") if isinstance(old.get("kind"), str) else None
+            if kind is not None and old_kind is not None and old_kind != kind:
+                raise InputError(f"holds a `gmmcore {KIND_VERBS.get(old_kind, old_kind)}` run (kind {old_kind!r}), "
+                                 f"not a {kind!r} run: use a new --out", path=run.path)
+            if old_kind is None and identity and not any(k in old for k in identity):
+                raise InputError("holds another kind of gmmcore run (none of this run's parameters in its "
+                                 "params.json): use a new --out", path=run.path)
             diff = [k for k in identity if k in old and old.get(k) != params.get(k)]
             if diff:
                 what = ("the particles' content changed" if diff == ["particles_hash"] else
                         f"different parameters ({', '.join(diff)})")
                 raise InputError(f"holds a run with {what}; use a new --out, or the same parameters and "
                                  "input to continue", path=run.path)
-        elif run.path.is_dir() and any(p.name != "run.log" for p in run.path.iterdir()):
+        elif run.path.is_dir() and any(p.name != "run.log" and not is_lock(p.name) for p in run.path.iterdir()):
             raise InputError("is not empty and holds no gmmcore run (no params.json); use a new or empty --out",
                              path=run.path)
         run.created = old is None and not run.path.exists()
