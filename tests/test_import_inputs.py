@@ -435,7 +435,7 @@ def test_refine_new_split_redoes_one_half_split(sim_small, tmp_path, capsys, mon
         seen["half"] = table.half.copy()
         raise Stop
 
-    monkeypatch.setattr(gr.loop, "start", start)
+    monkeypatch.setattr(gr, "iteration0", start)  # the one iteration-0 writer, as global_refine calls it
     with pytest.raises(Stop):
         gr.run_global(gr.RefineParams(particles=str(star), out=str(out), cpu=True, new_split=True, seed=3))
     assert sorted(np.bincount(seen["half"])[1:].tolist()) == [200, 200]
