@@ -173,7 +173,7 @@ class _Inputs:
 def _read_inputs(p: Conf2PoseParams) -> _Inputs:
     hs = HeterogeneitySummary.load(p.source)
     if hs.kind != RunKind.HETEROGENEITY:
-        raise InputError(f"not a heterogeneity run (kind {hs.kind!r})", path=p.source, field="--from")
+        raise InputError(f"not a heterogeneity run (kind {getattr(hs.kind, "value", hs.kind)})", path=p.source, field="--from")
     table, state0 = RunDir(hs.source).final_state()
     box, apix = check_geometry(table)
     rows = check_split(table)

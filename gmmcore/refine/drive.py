@@ -44,10 +44,10 @@ def choose_device(backend, gpu: Optional[List[int]], cpu: bool, threads: Optiona
     """This process's device through ``backend`` → (its description, warnings): a GPU asked for that
     the backend does not see is a warning, logged here (the run goes on on the CPU)."""
     device = backend.describe_devices(gpu, cpu_only=cpu, threads=threads)
-    warnings = []
-    if gpu and not cpu and "GPU" not in device:
-        warnings.append(f"GPU {','.join(map(str, gpu))} requested; the engine sees no GPU: running on the CPU "
-                        f"({backend.name} backend)")
+    from ..backend import no_gpu_warning
+
+    warning = no_gpu_warning(gpu, cpu, device, backend.name)
+    warnings = [warning] if warning else []
     for w in warnings:
         log.warning("WARNING: %s", w)
     return device, warnings
