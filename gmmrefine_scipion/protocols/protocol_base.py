@@ -132,6 +132,7 @@ class GmmProtRunBase(GmmProtocolMixin):
                   "expected angular error. It keeps particles with little signal from drifting; strong data "
                   "overrides it. 0: no prior (the paper's plain maximum of the FRC).")
     BACKEND = True  # the array-backend field (verbs that take --backend)
+    BATCH_AUTO = True  # the verb takes --batch auto (Batch size 0); else the field asks for at least 1
     BATCH_HELP = ("Particles processed together on the device; lower it if the GPU runs out of memory. "
                   "0 = automatic: the largest batch that fits the device's free memory.")
 
@@ -154,7 +155,10 @@ class GmmProtRunBase(GmmProtocolMixin):
             form.addParam("priorShift", params.FloatParam, default=1.0, validators=[params.GE(0)],
                           expertLevel=params.LEVEL_ADVANCED, condition="priorAngle > 0",
                           label="%s: shift (px)" % self.PRIOR_LABEL, help="Expected shift error, pixels.")
-        form.addParam("batchSize", params.IntParam, default=16, validators=[params.GE(0)],
+        least = 0 if self.BATCH_AUTO else 1
+        form.addParam("batchSize", params.IntParam, default=16,
+                      validators=[params.GE(least, "must be at least %d%s." % (
+                          least, "" if self.BATCH_AUTO else " (this protocol has no automatic batch size)"))],
                       expertLevel=params.LEVEL_ADVANCED, label="Batch size", help=self.BATCH_HELP)
         if self.BACKEND:
             form.addParam("arrayBackend", params.EnumParam, choices=BACKEND_LABELS, default=0,
@@ -193,7 +197,7 @@ class GmmProtRunBase(GmmProtocolMixin):
         """``gmmcore <VERB>`` options besides --out: the protocol's own and the common fields'."""
         options = dict(self._protocolOptions())
         options[self.MAXRES_OPTION] = self.maxResolution.get() or None
-        options["batch"] = self.batchSize.get() or "auto"
+        options["batch"] = self.batchSize.get() or ("auto" if self.BATCH_AUTO else None)
         if self.POSE_PRIOR:
             if self.priorAngle.get() > 0:
                 options["prior_angle"] = self.priorAngle.get()
@@ -351,7 +355,7 @@ class GmmProtRunBase(GmmProtocolMixin):
 
     def _warningLines(self, summary):
         """The engine's warnings, and a GPU asked for that the run did not use."""
-        warnings = list(summary.extra.get("warnings", []))
+        warnings = list(getattr(summary, "warnings", None) or [])  # a heterogeneity summary has none
         device = summary.device or ""
         usesCluster = bool((self._deviceOptions().get("dask_scheduler")))
         if self.usesGpu() and not usesCluster and device and "GPU" not in device \

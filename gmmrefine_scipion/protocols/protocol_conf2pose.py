@@ -33,6 +33,9 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     MAXRES_HELP = "Focused refinement: best resolution used in the alignment (0: follow the FSC)."
     PRIOR_LABEL = "Focused refinement: start pose accuracy"
     BACKEND = False  # gmmcore conf2pose runs on TensorFlow
+    BATCH_AUTO = False  # gmmcore conf2pose takes no --batch auto
+    BATCH_HELP = ("Particles per batch on the device (conversion and focused refinement; at least 1); lower it "
+                  "if the GPU runs out of memory.")
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineInputParams(self, form):
@@ -65,8 +68,7 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     def _registerOutputs(self, summary):
         het = self.inputHeterogeneity.get()
         inputParts = het.outputParticles  # the refinement's particles with their latent coordinates
-        conv = summary.extra["conversion"]
-        converted = self._refinedParticles(inputParts, os.path.join(summary.directory, conv["particles"]))
+        converted = self._refinedParticles(inputParts, summary.rel(summary.conversion.particles))
         self._defineOutputs(outputParticlesConverted=converted)
         self._defineTransformRelation(het.outputParticles, converted)
         focused = self._refinedParticles(inputParts, summary.path("particles"))
@@ -101,17 +103,17 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
 
     def _summaryLines(self, summary):
         lines = []
-        cons, conv = summary.extra.get("consensus"), summary.extra.get("conversion")
-        if cons:
-            lines.append("Region, consensus poses: %.2f Å (FSC in the mask)" % cons["resolution"])
-        if conv:
-            pc = conv["pose_change"]
-            lines.append("Conversion: pose change mean %.2f°, %.2f px; region at the converted poses: %.2f Å"
-                         % (pc["angle_mean"], pc["shift_mean"], conv["resolution_region"]))
+        cons, conv = summary.consensus, summary.conversion
+        if cons is not None:
+            lines.append("Region, consensus poses: %.2f Å (FSC in the mask)" % cons.resolution)
+        if conv is not None:
+            region = ("%.2f Å" % conv.resolution_region) if conv.resolution_region is not None else "?"
+            lines.append("Conversion: pose change mean %.2f°, %.2f px; region at the converted poses: %s"
+                         % (conv.pose_change.angle_mean, conv.pose_change.shift_mean, region))
         for rec in summary.iterations:
-            focus = rec.report.extra
-            lines.append("Focused iteration %d: region %.2f Å" % (rec.iteration, focus.get("resolution_focus",
-                                                                                              rec.resolution)))
+            focus = rec.report.resolution_focus
+            lines.append("Focused iteration %d: region %.2f Å" % (rec.iteration,
+                                                                  rec.resolution if focus is None else focus))
         return lines
 
     def _methods(self):

@@ -67,9 +67,9 @@ class GmmProtFocusedBase(GmmProtRunBase):
 
     def _resultHalves(self, summary):
         """The half maps the result stands for (the reimposed ones when symmetry was reimposed)."""
-        rei = summary.final.extra.get("reimposed") if summary.kind == "focused" else None
-        if rei:
-            return summary.rel(rei["half1"]), summary.rel(rei["half2"])
+        rei = summary.final.reimposed if summary.kind == "focused" else None
+        if rei is not None and rei.half1:
+            return summary.rel(rei.half1), summary.rel(rei.half2)
         return summary.path("half1"), summary.path("half2")
 
     def getLocalResolutionFile(self):

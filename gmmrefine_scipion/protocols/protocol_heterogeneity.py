@@ -35,13 +35,13 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
 
     SUMMARY_CLASS = HeterogeneitySummary
     SETTINGS_SECTION = "Networks"
-    MAXRES_OPTION = "res"  # gmmcore heterogeneity's name for the finest resolution
     MAXRES_LEVEL = params.LEVEL_NORMAL
     MAXRES_HELP = ("Finest frequency compared (0: the refinement's final resolution). A coarser value (e.g. 6-8 Å) "
                    "is faster and usually enough for domain motions.")
     POSE_PRIOR = False
     BACKEND = False  # the networks train with TensorFlow
-    BATCH_HELP = "Particles per training batch. 0 = automatic: the largest batch that fits the device's memory."
+    BATCH_AUTO = False  # gmmcore heterogeneity takes no --batch auto
+    BATCH_HELP = "Particles per training batch (at least 1); lower it if the GPU runs out of memory."
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineInputParams(self, form):

@@ -87,9 +87,12 @@ class GmmProtPatchRefine(GmmProtFocusedBase, ProtRefine3D):
         for rec, s in patch_runs(summary):
             if s is None or not s.iterations:
                 continue
-            rep = s.iterations[-1].report
-            fsc = FSC(objLabel="patch %d, within its mask (%.2f Å)" % (rec.index, rep.extra["resolution_focus"]))
-            fsc.setData(list(map(float, rep.fsc["freq"])), list(map(float, rep.extra["fsc_focus"])))
+            focus = s.iterations[-1].report.focus_curve()
+            if focus is None:
+                continue
+            freq, curve, res = focus
+            fsc = FSC(objLabel="patch %d, within its mask (%.2f Å)" % (rec.index, res))
+            fsc.setData(list(map(float, freq)), list(map(float, curve)))
             fscs.append(fsc)
         return fscs
 

@@ -214,7 +214,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
 
     def _summaryLines(self, summary):
         lines = self._iterationLines(summary)
-        if summary.extra.get("split") == "new-random":
+        if summary.split == "new-random":
             lines.append("Half sets were assigned at random by gmmcore (new split).")
         return lines
 

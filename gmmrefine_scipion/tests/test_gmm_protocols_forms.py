@@ -52,7 +52,14 @@ class TestGmmProtocolForms(BaseTest):
             for name in ("useGpu", "gpuList", "maxResolution", "batchSize", "extraParams", "numberOfThreads"):
                 self.assertTrue(prot.hasAttribute(name), (protClass.__name__, name))
             self.assertEqual(prot.batchSize.get(), 16, protClass.__name__)
-            self.assertIn("0 = automatic", prot.getParam("batchSize").help.get(), protClass.__name__)
+            batchHelp = prot.getParam("batchSize").help.get()
+            if protClass.BATCH_AUTO:
+                self.assertIn("0 = automatic", batchHelp, protClass.__name__)
+            else:  # gmmcore heterogeneity / conf2pose refuse --batch auto
+                self.assertIn("at least 1", batchHelp, protClass.__name__)
+                self.assertNotIn("automatic", batchHelp, protClass.__name__)
+        self.assertEqual([c.__name__ for c in COMPUTE if not c.BATCH_AUTO],
+                         ["GmmProtHeterogeneity", "GmmProtConfToPose"])
         self.assertEqual(GmmProtExpandSymmetry().symmetryGroup.get(), "C1")
 
     def test_batch_zero_is_auto_and_threads_reach_the_engine(self):
@@ -63,8 +70,15 @@ class TestGmmProtocolForms(BaseTest):
         self.assertEqual(refine.engineEnviron()["GMMCORE_THREADS"], "3")
         het = self._saved(GmmProtHeterogeneity, batchSize=0, numberOfThreads=2, useGpu=False)
         het.inputRefinement.set(refine)
+        # the engine's heterogeneity takes no --batch auto: the form refuses 0 in its own words
+        batchErrors = [e for e in het.validate() if e.startswith("*Batch size*")]
+        self.assertEqual(len(batchErrors), 1, het.validate())
+        self.assertIn("at least 1", batchErrors[0])
+        self.assertNotIn("--", batchErrors[0])
+        het.batchSize.set(8)
         options = het._engineOptions()
-        self.assertEqual(options["batch"], "auto")
+        self.assertEqual((options["batch"], options["maxres"]), (8, None))
+        self.assertNotIn("res", options)
         self.assertEqual(options["from"], os.path.abspath(refine.getRunDir()))
         self.assertEqual(het.engineEnviron()["GMMCORE_THREADS"], "2")
 
