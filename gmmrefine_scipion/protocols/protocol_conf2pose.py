@@ -1,5 +1,4 @@
 """Conformation to pose, then focused refinement of one region (gmmcore conf2pose)."""
-import os
 
 import pyworkflow as pw
 import pyworkflow.protocol.params as params
@@ -7,6 +6,7 @@ from pwem.objects import SetOfFSCs, SetOfParticles, Volume
 from pwem.protocols import ProtRefine3D
 
 from gmmrefine_scipion.constants import CONF2POSE_DIR
+from .focus_width import defineFocusWidthParams, focusWidthOptions
 from .protocol_base import GmmProtRunBase
 
 REGION_MASK_LABEL = "Mask of the target region"
@@ -54,6 +54,7 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
                       label="Pose search steps", help="Adam steps per particle (the paper: 30).")
         form.addParam("focusIterations", params.IntParam, default=3, validators=[params.GE(0)],
                       label="Focused iterations", help="Focused refinement iterations after the conversion.")
+        defineFocusWidthParams(form)
 
     # --------------------------- STEPS functions -----------------------------
     def _inputSignature(self):
@@ -63,7 +64,7 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     def _protocolOptions(self):
         het = self.inputHeterogeneity.get()
         return {"from": self.abspath(het.getRunDir()), "mask": self.volumeFile(self.regionMask.get(), "region_mask"),
-                "steps": self.steps.get(), "focus_iter": self.focusIterations.get()}
+                "steps": self.steps.get(), "focus_iter": self.focusIterations.get(), **focusWidthOptions(self)}
 
     def _registerOutputs(self, summary):
         het = self.inputHeterogeneity.get()

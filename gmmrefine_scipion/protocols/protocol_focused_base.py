@@ -12,6 +12,7 @@ import pyworkflow.protocol.params as params
 from pwem.objects import Volume
 
 from gmmrefine_scipion.constants import SYMMETRY_HELP
+from .focus_width import defineFocusWidthParams, focusWidthOptions
 from .protocol_base import GmmProtRunBase, validateSymmetry
 
 LOCALRES_DIR = "localres"
@@ -43,6 +44,7 @@ class GmmProtFocusedBase(GmmProtRunBase):
         form.addParam("numberOfGaussians", params.IntParam, default=0, validators=[params.GE(0)],
                       expertLevel=params.LEVEL_ADVANCED, label="Number of Gaussians",
                       help="0: estimated from the map (mass and resolution).")
+        defineFocusWidthParams(form)
 
     # --------------------------- steps -----------------------------------------
     def _insertAllSteps(self):
@@ -55,7 +57,7 @@ class GmmProtFocusedBase(GmmProtRunBase):
     def _alignmentOptions(self):
         """The engine options of the fields both forms have."""
         return {"iter": self.numberOfIterations.get(), "ngauss": self.numberOfGaussians.get() or None,
-                "reimpose": self.reimposeSymmetry.get() or None}
+                "reimpose": self.reimposeSymmetry.get() or None, **focusWidthOptions(self)}
 
     def localResolutionStep(self):
         summary = self.getSummary()

@@ -120,3 +120,37 @@ class TestGmmProtocolForms(BaseTest):
         names = {name for name, _ in prot.iterOutputAttributes(includePossible=True)}  # as pyworkflow lists them
         self.assertEqual(names, {"outputVolume", "outputFSCs", "outputLocalResolution", "outputParticlesPatch01",
                                  "outputParticlesPatch02", "outputMaskPatch01", "outputMaskPatch02"})
+
+    def test_focus_width_fields_reach_the_engine(self):
+        """Focused, patch and conf2pose forms: expert "Width rule" and "Mask level" (the engine's
+        defaults) become --width-rule / --mask-level, which the engine's parser takes."""
+        from pyworkflow.protocol.params import LEVEL_ADVANCED
+        from gmmcore import defaults
+        from gmmcore.cli import build_parser
+        from gmmrefine_scipion import Plugin
+        from gmmrefine_scipion.protocols.focus_width import focusWidthOptions
+
+        for protClass in COMPUTE:
+            prot = protClass()
+            has = protClass in (GmmProtFocusedRefine, GmmProtPatchRefine, GmmProtConfToPose)
+            self.assertEqual((prot.hasAttribute("widthRule"), prot.hasAttribute("maskLevel")), (has, has),
+                             protClass.__name__)
+            if not has:
+                continue
+            for name in ("widthRule", "maskLevel"):
+                self.assertEqual(prot.getParam(name).expertLevel.get(), LEVEL_ADVANCED, (protClass.__name__, name))
+            self.assertEqual(focusWidthOptions(prot), {"width_rule": defaults.WIDTH_RULE,
+                                                       "mask_level": defaults.MASK_LEVEL})
+        prot = self._saved(GmmProtFocusedRefine, widthRule=1, maskLevel=0.5, useGpu=False)
+        options = focusWidthOptions(prot)
+        self.assertEqual(options, {"width_rule": "sigma", "mask_level": 0.5})
+        for verb, required in (("refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
+                               ("refine-patches", dict(out="o", **{"from": "r"})),
+                               ("conf2pose", dict(mask="m.mrc", out="o", **{"from": "h"}))):
+            argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
+            args = build_parser(argv).parse_args(argv)
+            self.assertEqual((args.width_rule, args.mask_level), ("sigma", 0.5), verb)
+        for level in (0.0, 1.5):
+            prot.maskLevel.set(level)
+            errors = [e for e in prot.validate() if e.startswith("*Mask level*")]
+            self.assertEqual(len(errors), 1, (level, prot.validate()))
