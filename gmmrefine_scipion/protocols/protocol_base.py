@@ -107,6 +107,25 @@ def validateSymmetry(sym):
     return None
 
 
+def fscObjects(curves, withResolution=True):
+    """pwem FSC objects of ``curves`` [(label, freq 1/Å, FSC, resolution Å)]; each one's label is
+    the curve's, with its resolution unless ``withResolution`` is False (FscViewer adds its own)."""
+    from pwem.objects import FSC
+    out = []
+    for label, freq, curve, res in curves:
+        fsc = FSC(objLabel="%s (%.2f Å)" % (label, res) if withResolution else label)
+        fsc.setData(list(map(float, freq)), list(map(float, curve)))
+        out.append(fsc)
+    return out
+
+
+def runFscCurves(summary, masked=(True, False)):
+    """[(label, freq, FSC, resolution)] of the input poses and every iteration of a run summary,
+    masked and / or unmasked (labels say which)."""
+    return [("%s, %s" % (label, "masked" if m else "unmasked"), freq, curve, res)
+            for m in masked for label, freq, curve, res in summary.fsc_curves(masked=m)]
+
+
 class GmmProtRunBase(GmmProtocolMixin):
     """A protocol that runs one gmmcore run directory (see the module notes).  Mix in before the
     Scipion protocol class: ``class P(GmmProtRunBase, ProtRefine3D)`` (first, so its steps win).
@@ -271,13 +290,9 @@ class GmmProtRunBase(GmmProtocolMixin):
 
     def _fscSet(self, summary):
         """Scipion FSCs: input poses and every iteration, masked and unmasked."""
-        from pwem.objects import FSC
         fscs = self._createSetOfFSCs()
-        for masked in (True, False):
-            for label, freq, curve, res in summary.fsc_curves(masked=masked):
-                fsc = FSC(objLabel="%s, %s (%.2f Å)" % (label, "masked" if masked else "unmasked", res))
-                fsc.setData(list(map(float, freq)), list(map(float, curve)))
-                fscs.append(fsc)
+        for fsc in fscObjects(runFscCurves(summary)):
+            fscs.append(fsc)
         return fscs
 
     def _refinedParticles(self, inputParts, starFile):

@@ -13,7 +13,7 @@ from pwem.objects import Volume
 
 from gmmrefine_scipion.constants import SYMMETRY_HELP
 from .focus_width import defineFocusWidthParams, focusWidthOptions
-from .protocol_base import GmmProtRunBase, validateSymmetry
+from .protocol_base import GmmProtRunBase, fscObjects, validateSymmetry
 
 LOCALRES_DIR = "localres"
 
@@ -88,12 +88,9 @@ class GmmProtFocusedBase(GmmProtRunBase):
 
     def _comparisonFscs(self, summary):
         """Scipion FSCs of the comparison plot: input poses, global (start), result, focus-mask curves."""
-        from pwem.objects import FSC
         from gmmrefine_scipion.plotting.focused import comparison_curves
         fscs = self._createSetOfFSCs()
-        for label, freq, curve, res, _ in comparison_curves(summary):
-            fsc = FSC(objLabel="%s (%.2f Å)" % (label, res))
-            fsc.setData(list(map(float, freq)), list(map(float, curve)))
+        for fsc in fscObjects([c[:4] for c in comparison_curves(summary)]):
             fscs.append(fsc)
         return fscs
 
