@@ -6,14 +6,20 @@
 * :class:`GmmProtRunBase` — a protocol that runs one gmmcore *run directory* (:meth:`getRunDir`,
   ``extra/<RUN_DIR>``) and registers its outputs: ``convertInputStep`` → ``runEngineStep``
   (``gmmcore <VERB> <_engineOptions()> --out DIR``; a rerun continues a killed run) →
-  ``createOutputStep`` (outputs read through the run's summary, :mod:`gmmcore.summary`).  Its form
+  ``createOutputStep`` (outputs read through the run's summary, :mod:`gmmcore.summary`).  The last
+  two steps carry the form's signature (:meth:`_formSignature`), so Execute in Scipion's Continue
+  mode after a changed field reruns them: with only a raised CONTINUE_OPTIONS value (global
+  refinement: Iterations) the engine continues the finished run, with any other change of what
+  the run computes the run directory starts anew (:meth:`_startOrContinue`).  Its form
   holds the fields every compute protocol has (GPU, highest resolution, pose prior, batch size with
   0 = automatic, array backend, extra arguments, Threads); a new protocol supplies its own fields
   through the ``_define*Params`` hooks, ``_protocolOptions``, ``convertInputStep``,
   ``_registerOutputs``, ``_validateInputs`` and ``_summaryLines``.
 """
+import json
 import os
 import re
+import shutil
 
 import pyworkflow.protocol.params as params
 from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
@@ -23,6 +29,12 @@ from gmmcore.summary import SUMMARY_NAME, RunSummary
 from gmmrefine_scipion import Plugin
 from gmmrefine_scipion.constants import BACKEND_HELP, BACKEND_LABELS, BACKEND_VALUES
 
+RUN_RECORD = "gmmrefine_run.json"  # in extra/: what the run directory was last run with (_startOrContinue)
+# engine options that change where and how fast a run computes, not what it computes
+DEVICE_OPTIONS = ("gpu", "cpu", "dask_scheduler", "batch", "backend", "out", "continue")
+# form fields of the same kind (left out of the steps' signature)
+DEVICE_FIELDS = ("useGpu", "gpuList", "numberOfThreads", "numberOfMpi", "hostName", "batchSize", "arrayBackend",
+                 "daskScheduler")
 ERROR_FILE = "gmmcore_error.txt"  # the engine writes its one-line error here (GMMCORE_ERROR_FILE)
 THREADS_ENV = "GMMCORE_THREADS"  # the engine's one CPU-threads knob (gmmcore.resources), inherited by its workers
 THREADS_HELP = ("CPU threads gmmcore may use (TensorFlow, FFTs, half maps reconstructed in parallel), also "
@@ -137,6 +149,7 @@ class GmmProtRunBase(GmmProtocolMixin):
     VERB = "refine"
     RUN_DIR = "refine"
     PARAMS_FILE = ("params.json",)  # in the run directory: the engine has started this run
+    CONTINUE_OPTIONS = ()  # engine options a finished run continues with a higher value of (refine: "iter")
     SUMMARY_CLASS = RunSummary
 
     # ---- the common fields, per verb ----------------------------------------
@@ -200,9 +213,23 @@ class GmmProtRunBase(GmmProtocolMixin):
 
     # --------------------------- steps ----------------------------------------
     def _insertAllSteps(self):
+        signature = self._formSignature()
         self._insertFunctionStep(self.convertInputStep, self._inputSignature())
-        self._insertFunctionStep(self.runEngineStep)
-        self._insertFunctionStep(self.createOutputStep)
+        self._insertFunctionStep(self.runEngineStep, signature)
+        self._insertFunctionStep(self.createOutputStep, signature)
+
+    def _formSignature(self):
+        """The form's values that decide what the run computes (JSON text): the input's signature
+        and every field but the device ones.  A step that carries it reruns in Scipion's Continue
+        mode when one of them changed."""
+        values = {"input": self._inputSignature()}
+        for name, param in self._definition.iterParams():
+            if name in DEVICE_FIELDS or isinstance(param, (params.PointerParam, params.LabelParam)):
+                continue
+            attr = getattr(self, name, None)
+            if attr is not None and hasattr(attr, "get"):
+                values[name] = attr.get()
+        return json.dumps(values, sort_keys=True, default=str)
 
     def _inputSignature(self):
         """What the convert step depends on (Scipion reruns it when this changes)."""
@@ -251,14 +278,48 @@ class GmmProtRunBase(GmmProtocolMixin):
             return {"gpu": ",".join(str(g) for g in self.getGpuList()) or "0"}
         return {"cpu": True}
 
-    def runEngineStep(self):
+    def runEngineStep(self, signature=None):
         options = dict(self._engineOptions())
         options["out"] = self.abspath(self.getRunDir())
-        # a run killed earlier (Scipion 'Continue' mode) goes on from where it stopped
-        options["continue"] = os.path.exists(self.getRunDir(*self.PARAMS_FILE))
+        options["continue"] = self._startOrContinue(options)
         self.runGmmcore(self.VERB, extra=self._extraArguments(), **options)
 
-    def createOutputStep(self):
+    def _startOrContinue(self, options):
+        """Whether the engine continues the run directory (else it starts anew).  It continues a
+        run killed earlier, and a finished run whose only change is a raised CONTINUE_OPTIONS value
+        (more iterations); any other change of what the run computes (see DEVICE_OPTIONS for what
+        does not count) removes the old run directory first.  Records this run in extra/RUN_RECORD."""
+        record = {k: v for k, v in options.items() if k not in DEVICE_OPTIONS}
+        record.update(input=self._inputSignature(), extra=self._extraArguments())
+        record = json.loads(json.dumps(record, sort_keys=True, default=str))
+        recordFile = self._getExtraPath(RUN_RECORD)
+        started = os.path.exists(self.getRunDir(*self.PARAMS_FILE))
+        if started and os.path.exists(recordFile):
+            with open(recordFile) as f:
+                old = json.load(f)
+            changed = sorted(k for k in set(old) | set(record) if not self._continuable(k, old.get(k), record.get(k)))
+            if changed:
+                self.info("The form changed since the run in %s was made (%s): starting it anew."
+                          % (self.getRunDir(), ", ".join(changed)))
+                shutil.rmtree(self.getRunDir())
+                started = False
+            elif old != record:
+                self.info("Continuing the run in %s with %s." % (self.getRunDir(), ", ".join(
+                    "%s %s -> %s" % (k, old.get(k), record.get(k)) for k in self.CONTINUE_OPTIONS
+                    if old.get(k) != record.get(k))))
+        os.makedirs(os.path.dirname(recordFile), exist_ok=True)
+        with open(recordFile, "w") as f:
+            json.dump(record, f, sort_keys=True, indent=1)
+        return started
+
+    def _continuable(self, key, old, new):
+        """A run made with ``old`` goes on with ``new`` for the engine option ``key``."""
+        if old == new:
+            return True
+        return (key in self.CONTINUE_OPTIONS and isinstance(old, (int, float)) and isinstance(new, (int, float))
+                and new > old)
+
+    def createOutputStep(self, signature=None):
         self._registerOutputs(self.SUMMARY_CLASS.load(self.getSummaryFile()))
 
     def _registerOutputs(self, summary):

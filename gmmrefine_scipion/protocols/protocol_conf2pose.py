@@ -39,9 +39,11 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineInputParams(self, form):
-        form.addParam("inputHeterogeneity", params.PointerParam, pointerClass="GmmProtHeterogeneity",
-                      important=True, label="GMM heterogeneity run",
-                      help="A finished gmm heterogeneity analysis (its networks and latent coordinates).")
+        form.addParam("inputHeterogeneity", params.PointerParam,
+                      pointerClass="GmmProtHeterogeneity, SetOfParticlesFlex", important=True,
+                      label="GMM heterogeneity run",
+                      help="A finished gmm heterogeneity analysis (its networks and latent coordinates): the run, "
+                           "or its output particles (the Flexibility Hub's SetOfParticlesFlex of that run).")
         form.addParam("regionMask", params.PointerParam, pointerClass="VolumeMask", important=True,
                       label=REGION_MASK_LABEL,
                       help="Around the region to resolve (e.g. a moving domain) at its consensus position; "
@@ -57,17 +59,27 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
         defineFocusWidthParams(form)
 
     # --------------------------- STEPS functions -----------------------------
+    def _heterogeneityRun(self):
+        """The gmm heterogeneity run chosen: the pointer's protocol, or the run whose output
+        particles (SetOfParticlesFlex) were chosen; None otherwise."""
+        from .protocol_heterogeneity import GmmProtHeterogeneity
+        pointer = self.inputHeterogeneity
+        for obj in (pointer.get(), pointer.getObjValue()):
+            if isinstance(obj, GmmProtHeterogeneity):
+                return obj
+        return None
+
     def _inputSignature(self):
-        prot = self.inputHeterogeneity.get()
+        prot = self._heterogeneityRun()
         return prot.getObjId() if prot is not None else None
 
     def _protocolOptions(self):
-        het = self.inputHeterogeneity.get()
+        het = self._heterogeneityRun()
         return {"from": self.abspath(het.getRunDir()), "mask": self.volumeFile(self.regionMask.get(), "region_mask"),
                 "steps": self.steps.get(), "focus_iter": self.focusIterations.get(), **focusWidthOptions(self)}
 
     def _registerOutputs(self, summary):
-        het = self.inputHeterogeneity.get()
+        het = self._heterogeneityRun()
         inputParts = het.outputParticles  # the refinement's particles with their latent coordinates
         converted = self._refinedParticles(inputParts, summary.rel(summary.conversion.particles))
         self._defineOutputs(outputParticlesConverted=converted)
@@ -85,8 +97,11 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     # --------------------------- INFO functions ------------------------------
     def _validateInputs(self):
         errors = []
-        het = self.inputHeterogeneity.get()
+        het = self._heterogeneityRun()
         if het is None:
+            if self.inputHeterogeneity.get() is not None:
+                return ["GMM heterogeneity run: choose a gmm heterogeneity run or its output particles as they "
+                        "are (gmmcore conf2pose converts all the particles of that analysis)."]
             return ["Choose a GMM heterogeneity run."]
         if het.getSummary() is None or not het.hasAttribute("outputParticles"):
             errors.append("The heterogeneity run has not finished.")
@@ -95,7 +110,7 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
         return errors
 
     def _inputParticles(self):
-        het = self.inputHeterogeneity.get()
+        het = self._heterogeneityRun()
         return het.outputParticles if het is not None and het.hasAttribute("outputParticles") else None
 
     def _volumesOnParticleGrid(self):

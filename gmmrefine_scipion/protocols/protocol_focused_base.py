@@ -48,18 +48,19 @@ class GmmProtFocusedBase(GmmProtRunBase):
 
     # --------------------------- steps -----------------------------------------
     def _insertAllSteps(self):
+        signature = self._formSignature()
         self._insertFunctionStep(self.convertInputStep, self._inputSignature())
-        self._insertFunctionStep(self.runEngineStep)
+        self._insertFunctionStep(self.runEngineStep, signature)
         if self.localResolution.get():
-            self._insertFunctionStep(self.localResolutionStep)
-        self._insertFunctionStep(self.createOutputStep)
+            self._insertFunctionStep(self.localResolutionStep, signature)
+        self._insertFunctionStep(self.createOutputStep, signature)
 
     def _alignmentOptions(self):
         """The engine options of the fields both forms have."""
         return {"iter": self.numberOfIterations.get(), "ngauss": self.numberOfGaussians.get() or None,
                 "reimpose": self.reimposeSymmetry.get() or None, **focusWidthOptions(self)}
 
-    def localResolutionStep(self):
+    def localResolutionStep(self, signature=None):
         summary = self.getSummary()
         half1, half2 = self._resultHalves(summary)
         mask = self.getRunDir("fsc_mask.mrc")

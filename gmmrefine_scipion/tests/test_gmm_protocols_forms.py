@@ -154,3 +154,35 @@ class TestGmmProtocolForms(BaseTest):
             prot.maskLevel.set(level)
             errors = [e for e in prot.validate() if e.startswith("*Mask level*")]
             self.assertEqual(len(errors), 1, (level, prot.validate()))
+
+    def test_continue_mode_after_a_changed_field(self):
+        """Execute in Continue mode: the engine steps carry the form's signature (a changed field
+        reruns them, a device field does not); raised Iterations continue the finished run, any
+        other change of what it computes starts the run directory anew."""
+        refine = self._saved(GmmProtRefine, numberOfIterations=1, useGpu=False)
+        refine.inputParticles.set(self._particles("continue"))
+        signature = refine._formSignature()
+        refine.numberOfThreads.set(7)
+        refine.batchSize.set(4)
+        self.assertEqual(refine._formSignature(), signature)
+        refine.numberOfIterations.set(2)
+        self.assertNotEqual(refine._formSignature(), signature)
+
+        def engineRun(**changes):
+            """What runEngineStep decides for the form as it is (no engine run): continue?"""
+            for name, value in changes.items():
+                getattr(refine, name).set(value)
+            options = dict(refine._engineOptions(), out=os.path.abspath(refine.getRunDir()))
+            started = refine._startOrContinue(options)
+            gmm_fakes.write_refine_run(refine.getRunDir(), iterations=refine.numberOfIterations.get())
+            with open(refine.getRunDir("params.json"), "w") as f:
+                f.write("{}")
+            return started
+
+        self.assertFalse(engineRun(numberOfIterations=1))  # a new run
+        self.assertTrue(engineRun())  # killed, or nothing changed: continue
+        self.assertTrue(engineRun(numberOfIterations=2, batchSize=8, numberOfThreads=2))  # N more iterations
+        self.assertFalse(engineRun(numberOfIterations=1))  # fewer: anew
+        self.assertTrue(os.path.exists(refine.getRunDir("summary.json")))  # (forged again by engineRun)
+        self.assertFalse(engineRun(symmetryGroup="C2"))  # changes the result: anew
+        self.assertTrue(engineRun(numberOfIterations=3))
