@@ -25,8 +25,9 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
 
     The decoder turns a latent vector into the GMM of that conformation (latent 0 = the half's
     consensus GMM); the encoder maps each particle to its latent vector.  Outputs: the particles
-    with their latent coordinates (``_gmmLatent``: the vector; ``_gmmLatentPC1/PC2``: the principal
-    components within the particle's half), and maps reconstructed from the particles binned along
+    with their latent coordinates as the Flexibility Hub's SetOfParticlesFlex (progName
+    "gmmrefine", zFlex = the latent vector; also ``_gmmLatent``: the vector, ``_gmmLatentPC1/PC2``:
+    the principal components within the particle's half), and maps reconstructed from the particles binned along
     PC1 of each half.  A killed run continues from its last epoch in 'Continue' mode.
     """
     _label = "heterogeneity analysis"
@@ -119,7 +120,7 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
         outParts.copyInfo(inputParts)
         info = outParts.getFlexInfo()
         info.setAttr("_gmmLatentDim", int(summary.latent_dim))
-        info.setAttr("_gmmSummary", self.abspath(self.getSummaryFile()))
+        info.setAttr("_gmmSummary", self.getSummaryFile())  # relative to the project
         for particle in inputParts.iterItems(orderBy="id"):
             value = latents.get(particle.getObjId())
             if value is None:

@@ -95,10 +95,15 @@ class TestGmmHeterogeneityChain(BaseTest):
         from pwem.objects import ParticleFlex, SetOfParticlesFlex
         from gmmrefine_scipion.protocols.protocol_heterogeneity import FLEX_PROGNAME
         self.assertIsInstance(het.outputParticles, SetOfParticlesFlex)
-        flex = SetOfParticlesFlex(filename=het.outputParticles.getFileName())  # as another protocol reads it
+        # as a downstream protocol's pointer gets it (from the project): the set's FlexInfo in full
+        stored = self.proj.getProtocol(het.getObjId()).outputParticles
+        self.assertIsInstance(stored, SetOfParticlesFlex)
+        self.assertEqual(stored.getFlexInfo().getProgName(), FLEX_PROGNAME)
+        self.assertEqual(int(stored.getFlexInfo().getAttr("_gmmLatentDim")), 3)
+        # the set's own file
+        flex = SetOfParticlesFlex(filename=het.outputParticles.getFileName())
         flex.loadAllProperties()
         self.assertEqual(flex.getFlexInfo().getProgName(), FLEX_PROGNAME)
-        self.assertEqual(int(flex.getFlexInfo().getAttr("_gmmLatentDim")), 3)
         self.assertEqual(flex.getSize(), SIM["n"])
         for p in flex.iterItems():
             self.assertIsInstance(p, ParticleFlex)
