@@ -187,8 +187,7 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
         stamp = os.path.getmtime(first)
 
         prot.numberOfIterations.set(2)
-        self.proj.saveProtocol(prot)
-        self.launchProtocol(prot)
+        self.launchProtocol(prot)  # what the form's Execute does (Project.launchProtocol, mode Continue)
         summary = prot.getSummary()
         self.assertEqual([r.iteration for r in summary.iterations], [1, 2])
         self.assertEqual(os.path.getmtime(first), stamp)  # iteration 1 was not redone
