@@ -219,10 +219,10 @@ class GmmProtRunBase(GmmProtocolMixin):
         self._insertFunctionStep(self.createOutputStep, signature)
 
     def _formSignature(self):
-        """The form's values that decide what the run computes (JSON text): the input's signature
-        and every field but the device ones.  A step that carries it reruns in Scipion's Continue
-        mode when one of them changed."""
-        values = {"input": self._inputSignature()}
+        """The form's values that decide what the run computes (JSON text): the inputs chosen
+        (:meth:`_pointerSignature`) and every field but the device ones.  A step that carries it
+        reruns in Scipion's Continue mode when one of them changed."""
+        values = {"input": self._inputSignature(), "pointers": self._pointerSignature()}
         for name, param in self._definition.iterParams():
             if name in DEVICE_FIELDS or isinstance(param, (params.PointerParam, params.LabelParam)):
                 continue
@@ -230,6 +230,16 @@ class GmmProtRunBase(GmmProtocolMixin):
             if attr is not None and hasattr(attr, "get"):
                 values[name] = attr.get()
         return json.dumps(values, sort_keys=True, default=str)
+
+    def _pointerSignature(self):
+        """{field: "protocol id:output"} of the form's input fields (masks included), None when empty."""
+        out = {}
+        for name, param in self._definition.iterParams():
+            if isinstance(param, params.PointerParam):
+                pointer = getattr(self, name)
+                owner = pointer.getObjValue() if pointer.get() is not None else None
+                out[name] = None if owner is None else "%s:%s" % (owner.getObjId(), pointer.getExtended() or "")
+        return out
 
     def _inputSignature(self):
         """What the convert step depends on (Scipion reruns it when this changes)."""
@@ -290,7 +300,7 @@ class GmmProtRunBase(GmmProtocolMixin):
         (more iterations); any other change of what the run computes (see DEVICE_OPTIONS for what
         does not count) removes the old run directory first.  Records this run in extra/RUN_RECORD."""
         record = {k: v for k, v in options.items() if k not in DEVICE_OPTIONS}
-        record.update(input=self._inputSignature(), extra=self._extraArguments())
+        record.update(input=self._inputSignature(), pointers=self._pointerSignature(), extra=self._extraArguments())
         record = json.loads(json.dumps(record, sort_keys=True, default=str))
         recordFile = self._getExtraPath(RUN_RECORD)
         started = os.path.exists(self.getRunDir(*self.PARAMS_FILE))

@@ -186,3 +186,12 @@ class TestGmmProtocolForms(BaseTest):
         self.assertTrue(os.path.exists(refine.getRunDir("summary.json")))  # (forged again by engineRun)
         self.assertFalse(engineRun(symmetryGroup="C2"))  # changes the result: anew
         self.assertTrue(engineRun(numberOfIterations=3))
+        # another mask (the engine sees the same converted file name): the steps rerun, the run starts anew
+        signature = refine._formSignature()
+        mask = self._mask("continue_mask", 16, 2.0)
+        maskProt = self._saved(GmmProtRefine, useGpu=False)  # any saved protocol can own an output
+        maskProt._defineOutputs(outputMask=mask)
+        refine.referenceMask.set(maskProt)
+        refine.referenceMask.setExtended("outputMask")
+        self.assertNotEqual(refine._formSignature(), signature)
+        self.assertFalse(engineRun())
