@@ -13,7 +13,6 @@ a focused run (kind "focused"), a patch run (kind "patches") with its ``patches.
 * :func:`local_resolution_figure` — central slices coloured by local resolution.
 * :func:`plot_all_focused` — every plot of a run as PNGs.
 """
-import json
 import os
 
 import numpy as np
@@ -42,8 +41,6 @@ def comparison_curves(summary):
     """[(label, freq, fsc, resolution Å, style)]: input poses (of the source run), global (the
     start), focused or composite, and — for a focused run — within the focus mask at the start
     and the end.  style: "input", "start", "final", "focus-start", "focus-final"."""
-    from gmmcore.fsc import resolution_at
-
     summary = load_summary(summary)
     out = []
     src = source_summary(summary)
@@ -58,13 +55,11 @@ def comparison_curves(summary):
     elif summary.iterations:
         last = summary.iterations[-1].report
         out.append(("%s, iteration %d" % (summary.kind, summary.iterations[-1].iteration), *last.curve(True), "final"))
-        freq = summary.initial.fsc["freq"]
         for rep, style, label in ((summary.initial, "focus-start", "start, within focus mask"),
                                   (last, "focus-final", "%s, within focus mask" % summary.kind)):
-            curve = rep.extra.get("fsc_focus")
-            if curve:
-                out.append((label, freq, curve, float(rep.extra.get("resolution_focus", resolution_at(freq, curve))),
-                            style))
+            focus = None if rep is None else rep.focus_curve()
+            if focus is not None:
+                out.append((label, *focus, style))
     return out
 
 
@@ -113,23 +108,17 @@ def patch_fsc_figure(summary, fig=None):
     ax = fig.add_subplot(1, 1, 1)
     cmap = matplotlib.colormaps["tab10"]
     for rec, s in patch_runs(summary):
-        if s is None or s.initial is None or not s.initial.extra.get("fsc_focus"):
+        start = None if s is None or s.initial is None else s.initial.focus_curve()
+        if start is None:
             continue
         c = cmap((rec.index - 1) % 10)
-        freq = s.initial.fsc["freq"]
-        ax.plot(freq, s.initial.extra["fsc_focus"], color=c, lw=1.0, ls=":")
-        if s.iterations:
-            rep = s.iterations[-1].report
-            ax.plot(freq, rep.extra["fsc_focus"], color=c, lw=1.8,
-                    label="patch %d: %.2f → %.2f Å" % (rec.index, s.initial.extra["resolution_focus"],
-                                                       rep.extra["resolution_focus"]))
+        ax.plot(start[0], start[1], color=c, lw=1.0, ls=":")
+        end = s.iterations[-1].report.focus_curve() if s.iterations else None
+        if end is not None:
+            ax.plot(end[0], end[1], color=c, lw=1.8,
+                    label="patch %d: %.2f → %.2f Å" % (rec.index, start[2], end[2]))
     _fsc_axes(ax, "FSC within each patch mask (dotted: start)")
     return fig
-
-
-def _patches_json(summary):
-    with open(summary.rel("patches.json")) as f:
-        return json.load(f)
 
 
 def patch_gmm_figure(summary, fig=None):
@@ -137,16 +126,16 @@ def patch_gmm_figure(summary, fig=None):
     import matplotlib
     from gmmcore.gmm.model import GMM
     summary = load_summary(summary)
-    info = _patches_json(summary)
+    info = summary.patch_definition()
     fig = fig or _new_figure((11.0, 5.5))
     cmap = matplotlib.colormaps["tab10"]
     for k, h in enumerate(("1", "2")):
         ax = fig.add_subplot(1, 2, k + 1, projection="3d")
-        g = GMM.load(info["gmm"][h])
-        lab = np.asarray(info["labels"][h])
+        g = GMM.load(summary.rel(info.gmm[h]))
+        lab = np.asarray(info.labels[h])
         ax.scatter(g.centers[:, 0], g.centers[:, 1], g.centers[:, 2], c=[cmap((i - 1) % 10) for i in lab],
                    s=8 + 4 * np.asarray(g.sigmas), depthshade=False)
-        for p in info["patches"]:
+        for p in info.patches:
             ax.scatter(*p["center_A"], marker="x", s=80, color=cmap((p["index"] - 1) % 10))
             ax.text(*p["center_A"], " %d" % p["index"], fontsize=9)
         ax.set_title("half %s GMM by patch (%d Gaussians)" % (h, len(g)))

@@ -144,17 +144,16 @@ def region_fsc_figure(summary, fig=None):
     s = summary if isinstance(summary, RunSummary) else RunSummary.load(summary)
     fig = fig or _new_figure((6.5, 4.6))
     ax = fig.add_subplot(1, 1, 1)
-    cons = s.extra.get("consensus")
-    if cons:
-        ax.plot(cons["fsc"]["freq"], cons["fsc"]["masked"], "k--", label="consensus (%.2f Å)" % cons["resolution"])
-    if s.initial is not None and "fsc_focus" in s.initial.extra:
-        ax.plot(s.initial.fsc["freq"], s.initial.extra["fsc_focus"], color="tab:green",
-                label="converted poses (%.2f Å)" % s.initial.extra["resolution_focus"])
+    cons = s.consensus
+    if cons is not None:
+        ax.plot(cons.fsc["freq"], cons.fsc["masked"], "k--", label="consensus (%.2f Å)" % cons.resolution)
+    start = None if s.initial is None else s.initial.focus_curve()
+    if start is not None:
+        ax.plot(start[0], start[1], color="tab:green", label="converted poses (%.2f Å)" % start[2])
     for rec in s.iterations:
-        focus = rec.report.extra
-        if "fsc_focus" in focus:
-            ax.plot(rec.report.fsc["freq"], focus["fsc_focus"],
-                    label="focused %d (%.2f Å)" % (rec.iteration, focus["resolution_focus"]))
+        focus = rec.report.focus_curve()
+        if focus is not None:
+            ax.plot(focus[0], focus[1], label="focused %d (%.2f Å)" % (rec.iteration, focus[2]))
     ax.axhline(0.143, color="grey", lw=0.8)
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC within the region's mask")
@@ -171,7 +170,9 @@ def plot_region_fsc(summary, path):
 def conversion_pose_changes(summary):
     """Path of the conversion's pose_changes.npz (converted vs consensus poses)."""
     s = summary if isinstance(summary, RunSummary) else RunSummary.load(summary)
-    return os.path.join(s.directory, s.extra["conversion"]["pose_changes"])
+    if s.conversion is None:
+        raise KeyError("the run has no conversion step yet")
+    return s.rel(s.conversion.pose_changes)
 
 
 def plot_conversion_pose_changes(summary, path, bins=40):

@@ -6,14 +6,20 @@
 * :class:`GmmProtRunBase` — a protocol that runs one gmmcore *run directory* (:meth:`getRunDir`,
   ``extra/<RUN_DIR>``) and registers its outputs: ``convertInputStep`` → ``runEngineStep``
   (``gmmcore <VERB> <_engineOptions()> --out DIR``; a rerun continues a killed run) →
-  ``createOutputStep`` (outputs read through the run's summary, :mod:`gmmcore.summary`).  Its form
+  ``createOutputStep`` (outputs read through the run's summary, :mod:`gmmcore.summary`).  The last
+  two steps carry the form's signature (:meth:`_formSignature`), so Execute in Scipion's Continue
+  mode after a changed field reruns them: with only a raised CONTINUE_OPTIONS value (global
+  refinement: Iterations) the engine continues the finished run, with any other change of what
+  the run computes the run directory starts anew (:meth:`_startOrContinue`).  Its form
   holds the fields every compute protocol has (GPU, highest resolution, pose prior, batch size with
   0 = automatic, array backend, extra arguments, Threads); a new protocol supplies its own fields
   through the ``_define*Params`` hooks, ``_protocolOptions``, ``convertInputStep``,
   ``_registerOutputs``, ``_validateInputs`` and ``_summaryLines``.
 """
+import json
 import os
 import re
+import shutil
 
 import pyworkflow.protocol.params as params
 from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
@@ -23,6 +29,12 @@ from gmmcore.summary import SUMMARY_NAME, RunSummary
 from gmmrefine_scipion import Plugin
 from gmmrefine_scipion.constants import BACKEND_HELP, BACKEND_LABELS, BACKEND_VALUES
 
+RUN_RECORD = "gmmrefine_run.json"  # in extra/: what the run directory was last run with (_startOrContinue)
+# engine options that change where and how fast a run computes, not what it computes
+DEVICE_OPTIONS = ("gpu", "cpu", "dask_scheduler", "batch", "backend", "out", "continue")
+# form fields of the same kind (left out of the steps' signature)
+DEVICE_FIELDS = ("useGpu", "gpuList", "numberOfThreads", "numberOfMpi", "hostName", "batchSize", "arrayBackend",
+                 "daskScheduler")
 ERROR_FILE = "gmmcore_error.txt"  # the engine writes its one-line error here (GMMCORE_ERROR_FILE)
 THREADS_ENV = "GMMCORE_THREADS"  # the engine's one CPU-threads knob (gmmcore.resources), inherited by its workers
 THREADS_HELP = ("CPU threads gmmcore may use (TensorFlow, FFTs, half maps reconstructed in parallel), also "
@@ -107,6 +119,25 @@ def validateSymmetry(sym):
     return None
 
 
+def fscObjects(curves, withResolution=True):
+    """pwem FSC objects of ``curves`` [(label, freq 1/Å, FSC, resolution Å)]; each one's label is
+    the curve's, with its resolution unless ``withResolution`` is False (FscViewer adds its own)."""
+    from pwem.objects import FSC
+    out = []
+    for label, freq, curve, res in curves:
+        fsc = FSC(objLabel="%s (%.2f Å)" % (label, res) if withResolution else label)
+        fsc.setData(list(map(float, freq)), list(map(float, curve)))
+        out.append(fsc)
+    return out
+
+
+def runFscCurves(summary, masked=(True, False)):
+    """[(label, freq, FSC, resolution)] of the input poses and every iteration of a run summary,
+    masked and / or unmasked (labels say which)."""
+    return [("%s, %s" % (label, "masked" if m else "unmasked"), freq, curve, res)
+            for m in masked for label, freq, curve, res in summary.fsc_curves(masked=m)]
+
+
 class GmmProtRunBase(GmmProtocolMixin):
     """A protocol that runs one gmmcore run directory (see the module notes).  Mix in before the
     Scipion protocol class: ``class P(GmmProtRunBase, ProtRefine3D)`` (first, so its steps win).
@@ -118,6 +149,7 @@ class GmmProtRunBase(GmmProtocolMixin):
     VERB = "refine"
     RUN_DIR = "refine"
     PARAMS_FILE = ("params.json",)  # in the run directory: the engine has started this run
+    CONTINUE_OPTIONS = ()  # engine options a finished run continues with a higher value of (refine: "iter")
     SUMMARY_CLASS = RunSummary
 
     # ---- the common fields, per verb ----------------------------------------
@@ -132,6 +164,7 @@ class GmmProtRunBase(GmmProtocolMixin):
                   "expected angular error. It keeps particles with little signal from drifting; strong data "
                   "overrides it. 0: no prior (the paper's plain maximum of the FRC).")
     BACKEND = True  # the array-backend field (verbs that take --backend)
+    BATCH_AUTO = True  # the verb takes --batch auto (Batch size 0); else the field asks for at least 1
     BATCH_HELP = ("Particles processed together on the device; lower it if the GPU runs out of memory. "
                   "0 = automatic: the largest batch that fits the device's free memory.")
 
@@ -154,7 +187,10 @@ class GmmProtRunBase(GmmProtocolMixin):
             form.addParam("priorShift", params.FloatParam, default=1.0, validators=[params.GE(0)],
                           expertLevel=params.LEVEL_ADVANCED, condition="priorAngle > 0",
                           label="%s: shift (px)" % self.PRIOR_LABEL, help="Expected shift error, pixels.")
-        form.addParam("batchSize", params.IntParam, default=16, validators=[params.GE(0)],
+        least = 0 if self.BATCH_AUTO else 1
+        form.addParam("batchSize", params.IntParam, default=16,
+                      validators=[params.GE(least, "must be at least %d%s." % (
+                          least, "" if self.BATCH_AUTO else " (this protocol has no automatic batch size)"))],
                       expertLevel=params.LEVEL_ADVANCED, label="Batch size", help=self.BATCH_HELP)
         if self.BACKEND:
             form.addParam("arrayBackend", params.EnumParam, choices=BACKEND_LABELS, default=0,
@@ -177,9 +213,33 @@ class GmmProtRunBase(GmmProtocolMixin):
 
     # --------------------------- steps ----------------------------------------
     def _insertAllSteps(self):
+        signature = self._formSignature()
         self._insertFunctionStep(self.convertInputStep, self._inputSignature())
-        self._insertFunctionStep(self.runEngineStep)
-        self._insertFunctionStep(self.createOutputStep)
+        self._insertFunctionStep(self.runEngineStep, signature)
+        self._insertFunctionStep(self.createOutputStep, signature)
+
+    def _formSignature(self):
+        """The form's values that decide what the run computes (JSON text): the inputs chosen
+        (:meth:`_pointerSignature`) and every field but the device ones.  A step that carries it
+        reruns in Scipion's Continue mode when one of them changed."""
+        values = {"input": self._inputSignature(), "pointers": self._pointerSignature()}
+        for name, param in self._definition.iterParams():
+            if name in DEVICE_FIELDS or isinstance(param, (params.PointerParam, params.LabelParam)):
+                continue
+            attr = getattr(self, name, None)
+            if attr is not None and hasattr(attr, "get"):
+                values[name] = attr.get()
+        return json.dumps(values, sort_keys=True, default=str)
+
+    def _pointerSignature(self):
+        """{field: "protocol id:output"} of the form's input fields (masks included), None when empty."""
+        out = {}
+        for name, param in self._definition.iterParams():
+            if isinstance(param, params.PointerParam):
+                pointer = getattr(self, name)
+                owner = pointer.getObjValue() if pointer.get() is not None else None
+                out[name] = None if owner is None else "%s:%s" % (owner.getObjId(), pointer.getExtended() or "")
+        return out
 
     def _inputSignature(self):
         """What the convert step depends on (Scipion reruns it when this changes)."""
@@ -193,7 +253,7 @@ class GmmProtRunBase(GmmProtocolMixin):
         """``gmmcore <VERB>`` options besides --out: the protocol's own and the common fields'."""
         options = dict(self._protocolOptions())
         options[self.MAXRES_OPTION] = self.maxResolution.get() or None
-        options["batch"] = self.batchSize.get() or "auto"
+        options["batch"] = self.batchSize.get() or ("auto" if self.BATCH_AUTO else None)
         if self.POSE_PRIOR:
             if self.priorAngle.get() > 0:
                 options["prior_angle"] = self.priorAngle.get()
@@ -228,14 +288,48 @@ class GmmProtRunBase(GmmProtocolMixin):
             return {"gpu": ",".join(str(g) for g in self.getGpuList()) or "0"}
         return {"cpu": True}
 
-    def runEngineStep(self):
+    def runEngineStep(self, signature=None):
         options = dict(self._engineOptions())
         options["out"] = self.abspath(self.getRunDir())
-        # a run killed earlier (Scipion 'Continue' mode) goes on from where it stopped
-        options["continue"] = os.path.exists(self.getRunDir(*self.PARAMS_FILE))
+        options["continue"] = self._startOrContinue(options)
         self.runGmmcore(self.VERB, extra=self._extraArguments(), **options)
 
-    def createOutputStep(self):
+    def _startOrContinue(self, options):
+        """Whether the engine continues the run directory (else it starts anew).  It continues a
+        run killed earlier, and a finished run whose only change is a raised CONTINUE_OPTIONS value
+        (more iterations); any other change of what the run computes (see DEVICE_OPTIONS for what
+        does not count) removes the old run directory first.  Records this run in extra/RUN_RECORD."""
+        record = {k: v for k, v in options.items() if k not in DEVICE_OPTIONS}
+        record.update(input=self._inputSignature(), pointers=self._pointerSignature(), extra=self._extraArguments())
+        record = json.loads(json.dumps(record, sort_keys=True, default=str))
+        recordFile = self._getExtraPath(RUN_RECORD)
+        started = os.path.exists(self.getRunDir(*self.PARAMS_FILE))
+        if started and os.path.exists(recordFile):
+            with open(recordFile) as f:
+                old = json.load(f)
+            changed = sorted(k for k in set(old) | set(record) if not self._continuable(k, old.get(k), record.get(k)))
+            if changed:
+                self.info("The form changed since the run in %s was made (%s): starting it anew."
+                          % (self.getRunDir(), ", ".join(changed)))
+                shutil.rmtree(self.getRunDir())
+                started = False
+            elif old != record:
+                self.info("Continuing the run in %s with %s." % (self.getRunDir(), ", ".join(
+                    "%s %s -> %s" % (k, old.get(k), record.get(k)) for k in self.CONTINUE_OPTIONS
+                    if old.get(k) != record.get(k))))
+        os.makedirs(os.path.dirname(recordFile), exist_ok=True)
+        with open(recordFile, "w") as f:
+            json.dump(record, f, sort_keys=True, indent=1)
+        return started
+
+    def _continuable(self, key, old, new):
+        """A run made with ``old`` goes on with ``new`` for the engine option ``key``."""
+        if old == new:
+            return True
+        return (key in self.CONTINUE_OPTIONS and isinstance(old, (int, float)) and isinstance(new, (int, float))
+                and new > old)
+
+    def createOutputStep(self, signature=None):
         self._registerOutputs(self.SUMMARY_CLASS.load(self.getSummaryFile()))
 
     def _registerOutputs(self, summary):
@@ -267,13 +361,9 @@ class GmmProtRunBase(GmmProtocolMixin):
 
     def _fscSet(self, summary):
         """Scipion FSCs: input poses and every iteration, masked and unmasked."""
-        from pwem.objects import FSC
         fscs = self._createSetOfFSCs()
-        for masked in (True, False):
-            for label, freq, curve, res in summary.fsc_curves(masked=masked):
-                fsc = FSC(objLabel="%s, %s (%.2f Å)" % (label, "masked" if masked else "unmasked", res))
-                fsc.setData(list(map(float, freq)), list(map(float, curve)))
-                fscs.append(fsc)
+        for fsc in fscObjects(runFscCurves(summary)):
+            fscs.append(fsc)
         return fscs
 
     def _refinedParticles(self, inputParts, starFile):
@@ -351,7 +441,7 @@ class GmmProtRunBase(GmmProtocolMixin):
 
     def _warningLines(self, summary):
         """The engine's warnings, and a GPU asked for that the run did not use."""
-        warnings = list(summary.extra.get("warnings", []))
+        warnings = list(getattr(summary, "warnings", None) or [])  # a heterogeneity summary has none
         device = summary.device or ""
         usesCluster = bool((self._deviceOptions().get("dask_scheduler")))
         if self.usesGpu() and not usesCluster and device and "GPU" not in device \

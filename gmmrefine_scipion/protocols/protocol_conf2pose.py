@@ -1,5 +1,4 @@
 """Conformation to pose, then focused refinement of one region (gmmcore conf2pose)."""
-import os
 
 import pyworkflow as pw
 import pyworkflow.protocol.params as params
@@ -7,6 +6,7 @@ from pwem.objects import SetOfFSCs, SetOfParticles, Volume
 from pwem.protocols import ProtRefine3D
 
 from gmmrefine_scipion.constants import CONF2POSE_DIR
+from .focus_width import defineFocusWidthParams, focusWidthOptions
 from .protocol_base import GmmProtRunBase
 
 REGION_MASK_LABEL = "Mask of the target region"
@@ -33,12 +33,17 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     MAXRES_HELP = "Focused refinement: best resolution used in the alignment (0: follow the FSC)."
     PRIOR_LABEL = "Focused refinement: start pose accuracy"
     BACKEND = False  # gmmcore conf2pose runs on TensorFlow
+    BATCH_AUTO = False  # gmmcore conf2pose takes no --batch auto
+    BATCH_HELP = ("Particles per batch on the device (conversion and focused refinement; at least 1); lower it "
+                  "if the GPU runs out of memory.")
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineInputParams(self, form):
-        form.addParam("inputHeterogeneity", params.PointerParam, pointerClass="GmmProtHeterogeneity",
-                      important=True, label="GMM heterogeneity run",
-                      help="A finished gmm heterogeneity analysis (its networks and latent coordinates).")
+        form.addParam("inputHeterogeneity", params.PointerParam,
+                      pointerClass="GmmProtHeterogeneity, SetOfParticlesFlex", important=True,
+                      label="GMM heterogeneity run",
+                      help="A finished gmm heterogeneity analysis (its networks and latent coordinates): the run, "
+                           "or its output particles (the Flexibility Hub's SetOfParticlesFlex of that run).")
         form.addParam("regionMask", params.PointerParam, pointerClass="VolumeMask", important=True,
                       label=REGION_MASK_LABEL,
                       help="Around the region to resolve (e.g. a moving domain) at its consensus position; "
@@ -51,22 +56,32 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
                       label="Pose search steps", help="Adam steps per particle (the paper: 30).")
         form.addParam("focusIterations", params.IntParam, default=3, validators=[params.GE(0)],
                       label="Focused iterations", help="Focused refinement iterations after the conversion.")
+        defineFocusWidthParams(form)
 
     # --------------------------- STEPS functions -----------------------------
+    def _heterogeneityRun(self):
+        """The gmm heterogeneity run chosen: the pointer's protocol, or the run whose output
+        particles (SetOfParticlesFlex) were chosen; None otherwise."""
+        from .protocol_heterogeneity import GmmProtHeterogeneity
+        pointer = self.inputHeterogeneity
+        for obj in (pointer.get(), pointer.getObjValue()):
+            if isinstance(obj, GmmProtHeterogeneity):
+                return obj
+        return None
+
     def _inputSignature(self):
-        prot = self.inputHeterogeneity.get()
+        prot = self._heterogeneityRun()
         return prot.getObjId() if prot is not None else None
 
     def _protocolOptions(self):
-        het = self.inputHeterogeneity.get()
+        het = self._heterogeneityRun()
         return {"from": self.abspath(het.getRunDir()), "mask": self.volumeFile(self.regionMask.get(), "region_mask"),
-                "steps": self.steps.get(), "focus_iter": self.focusIterations.get()}
+                "steps": self.steps.get(), "focus_iter": self.focusIterations.get(), **focusWidthOptions(self)}
 
     def _registerOutputs(self, summary):
-        het = self.inputHeterogeneity.get()
+        het = self._heterogeneityRun()
         inputParts = het.outputParticles  # the refinement's particles with their latent coordinates
-        conv = summary.extra["conversion"]
-        converted = self._refinedParticles(inputParts, os.path.join(summary.directory, conv["particles"]))
+        converted = self._refinedParticles(inputParts, summary.rel(summary.conversion.particles))
         self._defineOutputs(outputParticlesConverted=converted)
         self._defineTransformRelation(het.outputParticles, converted)
         focused = self._refinedParticles(inputParts, summary.path("particles"))
@@ -82,8 +97,11 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     # --------------------------- INFO functions ------------------------------
     def _validateInputs(self):
         errors = []
-        het = self.inputHeterogeneity.get()
+        het = self._heterogeneityRun()
         if het is None:
+            if self.inputHeterogeneity.get() is not None:
+                return ["GMM heterogeneity run: choose a gmm heterogeneity run or its output particles as they "
+                        "are (gmmcore conf2pose converts all the particles of that analysis)."]
             return ["Choose a GMM heterogeneity run."]
         if het.getSummary() is None or not het.hasAttribute("outputParticles"):
             errors.append("The heterogeneity run has not finished.")
@@ -92,7 +110,7 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
         return errors
 
     def _inputParticles(self):
-        het = self.inputHeterogeneity.get()
+        het = self._heterogeneityRun()
         return het.outputParticles if het is not None and het.hasAttribute("outputParticles") else None
 
     def _volumesOnParticleGrid(self):
@@ -101,17 +119,17 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
 
     def _summaryLines(self, summary):
         lines = []
-        cons, conv = summary.extra.get("consensus"), summary.extra.get("conversion")
-        if cons:
-            lines.append("Region, consensus poses: %.2f Å (FSC in the mask)" % cons["resolution"])
-        if conv:
-            pc = conv["pose_change"]
-            lines.append("Conversion: pose change mean %.2f°, %.2f px; region at the converted poses: %.2f Å"
-                         % (pc["angle_mean"], pc["shift_mean"], conv["resolution_region"]))
+        cons, conv = summary.consensus, summary.conversion
+        if cons is not None:
+            lines.append("Region, consensus poses: %.2f Å (FSC in the mask)" % cons.resolution)
+        if conv is not None:
+            region = ("%.2f Å" % conv.resolution_region) if conv.resolution_region is not None else "?"
+            lines.append("Conversion: pose change mean %.2f°, %.2f px; region at the converted poses: %s"
+                         % (conv.pose_change.angle_mean, conv.pose_change.shift_mean, region))
         for rec in summary.iterations:
-            focus = rec.report.extra
-            lines.append("Focused iteration %d: region %.2f Å" % (rec.iteration, focus.get("resolution_focus",
-                                                                                              rec.resolution)))
+            focus = rec.report.resolution_focus
+            lines.append("Focused iteration %d: region %.2f Å" % (rec.iteration,
+                                                                  rec.resolution if focus is None else focus))
         return lines
 
     def _methods(self):

@@ -98,11 +98,11 @@ class GmmProtFocusedRefine(GmmProtFocusedBase, ProtRefine3D):
         self._defineOutputs(outputParticles=outParts, outputVolume=vol, outputFSCs=self._comparisonFscs(summary))
         self._defineTransformRelation(inputParts, outParts)
         self._defineSourceRelation(self.focusMask, vol)
-        rei = summary.final.extra.get("reimposed")
-        if rei:
-            sym = Volume(location=summary.rel(rei["map"]))
+        rei = summary.final.reimposed
+        if rei is not None and rei.map:
+            sym = Volume(location=summary.rel(rei.map))
             sym.setSamplingRate(apix)
-            sym.setHalfMaps([summary.rel(rei["half1"]), summary.rel(rei["half2"])])
+            sym.setHalfMaps([summary.rel(rei.half1), summary.rel(rei.half2)])
             self._defineOutputs(outputVolumeSym=sym)
             self._defineSourceRelation(vol, sym)
         self._registerLocalResolution(vol, apix)
@@ -129,23 +129,23 @@ class GmmProtFocusedRefine(GmmProtFocusedBase, ProtRefine3D):
 
     def _summaryLines(self, summary):
         lines = self._iterationLines(summary)
-        if summary.final is not None:
-            ex = summary.final.extra
-            lines.append("Within the focus mask: %.2f Å -> %.2f Å" % (ex["resolution_focus_initial"],
-                                                                    ex["resolution_focus"]))
-            if ex["resolution_focus"] > ex["resolution_focus_initial"]:
+        final = summary.final
+        if final is not None and final.resolution_focus is not None and final.resolution_focus_initial is not None:
+            lines.append("Within the focus mask: %.2f Å -> %.2f Å" % (final.resolution_focus_initial,
+                                                                    final.resolution_focus))
+            if final.resolution_focus > final.resolution_focus_initial:
                 lines.insert(0, "Warning: the region got worse within the focus mask; it may not move relative to "
                                 "the rest (a rigid particle): keep the start's result.")
-            if ex.get("reimposed"):
-                lines.append("Symmetry %s reimposed: %.2f Å" % (ex["reimposed"]["sym"], ex["reimposed"]["resolution"]))
+        if final is not None and final.reimposed is not None and final.reimposed.resolution is not None:
+            lines.append("Symmetry %s reimposed: %.2f Å" % (final.reimposed.sym, final.reimposed.resolution))
         return lines
 
     def _methods(self):
         summary = self.getSummary()
-        if not summary or summary.final is None:
+        if not summary or summary.final is None or summary.final.resolution_focus is None:
             return []
         return ["Particle poses were refined focused on a masked region for %d iterations with Gaussian "
                 "mixture models whose Gaussians outside the mask were widened [Chen2024] (gmmcore); the "
                 "gold-standard resolution within the mask went from %.2f Å to %.2f Å."
-                % (len(summary.iterations), summary.final.extra["resolution_focus_initial"],
-                   summary.final.extra["resolution_focus"])]
+                % (len(summary.iterations), summary.final.resolution_focus_initial,
+                   summary.final.resolution_focus)]

@@ -12,7 +12,8 @@ import pyworkflow.protocol.params as params
 from pwem.objects import Volume
 
 from gmmrefine_scipion.constants import SYMMETRY_HELP
-from .protocol_base import GmmProtRunBase, validateSymmetry
+from .focus_width import defineFocusWidthParams, focusWidthOptions
+from .protocol_base import GmmProtRunBase, fscObjects, validateSymmetry
 
 LOCALRES_DIR = "localres"
 
@@ -43,21 +44,23 @@ class GmmProtFocusedBase(GmmProtRunBase):
         form.addParam("numberOfGaussians", params.IntParam, default=0, validators=[params.GE(0)],
                       expertLevel=params.LEVEL_ADVANCED, label="Number of Gaussians",
                       help="0: estimated from the map (mass and resolution).")
+        defineFocusWidthParams(form)
 
     # --------------------------- steps -----------------------------------------
     def _insertAllSteps(self):
+        signature = self._formSignature()
         self._insertFunctionStep(self.convertInputStep, self._inputSignature())
-        self._insertFunctionStep(self.runEngineStep)
+        self._insertFunctionStep(self.runEngineStep, signature)
         if self.localResolution.get():
-            self._insertFunctionStep(self.localResolutionStep)
-        self._insertFunctionStep(self.createOutputStep)
+            self._insertFunctionStep(self.localResolutionStep, signature)
+        self._insertFunctionStep(self.createOutputStep, signature)
 
     def _alignmentOptions(self):
         """The engine options of the fields both forms have."""
         return {"iter": self.numberOfIterations.get(), "ngauss": self.numberOfGaussians.get() or None,
-                "reimpose": self.reimposeSymmetry.get() or None}
+                "reimpose": self.reimposeSymmetry.get() or None, **focusWidthOptions(self)}
 
-    def localResolutionStep(self):
+    def localResolutionStep(self, signature=None):
         summary = self.getSummary()
         half1, half2 = self._resultHalves(summary)
         mask = self.getRunDir("fsc_mask.mrc")
@@ -67,9 +70,9 @@ class GmmProtFocusedBase(GmmProtRunBase):
 
     def _resultHalves(self, summary):
         """The half maps the result stands for (the reimposed ones when symmetry was reimposed)."""
-        rei = summary.final.extra.get("reimposed") if summary.kind == "focused" else None
-        if rei:
-            return summary.rel(rei["half1"]), summary.rel(rei["half2"])
+        rei = summary.final.reimposed if summary.kind == "focused" else None
+        if rei is not None and rei.half1:
+            return summary.rel(rei.half1), summary.rel(rei.half2)
         return summary.path("half1"), summary.path("half2")
 
     def getLocalResolutionFile(self):
@@ -86,12 +89,9 @@ class GmmProtFocusedBase(GmmProtRunBase):
 
     def _comparisonFscs(self, summary):
         """Scipion FSCs of the comparison plot: input poses, global (start), result, focus-mask curves."""
-        from pwem.objects import FSC
         from gmmrefine_scipion.plotting.focused import comparison_curves
         fscs = self._createSetOfFSCs()
-        for label, freq, curve, res, _ in comparison_curves(summary):
-            fsc = FSC(objLabel="%s (%.2f Å)" % (label, res))
-            fsc.setData(list(map(float, freq)), list(map(float, curve)))
+        for fsc in fscObjects([c[:4] for c in comparison_curves(summary)]):
             fscs.append(fsc)
         return fscs
 

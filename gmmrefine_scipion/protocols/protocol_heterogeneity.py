@@ -3,7 +3,7 @@ import os
 
 import pyworkflow as pw
 import pyworkflow.protocol.params as params
-from pwem.objects import SetOfParticles, SetOfVolumes
+from pwem.objects import ParticleFlex, SetOfParticlesFlex, SetOfVolumes, Volume
 from pwem.protocols import ProtAnalysis3D
 
 from gmmcore.summary import HeterogeneitySummary
@@ -13,6 +13,8 @@ from gmmrefine_scipion.constants import HETEROGENEITY_DIR
 from .protocol_base import GmmProtRunBase
 
 FOCUS_MASK_LABEL = "Focus mask (optional)"
+FLEX_PROGNAME = "gmmrefine"  # the Flexibility Hub's name of the method that made a SetOfParticlesFlex
+FLEX_PARTICLES_FILE = "particles_flex.sqlite"
 
 
 class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
@@ -23,25 +25,26 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
 
     The decoder turns a latent vector into the GMM of that conformation (latent 0 = the half's
     consensus GMM); the encoder maps each particle to its latent vector.  Outputs: the particles
-    with their latent coordinates (``_gmmLatent``: the vector; ``_gmmLatentPC1/PC2``: the principal
-    components within the particle's half), and maps reconstructed from the particles binned along
+    with their latent coordinates as the Flexibility Hub's SetOfParticlesFlex (progName
+    "gmmrefine", zFlex = the latent vector; also ``_gmmLatent``: the vector, ``_gmmLatentPC1/PC2``:
+    the principal components within the particle's half), and maps reconstructed from the particles binned along
     PC1 of each half.  A killed run continues from its last epoch in 'Continue' mode.
     """
     _label = "heterogeneity analysis"
     _devStatus = pw.BETA
-    _possibleOutputs = {"outputParticles": SetOfParticles, "outputVolumes": SetOfVolumes}
+    _possibleOutputs = {"outputParticles": SetOfParticlesFlex, "outputVolumes": SetOfVolumes}
     VERB = "heterogeneity"
     RUN_DIR = HETEROGENEITY_DIR
 
     SUMMARY_CLASS = HeterogeneitySummary
     SETTINGS_SECTION = "Networks"
-    MAXRES_OPTION = "res"  # gmmcore heterogeneity's name for the finest resolution
     MAXRES_LEVEL = params.LEVEL_NORMAL
     MAXRES_HELP = ("Finest frequency compared (0: the refinement's final resolution). A coarser value (e.g. 6-8 Å) "
                    "is faster and usually enough for domain motions.")
     POSE_PRIOR = False
     BACKEND = False  # the networks train with TensorFlow
-    BATCH_HELP = "Particles per training batch. 0 = automatic: the largest batch that fits the device's memory."
+    BATCH_AUTO = False  # gmmcore heterogeneity takes no --batch auto
+    BATCH_HELP = "Particles per training batch (at least 1); lower it if the GPU runs out of memory."
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineInputParams(self, form):
@@ -84,23 +87,14 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
             options["mask"] = self.volumeFile(self.focusMask.get(), "focus_mask")
         return options
 
-    def createOutputStep(self):
+    def createOutputStep(self, signature=None):
         summary = self.SUMMARY_CLASS.load(self.getSummaryFile())
         refine = self.inputRefinement.get()
         inputParts = refine.outputParticles
         star = os.path.join(self._sourceRunDir(), "final", "particles.star")
         latents = convert.read_latents(summary.path(summary.latents), star)
 
-        def addLatent(particle, _row=None):
-            value = latents.get(particle.getObjId())
-            if value is None:
-                particle._appendItem = False
-                return
-            convert.set_latent(particle, *value)
-
-        outParts = self._createSetOfParticles()
-        outParts.copyInfo(inputParts)
-        outParts.copyItems(inputParts, updateItemCallback=addLatent)
+        outParts = self._flexParticles(inputParts, latents, summary)
         self._defineOutputs(outputParticles=outParts)
         self._defineSourceRelation(self.inputRefinement, outParts)
 
@@ -108,13 +102,35 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
         vols.setSamplingRate(inputParts.getSamplingRate())
         for h in ("1", "2"):
             for k, b in enumerate(summary.halves[h].bins):
-                from pwem.objects import Volume
                 vol = Volume(objLabel="half %s, bin %d (PC1 %.2f, %d particles)" % (h, k + 1, b["pc1"], b["n"]))
                 vol.setFileName(summary.path(b["map"]))
                 vol.setSamplingRate(inputParts.getSamplingRate())
                 vols.append(vol)
         self._defineOutputs(outputVolumes=vols)
         self._defineSourceRelation(self.inputRefinement, vols)
+
+    def _flexParticles(self, inputParts, latents, summary):
+        """The Flexibility Hub's SetOfParticlesFlex (progName FLEX_PROGNAME): the input particles
+        with their latent vector as zFlex, and our columns (the latent, PC1, PC2 within the half);
+        the set's FlexInfo names the latent dimension and the run's summary."""
+        path = self._getPath(FLEX_PARTICLES_FILE)
+        if os.path.exists(path):
+            os.remove(path)
+        outParts = SetOfParticlesFlex(filename=path, progName=FLEX_PROGNAME)
+        outParts.copyInfo(inputParts)
+        info = outParts.getFlexInfo()
+        info.setAttr("_gmmLatentDim", int(summary.latent_dim))
+        info.setAttr("_gmmSummary", self.getSummaryFile())  # relative to the project
+        for particle in inputParts.iterItems(orderBy="id"):
+            value = latents.get(particle.getObjId())
+            if value is None:
+                continue
+            flex = ParticleFlex(progName=FLEX_PROGNAME)
+            flex.copy(particle)
+            flex.setZFlex([float(v) for v in value[0]])
+            convert.set_latent(flex, *value)
+            outParts.append(flex)
+        return outParts
 
     # --------------------------- INFO functions ------------------------------
     def _validateInputs(self):

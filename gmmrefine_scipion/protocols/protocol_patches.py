@@ -6,6 +6,7 @@ import pyworkflow.protocol.params as params
 from pwem.objects import SetOfFSCs, SetOfParticles, Volume, VolumeMask
 from pwem.protocols import ProtRefine3D
 
+from .protocol_base import fscObjects
 from .protocol_focused_base import GmmProtFocusedBase
 
 PATCHES_DIR = "patches"
@@ -81,16 +82,15 @@ class GmmProtPatchRefine(GmmProtFocusedBase, ProtRefine3D):
         self._registerLocalResolution(vol, apix)
 
     def _patchFscs(self, summary):
-        from pwem.objects import FSC
         from gmmrefine_scipion.plotting.focused import patch_runs
         fscs = self._comparisonFscs(summary)
         for rec, s in patch_runs(summary):
             if s is None or not s.iterations:
                 continue
-            rep = s.iterations[-1].report
-            fsc = FSC(objLabel="patch %d, within its mask (%.2f Å)" % (rec.index, rep.extra["resolution_focus"]))
-            fsc.setData(list(map(float, rep.fsc["freq"])), list(map(float, rep.extra["fsc_focus"])))
-            fscs.append(fsc)
+            focus = s.iterations[-1].report.focus_curve()
+            if focus is not None:
+                for fsc in fscObjects([("patch %d, within its mask" % rec.index, *focus)]):
+                    fscs.append(fsc)
         return fscs
 
     def _validateStart(self):

@@ -27,7 +27,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
     halves never see each other) and measures the FSC.  Outputs: particles with refined poses,
     the final map with its half maps, the FSC of every iteration, and the GMMs (as .gmm.npz and
     pseudo-atom PDB).  A killed run continues from its last finished iteration when relaunched in
-    'Continue' mode.
+    'Continue' mode; so does a finished run whose Iterations were raised (N more iterations).
     """
     _label = "global refinement"
     _devStatus = pw.PROD
@@ -37,6 +37,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
                         "outputGmmHalf2": AtomStruct}
     VERB = "refine"
     RUN_DIR = REFINE_DIR
+    CONTINUE_OPTIONS = ("iter",)  # gmmcore refine --continue with a higher --iter adds iterations
 
     GPU_HELP = ("GPUs to use, e.g. '0' or '0 1 2 3': one gmmcore worker process per listed GPU, the particles "
                 "shared out between them (same result as one GPU).")
@@ -66,7 +67,9 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
     def _defineSettingsParams(self, form):
         form.addParam("numberOfIterations", params.IntParam, default=5,
                       validators=[params.Range(1, 50, "between 1 and 50")], label="Iterations",
-                      help="Global refinement iterations; the paper converges in about 5.")
+                      help="Global refinement iterations; the paper converges in about 5. To refine a finished "
+                           "run further, raise it and press Execute (mode Continue): the run goes on from its "
+                           "last iteration.")
         form.addParam("numberOfGaussians", params.IntParam, default=0, validators=[params.GE(0)],
                       label="Number of Gaussians",
                       help="0: estimated from the map (mass and resolution). More Gaussians describe finer "
@@ -214,7 +217,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
 
     def _summaryLines(self, summary):
         lines = self._iterationLines(summary)
-        if summary.extra.get("split") == "new-random":
+        if summary.split == "new-random":
             lines.append("Half sets were assigned at random by gmmcore (new split).")
         return lines
 

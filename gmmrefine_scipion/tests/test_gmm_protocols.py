@@ -105,7 +105,7 @@ class GmmProtocolsTestBase(BaseTest):
             if name != "displayChimera":
                 views = build(name)
                 self.assertEqual(len(views), 1)
-                self.assertEqual(type(views[0]).__name__, "FigureView", name)
+                self.assertIn(type(views[0]).__name__, ("FigureView", "FscViewer", "EmPlotter"), name)  # ours, Scipion's
         self.assertTrue(any("Final resolution" in line for line in prot.summary()), prot.summary())
         self.assertTrue(prot.methods())
         problems = []
@@ -171,6 +171,32 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
         self.assertAlmostEqual(float(np.median(ang)), float(np.median(ang_ref)), places=2)
         self.assert_engine_quality(problems)
 
+
+    def test_more_iterations_continue_a_finished_run(self):
+        """Iterations 1 -> 2 and Execute (Scipion's Continue mode): the run goes on from its first
+        iteration (kept as it was), it is not 'All steps seem to be FINISHED'."""
+        imp = self.newProtocol(GmmProtImportParticles, objLabel="gmm import (continue)", importFrom=0,
+                               starFile=self.perturbed)
+        self.launchProtocol(imp)
+        prot = self.newProtocol(GmmProtRefine, objLabel="gmm refine 1 then 2", **dict(REFINE, numberOfIterations=1))
+        prot.inputParticles.set(imp)
+        prot.inputParticles.setExtended("outputParticles")
+        self.launchProtocol(prot)
+        self.assertEqual(len(prot.getSummary().iterations), 1)
+        first = prot.getRunDir("iter001", "report.json")
+        stamp = os.path.getmtime(first)
+
+        prot.numberOfIterations.set(2)
+        self.launchProtocol(prot)  # what the form's Execute does (Project.launchProtocol, mode Continue)
+        summary = prot.getSummary()
+        self.assertEqual([r.iteration for r in summary.iterations], [1, 2])
+        self.assertEqual(os.path.getmtime(first), stamp)  # iteration 1 was not redone
+        with open(prot.getLogPaths()[0]) as f:
+            log = f.read()
+        self.assertIn("Continuing the run", log)
+        self.assertNotIn("All steps seem to be FINISHED", log)
+        self.assertEqual(prot.outputFSCs.getSize(), 2 * 3)  # input poses + 2 iterations, masked and unmasked
+        self.check_particles(prot.outputParticles, flipped=True)
 
     def test_import_cryosparc(self):
         """.cs written by gmmcore export (blob paths relative to the stack folder) -> our import."""

@@ -61,6 +61,7 @@ class TestGmmHeterogeneityChain(BaseTest):
         for vol in het.outputVolumes.iterItems():
             self.assertTrue(os.path.exists(vol.getFileName()))
         self.assertTrue(any("PC1" in line for line in het.summary()), het.summary())
+        self.check_flexibility_hub(het)
 
         mask = self.newProtocol(ProtImportMask, maskPath=os.path.join(self.data, "domain_mask.mrc"),
                                 samplingRate=SIM["apix"])
@@ -68,6 +69,7 @@ class TestGmmHeterogeneityChain(BaseTest):
         c2p = self.newProtocol(GmmProtConfToPose, objLabel="gmm conf2pose", steps=10, focusIterations=1,
                                maxResolution=8.0, batchSize=64, useGpu=False)
         c2p.inputHeterogeneity.set(het)
+        self.check_conf2pose_takes_the_flex_set(het, mask)
         c2p.regionMask.set(mask)
         c2p.regionMask.setExtended("outputMask")
         self.launchProtocol(c2p)
@@ -86,3 +88,38 @@ class TestGmmHeterogeneityChain(BaseTest):
         self.assertTrue(c2p.outputVolume.hasHalfMaps())
         self.assertEqual(c2p.outputFSCs.getSize(), 2 * 2)  # converted start + 1 iteration, masked and unmasked
         self.assertTrue(any("Conversion" in line for line in c2p.summary()), c2p.summary())
+
+    def check_flexibility_hub(self, het):
+        """The heterogeneity output read back as the Flexibility Hub's SetOfParticlesFlex: our
+        progName, the latent vector as zFlex, our columns kept."""
+        from pwem.objects import ParticleFlex, SetOfParticlesFlex
+        from gmmrefine_scipion.protocols.protocol_heterogeneity import FLEX_PROGNAME
+        self.assertIsInstance(het.outputParticles, SetOfParticlesFlex)
+        # as a downstream protocol's pointer gets it (from the project): the set's FlexInfo in full
+        stored = self.proj.getProtocol(het.getObjId()).outputParticles
+        self.assertIsInstance(stored, SetOfParticlesFlex)
+        self.assertEqual(stored.getFlexInfo().getProgName(), FLEX_PROGNAME)
+        self.assertEqual(int(stored.getFlexInfo().getAttr("_gmmLatentDim")), 3)
+        # the set's own file
+        flex = SetOfParticlesFlex(filename=het.outputParticles.getFileName())
+        flex.loadAllProperties()
+        self.assertEqual(flex.getFlexInfo().getProgName(), FLEX_PROGNAME)
+        self.assertEqual(flex.getSize(), SIM["n"])
+        for p in flex.iterItems():
+            self.assertIsInstance(p, ParticleFlex)
+            latent, pc1, _ = convert.get_latent(p)
+            np.testing.assert_allclose(p.getZFlex(), latent, rtol=1e-5, atol=1e-6)
+            self.assertIn(convert.get_half_set(p), (1, 2))
+        flex.close()
+
+    def check_conf2pose_takes_the_flex_set(self, het, mask):
+        """Conformation to pose accepts the heterogeneity run or its SetOfParticlesFlex."""
+        c2p = self.newProtocol(GmmProtConfToPose, objLabel="gmm conf2pose (flex set)", useGpu=False)
+        c2p.inputHeterogeneity.set(het)
+        c2p.inputHeterogeneity.setExtended("outputParticles")
+        c2p.regionMask.set(mask)
+        c2p.regionMask.setExtended("outputMask")
+        self.assertIs(type(c2p._heterogeneityRun()), type(het))
+        self.assertEqual(c2p._heterogeneityRun().getObjId(), het.getObjId())
+        self.assertEqual(c2p._protocolOptions()["from"], os.path.abspath(het.getRunDir()))
+        self.assertEqual([e for e in c2p.validate() if "heterogeneity" in e.lower()], [])

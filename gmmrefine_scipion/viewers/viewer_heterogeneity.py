@@ -6,7 +6,8 @@ import pyworkflow.protocol.params as params
 
 from gmmrefine_scipion.protocols import GmmProtConfToPose, GmmProtHeterogeneity
 from gmmrefine_scipion.plotting import heterogeneity as hplots, refine as plots
-from .viewer_refine import GmmSummaryViewer, chimerax_program
+from gmmrefine_scipion.protocols.protocol_base import runFscCurves
+from .views import GmmSummaryViewer, chimerax_program
 
 
 class GmmHeterogeneityViewer(GmmSummaryViewer):
@@ -48,7 +49,8 @@ class GmmHeterogeneityViewer(GmmSummaryViewer):
 
 class GmmConfToPoseViewer(GmmSummaryViewer):
     """Histogram of the pose changes of the conversion, FSC within the region's mask (consensus,
-    converted, focused), and the gold-standard FSC of the focused iterations."""
+    converted, focused), the gold-standard FSC of the focused iterations (Scipion's FSC viewer) and
+    the angular distribution of the converted and of the refined particles."""
     _label = "viewer gmm conformation to pose"
     _targets = [GmmProtConfToPose]
 
@@ -59,7 +61,12 @@ class GmmConfToPoseViewer(GmmSummaryViewer):
                            "every particle.")
         form.addParam("displayRegionFsc", params.LabelParam, label="Show the FSC within the region's mask",
                       help="Consensus poses (dashed), converted poses, each focused iteration.")
-        form.addParam("displayFsc", params.LabelParam, label="Show the FSC of every iteration")
+        form.addParam("displayFsc", params.LabelParam, label="Show the FSC of every iteration",
+                      help="Scipion's FSC viewer, masked and unmasked.")
+        form.addParam("displayAngDistConverted", params.LabelParam, label="Show the angular distribution: converted",
+                      help="Projection directions of the converted particles (Scipion's 2-D polar plot).")
+        form.addParam("displayAngDist", params.LabelParam, label="Show the angular distribution: refined",
+                      help="Projection directions after the focused refinement.")
 
     def _getVisualizeDict(self):
         return {"displayPoseChanges": lambda p=None: self._figure(
@@ -67,5 +74,7 @@ class GmmConfToPoseViewer(GmmSummaryViewer):
                     (10, 4.5), "gmmrefine conversion pose changes"),
                 "displayRegionFsc": lambda p=None: self._figure(
                     lambda s, fig: hplots.region_fsc_figure(s, fig=fig), (6.5, 5), "gmmrefine region FSC"),
-                "displayFsc": lambda p=None: self._figure(
-                    lambda s, fig: plots.fsc_figure(s, fig=fig, masked=None), (12, 5), "gmmrefine FSC")}
+                "displayFsc": lambda p=None: self._fscView(runFscCurves),
+                "displayAngDistConverted": lambda p=None: self._angularView(
+                    self._outputParticles("outputParticlesConverted")),
+                "displayAngDist": lambda p=None: self._angularView(self._outputParticles())}

@@ -1,66 +1,21 @@
-"""Scipion viewers for GmmProtRefine results (matplotlib windows; ChimeraX when configured)."""
+"""Scipion viewer for GmmProtRefine results (Scipion's FSC and angular-distribution viewers,
+matplotlib windows; ChimeraX when configured)."""
 import os
 
 import pyworkflow.protocol.params as params
-from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer, View
 
 from gmmrefine_scipion.protocols import GmmProtRefine
+from gmmrefine_scipion.protocols.protocol_base import runFscCurves
 from gmmrefine_scipion.plotting import refine as plots
+from .views import FigureView, GmmSummaryViewer, chimerax_program
 
 MASKED, UNMASKED, BOTH = 0, 1, 2
 
 
-class FigureView(View):
-    """Shows a matplotlib figure drawn by one of the ``plots`` functions in a Scipion window."""
-
-    def __init__(self, draw, figsize=(10, 5), title="gmmrefine"):
-        View.__init__(self)
-        self._draw = draw
-        self._figsize = figsize
-        self._title = title
-
-    def show(self):
-        from pyworkflow.gui.plotter import Plotter
-        plotter = Plotter(figsize=self._figsize, windowTitle=self._title)
-        self._draw(plotter.getFigure())
-        plotter.show()
-
-
-def chimerax_program():
-    """ChimeraX executable configured in Scipion (CHIMERA_HOME / chimera plugin), or None."""
-    try:
-        from pwem.viewers.viewer_chimera import Chimera
-        program = Chimera.getProgram()
-    except Exception:  # noqa: BLE001 (no chimera plugin, bad configuration)
-        return None
-    return program if program and os.path.exists(program) else None
-
-
-class GmmSummaryViewer(ProtocolViewer):
-    """What the gmmrefine viewers share: the protocol's run summary, and a viewer error message
-    (not a traceback) when a file is missing or unreadable."""
-
-    _environments = [DESKTOP_TKINTER, WEB_DJANGO]
-
-    def _summary(self):
-        summary = self.protocol.getSummary()
-        if summary is None:
-            raise FileNotFoundError("No summary yet: %s" % self.protocol.getSummaryFile())
-        return summary
-
-    def _guard(self, build):
-        try:
-            return build()
-        except (OSError, KeyError, ValueError) as exc:
-            return [self.errorMessage(str(exc), "gmmrefine viewer")]
-
-    def _figure(self, draw, figsize, title):
-        return self._guard(lambda: [FigureView(lambda fig: draw(self._summary(), fig), figsize=figsize, title=title)])
-
-
 class GmmRefineViewer(GmmSummaryViewer):
-    """FSC curves per iteration, resolution per iteration, the GMM of each half (3-D scatter:
-    colour = amplitude, size = width), pose-change histograms, and the map / GMMs in ChimeraX."""
+    """FSC curves per iteration (Scipion's FSC viewer), resolution per iteration, the angular
+    distribution of the output particles, the GMM of each half (3-D scatter: colour = amplitude,
+    size = width), pose-change histograms, and the map / GMMs in ChimeraX."""
     _label = "viewer gmm refinement"
     _targets = [GmmProtRefine]
 
@@ -69,11 +24,14 @@ class GmmRefineViewer(GmmSummaryViewer):
         form.addParam("fscMask", params.EnumParam, choices=["masked", "unmasked", "both"], default=BOTH,
                       display=params.EnumParam.DISPLAY_HLIST, label="FSC curves")
         form.addParam("displayFsc", params.LabelParam, label="Show FSC of every iteration",
-                      help="Input poses (dashed) and each iteration, final in bold; 0.143 line; "
-                           "the legend gives each resolution.")
+                      help="Scipion's FSC viewer: the input poses and each iteration, the 0.143 line, the "
+                           "legend gives each resolution; 'create FSC' keeps the curves as a Scipion object.")
         form.addParam("displayResolution", params.LabelParam, label="Show resolution per iteration",
                       help="Gold-standard resolution (FSC 0.143, masked and unmasked) of the input poses "
                            "(iteration 0) and after every iteration.")
+        form.addParam("displayAngDist", params.LabelParam, label="Show the angular distribution",
+                      help="Projection directions of the refined particles (Scipion's 2-D polar plot: "
+                           "radius = tilt, angle = rot; colour = particles per direction).")
         form.addParam("displayGmm", params.LabelParam, label="Show the GMM of each half (3-D)",
                       help="One point per Gaussian at its centre: colour = amplitude, size = width.")
         form.addParam("displayPoseChanges", params.LabelParam, label="Show pose changes",
@@ -85,19 +43,15 @@ class GmmRefineViewer(GmmSummaryViewer):
     def _getVisualizeDict(self):
         return {"displayFsc": self._showFsc,
                 "displayResolution": self._showResolution,
+                "displayAngDist": lambda p=None: self._angularView(self._outputParticles()),
                 "displayGmm": self._showGmm,
                 "displayPoseChanges": self._showPoseChanges,
                 "displayChimera": self._showChimera}
 
     # ------------------------------------------------------------------ views
     def _showFsc(self, paramName=None):
-        masked = {MASKED: True, UNMASKED: False, BOTH: None}[self.fscMask.get()]
-
-        def build():
-            summary = self._summary()
-            return [FigureView(lambda fig: plots.fsc_figure(summary, fig=fig, masked=masked),
-                               figsize=(12 if masked is None else 6.5, 5), title="gmmrefine FSC")]
-        return self._guard(build)
+        masked = {MASKED: (True,), UNMASKED: (False,), BOTH: (True, False)}[self.fscMask.get()]
+        return self._fscView(lambda summary: runFscCurves(summary, masked))
 
     def _showResolution(self, paramName=None):
         def build():

@@ -160,15 +160,17 @@ def write_heterogeneity_run(folder, n=40, box=16, apix=2.0, latent_dim=3, bins=3
 def write_conf2pose_run(folder, n=24, box=16, apix=2.0, seed=3):
     """A conf2pose output folder (a refine-like run of kind "conf2pose" with the conversion's
     record and pose changes), written through the engine's run contract."""
+    from gmmcore.summary import Conversion, HalfMapReport, PoseChange
     s = _focused_summary(folder, "conf2pose", n, box, apix, seed)
-    s.extra["consensus"] = {**s.initial.to_json(), "resolution": 11.0}
+    s.consensus = HalfMapReport.from_json({**s.initial.to_json(), "resolution": 11.0})
     os.makedirs(os.path.join(folder, "convert"), exist_ok=True)
     rng = np.random.default_rng(seed)
     np.savez(os.path.join(folder, "convert", "pose_changes.npz"), angle_deg=np.abs(rng.normal(scale=5.0, size=n)),
              shift_px=np.abs(rng.normal(scale=0.5, size=n)), half=(np.arange(n) % 2) + 1)
-    s.extra["conversion"] = {"pose_changes": "convert/pose_changes.npz", "particles": "convert/particles.star",
-                             "pose_change": {"angle_mean": 5.0, "angle_median": 4.0, "shift_mean": 0.5,
-                                             "shift_median": 0.4}, "resolution_region": 9.0}
+    s.conversion = Conversion(pose_change=PoseChange(angle_mean=5.0, angle_median=4.0, shift_mean=0.5,
+                                                     shift_median=0.4),
+                              pose_changes="convert/pose_changes.npz", particles="convert/particles.star",
+                              resolution_region=9.0)
     s.save(folder)
     return os.path.join(folder, "summary.json")
 
@@ -177,7 +179,7 @@ def write_focused_run(folder, n=24, box=16, apix=2.0, seed=4):
     """A refine-focused output folder (kind "focused": the FSC within the focus mask at the start
     and after each iteration), written through the engine's run contract."""
     s = _focused_summary(folder, "focused", n, box, apix, seed)
-    s.final.extra.update(resolution_focus_initial=9.0, resolution_focus=8.0)
+    s.final.resolution_focus_initial, s.final.resolution_focus = 9.0, 8.0
     s.save(folder)
     return os.path.join(folder, "summary.json")
 
@@ -189,7 +191,7 @@ def _focused_summary(folder, kind, n, box, apix, seed):
     write_refine_run(folder, n=n, box=box, apix=apix, iterations=1, seed=seed)
     s = RunSummary.load(folder)
     s.kind = kind
-    s.initial.extra.update(resolution_focus=9.0, fsc_focus=s.initial.fsc["masked"])
+    s.initial.resolution_focus, s.initial.fsc_focus = 9.0, list(s.initial.fsc["masked"])
     for rec in s.iterations:
-        rec.report.extra.update(resolution_focus=8.0, fsc_focus=rec.report.fsc["masked"])
+        rec.report.resolution_focus, rec.report.fsc_focus = 8.0, list(rec.report.fsc["masked"])
     return s

@@ -36,6 +36,10 @@ def test_protocols_conf_tree():
         walk(tree)
     assert {"GmmProtImportParticles", "GmmProtRefine", "GmmProtExportParticles", "GmmProtHeterogeneity",
             "GmmProtConfToPose"} <= found, (found, text)
+    # the Flexibility Hub section (as scipion-em-cryodrgn has one): heterogeneity and conformation to pose
+    with open(conf) as f:
+        hub = f.read().split('"text": "Flexibility Hub"', 1)[1].split('{"tag": "section"', 1)[0]
+    assert '"GmmProtHeterogeneity"' in hub and '"GmmProtConfToPose"' in hub, hub
 
 
 def test_command_line_and_environment(monkeypatch):

@@ -52,7 +52,14 @@ class TestGmmProtocolForms(BaseTest):
             for name in ("useGpu", "gpuList", "maxResolution", "batchSize", "extraParams", "numberOfThreads"):
                 self.assertTrue(prot.hasAttribute(name), (protClass.__name__, name))
             self.assertEqual(prot.batchSize.get(), 16, protClass.__name__)
-            self.assertIn("0 = automatic", prot.getParam("batchSize").help.get(), protClass.__name__)
+            batchHelp = prot.getParam("batchSize").help.get()
+            if protClass.BATCH_AUTO:
+                self.assertIn("0 = automatic", batchHelp, protClass.__name__)
+            else:  # gmmcore heterogeneity / conf2pose refuse --batch auto
+                self.assertIn("at least 1", batchHelp, protClass.__name__)
+                self.assertNotIn("automatic", batchHelp, protClass.__name__)
+        self.assertEqual([c.__name__ for c in COMPUTE if not c.BATCH_AUTO],
+                         ["GmmProtHeterogeneity", "GmmProtConfToPose"])
         self.assertEqual(GmmProtExpandSymmetry().symmetryGroup.get(), "C1")
 
     def test_batch_zero_is_auto_and_threads_reach_the_engine(self):
@@ -63,8 +70,15 @@ class TestGmmProtocolForms(BaseTest):
         self.assertEqual(refine.engineEnviron()["GMMCORE_THREADS"], "3")
         het = self._saved(GmmProtHeterogeneity, batchSize=0, numberOfThreads=2, useGpu=False)
         het.inputRefinement.set(refine)
+        # the engine's heterogeneity takes no --batch auto: the form refuses 0 in its own words
+        batchErrors = [e for e in het.validate() if e.startswith("*Batch size*")]
+        self.assertEqual(len(batchErrors), 1, het.validate())
+        self.assertIn("at least 1", batchErrors[0])
+        self.assertNotIn("--", batchErrors[0])
+        het.batchSize.set(8)
         options = het._engineOptions()
-        self.assertEqual(options["batch"], "auto")
+        self.assertEqual((options["batch"], options["maxres"]), (8, None))
+        self.assertNotIn("res", options)
         self.assertEqual(options["from"], os.path.abspath(refine.getRunDir()))
         self.assertEqual(het.engineEnviron()["GMMCORE_THREADS"], "2")
 
@@ -106,3 +120,78 @@ class TestGmmProtocolForms(BaseTest):
         names = {name for name, _ in prot.iterOutputAttributes(includePossible=True)}  # as pyworkflow lists them
         self.assertEqual(names, {"outputVolume", "outputFSCs", "outputLocalResolution", "outputParticlesPatch01",
                                  "outputParticlesPatch02", "outputMaskPatch01", "outputMaskPatch02"})
+
+    def test_focus_width_fields_reach_the_engine(self):
+        """Focused, patch and conf2pose forms: expert "Width rule" and "Mask level" (the engine's
+        defaults) become --width-rule / --mask-level, which the engine's parser takes."""
+        from pyworkflow.protocol.params import LEVEL_ADVANCED
+        from gmmcore import defaults
+        from gmmcore.cli import build_parser
+        from gmmrefine_scipion import Plugin
+        from gmmrefine_scipion.protocols.focus_width import focusWidthOptions
+
+        for protClass in COMPUTE:
+            prot = protClass()
+            has = protClass in (GmmProtFocusedRefine, GmmProtPatchRefine, GmmProtConfToPose)
+            self.assertEqual((prot.hasAttribute("widthRule"), prot.hasAttribute("maskLevel")), (has, has),
+                             protClass.__name__)
+            if not has:
+                continue
+            for name in ("widthRule", "maskLevel"):
+                self.assertEqual(prot.getParam(name).expertLevel.get(), LEVEL_ADVANCED, (protClass.__name__, name))
+            self.assertEqual(focusWidthOptions(prot), {"width_rule": defaults.WIDTH_RULE,
+                                                       "mask_level": defaults.MASK_LEVEL})
+        prot = self._saved(GmmProtFocusedRefine, widthRule=1, maskLevel=0.5, useGpu=False)
+        options = focusWidthOptions(prot)
+        self.assertEqual(options, {"width_rule": "sigma", "mask_level": 0.5})
+        for verb, required in (("refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
+                               ("refine-patches", dict(out="o", **{"from": "r"})),
+                               ("conf2pose", dict(mask="m.mrc", out="o", **{"from": "h"}))):
+            argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
+            args = build_parser(argv).parse_args(argv)
+            self.assertEqual((args.width_rule, args.mask_level), ("sigma", 0.5), verb)
+        for level in (0.0, 1.5):
+            prot.maskLevel.set(level)
+            errors = [e for e in prot.validate() if e.startswith("*Mask level*")]
+            self.assertEqual(len(errors), 1, (level, prot.validate()))
+
+    def test_continue_mode_after_a_changed_field(self):
+        """Execute in Continue mode: the engine steps carry the form's signature (a changed field
+        reruns them, a device field does not); raised Iterations continue the finished run, any
+        other change of what it computes starts the run directory anew."""
+        refine = self._saved(GmmProtRefine, numberOfIterations=1, useGpu=False)
+        refine.inputParticles.set(self._particles("continue"))
+        signature = refine._formSignature()
+        refine.numberOfThreads.set(7)
+        refine.batchSize.set(4)
+        self.assertEqual(refine._formSignature(), signature)
+        refine.numberOfIterations.set(2)
+        self.assertNotEqual(refine._formSignature(), signature)
+
+        def engineRun(**changes):
+            """What runEngineStep decides for the form as it is (no engine run): continue?"""
+            for name, value in changes.items():
+                getattr(refine, name).set(value)
+            options = dict(refine._engineOptions(), out=os.path.abspath(refine.getRunDir()))
+            started = refine._startOrContinue(options)
+            gmm_fakes.write_refine_run(refine.getRunDir(), iterations=refine.numberOfIterations.get())
+            with open(refine.getRunDir("params.json"), "w") as f:
+                f.write("{}")
+            return started
+
+        self.assertFalse(engineRun(numberOfIterations=1))  # a new run
+        self.assertTrue(engineRun())  # killed, or nothing changed: continue
+        self.assertTrue(engineRun(numberOfIterations=2, batchSize=8, numberOfThreads=2))  # N more iterations
+        self.assertFalse(engineRun(numberOfIterations=1))  # fewer: anew
+        self.assertTrue(os.path.exists(refine.getRunDir("summary.json")))  # (forged again by engineRun)
+        self.assertFalse(engineRun(symmetryGroup="C2"))  # changes the result: anew
+        self.assertTrue(engineRun(numberOfIterations=3))
+        # another mask (the engine sees the same converted file name): the steps rerun, the run starts anew
+        signature = refine._formSignature()
+        mask = self._mask("continue_mask", 16, 2.0)
+        maskProt = self._saved(GmmProtRefine, useGpu=False)  # any saved protocol can own an output
+        maskProt._defineOutputs(outputMask=mask)
+        refine.referenceMask.set(maskProt)
+        refine.referenceMask.setExtended("outputMask")
+        self.assertNotEqual(refine._formSignature(), signature)
+        self.assertFalse(engineRun())
