@@ -236,6 +236,19 @@ def pose_prior(args: argparse.Namespace, angle_deg: float = defaults.PRIOR_ANGLE
     return args.prior_angle or angle_deg, args.prior_shift or shift_px
 
 
+def warn_without_gpu(backend, args: argparse.Namespace, verb: str) -> None:
+    """GPUs asked for (``--gpu``) and none seen by ``backend``: the one warning of every verb
+    (:func:`gmmcore.backend.no_gpu_warning`), on stderr; the run goes on on the CPU."""
+    from .backend import no_gpu_warning
+    from .parallel.flags import parse_gpus
+
+    gpu = parse_gpus(args.gpu)
+    if gpu and not args.cpu:
+        text = no_gpu_warning(gpu, args.cpu, backend.describe_devices(gpu, cpu_only=args.cpu), backend.name)
+        if text:
+            print(f"gmmcore {verb}: WARNING: {text}", file=sys.stderr)
+
+
 def parse_batch(value) -> Union[int, str]:
     """``--batch``: a positive integer or 'auto'."""
     if str(value).strip().lower() == "auto":

@@ -23,7 +23,7 @@ from .. import defaults
 from ..errors import InputError
 from ..options import (RESOLUTION, TF_ONLY, add_band_arguments, add_deprecated_alias, add_focus_arguments,
                        add_prior_arguments, add_run_arguments, add_step_arguments, at_least, check, check_continue,
-                       claim_run_output, existing, fixed_batch, pose_prior)
+                       claim_run_output, existing, fixed_batch, pose_prior, warn_without_gpu)
 from ..parallel.flags import parse_gpus
 from ..resources import set_cpu_threads
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..backend import get_backend
 
     backend = get_backend("tf")  # TensorFlow imported with its start-up chatter kept off stderr, before the networks
-    _warn_without_gpu(backend, args)
+    warn_without_gpu(backend, args, "conf2pose")
     from ..heter.conf2pose import Conf2PoseParams, run_conf2pose
 
     if args.threads is not None:  # the networks' thread pools and FFT workers follow it
@@ -79,15 +79,3 @@ def run(args: argparse.Namespace) -> int:
     run_conf2pose(params)
     return 0
 
-
-def _warn_without_gpu(backend, args: argparse.Namespace) -> None:
-    """GPUs asked for and none seen: the same warning as every verb, on stderr (the run goes on on the CPU)."""
-    import sys
-
-    from ..backend import no_gpu_warning
-
-    gpu = parse_gpus(args.gpu)
-    if gpu and not args.cpu:
-        text = no_gpu_warning(gpu, args.cpu, backend.describe_devices(gpu, cpu_only=args.cpu), backend.name)
-        if text:
-            print(f"gmmcore conf2pose: WARNING: {text}", file=sys.stderr)
