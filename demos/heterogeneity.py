@@ -58,7 +58,7 @@ def main(argv=None):
             "--n", args.n, "--box", 48, "--apix", 2.0, "--snr", args.snr, "--perturb-angle", 0, "--perturb-shift", 0,
             "--seed", 3, "--out", sim)
     run("refine", "--particles", sim / "particles_true.star", "--iter", 0, "--cpu", "--out", cons)
-    run("heterogeneity", "--from", cons, "--res", 6, "--epochs", 20, "--full-epochs", 10, "--bins", 5, "--cpu",
+    run("heterogeneity", "--from", cons, "--maxres", 6, "--epochs", 20, "--full-epochs", 10, "--bins", 5, "--cpu",
         "--out", het)
     run("conf2pose", "--from", het, "--mask", mask, "--focus-iter", 1, "--maxres", 6, "--batch", 64, "--cpu",
         "--out", c2p)
