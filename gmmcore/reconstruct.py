@@ -199,23 +199,26 @@ class Reconstructor:
         qx *= sgn
         qy = (self._kx * A[:, 0, 1:2] + self._ky * A[:, 1, 1:2]) * sgn
         qz = (self._kx * A[:, 0, 2:3] + self._ky * A[:, 1, 2:3]) * sgn
-        # Columns of the (data.real, data.imag, weight) records; Friedel flips the imaginary part.
-        vr, vi, w = vals.real.ravel(), (vals.imag * sgn).ravel(), wts.ravel()
         x0, y0, z0 = np.floor(qx), np.floor(qy), np.floor(qz)
         fx, fy, fz = (qx - x0).ravel(), (qy - y0).ravel(), (qz - z0).ravel()
-        # Accumulator layout (P+1, P+1, nx): index j on z and y is frequency j − P/2 (no wrapping).
-        x0 = x0.astype(np.int64).ravel()
-        y0 = (y0.astype(np.int64).ravel() + P // 2) * nx
-        z0 = (z0.astype(np.int64).ravel() + P // 2) * ((P + 1) * nx)
+        # Accumulator layout (P+1, P+1, nx): index j on z and y is frequency j − P/2 (no wrapping);
+        # ``base`` is each sample's (x0, y0, z0) corner, the others are constant offsets from it.
+        base = x0.astype(np.int64).ravel()
+        base += (y0.astype(np.int64).ravel() + P // 2) * nx
+        base += (z0.astype(np.int64).ravel() + P // 2) * ((P + 1) * nx)
+        # Records (data.real, data.imag, weight) of the samples; Friedel flips the imaginary part.
+        rec = np.empty((base.size, 3))
+        rec[:, 0] = vals.real.ravel()
+        rec[:, 1] = (vals.imag * sgn).ravel()
+        rec[:, 2] = wts.ravel()
         gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
-        rec = np.stack([vr, vi, w], axis=1)
+        idx = np.empty_like(base)
         for dz, wz in ((0, gz), (1, fz)):
-            zi = z0 + dz * ((P + 1) * nx)
             for dy, wy in ((0, gy), (1, fy)):
                 wzy = wz * wy
-                zyi = zi + (y0 + dy * nx)
                 for dx, wx in ((0, gx), (1, fx)):
-                    scatter_add(self.acc, zyi + (x0 + dx), rec, (wzy * wx).astype(np.float64))
+                    np.add(base, dz * ((P + 1) * nx) + dy * nx + dx, out=idx)
+                    scatter_add(self.acc, idx, rec, (wzy * wx).astype(np.float64))
 
     # ------------------------------------------------------------------ combination
     def merge(self, other: "Reconstructor") -> None:
