@@ -714,7 +714,8 @@ class JAXBackend:
             ft[z0:z0 + z_chunk] = np.asarray(re) + 1j * np.asarray(im)
         return np.fft.fftshift(np.fft.irfftn(ft, s=(box, box, box))).astype(np.float32)
 
-    def gmm_fit(self, problem, sigmas0, amp_weight: float) -> _GmmFit:
+    def gmm_fit(self, problem, sigmas0, amp_weight: float, hermitian: bool = False) -> _GmmFit:
+        """The fit's loss and gradients (``hermitian`` is the TF backend's CPU option; ignored here)."""
         return _GmmFit(problem, sigmas0, amp_weight)
 
     def device_reconstruction(self) -> bool:

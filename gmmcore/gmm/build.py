@@ -284,11 +284,14 @@ class _FitProblem:
 def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 25.0, iterations: int = 300,
             amplitudes0=None, sigmas0=None, sigma_factor: float = SIGMA_FACTOR, amp_weight: float = 0.1,
             lr_center: float = 0.03, lr_shape: float = 0.05, max_slab_elems: int = 40_000_000,
-            verbose: bool = False, backend=None, desc: Optional[str] = None) -> Tuple[GMM, dict]:
+            verbose: bool = False, backend=None, desc: Optional[str] = None,
+            hermitian: bool = False) -> Tuple[GMM, dict]:
     """Fit centres, amplitudes and widths of a GMM to ``map_`` within ``resolution_A`` (module notes).
 
     ``max_slab_elems`` bounds the complex (slab-z × y × N) intermediate of one slab (larger grids are
-    done slab by slab, two passes).  ``desc``: report progress under this name.  Returns (GMM, report) with report ``{"fsc_mean", "fsc", "freq",
+    done slab by slab, two passes).  ``desc``: report progress under this name.  ``hermitian``: the
+    backend computes the GMM transform from its k_z ≥ 0 half (TF: ~1.4× faster steps on the CPU;
+    the same loss up to float32 rounding, so the fitted numbers differ slightly — off by default).  Returns (GMM, report) with report ``{"fsc_mean", "fsc", "freq",
     "steps", "seconds", "n_gaussians", "loss", "loss_start", "minres_A", "resolution_A"}``; the
     returned parameters are the best (lowest loss) met.
     """
@@ -318,7 +321,8 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
     if np.any(sig0 <= 0) or np.any(amp0 <= 0):
         raise InputError("initial amplitudes and widths must be positive", field="centers")
 
-    fit = (backend or get_backend()).gmm_fit(prob, sig0, amp_weight)
+    be = backend or get_backend()
+    fit = be.gmm_fit(prob, sig0, amp_weight, hermitian=True) if hermitian else be.gmm_fit(prob, sig0, amp_weight)
 
     u0 = np.float32(math.log(math.e - 1.0))  # softplus(u0) = 1
     params = [c0.copy(), np.full(N, u0, np.float32), np.full(N, u0, np.float32)]
