@@ -225,6 +225,9 @@ def main(argv=None) -> int:
                     help="kmeans: the refinement's own seeding (N estimate + K-means, each timed; --ngauss ignored)")
     ap.add_argument("--compare-fit", action="store_true",
                     help="with --seeding kmeans: refit half 1 with the opt-in Hermitian transform (timed apart)")
+    ap.add_argument("--compare-warm", action="store_true",
+                    help="fit half 1's next GMM (on the new map) cold — seeded as by default — and warm-started "
+                         "from this iteration's GMM (build_gmm init=, off by default), same steps; timed apart")
     ap.add_argument("--compare-reconstruction", type=int, default=0, metavar="R",
                     help="also time half 1's insertion + finish R times with the reference (pre-issue-20) "
                          "reconstructor and the current one, alternating in this process, and with relion_reconstruct "
@@ -313,6 +316,20 @@ def main(argv=None) -> int:
         poses = poses.with_rows(rows[h], aligned[h].poses)
     maps = timed("reconstruct", lambda: reconstruct_halves(table.with_poses(poses), backend=be))
     rep = timed("fsc", lambda: half_map_report(maps[1], maps[2], apix))
+    if ns.compare_warm:  # the next iteration's GMM of half 1: cold (seeded) vs warm (from this one)
+        m1 = lowpass(maps[1], apix, max(ns.resolution, rep["resolution"]))
+        t0 = time.perf_counter()
+        g_cold, r_cold = build_gmm(m1, apix, ns.resolution, seed=1, iterations=ns.fit_iterations, backend=be)
+        t1 = time.perf_counter()
+        g_warm, r_warm = build_gmm(m1, apix, ns.resolution, seed=1, iterations=ns.fit_iterations, backend=be,
+                                   init=fits[1][0])
+        t2 = time.perf_counter()
+        res["warm_start_half_1"] = {"cold_seconds": t1 - t0, "warm_seconds": t2 - t1, "steps": ns.fit_iterations,
+                                    "cold_fsc_mean": r_cold["fsc_mean"], "warm_fsc_mean": r_warm["fsc_mean"],
+                                    "cold_n": len(g_cold), "warm_n": len(g_warm),
+                                    "cold_loss": r_cold["loss"], "warm_loss": r_warm["loss"]}
+        print(f"  next GMM of half 1: cold {t1 - t0:.1f} s FSC {r_cold['fsc_mean']:.4f} (N {len(g_cold)}), "
+              f"warm {t2 - t1:.1f} s FSC {r_warm['fsc_mean']:.4f} (N {len(g_warm)})", flush=True)
     if ns.compare_reconstruction:
         res["reconstruction_comparison"] = compare_reconstruction(table.with_poses(poses), work, ns.compare_reconstruction)
     n = len(table)

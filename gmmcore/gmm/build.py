@@ -378,13 +378,16 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
 
 def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int] = None, seed_model=None,
               seed: int = 0, minres_A: float = 25.0, iterations: int = 300, threshold: Optional[float] = None,
-              **fit_kwargs) -> Tuple[GMM, dict]:
+              init: Optional[GMM] = None, **fit_kwargs) -> Tuple[GMM, dict]:
     """Build a GMM of one (half) map at ``resolution_A``.
 
     ``seed_model``: None (K-means seeds; N = ``n_gaussians`` or :func:`estimate_n_gaussians`), a PDB
     path / ``builtin:...`` name, or an (n, 3) array of atomic coordinates in the map's frame (Å, origin
     at voxel 0 — as ChimeraX places a map with origin 0): one Gaussian per atom, shifted by
     −(box//2)·apix and randomised at the resolution (``n_gaussians`` is then ignored).
+    ``init``: a GMM to start the fit from (its centres, amplitudes and widths — e.g. the previous
+    iteration's GMM of the same half): no seeding and no N estimate.  Off by default: it changes
+    the result (benchmarks/bench_iteration.py ``--compare-warm`` measures by how much).
     Returns (GMM with meta {box, apix, resolution_A, minres_A, seeding, seed, ...}, report).
     """
     t0 = time.perf_counter()
@@ -397,6 +400,13 @@ def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int]
         raise InputError(f"resolution {resolution_A:g} Å is beyond Nyquist ({2 * apix:g} Å)", field="resolution")
     box = m.shape[0]
     details = {}
+    if init is not None:
+        gmm, report = fit_gmm(m, apix, init.centers, resolution_A, minres_A=minres_A, iterations=iterations,
+                              amplitudes0=init.amplitudes, sigmas0=init.sigmas, **fit_kwargs)
+        gmm.meta.update({"seeding": "warm", "seed": int(seed)})
+        report["seeding"] = {"method": "warm", "n_gaussians": len(init)}
+        report["seconds_total"] = time.perf_counter() - t0
+        return gmm, report
     if seed_model is not None:
         if isinstance(seed_model, np.ndarray):
             coords = seed_model
