@@ -83,3 +83,16 @@ def test_scatter_add_accumulates_repeated_indices_in_order():
     for j in range(3):
         np.add.at(ref[:, j], idx, rec[:, j] * scale)
     assert np.array_equal(acc, ref)
+
+
+@pytest.mark.parametrize("P,n", [(48, 24), (50, 25), (64, 33), (40, 40)])
+def test_cropped_inverse_transform_is_the_full_one_cropped(P, n):
+    import scipy.fft as sfft
+
+    from gmmcore.reconstruct import cropped_irfftn
+
+    rng = np.random.default_rng(P + n)
+    F = rng.standard_normal((P, P, P // 2 + 1)) + 1j * rng.standard_normal((P, P, P // 2 + 1))
+    o = P // 2 - n // 2
+    full = sfft.fftshift(sfft.irfftn(F, s=(P, P, P)))[o:o + n, o:o + n, o:o + n]
+    assert np.array_equal(cropped_irfftn(F, P, n), full)
