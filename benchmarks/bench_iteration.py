@@ -15,6 +15,14 @@ timed too but is not part of an iteration.  The GMMs are seeded from points draw
 map's density (no K-means: scikit-learn is not on the GPU machines; seeding is CPU work outside
 the fit being measured).
 
+Issue 20 options (box 160 CPU profile, ``results/bench_iteration_box160.json``): ``--seeding kmeans``
+seeds as the refinement does (N estimate and K-means timed apart); ``--compare-fit`` refits half 1
+with the opt-in Hermitian transform; ``--compare-warm`` fits half 1's next GMM cold and warm-started;
+``--compare-reconstruction R`` times half 1's reconstruction R times with the pre-issue-20
+reconstructor (:class:`ReferenceReconstructor`, kept here only) and the current one, alternating,
+then with ``relion_reconstruct`` on the same star file, and reports FSCs between the maps and the
+model.  Each phase reports wall and CPU seconds (this process and its finished workers).
+
 Extrapolation to M particles: t(M) = t_fit + t_fsc + (t_align + t_reconstruct)·M/n, where the GMM
 fits and the FSC do not depend on the number of particles.  When the measured geometry is not the
 target's, alignment is also scaled by the projector's work N·K² and reconstruction by the padded
