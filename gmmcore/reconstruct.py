@@ -198,10 +198,15 @@ class Reconstructor:
     def _slices(self, images: np.ndarray, origins_px: np.ndarray) -> np.ndarray:
         """Padded, centred FT samples (b, S) complex128 of the images."""
         b, n, P = images.shape[0], self.box, self.P
-        padded = np.zeros((b, P, P), dtype=np.float32)
-        o = P // 2 - n // 2
-        padded[:, o:o + n, o:o + n] = images
-        F = sfft.rfft2(sfft.ifftshift(padded, axes=(-2, -1)), workers=cpu_threads()).reshape(b, -1)[:, self._sel]
+        # rfft2(ifftshift(zero-padded image)) as SciPy computes it — x transforms, then y — but the
+        # x transform only of the n rows that are not zero (the others transform to zeros).
+        pos = (np.arange(n) - n // 2) % P  # where image row/column j lands in the ifftshifted padded grid
+        rows = np.zeros((b, n, P), dtype=np.float32)
+        rows[:, :, pos] = images
+        X = sfft.rfft(rows, axis=-1, workers=cpu_threads())
+        F = np.zeros((b, P, P // 2 + 1), dtype=X.dtype)
+        F[:, pos] = X
+        F = sfft.fft(F, axis=-2, workers=cpu_threads(), overwrite_x=True).reshape(b, -1)[:, self._sel]
         # Centre: move content by +origin, g(p) = f(p − origin) ⇔ F·exp(−2πi k·origin/P).
         ph = (-2.0 * np.pi / P) * (origins_px[:, 0:1] * self._kx + origins_px[:, 1:2] * self._ky)
         return F.astype(np.complex128) * np.exp(1j * ph)

@@ -96,3 +96,19 @@ def test_cropped_inverse_transform_is_the_full_one_cropped(P, n):
     o = P // 2 - n // 2
     full = sfft.fftshift(sfft.irfftn(F, s=(P, P, P)))[o:o + n, o:o + n, o:o + n]
     assert np.array_equal(cropped_irfftn(F, P, n), full)
+
+
+@pytest.mark.parametrize("box", [16, 17, 24])
+def test_padded_transform_is_scipys_rfft2(box):
+    import scipy.fft as sfft
+
+    rec = Reconstructor(box, 1.0)
+    P, n = rec.P, box
+    rng = np.random.default_rng(box)
+    images = rng.standard_normal((3, n, n)).astype(np.float32)
+    origins = np.zeros((3, 2))
+    padded = np.zeros((3, P, P), np.float32)
+    o = P // 2 - n // 2
+    padded[:, o:o + n, o:o + n] = images
+    ref = sfft.rfft2(sfft.ifftshift(padded, axes=(-2, -1))).reshape(3, -1)[:, rec._sel].astype(np.complex128)
+    assert np.array_equal(rec._slices(images, origins), ref * np.exp(1j * np.zeros_like(ref.real)))
