@@ -4,7 +4,9 @@ Each image is padded ``pad``× (zero padding, image centre N//2 at padded centre
 its origin (Fourier phase shift by +origin), Fourier transformed, and its samples within the
 original Nyquist radius are inserted into a 3-D rfft volume of the padded box at Aᵀ(kx, ky, 0)
 (central-slice theorem for I(p) = ∫V(Aᵀp)dz) with trilinear weights.  The volume accumulates
-data·c and weight·c², c = |CTF| for phase-flipped images (CTF for raw images).  With symmetry each
+data·c and weight·c², c = |CTF| for phase-flipped images (CTF for raw images), as one float64
+record (data.real, data.imag, weight) per voxel, scattered by SciPy's compiled sparse kernel
+(:func:`scatter_add`; insertion is bound by memory traffic, so a voxel's three sums share a cache line).  With symmetry each
 slice is inserted at A·R for every operator R of the group.  ``finish`` divides data by
 (weight + regulariser), inverse transforms, divides by the real-space transform of the trilinear
 kernel (sinc² per axis) and crops to the box.
