@@ -15,6 +15,14 @@ timed too but is not part of an iteration.  The GMMs are seeded from points draw
 map's density (no K-means: scikit-learn is not on the GPU machines; seeding is CPU work outside
 the fit being measured).
 
+Issue 20 options (box 160 CPU profile, ``results/bench_iteration_box160.json``): ``--seeding kmeans``
+seeds as the refinement does (N estimate and K-means timed apart); ``--compare-fit`` refits half 1
+with the opt-in Hermitian transform; ``--compare-warm`` fits half 1's next GMM cold and warm-started;
+``--compare-reconstruction R`` times half 1's reconstruction R times with the pre-issue-20
+reconstructor (:class:`ReferenceReconstructor`, kept here only) and the current one, alternating,
+then with ``relion_reconstruct`` on the same star file, and reports FSCs between the maps and the
+model.  Each phase reports wall and CPU seconds (this process and its finished workers).
+
 Extrapolation to M particles: t(M) = t_fit + t_fsc + (t_align + t_reconstruct)·M/n, where the GMM
 fits and the FSC do not depend on the number of particles.  When the measured geometry is not the
 target's, alignment is also scaled by the projector's work N·K² and reconstruction by the padded
@@ -79,6 +87,132 @@ def density_points(m: np.ndarray, apix: float, k: int, seed: int) -> np.ndarray:
     return np.stack([x, y, z], axis=1).astype(np.float64) * apix
 
 
+class ReferenceReconstructor:
+    """The reconstructor's insertion as it was before issue 20 (kept here only, for timing): CTF on
+    the whole padded grid, separate complex data / float weight arrays, ``np.add.at`` per corner."""
+
+    def __init__(self, box, apix, pad=2):
+        from gmmcore.reconstruct import Reconstructor
+
+        self.rec = Reconstructor(box, apix, pad=pad)
+        P, nx = self.rec.P, self.rec.nx
+        self.data = np.zeros((P + 1) * (P + 1) * nx, np.complex128)
+        self.weight = np.zeros((P + 1) * (P + 1) * nx, np.float64)
+
+    def insert(self, images, rotations, origins_A, ctf, phase_flipped):
+        from gmmcore.ctf import ctf_2d, phase_flip
+
+        r = self.rec
+        P, nx, S = r.P, r.nx, r._sel.size
+        images = np.asarray(images, np.float32)
+        if ctf is not None and not phase_flipped:
+            images = phase_flip(images, ctf, r.apix)
+        origins_px = np.asarray(origins_A, np.float64) / r.apix
+        per = max(1, 3_000_000 // (8 * S))
+        for b0 in range(0, len(images), per):
+            b1 = min(len(images), b0 + per)
+            F = r._slices(images[b0:b1], origins_px[b0:b1])
+            c = np.abs(ctf_2d(ctf.subset(np.arange(b0, b1)), r.apix, P).reshape(b1 - b0, -1)[:, r._sel]
+                       .astype(np.float64))
+            vals, wts = F * (c * r._mult), c * c * r._mult
+            A = rotations[b0:b1].astype(np.float32)
+            qx = r._kx * A[:, 0, 0:1] + r._ky * A[:, 1, 0:1]
+            sgn = np.where(qx < 0, np.float32(-1), np.float32(1))
+            qx *= sgn
+            qy = (r._kx * A[:, 0, 1:2] + r._ky * A[:, 1, 1:2]) * sgn
+            qz = (r._kx * A[:, 0, 2:3] + r._ky * A[:, 1, 2:3]) * sgn
+            v = (vals.real + 1j * (vals.imag * sgn)).ravel()
+            w = wts.ravel()
+            x0, y0, z0 = np.floor(qx), np.floor(qy), np.floor(qz)
+            fx, fy, fz = (qx - x0).ravel(), (qy - y0).ravel(), (qz - z0).ravel()
+            x0 = x0.astype(np.int64).ravel()
+            y0 = (y0.astype(np.int64).ravel() + P // 2) * nx
+            z0 = (z0.astype(np.int64).ravel() + P // 2) * ((P + 1) * nx)
+            for dz, wz in ((0, 1.0 - fz), (1, fz)):
+                for dy, wy in ((0, 1.0 - fy), (1, fy)):
+                    wzy = wz * wy
+                    for dx, wx in ((0, 1.0 - fx), (1, fx)):
+                        tw = wzy * wx
+                        idx = z0 + dz * (P + 1) * nx + y0 + dy * nx + x0 + dx
+                        np.add.at(self.data, idx, v * tw)
+                        np.add.at(self.weight, idx, w * tw)
+
+    def finish(self):
+        self.rec.acc[:, 0], self.rec.acc[:, 1], self.rec.acc[:, 2] = self.data.real, self.data.imag, self.weight
+        return self.rec.finish()
+
+
+def _insert_all(rec, table, idx):
+    from gmmcore.io.stacks import iter_images
+
+    for rows, images in iter_images(table, idx, 1024):
+        rows = np.asarray(rows)
+        rec.insert(images, table.rotation[rows], table.origin[rows], table.ctf.subset(rows), table.phase_flipped)
+    return rec.finish()
+
+
+def compare_reconstruction(table, work: Path, repeats: int) -> dict:
+    """Half 1 reconstructed by the reference (pre-issue-20) and current reconstructors, ``repeats``
+    times each alternating in this process (insertion + finish, one core), and by
+    ``relion_reconstruct --subset 1 --ctf --pad 2`` on the same star file; FSCs against each other and
+    against the model's map."""
+    import resource
+    import shutil
+    import subprocess
+
+    from gmmcore.backend import get_backend
+    from gmmcore.fsc import fsc, resolution_at
+    from gmmcore.io.maps import read_map
+    from gmmcore.io.star import write_star
+    from gmmcore.reconstruct import Reconstructor
+    from gmmcore.simulate import load_model, model_gmm
+
+    from gmmcore.particles import check_geometry
+
+    box, apix = check_geometry(table)
+    idx = table.half_rows()[1]
+    times = {"reference": [], "current": []}
+    cpu = {"reference": [], "current": []}
+    maps = {}
+    for r in range(repeats):
+        for name in ("reference", "current"):
+            t0, c0 = time.perf_counter(), time.process_time()
+            rec = ReferenceReconstructor(box, apix) if name == "reference" else Reconstructor(box, apix)
+            maps[name] = _insert_all(rec, table, idx)
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+            print(f"  half 1 ({idx.size} images) {name:<9} {times[name][-1]:6.1f} s wall, {cpu[name][-1]:6.1f} s CPU",
+                  flush=True)
+    out = {"half_1_images": int(idx.size), "repeats": repeats, "seconds": times, "cpu_seconds": cpu,
+           "median_seconds": {k: float(np.median(v)) for k, v in times.items()},
+           "spread_seconds": {k: float(np.ptp(v)) for k, v in times.items()},
+           "median_cpu_seconds": {k: float(np.median(v)) for k, v in cpu.items()},
+           "spread_cpu_seconds": {k: float(np.ptp(v)) for k, v in cpu.items()},
+           "identical_maps": bool(np.array_equal(maps["reference"], maps["current"]))}
+    out["speedup_median"] = out["median_seconds"]["reference"] / out["median_seconds"]["current"]
+    out["speedup_median_cpu"] = out["median_cpu_seconds"]["reference"] / out["median_cpu_seconds"]["current"]
+    truth = get_backend("tf").render_map(model_gmm(load_model("builtin:adk-closed")), box, apix)
+    if shutil.which("relion_reconstruct"):
+        star = work / "particles.star"
+        write_star(table, star)
+        t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(["relion_reconstruct", "--i", str(star), "--o", str(work / "relion_half1.mrc"), "--subset", "1",
+                        "--ctf", "--pad", "2"], check=True, cwd=work, capture_output=True)
+        out["relion_reconstruct_seconds"] = time.perf_counter() - t0
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out["relion_reconstruct_cpu_seconds"] = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+        maps["relion"] = read_map(work / "relion_half1.mrc")[0]
+        print(f"  half 1 relion_reconstruct {out['relion_reconstruct_seconds']:6.1f} s", flush=True)
+    fscs = {}
+    for a, b in (("current", "relion"), ("current", "truth"), ("relion", "truth")):
+        if a in maps and (b in maps or b == "truth"):
+            f, c = fsc(maps[a], truth if b == "truth" else maps[b], apix)
+            fscs[f"{a}_vs_{b}"] = {"resolution_0.5": resolution_at(f, c, 0.5), "resolution_0.143": resolution_at(f, c),
+                                   "mean_fsc": float(np.mean(c[1:]))}
+    out["fsc"] = fscs
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", default="jax", choices=["jax", "tf"])
@@ -95,6 +229,17 @@ def main(argv=None) -> int:
     ap.add_argument("--target-ngauss", type=int, default=None, help="default: --ngauss")
     ap.add_argument("--workdir", default=None, help="keep the simulated data here (default: a temporary folder)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--seeding", default="density", choices=["density", "kmeans"],
+                    help="kmeans: the refinement's own seeding (N estimate + K-means, each timed; --ngauss ignored)")
+    ap.add_argument("--compare-fit", action="store_true",
+                    help="with --seeding kmeans: refit half 1 with the opt-in Hermitian transform (timed apart)")
+    ap.add_argument("--compare-warm", action="store_true",
+                    help="fit half 1's next GMM (on the new map) cold — seeded as by default — and warm-started "
+                         "from this iteration's GMM (build_gmm init=, off by default), same steps; timed apart")
+    ap.add_argument("--compare-reconstruction", type=int, default=0, metavar="R",
+                    help="also time half 1's insertion + finish R times with the reference (pre-issue-20) "
+                         "reconstructor and the current one, alternating in this process, and with relion_reconstruct "
+                         "(when installed); FSC of the maps against each other and the truth")
     ns = ap.parse_args(argv)
 
     from gmmcore.backend import get_backend
@@ -102,7 +247,7 @@ def main(argv=None) -> int:
     from gmmcore.fsc import half_map_report
     from gmmcore.geometry import angular_distance
     from gmmcore.gmm.align import AlignSettings, align_particles
-    from gmmcore.gmm.build import build_gmm
+    from gmmcore.gmm.build import build_gmm, estimate_n_gaussians, fit_gmm, seed_kmeans
     from gmmcore.grids import FourierGrid
     from gmmcore.particles import HalfPair, check_geometry
     from gmmcore.reconstruct import reconstruct_halves
@@ -121,22 +266,61 @@ def main(argv=None) -> int:
     box, apix = check_geometry(table)
     ph = res["phases"]
 
+    def cpu_now():
+        import resource
+
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
     def timed(name, f):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_now()
         v = f()
-        ph[name] = {"seconds": time.perf_counter() - t0}
-        print(f"{name:<14} {ph[name]['seconds']:8.1f} s", flush=True)
+        ph[name] = {"seconds": time.perf_counter() - t0, "cpu_seconds": cpu_now() - c0}
+        print(f"{name:<14} {ph[name]['seconds']:8.1f} s wall {ph[name]['cpu_seconds']:8.1f} s CPU (this process and "
+              "its finished workers)", flush=True)
         return v
 
     maps0 = timed("reconstruct_0", lambda: reconstruct_halves(table, backend=be))
     res0 = half_map_report(maps0[1], maps0[2], apix)["resolution"]
+    seeding = {}
+
     def fit(h):
         m = lowpass(maps0[h], apix, max(ns.resolution, res0))
-        return build_gmm(m, apix, ns.resolution, seed_model=density_points(m, apix, ns.ngauss, h), seed=h,
-                         iterations=ns.fit_iterations, backend=be)
+        if ns.seeding == "density":
+            return build_gmm(m, apix, ns.resolution, seed_model=density_points(m, apix, ns.ngauss, h), seed=h,
+                             iterations=ns.fit_iterations, backend=be)
+        t0 = time.perf_counter()
+        n_est = estimate_n_gaussians(m, apix, ns.resolution, seed=h)
+        t1 = time.perf_counter()
+        centers = seed_kmeans(m, apix, n_est, seed=h)
+        t2 = time.perf_counter()
+        g, rep = fit_gmm(m, apix, centers, ns.resolution, iterations=ns.fit_iterations, backend=be)
+        seeding[h] = {"n_gaussians": int(n_est), "n_estimate_seconds": t1 - t0, "kmeans_seconds": t2 - t1,
+                      "fit_seconds": rep["seconds"], "fit_steps": rep["steps"],
+                      "fit_seconds_per_step": rep["seconds"] / max(rep["steps"] + 2, 1),
+                      "fit_fsc_mean": rep["fsc_mean"], "slabs": rep["slabs"]}
+        print(f"  half {h}: N {n_est} (estimate {t1 - t0:.1f} s), K-means {t2 - t1:.1f} s, fit {rep['seconds']:.1f} s "
+              f"({rep['steps']} steps)", flush=True)
+        if ns.compare_fit and h == 1:  # the opt-in Hermitian transform, same seeds, after the default
+            g2, rep2 = fit_gmm(m, apix, centers, ns.resolution, iterations=ns.fit_iterations, backend=be,
+                               hermitian=True)
+            seeding["hermitian_fit_half_1"] = {
+                "fit_seconds": rep2["seconds"], "fit_seconds_default": rep["seconds"],
+                "speedup": rep["seconds"] / rep2["seconds"], "fit_fsc_mean": rep2["fsc_mean"],
+                "fit_fsc_mean_default": rep["fsc_mean"], "loss": rep2["loss"], "loss_default": rep["loss"],
+                "max_centre_difference_A": float(np.abs(g2.centers - g.centers).max())}
+            print(f"  half 1 Hermitian fit: {rep2['seconds']:.1f} s (default {rep['seconds']:.1f} s), "
+                  f"FSC {rep2['fsc_mean']:.4f} (default {rep['fsc_mean']:.4f})", flush=True)
+        return g, rep
 
     fits = timed("gmm_fits", lambda: HalfPair.build(fit))
     ph["gmm_fits"]["fit_only_seconds"] = sum(fits[h][1]["seconds"] for h in (1, 2))
+    if seeding:
+        ph["gmm_fits"]["per_half"] = seeding
+        for k in ("n_estimate_seconds", "kmeans_seconds", "fit_seconds"):
+            ph["gmm_fits"][k] = sum(seeding[h][k] for h in (1, 2))
+        if "hermitian_fit_half_1" in seeding:  # not part of the iteration's time
+            ph["gmm_fits"]["seconds"] -= seeding["hermitian_fit_half_1"]["fit_seconds"]
     grid = FourierGrid(box, apix, ns.resolution, 25.0)
     rows = table.half_rows()
     settings = AlignSettings(batch=batch)
@@ -147,6 +331,22 @@ def main(argv=None) -> int:
         poses = poses.with_rows(rows[h], aligned[h].poses)
     maps = timed("reconstruct", lambda: reconstruct_halves(table.with_poses(poses), backend=be))
     rep = timed("fsc", lambda: half_map_report(maps[1], maps[2], apix))
+    if ns.compare_warm:  # the next iteration's GMM of half 1: cold (seeded) vs warm (from this one)
+        m1 = lowpass(maps[1], apix, max(ns.resolution, rep["resolution"]))
+        t0 = time.perf_counter()
+        g_cold, r_cold = build_gmm(m1, apix, ns.resolution, seed=1, iterations=ns.fit_iterations, backend=be)
+        t1 = time.perf_counter()
+        g_warm, r_warm = build_gmm(m1, apix, ns.resolution, seed=1, iterations=ns.fit_iterations, backend=be,
+                                   init=fits[1][0])
+        t2 = time.perf_counter()
+        res["warm_start_half_1"] = {"cold_seconds": t1 - t0, "warm_seconds": t2 - t1, "steps": ns.fit_iterations,
+                                    "cold_fsc_mean": r_cold["fsc_mean"], "warm_fsc_mean": r_warm["fsc_mean"],
+                                    "cold_n": len(g_cold), "warm_n": len(g_warm),
+                                    "cold_loss": r_cold["loss"], "warm_loss": r_warm["loss"]}
+        print(f"  next GMM of half 1: cold {t1 - t0:.1f} s FSC {r_cold['fsc_mean']:.4f} (N {len(g_cold)}), "
+              f"warm {t2 - t1:.1f} s FSC {r_warm['fsc_mean']:.4f} (N {len(g_warm)})", flush=True)
+    if ns.compare_reconstruction:
+        res["reconstruction_comparison"] = compare_reconstruction(table.with_poses(poses), work, ns.compare_reconstruction)
     n = len(table)
     for k in ("align", "reconstruct", "reconstruct_0"):
         ph[k]["particles_per_s"] = n / ph[k]["seconds"]

@@ -1,17 +1,24 @@
-"""Peak memory of a refinement as the dataset grows (box 64): 10,000 / 40,000 / 100,000 particles.
+"""Memory of a refinement as the dataset grows (box 64): 10,000 / 40,000 / 100,000 particles.
 
 Simulates the largest dataset once (cached under benchmarks/work/) and takes the first n particles of
 it for each size (from 40,000 on, every half fills the 20,000-particle chunks), then runs one
-refinement iteration of each in a fresh process (`gmmcore refine --iter 1`) and records
+refinement iteration of each in a fresh process (`gmmcore refine --iter 1`) and samples, every
+0.1 s, every process of the tree (the refine process and its spawned workers) from Linux's
+``/proc/PID/status`` and ``/proc/PID/smaps_rollup``:
 
-* the peak resident memory of the **whole process tree** — the refine process and its workers
-  (the half-map reconstructions run in two spawned processes), their resident sets summed,
-  sampled every 0.1 s with psutil;
-* the largest single process (ru_maxrss of the children, exact);
-* wall time.
+* **anonymous memory** (``RssAnon``) summed over the tree — what the run itself holds (arrays,
+  interpreter heaps, the backends' buffers); this is the figure to plan a machine by;
+* **PSS** summed over the tree — resident memory with shared pages divided among the processes that
+  map them (what the tree costs the machine, counted once);
+* **file-backed pages** (``RssFile``) summed over the tree — pages of the memory-mapped particle
+  stack and of shared libraries; the kernel drops them under pressure, and summing them over
+  processes counts a shared page once per process (the earlier "tree RSS" figure did so);
+* the old summed RSS, for comparison, and wall time.
 
-Images are read 1,024 at a time whatever the chunk (`--chunk`, default 20,000, is the checkpoint
-unit), so peak memory should not grow with the number of particles.
+Each figure is the peak of the sampled sums.  The slope per particle (least squares over the sizes)
+is reported for each.  Images are read 1,024 at a time whatever the chunk (`--chunk`, default
+20,000, is the checkpoint unit), so anonymous memory should not grow with the number of particles
+beyond the per-particle metadata (poses, CTF, scores: ~1 KB).
 
     python benchmarks/bench_memory.py [--sizes 10000 100000] [--steps 3]
 
@@ -45,28 +52,62 @@ def run_measured(cmd, env) -> dict:
             "peak_rss_exact": after > before, "stdout_tail": proc.stdout.strip().splitlines()[-3:]}
 
 
+def _proc_memory_kB(pid: int) -> dict:
+    """RssAnon, RssFile, RssShmem, VmRSS (status) and Pss (smaps_rollup) of one process, kB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key = line.split(":", 1)[0]
+            if key in ("RssAnon", "RssFile", "RssShmem", "VmRSS"):
+                out[key] = int(line.split()[1])
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    out["Pss"] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
 def run_tree_sampled(cmd, env, interval: float = 0.1):
-    """Run ``cmd``; return (completed process, peak summed RSS of it and all its descendants, MB)."""
+    """Run ``cmd``; return (completed process, {figure: peak over time of the sum over the process
+    and all its descendants, MB}) for anonymous, file-backed, PSS and plain RSS."""
     import psutil
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = psutil.Process(proc.pid)
-    peak = 0
+    peak = {"anon": 0, "file": 0, "pss": 0, "rss": 0}
     while proc.poll() is None:
         try:
             procs = [root] + root.children(recursive=True)
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak = max(peak, total)
         except psutil.Error:
-            pass
+            procs = []
+        tot = dict.fromkeys(peak, 0)
+        for p in procs:
+            try:
+                m = _proc_memory_kB(p.pid)
+            except OSError:
+                continue
+            tot["anon"] += m.get("RssAnon", 0)
+            tot["file"] += m.get("RssFile", 0) + m.get("RssShmem", 0)
+            tot["pss"] += m.get("Pss", 0)
+            tot["rss"] += m.get("VmRSS", 0)
+        for k in peak:
+            peak[k] = max(peak[k], tot[k])
         time.sleep(interval)
     out, err = proc.communicate()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak / 2**20
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), {k: v / 1024 for k, v in peak.items()}
+
+
+def slopes_kB_per_particle(results: list) -> dict:
+    """Least-squares slope of each peak figure against the number of particles, kB per particle."""
+    if len(results) < 2:
+        return {}
+    n = np.array([r["n_particles"] for r in results], float)
+    keys = ("peak_anon_MB", "peak_pss_MB", "peak_file_MB", "peak_tree_rss_MB")
+    return {k.replace("peak_", "").replace("_MB", "") + "_kB_per_particle":
+            round(float(np.polyfit(n, [r[k] * 1024 for r in results], 1)[0]), 3) for k in keys}
 
 
 def main() -> None:
@@ -75,6 +116,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="pose steps per particle (fewer = faster; memory is the point)")
     ap.add_argument("--chunk", type=int, default=20000)
     ap.add_argument("--work", default=str(HERE / "work"))
+    ap.add_argument("--out", default=str(HERE / "results" / "bench_memory.json"))
     args = ap.parse_args()
     env = dict(os.environ, GMMCORE_NO_PROGRESS="1", TF_CPP_MIN_LOG_LEVEL="3")
     py = sys.executable
@@ -105,13 +147,14 @@ def main() -> None:
 
             shutil.rmtree(out)
         t0 = time.time()
-        proc, tree_mb = run_tree_sampled(cmd, env)
+        proc, peak = run_tree_sampled(cmd, env)
         last = json.loads(proc.stdout.strip().splitlines()[-1])
         if last["rc"] != 0:
             raise SystemExit(proc.stderr[-3000:])
         summary = json.loads((out / "summary.json").read_text())
         results.append({"n_particles": n, "box": 64, "chunk": args.chunk, "steps": args.steps,
-                        "peak_tree_rss_MB": round(tree_mb, 1),
+                        "peak_anon_MB": round(peak["anon"], 1), "peak_pss_MB": round(peak["pss"], 1),
+                        "peak_file_MB": round(peak["file"], 1), "peak_tree_rss_MB": round(peak["rss"], 1),
                         "peak_rss_largest_process_MB": round(last["maxrss_kB"] / 1024, 1),
                         "seconds": round(time.time() - t0, 1),
                         "resolution_initial_A": summary["initial"]["resolution"],
@@ -119,11 +162,14 @@ def main() -> None:
         print(results[-1], flush=True)
     doc = {"benchmark": "peak memory of `gmmcore refine --iter 1` vs number of particles",
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-           "what": "peak resident memory of `gmmcore refine` and its worker processes together (RSS summed, "
-                   "sampled every 0.1 s) and of its largest single process (ru_maxrss)",
-           "results": results}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "bench_memory.json").write_text(json.dumps(doc, indent=1))
+           "what": "peaks over time of memory summed over `gmmcore refine` and its worker processes, sampled "
+                   "every 0.1 s from /proc: anonymous (RssAnon: what the run holds), PSS (shared pages divided "
+                   "among processes), file-backed (RssFile+RssShmem: memory-mapped stack and libraries, "
+                   "droppable, counted once per process), and plain summed RSS (the earlier, inflated figure); "
+                   "plus the largest single process (ru_maxrss)",
+           "results": results, "slopes": slopes_kB_per_particle(results)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=1))
     print(json.dumps(doc, indent=1))
 
 

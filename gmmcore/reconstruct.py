@@ -4,7 +4,9 @@ Each image is padded ``pad``× (zero padding, image centre N//2 at padded centre
 its origin (Fourier phase shift by +origin), Fourier transformed, and its samples within the
 original Nyquist radius are inserted into a 3-D rfft volume of the padded box at Aᵀ(kx, ky, 0)
 (central-slice theorem for I(p) = ∫V(Aᵀp)dz) with trilinear weights.  The volume accumulates
-data·c and weight·c², c = |CTF| for phase-flipped images (CTF for raw images).  With symmetry each
+data·c and weight·c², c = |CTF| for phase-flipped images (CTF for raw images), as one float64
+record (data.real, data.imag, weight) per voxel, scattered by SciPy's compiled sparse kernel
+(:func:`scatter_add`; insertion is bound by memory traffic, so a voxel's three sums share a cache line).  With symmetry each
 slice is inserted at A·R for every operator R of the group.  ``finish`` divides data by
 (weight + regulariser), inverse transforms, divides by the real-space transform of the trilinear
 kernel (sinc² per axis) and crops to the box.
@@ -26,7 +28,7 @@ from typing import Optional
 import numpy as np
 import scipy.fft as sfft
 
-from .ctf import ctf_2d, ctf_columns, ctf_formula, phase_flip
+from .ctf import ctf_columns, ctf_formula, phase_flip
 from .errors import InputError
 from .fourier import freq_index, radial_index
 from .particles import CTFParams, HalfPair, check_geometry, check_split
@@ -36,6 +38,53 @@ from .symmetry import symmetry_matrices
 _PARALLEL_MIN_PARTICLES = 2000  # below this, reconstruct_halves runs the halves one after the other
 _ENTRIES_PER_PASS = 3_000_000  # scatter entries per bincount pass (memory knob, not a result knob)
 READ_BLOCK = 1024  # images read at once: memory is bounded by this, not by the dataset or --chunk
+
+
+def scatter_add(acc: np.ndarray, index: np.ndarray, records: np.ndarray, scale: np.ndarray) -> None:
+    """acc[index[i]] += records[i]·scale[i] for i in order, in place (repeated indices accumulate).
+
+    ``acc`` (V, c) and ``records`` (m, c) C-contiguous float64, ``index`` (m,) int64, ``scale`` (m,)
+    float64.  Each product is rounded, then added, in the order of ``index`` — the same sums, bit for
+    bit, as ``np.add.at(acc[:, j], index, records[:, j] * scale)`` column by column — in one pass of
+    SciPy's compiled sparse kernel (y += A·x, A holding ``scale[i]`` at (index[i], i)), which touches
+    each accumulator record once instead of once per column.
+    """
+    m, c = records.shape
+    try:
+        from scipy.sparse import _sparsetools
+    except ImportError:  # pragma: no cover - a SciPy without its compiled sparse tools
+        for j in range(c):
+            np.add.at(acc[:, j], index, records[:, j] * scale)
+        return
+    _sparsetools.csc_matvecs(acc.shape[0], m, c, _column_starts(m), index, scale, records.reshape(-1), acc.reshape(-1))
+
+
+_STARTS = np.arange(1, dtype=np.int64)
+
+
+def _column_starts(m: int) -> np.ndarray:
+    """0..m (int64): the column pointers of a sparse matrix with one entry per column (cached)."""
+    global _STARTS
+    if _STARTS.size < m + 1:
+        _STARTS = np.arange(max(m + 1, 2 * _STARTS.size), dtype=np.int64)
+    return _STARTS[: m + 1]
+
+
+def cropped_irfftn(F: np.ndarray, P: int, n: int) -> np.ndarray:
+    """``fftshift(irfftn(F, s=(P, P, P)))[o:o+n, o:o+n, o:o+n]``, o = P//2 − n//2, bit for bit, without
+    the voxels that are cropped away.
+
+    SciPy's irfftn transforms z, then y (complex, unscaled), then x (complex → real, scaled by
+    1/P³); the same one-dimensional transforms in the same order, keeping after each axis only the
+    planes that survive the crop, give the same numbers for a fraction of the work (the last scaling
+    is an exact multiply of each output, done here afterwards).
+    """
+    keep = (np.arange(P // 2 - n // 2, P // 2 - n // 2 + n) + P // 2) % P  # shifted crop → FFT order
+    w = cpu_threads()
+    G = sfft.ifft(F, axis=0, norm="forward", workers=w)[keep]
+    G = sfft.ifft(G, axis=1, norm="forward", workers=w)[:, keep]
+    vol = sfft.irfft(G, n=P, axis=2, norm="forward", workers=w)[:, :, keep]
+    return vol * (1.0 / (P * P * P))
 
 
 class Reconstructor:
@@ -57,8 +106,9 @@ class Reconstructor:
         self.sym = sym
         self.nx = P // 2 + 2  # one spare x column so the trilinear corner x0+1 is always in range
         # Sums on a (P+1, P+1, nx) grid, z/y index j ↔ frequency j − P/2 (see _scatter, _sums).
-        self.data = np.zeros((P + 1) * (P + 1) * self.nx, dtype=np.complex128)
-        self.weight = np.zeros((P + 1) * (P + 1) * self.nx, dtype=np.float64)
+        # One record (data.real, data.imag, weight) float64 per voxel: a sample's data and weight
+        # land on the same cache line (insertion is bound by memory traffic, not arithmetic).
+        self.acc = np.zeros(((P + 1) * (P + 1) * self.nx, 3), dtype=np.float64)
         self.count = 0
         # 2-D samples used: the padded rfft grid within the original Nyquist radius (P/2).
         ky, kx = freq_index((P, P))
@@ -68,6 +118,9 @@ class Reconstructor:
         self._sel = np.flatnonzero(sel)
         self._kx = kx[sel].astype(np.float32)
         self._ky = ky[sel].astype(np.float32)
+        # Frequencies (1/Å) of the samples, computed as ctf_2d computes them on the padded grid.
+        self._fx = (kx.ravel()[self._sel] / (P * self.apix))
+        self._fy = (ky.ravel()[self._sel] / (P * self.apix))
         # The kx = 0 column holds each Friedel pair twice: half weight each.
         self._mult = np.where(self._kx == 0, 0.5, 1.0)
         self._kernel = None
@@ -75,7 +128,17 @@ class Reconstructor:
         if make is not None:
             self._kernel = make(self)
             if self._kernel is not None:  # the sums live on the device
-                self.data = self.weight = None
+                self.acc = None
+
+    @property
+    def data(self) -> np.ndarray:
+        """Σ data·c, flat complex128 view of the accumulator (None when the sums live on a device)."""
+        return None if self.acc is None else self.acc[:, :2].view(np.complex128)[:, 0]
+
+    @property
+    def weight(self) -> np.ndarray:
+        """Σ weight·c², flat float64 view of the accumulator (None when the sums live on a device)."""
+        return None if self.acc is None else self.acc[:, 2]
 
     @property
     def device(self) -> bool:
@@ -117,8 +180,7 @@ class Reconstructor:
             if ctf is None:
                 c = np.ones((b1 - b0, S))
             else:
-                sub = ctf.subset(np.arange(b0, b1))
-                c = ctf_2d(sub, self.apix, self.P).reshape(b1 - b0, -1)[:, self._sel].astype(np.float64)
+                c = self._ctf(ctf_columns(ctf.subset(np.arange(b0, b1))))
                 if phase_flipped:
                     c = np.abs(c)
             vals = F * (c * self._mult)
@@ -129,13 +191,24 @@ class Reconstructor:
                 on_pass(b1 - b0)
         self.count += k
 
+    def _ctf(self, columns: np.ndarray) -> np.ndarray:
+        """CTF (b, S) float64 of the particles with :func:`ctf_columns` ``columns`` (b, 8) at the
+        samples used — the values of ``ctf_2d`` on the padded grid (float32), evaluated only there."""
+        return ctf_formula(*(columns[:, j:j + 1] for j in range(8)), self._fx, self._fy).astype(np.float32).astype(
+            np.float64)
+
     def _slices(self, images: np.ndarray, origins_px: np.ndarray) -> np.ndarray:
         """Padded, centred FT samples (b, S) complex128 of the images."""
         b, n, P = images.shape[0], self.box, self.P
-        padded = np.zeros((b, P, P), dtype=np.float32)
-        o = P // 2 - n // 2
-        padded[:, o:o + n, o:o + n] = images
-        F = sfft.rfft2(sfft.ifftshift(padded, axes=(-2, -1)), workers=cpu_threads()).reshape(b, -1)[:, self._sel]
+        # rfft2(ifftshift(zero-padded image)) as SciPy computes it — x transforms, then y — but the
+        # x transform only of the n rows that are not zero (the others transform to zeros).
+        pos = (np.arange(n) - n // 2) % P  # where image row/column j lands in the ifftshifted padded grid
+        rows = np.zeros((b, n, P), dtype=np.float32)
+        rows[:, :, pos] = images
+        X = sfft.rfft(rows, axis=-1, workers=cpu_threads())
+        F = np.zeros((b, P, P // 2 + 1), dtype=X.dtype)
+        F[:, pos] = X
+        F = sfft.fft(F, axis=-2, workers=cpu_threads(), overwrite_x=True).reshape(b, -1)[:, self._sel]
         # Centre: move content by +origin, g(p) = f(p − origin) ⇔ F·exp(−2πi k·origin/P).
         ph = (-2.0 * np.pi / P) * (origins_px[:, 0:1] * self._kx + origins_px[:, 1:2] * self._ky)
         return F.astype(np.complex128) * np.exp(1j * ph)
@@ -150,26 +223,26 @@ class Reconstructor:
         qx *= sgn
         qy = (self._kx * A[:, 0, 1:2] + self._ky * A[:, 1, 1:2]) * sgn
         qz = (self._kx * A[:, 0, 2:3] + self._ky * A[:, 1, 2:3]) * sgn
-        v = (vals.real + 1j * (vals.imag * sgn)).ravel()
-        w = wts.ravel()
         x0, y0, z0 = np.floor(qx), np.floor(qy), np.floor(qz)
         fx, fy, fz = (qx - x0).ravel(), (qy - y0).ravel(), (qz - z0).ravel()
-        # Accumulator layout (P+1, P+1, nx): index j on z and y is frequency j − P/2 (no wrapping).
-        x0 = x0.astype(np.int64).ravel()
-        y0 = (y0.astype(np.int64).ravel() + P // 2) * nx
-        z0 = (z0.astype(np.int64).ravel() + P // 2) * ((P + 1) * nx)
+        # Accumulator layout (P+1, P+1, nx): index j on z and y is frequency j − P/2 (no wrapping);
+        # ``base`` is each sample's (x0, y0, z0) corner, the others are constant offsets from it.
+        base = x0.astype(np.int64).ravel()
+        base += (y0.astype(np.int64).ravel() + P // 2) * nx
+        base += (z0.astype(np.int64).ravel() + P // 2) * ((P + 1) * nx)
+        # Records (data.real, data.imag, weight) of the samples; Friedel flips the imaginary part.
+        rec = np.empty((base.size, 3))
+        rec[:, 0] = vals.real.ravel()
+        rec[:, 1] = (vals.imag * sgn).ravel()
+        rec[:, 2] = wts.ravel()
         gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+        idx = np.empty_like(base)
         for dz, wz in ((0, gz), (1, fz)):
-            zi = z0 + dz * ((P + 1) * nx)
             for dy, wy in ((0, gy), (1, fy)):
                 wzy = wz * wy
-                zyi = zi + (y0 + dy * nx)
                 for dx, wx in ((0, gx), (1, fx)):
-                    tw = wzy * wx
-                    idx = zyi + (x0 + dx)
-                    # ufunc.at (fast in numpy >= 1.25) beats bincount: no full-volume temporaries.
-                    np.add.at(self.data, idx, v * tw)
-                    np.add.at(self.weight, idx, w * tw)
+                    np.add(base, dz * ((P + 1) * nx) + dy * nx + dx, out=idx)
+                    scatter_add(self.acc, idx, rec, (wzy * wx).astype(np.float64))
 
     # ------------------------------------------------------------------ combination
     def merge(self, other: "Reconstructor") -> None:
@@ -180,8 +253,8 @@ class Reconstructor:
         if self._kernel is not None:
             self._kernel.add(data, weight)
         else:
-            self.data += data
-            self.weight += weight
+            self.acc[:, :2] += np.stack([data.real, data.imag], axis=1)
+            self.acc[:, 2] += weight
         self.count += other.count
 
     def sums(self):
@@ -220,9 +293,7 @@ class Reconstructor:
         reg = float(regularisation) * mean_w[np.minimum(shell, m - 1)]
         den = W + reg
         F = np.where(inside & (den > 0), D / np.where(den > 0, den, 1.0), 0.0)
-        vol = sfft.fftshift(sfft.irfftn(F, s=(P, P, P), workers=cpu_threads()))
-        o = P // 2 - n // 2
-        vol = vol[o:o + n, o:o + n, o:o + n]
+        vol = cropped_irfftn(F, P, n)
         # Gridding correction: trilinear interpolation ⇔ sinc² per axis in real space.
         c = np.sinc((np.arange(n) - n // 2) / P) ** 2
         vol = vol / (c[:, None, None] * c[None, :, None] * c[None, None, :])
@@ -304,7 +375,7 @@ def added(a: Reconstructor, b: Reconstructor) -> Reconstructor:
     if a.P != b.P or a.box != b.box:
         raise ValueError("cannot add reconstructors of different geometry")
     out = copy.copy(a)
-    out.data, out.weight, out.count = a.data + b.data, a.weight + b.weight, a.count + b.count
+    out.acc, out.count = a.acc + b.acc, a.count + b.count
     return out
 
 

@@ -455,12 +455,42 @@ def volume_ft(centers, amplitudes, sigmas, sz, sy, sx):
 _volume_ft_jit = jax.jit(volume_ft)
 
 
+def volume_ft_hermitian(centers, amplitudes, sigmas, sz, sy, sx):
+    """:func:`volume_ft` from the k_z ≥ 0 rows of a symmetric z grid (sz = −kmax..kmax): G(±k_z) =
+    A ± iB with A = Σ C·t_y·t_x, B = Σ S·t_y·t_x (C, S the cos/sin parts of t_z); one real
+    (2K × N)·(N × 2·ny·nx) product.  As the TF backend's; equal up to float32 rounding."""
+    nz = sz.shape[0]
+    K = (nz + 1) // 2
+    s2 = -2.0 * math.pi ** 2 * jnp.square(sigmas)[:, None]
+
+    def table(freq, coord, scale=None):
+        env = jnp.exp(s2 * jnp.square(freq)[None, :])
+        if scale is not None:
+            env = env * scale[:, None]
+        ph = -TWO_PI * coord[:, None] * freq[None, :]
+        return env * jnp.cos(ph), env * jnp.sin(ph)  # (N, n)
+
+    cz, sz_ = table(sz[K - 1:], centers[:, 2], amplitudes)
+    yr, yi = table(sy, centers[:, 1])
+    xr, xi = table(sx, centers[:, 0])
+    ny, nx = sy.shape[0], sx.shape[0]
+    yx_r = (yr[:, :, None] * xr[:, None, :] - yi[:, :, None] * xi[:, None, :]).reshape(-1, ny * nx)
+    yx_i = (yr[:, :, None] * xi[:, None, :] + yi[:, :, None] * xr[:, None, :]).reshape(-1, ny * nx)
+    prod = jnp.matmul(jnp.concatenate([cz, sz_], axis=1).T, jnp.concatenate([yx_r, yx_i], axis=1),
+                      precision=HIGHEST)  # (2K, 2·ny·nx)
+    a_r, a_i = prod[:K, : ny * nx], prod[:K, ny * nx:]
+    b_r, b_i = prod[K:, : ny * nx], prod[K:, ny * nx:]
+    re = jnp.concatenate([(a_r + b_i)[1:][::-1], a_r - b_i], axis=0)  # rows k_z = −kmax..kmax
+    im = jnp.concatenate([(a_i - b_r)[1:][::-1], a_i + b_r], axis=0)
+    return re.reshape(nz, ny, nx), im.reshape(nz, ny, nx)
+
+
 # --------------------------------------------------------------------------------------------
 # the GMM fit's loss and gradients (same maths as the TF backend)
 
 
-def _slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg):
-    gr, gi = volume_ft(c, a0 * jax.nn.softplus(u), s0 * jax.nn.softplus(w), sz, sy, sx)
+def _slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg, transform=volume_ft):
+    gr, gi = transform(c, a0 * jax.nn.softplus(u), s0 * jax.nn.softplus(w), sz, sy, sx)
     gr, gi = gr.reshape(-1), gi.reshape(-1)
     vals = jnp.stack([wg * (gr * mr.reshape(-1) + gi * mi.reshape(-1)), wg * (gr * gr + gi * gi)], axis=1)
     return jax.ops.segment_sum(vals, sh, nseg + 1)[:nseg]
@@ -480,7 +510,9 @@ class _GmmFit:
     """Loss and gradients of the GMM-to-map fit (:mod:`gmmcore.gmm.build`) on the JAX device;
     parameters and slabs as in the TF backend (``p`` = [centres, u, w], float32)."""
 
-    def __init__(self, prob, sigmas0, amp_weight):
+    def __init__(self, prob, sigmas0, amp_weight, hermitian: bool = False):
+        # The Hermitian transform needs each slab's z rows symmetric about 0: one slab.
+        transform = volume_ft_hermitian if hermitian and len(prob.slabs) == 1 else volume_ft
         self.nseg = int(prob.nshells)
         self.f0 = int(prob.rmin - 1)
         self.sy, self.sx = _put(prob.s), _put(prob.sx)
@@ -492,7 +524,7 @@ class _GmmFit:
 
         def sums(c, u, w, a0, s0, sy, sx, slab):
             sz, mr, mi, sh, wg = slab
-            return _slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg)
+            return _slab_sums(c, u, w, a0, s0, sz, sy, sx, mr, mi, sh, wg, nseg, transform)
 
         def loss1(c, u, w, a0, s0, sy, sx, slab, S_mm):
             return _fit_loss(sums(c, u, w, a0, s0, sy, sx, slab), S_mm, f0, aw)
@@ -714,8 +746,10 @@ class JAXBackend:
             ft[z0:z0 + z_chunk] = np.asarray(re) + 1j * np.asarray(im)
         return np.fft.fftshift(np.fft.irfftn(ft, s=(box, box, box))).astype(np.float32)
 
-    def gmm_fit(self, problem, sigmas0, amp_weight: float) -> _GmmFit:
-        return _GmmFit(problem, sigmas0, amp_weight)
+    def gmm_fit(self, problem, sigmas0, amp_weight: float, hermitian: bool = False) -> _GmmFit:
+        """The fit's loss and gradients; ``hermitian``: the transform from its k_z ≥ 0 half
+        (:func:`volume_ft_hermitian`; results differ at float32 rounding — off by default)."""
+        return _GmmFit(problem, sigmas0, amp_weight, hermitian)
 
     def device_reconstruction(self) -> bool:
         """Whether half maps are reconstructed on the JAX device: on a GPU by default;
