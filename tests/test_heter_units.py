@@ -121,3 +121,34 @@ def test_decoder_latent_zero_is_neutral_and_mask_holds_gaussians(tmp_path):
     with pytest.raises(InputError) as exc:
         HalfNetwork.load(bad)
     assert str(bad) in str(exc.value) and "newer" in str(exc.value)
+
+
+def test_conversion_batch_auto_gives_the_same_poses():
+    """conf2pose's pose search is per particle: ``--batch auto`` (sized on the device) and a small
+    fixed batch give the same converted poses."""
+    from gmmcore.heter.conf2pose import convert_half
+    from gmmcore.heter.decoder import Decoder, make_layout
+    from gmmcore.heter.encoder import Encoder
+    from gmmcore.heter.pair import HalfNetwork
+    from gmmcore.particles import Poses
+
+    rng = np.random.default_rng(4)
+    g = _two_domain_gmm(rng, n=80)
+    move = (np.arange(len(g)) < len(g) // 2).astype(np.float32)
+    layout = make_layout(g, move, n_anchors=6, seed=0)
+    dec = Decoder.init(layout, latent_dim=2, rng=np.random.default_rng(5), anchor_scale=3.0)
+    # random (non-zero) residual head: the decoded conformations differ from the neutral GMM
+    dec.full_head.w.assign(rng.normal(0, 1.0, dec.full_head.w.shape).astype(np.float32))
+    dec.full_head.b.assign(rng.normal(0, 1.0, dec.full_head.b.shape).astype(np.float32))
+    grid = FourierGrid(48, 2.0, 10.0, 30.0)
+    net = HalfNetwork(1, Encoder.init(3 * len(layout.moving), 2, input_scale=2.5, rng=np.random.default_rng(6)), dec, grid,
+                      np.full(grid.nrings, 0.1))
+    k = 6
+    latents = rng.normal(0.0, 2.0, (k, 2)).astype(np.float32)
+    poses = Poses(random_rotations(k, rng), rng.normal(0.0, 2.0, (k, 2)))
+    settings = PoseSettings(steps=5, lr_angle_deg=1.0, lr_shift_px=0.5, final_lr_fraction=0.1)
+    fixed = convert_half(net, latents, poses, move, grid, settings, batch=4)
+    auto = convert_half(net, latents, poses, move, grid, settings, batch="auto")
+    assert angular_distance(fixed[0].rotation, auto[0].rotation).max() < 1e-3
+    np.testing.assert_allclose(fixed[0].origin_A, auto[0].origin_A, atol=1e-3)
+    assert angular_distance(fixed[0].rotation, poses.rotation).mean() > 0.01  # the search moved the poses

@@ -94,8 +94,10 @@ def test_shared_flags_declared_by_every_verb():
         assert shared <= OPTIONS[verb], (verb, shared - OPTIONS[verb])
 
 
-@pytest.mark.parametrize("verb", ["heterogeneity", "conf2pose"])
-@pytest.mark.parametrize("bad, flag", [(["--backend", "jax"], "--backend"), (["--batch", "auto"], "--batch")])
+@pytest.mark.parametrize("verb, bad, flag", [("heterogeneity", ["--backend", "jax"], "--backend"),
+                                             ("conf2pose", ["--backend", "jax"], "--backend"),
+                                             # the training batch is a hyperparameter: no device sizing
+                                             ("heterogeneity", ["--batch", "auto"], "--batch")])
 def test_tensorflow_verbs_refuse_jax_and_batch_auto(capsys, tmp_path, verb, bad, flag):
     _refused(capsys, tmp_path, verb, flag, bad)
 

@@ -23,7 +23,7 @@ from .. import defaults
 from ..errors import InputError
 from ..options import (RESOLUTION, TF_ONLY, add_band_arguments, add_deprecated_alias, add_focus_arguments,
                        add_prior_arguments, add_run_arguments, add_step_arguments, at_least, check, check_continue,
-                       claim_run_output, existing, fixed_batch, pose_prior, warn_without_gpu)
+                       claim_run_output, existing, parse_batch, pose_prior, warn_without_gpu)
 from ..parallel.flags import parse_gpus
 from ..resources import set_cpu_threads
 
@@ -44,7 +44,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help=f"focused refinement: gradient steps per particle (default {defaults.STEPS})")
     add_prior_arguments(p, centred_on="the converted poses (focused refinement)")
     add_focus_arguments(p)
-    add_run_arguments(p, backend_help=TF_ONLY, batch_auto=False,
+    add_run_arguments(p, backend_help=TF_ONLY,
                       gpu_help="GPU id to use (default: the first GPU TensorFlow sees)")
 
 
@@ -53,7 +53,7 @@ RULES = {"--convert-maxres": RESOLUTION, "--focus-iter": at_least(0), "--focus-s
 
 def run(args: argparse.Namespace) -> int:
     check(args, RULES, tf_only=True)
-    batch = fixed_batch(args)
+    batch = parse_batch(args.batch)
     prior_angle, prior_shift = pose_prior(args)
     src = Path(args.source)
     if not (src / "summary.json").exists():

@@ -45,7 +45,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class Conf2PoseParams:
     focus_steps: int = 10
     prior_angle: Optional[float] = 3.0  # focused refinement: pose prior centred on the converted poses
     prior_shift: Optional[float] = 1.0
-    batch: int = 16
+    batch: Union[int, str] = 16  # or "auto": sized on the device (the pose searches are independent)
     chunk: int = 20000
     seed: int = 0
     gpu: Optional[List[int]] = None
@@ -113,13 +113,18 @@ def gaussian_mask(mask: np.ndarray, apix: float, centers: np.ndarray) -> np.ndar
 
 
 def convert_half(net: HalfNetwork, latents: np.ndarray, poses: Poses, weights: np.ndarray, grid: FourierGrid,
-                 settings: PoseSettings, batch: int = 16, chunk: int = 20000,
+                 settings: PoseSettings, batch: Union[int, str] = 16, chunk: int = 20000,
                  checkpoints: Optional[ChunkCheckpoints] = None, rows: Optional[np.ndarray] = None,
                  backend=None, desc: str = "conf2pose"):
     """Converted poses of one half's particles: latents (k, L), initial poses (k) → (Poses (k),
-    RMSD after (k,), RMSD before (k,)).  ``rows`` (table rows, for the checkpoints' identity)."""
+    RMSD after (k,), RMSD before (k,)).  ``rows`` (table rows, for the checkpoints' identity);
+    ``batch`` particles per device batch, or "auto" (the backend's ``max_batch`` for the neutral GMM
+    on this grid: each particle's search is independent, so the batch changes memory, not results)."""
     k = len(latents)
     rows = np.arange(k) if rows is None else np.asarray(rows, np.int64)
+    if batch == "auto":
+        batch = (backend or get_backend()).max_batch(net.decoder.layout.neutral, grid, settings)
+        log.info("%s: batch auto → %d particles", desc, batch)
     opt = BatchedPoseOptimizer(ProjectionRMSDObjective(net.decoder.layout.neutral, grid, weights), settings,
                                batch=batch, backend=backend)
     out = {"rotation": np.empty((k, 3, 3)), "origin": np.empty((k, 2)), "score": np.empty(k, np.float32),
@@ -173,7 +178,7 @@ class _Inputs:
 def _read_inputs(p: Conf2PoseParams) -> _Inputs:
     hs = HeterogeneitySummary.load(p.source)
     if hs.kind != RunKind.HETEROGENEITY:
-        raise InputError(f"not a heterogeneity run (kind {getattr(hs.kind, "value", hs.kind)})", path=p.source, field="--from")
+        raise InputError(f"not a heterogeneity run (kind {getattr(hs.kind, 'value', hs.kind)})", path=p.source, field="--from")
     table, state0 = RunDir(hs.source).final_state()
     box, apix = check_geometry(table)
     rows = check_split(table)

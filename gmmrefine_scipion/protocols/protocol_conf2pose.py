@@ -33,7 +33,7 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     MAXRES_HELP = "Focused refinement: best resolution used in the alignment (0: follow the FSC)."
     PRIOR_LABEL = "Focused refinement: start pose accuracy"
     BACKEND = False  # gmmcore conf2pose runs on TensorFlow
-    BATCH_AUTO = False  # gmmcore conf2pose takes no --batch auto
+    BATCH_AUTO = True  # gmmcore conf2pose sizes --batch auto on the device
     BATCH_HELP = ("Particles per batch on the device (conversion and focused refinement; at least 1); lower it "
                   "if the GPU runs out of memory.")
 

@@ -55,11 +55,11 @@ class TestGmmProtocolForms(BaseTest):
             batchHelp = prot.getParam("batchSize").help.get()
             if protClass.BATCH_AUTO:
                 self.assertIn("0 = automatic", batchHelp, protClass.__name__)
-            else:  # gmmcore heterogeneity / conf2pose refuse --batch auto
+            else:  # gmmcore heterogeneity refuses --batch auto (its training batch is a hyperparameter)
                 self.assertIn("at least 1", batchHelp, protClass.__name__)
                 self.assertNotIn("automatic", batchHelp, protClass.__name__)
         self.assertEqual([c.__name__ for c in COMPUTE if not c.BATCH_AUTO],
-                         ["GmmProtHeterogeneity", "GmmProtConfToPose"])
+                         ["GmmProtHeterogeneity"])
         self.assertEqual(GmmProtExpandSymmetry().symmetryGroup.get(), "C1")
 
     def test_batch_zero_is_auto_and_threads_reach_the_engine(self):
