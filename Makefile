@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # traces and compiles, so two processes on two cores finish the suite ~1.5x sooner than one
 TEST_WORKERS ?= 2
 
-.PHONY: demo demo-focused demo-heterogeneity gui test test-install lint install bench clean
+.PHONY: demo demo-focused demo-heterogeneity gui test test-fast test-install lint install bench clean
 
 # The two distributions of the checkout, both editable: the plugin (scipion-em-gmmrefine, from .)
 # and the engine (gmmcore, from ./gmmcore); their dependencies are the pins of requirements.txt.
@@ -41,6 +41,14 @@ gui: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=20
+
+# inner loop (a few minutes): lint + every test but the long chains (Scipion project chains,
+# heterogeneity, the focused-domain and realistic science runs); `make test` runs them all
+test-fast: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow and not install" \
+		--ignore=gmmrefine_scipion/tests --ignore=tests/test_heterogeneity.py \
+		--ignore=tests/test_focused_domain.py --ignore=tests/test_realistic.py
 
 # slow tier: Scipion's own installer on a copy of this checkout in a fresh venv (PyPI needed, ~10 min)
 test-install: $(STAMP)
