@@ -124,9 +124,16 @@ def map_at(traj: dict, t: float, box: int, apix: float) -> np.ndarray:
 # truth
 
 
+def trajectory_span(span: float) -> float:
+    """The first trajectory point of a flexible set: t ∈ [t0, t0 + span], centred on t_ref
+    (span 1: the whole closed → open trajectory)."""
+    return max(0.0, T_REF - span / 2.0) if span < 1.0 else 0.0
+
+
 def draw_truth(n: int, box: int, apix: float, seed: int, flexible: bool, bins: int, optics_groups: int = 2,
-               max_origin_px: float = 2.0, start_angle_deg: float = 2.4, start_shift_px: float = 1.2) -> dict:
-    """Poses, CTFs, halves, optics groups, trajectory points and start poses (seeded)."""
+               max_origin_px: float = 2.0, start_angle_deg: float = 2.4, start_shift_px: float = 1.2,
+               span: float = 1.0) -> dict:
+    """Poses, CTFs, halves, optics groups, trajectory points (t ∈ [t0, t0 + span]) and start poses (seeded)."""
     rng = np.random.default_rng(seed)
     rot = random_rotations(n, rng)
     r = max_origin_px * np.sqrt(rng.uniform(size=n))
@@ -144,8 +151,9 @@ def draw_truth(n: int, box: int, apix: float, seed: int, flexible: bool, bins: i
     rot_start = Rotation.from_rotvec(np.deg2rad(s_ang) * rng.normal(size=(n, 3))).as_matrix() @ rot
     s_sh = start_shift_px / math.sqrt(math.pi / 2.0)  # mean of a 2-D Rayleigh = s·sqrt(π/2)
     origins_start = origins + s_sh * apix * rng.normal(size=(n, 2))
-    t = rng.uniform(0.0, 1.0, n) if flexible else np.zeros(n)
-    b = np.minimum((t * bins).astype(np.int64), bins - 1) if flexible else np.zeros(n, np.int64)
+    t0 = trajectory_span(span)
+    t = t0 + span * rng.uniform(0.0, 1.0, n) if flexible else np.zeros(n)
+    b = np.minimum(((t - t0) / span * bins).astype(np.int64), bins - 1) if flexible else np.zeros(n, np.int64)
     return {"rotations": rot, "origins_A": origins, "half": half, "optics_group": group, "ctf": ctf,
             "rotations_start": rot_start, "origins_start_A": origins_start, "t": t, "bin": b}
 
@@ -201,9 +209,10 @@ def signal_disc(box: int, radius_px: float) -> np.ndarray:
 
 def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int = 17, box: int = 64,
              apix: float = 1.5, snr: float = 0.05, bins: int = 20, force: bool = False,
-             start_angle_deg: float = 2.4, start_shift_px: float = 1.2) -> dict:
+             start_angle_deg: float = 2.4, start_shift_px: float = 1.2, span: float = 1.0) -> dict:
     """Make one set in ``out_dir`` (skipped when ``generation.json`` there has the same parameters;
-    ``start_angle_deg`` / ``start_shift_px``: the mean start-pose error).
+    ``start_angle_deg`` / ``start_shift_px``: the mean start-pose error; ``span``: the part of the
+    trajectory a flexible set covers, centred on t_ref — 1 the whole, smaller for a smaller motion).
     Returns the parameters and summary written to ``generation.json``."""
     if shutil.which("relion_project") is None:
         raise SystemExit("relion_project (RELION) is not on PATH")
@@ -214,6 +223,8 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     params = {"set": kind, "n": n, "seed": int(seed), "box": int(box), "apix": float(apix), "snr": float(snr),
               "bins": int(bins) if flexible else 1, "start_angle_deg": float(start_angle_deg),
               "start_shift_px": float(start_shift_px), "version": 1}
+    if flexible and span != 1.0:
+        params["span"] = float(span)
     info_path = out / "generation.json"
     if not force and info_path.is_file():
         old = json.loads(info_path.read_text())
@@ -225,9 +236,9 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     (out / "maps").mkdir(parents=True)
     traj = load_trajectory()
     nb = params["bins"]
-    t_bins = (np.arange(nb) + 0.5) / nb if flexible else np.zeros(1)
+    t_bins = trajectory_span(span) + (np.arange(nb) + 0.5) / nb * span if flexible else np.zeros(1)
     truth = draw_truth(n, box, apix, seed, flexible, nb, start_angle_deg=start_angle_deg,
-                       start_shift_px=start_shift_px)
+                       start_shift_px=start_shift_px, span=span)
     t_ref = T_REF if flexible else 0.0
 
     # Maps: the reference state (truth map) and one per bin.
@@ -321,10 +332,13 @@ def main(argv=None) -> int:
     p.add_argument("--apix", type=float, default=1.5)
     p.add_argument("--snr", type=float, default=0.05)
     p.add_argument("--bins", type=int, default=20)
+    p.add_argument("--span", type=float, default=1.0,
+                   help="flexible set: the part of the closed → open trajectory covered, centred on its middle "
+                        "(default 1: all of it, the LID ±25°; 0.2: about ±5°)")
     p.add_argument("--force", action="store_true", help="regenerate even when the cache matches")
     a = p.parse_args(argv)
     for kind in (["rigid", "flexible"] if a.set == "both" else [a.set]):
-        info = generate(Path(a.out) / kind, kind, a.n, a.seed, a.box, a.apix, a.snr, a.bins, a.force)
+        info = generate(Path(a.out) / kind, kind, a.n, a.seed, a.box, a.apix, a.snr, a.bins, a.force, span=a.span)
         print(json.dumps({"set": kind, "seconds": info["seconds"], "noise_sigma": info["noise_sigma"],
                           "start_error_deg": info["start_error_deg"]}))
     return 0
