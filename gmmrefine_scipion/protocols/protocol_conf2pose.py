@@ -34,8 +34,8 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     PRIOR_LABEL = "Focused refinement: start pose accuracy"
     BACKEND = False  # gmmcore conf2pose runs on TensorFlow
     BATCH_AUTO = True  # gmmcore conf2pose sizes --batch auto on the device
-    BATCH_HELP = ("Particles per batch on the device (conversion and focused refinement; at least 1); lower it "
-                  "if the GPU runs out of memory.")
+    BATCH_HELP = ("Particles per batch on the device (conversion and focused refinement); lower it if the GPU "
+                  "runs out of memory. 0 = automatic: the largest batch that fits the device's free memory.")
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineInputParams(self, form):
