@@ -431,16 +431,19 @@ def project_ft(centers, amplitudes, sigmas, rotations, origins, sy, sx):
 _project_ft_jit = jax.jit(project_ft)
 
 
+def _axis_table(s2, freq, coord, scale=None):
+    """One axis of a GMM's separable 3-D transform: (cos, sin) parts (N, n) of
+    exp(−2π²σ²k²)·exp(−2πi·c·k) (× ``scale``), ``s2`` = −2π²σ² (N, 1)."""
+    env = jnp.exp(s2 * jnp.square(freq)[None, :])
+    if scale is not None:
+        env = env * scale[:, None]
+    ph = -TWO_PI * coord[:, None] * freq[None, :]
+    return env * jnp.cos(ph), env * jnp.sin(ph)
+
+
 def volume_ft(centers, amplitudes, sigmas, sz, sy, sx):
     """3-D transform of the GMM on a separable grid: (re, im) (nz, ny, nx); as the TF backend."""
-    s2 = -2.0 * math.pi ** 2 * jnp.square(sigmas)[:, None]
-
-    def table(freq, coord, scale=None):
-        env = jnp.exp(s2 * jnp.square(freq)[None, :])
-        if scale is not None:
-            env = env * scale[:, None]
-        ph = -TWO_PI * coord[:, None] * freq[None, :]
-        return env * jnp.cos(ph), env * jnp.sin(ph)  # (N, n)
+    table = partial(_axis_table, -2.0 * math.pi ** 2 * jnp.square(sigmas)[:, None])
 
     zr, zi = table(sz, centers[:, 2], amplitudes)
     yr, yi = table(sy, centers[:, 1])
@@ -461,14 +464,7 @@ def volume_ft_hermitian(centers, amplitudes, sigmas, sz, sy, sx):
     (2K × N)·(N × 2·ny·nx) product.  As the TF backend's; equal up to float32 rounding."""
     nz = sz.shape[0]
     K = (nz + 1) // 2
-    s2 = -2.0 * math.pi ** 2 * jnp.square(sigmas)[:, None]
-
-    def table(freq, coord, scale=None):
-        env = jnp.exp(s2 * jnp.square(freq)[None, :])
-        if scale is not None:
-            env = env * scale[:, None]
-        ph = -TWO_PI * coord[:, None] * freq[None, :]
-        return env * jnp.cos(ph), env * jnp.sin(ph)  # (N, n)
+    table = partial(_axis_table, -2.0 * math.pi ** 2 * jnp.square(sigmas)[:, None])
 
     cz, sz_ = table(sz[K - 1:], centers[:, 2], amplitudes)
     yr, yi = table(sy, centers[:, 1])
