@@ -101,12 +101,37 @@ def check_mask(mask: np.ndarray, path=None, field: str = "--mask") -> np.ndarray
     return m
 
 
+def check_in_particle_sphere(mask: np.ndarray, path=None, field: str = "--mask") -> None:
+    """A user's mask must put some weight inside the sphere a particle can occupy
+    (:func:`particle_sphere`); InputError naming the file otherwise.  The check before any write
+    where the particle's map is not known yet (``refine``, ``reconstruct``: :func:`check_overlap`
+    follows once the run has made the map)."""
+    from .errors import InputError
+
+    box = np.shape(mask)[0]
+    if not _weight_within(mask, particle_sphere(box)) > 0:
+        raise InputError(f"the mask lies entirely outside the sphere a particle can occupy (radius {box / 2:g} px "
+                         "around the box centre), so it cannot overlap the particle (wrong box position or origin?)",
+                         path=path, field=field)
+
+
+def particle_sphere(box: int) -> np.ndarray:
+    """Where a particle can lie in a box of ``box`` pixels (bool (box,)*3): within box/2 pixels of
+    the box centre N//2."""
+    return soft_sphere_mask(box, box / 2, edge_px=0) > 0
+
+
+def _weight_within(mask: np.ndarray, region: np.ndarray) -> float:
+    """The mask's total weight inside ``region`` (bool, same grid)."""
+    return float(np.asarray(mask, np.float32)[region].sum())
+
+
 def check_overlap(mask: np.ndarray, density: np.ndarray, apix: float, path=None, field: str = "--mask") -> None:
     """A user's mask must overlap the particle: some weight where the automatic mask of ``density``
     (e.g. the average of the half maps) is ≥ 0.5; InputError naming the file otherwise."""
     from .errors import InputError
 
-    if not float(np.asarray(mask, np.float32)[auto_mask(density, apix) >= 0.5].sum()) > 0:
+    if not _weight_within(mask, auto_mask(density, apix) >= 0.5) > 0:
         raise InputError("the mask does not overlap the particle's density (wrong box position or origin?)",
                          path=path, field=field)
 

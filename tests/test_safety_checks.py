@@ -260,3 +260,62 @@ def test_tensorflow_verbs_fail_in_clean_lines(world):
     assert lines[-1].startswith("gmmcore heterogeneity: error: ") and len(lines) <= 2, p.stderr
     if len(lines) == 2:
         assert "GPU 7 requested; the engine sees no GPU" in lines[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# refine / reconstruct --mask: the particle's map is known only once the run has made it
+# ------------------------------------------------------------------------------------------------
+def _radius_px(box: int) -> np.ndarray:
+    z, y, x = np.indices((box,) * 3)
+    return np.sqrt((z - box // 2) ** 2 + (y - box // 2) ** 2 + (x - box // 2) ** 2)
+
+
+def test_mask_outside_the_particle_sphere_refused_before_writing(world, capsys, sim_small):
+    """refine and reconstruct, which know the particle's map only once they have made it, refuse a
+    mask whose weight lies only beyond box/2 from the box centre (where no particle can be) before
+    anything is written."""
+    box, apix = sim_small["box"], sim_small["apix"]
+    corners = write_map(world / "in/corners48.mrc", (_radius_px(box) > box / 2 + 0.5).astype(np.float32), apix)
+    star = sim_small["perturbed_star"]
+    for verb in ("refine", "reconstruct"):
+        refused(world, capsys, verb, ["--particles", star, "--mask", corners, "--out", world / "o"],
+                corners, "--mask", "outside the sphere a particle can occupy", "radius 24 px")
+    assert not (world / "o").exists()
+
+
+@pytest.fixture
+def off_density_mask(sim_small, tmp_path):
+    """A mask inside the particle sphere that misses the density of sim_small's half maps at the
+    input poses: the sphere less the automatic mask of those maps (grown by 1 px)."""
+    from scipy import ndimage
+
+    from gmmcore.io.star import read_star
+    from gmmcore.masks import auto_fsc_mask, particle_sphere
+    from gmmcore.reconstruct import reconstruct_halves
+
+    box, apix = sim_small["box"], sim_small["apix"]
+    halves = reconstruct_halves(read_star(sim_small["perturbed_star"]))
+    density = ndimage.binary_dilation(auto_fsc_mask(halves[1], halves[2], apix) >= 0.5)
+    m = (particle_sphere(box) & ~density).astype(np.float32)
+    assert m.sum() >= 125, "sim_small's density fills its particle sphere: no test mask off the density"
+    return write_map(tmp_path / "off_density.mrc", m, apix)
+
+
+@pytest.mark.parametrize("verb", ["refine", "reconstruct"])
+def test_mask_off_the_density_refused_then_corrected_on_the_same_out(sim_small, tmp_path, capsys, verb,
+                                                                      off_density_mask):
+    """refine (once iteration 0 has the half maps at the input poses) and reconstruct (once it has
+    its half maps) refuse a mask that does not overlap the density, leaving nothing in --out: the
+    corrected command then runs on the same --out."""
+    from gmmcore.masks import soft_sphere_mask
+
+    out = tmp_path / "out"
+    extra = ["--cpu", "--iter", "0"] if verb == "refine" else []
+    args = ["--particles", sim_small["perturbed_star"], "--out", out, *extra]
+    rc, err, _ = run_verb(capsys, verb, *args, "--mask", off_density_mask)
+    assert_one_error(rc, err, off_density_mask, "--mask", "does not overlap the particle's density", verb=verb)
+    assert not out.exists()
+    good = write_map(tmp_path / "good.mrc", soft_sphere_mask(sim_small["box"], 18), sim_small["apix"])
+    rc, err, _ = run_verb(capsys, verb, *args, "--mask", good)
+    assert rc == 0, err
+    assert (out / "summary.json").is_file()

@@ -36,7 +36,7 @@ def run(args) -> int:
     from ..fsc import half_map_report
     from ..io.maps import read_map_on_grid, write_map
     from ..io.star import read_star
-    from ..masks import check_mask
+    from ..masks import check_in_particle_sphere, check_mask, check_overlap
     from ..particles import check_geometry, check_split
     from ..reconstruct import reconstruct_halves
     from ..io.stacks import referenced_stacks
@@ -57,6 +57,8 @@ def run(args) -> int:
     box, apix = check_geometry(table)
     rows = check_split(table)
     mask = check_mask(read_map_on_grid(args.mask, box, apix), path=args.mask) if args.mask else None
+    if mask is not None:  # its overlap with the density is checked once the half maps are made
+        check_in_particle_sphere(mask, path=args.mask)
     out = Path(args.out)
     inputs = [args.particles, args.mask] + referenced_stacks(table, required=True)
     refuse_overwriting_inputs([out / f for f in ("half1.mrc", "half2.mrc", "map.mrc", "summary.json")], inputs,
@@ -64,6 +66,8 @@ def run(args) -> int:
     claim_output(out, "reconstruct", "reconstruct", inputs)
     with OutputGuard(out):
         halves = reconstruct_halves(table, sym=args.sym, pad=args.pad, chunk=args.chunk, workers=args.workers)
+        if mask is not None:  # the particle's map is known only now: the mask must overlap its density
+            check_overlap(mask, 0.5 * (halves[1] + halves[2]), apix, path=args.mask)
         report = half_map_report(halves[1], halves[2], apix, mask=mask)
         avg = lowpass(0.5 * (halves[1] + halves[2]), apix, report["resolution"])
         write_map(out / "half1.mrc", halves[1], apix)

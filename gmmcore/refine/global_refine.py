@@ -3,6 +3,8 @@
 Iteration 0 reconstructs the half maps at the input poses; iterations 1..n are
 :func:`gmmcore.refine.loop.iterate` with the global plan: no GMM shaping, the target resolution
 follows the measured FSC (capped by ``maxres``), the pose prior is centred on the input poses.
+A user's ``--mask`` must overlap the density of iteration 0's half maps (the first map of the
+particle there is): else InputError, and the run directory is discarded.
 The run directory (:mod:`gmmcore.refine.rundir`) makes every step resumable: re-running the same
 command continues a killed run.
 """
@@ -18,6 +20,7 @@ from ..fourier import lowpass
 from ..errors import InputError
 from ..io.maps import read_map_on_grid
 from ..io.star import read_star
+from ..masks import check_in_particle_sphere, check_overlap
 from ..particles import HalfPair, assign_split, check_geometry, check_split, min_particles_per_half
 from ..summary import HalfMapReport, RunKind, RunSummary
 from .drive import AlignmentOptions, choose_device, new_summary, read_user_mask, run_iterations
@@ -88,6 +91,8 @@ def run_global(p: RefineParams, executor=None) -> RunSummary:
         raise InputError(f"{p.minres:g} Å is not coarser than the finest target resolution ({finest:.2f} Å): "
                          "no FRC rings would be left", field="--minres")
     user_mask = read_user_mask(p.mask, box, apix) if p.mask else None
+    if user_mask is not None:  # its overlap with the density is checked once iteration 0 has the half maps
+        check_in_particle_sphere(user_mask, path=p.mask)
     ref = read_map_on_grid(p.ref, box, apix, what="reference", field="--ref") if p.ref else None
 
     backend = get_backend(p.backend)
@@ -114,6 +119,9 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, exe
     # Only a user's mask may shape the GMMs: the automatic mask is made from both halves and serves
     # the FSC alone, so it must not touch either half's model.
     begin = iteration0(table, run, p.sym, p.pad, p.chunk, fsc_mask=user_mask, executor=executor, backend=backend)
+    if user_mask is not None:  # the particle's map is known only now: the mask must overlap its density
+        maps = begin.state.half_maps
+        check_overlap(user_mask, 0.5 * (maps[1] + maps[2]), apix, path=p.mask, field="--mask")
     plan = IterationPlan(sym=p.sym, fsc_mask=begin.fsc_mask, fit_mask=user_mask,
                          band=follow_fsc(p.minres, apix, p.maxres), align=p.align_settings(),
                          prior=table.poses, ngauss=p.ngauss, seed=p.seed, pad=p.pad)
