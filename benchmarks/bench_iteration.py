@@ -19,9 +19,10 @@ Issue 20 options (box 160 CPU profile, ``results/bench_iteration_box160.json``):
 seeds as the refinement does (N estimate and K-means timed apart); ``--compare-fit`` refits half 1
 with the opt-in Hermitian transform; ``--compare-warm`` fits half 1's next GMM cold and warm-started;
 ``--compare-reconstruction R`` times half 1's reconstruction R times with the pre-issue-20
-reconstructor (:class:`ReferenceReconstructor`, kept here only) and the current one, alternating,
-then with ``relion_reconstruct`` on the same star file, and reports FSCs between the maps and the
-model.  Each phase reports wall and CPU seconds (this process and its finished workers).
+reconstructor (``benchmarks/reference_reconstruct.py``, also the reference of
+``tests/test_reconstruct_equivalence.py``) and the current one, alternating, then with
+``relion_reconstruct`` on the same star file, and reports FSCs between the maps and the model.
+Each phase reports wall and CPU seconds (this process and its finished workers).
 
 Extrapolation to M particles: t(M) = t_fit + t_fsc + (t_align + t_reconstruct)·M/n, where the GMM
 fits and the FSC do not depend on the number of particles.  When the measured geometry is not the
@@ -87,61 +88,6 @@ def density_points(m: np.ndarray, apix: float, k: int, seed: int) -> np.ndarray:
     return np.stack([x, y, z], axis=1).astype(np.float64) * apix
 
 
-class ReferenceReconstructor:
-    """The reconstructor's insertion as it was before issue 20 (kept here only, for timing): CTF on
-    the whole padded grid, separate complex data / float weight arrays, ``np.add.at`` per corner."""
-
-    def __init__(self, box, apix, pad=2):
-        from gmmcore.reconstruct import Reconstructor
-
-        self.rec = Reconstructor(box, apix, pad=pad)
-        P, nx = self.rec.P, self.rec.nx
-        self.data = np.zeros((P + 1) * (P + 1) * nx, np.complex128)
-        self.weight = np.zeros((P + 1) * (P + 1) * nx, np.float64)
-
-    def insert(self, images, rotations, origins_A, ctf, phase_flipped):
-        from gmmcore.ctf import ctf_2d, phase_flip
-
-        r = self.rec
-        P, nx, S = r.P, r.nx, r._sel.size
-        images = np.asarray(images, np.float32)
-        if ctf is not None and not phase_flipped:
-            images = phase_flip(images, ctf, r.apix)
-        origins_px = np.asarray(origins_A, np.float64) / r.apix
-        per = max(1, 3_000_000 // (8 * S))
-        for b0 in range(0, len(images), per):
-            b1 = min(len(images), b0 + per)
-            F = r._slices(images[b0:b1], origins_px[b0:b1])
-            c = np.abs(ctf_2d(ctf.subset(np.arange(b0, b1)), r.apix, P).reshape(b1 - b0, -1)[:, r._sel]
-                       .astype(np.float64))
-            vals, wts = F * (c * r._mult), c * c * r._mult
-            A = rotations[b0:b1].astype(np.float32)
-            qx = r._kx * A[:, 0, 0:1] + r._ky * A[:, 1, 0:1]
-            sgn = np.where(qx < 0, np.float32(-1), np.float32(1))
-            qx *= sgn
-            qy = (r._kx * A[:, 0, 1:2] + r._ky * A[:, 1, 1:2]) * sgn
-            qz = (r._kx * A[:, 0, 2:3] + r._ky * A[:, 1, 2:3]) * sgn
-            v = (vals.real + 1j * (vals.imag * sgn)).ravel()
-            w = wts.ravel()
-            x0, y0, z0 = np.floor(qx), np.floor(qy), np.floor(qz)
-            fx, fy, fz = (qx - x0).ravel(), (qy - y0).ravel(), (qz - z0).ravel()
-            x0 = x0.astype(np.int64).ravel()
-            y0 = (y0.astype(np.int64).ravel() + P // 2) * nx
-            z0 = (z0.astype(np.int64).ravel() + P // 2) * ((P + 1) * nx)
-            for dz, wz in ((0, 1.0 - fz), (1, fz)):
-                for dy, wy in ((0, 1.0 - fy), (1, fy)):
-                    wzy = wz * wy
-                    for dx, wx in ((0, 1.0 - fx), (1, fx)):
-                        tw = wzy * wx
-                        idx = z0 + dz * (P + 1) * nx + y0 + dy * nx + x0 + dx
-                        np.add.at(self.data, idx, v * tw)
-                        np.add.at(self.weight, idx, w * tw)
-
-    def finish(self):
-        self.rec.acc[:, 0], self.rec.acc[:, 1], self.rec.acc[:, 2] = self.data.real, self.data.imag, self.weight
-        return self.rec.finish()
-
-
 def _insert_all(rec, table, idx):
     from gmmcore.io.stacks import iter_images
 
@@ -160,6 +106,7 @@ def compare_reconstruction(table, work: Path, repeats: int) -> dict:
     import shutil
     import subprocess
 
+    from benchmarks.reference_reconstruct import ReferenceReconstructor
     from gmmcore.backend import get_backend
     from gmmcore.fsc import fsc, resolution_at
     from gmmcore.io.maps import read_map

@@ -1,57 +1,14 @@
-"""The reconstructor's insertion against a reference kept only here: the straightforward form
-(CTF on the whole padded grid, then ``np.add.at`` per trilinear corner into separate complex data
-and weight arrays).  The sums must be the same bit for bit (issue 20: faster, results unchanged)."""
+"""The reconstructor's insertion against the reference kept in ``benchmarks/reference_reconstruct.py``
+(the straightforward form: CTF on the whole padded grid, then ``np.add.at`` per trilinear corner
+into separate complex data and weight arrays).  The sums must be the same bit for bit (issue 20:
+faster, results unchanged)."""
 import numpy as np
 import pytest
 
-from gmmcore.ctf import ctf_2d, phase_flip
+from benchmarks.reference_reconstruct import reference_sums
 from gmmcore.geometry import random_rotations
 from gmmcore.particles import CTFParams
 from gmmcore.reconstruct import Reconstructor, scatter_add
-
-
-def reference_sums(rec, images, rotations, origins_A, ctf, phase_flipped):
-    """Σ data·c and Σ weight·c² as the reconstructor computed them before issue 20."""
-    P, nx = rec.P, rec.nx
-    data = np.zeros((P + 1) * (P + 1) * nx, np.complex128)
-    weight = np.zeros_like(data, dtype=np.float64)
-    if ctf is not None and not phase_flipped:
-        images, phase_flipped = phase_flip(images, ctf, rec.apix), True
-    k, S = len(images), rec._sel.size
-    origins_px = origins_A / rec.apix
-    per = max(1, 3_000_000 // (8 * S))
-    for b0 in range(0, k, per):
-        b1 = min(k, b0 + per)
-        F = rec._slices(images[b0:b1], origins_px[b0:b1])
-        if ctf is None:
-            c = np.ones((b1 - b0, S))
-        else:
-            c = ctf_2d(ctf.subset(np.arange(b0, b1)), rec.apix, P).reshape(b1 - b0, -1)[:, rec._sel].astype(np.float64)
-            c = np.abs(c)
-        vals, wts = F * (c * rec._mult), c * c * rec._mult
-        for R in rec.sym_ops:
-            A = (rotations[b0:b1] @ R).astype(np.float32)
-            kx, ky = rec._kx, rec._ky
-            qx = kx * A[:, 0, 0:1] + ky * A[:, 1, 0:1]
-            sgn = np.where(qx < 0, np.float32(-1), np.float32(1))
-            qx *= sgn
-            qy = (kx * A[:, 0, 1:2] + ky * A[:, 1, 1:2]) * sgn
-            qz = (kx * A[:, 0, 2:3] + ky * A[:, 1, 2:3]) * sgn
-            v = (vals.real + 1j * (vals.imag * sgn)).ravel()
-            w = wts.ravel()
-            x0, y0, z0 = np.floor(qx), np.floor(qy), np.floor(qz)
-            fx, fy, fz = (qx - x0).ravel(), (qy - y0).ravel(), (qz - z0).ravel()
-            x0 = x0.astype(np.int64).ravel()
-            y0 = (y0.astype(np.int64).ravel() + P // 2) * nx
-            z0 = (z0.astype(np.int64).ravel() + P // 2) * ((P + 1) * nx)
-            for dz, wz in ((0, 1.0 - fz), (1, fz)):
-                for dy, wy in ((0, 1.0 - fy), (1, fy)):
-                    for dx, wx in ((0, 1.0 - fx), (1, fx)):
-                        tw = wz * wy * wx
-                        idx = z0 + dz * (P + 1) * nx + y0 + dy * nx + x0 + dx
-                        np.add.at(data, idx, v * tw)
-                        np.add.at(weight, idx, w * tw)
-    return data, weight
 
 
 def _particles(k, box, rng):
