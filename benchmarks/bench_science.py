@@ -171,12 +171,14 @@ def run_modes(a) -> dict:
     imported = work / "imported"
     if not (imported / "particles.star").is_file():
         gmmcore("import", "--star", str(start_star), "--out", str(imported), log=log)
-    g = work / "global"
+    g = work / "global"  # the run every focused / patch / c2p variant starts from
     if "global" in a.modes:
-        fresh(g)
-        sec = 0.0 if done(g) else gmmcore("refine", "--particles", str(imported / "particles.star"), "--out", str(g),
-                                          "--iter", str(a.iter_global), *common, *shlex.split(a.extra_global), log=log)
-        record("global", {**score(g / "final" / "particles.star", set_dir, work / "score_global", log),
+        # a tagged variant with its own flags runs in its own folder; the default run stays the start of the others
+        gv = work / f"global_{a.tag}" if a.tag and a.extra_global else g
+        fresh(gv)
+        sec = 0.0 if done(gv) else gmmcore("refine", "--particles", str(imported / "particles.star"), "--out", str(gv),
+                                           "--iter", str(a.iter_global), *common, *shlex.split(a.extra_global), log=log)
+        record("global", {**score(gv / "final" / "particles.star", set_dir, work / f"score_{gv.name}", log),
                           "seconds": round(sec, 1), "extra": a.extra_global})
     mask = str(set_dir / MASKS["domain"])
     sub = a.tag or "default"

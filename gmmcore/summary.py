@@ -397,6 +397,34 @@ class PatchDefinition:
 # what a focused run started from, and conformation-to-pose's conversion step
 
 
+@dataclass(frozen=True)
+class PosePrecision:
+    """The bound on a per-particle pose estimate of a region (median over the sampled particles).
+
+    ``angle_deg``: expected mean angular error of an unbiased estimate (degrees); ``shift_px``:
+    expected mean shift error (pixels); ``axis_deg``: standard deviations about the three axes
+    of the image frame (x, y in the image plane, z the beam), degrees; ``resolution_A``: the band's
+    finest resolution; ``region_gaussians`` / ``region_mass``: the part of the GMM that is the
+    region (all of it for the whole particle); ``n_particles``: particles sampled."""
+
+    angle_deg: float
+    shift_px: float
+    axis_deg: tuple
+    resolution_A: float
+    region_gaussians: int
+    region_mass: float
+    n_particles: int
+
+    def to_json(self) -> dict:
+        return {"angle_deg": self.angle_deg, "shift_px": self.shift_px, "axis_deg": list(self.axis_deg),
+                "resolution_A": self.resolution_A, "region_gaussians": self.region_gaussians,
+                "region_mass": self.region_mass, "n_particles": self.n_particles}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PosePrecision":
+        return cls(**{**d, "axis_deg": tuple(d.get("axis_deg", ()))})
+
+
 @dataclass
 class StartRecord:
     """A ``refine-focused`` run's start: ``source`` (run folder or particles) and its resolution (Å)."""
@@ -443,7 +471,8 @@ class Conversion:
 # typed fields of RunSummary written only when set: on disk name → attribute
 _RUN_OPTIONAL = {"split": "split", "split_note": "split_note", "warnings": "warnings", "start": "start",
                  "patch": "patch", "parent": "parent", "composite": "composite_report",
-                 "consensus": "consensus", "conversion": "conversion", "conf2pose": "conf2pose"}
+                 "consensus": "consensus", "conversion": "conversion", "conf2pose": "conf2pose",
+                 "pose_precision": "pose_precision"}
 
 
 @dataclass
@@ -454,7 +483,9 @@ class RunSummary:
     ``split_note`` (global); ``warnings``; ``start`` (focused); ``patch`` (its number) and
     ``parent`` (the patch run's folder) for one patch; ``patches`` and ``composite_report`` (on
     disk "composite") for a patch run; ``consensus``, ``conversion`` and ``conf2pose`` (its
-    parameters) for conformation to pose."""
+    parameters) for conformation to pose; ``pose_precision`` (focused-like runs): the Cramér–Rao
+    bound of a per-particle pose of the focus region ("region") and of the whole particle
+    ("particle") at the run's first band (:mod:`gmmcore.gmm.precision`)."""
 
     kind: Union[RunKind, str] = RunKind.GLOBAL
     params: dict = field(default_factory=dict)
@@ -474,6 +505,7 @@ class RunSummary:
     consensus: Optional[HalfMapReport] = None
     conversion: Optional[Conversion] = None
     conf2pose: Optional[dict] = None
+    pose_precision: Optional[Dict[str, PosePrecision]] = None
     extra: dict = field(default_factory=dict)
     directory: str = ""  # where it was loaded from (not written)
 
@@ -490,7 +522,8 @@ class RunSummary:
             value = getattr(self, attr)
             if value is not None and value != []:
                 d[key] = (value.to_json() if hasattr(value, "to_json") else
-                          asdict(value) if isinstance(value, StartRecord) else value)
+                          asdict(value) if isinstance(value, StartRecord) else
+                          {k: v.to_json() for k, v in value.items()} if attr == "pose_precision" else value)
         d.update(self.extra)
         return d
 
@@ -583,6 +616,8 @@ def _typed(attr: str, value: Any):
         return HalfMapReport.from_json(value)
     if attr == "conversion":
         return Conversion.from_json(value)
+    if attr == "pose_precision":
+        return {k: PosePrecision.from_json(v) for k, v in value.items()}
     if attr == "start":
         return StartRecord(source=value.get("source"), resolution=value.get("resolution"))
     return value
