@@ -20,3 +20,5 @@ SYMMETRY = "C1"
 WIDTH_RULE = "variance"  # focused refinement: σ'² = σ²/d outside the mask (the reference code's rule)
 WIDTH_RULES = ("variance", "sigma")  # sigma: σ' = σ/d (the paper's text)
 MASK_LEVEL = 0.25  # focused refinement: d = L + (1 − L)·M, L the mask level
+BAND_RULE = "fsc0143"  # the alignment band follows the FSC-0.143 resolution of the last half maps
+BAND_RULES = ("fsc0143", "fsc01")  # fsc01: 0.9 × where the masked FSC falls below 0.1 (the reference code's)

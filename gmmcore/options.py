@@ -70,6 +70,10 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
     add_band_arguments(p)
     add_step_arguments(p)
     add_ring_weight_argument(p)
+    p.add_argument("--band-rule", choices=defaults.BAND_RULES, default=defaults.BAND_RULE,
+                   help="the resolution each iteration aligns to: fsc0143 (where the masked FSC of the last half maps "
+                        "falls below 0.143; default) or fsc01 (0.9 × where it falls below 0.1: finer, the reference "
+                        "implementation's rule)")
     add_prior_arguments(p, centred_on=prior_help)
     add_run_arguments(p, **run_help)
 
@@ -215,7 +219,8 @@ def alignment_values(args: argparse.Namespace) -> dict:
                 lr_shift=args.lr_shift, ring_weight=args.ring_weight, prior_angle=prior_angle, prior_shift=prior_shift,
                 gpu=parse_gpus(args.gpu), cpu=args.cpu, seed=args.seed, backend=args.backend, threads=args.threads,
                 width_rule=getattr(args, "width_rule", defaults.WIDTH_RULE),
-                mask_level=getattr(args, "mask_level", defaults.MASK_LEVEL))
+                mask_level=getattr(args, "mask_level", defaults.MASK_LEVEL),
+                band_rule=getattr(args, "band_rule", defaults.BAND_RULE))
 
 
 def pose_prior(args: argparse.Namespace, angle_deg: float = defaults.PRIOR_ANGLE_DEG,

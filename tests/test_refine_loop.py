@@ -135,3 +135,24 @@ def test_shape_gmm_applied_on_fresh_and_resumed_iteration(loop_setup):
     assert np.array_equal(again.poses.rotation, wide.poses.rotation)
     assert np.array_equal(again.poses.origin_A, wide.poses.origin_A)
     assert rec_again.resolution == rec_wide.resolution
+
+
+def test_band_rule_fsc01_aligns_finer_than_the_fsc0143_point(loop_setup):
+    """--band-rule fsc01: the band follows 0.9 × where the masked FSC of the state's half maps falls
+    below 0.1 — computed here independently from the same maps and mask — which lies at a finer
+    resolution than the state's FSC-0.143 one; the default rule is that FSC-0.143 resolution."""
+    from gmmcore.fsc import fsc_masked, resolution_at
+    from gmmcore.refine.state import band_source, follow_fsc
+
+    table, state, plan, _, _ = loop_setup
+    apix = 2.0
+    freq, curve = fsc_masked(state.half_maps[1], state.half_maps[2], apix, plan.fsc_mask)
+    expected = 0.9 * resolution_at(freq, curve, 0.1)
+    src = band_source("fsc01", plan.fsc_mask, apix)
+    assert src(state) == pytest.approx(expected)
+    assert expected < state.resolution_A  # finer than the 0.143 point
+    wide = replace(plan, band=follow_fsc(25.0, apix), band_source=src)
+    assert wide.band_of(state).resolution_A == pytest.approx(max(expected, 2.0 * apix * 1.05))
+    assert replace(plan, band=follow_fsc(25.0, apix)).band_of(state).resolution_A == pytest.approx(state.resolution_A)
+    with pytest.raises(ValueError):
+        band_source("fsc05", plan.fsc_mask, apix)

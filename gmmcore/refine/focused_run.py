@@ -48,7 +48,7 @@ from .drive import AlignmentOptions, choose_device, fingerprint, finished, new_s
     state_fingerprint
 from .rundir import RunDir
 from .start import FSC_MASK, iteration0
-from .state import IterationPlan, RefinementState, follow_fsc
+from .state import IterationPlan, RefinementState, band_source, follow_fsc
 
 log = logging.getLogger("gmmcore.refine")
 
@@ -57,7 +57,7 @@ FOCUS_MASK = "focus_mask.mrc"
 # Parameters that define a focused run's result (with the fingerprints of its start and masks).
 IDENTITY = ("particles_hash", "start_fingerprint", "focus_mask_fingerprint", "fsc_mask_fingerprint", "fit_mask_fingerprint",
             "ngauss", "maxres", "minres", "sym", "steps", "lr_angle", "lr_shift", "seed", "pad", "ring_weight",
-            "prior_angle", "prior_shift", "width_rule", "mask_level")
+            "prior_angle", "prior_shift", "width_rule", "mask_level", "band_rule")
 
 
 @dataclass(kw_only=True)
@@ -85,6 +85,7 @@ class FocusedAlignment(AlignmentOptions):
     backend: str = "tf"  # "tf" or "jax"
     width_rule: str = defaults.WIDTH_RULE  # "variance" (σ'²=σ²/d) or "sigma" (σ'=σ/d), gmm.focus
     mask_level: float = defaults.MASK_LEVEL  # L in d = L + (1 − L)·M
+    band_rule: str = defaults.BAND_RULE  # "fsc0143" or "fsc01" (0.9 × the FSC-0.1 resolution)
 
 
 @dataclass
@@ -123,7 +124,8 @@ def focused_plan(table: ParticleTable, start: RefinementState, focus_mask: np.nd
     return IterationPlan(sym=params.sym or "C1", fsc_mask=fsc_mask, fit_mask=fit_mask,
                          band=follow_fsc(params.minres, apix, params.maxres), align=params.align_settings(),
                          shape_gmm=widen_outside(focus_mask, apix, params.mask_level, params.width_rule), prior=start.poses, ngauss=params.ngauss,
-                         seed=params.seed, pad=params.pad, extra_report=focus_report(focus_mask, apix))
+                         seed=params.seed, pad=params.pad, extra_report=focus_report(focus_mask, apix),
+                         band_source=band_source(params.band_rule, fsc_mask, apix))
 
 
 def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.ndarray, params: FocusedParams,
@@ -178,7 +180,7 @@ def focus_precision(table: ParticleTable, start: RefinementState, focus_mask: np
     if start.gmms is None:
         return None
     box, apix = check_geometry(table)
-    band = plan.band(start.resolution_A)
+    band = plan.band_of(start)
     grid = FourierGrid(box, apix, band.resolution_A, band.minres_A)
     rows = table.half_rows()[1]
     region = pose_precision(start.gmms[1], table, rows, start.poses, grid, backend, region_mask=focus_mask)

@@ -14,7 +14,7 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import List, Optional, Union
 
-from .. import __version__
+from .. import __version__, defaults
 from ..backend import get_backend
 from ..fourier import lowpass
 from ..errors import InputError
@@ -26,13 +26,13 @@ from ..summary import HalfMapReport, RunKind, RunSummary
 from .drive import AlignmentOptions, choose_device, new_summary, read_user_mask, run_iterations
 from .rundir import RunDir
 from .start import iteration0
-from .state import IterationPlan, follow_fsc
+from .state import IterationPlan, band_source, follow_fsc
 
 log = logging.getLogger("gmmcore.refine")
 
 # Parameters that define the result: a run directory with other values cannot be continued.
 IDENTITY = ("particles", "particles_hash", "ref", "ngauss", "maxres", "minres", "sym", "mask", "steps", "lr_angle",
-            "lr_shift", "seed", "new_split", "pad", "ring_weight", "prior_angle", "prior_shift")
+            "lr_shift", "seed", "new_split", "pad", "ring_weight", "prior_angle", "prior_shift", "band_rule")
 
 
 @dataclass
@@ -55,6 +55,7 @@ class RefineParams(AlignmentOptions):
     lr_angle: float = 0.5  # degrees per Adam step
     lr_shift: float = 0.25  # pixels per Adam step
     ring_weight: str = "ssnr"  # "ssnr" or "uniform" (the paper's plain average over rings)
+    band_rule: str = defaults.BAND_RULE  # "fsc0143" or "fsc01" (0.9 × the FSC-0.1 resolution)
     prior_angle: Optional[float] = 3.0  # degrees: MAP pose prior centred on the input poses (None: off)
     prior_shift: Optional[float] = 1.0  # pixels
     gpu: Optional[List[int]] = None
@@ -124,7 +125,8 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, exe
         check_overlap(user_mask, 0.5 * (maps[1] + maps[2]), apix, path=p.mask, field="--mask")
     plan = IterationPlan(sym=p.sym, fsc_mask=begin.fsc_mask, fit_mask=user_mask,
                          band=follow_fsc(p.minres, apix, p.maxres), align=p.align_settings(),
-                         prior=table.poses, ngauss=p.ngauss, seed=p.seed, pad=p.pad)
+                         prior=table.poses, ngauss=p.ngauss, seed=p.seed, pad=p.pad,
+                         band_source=band_source(p.band_rule, begin.fsc_mask, apix))
     summary = new_summary(RunKind.GLOBAL, asdict(p), table, HalfMapReport.from_json(begin.report), run, device,
                           warnings)
     summary.split = "new-random" if new_split else "input"

@@ -69,7 +69,7 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
         return new, store.record()
     t0 = time.time()
     box, apix = check_geometry(table)
-    band = plan.band(state.resolution_A)
+    band = plan.band_of(state)
     log.info("iteration %d: target resolution %.2f Å", it, band.resolution_A)
 
     ex = executor or local_executor()

@@ -46,6 +46,31 @@ def unshaped(half: int, gmm: GMM) -> GMM:
     return gmm
 
 
+def measured_resolution(state: "RefinementState") -> float:
+    """The default band source: the state's gold-standard resolution (masked FSC 0.143), Å."""
+    return state.resolution_A
+
+
+def fsc01_resolution(fsc_mask: np.ndarray, apix: float, factor: float = 0.9) -> Callable[["RefinementState"], float]:
+    """The reference code's band source: ``factor`` × the resolution where the masked FSC of the
+    state's half maps falls below 0.1 (finer than the 0.143 point), Å."""
+    from ..fsc import fsc_masked, resolution_at
+
+    def source(state: "RefinementState") -> float:
+        freq, curve = fsc_masked(state.half_maps[1], state.half_maps[2], apix, fsc_mask)
+        return float(factor * resolution_at(freq, curve, 0.1))
+    return source
+
+
+def band_source(rule: str, fsc_mask: np.ndarray, apix: float) -> Callable[["RefinementState"], float]:
+    """The measured resolution the band follows for a ``--band-rule`` (gmmcore.defaults.BAND_RULES)."""
+    if rule == "fsc0143":
+        return measured_resolution
+    if rule == "fsc01":
+        return fsc01_resolution(fsc_mask, apix)
+    raise ValueError(f"unknown band rule {rule!r}")
+
+
 def follow_fsc(minres_A: float, apix: float, maxres_A: Optional[float] = None) -> Callable[[float], Band]:
     """The global band rule: target = the measured resolution, never beyond 0.95·Nyquist nor
     finer than ``maxres_A``; rings from ``minres_A``."""
@@ -63,7 +88,8 @@ class IterationPlan:
 
     ``shape_gmm(half, gmm)`` is applied to each half's GMM after it is fitted *and* after it is
     loaded on resume, and its result is never saved — so a focus cannot be forgotten on one path
-    nor compound over iterations.  ``fit_mask`` (or None) multiplies each half map before its GMM
+    nor compound over iterations.  ``band_source(state)`` is the measured resolution ``band``
+    follows (:func:`band_source`: the FSC-0.143 resolution, or the reference's 0.9 × FSC-0.1).  ``fit_mask`` (or None) multiplies each half map before its GMM
     is fitted; ``fsc_mask`` is used for the masked FSC only.  ``prior`` is the centre of the MAP
     pose prior (None: the poses each iteration starts from)."""
 
@@ -78,3 +104,8 @@ class IterationPlan:
     seed: int = 0
     pad: float = 2
     extra_report: Callable[[HalfPair], dict] = field(default=lambda maps: {})
+    band_source: Callable[["RefinementState"], float] = measured_resolution
+
+    def band_of(self, state: "RefinementState") -> Band:
+        """The band of the iteration that starts from ``state``."""
+        return self.band(self.band_source(state))
