@@ -22,3 +22,5 @@ WIDTH_RULES = ("variance", "sigma")  # sigma: σ' = σ/d (the paper's text)
 MASK_LEVEL = 0.25  # focused refinement: d = L + (1 − L)·M, L the mask level
 BAND_RULE = "fsc0143"  # the alignment band follows the FSC-0.143 resolution of the last half maps
 BAND_RULES = ("fsc0143", "fsc01")  # fsc01: 0.9 × where the masked FSC falls below 0.1 (the reference code's)
+ALIGN_FROM = "previous"  # each iteration's local search starts at the last iteration's poses
+ALIGN_FROMS = ("previous", "prior")  # prior: at the pose prior's centre (the poses the run started from)

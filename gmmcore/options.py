@@ -74,6 +74,10 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
                    help="the resolution each iteration aligns to: fsc0143 (where the masked FSC of the last half maps "
                         "falls below 0.143; default) or fsc01 (0.9 × where it falls below 0.1: finer, the reference "
                         "implementation's rule)")
+    p.add_argument("--align-from", choices=defaults.ALIGN_FROMS, default=defaults.ALIGN_FROM,
+                   help="where each iteration's local pose search starts: previous (the last iteration's poses; "
+                        "default) or prior (the pose prior's centre, the poses this run started from: the scatter of "
+                        "early, coarse iterations does not carry over)")
     add_prior_arguments(p, centred_on=prior_help)
     add_run_arguments(p, **run_help)
 
@@ -220,7 +224,8 @@ def alignment_values(args: argparse.Namespace) -> dict:
                 gpu=parse_gpus(args.gpu), cpu=args.cpu, seed=args.seed, backend=args.backend, threads=args.threads,
                 width_rule=getattr(args, "width_rule", defaults.WIDTH_RULE),
                 mask_level=getattr(args, "mask_level", defaults.MASK_LEVEL),
-                band_rule=getattr(args, "band_rule", defaults.BAND_RULE))
+                band_rule=getattr(args, "band_rule", defaults.BAND_RULE),
+                align_from=getattr(args, "align_from", defaults.ALIGN_FROM))
 
 
 def pose_prior(args: argparse.Namespace, angle_deg: float = defaults.PRIOR_ANGLE_DEG,

@@ -156,3 +156,24 @@ def test_band_rule_fsc01_aligns_finer_than_the_fsc0143_point(loop_setup):
     assert replace(plan, band=follow_fsc(25.0, apix)).band_of(state).resolution_A == pytest.approx(state.resolution_A)
     with pytest.raises(ValueError):
         band_source("fsc05", plan.fsc_mask, apix)
+
+
+def test_align_from_prior_starts_each_search_at_the_prior_centre(loop_setup):
+    """--align-from prior: an iteration's local search starts at the prior centre, not at the
+    state's poses.  The state's poses are moved 20° away and the search may move at most ~0.1°
+    (one tiny step), so each result lies next to where its search started."""
+    from gmmcore.backend import PoseSettings
+    from gmmcore.geometry import angular_distance, perturb_rotations
+    from gmmcore.particles import Poses
+    from gmmcore.refine import loop
+    from gmmcore.refine.rundir import RunDir
+
+    table, state, plan, backend, folder = loop_setup
+    far = Poses(perturb_rotations(state.poses.rotation, 20.0, np.random.default_rng(0)), state.poses.origin_A)
+    moved = replace(state, poses=far)
+    tiny = replace(plan.align, pose=PoseSettings(steps=1, lr_angle_deg=0.1, lr_shift_px=0.01,
+                                                 prior_angle_deg=3.0, prior_shift_px=1.0))
+    for rule, centre in (("previous", far), ("prior", plan.prior)):
+        new, _ = loop.iterate(table, moved, replace(plan, align=tiny, align_from=rule), backend,
+                              RunDir(folder / f"from_{rule}").iteration(1))
+        assert angular_distance(new.poses.rotation, centre.rotation).max() < 0.5, rule

@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
                           chunk=args.chunk, steps=args.steps, lr_angle=args.lr_angle, lr_shift=args.lr_shift, ring_weight=args.ring_weight,
                           prior_angle=prior_angle, prior_shift=prior_shift, gpu=gpu,
                           cpu=args.cpu, seed=args.seed, new_split=args.new_split, threads=args.threads,
-                          force=args.force, backend=args.backend, band_rule=args.band_rule)
+                          force=args.force, backend=args.backend, band_rule=args.band_rule,
+                          align_from=args.align_from)
     options = execution.execution_options(args, gpu, out)
     rc, _ = execution.run_on_executor("refine", options, lambda ex: global_refine.run_global(params, executor=ex))
     return rc

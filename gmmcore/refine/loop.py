@@ -83,8 +83,9 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
 
     grid = FourierGrid(box, apix, band.resolution_A, band.minres_A)
     rows = table.half_rows()
+    search_from = plan.prior if plan.align_from == "prior" and plan.prior is not None else state.poses
     aligned = HalfPair(*align_sets([AlignSet(f"iter {it} half {h} alignment", rows[h], shaped[h], store.checkpoints(h))
-                                    for h in (1, 2)], table, state.poses, grid, plan.align, prior=plan.prior,
+                                    for h in (1, 2)], table, search_from, grid, plan.align, prior=plan.prior,
                                    backend=backend, executor=ex))
     poses = state.poses
     for h, res in aligned.items():

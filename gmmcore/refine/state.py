@@ -89,7 +89,10 @@ class IterationPlan:
     ``shape_gmm(half, gmm)`` is applied to each half's GMM after it is fitted *and* after it is
     loaded on resume, and its result is never saved — so a focus cannot be forgotten on one path
     nor compound over iterations.  ``band_source(state)`` is the measured resolution ``band``
-    follows (:func:`band_source`: the FSC-0.143 resolution, or the reference's 0.9 × FSC-0.1).  ``fit_mask`` (or None) multiplies each half map before its GMM
+    follows (:func:`band_source`: the FSC-0.143 resolution, or the reference's 0.9 × FSC-0.1).  ``align_from``: each iteration's search starts at the last
+    iteration's poses ("previous") or at ``prior`` ("prior": the scatter of early, coarse-band
+    iterations does not carry over; the result is the search from the prior centre against the
+    latest GMM).  ``fit_mask`` (or None) multiplies each half map before its GMM
     is fitted; ``fsc_mask`` is used for the masked FSC only.  ``prior`` is the centre of the MAP
     pose prior (None: the poses each iteration starts from)."""
 
@@ -105,6 +108,7 @@ class IterationPlan:
     pad: float = 2
     extra_report: Callable[[HalfPair], dict] = field(default=lambda maps: {})
     band_source: Callable[["RefinementState"], float] = measured_resolution
+    align_from: str = "previous"  # where each local search starts: "previous" poses or the "prior" centre
 
     def band_of(self, state: "RefinementState") -> Band:
         """The band of the iteration that starts from ``state``."""
