@@ -1,8 +1,9 @@
 """Scipion projects run headless: import -> gmm refinement -> focused refinement -> patch refinement
 (composite), symmetry expansion; outputs registered and every viewer builds its views.
 
-Simulated with ``gmmcore simulate``: two adenylate kinases side by side, the second swinging ±15°
-(``--copies C2 --domain copy:2``), 300 particles, box 48, 1 iteration per run on the CPU.
+The ``gmmrefine`` DataSet's ``domain`` simulation (``gmmcore simulate``, made on first use): two
+adenylate kinases side by side, the second swinging ±15° (``--copies C2 --domain copy:2``), 300
+particles, box 48; 1 iteration per run on the CPU.
 """
 import os
 
@@ -12,31 +13,23 @@ from pyworkflow.tests import BaseTest, setupTestProject
 from pwem.protocols import ProtImportMask
 
 from gmmrefine_scipion import convert
-from gmmrefine_scipion.demo import simulate
 from gmmrefine_scipion.protocols import (GmmProtExpandSymmetry, GmmProtFocusedRefine, GmmProtImportParticles,
                                          GmmProtPatchRefine, GmmProtRefine)
+from gmmrefine_scipion.tests import SIMULATIONS, getTestData
 
-SIM = dict(n=300, box=48, apix=2.2, snr=2.0, perturb_angle=2.0, perturb_shift=0.5, seed=4, copies="C2",
-           domain="copy:2", domain_angle=15)
+SIM = SIMULATIONS["domain"]
 RUN = dict(numberOfIterations=1, useGpu=False)
-
-
-def simulated_dataset():
-    folder = os.path.join(os.environ["SCIPION_TESTS"], "gmmrefine_sim_domain_%(n)d_%(box)d_%(seed)d" % SIM)
-    if not os.path.exists(os.path.join(folder, "particles_perturbed.star")):
-        simulate(folder, quiet=True, **SIM)
-    return folder
 
 
 class TestGmmFocused(BaseTest):
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
-        cls.data = simulated_dataset()
+        cls.data = getTestData("domain")
 
     def _import(self):
         prot = self.newProtocol(GmmProtImportParticles, objLabel="gmm import", importFrom=0,
-                                starFile=os.path.join(self.data, "particles_perturbed.star"))
+                                starFile=self.data.getFile("domain_particles"))
         self.launchProtocol(prot)
         return prot
 
@@ -47,7 +40,7 @@ class TestGmmFocused(BaseTest):
         glob.inputParticles.setExtended("outputParticles")
         self.launchProtocol(glob)
 
-        mask = self.newProtocol(ProtImportMask, maskPath=os.path.join(self.data, "domain_mask.mrc"),
+        mask = self.newProtocol(ProtImportMask, maskPath=self.data.getFile("domain_mask"),
                                 samplingRate=SIM["apix"])
         self.launchProtocol(mask)
 
@@ -68,8 +61,8 @@ class TestGmmFocused(BaseTest):
         self.assertEqual(summary.kind, "focused")
         self.assertTrue(any("focus mask" in line for line in foc.summary()), foc.summary())
         # the poses moved against the global ones (the focus was applied)
-        ang, _ = convert.pose_errors(foc.outputParticles, os.path.join(self.data, "particles_true.star"))
-        ang_g, _ = convert.pose_errors(glob.outputParticles, os.path.join(self.data, "particles_true.star"))
+        ang, _ = convert.pose_errors(foc.outputParticles, self.data.getFile("domain_truth"))
+        ang_g, _ = convert.pose_errors(glob.outputParticles, self.data.getFile("domain_truth"))
         self.assertGreater(abs(float(np.mean(ang)) - float(np.mean(ang_g))), 0.2)
 
         # ---- patch refinement from the global run
