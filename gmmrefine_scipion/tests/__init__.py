@@ -11,7 +11,7 @@ pytest-only tests of the plugin live in ``tests/plugin/`` of the checkout.
 import os
 import subprocess
 
-from pyworkflow.tests import DataSet
+from pyworkflow.tests import BaseTest, DataSet
 
 #: DataSet name and folder under SCIPION_TESTS.
 DATASET = "gmmrefine"
@@ -67,3 +67,41 @@ def getTestData(*names: str) -> DataSet:
         if not os.path.exists(marker):
             runGmmcore("simulate", model="builtin:adk-closed", out=os.path.dirname(marker), **SIMULATIONS[name])
     return dataset
+
+
+def declaredOutputs(prot) -> dict:
+    """{name: class} of the outputs a protocol declares (``_possibleOutputs``, a dict, or its
+    ``getPossibleOutputs()``: an Enum or (name, class) pairs, as pyworkflow reads them)."""
+    declared = prot.getPossibleOutputs() or {}
+    if isinstance(declared, dict):
+        return dict(declared)
+    return {member.name: member.value for member in declared}
+
+
+def undeclaredOutputs(prot) -> list:
+    """What a protocol of this plugin registered but does not declare (or declares with another
+    class): one line each; empty for other plugins' protocols."""
+    if not type(prot).__module__.startswith("gmmrefine_scipion."):
+        return []
+    declared = declaredOutputs(prot)
+    problems = []
+    for name, obj in prot.iterOutputAttributes():
+        if name not in declared:
+            problems.append("%s registered %s, not among its possible outputs" % (type(prot).__name__, name))
+        elif not isinstance(obj, declared[name]):
+            problems.append("%s registered %s as %s, declared %s" % (type(prot).__name__, name, type(obj).__name__,
+                                                                     declared[name].__name__))
+    return problems
+
+
+class GmmBaseTest(BaseTest):
+    """``BaseTest`` whose ``launchProtocol`` also checks that a finished protocol of this plugin
+    registered only the outputs it declares (what Scipion offers downstream before it has run)."""
+
+    @classmethod
+    def launchProtocol(cls, prot, **kwargs):
+        prot = super().launchProtocol(prot, **kwargs)
+        problems = undeclaredOutputs(prot) if prot.isFinished() else []
+        if problems:
+            raise AssertionError("; ".join(problems))
+        return prot

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.tests import setupTestProject
 from pwem.constants import ALIGN_PROJ
 from pwem.protocols import ProtImportParticles
 
@@ -21,13 +21,13 @@ from gmmrefine_scipion.constants import HALF_SET_ATTR
 from gmmrefine_scipion.protocols import (GmmProtExportParticles, GmmProtImportParticles,
                                          GmmProtRefine)
 from gmmrefine_scipion.plotting import refine as plots
-from gmmrefine_scipion.tests import SIMULATION as SIM, getTestData, runGmmcore
+from gmmrefine_scipion.tests import SIMULATION as SIM, GmmBaseTest, getTestData, runGmmcore
 
 # Small and fast: a few hundred particles (SIM), box 48, 2 iterations on CPU (~40 s per refinement).
 REFINE = dict(numberOfIterations=2, batchSize=16, useGpu=False)
 
 
-class GmmProtocolsTestBase(BaseTest):
+class GmmProtocolsTestBase(GmmBaseTest):
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
@@ -258,7 +258,7 @@ class TestGmmImportRelion(GmmProtocolsTestBase):
         self.assertFalse([e for e in refine.validate() if "half" in e])
 
 
-class TestGmmErrors(BaseTest):
+class TestGmmErrors(GmmBaseTest):
     """A failing engine run shows the engine's one-line reason as the protocol's error."""
 
     @classmethod

@@ -10,18 +10,18 @@ the focused particles keep their half sets and change their poses, the summaries
 import os
 
 import numpy as np
-from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.tests import setupTestProject
 from pwem.protocols import ProtImportMask
 
 from gmmrefine_scipion import convert
 from gmmrefine_scipion.protocols import (GmmProtConfToPose, GmmProtHeterogeneity, GmmProtImportParticles,
                                          GmmProtRefine)
-from gmmrefine_scipion.tests import SIMULATIONS, getTestData
+from gmmrefine_scipion.tests import SIMULATIONS, GmmBaseTest, getTestData
 
 SIM = SIMULATIONS["lid"]
 
 
-class TestGmmHeterogeneityChain(BaseTest):
+class TestGmmHeterogeneityChain(GmmBaseTest):
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
