@@ -9,19 +9,19 @@ import os
 
 import numpy as np
 
-from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.tests import setupTestProject
 from pwem.protocols import ProtImportMask
 
 from gmmrefine_scipion import convert
 from gmmrefine_scipion.protocols import (GmmProtExpandSymmetry, GmmProtFocusedRefine, GmmProtImportParticles,
                                          GmmProtPatchRefine, GmmProtRefine)
-from gmmrefine_scipion.tests import SIMULATIONS, getTestData
+from gmmrefine_scipion.tests import SIMULATIONS, GmmBaseTest, getTestData
 
 SIM = SIMULATIONS["domain"]
 RUN = dict(numberOfIterations=1, useGpu=False)
 
 
-class TestGmmFocused(BaseTest):
+class TestGmmFocused(GmmBaseTest):
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
@@ -33,16 +33,58 @@ class TestGmmFocused(BaseTest):
         self.launchProtocol(prot)
         return prot
 
-    def test_focused_patches_expand(self):
+    def _global_and_mask(self, label):
         imp = self._import()
-        glob = self.newProtocol(GmmProtRefine, objLabel="gmm global", **RUN)
+        glob = self.newProtocol(GmmProtRefine, objLabel="gmm global" + label, **RUN)
         glob.inputParticles.set(imp)
         glob.inputParticles.setExtended("outputParticles")
         self.launchProtocol(glob)
-
-        mask = self.newProtocol(ProtImportMask, maskPath=self.data.getFile("domain_mask"),
-                                samplingRate=SIM["apix"])
+        mask = self.newProtocol(ProtImportMask, maskPath=self.data.getFile("domain_mask"), samplingRate=SIM["apix"])
         self.launchProtocol(mask)
+        return imp, glob, mask
+
+    def _continued(self, prot, reports):
+        """Iterations 1 -> 2 and Execute (Continue) on a finished run: its first iteration is kept
+        (``reports``: its report.json files), the second added, the outputs registered again."""
+        stamps = [os.path.getmtime(r) for r in reports]
+        prot.numberOfIterations.set(2)
+        self.launchProtocol(prot)  # what the form's Execute does (Project.launchProtocol, mode Continue)
+        self.assertEqual([os.path.getmtime(r) for r in reports], stamps)  # iteration 1 was not redone
+        with open(prot.getLogPaths()[0]) as f:
+            log = f.read()
+        self.assertIn("Continuing the run", log)
+        self.assertNotIn("All steps seem to be FINISHED", log)
+        self.assertTrue(os.path.exists(prot.outputLocalResolution.getFileName()))
+
+    def test_more_iterations_continue_focused_and_patches(self):
+        """As for global refinement: raise Iterations of a finished focused / patch run and Execute."""
+        _, glob, mask = self._global_and_mask(" (continue)")
+        foc = self.newProtocol(GmmProtFocusedRefine, objLabel="gmm focused 1 then 2", inputType=0, **RUN)
+        foc.inputRefinement.set(glob)
+        foc.focusMask.set(mask)
+        foc.focusMask.setExtended("outputMask")
+        self.launchProtocol(foc)
+        self.assertEqual(len(foc.getSummary().iterations), 1)
+        self._continued(foc, [foc.getRunDir("iter001", "report.json")])
+        self.assertEqual([r.iteration for r in foc.getSummary().iterations], [1, 2])
+        self.assertSetSize(foc.outputParticles, SIM["n"])
+        self.assertEqual(foc.getSummary().final.resolution_focus,
+                         foc.getSummary().iterations[-1].report.resolution_focus)
+
+        pat = self.newProtocol(GmmProtPatchRefine, objLabel="gmm patches 1 then 2", numberOfPatches=2, **RUN)
+        pat.inputRefinement.set(glob)
+        self.launchProtocol(pat)
+        self._continued(pat, [pat.getRunDir("patch_%02d" % k, "iter001", "report.json") for k in (1, 2)])
+        from gmmcore.summary import RunSummary
+        for k in (1, 2):
+            patch = RunSummary.load(pat.getRunDir("patch_%02d" % k))
+            self.assertEqual([r.iteration for r in patch.iterations], [1, 2], k)
+            self.assertSetSize(getattr(pat, "outputParticlesPatch%02d" % k), SIM["n"])
+        self.assertTrue(all(rec.complete for rec in pat.getSummary().patch_records()))
+        self.assertIsNotNone(pat.getSummary().composite())
+
+    def test_focused_patches_expand(self):
+        imp, glob, mask = self._global_and_mask("")
 
         # ---- focused refinement from the global run
         foc = self.newProtocol(GmmProtFocusedRefine, objLabel="gmm focused", inputType=0, **RUN)
