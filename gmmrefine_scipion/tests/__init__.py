@@ -61,11 +61,15 @@ def runGmmcore(verb: str, **options) -> None:
 def getTestData(*names: str) -> DataSet:
     """The ``gmmrefine`` DataSet, after simulating those of ``names`` (default ``rigid``) whose
     folder lacks a complete simulation."""
+    import fcntl
     dataset = DataSet.getDataSet(DATASET)
-    for name in names or ("rigid",):
-        marker = dataset.getFile(os.path.join(name, _FILES["json"]))
-        if not os.path.exists(marker):
-            runGmmcore("simulate", model="builtin:adk-closed", out=os.path.dirname(marker), **SIMULATIONS[name])
+    os.makedirs(dataset.getPath(), exist_ok=True)
+    with open(os.path.join(dataset.getPath(), ".simulating.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # test processes side by side (pytest -n) wait for one simulation
+        for name in names or ("rigid",):
+            marker = dataset.getFile(os.path.join(name, _FILES["json"]))
+            if not os.path.exists(marker):
+                runGmmcore("simulate", model="builtin:adk-closed", out=os.path.dirname(marker), **SIMULATIONS[name])
     return dataset
 
 
