@@ -25,8 +25,10 @@ _IDENTITY_WORDS = {"particles_hash": "the particles", "particles": "the particle
                    "the focus mask", "fsc_mask_fingerprint": "the FSC mask", "fit_mask_fingerprint": "the mask of "
                    "the GMM fit", "mask": "the mask", "ref": "the initial volume"}
 
-# "<path>: --out: <reason>" (path absent for a few): the verbs' output field; --continue needs a run there
-_OUT_LINE = re.compile(r"^(?:(?P<path>.+?): )?--(?:out|continue): (?P<reason>.+)$")
+# a refusal's reason starts after "<path>: " and, where the error names a field, "--out: " (claim_output)
+# or "--continue: "; the run directory's own refusals (RunDir) name no field
+_START = r"(?:^|: )(?:--(?:out|continue): )?"
+_OUT_FIELD = re.compile(r"(?:^|: )--(?:out|continue): ")
 
 
 def _lock(m, path):
@@ -79,32 +81,32 @@ def _inside_output(m, path):
 
 
 # (the engine's reason, as gmmcore.safewrite / gmmcore.refine.rundir word it) -> the form's words
-_REFUSALS = (
-    (re.compile(r"^is in use by (?P<who>.+?)(?: — if it no longer runs there, delete (?P<lock>\S+))?; wait"), _lock),
-    (re.compile(r"^holds a `gmmcore (?P<other>[^`]+)` run \(kind '[^']*'\)"), _kind),
-    (re.compile(r"^holds another kind of gmmcore run"), _other_kind),
-    (re.compile(r"^holds a run with (?P<what>.+?); use a new --out"), _changed),
-    (re.compile(r"^(?:is not empty and holds no gmmcore run|params\.json is unreadable|nothing to continue)"),
-     _no_run),
-    (re.compile(r"^(?:is|lies inside) the input run (?P<run>.+?); choose"), _inside_input),
-    (re.compile(r"^lies inside the gmmcore (?P<what>.+?) output (?P<home>.+?); choose"), _inside_output),
-)
+_REFUSALS = tuple((re.compile(_START + reason), words) for reason, words in (
+    (r"is in use by (?P<who>.+?)(?: — if it no longer runs there, delete (?P<lock>\S+))?; wait", _lock),
+    (r"holds a `gmmcore (?P<other>[^`]+)` run \(kind '[^']*'\)", _kind),
+    (r"holds another kind of gmmcore run", _other_kind),
+    (r"holds a run with (?P<what>.+?); use a new --out", _changed),
+    (r"(?:is not empty and holds no gmmcore run|params\.json is unreadable|nothing to continue)", _no_run),
+    (r"(?:is|lies inside) the input run (?P<run>.+?); choose", _inside_input),
+    (r"lies inside the gmmcore (?P<what>.+?) output (?P<home>.+?); choose", _inside_output),
+))
 
 
 def formMessage(reason: str) -> Optional[str]:
     """The form's words for the engine's one-line error ``reason`` (without ``gmmcore <verb>:
     error:``) when it refuses its output folder; None for any other error (shown as it is)."""
-    line = _OUT_LINE.match(reason.strip())
-    if line is None:
-        return None
-    path, text = line.group("path") or "?", line.group("reason")
+    text = reason.strip()
     for pattern, words in _REFUSALS:
-        m = pattern.match(text)
+        m = pattern.search(text)
         if m:
-            message = words(m, path)
+            message = words(m, text[:m.start()] or "?")
             break
-    else:  # a refusal not listed: the engine's reason, without the command-line field
-        message = "the folder of this run (%s) cannot be used: %s." % (path, text.split("; choose")[0].rstrip("."))
+    else:  # another refusal of the output folder: the engine's reason, without the command-line field
+        field = _OUT_FIELD.search(text)
+        if field is None:
+            return None
+        message = "the folder of this run (%s) cannot be used: %s." % (
+            text[:field.start()] or "?", text[field.end():].split("; choose")[0].rstrip("."))
     return message[0].upper() + message[1:]
 
 

@@ -3,8 +3,8 @@ refinement launched in a project (the real protocol, the real engine, which refu
 computes anything: seconds) on a run folder in use by another command, holding another kind of
 run, or inside a gmmcore output folder fails with a message that names the form's "Run mode" (or
 the project's folder) and says what to do — no ``--out``, no command line, no traceback — and
-``validate`` foresees the last one.  The wording of the other refusals is checked on the engine's
-own lines."""
+``validate`` foresees the last one.  The other refusals are made by the engine's own code and
+their wording checked."""
 import json
 import os
 import socket
@@ -94,29 +94,61 @@ class TestGmmOutputRefusals(BaseTest):
             os.remove(marker)
         self.assertEqual(refine.validate(), [])
 
-    def test_engine_lines_in_form_words(self):
-        """The refusals the project tests above cannot stage cheaply, on the engine's own lines."""
-        run = "/p/Runs/000012_GmmProtFocusedRefine/extra/focused"
-        changed = formMessage("%s: --out: holds a run with different parameters (start_fingerprint, "
-                              "focus_mask_fingerprint); use a new --out, or the same parameters and input to "
-                              "continue" % run)
+    def _refusal(self, call, *args, **kwargs):
+        """The one-line reason of the engine's InputError (as the plugin reads it, after ``error:``)."""
+        from gmmcore.errors import InputError
+        try:
+            call(*args, **kwargs)
+        except InputError as exc:
+            return exc.render()
+        self.fail("not refused: %s" % call.__name__)
+
+    def _runFolder(self, name, params=None, files=()):
+        folder = self.getOutputPath(name)
+        os.makedirs(folder)
+        if params is not None:
+            with open(os.path.join(folder, "params.json"), "w") as f:
+                json.dump(params, f)
+        for fn in files:
+            open(os.path.join(folder, fn), "w").close()
+        return folder
+
+    def test_engine_refusals_in_form_words(self):
+        """The refusals the project tests above do not stage, made by the engine's own code (its run
+        directory and output claim) and put in the form's words."""
+        from gmmcore.refine.rundir import RunDir
+        from gmmcore.safewrite import check_output_path, claim_output
+        run = self._runFolder("changed", {"kind": "focused", "start_fingerprint": "a", "focus_mask_fingerprint": "m"})
+        changed = formMessage(self._refusal(RunDir.create_or_continue, run, {
+            "start_fingerprint": "b", "focus_mask_fingerprint": "n"}, ("start_fingerprint", "focus_mask_fingerprint"),
+            kind="focused"))
         self.assertIn("made from other input than the form's now (the run it starts from, the focus mask changed",
                       changed)
         self.assertIn('set "Run mode" to "Restart"', changed)
-        content = formMessage("%s: --out: holds a run with the particles' content changed; use a new --out, or the "
-                              "same parameters and input to continue" % run)
+        run = self._runFolder("content", {"kind": "global", "particles_hash": "a"})
+        content = formMessage(self._refusal(RunDir.create_or_continue, run, {"particles_hash": "b"},
+                                            ("particles_hash",), kind="global"))
         self.assertIn("(the particles changed since", content)
-        remote = formMessage("%s: --out: is in use by `gmmcore refine-patches` (PID 7 on node3, since 2026-01-02 "
-                             "10:00:00) — if it no longer runs there, delete %s/.gmmcore.lock; wait for it to "
-                             "finish, or choose another output" % (run, run))
-        self.assertIn("if it no longer runs on node3, delete %s/.gmmcore.lock first" % run, remote)
-        empty = formMessage("%s: --out: is not empty and holds no gmmcore run (no params.json); use a new or empty "
-                            "--out" % run)
-        self.assertIn("holds files that are not a usable gmmcore run", empty)
-        other = formMessage("%s: --out: cannot write: no write permission in /p/Runs" % run)
-        self.assertEqual(other, "The folder of this run (%s) cannot be used: cannot write: no write permission in "
-                                "/p/Runs." % run)
-        for message in (changed, content, remote, empty, other):
+        run = self._runFolder("kind", {"kind": "global"})
+        kind = formMessage(self._refusal(RunDir.create_or_continue, run, {}, (), kind="focused"))
+        self.assertIn("holds a `gmmcore refine` run, not one of this protocol", kind)
+        run = self._runFolder("stray", files=("notes.txt",))
+        stray = formMessage(self._refusal(RunDir.create_or_continue, run, {}, (), kind="global"))
+        self.assertIn("holds files that are not a usable gmmcore run", stray)
+        run = self._runFolder("remote")
+        with open(os.path.join(run, ".gmmcore.lock"), "w") as f:
+            json.dump({"pid": 7, "host": "node3-elsewhere", "verb": "refine-patches", "since": "2026-01-02 10:00:00"}, f)
+        remote = formMessage(self._refusal(claim_output, run, "patches", "refine-patches"))
+        self.assertIn("is in use by `gmmcore refine-patches` (PID 7 on node3-elsewhere", remote)
+        self.assertIn("if it no longer runs on node3-elsewhere, delete %s first" % os.path.join(run, ".gmmcore.lock"),
+                      remote)
+        notFolder = self.getOutputPath("a_file")
+        open(notFolder, "w").close()
+        other = formMessage(self._refusal(check_output_path, notFolder, "--out"))
+        self.assertEqual(other, "The folder of this run (%s) cannot be used: exists and is a file, not a folder."
+                         % notFolder)
+        for message in (changed, content, kind, stray, remote, other):
+            self.assertTrue(message[0].isupper(), message)
             assertFormWords(self, message)
-        # not an output refusal: shown as the engine words it
+        # not a refusal of the output folder: shown as the engine words it
         self.assertIsNone(formMessage("/p/a.star: rlnRandomSubset: 3 / 4 particles in half sets 1 / 2"))
