@@ -83,6 +83,19 @@ class TestGmmFocused(GmmBaseTest):
         self.assertTrue(all(rec.complete for rec in pat.getSummary().patch_records()))
         self.assertIsNotNone(pat.getSummary().composite())
 
+        # the run it started from went on since (2 global iterations): more focused iterations cannot
+        # continue it; the engine refuses, and the protocol's error says so in the form's words
+        glob.numberOfIterations.set(2)
+        self.launchProtocol(glob)
+        foc.numberOfIterations.set(3)
+        self.proj.launchProtocol(foc, wait=True)
+        self.assertTrue(foc.isFailed())
+        message = foc.getErrorMessage()
+        self.assertIn("this run was made from other input than the form's now (", message.lower())
+        self.assertIn("the run it starts from", message)
+        self.assertIn('set "Run mode" to "Restart" and press Execute', message)
+        self.assertNotIn("--out", message)
+
     def test_focused_patches_expand(self):
         imp, glob, mask = self._global_and_mask("")
 
