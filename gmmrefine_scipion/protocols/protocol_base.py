@@ -10,8 +10,8 @@
   ``createOutputStep`` (outputs read through the run's summary, :mod:`gmmcore.summary`).  The last
   two steps carry the form's signature (:meth:`_formSignature`), so Execute in Scipion's Continue
   mode after a changed field reruns them: with only a raised CONTINUE_OPTIONS value (global,
-  focused and patch refinement: Iterations) the engine continues the finished run, with any other change of what
-  the run computes the run directory starts anew (:meth:`_startOrContinue`).  Its form
+  focused and patch refinement: Iterations) the engine continues the finished run, with any other
+  change of what the run computes the run directory starts anew (:meth:`_startOrContinue`).  Its form
   holds the fields every compute protocol has (GPU, highest resolution, pose prior, batch size with
   0 = automatic, array backend, extra arguments, Threads); a new protocol supplies its own fields
   through the ``_define*Params`` hooks, ``_protocolOptions``, ``convertInputStep``,
