@@ -137,7 +137,8 @@ class TestGmmOutputRefusals(BaseTest):
         self.assertIn("holds files that are not a usable gmmcore run", stray)
         run = self._runFolder("remote")
         with open(os.path.join(run, ".gmmcore.lock"), "w") as f:
-            json.dump({"pid": 7, "host": "node3-elsewhere", "verb": "refine-patches", "since": "2026-01-02 10:00:00"}, f)
+            json.dump({"pid": 7, "host": "node3-elsewhere", "verb": "refine-patches",
+                       "since": "2026-01-02 10:00:00"}, f)
         remote = formMessage(self._refusal(claim_output, run, "patches", "refine-patches"))
         self.assertIn("is in use by `gmmcore refine-patches` (PID 7 on node3-elsewhere", remote)
         self.assertIn("if it no longer runs on node3-elsewhere, delete %s first" % os.path.join(run, ".gmmcore.lock"),
