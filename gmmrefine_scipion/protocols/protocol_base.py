@@ -2,15 +2,16 @@
 
 * :class:`GmmProtocolMixin` — run ``gmmcore <verb>`` through ``runJob`` (logged, cancellable, on
   the protocol's host; the form's Threads, where it has them, through ``GMMCORE_THREADS``); a
-  failure raises the engine's own one-line reason (file, field, remedy).
+  failure raises the engine's own one-line reason (file, field, remedy), a refused output folder
+  in the form's words (:mod:`.output_refusals`).
 * :class:`GmmProtRunBase` — a protocol that runs one gmmcore *run directory* (:meth:`getRunDir`,
   ``extra/<RUN_DIR>``) and registers its outputs: ``convertInputStep`` → ``runEngineStep``
   (``gmmcore <VERB> <_engineOptions()> --out DIR``; a rerun continues a killed run) →
   ``createOutputStep`` (outputs read through the run's summary, :mod:`gmmcore.summary`).  The last
   two steps carry the form's signature (:meth:`_formSignature`), so Execute in Scipion's Continue
-  mode after a changed field reruns them: with only a raised CONTINUE_OPTIONS value (global
-  refinement: Iterations) the engine continues the finished run, with any other change of what
-  the run computes the run directory starts anew (:meth:`_startOrContinue`).  Its form
+  mode after a changed field reruns them: with only a raised CONTINUE_OPTIONS value (global,
+  focused and patch refinement: Iterations) the engine continues the finished run, with any other
+  change of what the run computes the run directory starts anew (:meth:`_startOrContinue`).  Its form
   holds the fields every compute protocol has (GPU, highest resolution, pose prior, batch size with
   0 = automatic, array backend, extra arguments, Threads); a new protocol supplies its own fields
   through the ``_define*Params`` hooks, ``_protocolOptions``, ``convertInputStep``,
@@ -28,6 +29,7 @@ from gmmcore.summary import SUMMARY_NAME, RunSummary
 
 from gmmrefine_scipion import Plugin
 from gmmrefine_scipion.constants import BACKEND_HELP, BACKEND_LABELS, BACKEND_VALUES
+from .output_refusals import formMessage, projectFolderError
 
 RUN_RECORD = "gmmrefine_run.json"  # in extra/: what the run directory was last run with (_startOrContinue)
 # engine options that change where and how fast a run computes, not what it computes
@@ -70,9 +72,16 @@ class GmmProtocolMixin:
             self.runJob(Plugin.getProgram(), arguments, env=env, numberOfMpi=1, numberOfThreads=1)
         except Exception as exc:  # noqa: BLE001 (runJob raises a bare Exception)
             reason = engineError(errfile)
-            if reason:
-                raise RuntimeError(reason) from None
+            if reason:  # a refused output folder in the form's words, any other reason as it is
+                raise RuntimeError(formMessage(reason) or reason) from None
             raise RuntimeError("gmmcore %s failed (%s); see the log for details." % (verb, exc)) from None
+
+    def validate(self):
+        """Scipion's checks and the protocol's (``_validate``), then the refusal every engine run
+        would meet: this project inside a gmmcore output folder."""
+        errors = super().validate()
+        folder = projectFolderError(self.getWorkingDir()) if self.getWorkingDir() else None
+        return errors + ([folder] if folder else [])
 
     def engineEnviron(self):
         """The engine's environment: the plugin's, with the form's Threads (where it has them)."""

@@ -29,11 +29,15 @@ class GmmProtFocusedBase(GmmProtRunBase):
                   "large motions. 0: no prior.")
     BATCH_HELP = GmmProtRunBase.BATCH_HELP + " Results do not depend on it."
     ITERATIONS_LABEL = "Iterations"
+    # gmmcore refine-focused / refine-patches --continue with a higher --iter adds iterations (to every
+    # patch); the local resolution and (patches) the composite are then made again from the result
+    CONTINUE_OPTIONS = ("iter",)
 
     def _defineSettingsParams(self, form):
         form.addParam("numberOfIterations", params.IntParam, default=3,
                       validators=[params.Range(1, 50, "between 1 and 50")], label=self.ITERATIONS_LABEL,
-                      help="The paper runs 3 focused iterations (per patch).")
+                      help="The paper runs 3 focused iterations (per patch). To refine a finished run further, "
+                           "raise it and press Execute (mode Continue): the run goes on from its last iteration.")
         form.addParam("reimposeSymmetry", params.StringParam, default="", label="Reimpose symmetry (optional)",
                       help="For particles expanded with 'expand symmetry' and refined in C1 with a mask on one "
                            "asymmetric unit: average the symmetry copies of the refined region, weighted by the "

@@ -4,14 +4,14 @@
 The installation is valid (gmmcore and its backend import in the engine's interpreter), the
 ``gmmrefine`` DataSet is there (simulated on first use), and import -> one refinement iteration
 runs through ``Plugin.getProgram()``."""
-from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.tests import setupTestProject
 
 from gmmrefine_scipion import Plugin
 from gmmrefine_scipion.protocols import GmmProtImportParticles, GmmProtRefine
-from gmmrefine_scipion.tests import SIMULATION, getTestData
+from gmmrefine_scipion.tests import SIMULATION, GmmBaseTest, getTestData
 
 
-class TestGmmEngineEnv(BaseTest):
+class TestGmmEngineEnv(GmmBaseTest):
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)

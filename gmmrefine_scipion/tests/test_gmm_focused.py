@@ -1,55 +1,103 @@
 """Scipion projects run headless: import -> gmm refinement -> focused refinement -> patch refinement
 (composite), symmetry expansion; outputs registered and every viewer builds its views.
 
-Simulated with ``gmmcore simulate``: two adenylate kinases side by side, the second swinging ±15°
-(``--copies C2 --domain copy:2``), 300 particles, box 48, 1 iteration per run on the CPU.
+The ``gmmrefine`` DataSet's ``domain`` simulation (``gmmcore simulate``, made on first use): two
+adenylate kinases side by side, the second swinging ±15° (``--copies C2 --domain copy:2``), 300
+particles, box 48; 1 iteration per run on the CPU.
 """
 import os
 
 import numpy as np
 
-from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.tests import setupTestProject
 from pwem.protocols import ProtImportMask
 
 from gmmrefine_scipion import convert
-from gmmrefine_scipion.demo import simulate
 from gmmrefine_scipion.protocols import (GmmProtExpandSymmetry, GmmProtFocusedRefine, GmmProtImportParticles,
                                          GmmProtPatchRefine, GmmProtRefine)
+from gmmrefine_scipion.tests import SIMULATIONS, GmmBaseTest, getTestData
 
-SIM = dict(n=300, box=48, apix=2.2, snr=2.0, perturb_angle=2.0, perturb_shift=0.5, seed=4, copies="C2",
-           domain="copy:2", domain_angle=15)
+SIM = SIMULATIONS["domain"]
 RUN = dict(numberOfIterations=1, useGpu=False)
 
 
-def simulated_dataset():
-    folder = os.path.join(os.environ["SCIPION_TESTS"], "gmmrefine_sim_domain_%(n)d_%(box)d_%(seed)d" % SIM)
-    if not os.path.exists(os.path.join(folder, "particles_perturbed.star")):
-        simulate(folder, quiet=True, **SIM)
-    return folder
-
-
-class TestGmmFocused(BaseTest):
+class TestGmmFocused(GmmBaseTest):
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
-        cls.data = simulated_dataset()
+        cls.data = getTestData("domain")
 
     def _import(self):
         prot = self.newProtocol(GmmProtImportParticles, objLabel="gmm import", importFrom=0,
-                                starFile=os.path.join(self.data, "particles_perturbed.star"))
+                                starFile=self.data.getFile("domain_particles"))
         self.launchProtocol(prot)
         return prot
 
-    def test_focused_patches_expand(self):
+    def _global_and_mask(self, label):
         imp = self._import()
-        glob = self.newProtocol(GmmProtRefine, objLabel="gmm global", **RUN)
+        glob = self.newProtocol(GmmProtRefine, objLabel="gmm global" + label, **RUN)
         glob.inputParticles.set(imp)
         glob.inputParticles.setExtended("outputParticles")
         self.launchProtocol(glob)
-
-        mask = self.newProtocol(ProtImportMask, maskPath=os.path.join(self.data, "domain_mask.mrc"),
-                                samplingRate=SIM["apix"])
+        mask = self.newProtocol(ProtImportMask, maskPath=self.data.getFile("domain_mask"), samplingRate=SIM["apix"])
         self.launchProtocol(mask)
+        return imp, glob, mask
+
+    def _continued(self, prot, reports):
+        """Iterations 1 -> 2 and Execute (Continue) on a finished run: its first iteration is kept
+        (``reports``: its report.json files), the second added, the outputs registered again."""
+        stamps = [os.path.getmtime(r) for r in reports]
+        prot.numberOfIterations.set(2)
+        self.launchProtocol(prot)  # what the form's Execute does (Project.launchProtocol, mode Continue)
+        self.assertEqual([os.path.getmtime(r) for r in reports], stamps)  # iteration 1 was not redone
+        with open(prot.getLogPaths()[0]) as f:
+            log = f.read()
+        self.assertIn("Continuing the run", log)
+        self.assertNotIn("All steps seem to be FINISHED", log)
+        self.assertTrue(os.path.exists(prot.outputLocalResolution.getFileName()))
+
+    def test_more_iterations_continue_focused_and_patches(self):
+        """As for global refinement: raise Iterations of a finished focused / patch run and Execute."""
+        _, glob, mask = self._global_and_mask(" (continue)")
+        foc = self.newProtocol(GmmProtFocusedRefine, objLabel="gmm focused 1 then 2", inputType=0, **RUN)
+        foc.inputRefinement.set(glob)
+        foc.focusMask.set(mask)
+        foc.focusMask.setExtended("outputMask")
+        self.launchProtocol(foc)
+        self.assertEqual(len(foc.getSummary().iterations), 1)
+        self._continued(foc, [foc.getRunDir("iter001", "report.json")])
+        self.assertEqual([r.iteration for r in foc.getSummary().iterations], [1, 2])
+        self.assertSetSize(foc.outputParticles, SIM["n"])
+        self.assertEqual(foc.getSummary().final.resolution_focus,
+                         foc.getSummary().iterations[-1].report.resolution_focus)
+
+        pat = self.newProtocol(GmmProtPatchRefine, objLabel="gmm patches 1 then 2", numberOfPatches=2, **RUN)
+        pat.inputRefinement.set(glob)
+        self.launchProtocol(pat)
+        self._continued(pat, [pat.getRunDir("patch_%02d" % k, "iter001", "report.json") for k in (1, 2)])
+        from gmmcore.summary import RunSummary
+        for k in (1, 2):
+            patch = RunSummary.load(pat.getRunDir("patch_%02d" % k))
+            self.assertEqual([r.iteration for r in patch.iterations], [1, 2], k)
+            self.assertSetSize(getattr(pat, "outputParticlesPatch%02d" % k), SIM["n"])
+        self.assertTrue(all(rec.complete for rec in pat.getSummary().patch_records()))
+        self.assertIsNotNone(pat.getSummary().composite())
+
+        # the run it started from went on since (2 global iterations): more focused iterations cannot
+        # continue it; the engine refuses, and the protocol's error says so in the form's words
+        glob.numberOfIterations.set(2)
+        self.launchProtocol(glob)
+        foc.numberOfIterations.set(3)
+        self.proj.launchProtocol(foc, wait=True)
+        self.assertTrue(foc.isFailed())
+        message = foc.getErrorMessage()
+        self.assertIn("this run was made from other input than the form's now (", message.lower())
+        self.assertIn("the run it starts from", message)
+        self.assertIn('set "Run mode" to "Restart" and press Execute', message)
+        self.assertNotIn("--out", message)
+
+    def test_focused_patches_expand(self):
+        imp, glob, mask = self._global_and_mask("")
 
         # ---- focused refinement from the global run
         foc = self.newProtocol(GmmProtFocusedRefine, objLabel="gmm focused", inputType=0, **RUN)
@@ -68,8 +116,8 @@ class TestGmmFocused(BaseTest):
         self.assertEqual(summary.kind, "focused")
         self.assertTrue(any("focus mask" in line for line in foc.summary()), foc.summary())
         # the poses moved against the global ones (the focus was applied)
-        ang, _ = convert.pose_errors(foc.outputParticles, os.path.join(self.data, "particles_true.star"))
-        ang_g, _ = convert.pose_errors(glob.outputParticles, os.path.join(self.data, "particles_true.star"))
+        ang, _ = convert.pose_errors(foc.outputParticles, self.data.getFile("domain_truth"))
+        ang_g, _ = convert.pose_errors(glob.outputParticles, self.data.getFile("domain_truth"))
         self.assertGreater(abs(float(np.mean(ang)) - float(np.mean(ang_g))), 0.2)
 
         # ---- patch refinement from the global run

@@ -1,5 +1,6 @@
 """Scipion projects run headless: import (ours and pwem/relion's) -> GmmProtRefine -> viewers,
-export.  The dataset is simulated with ``gmmcore simulate`` (no download).
+export.  The data are the ``gmmrefine`` DataSet's ``rigid`` simulation (``getTestData``: made by
+``gmmcore simulate`` in the engine environment on first use, no download).
 
 How to run (see README.md beside this file):  ``.venv/bin/python -m pytest gmmrefine_scipion/tests``.
 conftest.py sets up the Scipion environment before pyworkflow is imported.  Protocols run in a
@@ -7,43 +8,33 @@ child process (SCIPION_PYTHON); their logs are printed when one fails.  A missin
 fails these tests (it is never skipped).
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
 
-from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.tests import setupTestProject
 from pwem.constants import ALIGN_PROJ
 from pwem.protocols import ProtImportParticles
 
 from gmmcore.io.star import read_star
 from gmmrefine_scipion import convert
 from gmmrefine_scipion.constants import HALF_SET_ATTR
-from gmmrefine_scipion.demo import simulate
 from gmmrefine_scipion.protocols import (GmmProtExportParticles, GmmProtImportParticles,
                                          GmmProtRefine)
 from gmmrefine_scipion.plotting import refine as plots
+from gmmrefine_scipion.tests import SIMULATION as SIM, GmmBaseTest, getTestData, runGmmcore
 
-# Small and fast: a few hundred particles, box 48, 2 iterations on CPU (~40 s per refinement).
-SIM = dict(n=400, box=48, apix=2.0, snr=1.0, perturb_angle=4.0, perturb_shift=1.0, seed=3)
+# Small and fast: a few hundred particles (SIM), box 48, 2 iterations on CPU (~40 s per refinement).
 REFINE = dict(numberOfIterations=2, batchSize=16, useGpu=False)
 
 
-def simulated_dataset():
-    """gmmcore simulate once per session into SCIPION_TESTS (reused when present)."""
-    folder = os.path.join(os.environ["SCIPION_TESTS"], "gmmrefine_sim_%(n)d_%(box)d_%(seed)d" % SIM)
-    if not os.path.exists(os.path.join(folder, "particles_perturbed.star")):
-        simulate(folder, quiet=True, **SIM)
-    return folder
-
-
-class GmmProtocolsTestBase(BaseTest):
+class GmmProtocolsTestBase(GmmBaseTest):
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
-        cls.data = simulated_dataset()
-        cls.perturbed = os.path.join(cls.data, "particles_perturbed.star")
-        cls.true_star = os.path.join(cls.data, "particles_true.star")
+        cls.dataset = getTestData()
+        cls.perturbed = cls.dataset.getFile("particles")
+        cls.true_star = cls.dataset.getFile("truth")
+        cls.stack = cls.dataset.getFile("stack")
 
     def check_particles(self, parts, n=SIM["n"], flipped=None):
         self.assertSetSize(parts, n)
@@ -164,7 +155,7 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
         plain.inputParticles.setExtended("outputParticles")
         self.launchProtocol(plain)
         exported = read_star(plain._getExtraPath("plain.star"))
-        original_stack = os.path.realpath(os.path.join(self.data, "particles.mrcs"))
+        original_stack = os.path.realpath(self.stack)
         self.assertFalse(exported.phase_flipped)
         self.assertEqual({os.path.realpath(str(n).split("@", 1)[1]) for n in exported.image_name}, {original_stack})
         ang, _ = convert.pose_errors(plain._getExtraPath("plain.star"), self.true_star)
@@ -201,11 +192,9 @@ class TestGmmImportOurs(GmmProtocolsTestBase):
     def test_import_cryosparc(self):
         """.cs written by gmmcore export (blob paths relative to the stack folder) -> our import."""
         cs = self.getOutputPath("perturbed.cs")
-        subprocess.run([sys.executable, "-m", "gmmcore", "export", "--particles", self.perturbed,
-                        "--format", "cryosparc", "--out", cs], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        runGmmcore("export", particles=self.perturbed, format="cryosparc", out=cs)
         prot = self.newProtocol(GmmProtImportParticles, objLabel="gmm import cs",
-                                importFrom=1, csFile=cs, stackRoot=self.data)
+                                importFrom=1, csFile=cs, stackRoot=os.path.dirname(self.stack))
         self.launchProtocol(prot)
         self.check_particles(prot.outputParticles, flipped=True)
         ang, sh = convert.pose_errors(prot.outputParticles, self.perturbed)
@@ -256,7 +245,7 @@ class TestGmmImportRelion(GmmProtocolsTestBase):
         tables["particles"] = tables["particles"].drop(columns=["rlnRandomSubset"])
         nohalf = self.getOutputPath("no_halves.star")
         starfile.write(tables, nohalf, overwrite=True)
-        os.symlink(os.path.join(self.data, "particles.mrcs"), self.getOutputPath("particles.mrcs"))
+        os.symlink(self.stack, self.getOutputPath("particles.mrcs"))
         prot = self._import_relion(nohalf, "relion import, no halves")
         self.assertIsNone(prot.outputParticles.getFirstItem().getAttributeValue(HALF_SET_ATTR, None))
 
@@ -269,7 +258,7 @@ class TestGmmImportRelion(GmmProtocolsTestBase):
         self.assertFalse([e for e in refine.validate() if "half" in e])
 
 
-class TestGmmErrors(BaseTest):
+class TestGmmErrors(GmmBaseTest):
     """A failing engine run shows the engine's one-line reason as the protocol's error."""
 
     @classmethod
@@ -281,11 +270,11 @@ class TestGmmErrors(BaseTest):
         import shutil
 
         import mrcfile
-        data = simulated_dataset()
+        data = getTestData()
         star = self.getOutputPath("nan_image.star")
-        shutil.copy(os.path.join(data, "particles_perturbed.star"), star)
+        shutil.copy(data.getFile("particles"), star)
         stack = self.getOutputPath("particles.mrcs")  # the star names it relative to its folder
-        shutil.copy(os.path.join(data, "particles.mrcs"), stack)
+        shutil.copy(data.getFile("stack"), stack)
         with mrcfile.open(stack, mode="r+") as m:
             m.data[5] = np.nan  # passes the form's checks; the engine finds it while phase flipping
         prot = self.newProtocol(GmmProtImportParticles, objLabel="gmm import, NaN image",

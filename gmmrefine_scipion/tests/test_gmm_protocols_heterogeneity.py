@@ -1,6 +1,7 @@
 """Scipion project, headless: import (a simulated particle with a moving domain) -> GmmProtRefine
 -> GmmProtHeterogeneity -> GmmProtConfToPose, and their outputs in the project graph.
 
+The ``gmmrefine`` DataSet's ``lid`` simulation (made on first use by ``gmmcore simulate``).
 Small and fast (box 32, 3 Å/px, 300 particles, one refinement iteration, a few epochs, one focused
 iteration); the numbers of the method are tested in tests/test_heterogeneity.py — here: every
 particle carries its latent coordinates, the maps along PC1 are a SetOfVolumes, the converted and
@@ -9,34 +10,26 @@ the focused particles keep their half sets and change their poses, the summaries
 import os
 
 import numpy as np
-from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.tests import setupTestProject
 from pwem.protocols import ProtImportMask
 
 from gmmrefine_scipion import convert
-from gmmrefine_scipion.demo import simulate
 from gmmrefine_scipion.protocols import (GmmProtConfToPose, GmmProtHeterogeneity, GmmProtImportParticles,
                                          GmmProtRefine)
+from gmmrefine_scipion.tests import SIMULATIONS, GmmBaseTest, getTestData
 
-SIM = dict(n=300, box=32, apix=3.0, snr=2.0, domain="lid", domain_angle=20, perturb_angle=2.0, perturb_shift=0.5,
-           seed=5)
-
-
-def simulated_domain_dataset():
-    folder = os.path.join(os.environ["SCIPION_TESTS"], "gmmrefine_lid_%(n)d_%(box)d_%(seed)d" % SIM)
-    if not os.path.exists(os.path.join(folder, "domain_mask.mrc")):
-        simulate(folder, quiet=True, **SIM)
-    return folder
+SIM = SIMULATIONS["lid"]
 
 
-class TestGmmHeterogeneityChain(BaseTest):
+class TestGmmHeterogeneityChain(GmmBaseTest):
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
-        cls.data = simulated_domain_dataset()
+        cls.data = getTestData("lid")
 
     def test_chain(self):
         imp = self.newProtocol(GmmProtImportParticles, objLabel="gmm import", importFrom=0,
-                               starFile=os.path.join(self.data, "particles_perturbed.star"))
+                               starFile=self.data.getFile("lid_particles"))
         self.launchProtocol(imp)
         refine = self.newProtocol(GmmProtRefine, objLabel="gmm refine", numberOfIterations=1, useGpu=False)
         refine.inputParticles.set(imp)
@@ -63,7 +56,7 @@ class TestGmmHeterogeneityChain(BaseTest):
         self.assertTrue(any("PC1" in line for line in het.summary()), het.summary())
         self.check_flexibility_hub(het)
 
-        mask = self.newProtocol(ProtImportMask, maskPath=os.path.join(self.data, "domain_mask.mrc"),
+        mask = self.newProtocol(ProtImportMask, maskPath=self.data.getFile("lid_mask"),
                                 samplingRate=SIM["apix"])
         self.launchProtocol(mask)
         c2p = self.newProtocol(GmmProtConfToPose, objLabel="gmm conf2pose", steps=10, focusIterations=1,

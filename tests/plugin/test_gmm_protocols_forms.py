@@ -121,6 +121,41 @@ class TestGmmProtocolForms(BaseTest):
         self.assertEqual(names, {"outputVolume", "outputFSCs", "outputLocalResolution", "outputParticlesPatch01",
                                  "outputParticlesPatch02", "outputMaskPatch01", "outputMaskPatch02"})
 
+    def test_every_protocol_declares_its_outputs(self):
+        """What Scipion offers downstream before a run (``iterOutputAttributes(includePossible=True)``):
+        every output each protocol registers, by name and class (a dict: several outputs share a
+        class, which an Enum would alias).  The Scipion chains check what the runs register against
+        it (``GmmBaseTest.launchProtocol``); export writes files only."""
+        from pwem.objects import AtomStruct, SetOfFSCs, SetOfParticlesFlex, SetOfVolumes, Volume
+        from gmmrefine_scipion import protocols
+        from gmmrefine_scipion.tests import declaredOutputs, undeclaredOutputs
+        volumes = {"outputVolume": Volume, "outputFSCs": SetOfFSCs}
+        expected = {
+            "GmmProtImportParticles": {"outputParticles": SetOfParticles},
+            "GmmProtExportParticles": {},
+            "GmmProtExpandSymmetry": {"outputParticles": SetOfParticles},
+            "GmmProtRefine": dict(volumes, outputParticles=SetOfParticles, outputGmmHalf1=AtomStruct,
+                                  outputGmmHalf2=AtomStruct),
+            "GmmProtFocusedRefine": dict(volumes, outputParticles=SetOfParticles, outputLocalResolution=Volume,
+                                         outputVolumeSym=Volume),
+            "GmmProtPatchRefine": dict(volumes, outputLocalResolution=Volume, outputParticlesPatch01=SetOfParticles,
+                                       outputMaskPatch01=VolumeMask),
+            "GmmProtHeterogeneity": {"outputParticles": SetOfParticlesFlex, "outputVolumes": SetOfVolumes},
+            "GmmProtConfToPose": dict(volumes, outputParticles=SetOfParticles, outputParticlesConverted=SetOfParticles),
+        }
+        classes = {name: getattr(protocols, name) for name in dir(protocols) if name.startswith("GmmProt")}
+        self.assertEqual(set(classes), set(expected))
+        for name, protClass in classes.items():
+            prot = protClass(numberOfPatches=1) if protClass is GmmProtPatchRefine else protClass()
+            self.assertEqual(declaredOutputs(prot), expected[name], name)
+            self.assertEqual({n for n, _ in prot.iterOutputAttributes(includePossible=True)}, set(expected[name]), name)
+        # the chains' check: an output registered but not declared (or of another class) is named
+        prot = self._saved(GmmProtRefine)
+        prot._defineOutputs(outputMask=VolumeMask(), outputVolume=SetOfParticles(filename=":memory:"))
+        self.assertEqual(sorted(undeclaredOutputs(prot)), [
+            "GmmProtRefine registered outputMask, not among its possible outputs",
+            "GmmProtRefine registered outputVolume as SetOfParticles, declared Volume"])
+
     def test_focus_width_fields_reach_the_engine(self):
         """Focused, patch and conf2pose forms: expert "Width rule" and "Mask level" (the engine's
         defaults) become --width-rule / --mask-level, which the engine's parser takes."""
