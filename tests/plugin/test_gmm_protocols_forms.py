@@ -1,7 +1,8 @@
 """The compute protocols' shared form, without an engine run (seconds): one meaning of the batch
 size (0 = automatic), Threads for every compute protocol (the engine's GMMCORE_THREADS), checks of
 the maps on the particles' grid and of the particle count naming the form's fields, the GPU asked
-for and not used in every Summary, the patch outputs among the possible outputs."""
+for and not used in every Summary, the patch outputs among the possible outputs, the expert
+alignment fields (width rule, band rule, align from) on the engine's command line."""
 import os
 
 import mrcfile
@@ -189,6 +190,47 @@ class TestGmmProtocolForms(BaseTest):
             prot.maskLevel.set(level)
             errors = [e for e in prot.validate() if e.startswith("*Mask level*")]
             self.assertEqual(len(errors), 1, (level, prot.validate()))
+
+    def test_alignment_rule_fields_reach_the_engine(self):
+        """Global, focused and patch forms: expert "Band rule" and "Align from" (the engine's
+        defaults) become --band-rule / --align-from, which the engine's parser takes; a changed
+        choice changes the steps' signature (Continue reruns them)."""
+        from pyworkflow.protocol.params import LEVEL_ADVANCED
+        from gmmcore import defaults
+        from gmmcore.cli import build_parser
+        from gmmrefine_scipion import Plugin
+        from gmmrefine_scipion.protocols.alignment_rules import alignmentRuleOptions
+
+        for protClass in COMPUTE:
+            prot = protClass()
+            has = protClass in (GmmProtRefine, GmmProtFocusedRefine, GmmProtPatchRefine)
+            self.assertEqual((prot.hasAttribute("bandRule"), prot.hasAttribute("alignFrom")), (has, has),
+                             protClass.__name__)
+            if not has:
+                continue
+            for name in ("bandRule", "alignFrom"):
+                self.assertEqual(prot.getParam(name).expertLevel.get(), LEVEL_ADVANCED, (protClass.__name__, name))
+            self.assertEqual(alignmentRuleOptions(prot), {"band_rule": defaults.BAND_RULE,
+                                                          "align_from": defaults.ALIGN_FROM})
+        refine = self._saved(GmmProtRefine, useGpu=False)
+        refine.inputParticles.set(self._particles("rules"))
+        signature = refine._formSignature()
+        refine.bandRule.set(1)
+        self.assertNotEqual(refine._formSignature(), signature)
+        signature = refine._formSignature()
+        refine.alignFrom.set(1)
+        self.assertNotEqual(refine._formSignature(), signature)
+        command = Plugin.getGmmcoreArgs("refine", out="o", **refine._engineOptions())
+        self.assertIn("--band-rule fsc01 ", command + " ")
+        self.assertIn("--align-from prior ", command + " ")
+        for protClass, verb, required in (
+                (GmmProtFocusedRefine, "refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
+                (GmmProtPatchRefine, "refine-patches", dict(out="o", **{"from": "r"}))):
+            options = self._saved(protClass, bandRule=1, alignFrom=1, useGpu=False)._alignmentOptions()
+            self.assertEqual((options["band_rule"], options["align_from"]), ("fsc01", "prior"), verb)
+            argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
+            args = build_parser(argv).parse_args(argv)
+            self.assertEqual((args.band_rule, args.align_from), ("fsc01", "prior"), verb)
 
     def test_continue_mode_after_a_changed_field(self):
         """Execute in Continue mode: the engine steps carry the form's signature (a changed field
