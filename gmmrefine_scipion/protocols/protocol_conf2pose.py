@@ -7,6 +7,7 @@ from pwem.protocols import ProtRefine3D
 
 from gmmrefine_scipion.constants import CONF2POSE_DIR
 from .focus_width import defineFocusWidthParams, focusWidthOptions
+from .pose_precision import posePrecisionLine
 from .protocol_base import GmmProtRunBase
 
 REGION_MASK_LABEL = "Mask of the target region"
@@ -126,6 +127,9 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
             region = ("%.2f Å" % conv.resolution_region) if conv.resolution_region is not None else "?"
             lines.append("Conversion: pose change mean %.2f°, %.2f px; region at the converted poses: %s"
                          % (conv.pose_change.angle_mean, conv.pose_change.shift_mean, region))
+        precision = posePrecisionLine(summary, region="target region")
+        if precision:
+            lines.append(precision)
         for rec in summary.iterations:
             focus = rec.report.resolution_focus
             lines.append("Focused iteration %d: region %.2f Å" % (rec.iteration,

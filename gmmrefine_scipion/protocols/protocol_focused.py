@@ -7,6 +7,7 @@ from pwem.protocols import ProtRefine3D
 from gmmrefine_scipion import convert
 from gmmrefine_scipion.constants import INPUT_STAR
 from .protocol_base import GmmProtRunBase
+from .pose_precision import posePrecisionLine
 from .protocol_focused_base import GmmProtFocusedBase
 
 FOCUSED_DIR = "focused"
@@ -136,6 +137,9 @@ class GmmProtFocusedRefine(GmmProtFocusedBase, ProtRefine3D):
             if final.resolution_focus > final.resolution_focus_initial:
                 lines.insert(0, "Warning: the region got worse within the focus mask; it may not move relative to "
                                 "the rest (a rigid particle): keep the start's result.")
+        precision = posePrecisionLine(summary)
+        if precision:
+            lines.append(precision)
         if final is not None and final.reimposed is not None and final.reimposed.resolution is not None:
             lines.append("Symmetry %s reimposed: %.2f Å" % (final.reimposed.sym, final.reimposed.resolution))
         return lines

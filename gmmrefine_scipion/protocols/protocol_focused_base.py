@@ -12,6 +12,7 @@ import pyworkflow.protocol.params as params
 from pwem.objects import Volume
 
 from gmmrefine_scipion.constants import SYMMETRY_HELP
+from .alignment_rules import alignmentRuleOptions, defineAlignmentRuleParams
 from .focus_width import defineFocusWidthParams, focusWidthOptions
 from .protocol_base import GmmProtRunBase, fscObjects, validateSymmetry
 
@@ -49,6 +50,7 @@ class GmmProtFocusedBase(GmmProtRunBase):
                       expertLevel=params.LEVEL_ADVANCED, label="Number of Gaussians",
                       help="0: estimated from the map (mass and resolution).")
         defineFocusWidthParams(form)
+        defineAlignmentRuleParams(form)
 
     # --------------------------- steps -----------------------------------------
     def _insertAllSteps(self):
@@ -62,7 +64,8 @@ class GmmProtFocusedBase(GmmProtRunBase):
     def _alignmentOptions(self):
         """The engine options of the fields both forms have."""
         return {"iter": self.numberOfIterations.get(), "ngauss": self.numberOfGaussians.get() or None,
-                "reimpose": self.reimposeSymmetry.get() or None, **focusWidthOptions(self)}
+                "reimpose": self.reimposeSymmetry.get() or None, **focusWidthOptions(self),
+                **alignmentRuleOptions(self)}
 
     def localResolutionStep(self, signature=None):
         summary = self.getSummary()

@@ -6,6 +6,7 @@ import pyworkflow.protocol.params as params
 from pwem.objects import SetOfFSCs, SetOfParticles, Volume, VolumeMask
 from pwem.protocols import ProtRefine3D
 
+from .pose_precision import precisionOf, wholeParticleLine
 from .protocol_base import fscObjects
 from .protocol_focused_base import GmmProtFocusedBase
 
@@ -103,18 +104,50 @@ class GmmProtPatchRefine(GmmProtFocusedBase, ProtRefine3D):
         return errors
 
     def _summaryLines(self, summary):
+        from gmmrefine_scipion.plotting.focused import patch_runs
+        runs = patch_runs(summary)
         lines = []
         if summary.resolution_initial is not None:
             lines.append("Global refinement (start): %.2f Å" % summary.resolution_initial)
-        for rec in summary.patch_records():
+        precision = wholeParticleLine(s for _, s in runs)
+        if precision:
+            lines.append(precision)
+        for rec, s in runs:
             if rec.complete:
-                lines.append("Patch %d (%d Gaussians): within its mask %.2f Å -> %.2f Å"
-                             % (rec.index, rec.n_gaussians, rec.resolution_focus_initial, rec.resolution_focus))
+                line = ("Patch %d (%d Gaussians): within its mask %.2f Å -> %.2f Å"
+                        % (rec.index, rec.n_gaussians, rec.resolution_focus_initial, rec.resolution_focus))
             else:
-                lines.append("Patch %d: not finished" % rec.index)
+                line = "Patch %d: not finished" % rec.index
+            lines.append(line + self._patchPrecision(s))
         comp = summary.composite()
         if comp is not None:
             lines.append("Composite map: %.2f Å (masked FSC 0.143)" % comp.resolution)
+        return lines
+
+    @staticmethod
+    def _patchPrecision(patchSummary):
+        """``; pose precision ±angle° / shift px (mass %)`` of a patch's run, or empty."""
+        precision = precisionOf(patchSummary)
+        if precision is None:
+            return ""
+        region = precision["region"]
+        return "; pose precision ±%.1f° / %.2f px (%.0f%% of the mass)" % (region.angle_deg, region.shift_px,
+                                                                           100.0 * region.region_mass)
+
+    def _warningLines(self, summary):
+        """The run's warnings, then those of each patch's run (the patch numbers before the text;
+        one line for a text that several patches share)."""
+        from gmmrefine_scipion.plotting.focused import patch_runs
+        lines = GmmProtFocusedBase._warningLines(self, summary)
+        own = set(summary.warnings or [])
+        byText = {}
+        for rec, s in patch_runs(summary):
+            for text in (s.warnings or []) if s is not None else []:
+                if text not in own:
+                    byText.setdefault(text, []).append(rec.index)
+        for text, indices in byText.items():
+            lines.append("Warning: patch%s %s: %s" % ("es" if len(indices) > 1 else "",
+                                                       ", ".join(map(str, indices)), text))
         return lines
 
     def _methods(self):

@@ -10,6 +10,7 @@ from gmmcore.particles import half_counts_problem, min_particles_per_half
 
 from gmmrefine_scipion import convert
 from gmmrefine_scipion.constants import HALF_SET_ATTR, INPUT_STAR, REFINE_DIR, SYMMETRY_HELP
+from .alignment_rules import alignmentRuleOptions, defineAlignmentRuleParams
 from .protocol_base import GmmProtRunBase, validateSymmetry
 
 NEW_SPLIT_LABEL = "Make a new random half split?"
@@ -77,6 +78,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
         form.addParam("minResolution", params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
                       label="Lowest resolution used (Å)",
                       help="Frequencies below this are ignored when aligning (0: engine default).")
+        defineAlignmentRuleParams(form)
 
     def _defineExpertParams(self, form):
         form.addParam("fewParticles", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
@@ -111,6 +113,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
             "minres": self.minResolution.get() or None,
             "new_split": bool(self.newSplit.get()),
             "force": bool(self.fewParticles.get()),
+            **alignmentRuleOptions(self),
         }
         if self.initialVolume.get() is not None:
             options["ref"] = self.volumeFile(self.initialVolume.get(), "initial_volume")

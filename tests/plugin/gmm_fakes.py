@@ -195,3 +195,38 @@ def _focused_summary(folder, kind, n, box, apix, seed):
     for rec in s.iterations:
         rec.report.resolution_focus, rec.report.fsc_focus = 8.0, list(rec.report.fsc["masked"])
     return s
+
+
+def pose_precision(region_deg=4.5, particle_deg=1.2, resolution=8.0, gaussians=12, mass=0.3, n=12):
+    """A focused-like run's ``pose_precision`` ({"region", "particle"} PosePrecision, the
+    Cramér–Rao bounds of a per-particle pose) with the given angles (degrees)."""
+    from gmmcore.summary import PosePrecision
+
+    def bound(angle, count, fraction):
+        return PosePrecision(angle_deg=angle, shift_px=angle / 4.0, axis_deg=(angle, angle, angle / 2.0),
+                             resolution_A=resolution, region_gaussians=count, region_mass=fraction, n_particles=n)
+    return {"region": bound(region_deg, gaussians, mass), "particle": bound(particle_deg, 40, 1.0)}
+
+
+def write_patches_run(folder, patches=2, n=24, box=16, apix=2.0, precision=None, warnings=None, seed=5):
+    """A refine-patches output folder (kind "patches") whose patches are finished focused runs
+    of kind "patch" in ``patch_NN/``; ``precision`` / ``warnings``: per patch (lists), each patch
+    run's ``pose_precision`` and ``warnings``. No composite (the Summary tab needs none)."""
+    from gmmcore.summary import PatchRecord, RunSummary
+    write_refine_run(folder, n=n, box=box, apix=apix, iterations=1, seed=seed)
+    top = RunSummary.load(folder)
+    top.kind, top.iterations, top.final, top.patches = "patches", [], None, []
+    for k in range(1, patches + 1):
+        name = "patch_%02d" % k
+        s = _focused_summary(os.path.join(folder, name), "patch", n, box, apix, seed + k)
+        s.final.resolution_focus_initial, s.final.resolution_focus = 9.0, 8.0
+        s.patch, s.parent = k, os.path.abspath(folder)
+        s.pose_precision = precision[k - 1] if precision else None
+        s.warnings = list(warnings[k - 1]) if warnings else []
+        s.save()
+        top.patches.append(PatchRecord(index=k, dir=name, mask="%s_mask.mrc" % name, center_A=[0.0, 0.0, 0.0],
+                                       radius_A=10.0, n_gaussians=20, complete=True, resolution=s.resolution_final,
+                                       resolution_focus=8.0, resolution_focus_initial=9.0,
+                                       particles="%s/final/particles.star" % name, summary="%s/summary.json" % name))
+    top.save(folder)
+    return os.path.join(folder, "summary.json")

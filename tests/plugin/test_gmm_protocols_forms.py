@@ -1,7 +1,9 @@
 """The compute protocols' shared form, without an engine run (seconds): one meaning of the batch
 size (0 = automatic), Threads for every compute protocol (the engine's GMMCORE_THREADS), checks of
 the maps on the particles' grid and of the particle count naming the form's fields, the GPU asked
-for and not used in every Summary, the patch outputs among the possible outputs."""
+for and not used in every Summary, the patch outputs among the possible outputs, the expert
+alignment fields (width rule, band rule, align from) on the engine's command line, the pose
+precision (Cramér–Rao bound) in the Summary of focused-like runs."""
 import os
 
 import mrcfile
@@ -189,6 +191,86 @@ class TestGmmProtocolForms(BaseTest):
             prot.maskLevel.set(level)
             errors = [e for e in prot.validate() if e.startswith("*Mask level*")]
             self.assertEqual(len(errors), 1, (level, prot.validate()))
+
+    def test_alignment_rule_fields_reach_the_engine(self):
+        """Global, focused and patch forms: expert "Band rule" and "Align from" (the engine's
+        defaults) become --band-rule / --align-from, which the engine's parser takes; a changed
+        choice changes the steps' signature (Continue reruns them)."""
+        from pyworkflow.protocol.params import LEVEL_ADVANCED
+        from gmmcore import defaults
+        from gmmcore.cli import build_parser
+        from gmmrefine_scipion import Plugin
+        from gmmrefine_scipion.protocols.alignment_rules import alignmentRuleOptions
+
+        for protClass in COMPUTE:
+            prot = protClass()
+            has = protClass in (GmmProtRefine, GmmProtFocusedRefine, GmmProtPatchRefine)
+            self.assertEqual((prot.hasAttribute("bandRule"), prot.hasAttribute("alignFrom")), (has, has),
+                             protClass.__name__)
+            if not has:
+                continue
+            for name in ("bandRule", "alignFrom"):
+                self.assertEqual(prot.getParam(name).expertLevel.get(), LEVEL_ADVANCED, (protClass.__name__, name))
+            self.assertEqual(alignmentRuleOptions(prot), {"band_rule": defaults.BAND_RULE,
+                                                          "align_from": defaults.ALIGN_FROM})
+        refine = self._saved(GmmProtRefine, useGpu=False)
+        refine.inputParticles.set(self._particles("rules"))
+        signature = refine._formSignature()
+        refine.bandRule.set(1)
+        self.assertNotEqual(refine._formSignature(), signature)
+        signature = refine._formSignature()
+        refine.alignFrom.set(1)
+        self.assertNotEqual(refine._formSignature(), signature)
+        command = Plugin.getGmmcoreArgs("refine", out="o", **refine._engineOptions())
+        self.assertIn("--band-rule fsc01 ", command + " ")
+        self.assertIn("--align-from prior ", command + " ")
+        for protClass, verb, required in (
+                (GmmProtFocusedRefine, "refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
+                (GmmProtPatchRefine, "refine-patches", dict(out="o", **{"from": "r"}))):
+            options = self._saved(protClass, bandRule=1, alignFrom=1, useGpu=False)._alignmentOptions()
+            self.assertEqual((options["band_rule"], options["align_from"]), ("fsc01", "prior"), verb)
+            argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
+            args = build_parser(argv).parse_args(argv)
+            self.assertEqual((args.band_rule, args.align_from), ("fsc01", "prior"), verb)
+
+    def test_pose_precision_in_the_summary(self):
+        """Focused, conf2pose and patch runs: the Cramér–Rao bound of the region's and the whole
+        particle's per-particle pose is one Summary line (per patch: appended to its line); the
+        engine's warning of a region that is too weak is shown (a patch's with its number)."""
+        weak = ("the focus region carries too little signal to align each particle on its own: its pose can be "
+                "fixed at best to ±4.5° per particle")
+        for protClass, forge, region in ((GmmProtFocusedRefine, gmm_fakes.write_focused_run, "focus region"),
+                                         (GmmProtConfToPose, gmm_fakes.write_conf2pose_run, "target region")):
+            prot = self._saved(protClass, useGpu=False)
+            forge(prot.getRunDir())
+            self.assertFalse([line for line in prot.summary() if line.startswith("Pose precision")],
+                             protClass.__name__)  # a start without GMMs: no bound
+            summary = RunSummary.load(prot.getRunDir())
+            summary.pose_precision = gmm_fakes.pose_precision(region_deg=4.5, particle_deg=1.2, resolution=8.0,
+                                                              gaussians=12, mass=0.3)
+            summary.warnings = [weak]
+            summary.save(prot.getRunDir())
+            lines = prot.summary()
+            self.assertIn("Pose precision at 8.00 Å (Cramér–Rao bound, per particle): %s ±4.5° / 1.12 px "
+                          "(12 Gaussians, 30%% of the mass); whole particle ±1.2°" % region, lines,
+                          protClass.__name__)
+            self.assertEqual(lines[0], "Warning: " + weak, protClass.__name__)
+        prot = self._saved(GmmProtPatchRefine, useGpu=False)
+        gmm_fakes.write_patches_run(prot.getRunDir(), patches=3,
+                                    precision=[gmm_fakes.pose_precision(region_deg=a, mass=m)
+                                               for a, m in ((1.5, 0.4), (4.5, 0.1), (2.0, 0.25))],
+                                    warnings=[[], [weak], []])
+        lines = prot.summary()
+        self.assertEqual(lines[0], "Warning: patch 2: " + weak, lines)
+        self.assertIn("Pose precision at 8.00 Å (Cramér–Rao bound, per particle): whole particle ±1.2° / 0.30 "
+                      "px; each patch's region below", lines)
+        self.assertIn("Patch 2 (20 Gaussians): within its mask 9.00 Å -> 8.00 Å; pose precision ±4.5° / 1.12 px "
+                      "(10% of the mass)", lines)
+        self.assertEqual(len([line for line in lines if "; pose precision ±" in line]), 3, lines)
+        gmm_fakes.write_patches_run(prot.getRunDir(), patches=2, warnings=[[weak], [weak]])
+        lines = prot.summary()
+        self.assertEqual([line for line in lines if line.startswith("Warning:")], ["Warning: patches 1, 2: " + weak])
+        self.assertFalse([line for line in lines if "pose precision" in line.lower()], lines)
 
     def test_continue_mode_after_a_changed_field(self):
         """Execute in Continue mode: the engine steps carry the form's signature (a changed field
