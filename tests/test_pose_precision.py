@@ -76,3 +76,14 @@ def test_focused_run_reports_the_bound_and_warns_when_the_region_is_weak():
     s = RunSummary(kind="focused", pose_precision={"region": weak, "particle": strong})
     back = RunSummary.from_json(s.to_json())
     assert back.pose_precision["region"] == weak and back.pose_precision["particle"] == strong
+
+
+def test_conf2pose_warning_names_its_own_remedy():
+    from gmmcore.refine.focused_run import precision_warning
+    from gmmcore.summary import PosePrecision, RunKind
+
+    weak = PosePrecision(angle_deg=9.0, shift_px=0.5, axis_deg=(6.0, 6.0, 4.0), resolution_A=4.0,
+                         region_gaussians=50, region_mass=0.2, n_particles=64)
+    note = precision_warning(weak, 3.0, RunKind.CONF2POSE)
+    assert "--focus-iter 0" in note and "heterogeneity" not in note
+    assert "heterogeneity followed by conformation to pose" in precision_warning(weak, 3.0, RunKind.PATCH)

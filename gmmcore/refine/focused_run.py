@@ -195,12 +195,18 @@ def focus_precision(table: ParticleTable, start: RefinementState, focus_mask: np
     return {"region": region, "particle": whole}
 
 
-def precision_warning(region, prior_angle: Optional[float]) -> Optional[str]:
+def precision_warning(region, prior_angle: Optional[float], kind: RunKind = RunKind.FOCUSED) -> Optional[str]:
     """The warning of a focus region whose per-particle pose bound exceeds the pose prior (the
-    motion a local refinement is meant to follow; 3° without one), else None."""
+    motion a local refinement is meant to follow; 3° without one), else None.  ``kind``: the run's
+    (conformation to pose is already the pooling route: its warning says what its focused stage can do)."""
     limit = float(prior_angle or defaults.PRIOR_ANGLE_DEG)
     if region.angle_deg <= limit:
         return None
+    if RunKind.of(kind) == RunKind.CONF2POSE:
+        return (f"the target region carries too little signal to align each particle on its own: its pose can be "
+                f"fixed at best to ±{region.angle_deg:.1f}° per particle at this resolution and noise (Cramér–Rao "
+                f"bound), more than the ±{limit:g}° the focused iterations after the conversion follow; they will "
+                "mostly add noise to the converted poses — consider --focus-iter 0")
     return (f"the focus region carries too little signal to align each particle on its own: its pose can be "
             f"fixed at best to ±{region.angle_deg:.1f}° per particle at this resolution and noise (Cramér–Rao bound), "
             f"more than the ±{limit:g}° a local refinement follows; focused refinement will mostly add noise to "
@@ -231,7 +237,7 @@ def _run(table, start, focus_mask, fsc_mask, fit_mask, params: FocusedParams, re
     plan = focused_plan(table, start, focus_mask, params, fsc_mask, fit_mask)
     precision = focus_precision(table, start, focus_mask, plan, backend)
     if precision is not None:
-        note = precision_warning(precision["region"], params.prior_angle)
+        note = precision_warning(precision["region"], params.prior_angle, kind)
         if note:
             log.warning("WARNING: %s", note)
             warnings = [*warnings, note]

@@ -229,6 +229,10 @@ def _collect(run: RunDir, p: PatchParams, patches: List[dict], summary: RunSumma
             rec.particles = f"{patch['dir']}/{s.final.particles}"
             rec.summary = f"{patch['dir']}/summary.json"
             done.append((patch, s))
+            for w in s.warnings:  # a patch's own warnings (e.g. its region too weak to align alone)
+                note = f"patch {patch['index']}: {w}"
+                if note not in summary.warnings:
+                    summary.warnings.append(note)
         records.append(rec)
     summary.patches = records
     if len(done) < len(patches):
