@@ -24,3 +24,4 @@ BAND_RULE = "fsc0143"  # the alignment band follows the FSC-0.143 resolution of 
 BAND_RULES = ("fsc0143", "fsc01")  # fsc01: 0.9 × where the masked FSC falls below 0.1 (the reference code's)
 ALIGN_FROM = "previous"  # each iteration's local search starts at the last iteration's poses
 ALIGN_FROMS = ("previous", "prior")  # prior: at the pose prior's centre (the poses the run started from)
+DROP_WORST = 0.0  # fraction of each half's particles with the lowest alignment score left out of its reconstruction

@@ -78,6 +78,10 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
                    help="where each iteration's local pose search starts: previous (the last iteration's poses; "
                         "default) or prior (the pose prior's centre, the poses this run started from: the scatter of "
                         "early, coarse iterations does not carry over)")
+    p.add_argument("--drop-worst", type=float, default=defaults.DROP_WORST,
+                   help="fraction of each half set's particles with the lowest alignment score left out of its "
+                        "half map, 0 ≤ f < 0.5 (default 0: every particle; the reference implementation drops 0.1); "
+                        "every particle keeps its refined pose in the output")
     add_prior_arguments(p, centred_on=prior_help)
     add_run_arguments(p, **run_help)
 
@@ -156,6 +160,7 @@ RULES = {
     "--lr-angle": POSITIVE, "--lr-shift": POSITIVE, "--minres": RESOLUTION, "--maxres": RESOLUTION,
     "--prior-angle": PRIOR, "--prior-shift": PRIOR,
     "--mask-level": ((lambda v: 0 < v <= 1), "must be in (0, 1]"),
+    "--drop-worst": ((lambda v: 0 <= v < 0.5), "must be a fraction in [0, 0.5)"),
 }
 
 
@@ -225,7 +230,8 @@ def alignment_values(args: argparse.Namespace) -> dict:
                 width_rule=getattr(args, "width_rule", defaults.WIDTH_RULE),
                 mask_level=getattr(args, "mask_level", defaults.MASK_LEVEL),
                 band_rule=getattr(args, "band_rule", defaults.BAND_RULE),
-                align_from=getattr(args, "align_from", defaults.ALIGN_FROM))
+                align_from=getattr(args, "align_from", defaults.ALIGN_FROM),
+                drop_worst=getattr(args, "drop_worst", defaults.DROP_WORST))
 
 
 def pose_prior(args: argparse.Namespace, angle_deg: float = defaults.PRIOR_ANGLE_DEG,

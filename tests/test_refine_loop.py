@@ -177,3 +177,38 @@ def test_align_from_prior_starts_each_search_at_the_prior_centre(loop_setup):
         new, _ = loop.iterate(table, moved, replace(plan, align=tiny, align_from=rule), backend,
                               RunDir(folder / f"from_{rule}").iteration(1))
         assert angular_distance(new.poses.rotation, centre.rotation).max() < 0.5, rule
+
+
+def test_drop_worst_leaves_the_lowest_scoring_particles_out_of_the_half_maps(loop_setup):
+    """--drop-worst f: each half map is made from that half's particles except the fraction f with
+    the lowest alignment score — the same maps as reconstructing exactly those rows — while every
+    particle keeps its refined pose."""
+    from gmmcore.particles import HalfPair
+    from gmmcore.reconstruct import reconstruct_halves
+    from gmmcore.refine import loop
+    from gmmcore.refine.loop import best_scoring
+    from gmmcore.refine.rundir import RunDir
+
+    table, state, plan, backend, folder = loop_setup
+
+    class Scored:
+        def __init__(self, score):
+            self.score = score
+
+    rows = table.half_rows()
+    scores = HalfPair(*(Scored(np.arange(len(rows[h]), dtype=np.float32)[::-1].copy()) for h in (1, 2)))
+    kept = best_scoring(rows, scores, 0.25)
+    for h in (1, 2):
+        n = len(rows[h])
+        assert np.isin(rows[h][: n - n // 4 - 1], kept).all() and not np.isin(rows[h][-(n // 4):], kept).any()
+    assert best_scoring(rows, scores, 0.0) is None
+
+    new, rec = loop.iterate(table, state, replace(plan, drop_worst=0.2), backend, RunDir(folder / "drop").iteration(1))
+    assert len(new.poses) == len(table)
+    score = {h: np.concatenate([np.load(f)["score"] for f in sorted((folder / "drop" / "iter001").glob(
+        f"align_half{h}_chunk*.npz"))]) for h in (1, 2)}  # the chunks' saved scores, in row order
+    keep = np.sort(np.concatenate([rows[h][score[h] >= np.quantile(score[h], 0.2)] for h in (1, 2)]))
+    assert 0.78 * len(table) <= len(keep) <= 0.82 * len(table)
+    ref = reconstruct_halves(table.with_poses(new.poses), sym=plan.sym, pad=plan.pad, indices=keep, workers=1)
+    for h in (1, 2):
+        np.testing.assert_allclose(new.half_maps[h], ref[h], rtol=1e-5, atol=1e-6 * float(np.abs(ref[h]).max()))

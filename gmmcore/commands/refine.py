@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                           prior_angle=prior_angle, prior_shift=prior_shift, gpu=gpu,
                           cpu=args.cpu, seed=args.seed, new_split=args.new_split, threads=args.threads,
                           force=args.force, backend=args.backend, band_rule=args.band_rule,
-                          align_from=args.align_from)
+                          align_from=args.align_from,
+                          drop_worst=args.drop_worst)
     options = execution.execution_options(args, gpu, out)
     rc, _ = execution.run_on_executor("refine", options, lambda ex: global_refine.run_global(params, executor=ex))
     return rc

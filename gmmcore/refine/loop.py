@@ -54,6 +54,19 @@ def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Opti
     return gmm, rep
 
 
+def best_scoring(rows: HalfPair, aligned: HalfPair, drop: float) -> Optional[np.ndarray]:
+    """The table rows a half map is made from: per half, all but the ``drop`` fraction with the
+    lowest alignment score (ties kept), sorted; None (every row) when nothing is dropped."""
+    if not drop:
+        return None
+    keep = []
+    for h in (1, 2):
+        score = aligned[h].score
+        cut = np.quantile(score, drop) if len(score) else 0.0
+        keep.append(rows[h][score >= cut])
+    return np.sort(np.concatenate(keep))
+
+
 def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, backend,
             store: IterationStore, executor=None) -> Tuple[RefinementState, IterationRecord]:
     """One iteration from ``state`` → (next state, its record).  Resumable through ``store``: a
@@ -94,8 +107,9 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     store.save_poses(poses)
     change = PoseChange.of(*poses.change_from(state.poses, apix))
 
+    kept = best_scoring(rows, aligned, plan.drop_worst)
     maps = reconstruct_halves(table.with_poses(poses), sym=plan.sym, pad=plan.pad, chunk=plan.align.chunk,
-                              executor=ex, backend=backend, desc=f"iter {it}")
+                              indices=kept, executor=ex, backend=backend, desc=f"iter {it}")
     store.save_half_maps(maps, apix)
     rep = HalfMapReport.from_json({**half_map_report(maps[1], maps[2], apix, plan.fsc_mask),
                                    **plan.extra_report(maps)})

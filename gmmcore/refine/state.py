@@ -89,7 +89,9 @@ class IterationPlan:
     ``shape_gmm(half, gmm)`` is applied to each half's GMM after it is fitted *and* after it is
     loaded on resume, and its result is never saved — so a focus cannot be forgotten on one path
     nor compound over iterations.  ``band_source(state)`` is the measured resolution ``band``
-    follows (:func:`band_source`: the FSC-0.143 resolution, or the reference's 0.9 × FSC-0.1).  ``align_from``: each iteration's search starts at the last
+    follows (:func:`band_source`: the FSC-0.143 resolution, or the reference's 0.9 × FSC-0.1).  ``drop_worst``: that fraction of each
+    half's particles with the lowest alignment score (weighted FRC) is left out of the half map (the
+    reference code drops 10 %); every particle keeps its pose in the output.  ``align_from``: each iteration's search starts at the last
     iteration's poses ("previous") or at ``prior`` ("prior": the scatter of early, coarse-band
     iterations does not carry over; the result is the search from the prior centre against the
     latest GMM).  ``fit_mask`` (or None) multiplies each half map before its GMM
@@ -109,6 +111,7 @@ class IterationPlan:
     extra_report: Callable[[HalfPair], dict] = field(default=lambda maps: {})
     band_source: Callable[["RefinementState"], float] = measured_resolution
     align_from: str = "previous"  # where each local search starts: "previous" poses or the "prior" centre
+    drop_worst: float = 0.0  # fraction of each half's lowest-scoring particles left out of its reconstruction
 
     def band_of(self, state: "RefinementState") -> Band:
         """The band of the iteration that starts from ``state``."""
