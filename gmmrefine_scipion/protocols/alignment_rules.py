@@ -1,11 +1,12 @@
-"""Where each iteration aligns: two expert fields shared by the global, focused and patch-by-patch
-refinement forms, and the engine options they set (``--band-rule``, ``--align-from``; defaults:
+"""Where each iteration aligns and what it reconstructs: three expert fields shared by the global, focused and patch-by-patch
+refinement forms, and the engine options they set (``--band-rule``, ``--align-from``, ``--drop-worst``; defaults:
 :mod:`gmmcore.defaults`).
 
 The band rule picks the resolution each iteration aligns to from the last half maps' masked FSC
 (fsc0143: where it falls below 0.143; fsc01: 0.9 × where it falls below 0.1, the reference
 implementation's); "align from" picks where each iteration's local pose search starts (previous:
-the last iteration's poses; prior: the pose prior's centre, the poses the run started from).
+the last iteration's poses; prior: the pose prior's centre, the poses the run started from);
+"drop worst" leaves that fraction of each half's lowest-scoring particles out of its half map.
 """
 import pyworkflow.protocol.params as params
 
@@ -16,7 +17,7 @@ ALIGN_FROMS = tuple(defaults.ALIGN_FROMS)
 
 
 def defineAlignmentRuleParams(form):
-    """Add "Band rule" and "Align from" (expert) to the current section of ``form``."""
+    """Add "Band rule", "Align from" and "Drop worst fraction" (expert) to the current section of ``form``."""
     form.addParam("bandRule", params.EnumParam, choices=list(BAND_RULES),
                   default=BAND_RULES.index(defaults.BAND_RULE), expertLevel=params.LEVEL_ADVANCED,
                   display=params.EnumParam.DISPLAY_HLIST, label="Band rule",
@@ -32,6 +33,15 @@ def defineAlignmentRuleParams(form):
                        "scatter of early, coarse iterations does not carry over.")
 
 
+    form.addParam("dropWorst", params.FloatParam, default=defaults.DROP_WORST, expertLevel=params.LEVEL_ADVANCED,
+                  label="Drop worst fraction",
+                  validators=[params.Range(0.0, 0.49, error="Drop worst fraction must be between 0 and 0.49")],
+                  help="Fraction of each half set's particles with the lowest alignment score left out of its half "
+                       "map, 0 to 0.49 (default 0: every particle; the reference implementation drops 0.1). Every "
+                       "particle keeps its refined pose in the output.")
+
+
 def alignmentRuleOptions(prot):
-    """The engine options of the two fields of ``prot`` (its form has them)."""
-    return {"band_rule": BAND_RULES[prot.bandRule.get()], "align_from": ALIGN_FROMS[prot.alignFrom.get()]}
+    """The engine options of the three fields of ``prot`` (its form has them)."""
+    return {"band_rule": BAND_RULES[prot.bandRule.get()], "align_from": ALIGN_FROMS[prot.alignFrom.get()],
+            "drop_worst": prot.dropWorst.get()}

@@ -193,9 +193,9 @@ class TestGmmProtocolForms(BaseTest):
             self.assertEqual(len(errors), 1, (level, prot.validate()))
 
     def test_alignment_rule_fields_reach_the_engine(self):
-        """Global, focused and patch forms: expert "Band rule" and "Align from" (the engine's
-        defaults) become --band-rule / --align-from, which the engine's parser takes; a changed
-        choice changes the steps' signature (Continue reruns them)."""
+        """Global, focused and patch forms: expert "Band rule", "Align from" and "Drop worst fraction"
+        (the engine's defaults) become --band-rule / --align-from / --drop-worst, which the engine's
+        parser takes; a changed choice changes the steps' signature (Continue reruns them)."""
         from pyworkflow.protocol.params import LEVEL_ADVANCED
         from gmmcore import defaults
         from gmmcore.cli import build_parser
@@ -209,10 +209,11 @@ class TestGmmProtocolForms(BaseTest):
                              protClass.__name__)
             if not has:
                 continue
-            for name in ("bandRule", "alignFrom"):
+            for name in ("bandRule", "alignFrom", "dropWorst"):
                 self.assertEqual(prot.getParam(name).expertLevel.get(), LEVEL_ADVANCED, (protClass.__name__, name))
             self.assertEqual(alignmentRuleOptions(prot), {"band_rule": defaults.BAND_RULE,
-                                                          "align_from": defaults.ALIGN_FROM})
+                                                          "align_from": defaults.ALIGN_FROM,
+                                                          "drop_worst": defaults.DROP_WORST})
         refine = self._saved(GmmProtRefine, useGpu=False)
         refine.inputParticles.set(self._particles("rules"))
         signature = refine._formSignature()
@@ -221,17 +222,24 @@ class TestGmmProtocolForms(BaseTest):
         signature = refine._formSignature()
         refine.alignFrom.set(1)
         self.assertNotEqual(refine._formSignature(), signature)
+        signature = refine._formSignature()
+        refine.dropWorst.set(0.1)
+        self.assertNotEqual(refine._formSignature(), signature)
+        refine.dropWorst.set(0.6)
+        self.assertTrue(any("Drop worst fraction" in e for e in refine.validate()), refine.validate())
+        refine.dropWorst.set(0.1)
         command = Plugin.getGmmcoreArgs("refine", out="o", **refine._engineOptions())
         self.assertIn("--band-rule fsc01 ", command + " ")
         self.assertIn("--align-from prior ", command + " ")
+        self.assertIn("--drop-worst 0.1 ", command + " ")
         for protClass, verb, required in (
                 (GmmProtFocusedRefine, "refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
                 (GmmProtPatchRefine, "refine-patches", dict(out="o", **{"from": "r"}))):
-            options = self._saved(protClass, bandRule=1, alignFrom=1, useGpu=False)._alignmentOptions()
+            options = self._saved(protClass, bandRule=1, alignFrom=1, dropWorst=0.1, useGpu=False)._alignmentOptions()
             self.assertEqual((options["band_rule"], options["align_from"]), ("fsc01", "prior"), verb)
             argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
             args = build_parser(argv).parse_args(argv)
-            self.assertEqual((args.band_rule, args.align_from), ("fsc01", "prior"), verb)
+            self.assertEqual((args.band_rule, args.align_from, args.drop_worst), ("fsc01", "prior", 0.1), verb)
 
     def test_pose_precision_in_the_summary(self):
         """Focused, conf2pose and patch runs: the Cramér–Rao bound of the region's and the whole
