@@ -20,8 +20,8 @@ SYMMETRY = "C1"
 WIDTH_RULE = "variance"  # focused refinement: σ'² = σ²/d outside the mask (the reference code's rule)
 WIDTH_RULES = ("variance", "sigma")  # sigma: σ' = σ/d (the paper's text)
 MASK_LEVEL = 0.25  # focused refinement: d = L + (1 − L)·M, L the mask level
-BAND_RULE = "fsc0143"  # the alignment band follows the FSC-0.143 resolution of the last half maps
-BAND_RULES = ("fsc0143", "fsc01")  # fsc01: 0.9 × where the masked FSC falls below 0.1 (the reference code's)
+BAND_RULE = "fsc01"  # the alignment band: 0.9 × where the masked FSC of the last half maps falls below 0.1
+BAND_RULES = ("fsc0143", "fsc01")  # fsc01: the reference code's rule (measured better, benchmarks/realistic); fsc0143: the FSC-0.143 point
 ALIGN_FROM = "previous"  # each iteration's local search starts at the last iteration's poses
 ALIGN_FROMS = ("previous", "prior")  # prior: at the pose prior's centre (the poses the run started from)
 DROP_WORST = 0.0  # fraction of each half's particles with the lowest alignment score left out of its reconstruction

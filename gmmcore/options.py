@@ -71,9 +71,9 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
     add_step_arguments(p)
     add_ring_weight_argument(p)
     p.add_argument("--band-rule", choices=defaults.BAND_RULES, default=defaults.BAND_RULE,
-                   help="the resolution each iteration aligns to: fsc0143 (where the masked FSC of the last half maps "
-                        "falls below 0.143; default) or fsc01 (0.9 × where it falls below 0.1: finer, the reference "
-                        "implementation's rule)")
+                   help="the resolution each iteration aligns to: fsc01 (0.9 × where the masked FSC of the last half "
+                        "maps falls below 0.1: the reference implementation's rule; default) or fsc0143 (where it falls "
+                        "below 0.143: coarser)")
     p.add_argument("--align-from", choices=defaults.ALIGN_FROMS, default=defaults.ALIGN_FROM,
                    help="where each iteration's local pose search starts: previous (the last iteration's poses; "
                         "default) or prior (the pose prior's centre, the poses this run started from: the scatter of "

@@ -22,9 +22,8 @@ def defineAlignmentRuleParams(form):
                   default=BAND_RULES.index(defaults.BAND_RULE), expertLevel=params.LEVEL_ADVANCED,
                   display=params.EnumParam.DISPLAY_HLIST, label="Band rule",
                   help="The resolution each iteration aligns to, from the masked FSC of the last half maps (never "
-                       "finer than 'Highest resolution used'). fsc0143: where the FSC falls below 0.143 "
-                       "(default). fsc01: 0.9 x where it falls below 0.1, finer (the reference implementation's "
-                       "rule).")
+                       "finer than 'Highest resolution used'). fsc01: 0.9 x where the FSC falls below 0.1 (the "
+                       "reference implementation's rule; default). fsc0143: where it falls below 0.143, coarser.")
     form.addParam("alignFrom", params.EnumParam, choices=list(ALIGN_FROMS),
                   default=ALIGN_FROMS.index(defaults.ALIGN_FROM), expertLevel=params.LEVEL_ADVANCED,
                   display=params.EnumParam.DISPLAY_HLIST, label="Align from",

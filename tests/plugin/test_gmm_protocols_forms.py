@@ -200,7 +200,7 @@ class TestGmmProtocolForms(BaseTest):
         from gmmcore import defaults
         from gmmcore.cli import build_parser
         from gmmrefine_scipion import Plugin
-        from gmmrefine_scipion.protocols.alignment_rules import alignmentRuleOptions
+        from gmmrefine_scipion.protocols.alignment_rules import BAND_RULES, alignmentRuleOptions
 
         for protClass in COMPUTE:
             prot = protClass()
@@ -217,7 +217,8 @@ class TestGmmProtocolForms(BaseTest):
         refine = self._saved(GmmProtRefine, useGpu=False)
         refine.inputParticles.set(self._particles("rules"))
         signature = refine._formSignature()
-        refine.bandRule.set(1)
+        other = [r for r in BAND_RULES if r != defaults.BAND_RULE][0]  # the non-default rule
+        refine.bandRule.set(BAND_RULES.index(other))
         self.assertNotEqual(refine._formSignature(), signature)
         signature = refine._formSignature()
         refine.alignFrom.set(1)
@@ -229,17 +230,18 @@ class TestGmmProtocolForms(BaseTest):
         self.assertTrue(any("Drop worst fraction" in e for e in refine.validate()), refine.validate())
         refine.dropWorst.set(0.1)
         command = Plugin.getGmmcoreArgs("refine", out="o", **refine._engineOptions())
-        self.assertIn("--band-rule fsc01 ", command + " ")
+        self.assertIn("--band-rule %s " % other, command + " ")
         self.assertIn("--align-from prior ", command + " ")
         self.assertIn("--drop-worst 0.1 ", command + " ")
         for protClass, verb, required in (
                 (GmmProtFocusedRefine, "refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
                 (GmmProtPatchRefine, "refine-patches", dict(out="o", **{"from": "r"}))):
-            options = self._saved(protClass, bandRule=1, alignFrom=1, dropWorst=0.1, useGpu=False)._alignmentOptions()
-            self.assertEqual((options["band_rule"], options["align_from"]), ("fsc01", "prior"), verb)
+            options = self._saved(protClass, bandRule=BAND_RULES.index(other), alignFrom=1, dropWorst=0.1,
+                                   useGpu=False)._alignmentOptions()
+            self.assertEqual((options["band_rule"], options["align_from"]), (other, "prior"), verb)
             argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
             args = build_parser(argv).parse_args(argv)
-            self.assertEqual((args.band_rule, args.align_from, args.drop_worst), ("fsc01", "prior", 0.1), verb)
+            self.assertEqual((args.band_rule, args.align_from, args.drop_worst), (other, "prior", 0.1), verb)
 
     def test_pose_precision_in_the_summary(self):
         """Focused, conf2pose and patch runs: the Cramér–Rao bound of the region's and the whole
