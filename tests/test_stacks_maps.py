@@ -209,3 +209,32 @@ def test_names_resolving_from_the_written_star(tmp_path, monkeypatch):
             assert paths == {str((imp / f"stack{s}.mrcs").resolve()) for s in (0, 1)}
         for rows, block in iter_images(back, chunk=4):
             np.testing.assert_array_equal(block, imgs[rows])
+
+
+def test_same_data_same_bytes_whenever_written(tmp_path, monkeypatch):
+    """mrcfile labels a new file with the time to the second; the engine's files carry a fixed label,
+    so a stack (whose content stamp a star records) and a map are the same bytes when written again
+    later — e.g. two imports of one star a second apart (a fresh-clone CI run caught this)."""
+    import datetime as dt
+
+    import mrcfile.mrcobject
+    from gmmcore.io.maps import write_map
+    from gmmcore.io.stacks import StackWriter, stack_stamp
+
+    images = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
+    written = []
+    for k, when in enumerate((dt.datetime(2026, 1, 1, 0, 0, 0), dt.datetime(2027, 6, 1, 12, 30, 59))):
+        class Clock(dt.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return when
+        monkeypatch.setattr(mrcfile.mrcobject, "datetime", Clock)
+        with StackWriter(tmp_path / f"s{k}.mrcs", 8, 1.5) as w:
+            w.write(images)
+        write_map(tmp_path / f"m{k}.mrc", np.ones((8, 8, 8), np.float32), 1.5)
+        written.append(k)
+    assert (tmp_path / "s0.mrcs").read_bytes() == (tmp_path / "s1.mrcs").read_bytes()
+    assert stack_stamp(tmp_path / "s0.mrcs") == stack_stamp(tmp_path / "s1.mrcs")
+    assert (tmp_path / "m0.mrc").read_bytes() == (tmp_path / "m1.mrc").read_bytes()
+    with mrcfile.open(tmp_path / "m0.mrc") as m:
+        assert [label.strip() for label in m.get_labels()] == ["Created by gmmcore"]

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..safewrite import atomic_path
 from ..errors import InputError
+from .mrc import set_label
 
 
 def read_map(path, apix: Optional[float] = None) -> Tuple[np.ndarray, float]:
@@ -59,6 +60,7 @@ def write_map(path, array, apix: float) -> Path:
             m.voxel_size = float(apix)
             m.header.origin.x = m.header.origin.y = m.header.origin.z = 0.0
             m.header.nxstart = m.header.nystart = m.header.nzstart = 0
+            set_label(m)
             m.update_header_stats()
     return path
 

@@ -83,3 +83,14 @@ def open_mrc(path, what: str = "MRC file", mmap: bool = False, header_only: bool
         raise InputError(f"a complex-valued {what}; gmmcore reads real-valued images and maps", path=path,
                          field="mode")
     return m
+
+
+LABEL = "Created by gmmcore"  # the one header label of the files the engine writes (no time stamp)
+
+
+def set_label(m) -> None:
+    """Replace mrcfile's default label ("Created by mrcfile.py" + the current time, to the second) by
+    :data:`LABEL`: the same data then make the same bytes, whenever they are written (a stack's
+    content stamp, a resumed run's files)."""
+    m.header.label[0] = f"{LABEL:80s}"
+    m.header.nlabl = 1

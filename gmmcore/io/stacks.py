@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import STACK_ROOT, InputError
 from ..safewrite import _umask
 from ..particles import image_keys
+from .mrc import set_label
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,6 +366,7 @@ class StackWriter:
                 m.set_data(np.zeros((1, self.box, self.box), dtype=np.float32))
                 m.set_image_stack()
                 m.voxel_size = self.apix
+                set_label(m)
                 offset = int(m.header.nsymbt) + self._HEADER
             self._offset = offset
             self._f = open(self.tmp, "r+b")
