@@ -24,4 +24,6 @@ BAND_RULE = "fsc01"  # the alignment band: 0.9 × where the masked FSC of the la
 BAND_RULES = ("fsc0143", "fsc01")  # fsc01: the reference code's rule (measured better, benchmarks/realistic); fsc0143: the FSC-0.143 point
 ALIGN_FROM = "previous"  # each iteration's local search starts at the last iteration's poses
 ALIGN_FROMS = ("previous", "prior")  # prior: at the pose prior's centre (the poses the run started from)
+GMM_FIT = "fourier"  # how a half map's GMM is fitted: "fourier" (backend transform) or "real" (rendering + FFT)
+GMM_FITS = ("fourier", "real")  # real: same loss, cost per Gaussian its footprint (faster for many Gaussians, CPU)
 DROP_WORST = 0.0  # fraction of each half's particles with the lowest alignment score left out of its reconstruction

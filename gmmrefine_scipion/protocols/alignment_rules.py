@@ -1,12 +1,13 @@
 """Where each iteration aligns and what it reconstructs: three expert fields shared by the global, focused and patch-by-patch
-refinement forms, and the engine options they set (``--band-rule``, ``--align-from``, ``--drop-worst``; defaults:
+refinement forms, and the engine options they set (``--band-rule``, ``--align-from``, ``--drop-worst``, ``--gmm-fit``; defaults:
 :mod:`gmmcore.defaults`).
 
 The band rule picks the resolution each iteration aligns to from the last half maps' masked FSC
 (fsc0143: where it falls below 0.143; fsc01: 0.9 × where it falls below 0.1, the reference
 implementation's); "align from" picks where each iteration's local pose search starts (previous:
 the last iteration's poses; prior: the pose prior's centre, the poses the run started from);
-"drop worst" leaves that fraction of each half's lowest-scoring particles out of its half map.
+"drop worst" leaves that fraction of each half's lowest-scoring particles out of its half map;
+"GMM fit" picks how each half map's GMM is fitted (fourier, or real: faster with many Gaussians).
 """
 import pyworkflow.protocol.params as params
 
@@ -14,10 +15,11 @@ from gmmcore import defaults
 
 BAND_RULES = tuple(defaults.BAND_RULES)  # the engine's names, in the form's order
 ALIGN_FROMS = tuple(defaults.ALIGN_FROMS)
+GMM_FITS = tuple(defaults.GMM_FITS)
 
 
 def defineAlignmentRuleParams(form):
-    """Add "Band rule", "Align from" and "Drop worst fraction" (expert) to the current section of ``form``."""
+    """Add "Band rule", "Align from", "Drop worst fraction" and "GMM fit" (expert) to the current section of ``form``."""
     form.addParam("bandRule", params.EnumParam, choices=list(BAND_RULES),
                   default=BAND_RULES.index(defaults.BAND_RULE), expertLevel=params.LEVEL_ADVANCED,
                   display=params.EnumParam.DISPLAY_HLIST, label="Band rule",
@@ -30,17 +32,22 @@ def defineAlignmentRuleParams(form):
                   help="Where each iteration's local pose search starts. previous: the last iteration's poses "
                        "(default). prior: the centre of the pose prior, the poses this run started from, so the "
                        "scatter of early, coarse iterations does not carry over.")
-
-
     form.addParam("dropWorst", params.FloatParam, default=defaults.DROP_WORST, expertLevel=params.LEVEL_ADVANCED,
                   label="Drop worst fraction",
                   validators=[params.Range(0.0, 0.49, error="Drop worst fraction must be between 0 and 0.49")],
                   help="Fraction of each half set's particles with the lowest alignment score left out of its half "
                        "map, 0 to 0.49 (default 0: every particle; the reference implementation drops 0.1). Every "
                        "particle keeps its refined pose in the output.")
+    form.addParam("gmmFit", params.EnumParam, choices=list(GMM_FITS),
+                  default=GMM_FITS.index(defaults.GMM_FIT), expertLevel=params.LEVEL_ADVANCED,
+                  display=params.EnumParam.DISPLAY_HLIST, label="GMM fit",
+                  help="How each half map's GMM is fitted. fourier: the GMM's transform on the band's grid "
+                       "(default). real: the GMM rendered on the map's grid and transformed by FFT, the same fit "
+                       "target; each Gaussian costs only its footprint, several times faster with thousands of "
+                       "Gaussians at box 128 and above on a CPU. The fitted numbers differ slightly.")
 
 
 def alignmentRuleOptions(prot):
-    """The engine options of the three fields of ``prot`` (its form has them)."""
+    """The engine options of the four fields of ``prot`` (its form has them)."""
     return {"band_rule": BAND_RULES[prot.bandRule.get()], "align_from": ALIGN_FROMS[prot.alignFrom.get()],
-            "drop_worst": prot.dropWorst.get()}
+            "drop_worst": prot.dropWorst.get(), "gmm_fit": GMM_FITS[prot.gmmFit.get()]}
