@@ -58,6 +58,17 @@ def test_a_part_of_the_particle_is_bounded_worse_than_the_whole(two_noise_levels
     print("bounds", whole, part)
     empty = np.zeros((box,) * 3, np.float32)
     assert _bound(sim, empty) is None
+    # several regions in one call (images read and noise measured once): the same bounds
+    from gmmcore.gmm.build import build_gmm
+    from gmmcore.gmm.precision import pose_precisions
+
+    table = read_star(sim["true_star"])
+    m, apix = read_map(sim["true_map"])
+    be = get_backend("tf")
+    gmm, _ = build_gmm(m, apix, 6.0, seed=0, backend=be)
+    together = pose_precisions(gmm, table, np.arange(len(table)), Poses(sim["rotations"], sim["origins_A"]),
+                               FourierGrid(box, apix, 6.0, 25.0), be, [half_space, None, empty])
+    assert together == [part, whole, None]
 
 
 def test_focused_run_reports_the_bound_and_warns_when_the_region_is_weak():

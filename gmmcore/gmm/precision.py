@@ -18,7 +18,7 @@ particle's) and two shifts; derivatives are central differences.  Units: degrees
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -51,9 +51,16 @@ def pose_precision(gmm: GMM, table: ParticleTable, rows: np.ndarray, poses: Pose
     particles ``rows`` of ``table`` at ``poses`` (all rows), on ``grid`` (the alignment band), with
     ``gmm`` the particle's (unshaped) GMM.  At most ``n_sample`` particles, evenly spread.  None
     when the region holds no Gaussian."""
-    region = region_of(gmm, region_mask, grid.apix)
-    if len(region) == 0 or len(rows) == 0:
-        return None
+    return pose_precisions(gmm, table, rows, poses, grid, backend, [region_mask], n_sample)[0]
+
+
+def pose_precisions(gmm: GMM, table: ParticleTable, rows: np.ndarray, poses: Poses, grid: FourierGrid, backend,
+                    region_masks: Sequence[Optional[np.ndarray]], n_sample: int = 64) -> List[Optional[PosePrecision]]:
+    """:func:`pose_precision` of several regions (None: the whole particle) of the same particles:
+    the images are read, and the noise measured, once."""
+    regions = [region_of(gmm, m, grid.apix) for m in region_masks]
+    if len(rows) == 0 or all(len(r) == 0 for r in regions):
+        return [None] * len(regions)
     rows = np.asarray(rows)[np.unique(np.linspace(0, len(rows) - 1, min(n_sample, len(rows))).astype(np.int64))]
     sub = table.subset(rows)
     R, o = poses.rotation[rows], poses.origin_A[rows]
@@ -81,12 +88,18 @@ def pose_precision(gmm: GMM, table: ParticleTable, rows: np.ndarray, poses: Pose
     noise = np.bincount(ring[use], resid[:, use].mean(0), minlength=grid.kmax) / \
         np.maximum(np.bincount(ring[use], minlength=grid.kmax), 1)
     inv_noise = np.where(use, 1.0 / np.maximum(noise[np.minimum(ring, grid.kmax - 1)], 1e-30), 0.0)
+    return [None if len(region) == 0 else
+            _bound(region, gmm, model, a, inv_noise, R, o, grid, len(rows)) for region in regions]
 
+
+def _bound(region: GMM, gmm: GMM, model, a: float, inv_noise: np.ndarray, R: np.ndarray, o: np.ndarray,
+           grid: FourierGrid, n: int) -> PosePrecision:
+    """The bound of one region from the Fisher information of its projections (module notes)."""
     com = (region.centers * region.amplitudes[:, None]).sum(0) / region.amplitudes.sum()
     eps = np.radians(STEP_DEG)
     derivs = []
     for axis in range(3):  # rotate the region about its centre of mass: its projected centre stays put
-        v = np.zeros((len(rows), 3))
+        v = np.zeros((n, 3))
         v[:, axis] = eps
         ends = []
         for dR in (rotvec_to_matrix(v), rotvec_to_matrix(-v)):
@@ -95,7 +108,7 @@ def pose_precision(gmm: GMM, table: ParticleTable, rows: np.ndarray, poses: Pose
             ends.append(model(region, Rn, on))
         derivs.append(a * (ends[0] - ends[1]) / (2 * eps))
     for axis in range(2):
-        d = np.zeros((len(rows), 2))
+        d = np.zeros((n, 2))
         d[:, axis] = STEP_PX * grid.apix
         derivs.append(a * (model(region, R, o + d) - model(region, R, o - d)) / (2 * STEP_PX))
     D = np.stack(derivs, 1)  # (n, 5, ny, nx): per radian and per pixel
@@ -107,7 +120,7 @@ def pose_precision(gmm: GMM, table: ParticleTable, rows: np.ndarray, poses: Pose
                          axis_deg=tuple(round(float(v), 3) for v in np.degrees(np.median(sd[:, :3], 0))),
                          resolution_A=float(grid.resolution_A), region_gaussians=int(len(region)),
                          region_mass=round(float(region.amplitudes.sum() / gmm.amplitudes.sum()), 4),
-                         n_particles=int(len(rows)))
+                         n_particles=int(n))
 
 
 def _expected_errors(cov: np.ndarray, draws: int = 4000):

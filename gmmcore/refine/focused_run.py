@@ -37,7 +37,7 @@ from ..backend import get_backend
 from ..errors import InputError
 from ..fsc import fsc_masked, half_map_report, resolution_at
 from ..gmm.focus import widen_outside
-from ..gmm.precision import pose_precision
+from ..gmm.precision import pose_precisions
 from ..grids import FourierGrid
 from ..io.maps import read_map, write_map
 from ..masks import auto_fsc_mask
@@ -187,10 +187,9 @@ def focus_precision(table: ParticleTable, start: RefinementState, focus_mask: np
     band = plan.band_of(start)
     grid = FourierGrid(box, apix, band.resolution_A, band.minres_A)
     rows = table.half_rows()[1]
-    region = pose_precision(start.gmms[1], table, rows, start.poses, grid, backend, region_mask=focus_mask)
+    region, whole = pose_precisions(start.gmms[1], table, rows, start.poses, grid, backend, [focus_mask, None])
     if region is None:
         return None
-    whole = pose_precision(start.gmms[1], table, rows, start.poses, grid, backend)
     log.info("pose precision at %.2f Å (Cramér–Rao bound, %d particles of half 1): focus region (%d Gaussians, "
              "%.0f%% of the mass) ±%.1f° / %.2f px per particle; whole particle ±%.1f° / %.2f px", band.resolution_A,
              region.n_particles, region.region_gaussians, 100 * region.region_mass, region.angle_deg,
