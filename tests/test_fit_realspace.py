@@ -48,8 +48,8 @@ def test_gradient_is_exact(problem):
     m, _, p, sig0, amp0 = problem
     real = RealSpaceFit(_FitProblem(m, APIX, RES, 25.0, 40_000_000), sig0, 0.1)
     _, _, g = real.value_and_grad(p, amp0)
-    eps = 1e-3
-    for i, j in [(0, (4, 0)), (0, (9, 2)), (1, (5,)), (2, (11,))]:
+    eps = 1e-2  # the FFTs run in float32: smaller steps would difference their rounding (~1e-7 of the loss)
+    for i, j in [(0, (4, 0)), (0, (4, 1)), (0, (9, 2)), (1, (5,)), (2, (11,))]:
         q = [x.astype(np.float64).copy() for x in p]
         q[i][j] += eps
         up, _, _ = real.value_and_grad(q, amp0)

@@ -4,13 +4,13 @@ Same loss as the backends' Fourier-space fit (:mod:`gmmcore.gmm.build`, module n
 shell FSC + the power term, on the same cropped band, shells and weights), but the GMM's transform
 is obtained by rendering the Gaussians on the map's grid and one real FFT, and the gradient by one
 inverse real FFT and a gather over each Gaussian's window.  The cost per step is
-O(N·w³ + n³ log n) — each Gaussian touches only its footprint (w ≈ 9σ/apix voxels per axis) —
+O(N·w³ + n³ log n) — each Gaussian touches only its footprint (w ≈ 8σ/apix + 2 voxels per axis) —
 instead of the Fourier product's O(N·n_k³) over the whole cropped grid, so it wins for many Gaussians
-and large boxes (``benchmarks/bench_iteration.py --compare-fit``).
+and large boxes (``benchmarks/bench_gmm_build.py``).
 
-Approximations (both far below a half map's noise): the rendering is cut at ±4.5σ per axis
-(mass outside < 3·10⁻⁵) and the sampled Gaussians alias: at the band edge k = 1/d the first alias
-is exp(−2π²σ²((1/apix − 1/d)² − 1/d²)) of the signal, e.g. 1·10⁻⁴ for σ = 0.3·d, d = 3.5 Å at
+Approximations (both far below a half map's noise): the rendering is cut where each window ends
+(≥ 4σ from the centre on every side: mass outside < 2·10⁻⁴) and the sampled Gaussians alias: at the
+band edge k = 1/d the first alias is exp(−2π²σ²((1/apix − 1/d)² − 1/d²)) of the signal, e.g. 1·10⁻⁴ for σ = 0.3·d, d = 3.5 Å at
 1 Å/px.  Fitted numbers therefore differ slightly from the Fourier fit's.
 
 Conventions: centres in Å from the box centre (x = column, y = row, z = section); the map's
@@ -25,7 +25,7 @@ from typing import List, Tuple
 import numpy as np
 import scipy.fft as sfft
 
-TRUNCATION_SIGMAS = 4.5
+TRUNCATION_SIGMAS = 4.0  # each window reaches at least this many σ from the centre on every side
 
 
 def _softplus(x):
@@ -47,23 +47,35 @@ class RealSpaceFit:
         k = np.arange(-prob.kmax, prob.kmax + 1)
         self.rows = k % self.n
         nk, nx = len(k), prob.kmax + 1
-        self.M = np.concatenate([mr + 1j * mi for _, mr, mi, _, _ in prob.slabs]).astype(np.complex128)
+        self.Mr = np.concatenate([mr for _, mr, _, _, _ in prob.slabs]).astype(np.float32)
+        self.Mi = np.concatenate([mi for _, _, mi, _, _ in prob.slabs]).astype(np.float32)
         self.shell = np.concatenate([sh for *_, sh, _ in prob.slabs]).reshape(nk, nk, nx)
-        self.wgt = np.concatenate([wg for *_, wg in prob.slabs]).reshape(nk, nk, nx).astype(np.float64)
+        self.wgt = np.concatenate([wg for *_, wg in prob.slabs]).reshape(nk, nk, nx).astype(np.float32)
         self.nseg = prob.nshells
         self.S_mm = np.asarray(prob.S_mm, np.float64)
         self.f0 = prob.rmin - 1
         self.aw = float(amp_weight)
         self.s0 = np.asarray(sigmas0, np.float64)
         # the adjoint of keeping only k_x ≥ 0: entries with k_x > 0 stand for two (see _adjoint)
-        self.half_factor = np.where(np.arange(nx) > 0, 0.5, 1.0)
+        self.half_factor = np.where(np.arange(nx) > 0, 0.5, 1.0).astype(np.float32)
+        # the adjoint's zero-padded inputs: only the band's entries are ever written, the rest stays 0
+        n = self.n
+        self._pad_z = np.zeros((n, nk, nx), np.complex64)
+        self._pad_y = np.zeros((n, n, nx), np.complex64)
+        self._pad_x = np.zeros((n, n, n // 2 + 1), np.complex64)
 
     # ---------------------------------------------------------------- rendering and its adjoint
-    def _windows(self, c, sig):
-        """Per Gaussian: flat voxel indices of its window (in ifftshift order) and the 1-D factors
-        exp(−d²/2σ²) along x, y, z with the offsets d (Å)."""
+    def _groups(self, sig):
+        """Gaussians grouped by window half-width h = ⌈4σ/apix + ½⌉ voxels, so the window about the
+        centre's nearest voxel reaches 4σ on every side (a few wide Gaussians do not widen every
+        window)."""
+        h = np.minimum(self.n // 2, np.ceil(TRUNCATION_SIGMAS * sig / self.apix + 0.5).astype(np.int64))
+        return [(int(v), np.flatnonzero(h == v)) for v in np.unique(h)]
+
+    def _windows(self, c, sig, h):
+        """Per Gaussian: flat voxel indices of its (2h+1)³ window (in ifftshift order) and the 1-D
+        factors exp(−d²/2σ²) along x, y, z with the offsets d (Å)."""
         n, apix = self.n, self.apix
-        h = int(min(n // 2, math.ceil(TRUNCATION_SIGMAS * float(sig.max()) / apix)))
         off = np.arange(-h, h + 1)
         i0 = np.rint(c / apix).astype(np.int64)  # (N, 3) voxel of the centre, x y z, from the box centre
         vox = i0[:, :, None] + off[None, None, :]  # (N, 3, W)
@@ -74,38 +86,39 @@ class RealSpaceFit:
         return flat, e, d
 
     def _render(self, c, amp, sig):
-        flat, e, d = self._windows(c, sig)
         A = amp * self.apix ** 3 * (2.0 * math.pi * sig ** 2) ** -1.5
-        vals = A[:, None, None, None] * e[:, 2, :, None, None] * e[:, 1, None, :, None] * e[:, 0, None, None, :]
-        grid = np.bincount(flat.ravel(), weights=vals.ravel(), minlength=self.n ** 3)
-        return grid.reshape(self.n, self.n, self.n).astype(np.float32), (flat, e, d, A)
+        parts, flats, vals = [], [], []
+        for h, sel in self._groups(sig):
+            flat, e, d = self._windows(c[sel], sig[sel], h)
+            v = A[sel, None, None, None] * e[:, 2, :, None, None] * e[:, 1, None, :, None] * e[:, 0, None, None, :]
+            flats.append(flat.ravel())
+            vals.append(v.ravel())
+            parts.append((sel, flat, e, d))
+        grid = np.bincount(np.concatenate(flats), weights=np.concatenate(vals), minlength=self.n ** 3)
+        return grid.reshape(self.n, self.n, self.n).astype(np.float32), (parts, A)
 
     def _transform(self, grid):
         """Cropped transform (k_z, k_y ∈ −kmax..kmax, k_x ∈ 0..kmax) of the rendered grid."""
         kx = self.kmax + 1
         t = sfft.rfft(grid, axis=2, workers=self.workers)[:, :, :kx]
         t = sfft.fft(t, axis=1, workers=self.workers)[:, self.rows, :]
-        t = sfft.fft(t, axis=0, workers=self.workers)[self.rows]
-        return t.astype(np.complex128)
+        return sfft.fft(t, axis=0, workers=self.workers, overwrite_x=True)[self.rows]
 
     def _adjoint(self, g):
         """Gradient on the grid of a loss whose gradient on the cropped transform is ``g``
         (dL/dRe + i·dL/dIm): the transpose of :meth:`_transform`."""
         n, kx = self.n, self.kmax + 1
-        t = np.zeros((n, len(self.rows), kx), np.complex64)
-        t[self.rows] = g
-        t = sfft.ifft(t, axis=0, norm="forward", workers=self.workers)
-        u = np.zeros((n, n, kx), np.complex64)
-        u[:, self.rows, :] = t
-        u = sfft.ifft(u, axis=1, norm="forward", workers=self.workers)
-        full = np.zeros((n, n, n // 2 + 1), np.complex64)
-        full[:, :, :kx] = u * self.half_factor
+        self._pad_z[self.rows] = g
+        t = sfft.ifft(self._pad_z, axis=0, norm="forward", workers=self.workers)
+        self._pad_y[:, self.rows, :] = t
+        u = sfft.ifft(self._pad_y, axis=1, norm="forward", workers=self.workers)
         # irfft's x pass counts every k_x > 0 entry twice (it adds its Hermitian mate): hence the ½
-        return sfft.irfft(full, n=n, axis=2, norm="forward", workers=self.workers)
+        np.multiply(u, self.half_factor, out=self._pad_x[:, :, :kx])
+        return sfft.irfft(self._pad_x, n=n, axis=2, norm="forward", workers=self.workers)
 
     # ---------------------------------------------------------------- loss
     def _shell_sums(self, G):
-        gm = self.wgt * (G.real * self.M.real + G.imag * self.M.imag)
+        gm = self.wgt * (G.real * self.Mr + G.imag * self.Mi)
         gg = self.wgt * (G.real ** 2 + G.imag ** 2)
         sh = self.shell.ravel()
         S_gm = np.bincount(sh, weights=gm.ravel(), minlength=self.nseg + 1)[: self.nseg]
@@ -126,7 +139,7 @@ class RealSpaceFit:
     def value_and_grad(self, p, amplitudes0) -> Tuple[float, np.ndarray, List[np.ndarray]]:
         """(loss, FSC per fitted shell, [grad centres, grad u, grad w]) as NumPy float32."""
         c, amp, sig = self._params(p, amplitudes0)
-        grid, (flat, e, d, A) = self._render(c, amp, sig)
+        grid, (parts, A) = self._render(c, amp, sig)
         G = self._transform(grid)
         S_gm, S_gg = self._shell_sums(G)
         f0, S_mm = self.f0, self.S_mm
@@ -141,32 +154,40 @@ class RealSpaceFit:
         dS_gm[f0:] = -1.0 / nf / den
         dS_gg = self.aw * (rg - np.sqrt(S_mm)) / rg / np.sum(S_mm)
         dS_gg[f0:] += 0.5 / nf * S_gm[f0:] * S_mm[f0:] / den ** 3
-        ext = lambda v: np.append(v, 0.0)[self.shell]  # noqa: E731  (dump shell → 0)
+        ext = lambda v: np.append(v, 0.0).astype(np.float32)[self.shell]  # noqa: E731  (dump shell → 0)
         a_gm, a_gg = ext(dS_gm) * self.wgt, ext(dS_gg) * self.wgt
-        g = (a_gm * self.M.real + 2.0 * a_gg * G.real) + 1j * (a_gm * self.M.imag + 2.0 * a_gg * G.imag)
-        dgrid = self._adjoint(g.astype(np.complex64)).ravel()
-        # gather over the windows: Σ_w dL/dx · e_x e_y e_z · {1, d, d²}, contracted axis by axis
-        gw = dgrid[flat].astype(np.float64)  # (N, Wz, Wy, Wx)
-        ex, ey, ez = e[:, 0], e[:, 1], e[:, 2]
-        dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
-        x0 = np.einsum("nzyx,nx->nzy", gw, ex)
-        x1 = np.einsum("nzyx,nx->nzy", gw, ex * dx)
-        x2 = np.einsum("nzyx,nx->nzy", gw, ex * dx * dx)
-        y00 = np.einsum("nzy,ny->nz", x0, ey)
-        y01 = np.einsum("nzy,ny->nz", x0, ey * dy)
-        y02 = np.einsum("nzy,ny->nz", x0, ey * dy * dy)
-        y10 = np.einsum("nzy,ny->nz", x1, ey)
-        y20 = np.einsum("nzy,ny->nz", x2, ey)
-        S0 = np.einsum("nz,nz->n", y00, ez)
-        Sx = np.einsum("nz,nz->n", y10, ez)
-        Sy = np.einsum("nz,nz->n", y01, ez)
-        Sz = np.einsum("nz,nz->n", y00, ez * dz)
-        S2 = np.einsum("nz,nz->n", y20 + y02, ez) + np.einsum("nz,nz->n", y00, ez * dz * dz)
+        g = np.empty(G.shape, np.complex64)
+        g.real = a_gm * self.Mr + 2.0 * a_gg * G.real
+        g.imag = a_gm * self.Mi + 2.0 * a_gg * G.imag
+        dgrid = self._adjoint(g).ravel()
+        S0, S1, S2 = np.zeros(len(c)), np.zeros((len(c), 3)), np.zeros(len(c))
+        for sel, flat, e, d in parts:
+            S0[sel], S1[sel], S2[sel] = _window_moments(dgrid[flat].astype(np.float64), e, d)
         inv2 = 1.0 / sig ** 2
-        g_c = (A * inv2)[:, None] * np.stack([Sx, Sy, Sz], axis=1)
+        g_c = (A * inv2)[:, None] * S1
         g_amp = A / amp * S0
         g_sig = A * (S2 * inv2 / sig - 3.0 * S0 / sig)
         g_u = g_amp * np.asarray(amplitudes0, np.float64) * _sigmoid(np.asarray(p[1], np.float64))
         g_w = g_sig * self.s0 * _sigmoid(np.asarray(p[2], np.float64))
         return float(loss), fsc.astype(np.float32), [g_c.astype(np.float32), g_u.astype(np.float32),
                                                      g_w.astype(np.float32)]
+
+
+def _window_moments(gw, e, d):
+    """Σ over each window of gw·e_x·e_y·e_z times 1, (d_x, d_y, d_z) and |d|², contracted axis by
+    axis: (N,), (N, 3), (N,).  ``gw`` (N, W, W, W) [z, y, x]; ``e``, ``d`` (N, 3, W) x, y, z."""
+    ex, ey, ez = e[:, 0], e[:, 1], e[:, 2]
+    dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
+    x0 = np.einsum("nzyx,nx->nzy", gw, ex)
+    x1 = np.einsum("nzyx,nx->nzy", gw, ex * dx)
+    x2 = np.einsum("nzyx,nx->nzy", gw, ex * dx * dx)
+    y00 = np.einsum("nzy,ny->nz", x0, ey)
+    y01 = np.einsum("nzy,ny->nz", x0, ey * dy)
+    y02 = np.einsum("nzy,ny->nz", x0, ey * dy * dy)
+    y10 = np.einsum("nzy,ny->nz", x1, ey)
+    y20 = np.einsum("nzy,ny->nz", x2, ey)
+    s0 = np.einsum("nz,nz->n", y00, ez)
+    s1 = np.stack([np.einsum("nz,nz->n", y10, ez), np.einsum("nz,nz->n", y01, ez),
+                   np.einsum("nz,nz->n", y00, ez * dz)], axis=1)
+    s2 = np.einsum("nz,nz->n", y20 + y02, ez) + np.einsum("nz,nz->n", y00, ez * dz * dz)
+    return s0, s1, s2
