@@ -2,20 +2,25 @@
 
 Same loss as the backends' Fourier-space fit (:mod:`gmmcore.gmm.build`, module notes: 1 − mean
 shell FSC + the power term, on the same cropped band, shells and weights), but the GMM's transform
-is obtained by rendering the Gaussians on the map's grid and one real FFT, and the gradient by one
-inverse real FFT and a gather over each Gaussian's window.  The cost per step is
-O(N·w³ + n³ log n) — each Gaussian touches only its footprint (w ≈ 8σ/apix + 2 voxels per axis) —
-instead of the Fourier product's O(N·n_k³) over the whole cropped grid, so it wins for many Gaussians
-and large boxes (``benchmarks/bench_gmm_build.py``).
+is obtained by rendering the Gaussians on a grid of the same box and one real FFT, and the
+gradient by one inverse real FFT and a gather over each Gaussian's window.  The rendering grid is
+set by the band, not by the map's pixel size: n = 4·kmax voxels (rounded up to a fast FFT length),
+i.e. a spacing of a quarter of the band's resolution d.  The cost per step is O(N·w³ + n³ log n) —
+each Gaussian touches only its footprint (w ≈ 8σ/spacing + 2 voxels per axis) — instead of the
+Fourier product's O(N·n_k³) over the whole cropped grid (n_k = 2·kmax + 1), so it wins for many
+Gaussians (``benchmarks/bench_gmm_build.py``).
 
 Approximations (both far below a half map's noise): the rendering is cut where each window ends
 (≥ 4σ from the centre on every side: mass outside < 2·10⁻⁴) and the sampled Gaussians alias: at the
-band edge k = 1/d the first alias is exp(−2π²σ²((1/apix − 1/d)² − 1/d²)) of the signal, e.g. 1·10⁻⁴ for σ = 0.3·d, d = 3.5 Å at
-1 Å/px.  Fitted numbers therefore differ slightly from the Fourier fit's.
+band edge k = 1/d the first alias is exp(−2π²σ²(s² − 2s/d)) of the signal (s = 1/spacing = 4/d):
+7·10⁻⁷ for σ = 0.3·d, 2·10⁻³ for a Gaussian narrowed to 0.2·d.  (Rendering on the map's own grid
+instead would alias by 4 % at 1.5 Å/px and a 4 Å band — measured to cost 0.1 Å on the realistic
+rigid set.)  Fitted numbers therefore differ slightly from the Fourier fit's.
 
 Conventions: centres in Å from the box centre (x = column, y = row, z = section); the map's
 transform is ``rfftn(ifftshift(map))`` (voxel n//2 at index 0); values are mass per voxel, so a
-Gaussian of amplitude a renders as a·apix³·(2πσ²)^(−3/2)·exp(−|r − c|²/2σ²).
+Gaussian of amplitude a renders as a·v·(2πσ²)^(−3/2)·exp(−|r − c|²/2σ²) with v the rendering
+voxel's volume (the DFT of masses per voxel approximates the continuous transform on any grid).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from typing import List, Tuple
 import numpy as np
 import scipy.fft as sfft
 
+SAMPLING = 4.0  # rendering voxels per band-edge period: aliasing ≤ 7e-7 of the signal at σ = 0.3·resolution
 TRUNCATION_SIGMAS = 4.0  # each window reaches at least this many σ from the centre on every side
 
 
@@ -42,7 +48,11 @@ class RealSpaceFit:
     [centres (N,3) Å, u (N,), w (N,)] float32, amplitude = a0·softplus(u), width = σ0·softplus(w))."""
 
     def __init__(self, prob, sigmas0, amp_weight: float, workers: int = -1):
-        self.n, self.apix, self.kmax = prob.box, prob.apix, prob.kmax
+        self.kmax = prob.kmax
+        length = prob.box * prob.apix  # Å: the box; frequencies are k / length on any grid of it
+        # the rendering grid: spacing ≤ the band's resolution / SAMPLING, whatever the map's pixel size
+        self.n = max(2 * prob.kmax + 2, sfft.next_fast_len(int(math.ceil(SAMPLING * prob.kmax)), real=True))
+        self.apix = length / self.n
         self.workers = workers
         k = np.arange(-prob.kmax, prob.kmax + 1)
         self.rows = k % self.n
@@ -69,7 +79,7 @@ class RealSpaceFit:
         """Gaussians grouped by window half-width h = ⌈4σ/apix + ½⌉ voxels, so the window about the
         centre's nearest voxel reaches 4σ on every side (a few wide Gaussians do not widen every
         window)."""
-        h = np.minimum(self.n // 2, np.ceil(TRUNCATION_SIGMAS * sig / self.apix + 0.5).astype(np.int64))
+        h = np.minimum(self.n // 2, np.ceil(TRUNCATION_SIGMAS * sig / self.apix + 0.5).astype(np.int64))  # apix: the rendering spacing
         return [(int(v), np.flatnonzero(h == v)) for v in np.unique(h)]
 
     def _windows(self, c, sig, h):
