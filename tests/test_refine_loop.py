@@ -217,8 +217,9 @@ def test_drop_worst_leaves_the_lowest_scoring_particles_out_of_the_half_maps(loo
 def test_gmm_fit_real_fits_each_half_in_real_space_with_the_same_outcome(loop_setup):
     """--gmm-fit real: each half's GMM is fitted by the real-space fit (recorded in its report) to the
     same map agreement as the Fourier fit, and the iteration's poses and FRC come out the same to
-    well within their own precision (measured: map-vs-GMM FSC within 3e-5, FRC within 0.08 %, median
-    pose difference 0.017°)."""
+    well within their own precision (measured: map-vs-GMM FSC within 1e-6, FRC within 4e-6 relative,
+    median pose difference 3e-4°; rendered on a grid too coarse for the narrowest Gaussians these
+    were 8e-4, 0.7 % and 0.06°)."""
     import json
 
     from gmmcore.geometry import angular_distance
@@ -234,6 +235,6 @@ def test_gmm_fit_real_fits_each_half_in_real_space_with_the_same_outcome(loop_se
                for m in ("fourier", "real")}
         assert (rep["fourier"]["method"], rep["real"]["method"]) == ("fourier", "real")
         assert len(real.gmms[h]) == len(four.gmms[h])
-        assert abs(rep["real"]["fsc_mean"] - rep["fourier"]["fsc_mean"]) < 0.01
-        assert abs(rec_r.frc["after"][str(h)] - rec_f.frc["after"][str(h)]) < 0.01 * abs(rec_f.frc["after"][str(h)])
-    assert np.median(angular_distance(real.poses.rotation, four.poses.rotation)) < 0.2
+        assert abs(rep["real"]["fsc_mean"] - rep["fourier"]["fsc_mean"]) < 1e-4
+        assert abs(rec_r.frc["after"][str(h)] - rec_f.frc["after"][str(h)]) < 1e-4 * abs(rec_f.frc["after"][str(h)])
+    assert np.median(angular_distance(real.poses.rotation, four.poses.rotation)) < 0.01

@@ -4,16 +4,16 @@ Same loss as the backends' Fourier-space fit (:mod:`gmmcore.gmm.build`, module n
 shell FSC + the power term, on the same cropped band, shells and weights), but the GMM's transform
 is obtained by rendering the Gaussians on a grid of the same box and one real FFT, and the
 gradient by one inverse real FFT and a gather over each Gaussian's window.  The rendering grid is
-set by the band, not by the map's pixel size: n = 4·kmax voxels (rounded up to a fast FFT length),
-i.e. a spacing of a quarter of the band's resolution d.  The cost per step is O(N·w³ + n³ log n) —
+set by the band and the narrowest Gaussian, not by the map's pixel size (:meth:`RealSpaceFit.grid_size`:
+≈ 4 voxels per period of the band's resolution d when the narrowest σ is 0.3·d).  The cost per step is O(N·w³ + n³ log n) —
 each Gaussian touches only its footprint (w ≈ 8σ/spacing + 2 voxels per axis) — instead of the
 Fourier product's O(N·n_k³) over the whole cropped grid (n_k = 2·kmax + 1), so it wins for many
 Gaussians (``benchmarks/bench_gmm_build.py``).
 
 Approximations (both far below a half map's noise): the rendering is cut where each window ends
 (≥ 4σ from the centre on every side: mass outside < 2·10⁻⁴) and the sampled Gaussians alias: at the
-band edge k = 1/d the first alias is exp(−2π²σ²(s² − 2s/d)) of the signal (s = 1/spacing = 4/d):
-7·10⁻⁷ for σ = 0.3·d, 2·10⁻³ for a Gaussian narrowed to 0.2·d.  (Rendering on the map's own grid
+band edge k = 1/d the first alias is exp(−2π²σ²(s² − 2s/d)) of the signal (s = 1/spacing), kept
+below 10⁻⁶ for the narrowest Gaussian up to a grid of twice the box.  (Rendering on the map's own grid
 instead would alias by 4 % at 1.5 Å/px and a 4 Å band — measured to cost 0.1 Å on the realistic
 rigid set.)  Fitted numbers therefore differ slightly from the Fourier fit's.
 
@@ -30,7 +30,7 @@ from typing import List, Tuple
 import numpy as np
 import scipy.fft as sfft
 
-SAMPLING = 4.0  # rendering voxels per band-edge period: aliasing ≤ 7e-7 of the signal at σ = 0.3·resolution
+ALIAS = 1e-6  # the largest first alias, relative to the signal at the band edge, of the narrowest Gaussian
 TRUNCATION_SIGMAS = 4.0  # each window reaches at least this many σ from the centre on every side
 
 
@@ -49,14 +49,12 @@ class RealSpaceFit:
 
     def __init__(self, prob, sigmas0, amp_weight: float, workers: int = -1):
         self.kmax = prob.kmax
-        length = prob.box * prob.apix  # Å: the box; frequencies are k / length on any grid of it
-        # the rendering grid: spacing ≤ the band's resolution / SAMPLING, whatever the map's pixel size
-        self.n = max(2 * prob.kmax + 2, sfft.next_fast_len(int(math.ceil(SAMPLING * prob.kmax)), real=True))
-        self.apix = length / self.n
+        self.length = prob.box * prob.apix  # Å: the box; frequencies are k / length on any grid of it
+        self.max_n = 2 * prob.box  # the finest rendering grid (a Gaussian narrower than it allows aliases)
         self.workers = workers
-        k = np.arange(-prob.kmax, prob.kmax + 1)
-        self.rows = k % self.n
-        nk, nx = len(k), prob.kmax + 1
+        self._grids = {}
+        self.k = np.arange(-prob.kmax, prob.kmax + 1)
+        nk, nx = len(self.k), prob.kmax + 1
         self.Mr = np.concatenate([mr for _, mr, _, _, _ in prob.slabs]).astype(np.float32)
         self.Mi = np.concatenate([mi for _, _, mi, _, _ in prob.slabs]).astype(np.float32)
         self.shell = np.concatenate([sh for *_, sh, _ in prob.slabs]).reshape(nk, nk, nx)
@@ -68,11 +66,26 @@ class RealSpaceFit:
         self.s0 = np.asarray(sigmas0, np.float64)
         # the adjoint of keeping only k_x ≥ 0: entries with k_x > 0 stand for two (see _adjoint)
         self.half_factor = np.where(np.arange(nx) > 0, 0.5, 1.0).astype(np.float32)
-        # the adjoint's zero-padded inputs: only the band's entries are ever written, the rest stays 0
-        n = self.n
-        self._pad_z = np.zeros((n, nk, nx), np.complex64)
-        self._pad_y = np.zeros((n, n, nx), np.complex64)
-        self._pad_x = np.zeros((n, n, n // 2 + 1), np.complex64)
+
+    def grid_size(self, sigma_min: float) -> int:
+        """Rendering voxels per axis for Gaussians of width ≥ ``sigma_min`` (Å): the first alias of
+        the narrowest, exp(−2π²σ²(s² − 2sk)) at the band edge k, stays below ALIAS (s = voxels per Å;
+        ≈ 4 per period of the band's resolution d at σ = 0.3·d); at least 2·kmax + 2, at most twice the box."""
+        k = self.kmax / self.length
+        c = math.log(1.0 / ALIAS) / (2.0 * math.pi ** 2 * max(float(sigma_min), 1e-6) ** 2)
+        n = int(math.ceil(self.length * (k + math.sqrt(k * k + c))))
+        return int(min(max(sfft.next_fast_len(n, real=True), 2 * self.kmax + 2), self.max_n))
+
+    def _use_grid(self, sig):
+        """Set the rendering grid for widths ``sig`` (and the adjoint's zero-padded buffers: only the
+        band's entries are ever written into them, the rest stays 0)."""
+        n = self.grid_size(float(np.min(sig)))
+        if n not in self._grids:
+            nk, nx = len(self.k), self.kmax + 1
+            self._grids[n] = (np.zeros((n, nk, nx), np.complex64), np.zeros((n, n, nx), np.complex64),
+                              np.zeros((n, n, n // 2 + 1), np.complex64))
+        self.n, self.apix, self.rows = n, self.length / n, self.k % n
+        self._pad_z, self._pad_y, self._pad_x = self._grids[n]
 
     # ---------------------------------------------------------------- rendering and its adjoint
     def _groups(self, sig):
@@ -143,12 +156,15 @@ class RealSpaceFit:
 
     def sums(self, p, amplitudes0) -> np.ndarray:
         """(nshells, 2) shell sums [S_gm, S_gg] of the GMM against the map."""
-        grid, _ = self._render(*self._params(p, amplitudes0))
+        c, amp, sig = self._params(p, amplitudes0)
+        self._use_grid(sig)
+        grid, _ = self._render(c, amp, sig)
         return np.stack(self._shell_sums(self._transform(grid)), axis=1)
 
     def value_and_grad(self, p, amplitudes0) -> Tuple[float, np.ndarray, List[np.ndarray]]:
         """(loss, FSC per fitted shell, [grad centres, grad u, grad w]) as NumPy float32."""
         c, amp, sig = self._params(p, amplitudes0)
+        self._use_grid(sig)
         grid, (parts, A) = self._render(c, amp, sig)
         G = self._transform(grid)
         S_gm, S_gg = self._shell_sums(G)
