@@ -1,12 +1,12 @@
-"""GMM building of a large particle, per phase: the Fourier-space fit (default), its Hermitian
-variant and the real-space fit (``--gmm-fit real``), side by side on the same map and seeds.
+"""GMM building of a large particle, per phase: the default fit and its Hermitian variant
+(``--gmm-fit hermitian``), side by side on the same map and seeds.
 
 The map is made from atoms, never from our GMM (``benchmarks/realistic/atom_maps.py``): ``--copies``
 copies of the bundled adenylate kinase (closed), each turned by a random rotation, on a cubic
 lattice of ``--spacing`` Å around the box centre (8 copies ≈ 190 kDa fill a box-160 particle at
 1 Å/px), plus white noise at ``--snr`` (signal variance inside the particle / noise variance, as a
 half map of a real refinement), low-passed to the target resolution as the refinement does before
-fitting.  Seeding (the N estimate and K-means) runs once and is timed; each fit method then starts
+fitting.  Seeding (the N estimate and K-means) runs once and is timed; each fit then starts
 from the same centres for ``--steps`` steps (the refinement's default is 300).  Reported per method:
 seconds per step, the fit's wall time, the map-vs-GMM FSC and loss after the same steps.
 
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         row["kmeans_s"] = time.perf_counter() - t
         row["n_gaussians"] = int(n)
         row["fits"] = {}
-        for name, kw in (("fourier", {}), ("fourier-hermitian", {"hermitian": True}), ("real", {"method": "real"})):
+        for name, kw in (("fourier", {}), ("hermitian", {"hermitian": True})):
             t, c = time.perf_counter(), time.process_time()
             gmm, rep = fit_gmm(m, args.apix, centres, args.resolution, iterations=args.steps, backend=be, **kw)
             wall, cpu = time.perf_counter() - t, time.process_time() - c

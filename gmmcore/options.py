@@ -83,10 +83,9 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
                         "half map, 0 ≤ f < 0.5 (default 0: every particle; the reference implementation drops 0.1); "
                         "every particle keeps its refined pose in the output")
     p.add_argument("--gmm-fit", choices=defaults.GMM_FITS, default=defaults.GMM_FIT,
-                   help="how each half map's GMM is fitted: fourier (the GMM's transform on the band's grid; "
-                        "default) or real (rendered on the map's grid + FFT: the same loss, each Gaussian costs its "
-                        "footprint — several times faster with thousands of Gaussians at box ≥ 128 on a CPU; "
-                        "fitted numbers differ slightly)")
+                   help="how the fit of each half map's GMM computes the GMM's transform: fourier (on the whole band; "
+                        "default) or hermitian (from its k_z ≥ 0 half: the same transform, about half the work — "
+                        "1.7–2.8× faster fits, more with more Gaussians; the numbers differ at float32 rounding)")
     add_prior_arguments(p, centred_on=prior_help)
     add_run_arguments(p, **run_help)
 

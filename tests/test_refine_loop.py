@@ -214,12 +214,9 @@ def test_drop_worst_leaves_the_lowest_scoring_particles_out_of_the_half_maps(loo
         np.testing.assert_allclose(new.half_maps[h], ref[h], rtol=1e-5, atol=1e-6 * float(np.abs(ref[h]).max()))
 
 
-def test_gmm_fit_real_fits_each_half_in_real_space_with_the_same_outcome(loop_setup):
-    """--gmm-fit real: each half's GMM is fitted by the real-space fit (recorded in its report) to the
-    same map agreement as the Fourier fit, and the iteration's poses and FRC come out the same to
-    well within their own precision (measured: map-vs-GMM FSC within 1e-6, FRC within 4e-6 relative,
-    median pose difference 3e-4°; rendered on a grid too coarse for the narrowest Gaussians these
-    were 8e-4, 0.7 % and 0.06°)."""
+def test_gmm_fit_hermitian_gives_the_same_iteration(loop_setup):
+    """--gmm-fit hermitian: each half's GMM transform in the fit comes from its k_z ≥ 0 half (recorded
+    in its report); the GMMs, FRC and poses equal the default's to float32 rounding."""
     import json
 
     from gmmcore.geometry import angular_distance
@@ -228,13 +225,13 @@ def test_gmm_fit_real_fits_each_half_in_real_space_with_the_same_outcome(loop_se
 
     table, state, plan, backend, folder = loop_setup
     four, rec_f = loop.iterate(table, state, plan, backend, RunDir(folder / "fit_fourier").iteration(1))
-    real, rec_r = loop.iterate(table, state, replace(plan, gmm_fit="real"), backend,
-                               RunDir(folder / "fit_real").iteration(1))
+    herm, rec_h = loop.iterate(table, state, replace(plan, gmm_fit="hermitian"), backend,
+                               RunDir(folder / "fit_hermitian").iteration(1))
     for h in (1, 2):
         rep = {m: json.loads((folder / f"fit_{m}" / "iter001" / f"gmm_half{h}.json").read_text())
-               for m in ("fourier", "real")}
-        assert (rep["fourier"]["method"], rep["real"]["method"]) == ("fourier", "real")
-        assert len(real.gmms[h]) == len(four.gmms[h])
-        assert abs(rep["real"]["fsc_mean"] - rep["fourier"]["fsc_mean"]) < 1e-4
-        assert abs(rec_r.frc["after"][str(h)] - rec_f.frc["after"][str(h)]) < 1e-4 * abs(rec_f.frc["after"][str(h)])
-    assert np.median(angular_distance(real.poses.rotation, four.poses.rotation)) < 0.01
+               for m in ("fourier", "hermitian")}
+        assert (rep["fourier"]["hermitian"], rep["hermitian"]["hermitian"]) == (False, True)
+        assert abs(rep["hermitian"]["fsc_mean"] - rep["fourier"]["fsc_mean"]) < 1e-4
+        assert np.median(np.linalg.norm(herm.gmms[h].centers - four.gmms[h].centers, axis=1)) < 1e-3
+        assert abs(rec_h.frc["after"][str(h)] - rec_f.frc["after"][str(h)]) < 1e-4 * abs(rec_f.frc["after"][str(h)])
+    assert np.median(angular_distance(herm.poses.rotation, four.poses.rotation)) < 0.01

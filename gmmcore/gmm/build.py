@@ -285,16 +285,13 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
             amplitudes0=None, sigmas0=None, sigma_factor: float = SIGMA_FACTOR, amp_weight: float = 0.1,
             lr_center: float = 0.03, lr_shape: float = 0.05, max_slab_elems: int = 40_000_000,
             verbose: bool = False, backend=None, desc: Optional[str] = None,
-            hermitian: bool = False, method: str = "fourier") -> Tuple[GMM, dict]:
+            hermitian: bool = False) -> Tuple[GMM, dict]:
     """Fit centres, amplitudes and widths of a GMM to ``map_`` within ``resolution_A`` (module notes).
 
     ``max_slab_elems`` bounds the complex (slab-z × y × N) intermediate of one slab (larger grids are
     done slab by slab, two passes).  ``desc``: report progress under this name.  ``hermitian``: the
     backend computes the GMM transform from its k_z ≥ 0 half (TF: ~1.4× faster steps on the CPU;
-    the same loss up to float32 rounding, so the fitted numbers differ slightly — off by default).
-    ``method``: "fourier" (the backend's transform of the GMM on the cropped grid, the default) or
-    "real" (:class:`gmmcore.gmm.realfit.RealSpaceFit`: rendering + FFT in NumPy, cost per Gaussian
-    its footprint; the same loss up to truncation and aliasing far below the noise).  Returns (GMM, report) with report ``{"fsc_mean", "fsc", "freq",
+    the same loss up to float32 rounding, so the fitted numbers differ slightly — off by default).  Returns (GMM, report) with report ``{"fsc_mean", "fsc", "freq",
     "steps", "seconds", "n_gaussians", "loss", "loss_start", "minres_A", "resolution_A"}``; the
     returned parameters are the best (lowest loss) met.
     """
@@ -324,15 +321,8 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
     if np.any(sig0 <= 0) or np.any(amp0 <= 0):
         raise InputError("initial amplitudes and widths must be positive", field="centers")
 
-    if method == "real":
-        from .realfit import RealSpaceFit
-
-        fit = RealSpaceFit(prob, sig0, amp_weight)
-    elif method == "fourier":
-        be = backend or get_backend()
-        fit = be.gmm_fit(prob, sig0, amp_weight, hermitian=True) if hermitian else be.gmm_fit(prob, sig0, amp_weight)
-    else:
-        raise InputError(f"unknown GMM fit method {method!r} (fourier or real)", field="method")
+    be = backend or get_backend()
+    fit = be.gmm_fit(prob, sig0, amp_weight, hermitian=True) if hermitian else be.gmm_fit(prob, sig0, amp_weight)
 
     u0 = np.float32(math.log(math.e - 1.0))  # softplus(u0) = 1
     params = [c0.copy(), np.full(N, u0, np.float32), np.full(N, u0, np.float32)]
@@ -378,7 +368,7 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
     report = {"fsc_mean": float(np.mean(fsc)), "fsc": fsc.tolist(), "freq": prob.freq.tolist(),
               "steps": steps, "seconds": time.perf_counter() - t0, "n_gaussians": N, "loss": float(loss),
               "loss_start": float(first), "resolution_A": float(resolution_A), "minres_A": float(minres_A),
-              "slabs": len(prob.slabs), "method": method}
+              "slabs": len(prob.slabs), "hermitian": bool(hermitian and len(prob.slabs) == 1)}
     return gmm, report
 
 

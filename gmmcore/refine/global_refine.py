@@ -58,7 +58,7 @@ class RefineParams(AlignmentOptions):
     band_rule: str = defaults.BAND_RULE  # "fsc0143" or "fsc01" (0.9 × the FSC-0.1 resolution)
     align_from: str = defaults.ALIGN_FROM  # "previous" or "prior": where each iteration's search starts
     drop_worst: float = defaults.DROP_WORST  # fraction of each half's lowest-scoring particles not reconstructed
-    gmm_fit: str = defaults.GMM_FIT  # "fourier" or "real": how each half map's GMM is fitted
+    gmm_fit: str = defaults.GMM_FIT  # "fourier" or "hermitian": the GMM fit's transform
     prior_angle: Optional[float] = 3.0  # degrees: MAP pose prior centred on the input poses (None: off)
     prior_shift: Optional[float] = 1.0  # pixels
     gpu: Optional[List[int]] = None

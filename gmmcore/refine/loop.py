@@ -45,7 +45,7 @@ def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Opti
     m = lowpass(half_map * fit_mask if fit_mask is not None else half_map, apix, band.resolution_A)
     try:
         gmm, rep = build_gmm(m, apix, band.resolution_A, n_gaussians=ngauss, seed=seed + h,
-                             minres_A=band.minres_A, backend=get_backend(backend), method=method,
+                             minres_A=band.minres_A, backend=get_backend(backend), hermitian=method == "hermitian",
                              desc=f"iter {store.iteration} half {h} GMM fit")
     except InputError as exc:
         raise InputError(f"half {h}, iteration {store.iteration}: {exc.message} (is this half's map empty or "

@@ -95,7 +95,7 @@ class IterationPlan:
     iteration's poses ("previous") or at ``prior`` ("prior": the scatter of early, coarse-band
     iterations does not carry over; the result is the search from the prior centre against the
     latest GMM).  ``fit_mask`` (or None) multiplies each half map before its GMM
-    is fitted (by ``gmm_fit``: "fourier" or "real", :func:`gmmcore.gmm.build.fit_gmm`); ``fsc_mask`` is used for the masked FSC only.  ``prior`` is the centre of the MAP
+    is fitted (its transform by ``gmm_fit``: "fourier" or "hermitian", :func:`gmmcore.gmm.build.fit_gmm`); ``fsc_mask`` is used for the masked FSC only.  ``prior`` is the centre of the MAP
     pose prior (None: the poses each iteration starts from)."""
 
     sym: str
@@ -112,7 +112,7 @@ class IterationPlan:
     band_source: Callable[["RefinementState"], float] = measured_resolution
     align_from: str = "previous"  # where each local search starts: "previous" poses or the "prior" centre
     drop_worst: float = 0.0  # fraction of each half's lowest-scoring particles left out of its reconstruction
-    gmm_fit: str = "fourier"  # how each half's GMM is fitted (gmmcore.gmm.build.fit_gmm ``method``)
+    gmm_fit: str = "fourier"  # "fourier" or "hermitian": the fit's GMM transform (gmmcore.gmm.build.fit_gmm)
 
     def band_of(self, state: "RefinementState") -> Band:
         """The band of the iteration that starts from ``state``."""

@@ -231,23 +231,23 @@ class TestGmmProtocolForms(BaseTest):
         self.assertTrue(any("Drop worst fraction" in e for e in refine.validate()), refine.validate())
         refine.dropWorst.set(0.1)
         signature = refine._formSignature()
-        refine.gmmFit.set(GMM_FITS.index("real"))
+        refine.gmmFit.set(GMM_FITS.index("hermitian"))
         self.assertNotEqual(refine._formSignature(), signature)
         command = Plugin.getGmmcoreArgs("refine", out="o", **refine._engineOptions())
         self.assertIn("--band-rule %s " % other, command + " ")
         self.assertIn("--align-from prior ", command + " ")
         self.assertIn("--drop-worst 0.1 ", command + " ")
-        self.assertIn("--gmm-fit real ", command + " ")
+        self.assertIn("--gmm-fit hermitian ", command + " ")
         for protClass, verb, required in (
                 (GmmProtFocusedRefine, "refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
                 (GmmProtPatchRefine, "refine-patches", dict(out="o", **{"from": "r"}))):
             options = self._saved(protClass, bandRule=BAND_RULES.index(other), alignFrom=1, dropWorst=0.1,
-                                   gmmFit=GMM_FITS.index("real"), useGpu=False)._alignmentOptions()
+                                   gmmFit=GMM_FITS.index("hermitian"), useGpu=False)._alignmentOptions()
             self.assertEqual((options["band_rule"], options["align_from"]), (other, "prior"), verb)
             argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
             args = build_parser(argv).parse_args(argv)
             self.assertEqual((args.band_rule, args.align_from, args.drop_worst, args.gmm_fit),
-                             (other, "prior", 0.1, "real"), verb)
+                             (other, "prior", 0.1, "hermitian"), verb)
 
     def test_pose_precision_in_the_summary(self):
         """Focused, conf2pose and patch runs: the Cramér–Rao bound of the region's and the whole
