@@ -85,7 +85,7 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
     p.add_argument("--gmm-fit", choices=defaults.GMM_FITS, default=defaults.GMM_FIT,
                    help="how the fit of each half map's GMM computes the GMM's transform: fourier (on the whole band; "
                         "default) or hermitian (from its k_z ≥ 0 half: the same transform, about half the work — "
-                        "1.7–2.8× faster fits, more with more Gaussians; the numbers differ at float32 rounding)")
+                        "1.7–3.2× faster fits, more with more Gaussians; the numbers differ at float32 rounding)")
     add_prior_arguments(p, centred_on=prior_help)
     add_run_arguments(p, **run_help)
 

@@ -43,7 +43,7 @@ def defineAlignmentRuleParams(form):
                   display=params.EnumParam.DISPLAY_HLIST, label="GMM fit",
                   help="How the fit of each half map's GMM computes the GMM's transform. fourier: on the whole "
                        "band (default). hermitian: from its kz >= 0 half, the same transform with about half the "
-                       "work: 1.7-2.8x faster GMM fits, more with more Gaussians; the numbers differ at float32 "
+                       "work: 1.7-3.2x faster GMM fits, more with more Gaussians; the numbers differ at float32 "
                        "rounding.")
 
 
