@@ -211,6 +211,28 @@ def test_names_resolving_from_the_written_star(tmp_path, monkeypatch):
             np.testing.assert_array_equal(block, imgs[rows])
 
 
+def test_names_resolving_from_keeps_each_rows_index(tmp_path):
+    """Many rows naming few stacks (the rewrite is made once per stack): every row keeps its own
+    index; a stack inside the folder is written relative to it, one outside absolute, a missing
+    stack's relative name as given."""
+    from dataclasses import replace
+
+    from gmmcore.io.stacks import names_resolving_from
+
+    imp = tmp_path / "imported"
+    imp.mkdir()
+    t, _ = _table_with_stacks(imp, n=12, n_stack=2)
+    names = list(t.image_name) + ["3@missing/gone.mrcs", "000004@missing/gone.mrcs"]
+    t2 = replace(t, image_name=np.asarray(names, dtype=object))
+    inside = names_resolving_from(t2, imp)
+    outside = names_resolving_from(t2, tmp_path / "elsewhere")
+    for r, nm in enumerate(names[:12]):
+        i, p = nm.split("@", 1)
+        assert inside[r] == f"{int(i):06d}@{p}"
+        assert outside[r] == f"{int(i):06d}@{(imp / p).resolve()}"
+    assert list(inside[12:]) == list(outside[12:]) == names[12:]
+
+
 def test_same_data_same_bytes_whenever_written(tmp_path, monkeypatch):
     """mrcfile labels a new file with the time to the second; the engine's files carry a fixed label,
     so a stack (whose content stamp a star records) and a map are the same bytes when written again

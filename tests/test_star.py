@@ -93,6 +93,16 @@ def test_read_relion5_version_header(tmp_path):
     assert t.meta["format"] == "relion5" and t.meta["version"] == 50001
 
 
+def test_optics_rows_looks_up_group_numbers_in_any_order():
+    """Each particle's row of data_optics by group number (numbers distinct, listed in any order)."""
+    from gmmcore.io.star import optics_rows
+
+    numbers = np.array([7, 2, 5, 11])
+    group = np.array([5, 5, 11, 2, 7, 2, 11, 7, 5])
+    np.testing.assert_array_equal(optics_rows(numbers, group), [2, 2, 3, 1, 0, 1, 3, 0, 2])
+    assert optics_rows(numbers, group[:0]).shape == (0,)
+
+
 def test_two_optics_groups_joined_by_number_not_name(tmp_path):
     P = random_particles(n=10, seed=6)
     # numbers deliberately disagree with names, and are listed out of order

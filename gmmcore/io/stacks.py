@@ -232,18 +232,26 @@ def names_resolving_from(table, folder) -> np.ndarray:
     outputs: ``gmmcore import``, ``refine``'s ``final/particles.star``.)"""
     folder = Path(folder).resolve()
     names, _ = locate_image_names(table)
+    written: Dict[str, Optional[str]] = {}  # stack path as named → as written (None: the name is kept)
     out = []
     for nm in names:
         i, p = parse_image_name(nm)
-        if os.path.isabs(p):
-            try:
-                p = str(Path(p).relative_to(folder))
-            except ValueError:
-                pass
-            out.append(format_image_name(i, p))
-        else:
-            out.append(nm)
+        if p not in written:  # once per stack, not per particle (a million rows name a few stacks)
+            written[p] = _path_from(folder, p)
+        q = written[p]
+        out.append(nm if q is None else format_image_name(i, q))
     return np.asarray(out, dtype=object)
+
+
+def _path_from(folder: Path, path: str) -> Optional[str]:
+    """An absolute stack ``path`` as written in a star in ``folder`` (relative when inside it, else
+    as given); None for a relative path (kept as it is)."""
+    if not os.path.isabs(path):
+        return None
+    try:
+        return str(Path(path).relative_to(folder))
+    except ValueError:
+        return path
 
 
 # --------------------------------------------------------------------------------------------------

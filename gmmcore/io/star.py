@@ -337,6 +337,14 @@ def check_stack_stamps(path) -> None:
                                  "between writing the two?): run the import again", path=path)
 
 
+def optics_rows(numbers: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Row of data_optics (whose rlnOpticsGroup column is ``numbers``, distinct, any order) of each
+    particle's group number in ``group`` (every one present): int64 (n,), one vectorised look-up."""
+    numbers = np.asarray(numbers, np.int64)
+    order = np.argsort(numbers, kind="stable")
+    return order[np.searchsorted(numbers[order], np.asarray(group, np.int64))].astype(np.int64)
+
+
 def _optics_per_particle(parts: pd.DataFrame, optics: pd.DataFrame, path, pname) -> dict:
     n = len(parts)
     if "rlnOpticsGroup" in optics.columns:
@@ -353,12 +361,11 @@ def _optics_per_particle(parts: pd.DataFrame, optics: pd.DataFrame, path, pname)
         group = np.full(n, int(onum[0]))
     else:
         raise InputError(f"missing column rlnOpticsGroup in data_{pname}", path=path, field="rlnOpticsGroup")
-    pos = {int(g): i for i, g in enumerate(onum)}
-    missing = sorted(set(np.unique(group).tolist()) - set(pos))
+    missing = sorted(set(np.unique(group).tolist()) - set(onum.tolist()))
     if missing:
         raise InputError(f"particles refer to optics group(s) {missing} missing from data_optics",
                          path=path, field="rlnOpticsGroup")
-    row = np.array([pos[int(g)] for g in group], dtype=np.int64) if n else np.zeros(0, np.int64)
+    row = optics_rows(onum, group)
 
     def per_group(label, fallback_particle=True, integer=False):
         conv = _integer if integer else _finite
