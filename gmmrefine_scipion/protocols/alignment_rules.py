@@ -18,33 +18,34 @@ ALIGN_FROMS = tuple(defaults.ALIGN_FROMS)
 GMM_FITS = tuple(defaults.GMM_FITS)
 
 
+def addExpertChoice(form, name, choices, default, label, help):
+    """An expert-level choice among the engine's names ``choices`` (a horizontal list), ``default``
+    being one of them; the form stores its index."""
+    form.addParam(name, params.EnumParam, choices=list(choices), default=list(choices).index(default),
+                  expertLevel=params.LEVEL_ADVANCED, display=params.EnumParam.DISPLAY_HLIST, label=label, help=help)
+
+
 def defineAlignmentRuleParams(form):
     """Add "Band rule", "Align from", "Drop worst fraction" and "GMM fit" (expert) to the current section of ``form``."""
-    form.addParam("bandRule", params.EnumParam, choices=list(BAND_RULES),
-                  default=BAND_RULES.index(defaults.BAND_RULE), expertLevel=params.LEVEL_ADVANCED,
-                  display=params.EnumParam.DISPLAY_HLIST, label="Band rule",
-                  help="The resolution each iteration aligns to, from the masked FSC of the last half maps (never "
-                       "finer than 'Highest resolution used'). fsc01: 0.9 x where the FSC falls below 0.1 (the "
-                       "reference implementation's rule; default). fsc0143: where it falls below 0.143, coarser.")
-    form.addParam("alignFrom", params.EnumParam, choices=list(ALIGN_FROMS),
-                  default=ALIGN_FROMS.index(defaults.ALIGN_FROM), expertLevel=params.LEVEL_ADVANCED,
-                  display=params.EnumParam.DISPLAY_HLIST, label="Align from",
-                  help="Where each iteration's local pose search starts. previous: the last iteration's poses "
-                       "(default). prior: the centre of the pose prior, the poses this run started from, so the "
-                       "scatter of early, coarse iterations does not carry over.")
+    addExpertChoice(form, "bandRule", BAND_RULES, defaults.BAND_RULE, "Band rule",
+                    "The resolution each iteration aligns to, from the masked FSC of the last half maps (never "
+                    "finer than 'Highest resolution used'). fsc01: 0.9 x where the FSC falls below 0.1 (the "
+                    "reference implementation's rule; default). fsc0143: where it falls below 0.143, coarser.")
+    addExpertChoice(form, "alignFrom", ALIGN_FROMS, defaults.ALIGN_FROM, "Align from",
+                    "Where each iteration's local pose search starts. previous: the last iteration's poses "
+                    "(default). prior: the centre of the pose prior, the poses this run started from, so the "
+                    "scatter of early, coarse iterations does not carry over.")
     form.addParam("dropWorst", params.FloatParam, default=defaults.DROP_WORST, expertLevel=params.LEVEL_ADVANCED,
                   label="Drop worst fraction",
                   validators=[params.Range(0.0, 0.49, error="Drop worst fraction must be between 0 and 0.49")],
                   help="Fraction of each half set's particles with the lowest alignment score left out of its half "
                        "map, 0 to 0.49 (default 0: every particle; the reference implementation drops 0.1). Every "
                        "particle keeps its refined pose in the output.")
-    form.addParam("gmmFit", params.EnumParam, choices=list(GMM_FITS),
-                  default=GMM_FITS.index(defaults.GMM_FIT), expertLevel=params.LEVEL_ADVANCED,
-                  display=params.EnumParam.DISPLAY_HLIST, label="GMM fit",
-                  help="How the fit of each half map's GMM computes the GMM's transform. fourier: on the whole "
-                       "band (default). hermitian: from its kz >= 0 half, the same transform with about half the "
-                       "work: 1.7-3.2x faster GMM fits, more with more Gaussians; the numbers differ at float32 "
-                       "rounding.")
+    addExpertChoice(form, "gmmFit", GMM_FITS, defaults.GMM_FIT, "GMM fit",
+                    "How the fit of each half map's GMM computes the GMM's transform. fourier: on the whole "
+                    "band (default). hermitian: from its kz >= 0 half, the same transform with about half the "
+                    "work: 1.7-3.2x faster GMM fits, more with more Gaussians; the numbers differ at float32 "
+                    "rounding.")
 
 
 def alignmentRuleOptions(prot):

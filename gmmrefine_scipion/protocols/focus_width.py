@@ -10,18 +10,18 @@ import pyworkflow.protocol.params as params
 
 from gmmcore import defaults
 
+from .alignment_rules import addExpertChoice
+
 WIDTH_RULES = tuple(defaults.WIDTH_RULES)  # the engine's names, in the form's order
 
 
 def defineFocusWidthParams(form):
     """Add "Width rule" and "Mask level" (expert) to the current section of ``form``."""
-    form.addParam("widthRule", params.EnumParam, choices=list(WIDTH_RULES),
-                  default=WIDTH_RULES.index(defaults.WIDTH_RULE), expertLevel=params.LEVEL_ADVANCED,
-                  display=params.EnumParam.DISPLAY_HLIST, label="Width rule",
-                  help="How the Gaussians outside the focus mask are widened, with d = L + (1 - L)*M at each "
-                       "Gaussian's centre (M: the mask there, L: the mask level). variance: sigma'^2 = "
-                       "sigma^2/d, at most 2x wider at L 0.25 (the reference implementation's rule; default). "
-                       "sigma: sigma' = sigma/d, at most 4x wider (the paper's text).")
+    addExpertChoice(form, "widthRule", WIDTH_RULES, defaults.WIDTH_RULE, "Width rule",
+                    "How the Gaussians outside the focus mask are widened, with d = L + (1 - L)*M at each "
+                    "Gaussian's centre (M: the mask there, L: the mask level). variance: sigma'^2 = "
+                    "sigma^2/d, at most 2x wider at L 0.25 (the reference implementation's rule; default). "
+                    "sigma: sigma' = sigma/d, at most 4x wider (the paper's text).")
     form.addParam("maskLevel", params.FloatParam, default=defaults.MASK_LEVEL, expertLevel=params.LEVEL_ADVANCED,
                   validators=[params.GT(0, "must be above 0."), params.LE(1, "must be at most 1.")],
                   label="Mask level",
