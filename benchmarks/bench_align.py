@@ -23,7 +23,8 @@ Batches: sizes, or ``auto`` — the batch ``--batch auto`` takes (``backend.max_
 backend), timed as its own point (``"auto": true`` in its records, key ``auto`` in the ratios).
 Figures per (implementation, case, batch): particle-steps/s from the median call time (after a
 warm-up call that includes compilation, reported as ``warmup_s``; the implementations of a batch
-size are timed in interleaved rounds, so they share the machine's load), particles/s at the
+size — or, with ``--interleave-batches``, of all sizes — are timed in interleaved rounds, so they share
+the machine's load), particles/s at the
 implementation's steps, memory (JAX:
 XLA's memory analysis of the compiled batch function — arguments + outputs + temporaries — and on
 GPUs the device's peak bytes in use; TF: sampled growth of the resident set), mean angle error vs
@@ -439,6 +440,8 @@ def main(argv=None) -> int:
                     help="extra JAX product runs with these projector precisions (fp32, tf32, tf32x3)")
     ap.add_argument("--matmul-batches", nargs="+", type=int, default=None,
                     help="batches for the extra --matmul runs (default: all)")
+    ap.add_argument("--interleave-batches", action="store_true",
+                    help="time all batch sizes in the same interleaved rounds (compare batches under one load)")
     ap.add_argument("--seconds", type=float, default=2.0, help="time measured per point (after warm-up)")
     ap.add_argument("--budget", type=float, default=0.0, help="stop starting new points after this many seconds")
     ap.add_argument("--max-mb", type=float, default=0.0,
@@ -499,10 +502,12 @@ def main(argv=None) -> int:
             res["limits"][f"{case}/{impl}"] = {"flops_per_particle_step": fl, "particle_steps_per_s_limit": lim}
             built[impl] = (call, lowered, steps, fam, kind, st)
         auto_B = res["cases"][case]["auto_batch"][f"product-{ns.backends[0]}"]
-        for label in ns.batches:
-            B = auto_B if label == "auto" else int(label)
-            points = []  # (impl, rec, timed, fam)
-            for impl, (call, lowered, steps, fam, kind, st) in built.items():
+        # interleaved rounds per batch size, or over all of them (--interleave-batches)
+        for group in ([ns.batches] if ns.interleave_batches else [[b] for b in ns.batches]):
+            points = []  # (impl, rec, timed, fam, label)
+            for label, (impl, (call, lowered, steps, fam, kind, st)) in ((lb, it) for lb in group
+                                                                          for it in built.items()):
+                B = auto_B if label == "auto" else int(label)
                 if ns.ref_steps_batches and kind == "reference" and st != 10 and B not in ns.ref_steps_batches:
                     continue
                 if ns.matmul_batches and kind == "product" and st and B not in ns.matmul_batches:
@@ -524,7 +529,7 @@ def main(argv=None) -> int:
                     rec, timed = prepare_point(call, lowered, steps, data, B, fam)
                     if label == "auto":
                         rec["auto"] = True
-                    points.append((impl, rec, timed, fam))
+                    points.append((impl, rec, timed, fam, label))
                 except Exception as exc:  # noqa: BLE001 — e.g. out of memory: record and go on
                     res["runs"].append({"case": case, "impl": impl, "batch": B,
                                         "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
@@ -532,14 +537,14 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             rounds = 0
             while points and (rounds < 3 or (time.perf_counter() - t0 < ns.seconds * len(points) and rounds < 50)):
-                for _, rec, timed, _ in points:
+                for _, rec, timed, _, _ in points:
                     timed()
                 rounds += 1
-            for impl, rec, _, fam in points:
+            for impl, rec, _, fam, label in points:
                 r = finish_point(rec, fam)
                 r.update({"case": case, "impl": impl})
                 res["runs"].append(r)
-                print(f"case {case:>4} {impl:<24} batch {B:5d}{'*' if label == 'auto' else ' '}: "
+                print(f"case {case:>4} {impl:<24} batch {r['batch']:5d}{'*' if label == 'auto' else ' '}: "
                       f"{r['particle_steps_per_s']:10.1f} particle-steps/s, "
                       f"{r['particles_per_s']:8.1f} particles/s, warm-up {r['warmup_s']:.1f} s, angle "
                       f"{r['angle_error_deg_before']:.2f}→{r['angle_error_deg_after']:.2f}°"
