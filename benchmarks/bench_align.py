@@ -433,7 +433,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", nargs="+", default=["i"], choices=list(CASES))
     ap.add_argument("--batches", nargs="+", default=["16", "32", "64", "128", "256", "512", "1024"],
                     help="batch sizes, or auto (what --batch auto takes)")
-    ap.add_argument("--ref-steps", nargs="+", type=int, default=[10, 50])
+    ap.add_argument("--ref-steps", nargs="*", type=int, default=[10, 50],
+                    help="steps of the reference kernel's runs (none: the product alone)")
     ap.add_argument("--ref-steps-batches", nargs="+", type=int, default=None,
                     help="batches at which the reference runs with steps other than 10 (default: all)")
     ap.add_argument("--matmul", nargs="+", default=[],
