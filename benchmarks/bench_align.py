@@ -405,6 +405,23 @@ def matmul_throughput(family, seconds=1.0):
     return out
 
 
+def auto_vs_batches(runs):
+    """``--batch auto`` against each fixed batch of the same implementation, from the calls timed in
+    the same interleaved rounds (``--interleave-batches``): per round the auto point's
+    particle-steps/s ÷ the batch's → {"case: impl": {batch: [min, median, max] over the rounds}}."""
+    out = {}
+    ok = [r for r in runs if "times" in r]
+    for a in (r for r in ok if r.get("auto") and r["impl"].startswith("product")):
+        speed = lambda r: np.asarray([r["batch"] * r["steps"] / t for t in r["times"]])  # noqa: E731
+        sa = speed(a)
+        for r in ok:
+            if r["impl"] == a["impl"] and r["case"] == a["case"] and not r.get("auto") and len(r["times"]) == len(sa):
+                q = sa / speed(r)
+                out.setdefault(f"{a['case']}: {a['impl']}", {})[str(r["batch"])] = [
+                    float(q.min()), float(np.median(q)), float(q.max())]
+    return out
+
+
 def flops_per_particle_step(kind, grid, n_gauss):
     """Projector FLOPs (forward product + two backward products of the same size)."""
     K = grid.kmax + 1
@@ -572,6 +589,8 @@ def main(argv=None) -> int:
                 ratios[key]["best_vs_best"] = bp["particle_steps_per_s"] / bq["particle_steps_per_s"]
     res["ratios"] = ratios
     res["ratios_per_round"] = rounds
+    if ns.interleave_batches:
+        res["auto_vs_batches"] = auto_vs_batches(res["runs"])
     save()
     for k, v in ratios.items():
         print(k, {b: round(x, 2) for b, x in v.items()})
