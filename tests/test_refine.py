@@ -265,7 +265,7 @@ def test_pose_refiner_batch_independent(sim_small):
     assert angular_distance(R0, res[16][0]).mean() > 0.2  # the poses did move
     # on a CPU a batch runs as micro-batches of CPU_MICRO_BATCH particles: from that size on, the same bits
     if PoseRefiner(gmm, grid, settings, batch=16)._opt.micro_batch:
-        assert 16 >= CPU_MICRO_BATCH
+        assert 16 >= PoseRefiner(gmm, grid, settings, batch=16)._opt.micro_batch >= CPU_MICRO_BATCH
         for b in (64, 256):
             for j in range(4):
                 assert np.array_equal(res[b][j], res[16][j]), (b, j)

@@ -77,10 +77,10 @@ def bytes_per_particle(n_gaussians: int, grid) -> int:
 
 # On a CPU the step's speed per particle does not grow past small batches and drops at large ones
 # when other processes share the caches (benchmarks/bench_align.py): the pose optimisers run a
-# larger batch as consecutive micro-batches of CPU_MICRO_BATCH particles.  ``--batch auto`` takes
-# two of them (CPU_BATCH_CAP): a single micro-batch per call measured ~17 % slower with TensorFlow
-# when each call started on caches another kernel had just used; a larger batch only pads more
-# particles at the end of a chunk.
+# larger batch as consecutive micro-batches of CPU_MICRO_BATCH particles (TensorFlow: 16, see
+# tf.TF_CPU_MICRO_BATCH).  ``--batch auto`` takes 16 (CPU_BATCH_CAP): a single micro-batch of 8 per
+# call measured ~17 % slower with TensorFlow when each call started on caches another kernel had
+# just used; a larger batch only pads more particles at the end of a chunk.
 CPU_MICRO_BATCH = 8
 CPU_BATCH_CAP = 2 * CPU_MICRO_BATCH
 
