@@ -19,9 +19,12 @@ ring-segment FRC, rotation-vector Adam with the pose prior, 10 steps; NumPy in a
 
 Cases: (i) N 2,000, box 128, 1.5 Å/px, 4 Å; (ii) the paper's GPCR: N 7,374, box 240, 0.86 Å/px, 3 Å;
 (iii) the paper's ABCG2: N 15,174, box 256, 0.84 Å/px, 3 Å; (tiny: N 50, box 32 — a smoke test).
+Batches: sizes, or ``auto`` — the batch ``--batch auto`` takes (``backend.max_batch`` of the first
+backend), timed as its own point (``"auto": true`` in its records, key ``auto`` in the ratios).
 Figures per (implementation, case, batch): particle-steps/s from the median call time (after a
 warm-up call that includes compilation, reported as ``warmup_s``; the implementations of a batch
-size are timed in interleaved rounds, so they share the machine's load), particles/s at the
+size — or, with ``--interleave-batches``, of all sizes — are timed in interleaved rounds, so they share
+the machine's load), particles/s at the
 implementation's steps, memory (JAX:
 XLA's memory analysis of the compiled batch function — arguments + outputs + temporaries — and on
 GPUs the device's peak bytes in use; TF: sampled growth of the resident set), mean angle error vs
@@ -256,6 +259,7 @@ def product(backend_name, gmm, grid, matmul=None):
     settings = PoseSettings(prior_angle_deg=3.0, prior_shift_px=1.0)
     w = np.full(grid.nrings, 1.0 / grid.nrings, np.float32)
     opt = be.pose_optimizer(FRCObjective(gmm, grid, w, 100.0), settings)
+    auto = be.max_batch(gmm, grid, settings)
 
     def call(R0, o0, ft):
         R, o, _, _ = opt(R0, o0, particle_ft=ft, prior_rotations=R0, prior_origins_A=o0)
@@ -264,11 +268,13 @@ def product(backend_name, gmm, grid, matmul=None):
     def lowered(R0, o0, ft):  # the compiled batch function (JAX), for XLA's memory analysis
         import jax.numpy as jnp
 
+        if opt.micro_batch:  # what runs on a CPU: micro-batches
+            R0, o0, ft = R0[:opt.micro_batch], o0[:opt.micro_batch], ft[:opt.micro_batch]
         pre, pim, ppow = opt.prob.particle_rings(ft)
         data = tuple(jnp.asarray(x, jnp.float32) for x in (pre, pim, ppow, R0, o0))
         return opt._run.lower(opt.prob.consts, jnp.asarray(R0, jnp.float32), jnp.asarray(o0, jnp.float32), data)
 
-    return call, (lowered if backend_name == "jax" else None), settings.steps
+    return call, (lowered if backend_name == "jax" else None), settings.steps, auto
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,7 +356,8 @@ def finish_point(rec, family):
     med, best = float(np.median(ts)), float(ts.min())
     B, steps = rec["batch"], rec["steps"]
     rec.update({"calls": len(ts), "seconds_median": med, "particle_steps_per_s": B * steps / med,
-                "particles_per_s": B / med, "particle_steps_per_s_best": B * steps / best})
+                "particles_per_s": B / med, "particle_steps_per_s_best": B * steps / best,
+                "particle_steps_per_s_worst": B * steps / float(ts.max())})
     if family == "jax":
         try:
             st = jax_device().memory_stats() or {}
@@ -398,6 +405,23 @@ def matmul_throughput(family, seconds=1.0):
     return out
 
 
+def auto_vs_batches(runs):
+    """``--batch auto`` against each fixed batch of the same implementation, from the calls timed in
+    the same interleaved rounds (``--interleave-batches``): per round the auto point's
+    particle-steps/s ÷ the batch's → {"case: impl": {batch: [min, median, max] over the rounds}}."""
+    out = {}
+    ok = [r for r in runs if "times" in r]
+    for a in (r for r in ok if r.get("auto") and r["impl"].startswith("product")):
+        speed = lambda r: np.asarray([r["batch"] * r["steps"] / t for t in r["times"]])  # noqa: E731
+        sa = speed(a)
+        for r in ok:
+            if r["impl"] == a["impl"] and r["case"] == a["case"] and not r.get("auto") and len(r["times"]) == len(sa):
+                q = sa / speed(r)
+                out.setdefault(f"{a['case']}: {a['impl']}", {})[str(r["batch"])] = [
+                    float(q.min()), float(np.median(q)), float(q.max())]
+    return out
+
+
 def flops_per_particle_step(kind, grid, n_gauss):
     """Projector FLOPs (forward product + two backward products of the same size)."""
     K = grid.kmax + 1
@@ -424,14 +448,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backends", nargs="+", default=["jax"], choices=["jax", "tf"])
     ap.add_argument("--cases", nargs="+", default=["i"], choices=list(CASES))
-    ap.add_argument("--batches", nargs="+", type=int, default=[16, 32, 64, 128, 256, 512, 1024])
-    ap.add_argument("--ref-steps", nargs="+", type=int, default=[10, 50])
+    ap.add_argument("--batches", nargs="+", default=["16", "32", "64", "128", "256", "512", "1024"],
+                    help="batch sizes, or auto (what --batch auto takes)")
+    ap.add_argument("--ref-steps", nargs="*", type=int, default=[10, 50],
+                    help="steps of the reference kernel's runs (none: the product alone)")
     ap.add_argument("--ref-steps-batches", nargs="+", type=int, default=None,
                     help="batches at which the reference runs with steps other than 10 (default: all)")
     ap.add_argument("--matmul", nargs="+", default=[],
                     help="extra JAX product runs with these projector precisions (fp32, tf32, tf32x3)")
     ap.add_argument("--matmul-batches", nargs="+", type=int, default=None,
                     help="batches for the extra --matmul runs (default: all)")
+    ap.add_argument("--interleave-batches", action="store_true",
+                    help="time all batch sizes in the same interleaved rounds (compare batches under one load)")
     ap.add_argument("--seconds", type=float, default=2.0, help="time measured per point (after warm-up)")
     ap.add_argument("--budget", type=float, default=0.0, help="stop starting new points after this many seconds")
     ap.add_argument("--max-mb", type=float, default=0.0,
@@ -477,7 +505,8 @@ def main(argv=None) -> int:
         built = {}
         for impl, fam, kind, st in impls:
             if kind == "product":
-                call, lowered, steps = product(fam, gmm, grid, st)
+                call, lowered, steps, auto = product(fam, gmm, grid, st)
+                res["cases"][case].setdefault("auto_batch", {})[impl] = auto
                 if fam == "jax":
                     from gmmcore.backend import jax as bj
 
@@ -490,9 +519,13 @@ def main(argv=None) -> int:
             lim = {k: v / fl for k, v in res["machine"][f"matmul_flops_{fam}"].items()}
             res["limits"][f"{case}/{impl}"] = {"flops_per_particle_step": fl, "particle_steps_per_s_limit": lim}
             built[impl] = (call, lowered, steps, fam, kind, st)
-        for B in ns.batches:
-            points = []  # (impl, rec, timed, fam)
-            for impl, (call, lowered, steps, fam, kind, st) in built.items():
+        auto_B = res["cases"][case]["auto_batch"][f"product-{ns.backends[0]}"]
+        # interleaved rounds per batch size, or over all of them (--interleave-batches)
+        for group in ([ns.batches] if ns.interleave_batches else [[b] for b in ns.batches]):
+            points = []  # (impl, rec, timed, fam, label)
+            for label, (impl, (call, lowered, steps, fam, kind, st)) in ((lb, it) for lb in group
+                                                                          for it in built.items()):
+                B = auto_B if label == "auto" else int(label)
                 if ns.ref_steps_batches and kind == "reference" and st != 10 and B not in ns.ref_steps_batches:
                     continue
                 if ns.matmul_batches and kind == "product" and st and B not in ns.matmul_batches:
@@ -512,7 +545,9 @@ def main(argv=None) -> int:
                     continue
                 try:
                     rec, timed = prepare_point(call, lowered, steps, data, B, fam)
-                    points.append((impl, rec, timed, fam))
+                    if label == "auto":
+                        rec["auto"] = True
+                    points.append((impl, rec, timed, fam, label))
                 except Exception as exc:  # noqa: BLE001 — e.g. out of memory: record and go on
                     res["runs"].append({"case": case, "impl": impl, "batch": B,
                                         "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
@@ -520,34 +555,42 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             rounds = 0
             while points and (rounds < 3 or (time.perf_counter() - t0 < ns.seconds * len(points) and rounds < 50)):
-                for _, rec, timed, _ in points:
+                for _, rec, timed, _, _ in points:
                     timed()
                 rounds += 1
-            for impl, rec, _, fam in points:
+            for impl, rec, _, fam, label in points:
                 r = finish_point(rec, fam)
                 r.update({"case": case, "impl": impl})
                 res["runs"].append(r)
-                print(f"case {case:>4} {impl:<24} batch {B:5d}: {r['particle_steps_per_s']:10.1f} particle-steps/s, "
+                print(f"case {case:>4} {impl:<24} batch {r['batch']:5d}{'*' if label == 'auto' else ' '}: "
+                      f"{r['particle_steps_per_s']:10.1f} particle-steps/s, "
                       f"{r['particles_per_s']:8.1f} particles/s, warm-up {r['warmup_s']:.1f} s, angle "
                       f"{r['angle_error_deg_before']:.2f}→{r['angle_error_deg_after']:.2f}°"
                       + (f", {r['compiled_MB']:.0f} MB" if "compiled_MB" in r else ""), flush=True)
             save()
     # ratios: product ÷ reference (10 steps) at equal batch, and best vs best, per case and family
-    ratios = {}
+    ratios, rounds = {}, {}
     ok = [r for r in res["runs"] if "particle_steps_per_s" in r]
     for case in ns.cases:
         for fam in ns.backends:
             for ref_fam in ns.backends:
-                P = {r["batch"]: r for r in ok if r["case"] == case and r["impl"] == f"product-{fam}"}
-                Q = {r["batch"]: r for r in ok if r["case"] == case and r["impl"] == f"reference-{ref_fam}"}
+                lab = lambda r: "auto" if r.get("auto") else r["batch"]  # noqa: E731
+                P = {lab(r): r for r in ok if r["case"] == case and r["impl"] == f"product-{fam}"}
+                Q = {lab(r): r for r in ok if r["case"] == case and r["impl"] == f"reference-{ref_fam}"}
                 if not P or not Q:
                     continue
                 key = f"{case}: product-{fam} / reference-{ref_fam}"
                 ratios[key] = {str(B): P[B]["particle_steps_per_s"] / Q[B]["particle_steps_per_s"] for B in P if B in Q}
+                # per interleaved round (product and reference timed back to back): the spread
+                rounds[key] = {str(B): sorted(P[B]["steps"] * q / (Q[B]["steps"] * p)
+                                              for p, q in zip(P[B]["times"], Q[B]["times"])) for B in P if B in Q}
                 bp = max(P.values(), key=lambda r: r["particle_steps_per_s"])
                 bq = max(Q.values(), key=lambda r: r["particle_steps_per_s"])
                 ratios[key]["best_vs_best"] = bp["particle_steps_per_s"] / bq["particle_steps_per_s"]
     res["ratios"] = ratios
+    res["ratios_per_round"] = rounds
+    if ns.interleave_batches:
+        res["auto_vs_batches"] = auto_vs_batches(res["runs"])
     save()
     for k, v in ratios.items():
         print(k, {b: round(x, 2) for b, x in v.items()})

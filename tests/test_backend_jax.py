@@ -135,7 +135,7 @@ def test_tf32_projector_matmul_keeps_poses(monkeypatch):
 
 
 def test_batch_auto_rule_and_batch_independence():
-    from gmmcore.backend.kernels import CPU_BATCH_CAP, batch_for_memory, bytes_per_particle
+    from gmmcore.backend.kernels import CPU_BATCH_CAP, CPU_MICRO_BATCH, batch_for_memory, bytes_per_particle
 
     grid = FourierGrid(240, 0.86, 3.0, 25.0)
     per = bytes_per_particle(7374, grid)
@@ -148,10 +148,15 @@ def test_batch_auto_rule_and_batch_independence():
     jx = get_backend("jax")
     auto = jx.max_batch(gmm, grid, PoseSettings())
     assert 1 <= auto <= CPU_BATCH_CAP
-    res = [PoseRefiner(gmm, grid, PoseSettings(steps=5), batch=b, backend=jx).refine(ft, start, o) for b in (3, auto)]
+    res = [PoseRefiner(gmm, grid, PoseSettings(steps=5), batch=b, backend=jx).refine(ft, start, o)
+           for b in (3, auto, CPU_MICRO_BATCH, 2 * CPU_MICRO_BATCH + 3)]
     assert angular_distance(res[0][0], res[1][0]).max() < 1e-4
     assert np.abs(res[0][1] - res[1][1]).max() < 1e-4
     assert np.abs(res[0][2] - res[1][2]).max() < 1e-6
+    # on the CPU a batch runs as micro-batches of CPU_MICRO_BATCH: from that size on, the same bits
+    if PoseRefiner(gmm, grid, PoseSettings(steps=5), batch=auto, backend=jx)._opt.micro_batch:
+        for r in res[3:]:
+            assert all(np.array_equal(x, y) for x, y in zip(r, res[2]))
 
 
 NO_TF = "import sys; sys.modules['tensorflow'] = None\n"

@@ -5,7 +5,8 @@
   within 10 % of what the true poses give (same mask), and write every output of the contract.
 * ``test_gold_standard_halves_independent``: corrupting half 2's images changes nothing of half 1
   (GMM arrays, refined poses: bit-identical) while the target resolution is pinned by ``--maxres``.
-* ``test_pose_refiner_batch_independent``: PoseRefiner results do not depend on the batch size.
+* ``test_pose_refiner_batch_independent``: PoseRefiner results do not depend on the batch size
+  (the same bits from the CPU micro-batch size on); ``test_micro_batches_pad_and_reassemble``.
 * ``test_resume_*``: a killed run continues where it stopped (completed iteration and surviving
   chunk checkpoints reused, same result); changed parameters / ``--continue`` on nothing: one-line error.
 
@@ -245,6 +246,7 @@ def test_gold_standard_halves_independent(sim_small, tiny_run, tmp_path):
 def test_pose_refiner_batch_independent(sim_small):
     from gmmcore.gmm.align import particle_transforms
     from gmmcore.backend import PoseSettings
+    from gmmcore.backend.kernels import CPU_MICRO_BATCH
     from gmmcore.gmm.align import PoseRefiner
     from gmmcore.grids import FourierGrid
     from gmmcore.io.stacks import iter_images
@@ -258,14 +260,39 @@ def test_pose_refiner_batch_independent(sim_small):
     gmm = model_gmm(sim_small["model"])
     settings = PoseSettings(steps=6)
     res = {b: PoseRefiner(gmm, grid, settings, batch=b).refine(F, table.rotation[pos], table.origin[pos])
-           for b in (4, 16, 64)}
+           for b in (4, 16, 64, 256)}
     R0 = table.rotation[pos]
     assert angular_distance(R0, res[16][0]).mean() > 0.2  # the poses did move
+    # on a CPU a batch runs as micro-batches of CPU_MICRO_BATCH particles: from that size on, the same bits
+    if PoseRefiner(gmm, grid, settings, batch=16)._opt.micro_batch:
+        assert 16 >= PoseRefiner(gmm, grid, settings, batch=16)._opt.micro_batch >= CPU_MICRO_BATCH
+        for b in (64, 256):
+            for j in range(4):
+                assert np.array_equal(res[b][j], res[16][j]), (b, j)
     for b in (4, 64):
         dang = angular_distance(res[16][0], res[b][0])
         dsh = np.linalg.norm(res[16][1] - res[b][1], axis=1)
         assert dang.max() < 1e-3 and dsh.max() < 1e-3, (b, dang.max(), dsh.max())
         np.testing.assert_allclose(res[b][2], res[16][2], atol=1e-5)
+
+
+def test_micro_batches_pad_and_reassemble():
+    from gmmcore.backend.kernels import in_micro_batches
+
+    shapes = []
+
+    def step(a, b):
+        shapes.append((a.shape, b.shape))
+        return a * 2, b.sum(axis=1)
+
+    a, b = np.arange(11.0), np.arange(22.0).reshape(11, 2)
+    out = in_micro_batches(step, 4, a=a, b=b)
+    assert shapes == [((4,), (4, 2))] * 3  # every call the same shape: the last slice padded
+    assert np.array_equal(out[0], 2 * a) and np.array_equal(out[1], b.sum(axis=1))
+    shapes.clear()
+    in_micro_batches(step, None, a=a, b=b)
+    in_micro_batches(step, 16, a=a, b=b)
+    assert shapes == [((11,), (11, 2))] * 2  # no size, or a batch not above it: one call
 
 
 # =============================================================================================

@@ -30,7 +30,8 @@ from jax import lax
 
 from ..grids import full_grid_frequencies
 from . import FRCObjective, PoseSettings
-from .kernels import CPU_BATCH_CAP, HermitianLayout, RingLayout, batch_for_memory, host_free_bytes
+from .kernels import (CPU_BATCH_CAP, CPU_MICRO_BATCH, HermitianLayout, RingLayout, batch_for_memory, host_free_bytes,
+                      in_micro_batches)
 
 HIGHEST = lax.Precision.HIGHEST
 TWO_PI = 2.0 * math.pi
@@ -388,8 +389,15 @@ class _PoseOptimizer:
                settings.lr_shift_px, settings.final_lr_fraction, settings.beta1, settings.beta2,
                float(objective.grid.apix), _on_accelerator())
         self._run = _compiled_pose_loop(key)
+        # a CPU runs a batch as micro-batches (kernels.CPU_MICRO_BATCH); an accelerator takes it whole
+        self.micro_batch = None if _on_accelerator() else CPU_MICRO_BATCH
 
     def __call__(self, rotations, origins_A, particle_ft, prior_rotations, prior_origins_A):
+        return in_micro_batches(self._batch, self.micro_batch, rotations=rotations, origins_A=origins_A,
+                                particle_ft=particle_ft, prior_rotations=prior_rotations,
+                                prior_origins_A=prior_origins_A)
+
+    def _batch(self, rotations, origins_A, particle_ft, prior_rotations, prior_origins_A):
         pre, pim, ppow = self.prob.particle_rings(np.asarray(particle_ft))
         data = (_put(pre), _put(pim), _put(ppow), _put(prior_rotations), _put(prior_origins_A))
         R, o, s, s0 = self._run(self.prob.consts, _put(rotations), _put(origins_A), data)

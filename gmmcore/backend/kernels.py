@@ -15,10 +15,12 @@ product (2K × N)·(N × 2K), K = kmax + 1, gives the whole grid: half the multi
 * :class:`RingLayout` — the FRC's rings as a (nrings × maxlen) index table (zero-padded segments):
   ring sums are then a gather and a row sum, deterministic on every device.
 * :func:`batch_for_memory` — the ``--batch auto`` rule.
+* :func:`in_micro_batches` — a CPU runs a large pose batch as consecutive batches of
+  :data:`CPU_MICRO_BATCH` particles.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -73,9 +75,34 @@ def bytes_per_particle(n_gaussians: int, grid) -> int:
     return int(4 * (TABLES_PER_PARTICLE * n_gaussians * K + 16 * ny * nx))
 
 
-# On a CPU the step's speed per particle does not grow past small batches (the tables of a few
-# particles fit the caches; benchmarks/bench_align.py), so ``--batch auto`` stops there.
-CPU_BATCH_CAP = 32
+# On a CPU the step's speed per particle does not grow past small batches and drops at large ones
+# when other processes share the caches (benchmarks/bench_align.py): the pose optimisers run a
+# larger batch as consecutive micro-batches of CPU_MICRO_BATCH particles (TensorFlow: 16, see
+# tf.TF_CPU_MICRO_BATCH).  ``--batch auto`` takes 16 (CPU_BATCH_CAP): a single micro-batch of 8 per
+# call measured ~17 % slower with TensorFlow when each call started on caches another kernel had
+# just used; a larger batch only pads more particles at the end of a chunk.
+CPU_MICRO_BATCH = 8
+CPU_BATCH_CAP = 2 * CPU_MICRO_BATCH
+
+
+def in_micro_batches(step: Callable[..., Sequence[np.ndarray]], size: Optional[int],
+                     **arrays: np.ndarray) -> tuple:
+    """``step(**arrays)`` on consecutive slices of ``size`` rows (axis 0), the last slice padded by
+    repeating its last row so every call has the same shape (one compiled function), its outputs
+    (arrays with the rows on axis 0) concatenated and cut to the input's rows.  One call when
+    ``size`` is None or not below the rows.  A particle's result is then the same bits whatever the
+    batch, as long as the batch is at least ``size``."""
+    n = len(next(iter(arrays.values())))
+    if not size or n <= size:
+        return tuple(step(**arrays))
+    parts = []
+    for i0 in range(0, n, size):
+        sl = {key: np.asarray(x[i0:i0 + size]) for key, x in arrays.items()}
+        pad = size - len(next(iter(sl.values())))
+        if pad:
+            sl = {key: np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for key, x in sl.items()}
+        parts.append(tuple(step(**sl)))
+    return tuple(np.concatenate([p[j] for p in parts])[:n] for j in range(len(parts[0])))
 
 
 def host_free_bytes() -> Optional[float]:

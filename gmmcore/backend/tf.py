@@ -57,7 +57,13 @@ tf = _import_tensorflow()
 
 from ..grids import full_grid_frequencies  # noqa: E402
 from . import FRCObjective, PoseSettings, ProjectionRMSDObjective  # noqa: E402
-from .kernels import CPU_BATCH_CAP, HermitianLayout, RingLayout, batch_for_memory, host_free_bytes  # noqa: E402
+from .kernels import (CPU_BATCH_CAP, CPU_MICRO_BATCH, HermitianLayout, RingLayout, batch_for_memory,  # noqa: E402
+                      host_free_bytes, in_micro_batches)
+
+# TensorFlow's CPU step gives the same bits at every batch of 16 or more particles but other last
+# bits below 16 (measured: 8 vs 16 differ by 1 ulp, 16 = 32): micro-batches of 16 keep the results
+# of the default batch (16) unchanged; the speed of 8 and 16 measured alike (benchmarks/README.md).
+TF_CPU_MICRO_BATCH = max(CPU_MICRO_BATCH, 16)
 
 # TF logs a harmless warning while fitting (the gradient of volume_ft's real→complex amplitude cast
 # drops an imaginary part that is zero by construction); keep TF's Python logger to errors.
@@ -416,7 +422,14 @@ class _PoseOptimizer:
             _LOOPS[key] = _pose_loop(prepare, score, settings, objective.grid.apix, jit_compile=xla)
         self._run = _LOOPS[key]
 
+        # a CPU runs a batch as micro-batches (TF_CPU_MICRO_BATCH); a GPU takes it whole
+        self.micro_batch = None if tf.config.get_visible_devices("GPU") else TF_CPU_MICRO_BATCH
+
     def __call__(self, rotations, origins_A, **per_particle):
+        return in_micro_batches(self._batch, self.micro_batch, rotations=rotations, origins_A=origins_A,
+                                **per_particle)
+
+    def _batch(self, rotations, origins_A, **per_particle):
         R, o, s, s0 = self._run(self._consts, tf.constant(rotations, F32), tf.constant(origins_A, F32),
                                 self._data(**per_particle))
         return R.numpy(), o.numpy(), s.numpy(), s0.numpy()
