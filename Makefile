@@ -58,7 +58,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_align.py --backends tf jax --cases i --batches 16 64 --out benchmarks/results/bench_align_cpu.json
+	$(PY) benchmarks/bench_align.py --backends tf jax --cases i --batches 16 64 256 auto --interleave-batches --out benchmarks/results/bench_align_cpu.json
 
 clean:
 	rm -rf demo_out demo_focused_out demo_heterogeneity .pytest_cache

@@ -33,7 +33,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, seed_help: str = "random se
     """Where and how a run executes: ``--gpu --cpu --backend --threads --batch --chunk --seed
     --continue`` (defaults from :mod:`gmmcore.defaults`).  ``batch_auto``: the verb sizes
     ``--batch auto`` on the device (else it takes a number only: :func:`fixed_batch`)."""
-    auto = (", or 'auto': the largest power of two whose working memory fits half the device's free memory"
+    auto = (", or 'auto': on a GPU the largest power of two whose working memory fits half its free memory, "
+            "on a CPU 16 (larger batches are no faster there)"
             if batch_auto else "")
     p.add_argument("--gpu", default=None, help=gpu_help)
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")

@@ -175,7 +175,7 @@ class GmmProtRunBase(GmmProtocolMixin):
     BACKEND = True  # the array-backend field (verbs that take --backend)
     BATCH_AUTO = True  # the verb takes --batch auto (Batch size 0); else the field asks for at least 1
     BATCH_HELP = ("Particles processed together on the device; lower it if the GPU runs out of memory. "
-                  "0 = automatic: the largest batch that fits the device's free memory.")
+                  "0 = automatic: on a GPU the largest batch that fits its free memory, on a CPU 16.")
 
     # --------------------------- the form --------------------------------------
     def _defineParams(self, form):

@@ -36,7 +36,7 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     BACKEND = False  # gmmcore conf2pose runs on TensorFlow
     BATCH_AUTO = True  # gmmcore conf2pose sizes --batch auto on the device
     BATCH_HELP = ("Particles per batch on the device (conversion and focused refinement); lower it if the GPU "
-                  "runs out of memory. 0 = automatic: the largest batch that fits the device's free memory.")
+                  "runs out of memory. 0 = automatic: on a GPU the largest batch that fits its free memory, on a CPU 16.")
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineInputParams(self, form):
