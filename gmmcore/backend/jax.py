@@ -515,8 +515,7 @@ class _GmmFit:
     parameters and slabs as in the TF backend (``p`` = [centres, u, w], float32)."""
 
     def __init__(self, prob, sigmas0, amp_weight, hermitian: bool = False):
-        # The Hermitian transform needs each slab's z rows symmetric about 0: one slab.
-        transform = volume_ft_hermitian if hermitian and len(prob.slabs) == 1 else volume_ft
+        transform = volume_ft_hermitian if hermitian and prob.symmetric_z else volume_ft
         self.nseg = int(prob.nshells)
         self.f0 = int(prob.rmin - 1)
         self.sy, self.sx = _put(prob.s), _put(prob.sx)

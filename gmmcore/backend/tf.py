@@ -551,8 +551,7 @@ class _GmmFit:
 
     def __init__(self, prob, sigmas0, amp_weight, hermitian: bool = False):
         T = tf.constant
-        # The Hermitian transform needs each slab's z rows symmetric about 0: one slab.
-        self.fns = _fit_fns(hermitian and len(prob.slabs) == 1)
+        self.fns = _fit_fns(hermitian and prob.symmetric_z)
         self.sy, self.sx = T(prob.s), T(prob.sx)
         self.slabs = [(T(sz), T(mr), T(mi), T(sh), T(wg)) for sz, mr, mi, sh, wg in prob.slabs]
         self.nseg = T(prob.nshells, tf.int32)

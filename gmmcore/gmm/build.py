@@ -280,6 +280,11 @@ class _FitProblem:
             self.slabs.append((self.s[z0:z1], M[z0:z1].real.astype(np.float32), M[z0:z1].imag.astype(np.float32),
                                shell[z0:z1].ravel(), wgt[z0:z1].ravel().astype(np.float32)))
 
+    @property
+    def symmetric_z(self) -> bool:
+        """Whether the fit runs in one slab, whose z rows are symmetric about 0 as the Hermitian transform needs."""
+        return len(self.slabs) == 1
+
 
 def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 25.0, iterations: int = 300,
             amplitudes0=None, sigmas0=None, sigma_factor: float = SIGMA_FACTOR, amp_weight: float = 0.1,
@@ -322,7 +327,7 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
         raise InputError("initial amplitudes and widths must be positive", field="centers")
 
     be = backend or get_backend()
-    fit = be.gmm_fit(prob, sig0, amp_weight, hermitian=True) if hermitian else be.gmm_fit(prob, sig0, amp_weight)
+    fit = be.gmm_fit(prob, sig0, amp_weight, hermitian=hermitian)
 
     u0 = np.float32(math.log(math.e - 1.0))  # softplus(u0) = 1
     params = [c0.copy(), np.full(N, u0, np.float32), np.full(N, u0, np.float32)]
@@ -368,7 +373,7 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
     report = {"fsc_mean": float(np.mean(fsc)), "fsc": fsc.tolist(), "freq": prob.freq.tolist(),
               "steps": steps, "seconds": time.perf_counter() - t0, "n_gaussians": N, "loss": float(loss),
               "loss_start": float(first), "resolution_A": float(resolution_A), "minres_A": float(minres_A),
-              "slabs": len(prob.slabs), "hermitian": bool(hermitian and len(prob.slabs) == 1)}
+              "slabs": len(prob.slabs), "hermitian": bool(hermitian and prob.symmetric_z)}
     return gmm, report
 
 

@@ -36,7 +36,7 @@ log = logging.getLogger("gmmcore.refine")
 
 def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Optional[np.ndarray],
                  ngauss: Optional[int], seed: int, store: IterationStore, backend: str,
-                 method: str = "fourier") -> Tuple[object, dict]:
+                 gmm_fit: str = "fourier") -> Tuple[object, dict]:
     """Work unit: half h's GMM of this iteration, loaded when saved by an earlier (killed) run,
     else fitted to the half map (× ``fit_mask``, low-passed to the band) and saved."""
     saved = store.load_gmm(h)
@@ -45,7 +45,7 @@ def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Opti
     m = lowpass(half_map * fit_mask if fit_mask is not None else half_map, apix, band.resolution_A)
     try:
         gmm, rep = build_gmm(m, apix, band.resolution_A, n_gaussians=ngauss, seed=seed + h,
-                             minres_A=band.minres_A, backend=get_backend(backend), hermitian=method == "hermitian",
+                             minres_A=band.minres_A, backend=get_backend(backend), hermitian=gmm_fit == "hermitian",
                              desc=f"iter {store.iteration} half {h} GMM fit")
     except InputError as exc:
         raise InputError(f"half {h}, iteration {store.iteration}: {exc.message} (is this half's map empty or "
