@@ -151,7 +151,7 @@ def run(args) -> int:
     if "split_warning" in table.meta:
         warnings.append(f"{table.source}: {table.meta['split_warning']}; refine and reconstruct refuse such a split "
                         "(use --new-split to assign a new random one)")
-    original_names = np.asarray(table.image_name).astype(str)
+    original_names = pd.Series(np.asarray(table.image_name, dtype=object)).astype(str).to_numpy(object)
     out = Path(args.out)
 
     flip = not (args.metadata_only or args.no_phase_flip or table.phase_flipped)

@@ -13,9 +13,10 @@ Facts handled (see ../shared/DESIGN.md §2):
   amplitude contrast, rlnCtfDataArePhaseFlipped; origins rlnOriginX/YAngst (Å).
   RELION 5 files carry ``# version 50001``.
 
-Parsing uses the ``starfile`` package with one work-around: it turns numeric-looking strings into
-numbers (micrograph "000123" → 123), so every column whose label names a file/name is parsed as
-a string.  The particle and optics frames are kept as pass-through (``table.star_particles`` /
+Blocks are read and written by :mod:`gmmcore.io.star_blocks` (values typed as the ``starfile``
+package types them, text written byte for byte as it writes it, but streamed: memory holds the
+frames, not the file's text).  Numeric-looking strings would become numbers (micrograph "000123"
+→ 123), so every column whose label names a file/name is read as a string.  The particle and optics frames are kept as pass-through (``table.star_particles`` /
 ``table.star_optics``) so unknown columns survive a round trip.
 """
 from __future__ import annotations
@@ -26,12 +27,12 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
-import starfile
 
 from ..safewrite import atomic_path
 from ..errors import APIX, CS, VOLTAGE, InputError, Remedy
 from ..geometry import euler_to_matrix, matrix_to_euler
 from ..particles import DEFAULT_AMPLITUDE_CONTRAST, CTFParams, ParticleTable, check_ctf, check_image_names
+from .star_blocks import read_blocks, write_blocks
 from .stacks import StackLocator, parse_image_name, stack_shape, stack_stamp
 
 # "# gmmcore stack NAME SIZE:HASH": the stack written with this star (see check_stack_stamps)
@@ -97,7 +98,7 @@ def read_star_blocks(path) -> Tuple[Dict[str, pd.DataFrame], Optional[int]]:
         raise InputError("not a file", path=path)
     version, strings = _prescan(path)
     try:
-        raw = starfile.read(path, always_dict=True, parse_as_string=strings)
+        raw = read_blocks(path, strings)
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file
         raise InputError(f"cannot parse as a STAR file ({type(exc).__name__}: {exc})", path=path) from None
     blocks = {}
@@ -116,7 +117,9 @@ def _col(df: pd.DataFrame, name: str, path, block: str) -> np.ndarray:
 
 def _numeric(series: pd.Series, name: str, path) -> np.ndarray:
     v = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.isnan(v) & ~series.astype(str).str.lower().isin(["nan", "<na>"]).to_numpy()
+    bad = np.isnan(v)
+    if bad.any():  # missing values written as such are NaN, anything else that is not a number is an error
+        bad[bad] = ~series[bad].astype(str).str.lower().isin(["nan", "<na>"]).to_numpy()
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
         raise InputError(f"non-numeric value {series.iloc[r]!r} in row {r + 1}", path=path, field=name)
@@ -512,7 +515,7 @@ def particle_frame(table: ParticleTable) -> Tuple[pd.DataFrame, pd.DataFrame]:
     out_groups, groups = _optics_groups(table)
     optics = _optics_frame(table, groups)
     if isinstance(table.star_particles, pd.DataFrame):
-        df = table.star_particles.reset_index(drop=True).copy()
+        df = table.star_particles.reset_index(drop=True)  # a new frame: columns set below never reach the table
         if len(df) != n:
             raise ValueError(f"pass-through star_particles has {len(df)} rows for {n} particles")
         if table.star_optics is None:  # RELION 3.0 pass-through: optics values now live in data_optics
@@ -523,7 +526,7 @@ def particle_frame(table: ParticleTable) -> Tuple[pd.DataFrame, pd.DataFrame]:
 
     eul = matrix_to_euler(table.rotation) if n else np.zeros((0, 3))
     cols = {
-        "rlnImageName": np.asarray(table.image_name, dtype=object).astype(str),
+        "rlnImageName": pd.Series(np.asarray(table.image_name, dtype=object)).astype(str).to_numpy(object),
         "rlnAngleRot": eul[:, 0], "rlnAngleTilt": eul[:, 1], "rlnAnglePsi": eul[:, 2],
         "rlnOriginXAngst": np.asarray(table.origin[:, 0], np.float64),
         "rlnOriginYAngst": np.asarray(table.origin[:, 1], np.float64),
@@ -551,13 +554,10 @@ def write_star(table: ParticleTable, path, stacks: Optional[Dict[str, str]] = No
     ``stacks``: {name relative to the star's folder: :func:`~gmmcore.io.stacks.stack_stamp`} of
     the stacks written with it, recorded in the header and checked on reading."""
     optics, particles = particle_frame(table)
-    text = starfile.to_string({"optics": optics, "particles": particles}, float_format=_FLOAT_FORMAT,
-                              na_rep="nan")
-    lines = text.split("\n", 1)
-    body = lines[1] if lines and lines[0].startswith("# Created by the starfile") else text
-    stamps = "".join(f"# gmmcore stack {name} {stamp}\n" for name, stamp in (stacks or {}).items())
-    text = "\n# version 30001\n" + stamps + "\n" + body.lstrip("\n")
     path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write("\n# version 30001\n")
+        f.write("".join(f"# gmmcore stack {name} {stamp}\n" for name, stamp in (stacks or {}).items()))
+        f.write("\n")
+        write_blocks(f, {"optics": optics, "particles": particles}, _FLOAT_FORMAT, "nan")
     return path
