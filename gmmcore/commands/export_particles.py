@@ -35,10 +35,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _star_reference_rows(table, ref, ref_path) -> np.ndarray:
-    from ..io.stacks import parse_image_name, reference_rows
+    from ..io.stacks import reference_rows
+    from ..particles import image_keys
 
-    ref_names = [parse_image_name(s) for s in np.asarray(ref.image_name).astype(str)]
-    return reference_rows(table, ref_names, ref_path, "rlnImageName")
+    return reference_rows(table, image_keys(ref.image_name, ref_path), ref_path, "rlnImageName")
 
 
 def to_original_images(table):
@@ -88,6 +88,11 @@ def export(particles, fmt: str, out, reference=None, original_images: bool = Fal
                 print("gmmcore export: rlnImageName points at the original (not phase-flipped) images",
                       file=sys.stderr)
         return write_star(table, out)
+    # with a reference, only the particles' original names and poses are needed: drop the rest first
+    from dataclasses import replace
+
+    from ..io.stacks import original_image_names
+    table = replace(table, image_name=original_image_names(table), star_particles=None, star_optics=None)
     if Path(reference).suffix == ".cs":
         from ..io.cryosparc import read_cs
         ref = read_cs(reference, need_stacks=False)

@@ -521,59 +521,77 @@ def original_image_names(table) -> np.ndarray:
     return np.asarray(table.image_name).astype(str)
 
 
-def reference_rows(table, ref_names: Sequence[Tuple[int, str]], ref_path, field: str,
-                   what: str = "particles") -> np.ndarray:
-    """Rows of a reference file (its images as ``(index0, path)``) holding ``table``'s particles.
+def reference_rows(table, ref_names, ref_path, field: str, what: str = "particles") -> np.ndarray:
+    """Rows of a reference file (its images as :class:`~gmmcore.particles.ImageKeys` or a list of
+    ``(index0, path)``) holding ``table``'s particles.
 
     Matched by original image name (:func:`match_image_names`); when names do not match, by order
     if the counts agree; otherwise :class:`InputError` naming ``ref_path`` and ``field``."""
-    names = [parse_image_name(s) for s in original_image_names(table)]
-    rows = match_image_names(names, ref_names)
+    rows = match_image_names(image_keys(original_image_names(table), table.source or None), ref_names)
     if rows is not None:
         return rows
-    if len(ref_names) == len(table):
-        return np.arange(len(ref_names))
-    raise InputError(f"the particles ({len(table)}) do not match the reference ({len(ref_names)} {what}) by "
+    n_ref = len(ref_names.index0) if hasattr(ref_names, "index0") else len(ref_names)
+    if n_ref == len(table):
+        return np.arange(n_ref)
+    raise InputError(f"the particles ({len(table)}) do not match the reference ({n_ref} {what}) by "
                      "image name, and the counts differ", path=ref_path, field=field)
 
 
-def match_image_names(names: Sequence[Tuple[int, str]], ref: Sequence[Tuple[int, str]]) -> Optional[np.ndarray]:
-    """Rows of ``ref`` holding the same images as ``names`` (both lists of ``(index0, path)``).
+def _index_codes(names) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """(index0, code into paths, distinct normalised paths) of ImageKeys or ``(index0, path)`` pairs."""
+    if hasattr(names, "index0"):
+        idx, code, raw = np.asarray(names.index0, np.int64), np.asarray(names.path_code, np.int64), names.paths
+    else:
+        idx = np.fromiter((int(i) for i, _ in names), dtype=np.int64, count=len(names))
+        codes: Dict[str, int] = {}
+        code = np.fromiter((codes.setdefault(p, len(codes)) for _, p in names), dtype=np.int64, count=len(names))
+        raw = list(codes)
+    norm = [_norm(p) for p in raw]
+    uniq: Dict[str, int] = {}
+    remap = np.array([uniq.setdefault(p, len(uniq)) for p in norm], dtype=np.int64)
+    return idx, (remap[code] if code.size else code), list(uniq)
+
+
+def match_image_names(names, ref) -> Optional[np.ndarray]:
+    """Rows of ``ref`` holding the same images as ``names`` (each :class:`~gmmcore.particles.ImageKeys`
+    or a list of ``(index0, path)``).
 
     Paths match when equal or when one is a trailing part of the other (an absolute path against the
     relative one in the reference).  Returns None unless every particle matches exactly one
-    reference row.
+    reference row.  Vectorised: Python work per distinct stack path, array work per particle.
     """
-    ref_map: Dict[Tuple[int, str], int] = {}
-    for r, (i, p) in enumerate(ref):
-        key = (int(i), _norm(p))
-        if key in ref_map:
-            return None  # duplicated image in the reference: ambiguous
-        ref_map[key] = r
-    ref_paths = {k[1] for k in ref_map}
-    path_map: Dict[str, Optional[str]] = {}
-    out = np.empty(len(names), dtype=np.int64)
-    for j, (i, p) in enumerate(names):
-        p = _norm(p)
-        if p not in path_map:
-            hit = None
-            parts = p.split("/")
-            for k in range(len(parts)):
-                cand = "/".join(parts[k:])
-                if cand in ref_paths:
-                    hit = cand
-                    break
-            if hit is None:  # reference path longer than ours (ours relative, reference absolute)
-                ends = [rp for rp in ref_paths if rp.endswith("/" + p)]
-                hit = ends[0] if len(ends) == 1 else None
-            path_map[p] = hit
-        rp = path_map[p]
-        if rp is None:
-            return None
-        r = ref_map.get((int(i), rp))
-        if r is None:
-            return None
-        out[j] = r
+    idx, code, paths = _index_codes(names)
+    ridx, rcode, ref_paths = _index_codes(ref)
+    where = {p: c for c, p in enumerate(ref_paths)}
+    hit = np.empty(len(paths), dtype=np.int64)  # our path code -> reference path code (-1: none)
+    for c, p in enumerate(paths):
+        h = None
+        parts = p.split("/")
+        for k in range(len(parts)):
+            h = where.get("/".join(parts[k:]))
+            if h is not None:
+                break
+        if h is None:  # reference path longer than ours (ours relative, reference absolute)
+            ends = [rc for rp, rc in where.items() if rp.endswith("/" + p)]
+            h = ends[0] if len(ends) == 1 else None
+        hit[c] = -1 if h is None else h
+    if idx.size == 0:
+        return np.zeros(0, np.int64)
+    mapped = hit[code]
+    if (mapped < 0).any():
+        return None
+    span = int(max(idx.max(initial=0), ridx.max(initial=0))) + 1
+    rkey = rcode * span + ridx
+    order = np.argsort(rkey, kind="stable")
+    skey = rkey[order]
+    if skey.size > 1 and (skey[1:] == skey[:-1]).any():
+        return None  # duplicated image in the reference: ambiguous
+    key = mapped * span + idx
+    pos = np.searchsorted(skey, key)
+    pos[pos >= skey.size] = 0
+    if skey.size == 0 or (skey[pos] != key).any():
+        return None
+    out = order[pos]
     if np.unique(out).size != out.size:
         return None
     return out
