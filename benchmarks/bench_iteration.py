@@ -98,8 +98,9 @@ def _insert_all(rec, table, idx):
 
 
 def compare_reconstruction(table, work: Path, repeats: int) -> dict:
-    """Half 1 reconstructed by the reference (pre-issue-20) and current reconstructors, ``repeats``
-    times each alternating in this process (insertion + finish, one core), and by
+    """Half 1 reconstructed by the reference (pre-issue-20) reconstructor, the current one without
+    its compiled kernel ("numpy") and the current one, ``repeats`` times each alternating in this
+    process (insertion + finish, one core), and by
     ``relion_reconstruct --subset 1 --ctf --pad 2`` on the same star file; FSCs against each other and
     against the model's map."""
     import resource
@@ -118,11 +119,16 @@ def compare_reconstruction(table, work: Path, repeats: int) -> dict:
 
     box, apix = check_geometry(table)
     idx = table.half_rows()[1]
-    times = {"reference": [], "current": []}
-    cpu = {"reference": [], "current": []}
+    from gmmcore.insertion import kernel
+
+    names = ("reference", "numpy", "current") if kernel() is not None else ("reference", "current")
+    times = {k: [] for k in names}
+    cpu = {k: [] for k in names}
     maps = {}
     for r in range(repeats):
-        for name in ("reference", "current"):
+        for name in names:
+            # "numpy": the current reconstructor without its compiled kernel (GMMCORE_NUMPY_INSERTION)
+            os.environ["GMMCORE_NUMPY_INSERTION"] = "1" if name == "numpy" else "0"
             t0, c0 = time.perf_counter(), time.process_time()
             rec = ReferenceReconstructor(box, apix) if name == "reference" else Reconstructor(box, apix)
             maps[name] = _insert_all(rec, table, idx)
@@ -130,12 +136,17 @@ def compare_reconstruction(table, work: Path, repeats: int) -> dict:
             cpu[name].append(time.process_time() - c0)
             print(f"  half 1 ({idx.size} images) {name:<9} {times[name][-1]:6.1f} s wall, {cpu[name][-1]:6.1f} s CPU",
                   flush=True)
+    os.environ.pop("GMMCORE_NUMPY_INSERTION", None)
     out = {"half_1_images": int(idx.size), "repeats": repeats, "seconds": times, "cpu_seconds": cpu,
            "median_seconds": {k: float(np.median(v)) for k, v in times.items()},
            "spread_seconds": {k: float(np.ptp(v)) for k, v in times.items()},
            "median_cpu_seconds": {k: float(np.median(v)) for k, v in cpu.items()},
            "spread_cpu_seconds": {k: float(np.ptp(v)) for k, v in cpu.items()},
-           "identical_maps": bool(np.array_equal(maps["reference"], maps["current"]))}
+           "identical_maps": bool(np.array_equal(maps["reference"], maps["current"])),
+           "max_abs_map_difference_relative": float(np.abs(maps["reference"] - maps["current"]).max()
+                                                    / np.abs(maps["reference"]).max())}
+    if "numpy" in maps:
+        out["identical_maps_numpy_path"] = bool(np.array_equal(maps["reference"], maps["numpy"]))
     out["speedup_median"] = out["median_seconds"]["reference"] / out["median_seconds"]["current"]
     out["speedup_median_cpu"] = out["median_cpu_seconds"]["reference"] / out["median_cpu_seconds"]["current"]
     truth = get_backend("tf").render_map(model_gmm(load_model("builtin:adk-closed")), box, apix)

@@ -35,7 +35,7 @@ def reference_sums(rec, images, rotations, origins_A, ctf, phase_flipped: bool,
     per = max(1, 3_000_000 // (8 * S))
     for b0 in range(0, k, per):
         b1 = min(k, b0 + per)
-        F = rec._slices(images[b0:b1], origins_px[b0:b1])
+        F = rec._centred(rec._transforms(images[b0:b1]), origins_px[b0:b1])
         if ctf is None:
             c = np.ones((b1 - b0, S))
         else:

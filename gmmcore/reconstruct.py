@@ -31,6 +31,7 @@ import scipy.fft as sfft
 from .ctf import ctf_columns, ctf_formula, phase_flip
 from .errors import InputError
 from .fourier import freq_index, radial_index
+from .insertion import kernel as compiled_insertion
 from .particles import CTFParams, HalfPair, check_geometry, check_split
 from .resources import cpu_threads
 from .symmetry import symmetry_matrices
@@ -174,19 +175,25 @@ class Reconstructor:
             return
         S = self._sel.size
         per = max(1, _ENTRIES_PER_PASS // (8 * S))
+        compiled = compiled_insertion()
         for b0 in range(0, k, per):
             b1 = min(k, b0 + per)
-            F = self._slices(images[b0:b1], origins_px[b0:b1])
+            F = self._transforms(images[b0:b1])
             if ctf is None:
                 c = np.ones((b1 - b0, S))
             else:
                 c = self._ctf(ctf_columns(ctf.subset(np.arange(b0, b1))))
                 if phase_flipped:
                     c = np.abs(c)
-            vals = F * (c * self._mult)
-            wts = c * c * self._mult
-            for R in self.sym_ops:
-                self._scatter(rotations[b0:b1] @ R, vals, wts)
+            if compiled is not None:  # centres, weights and inserts in one pass (gmmcore.insertion)
+                for R in self.sym_ops:
+                    compiled(self.acc, self._kx, self._ky, (rotations[b0:b1] @ R).astype(np.float32), F,
+                             origins_px[b0:b1], c, self._mult, self.P, self.nx)
+            else:
+                vals = self._centred(F, origins_px[b0:b1]) * (c * self._mult)
+                wts = c * c * self._mult
+                for R in self.sym_ops:
+                    self._scatter(rotations[b0:b1] @ R, vals, wts)
             if on_pass is not None:
                 on_pass(b1 - b0)
         self.count += k
@@ -197,8 +204,8 @@ class Reconstructor:
         return ctf_formula(*(columns[:, j:j + 1] for j in range(8)), self._fx, self._fy).astype(np.float32).astype(
             np.float64)
 
-    def _slices(self, images: np.ndarray, origins_px: np.ndarray) -> np.ndarray:
-        """Padded, centred FT samples (b, S) complex128 of the images."""
+    def _transforms(self, images: np.ndarray) -> np.ndarray:
+        """Padded FT samples (b, S) complex64 of the images (not yet centred)."""
         b, n, P = images.shape[0], self.box, self.P
         # rfft2(ifftshift(zero-padded image)) as SciPy computes it — x transforms, then y — but the
         # x transform only of the n rows that are not zero (the others transform to zeros).
@@ -208,12 +215,16 @@ class Reconstructor:
         X = sfft.rfft(rows, axis=-1, workers=cpu_threads())
         F = np.zeros((b, P, P // 2 + 1), dtype=X.dtype)
         F[:, pos] = X
-        F = sfft.fft(F, axis=-2, workers=cpu_threads(), overwrite_x=True).reshape(b, -1)[:, self._sel]
-        # Centre: move content by +origin, g(p) = f(p − origin) ⇔ F·exp(−2πi k·origin/P).
-        ph = (-2.0 * np.pi / P) * (origins_px[:, 0:1] * self._kx + origins_px[:, 1:2] * self._ky)
+        return sfft.fft(F, axis=-2, workers=cpu_threads(), overwrite_x=True).reshape(b, -1)[:, self._sel]
+
+    def _centred(self, F: np.ndarray, origins_px: np.ndarray) -> np.ndarray:
+        """Samples centred, complex128: content moved by +origin, g(p) = f(p − origin) ⇔ F·exp(−2πi k·origin/P)."""
+        ph = (-2.0 * np.pi / self.P) * (origins_px[:, 0:1] * self._kx + origins_px[:, 1:2] * self._ky)
         return F.astype(np.complex128) * np.exp(1j * ph)
 
     def _scatter(self, A: np.ndarray, vals: np.ndarray, wts: np.ndarray) -> None:
+        """Trilinear insertion of ``vals`` (b, S) complex128 / ``wts`` (b, S) at Aᵀ(kx, ky, 0) in NumPy
+        (the path without numba; :mod:`gmmcore.insertion` does the same, compiled)."""
         P, nx = self.P, self.nx
         A = A.astype(np.float32)
         # 3-D frequency (x, y, z) of sample (kx, ky): Aᵀ (kx, ky, 0) = kx·A[0] + ky·A[1].
