@@ -25,5 +25,7 @@ BAND_RULES = ("fsc0143", "fsc01")  # fsc01: the reference code's rule (measured 
 ALIGN_FROM = "previous"  # each iteration's local search starts at the last iteration's poses
 ALIGN_FROMS = ("previous", "prior")  # prior: at the pose prior's centre (the poses the run started from)
 GMM_FIT = "fourier"  # how a half map's GMM transform is computed in the fit: "fourier" (every k_z) or "hermitian"
+GMM_LOCAL_RES = "off"  # "on": each half's GMM blurred where the local resolution is coarser (gmmcore.gmm.localwidth)
+GMM_LOCAL_RES_CHOICES = ("off", "on")
 GMM_FITS = ("fourier", "hermitian")  # hermitian: from its k_z ≥ 0 half (same loss to float32 rounding, 1.7–3.2× faster)
 DROP_WORST = 0.0  # fraction of each half's particles with the lowest alignment score left out of its reconstruction

@@ -87,6 +87,10 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
                    help="how the fit of each half map's GMM computes the GMM's transform: fourier (on the whole band; "
                         "default) or hermitian (from its k_z ≥ 0 half: the same transform, about half the work — "
                         "1.7–3.2× faster fits, more with more Gaussians; the numbers differ at float32 rounding)")
+    p.add_argument("--gmm-local-res", choices=defaults.GMM_LOCAL_RES_CHOICES, default=defaults.GMM_LOCAL_RES,
+                   help="on: blur each Gaussian of a half map's GMM where the local resolution (windowed FSC of the "
+                        "half maps) is coarser than the particle's median, as the reference implementation filters "
+                        "each half map by its local resolution; off (default): one resolution for the whole GMM")
     add_prior_arguments(p, centred_on=prior_help)
     add_run_arguments(p, **run_help)
 
@@ -237,7 +241,8 @@ def alignment_values(args: argparse.Namespace) -> dict:
                 band_rule=getattr(args, "band_rule", defaults.BAND_RULE),
                 align_from=getattr(args, "align_from", defaults.ALIGN_FROM),
                 drop_worst=getattr(args, "drop_worst", defaults.DROP_WORST),
-                gmm_fit=getattr(args, "gmm_fit", defaults.GMM_FIT))
+                gmm_fit=getattr(args, "gmm_fit", defaults.GMM_FIT),
+                gmm_local_res=getattr(args, "gmm_local_res", defaults.GMM_LOCAL_RES))
 
 
 def pose_prior(args: argparse.Namespace, angle_deg: float = defaults.PRIOR_ANGLE_DEG,

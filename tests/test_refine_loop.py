@@ -235,3 +235,46 @@ def test_gmm_fit_hermitian_gives_the_same_iteration(loop_setup):
         assert np.median(np.linalg.norm(herm.gmms[h].centers - four.gmms[h].centers, axis=1)) < 1e-3
         assert abs(rec_h.frc["after"][str(h)] - rec_f.frc["after"][str(h)]) < 1e-4 * abs(rec_f.frc["after"][str(h)])
     assert np.median(angular_distance(herm.poses.rotation, four.poses.rotation)) < 0.01
+
+
+def test_gmm_local_res_blurs_what_aligns_never_what_is_saved(loop_setup, monkeypatch):
+    """--gmm-local-res on: the GMM each half aligns with (what the plan's shape hook receives) is the
+    fitted one blurred by the half maps' local resolution (gmm.localwidth: centres and masses kept,
+    no Gaussian narrower, some wider), and the saved GMM is the fitted one.  The small simulation's
+    local resolution is uniform, so the local-resolution map is made coarser on one side (x > 4 Å)."""
+    import gmmcore.gmm.localwidth as localwidth
+    from gmmcore.gmm.localwidth import local_blur_A
+    from gmmcore.refine import loop
+    from gmmcore.refine.rundir import RunDir
+
+    table, state, plan, backend, folder = loop_setup
+    real = localwidth.local_resolution_map
+
+    def one_side_coarser(h1, h2, apix, mask=None):
+        m = real(h1, h2, apix, mask=mask)
+        n = m.shape[0]
+        m[:, :, n // 2 + 2:] *= 2.0
+        calls.append(m)
+        return m
+
+    calls = []
+    monkeypatch.setattr(localwidth, "local_resolution_map", one_side_coarser)
+    seen = {}
+
+    def record(h, g):
+        seen[h] = g
+        return g
+
+    new, _ = loop.iterate(table, state, replace(plan, shape_gmm=record, gmm_local_res="on"), backend,
+                          RunDir(folder / "local_res").iteration(1))
+    assert len(calls) == 1  # once per iteration, for both halves
+    local = calls[0]
+    for h in (1, 2):
+        fitted, used = new.gmms[h], seen[h]
+        saved = np.load(folder / "local_res" / "iter001" / f"gmm_half{h}.gmm.npz")
+        np.testing.assert_array_equal(saved["sigmas"], fitted.sigmas)
+        np.testing.assert_array_equal(used.centers, fitted.centers)
+        np.testing.assert_array_equal(used.amplitudes, fitted.amplitudes)
+        blur = local_blur_A(local, fitted.centers, 2.0, plan.band_of(state).resolution_A)
+        np.testing.assert_allclose(used.sigmas, np.sqrt(fitted.sigmas.astype(float) ** 2 + blur ** 2), rtol=1e-6)
+        assert (blur > 0).sum() >= 1 and (blur == 0).sum() >= 1

@@ -55,6 +55,25 @@ def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Opti
     return gmm, rep
 
 
+def _local_widening(state: RefinementState, plan: IterationPlan, apix: float, band_A: float):
+    """GMM → GMM: blurred by the local resolution of ``state``'s half maps (``--gmm-local-res on``,
+    :mod:`gmmcore.gmm.localwidth`), else unchanged."""
+    if plan.gmm_local_res != "on":
+        return lambda g: g
+    from ..gmm.localwidth import local_resolution_map, widen_to_local_resolution
+
+    local = local_resolution_map(state.half_maps[1], state.half_maps[2], apix, mask=plan.fsc_mask)
+
+    def widen(g):
+        out = widen_to_local_resolution(g, local, apix, band_A)
+        info = out.meta["local_res"]
+        log.info("  half %s: %d of %d Gaussians blurred by their local resolution (σ up to +%.2f Å)",
+                 g.meta.get("half", "?"), info["widened"], len(g), info["max_blur_A"])
+        return out
+
+    return widen
+
+
 def best_scoring(rows: HalfPair, aligned: HalfPair, drop: float) -> Optional[np.ndarray]:
     """The table rows a half map is made from: per half, all but the ``drop`` fraction with the
     lowest alignment score (ties kept), sorted; None (every row) when nothing is dropped."""
@@ -93,7 +112,8 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     for h, (g, rep) in fitted.items():
         log.info("  half %d: GMM of %d Gaussians, map-vs-GMM FSC %.3f", h, len(g), float(rep.get("fsc_mean", np.nan)))
     # The plan's shape applies to the GMM whether it was just fitted or loaded: one place, never saved.
-    shaped = fitted.map(lambda h, fr: plan.shape_gmm(h, fr[0]))
+    local = _local_widening(state, plan, apix, band.resolution_A)
+    shaped = fitted.map(lambda h, fr: plan.shape_gmm(h, local(fr[0])))
 
     grid = FourierGrid(box, apix, band.resolution_A, band.minres_A)
     rows = table.half_rows()

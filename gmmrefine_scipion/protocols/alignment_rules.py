@@ -1,5 +1,5 @@
 """Where each iteration aligns and what it reconstructs: three expert fields shared by the global, focused and patch-by-patch
-refinement forms, and the engine options they set (``--band-rule``, ``--align-from``, ``--drop-worst``, ``--gmm-fit``; defaults:
+refinement forms, and the engine options they set (``--band-rule``, ``--align-from``, ``--drop-worst``, ``--gmm-fit``, ``--gmm-local-res``; defaults:
 :mod:`gmmcore.defaults`).
 
 The band rule picks the resolution each iteration aligns to from the last half maps' masked FSC
@@ -7,7 +7,8 @@ The band rule picks the resolution each iteration aligns to from the last half m
 implementation's); "align from" picks where each iteration's local pose search starts (previous:
 the last iteration's poses; prior: the pose prior's centre, the poses the run started from);
 "drop worst" leaves that fraction of each half's lowest-scoring particles out of its half map;
-"GMM fit" picks how the fit of each half map's GMM computes its transform (fourier, or hermitian: faster).
+"GMM fit" picks how the fit of each half map's GMM computes its transform (fourier, or hermitian: faster);
+"GMM local resolution" blurs each GMM where the half maps' local resolution is coarser.
 """
 import pyworkflow.protocol.params as params
 
@@ -16,6 +17,7 @@ from gmmcore import defaults
 BAND_RULES = tuple(defaults.BAND_RULES)  # the engine's names, in the form's order
 ALIGN_FROMS = tuple(defaults.ALIGN_FROMS)
 GMM_FITS = tuple(defaults.GMM_FITS)
+GMM_LOCAL_RES = tuple(defaults.GMM_LOCAL_RES_CHOICES)
 
 
 def addExpertChoice(form, name, choices, default, label, help):
@@ -26,7 +28,8 @@ def addExpertChoice(form, name, choices, default, label, help):
 
 
 def defineAlignmentRuleParams(form):
-    """Add "Band rule", "Align from", "Drop worst fraction" and "GMM fit" (expert) to the current section of ``form``."""
+    """Add "Band rule", "Align from", "Drop worst fraction", "GMM fit" and "GMM local resolution" (expert) to the
+    current section of ``form``."""
     addExpertChoice(form, "bandRule", BAND_RULES, defaults.BAND_RULE, "Band rule",
                     "The resolution each iteration aligns to, from the masked FSC of the last half maps (never "
                     "finer than 'Highest resolution used'). fsc01: 0.9 x where the FSC falls below 0.1 (the "
@@ -46,9 +49,14 @@ def defineAlignmentRuleParams(form):
                     "band (default). hermitian: from its kz >= 0 half, the same transform with about half the "
                     "work: 1.7-3.2x faster GMM fits, more with more Gaussians; the numbers differ at float32 "
                     "rounding.")
+    addExpertChoice(form, "gmmLocalRes", GMM_LOCAL_RES, defaults.GMM_LOCAL_RES, "GMM local resolution",
+                    "on: blur each Gaussian of a half map's GMM where the local resolution (windowed FSC of the "
+                    "half maps) is coarser than the particle's median, as the reference implementation filters "
+                    "each half map by its local resolution. off (default): one resolution for the whole GMM.")
 
 
 def alignmentRuleOptions(prot):
-    """The engine options of the four fields of ``prot`` (its form has them)."""
+    """The engine options of the five fields of ``prot`` (its form has them)."""
     return {"band_rule": BAND_RULES[prot.bandRule.get()], "align_from": ALIGN_FROMS[prot.alignFrom.get()],
-            "drop_worst": prot.dropWorst.get(), "gmm_fit": GMM_FITS[prot.gmmFit.get()]}
+            "drop_worst": prot.dropWorst.get(), "gmm_fit": GMM_FITS[prot.gmmFit.get()],
+            "gmm_local_res": GMM_LOCAL_RES[prot.gmmLocalRes.get()]}

@@ -200,7 +200,8 @@ class TestGmmProtocolForms(BaseTest):
         from gmmcore import defaults
         from gmmcore.cli import build_parser
         from gmmrefine_scipion import Plugin
-        from gmmrefine_scipion.protocols.alignment_rules import BAND_RULES, GMM_FITS, alignmentRuleOptions
+        from gmmrefine_scipion.protocols.alignment_rules import (BAND_RULES, GMM_FITS, GMM_LOCAL_RES,
+                                                                 alignmentRuleOptions)
 
         for protClass in COMPUTE:
             prot = protClass()
@@ -209,12 +210,13 @@ class TestGmmProtocolForms(BaseTest):
                              protClass.__name__)
             if not has:
                 continue
-            for name in ("bandRule", "alignFrom", "dropWorst", "gmmFit"):
+            for name in ("bandRule", "alignFrom", "dropWorst", "gmmFit", "gmmLocalRes"):
                 self.assertEqual(prot.getParam(name).expertLevel.get(), LEVEL_ADVANCED, (protClass.__name__, name))
             self.assertEqual(alignmentRuleOptions(prot), {"band_rule": defaults.BAND_RULE,
                                                           "align_from": defaults.ALIGN_FROM,
                                                           "drop_worst": defaults.DROP_WORST,
-                                                          "gmm_fit": defaults.GMM_FIT})
+                                                          "gmm_fit": defaults.GMM_FIT,
+                                                          "gmm_local_res": defaults.GMM_LOCAL_RES})
         refine = self._saved(GmmProtRefine, useGpu=False)
         refine.inputParticles.set(self._particles("rules"))
         signature = refine._formSignature()
@@ -233,21 +235,26 @@ class TestGmmProtocolForms(BaseTest):
         signature = refine._formSignature()
         refine.gmmFit.set(GMM_FITS.index("hermitian"))
         self.assertNotEqual(refine._formSignature(), signature)
+        signature = refine._formSignature()
+        refine.gmmLocalRes.set(GMM_LOCAL_RES.index("on"))
+        self.assertNotEqual(refine._formSignature(), signature)
         command = Plugin.getGmmcoreArgs("refine", out="o", **refine._engineOptions())
         self.assertIn("--band-rule %s " % other, command + " ")
         self.assertIn("--align-from prior ", command + " ")
         self.assertIn("--drop-worst 0.1 ", command + " ")
         self.assertIn("--gmm-fit hermitian ", command + " ")
+        self.assertIn("--gmm-local-res on ", command + " ")
         for protClass, verb, required in (
                 (GmmProtFocusedRefine, "refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
                 (GmmProtPatchRefine, "refine-patches", dict(out="o", **{"from": "r"}))):
             options = self._saved(protClass, bandRule=BAND_RULES.index(other), alignFrom=1, dropWorst=0.1,
-                                   gmmFit=GMM_FITS.index("hermitian"), useGpu=False)._alignmentOptions()
+                                   gmmFit=GMM_FITS.index("hermitian"), gmmLocalRes=GMM_LOCAL_RES.index("on"),
+                                   useGpu=False)._alignmentOptions()
             self.assertEqual((options["band_rule"], options["align_from"]), (other, "prior"), verb)
             argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
             args = build_parser(argv).parse_args(argv)
-            self.assertEqual((args.band_rule, args.align_from, args.drop_worst, args.gmm_fit),
-                             (other, "prior", 0.1, "hermitian"), verb)
+            self.assertEqual((args.band_rule, args.align_from, args.drop_worst, args.gmm_fit, args.gmm_local_res),
+                             (other, "prior", 0.1, "hermitian", "on"), verb)
 
     def test_pose_precision_in_the_summary(self):
         """Focused, conf2pose and patch runs: the Cramér–Rao bound of the region's and the whole

@@ -1,0 +1,58 @@
+"""Local-resolution-aware GMMs: each Gaussian blurred by how much coarser its region's local
+resolution is than the particle's.
+
+The reference implementation low-pass filters each half map by its local resolution before it fits
+the GMM.  Here the same blur acts on the fitted GMM, through the refinement plan's GMM-shaping path
+(applied after every fit and every resume, never saved, so it cannot compound): with r(c) the local
+resolution at a Gaussian's centre (:func:`gmmcore.localres.local_resolution` of the two half maps)
+and r₀ its median over the Gaussians' centres (the particle's density),
+
+    σ'² = σ² + (κ·r_band)²·max(0, (r(c)/r₀)² − 1),   κ = √(ln 2 / 2)/π ≈ 0.187,
+
+κ·r being the σ of the Gaussian filter whose transform is 1/2 at 1/r.  A region at the particle's
+median local resolution keeps its Gaussians; one whose local resolution is twice as coarse is blurred
+as a map filtered at twice the band's resolution (the local FSC's scale differs from the global
+one's, so only the ratio r(c)/r₀ is used).  Centres and amplitudes (masses) never change.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from ..localres import local_resolution
+from ..masks import values_at
+from .model import GMM
+
+KAPPA = math.sqrt(math.log(2.0) / 2.0) / math.pi  # σ of the Gaussian filter at half amplitude at 1/r, per Å of r
+
+
+def local_resolution_map(half1: np.ndarray, half2: np.ndarray, apix: float,
+                         mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Local resolution (Å, [z, y, x]) of two half maps inside ``mask`` (0 outside)."""
+    return local_resolution(half1, half2, apix, mask=mask)
+
+
+def local_blur_A(local_res: np.ndarray, centers_A: np.ndarray, apix: float, band_A: float) -> np.ndarray:
+    """Extra σ (Å, float64 (n,)) of each Gaussian at ``centers_A`` (Å from the box centre): 0 where
+    the local resolution is at most the median over the Gaussians' centres, or unknown (outside the
+    mask).  The median is taken at the centres, where the particle's density is — not over the mask,
+    whose solvent margin has coarse local resolutions."""
+    r = values_at(np.asarray(local_res, np.float64), centers_A, apix)
+    known = r[r > 0]
+    if known.size == 0:
+        return np.zeros(len(r))
+    r0 = float(np.median(known))
+    ratio2 = np.where(r > 0, (r / r0) ** 2, 1.0)
+    return KAPPA * float(band_A) * np.sqrt(np.maximum(ratio2 - 1.0, 0.0))
+
+
+def widen_to_local_resolution(gmm: GMM, local_res: np.ndarray, apix: float, band_A: float) -> GMM:
+    """A copy of ``gmm`` with each Gaussian blurred by :func:`local_blur_A` (see the module notes)."""
+    blur = local_blur_A(local_res, gmm.centers, apix, band_A)
+    out = gmm.copy()
+    out.sigmas = np.sqrt(gmm.sigmas.astype(np.float64) ** 2 + blur ** 2).astype(np.float32)
+    out.meta = {**gmm.meta, "local_res": {"widened": int((blur > 0).sum()), "max_blur_A": float(blur.max(initial=0.0)),
+                                          "band_A": float(band_A)}}
+    return out
