@@ -88,9 +88,10 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
                         "default) or hermitian (from its k_z ≥ 0 half: the same transform, about half the work — "
                         "1.7–3.2× faster fits, more with more Gaussians; the numbers differ at float32 rounding)")
     p.add_argument("--gmm-local-res", choices=defaults.GMM_LOCAL_RES_CHOICES, default=defaults.GMM_LOCAL_RES,
-                   help="on: blur each Gaussian of a half map's GMM where the local resolution (windowed FSC of the "
-                        "half maps) is coarser than the particle's median, as the reference implementation filters "
-                        "each half map by its local resolution; off (default): one resolution for the whole GMM")
+                   help="on (default): blur each Gaussian of a half map's GMM where the local resolution (windowed "
+                        "FSC of the half maps) is coarser than the median at the Gaussians, as the reference "
+                        "implementation filters each half map by its local resolution (measured slightly better on "
+                        "RELION-made particles); off: one resolution for the whole GMM")
     add_prior_arguments(p, centred_on=prior_help)
     add_run_arguments(p, **run_help)
 

@@ -50,9 +50,10 @@ def defineAlignmentRuleParams(form):
                     "work: 1.7-3.2x faster GMM fits, more with more Gaussians; the numbers differ at float32 "
                     "rounding.")
     addExpertChoice(form, "gmmLocalRes", GMM_LOCAL_RES, defaults.GMM_LOCAL_RES, "GMM local resolution",
-                    "on: blur each Gaussian of a half map's GMM where the local resolution (windowed FSC of the "
-                    "half maps) is coarser than the particle's median, as the reference implementation filters "
-                    "each half map by its local resolution. off (default): one resolution for the whole GMM.")
+                    "on (default): blur each Gaussian of a half map's GMM where the local resolution (windowed FSC "
+                    "of the half maps) is coarser than the median at the Gaussians, as the reference "
+                    "implementation filters each half map by its local resolution (measured slightly better). "
+                    "off: one resolution for the whole GMM.")
 
 
 def alignmentRuleOptions(prot):
