@@ -13,6 +13,11 @@ and r₀ its median over the Gaussians' centres (the particle's density),
 median local resolution keeps its Gaussians; one whose local resolution is twice as coarse is blurred
 as a map filtered at twice the band's resolution (the local FSC's scale differs from the global
 one's, so only the ratio r(c)/r₀ is used).  Centres and amplitudes (masses) never change.
+
+Gold standard: the local resolution comes from both half maps, as the band does from their FSC — a
+coupling of the halves through a resolution estimate, never through their signal (the reference
+implementation does the same).  ``--gmm-local-res off`` removes it (with ``--maxres`` pinning the
+band, the halves are then fully independent: ``tests/test_refine.py``).
 """
 from __future__ import annotations
 
