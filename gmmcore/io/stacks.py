@@ -233,16 +233,23 @@ def names_resolving_from(table, folder) -> np.ndarray:
     that cannot be found keep their names.  (The rule for every star gmmcore writes for its own
     outputs: ``gmmcore import``, ``refine``'s ``final/particles.star``.)"""
     folder = Path(folder).resolve()
-    names, _ = locate_image_names(table)
-    written: Dict[str, Optional[str]] = {}  # stack path as named → as written (None: the name is kept)
-    out = []
-    for nm in names:
+    loc = table_locator(table)
+    keys = image_keys(table.image_name, table.source or None)
+    # a found stack's absolute path as written (once per stack, not per particle); None: not found
+    written = [None if f is None else _path_from(folder, f) for f in (loc.find(p) for p in keys.paths)]
+    kept: Dict[str, Optional[str]] = {}  # a missing stack's path as named → as written (None: kept)
+    out = np.empty(len(keys.index0), dtype=object)  # each name made once (a million rows: no second copy)
+    for r, (i, c) in enumerate(zip(keys.index0.tolist(), keys.path_code.tolist())):
+        q = written[c]
+        if q is not None:
+            out[r] = format_image_name(i, q)
+            continue
+        nm = str(table.image_name[r]).strip()  # stack not found: the name as given, an absolute path rewritten
         i, p = parse_image_name(nm)
-        if p not in written:  # once per stack, not per particle (a million rows name a few stacks)
-            written[p] = _path_from(folder, p)
-        q = written[p]
-        out.append(nm if q is None else format_image_name(i, q))
-    return np.asarray(out, dtype=object)
+        if p not in kept:
+            kept[p] = _path_from(folder, p)
+        out[r] = nm if kept[p] is None else format_image_name(i, kept[p])
+    return out
 
 
 def _path_from(folder: Path, path: str) -> Optional[str]:
