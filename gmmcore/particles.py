@@ -176,6 +176,23 @@ def check_ctf(ctf: CTFParams, source=None, labels: Optional[dict] = None) -> Non
             raise InputError(f"value {v[r]:g} in row {r + 1} is {why}", path=source, field=labels.get(name, name))
 
 
+def one_value(a) -> Optional[np.ndarray]:
+    """The single value (a 1-element array) of a 1-D array whose n ≥ 2 values are all one value,
+    bit for bit (a per-dataset setting such as the voltage); None otherwise."""
+    a = np.asarray(a)
+    if a.ndim != 1 or a.size < 2 or a.dtype.kind not in "biuf":
+        return None
+    bits = a.view(f"u{a.itemsize}") if a.itemsize in (1, 2, 4, 8) else a
+    return a[:1].copy() if (bits == bits[0]).all() else None
+
+
+def shared_value(a) -> np.ndarray:
+    """``a``, or when :func:`one_value` finds one value, a read-only view of that one value with
+    ``a``'s shape (equal values and bytes, no memory per particle)."""
+    v = one_value(a)
+    return np.asarray(a) if v is None else np.broadcast_to(v, np.shape(a))
+
+
 @dataclass
 class ParticleTable:
     image_name: np.ndarray  # (n,) str, "index@path"
@@ -226,6 +243,15 @@ class ParticleTable:
     @property
     def poses(self) -> Poses:
         return Poses(self.rotation, self.origin)
+
+    def with_shared_values(self) -> "ParticleTable":
+        """A copy whose per-particle columns holding one value for every particle (pixel size, box,
+        optics group, CTF voltage, Cs, ...) are read-only views of that value (:func:`shared_value`):
+        the same values, the same :meth:`content_hash`, no memory per particle.  Everything else shared."""
+        return replace(self, apix=shared_value(self.apix), image_size=shared_value(self.image_size),
+                       optics_group=shared_value(self.optics_group),
+                       ctf=CTFParams(**{f.name: shared_value(getattr(self.ctf, f.name)) for f in fields(self.ctf)}),
+                       meta=dict(self.meta))
 
     def with_poses(self, rotation, origin: Optional[np.ndarray] = None) -> "ParticleTable":
         """A copy with new poses (a :class:`Poses`, or rotation (n,3,3) and origin (n,2) Å);

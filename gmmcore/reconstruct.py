@@ -24,7 +24,7 @@ pads, transforms, centres, weights and scatters the same samples into the same a
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import numpy as np
@@ -33,7 +33,7 @@ import scipy.fft as sfft
 from .ctf import ctf_columns, ctf_formula, phase_flip
 from .errors import InputError
 from .fourier import freq_index, radial_index
-from .particles import CTFParams, HalfPair, check_geometry, check_split
+from .particles import CTFParams, HalfPair, check_geometry, check_split, one_value
 from .resources import cpu_threads
 from .symmetry import symmetry_matrices
 
@@ -369,7 +369,8 @@ def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 2000
 class HalfParticles:
     """What reconstructing a set of particles needs, compactly (sent to a worker process): where
     their images are (:class:`gmmcore.io.stacks.StackRefs`), rotations (k, 3, 3), origins (k, 2) Å,
-    CTF, and whether the images are phase-flipped."""
+    CTF (a column of one value travels as that value and arrives as a read-only view of it), and
+    whether the images are phase-flipped."""
 
     refs: object
     rotation: np.ndarray
@@ -384,6 +385,18 @@ class HalfParticles:
 
         return cls(stack_refs(table, rows), table.rotation[rows], table.origin[rows], table.ctf.subset(rows),
                    bool(table.phase_flipped))
+
+    def __getstate__(self) -> dict:
+        """Pickled with each CTF column that holds one value (voltage, Cs, ...) as that value."""
+        ctf = {f.name: getattr(self.ctf, f.name) for f in fields(CTFParams)}
+        return {**self.__dict__, "ctf": {k: ("one", v1) if (v1 := one_value(v)) is not None else ("all", v)
+                                         for k, v in ctf.items()}}
+
+    def __setstate__(self, state: dict) -> None:
+        n = len(state["rotation"])
+        state["ctf"] = CTFParams(**{k: np.broadcast_to(v, (n,)) if how == "one" else v
+                                    for k, (how, v) in state["ctf"].items()})
+        self.__dict__.update(state)
 
 
 def _reconstruct_sent(parts: HalfParticles, box, apix, sym, pad, chunk, desc) -> np.ndarray:

@@ -266,3 +266,27 @@ def test_worker_processes_give_the_in_process_maps_bit_for_bit(sim_small):
         two = reconstruct_halves(table, workers=2, indices=indices, chunk=64)
         for h in (1, 2):
             assert one[h].dtype == two[h].dtype and np.array_equal(one[h], two[h])
+
+
+def test_half_particles_send_one_value_columns_as_their_value(sim_small):
+    """A worker's hand-off pickles a CTF column of one value as that value: smaller, and the same
+    numbers after unpickling (read-only views); a table with shared one-value columns keeps its
+    content hash."""
+    import pickle
+
+    from gmmcore.io.star import read_star
+    from gmmcore.reconstruct import HalfParticles
+
+    table = read_star(sim_small["perturbed_star"])
+    rows = np.flatnonzero(table.half == 1)
+    parts = HalfParticles.of(table, rows)
+    got = pickle.loads(pickle.dumps(parts))
+    for f in ("voltage", "cs", "amp_contrast", "defocus_u"):
+        a, b = getattr(parts.ctf, f), getattr(got.ctf, f)
+        assert a.shape == b.shape and np.array_equal(a, b)
+    assert not got.ctf.voltage.flags.writeable and got.ctf.defocus_u.flags.writeable
+    plain = dict(parts.__dict__)
+    assert len(pickle.dumps(parts)) < len(pickle.dumps(plain)) - 4 * 8 * rows.size
+    shared = table.with_shared_values()
+    assert shared.content_hash() == table.content_hash()
+    assert shared.ctf.voltage.strides == (0,) and np.array_equal(shared.apix, table.apix)
