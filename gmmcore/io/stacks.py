@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import STACK_ROOT, InputError
 from ..safewrite import _umask
-from ..particles import image_keys
+from ..particles import KEYS_BLOCK, image_keys
 from .mrc import set_label
 
 
@@ -239,7 +239,10 @@ def names_resolving_from(table, folder) -> np.ndarray:
     written = [None if f is None else _path_from(folder, f) for f in (loc.find(p) for p in keys.paths)]
     kept: Dict[str, Optional[str]] = {}  # a missing stack's path as named → as written (None: kept)
     out = np.empty(len(keys.index0), dtype=object)  # each name made once (a million rows: no second copy)
-    for r, (i, c) in enumerate(zip(keys.index0.tolist(), keys.path_code.tolist())):
+    rows = ((r, i, c) for b0 in range(0, out.size, KEYS_BLOCK)  # Python ints KEYS_BLOCK at a time
+            for r, i, c in zip(range(b0, b0 + KEYS_BLOCK), keys.index0[b0:b0 + KEYS_BLOCK].tolist(),
+                               keys.path_code[b0:b0 + KEYS_BLOCK].tolist()))
+    for r, i, c in rows:
         q = written[c]
         if q is not None:
             out[r] = format_image_name(i, q)
