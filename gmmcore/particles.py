@@ -176,6 +176,23 @@ def check_ctf(ctf: CTFParams, source=None, labels: Optional[dict] = None) -> Non
             raise InputError(f"value {v[r]:g} in row {r + 1} is {why}", path=source, field=labels.get(name, name))
 
 
+def one_value(a) -> Optional[np.ndarray]:
+    """The single value (a 1-element array) of a 1-D array whose n ≥ 2 values are all one value,
+    bit for bit (a per-dataset setting such as the voltage); None otherwise."""
+    a = np.asarray(a)
+    if a.ndim != 1 or a.size < 2 or a.dtype.kind not in "biuf":
+        return None
+    bits = a.view(f"u{a.itemsize}") if a.itemsize in (1, 2, 4, 8) else a
+    return a[:1].copy() if (bits == bits[0]).all() else None
+
+
+def shared_value(a) -> np.ndarray:
+    """``a``, or when :func:`one_value` finds one value, a read-only view of that one value with
+    ``a``'s shape (equal values and bytes, no memory per particle)."""
+    v = one_value(a)
+    return np.asarray(a) if v is None else np.broadcast_to(v, np.shape(a))
+
+
 @dataclass
 class ParticleTable:
     image_name: np.ndarray  # (n,) str, "index@path"
@@ -226,6 +243,15 @@ class ParticleTable:
     @property
     def poses(self) -> Poses:
         return Poses(self.rotation, self.origin)
+
+    def with_shared_values(self) -> "ParticleTable":
+        """A copy whose per-particle columns holding one value for every particle (pixel size, box,
+        optics group, CTF voltage, Cs, ...) are read-only views of that value (:func:`shared_value`):
+        the same values, the same :meth:`content_hash`, no memory per particle.  Everything else shared."""
+        return replace(self, apix=shared_value(self.apix), image_size=shared_value(self.image_size),
+                       optics_group=shared_value(self.optics_group),
+                       ctf=CTFParams(**{f.name: shared_value(getattr(self.ctf, f.name)) for f in fields(self.ctf)}),
+                       meta=dict(self.meta))
 
     def with_poses(self, rotation, origin: Optional[np.ndarray] = None) -> "ParticleTable":
         """A copy with new poses (a :class:`Poses`, or rotation (n,3,3) and origin (n,2) Å);
@@ -286,48 +312,60 @@ class ImageKeys:
         return self.path_code * (int(self.index0.max(initial=0)) + 1) + self.index0
 
 
+KEYS_BLOCK = 65536  # names parsed at once by image_keys: its Python temporaries are bounded by this, not by n
+
+
 def image_keys(names, source=None, field: str = "rlnImageName") -> ImageKeys:
-    """Parse RELION image names ``index@path`` (fast: one pass, paths normalised once each).  A bad
-    name (index not a positive integer, empty path) raises :class:`InputError` naming its row."""
+    """Parse RELION image names ``index@path`` (fast: one pass, paths normalised once each; names
+    parsed :data:`KEYS_BLOCK` at a time, so the temporary strings of a million rows never live at
+    once).  A bad name (index not a positive integer, empty path) raises :class:`InputError`
+    naming its row."""
     import os
 
-    raw = np.asarray(names, dtype=object).reshape(-1).tolist()
-    n = len(raw)
-    parts = [str(x).strip().partition("@") for x in raw]
-    bare = np.fromiter((not p[1] for p in parts), dtype=bool, count=n)
-    idx_txt = ["1" if not p[1] else p[0] for p in parts]
-    path_txt = [p[0] if not p[1] else p[2] for p in parts]
-    try:
-        idx = np.array(idx_txt, dtype=object).astype(np.int64) if n else np.zeros(0, np.int64)
-        bad = idx < 1
-    except (ValueError, OverflowError):
-        idx, bad = None, None
-    if bad is None or bad.any() or not all(path_txt):
-        for r in range(n):
-            try:
-                ok = int(idx_txt[r]) >= 1 and bool(path_txt[r])
-            except (ValueError, OverflowError):
-                ok = False
-            if not ok:
-                name = str(raw[r]).strip()
-                raise InputError(f"row {r + 1}: bad image name {name!r} (expected index@path, index 1-based)",
-                                 path=source, field=field)
+    names = np.asarray(names, dtype=object).reshape(-1)
+    n = names.size
+    index0 = np.empty(n, dtype=np.int64)
+    code = np.empty(n, dtype=np.int64)
+    bare = np.empty(n, dtype=bool)
     codes: dict = {}
     paths: list = []
-    code = np.empty(n, dtype=np.int64)
-    for r, p in enumerate(path_txt):
-        c = codes.get(p)
-        if c is None:
-            c = codes[p] = len(paths)
-            paths.append(os.path.normpath(p.lstrip(">")))
-        code[r] = c
+    for b0 in range(0, n, KEYS_BLOCK):
+        raw = names[b0:b0 + KEYS_BLOCK].tolist()
+        m = len(raw)
+        parts = [str(x).strip().partition("@") for x in raw]
+        bare[b0:b0 + m] = np.fromiter((not p[1] for p in parts), dtype=bool, count=m)
+        idx_txt = ["1" if not p[1] else p[0] for p in parts]
+        path_txt = [p[0] if not p[1] else p[2] for p in parts]
+        del parts
+        try:
+            idx = np.array(idx_txt, dtype=object).astype(np.int64) if m else np.zeros(0, np.int64)
+            bad = idx < 1
+        except (ValueError, OverflowError):
+            idx, bad = None, None
+        if bad is None or bad.any() or not all(path_txt):
+            for r in range(m):
+                try:
+                    ok = int(idx_txt[r]) >= 1 and bool(path_txt[r])
+                except (ValueError, OverflowError):
+                    ok = False
+                if not ok:
+                    name = str(raw[r]).strip()
+                    raise InputError(f"row {b0 + r + 1}: bad image name {name!r} (expected index@path, index "
+                                     "1-based)", path=source, field=field)
+        index0[b0:b0 + m] = idx - 1
+        for r, p in enumerate(path_txt, start=b0):
+            c = codes.get(p)
+            if c is None:
+                c = codes[p] = len(paths)
+                paths.append(os.path.normpath(p.lstrip(">")))
+            code[r] = c
     # raw spellings that normalise to one path ("a//b", "./a/b") share a code
     uniq = {}
     remap = np.array([uniq.setdefault(p, len(uniq)) for p in paths], dtype=np.int64)
     if len(uniq) != len(paths):
         code = remap[code] if n else code
         paths = list(uniq)
-    return ImageKeys(idx - 1, code, paths, bare)
+    return ImageKeys(index0, code, paths, bare)
 
 
 def check_image_names(names, source=None, field: str = "rlnImageName") -> None:

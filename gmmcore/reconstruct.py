@@ -12,8 +12,10 @@ slice is inserted at A·R for every operator R of the group.  ``finish`` divides
 kernel (sinc² per axis) and crops to the box.
 
 The two half sets are independent, so :func:`reconstruct_halves` reconstructs them in two worker
-processes (spawned, so a parent that has initialised TensorFlow is safe); each streams its own
-images chunk by chunk, so memory does not grow with the number of particles.
+processes (spawned, so a parent that has initialised TensorFlow is safe); each is sent its half
+compactly (:class:`HalfParticles`: stack codes and image indices, poses, CTF — no name strings,
+and the parent keeps no copy) and streams its own images chunk by chunk, so memory does not grow
+with the number of particles beyond these per-particle numbers.
 
 A backend may insert on its device (``backend.insertion_kernel(geometry)``, e.g. JAX on a GPU): the
 geometry, the CTF formula (:func:`gmmcore.ctf.ctf_formula`) and ``finish`` stay here; the kernel
@@ -22,7 +24,7 @@ pads, transforms, centres, weights and scatters the same samples into the same a
 from __future__ import annotations
 
 import copy
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import numpy as np
@@ -32,7 +34,7 @@ from .ctf import ctf_columns, ctf_formula, phase_flip
 from .errors import InputError
 from .fourier import freq_index, radial_index
 from .insertion import kernel as compiled_insertion
-from .particles import CTFParams, HalfPair, check_geometry, check_split
+from .particles import CTFParams, HalfPair, check_geometry, check_split, one_value
 from .resources import cpu_threads
 from .symmetry import symmetry_matrices
 
@@ -349,9 +351,9 @@ def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 2000
     sub = table if indices is None else table.subset(indices)
     box, apix = check_geometry(sub)
     symmetry_matrices(sym)  # validate early (InputError naming --sym)
-    parts = check_split(sub)
+    local = check_split(sub)  # HalfPair of rows of sub
     rows = np.arange(len(table)) if indices is None else np.arange(len(table))[indices]
-    parts = parts.map(lambda h, r: rows[r])
+    parts = local.map(lambda h, r: rows[r])  # rows of table
     if backend is not None and getattr(backend, "device_reconstruction", lambda: False)():
         return parts.map(lambda h, idx: _reconstruct_one(table, idx, box, apix, sym, pad, chunk, label.format(h),
                                                          backend))
@@ -359,14 +361,68 @@ def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 2000
         workers = 2 if cpu_threads() >= 2 and rows.size >= _PARALLEL_MIN_PARTICLES else 1
     if workers <= 1:
         return parts.map(lambda h, idx: _reconstruct_one(table, idx, box, apix, sym, pad, chunk, label.format(h)))
-    import multiprocessing as mp
+    from functools import partial
 
-    # Each worker gets only its half's rows (a smaller pickle); its indices refer to that subset.
-    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as ex:
-        slim = table.slim()
-        futs = parts.map(lambda h, idx: ex.submit(_reconstruct_one, slim.subset(idx), np.arange(idx.size), box, apix,
-                                                  sym, pad, chunk, label.format(h)))
-        return futs.map(lambda h, f: f.result())
+    from .parallel.spawned import run_spawned
+
+    # Each worker is sent only what reconstructing its half needs — where its images are (stack
+    # codes and indices, not name strings), poses, CTF — made and sent one half at a time; this
+    # process keeps no copy while the workers run.
+    del sub, local
+
+    def sent(h: int) -> tuple:
+        return HalfParticles.of(table, parts[h]), box, apix, sym, pad, chunk, label.format(h)
+
+    return HalfPair(*run_spawned(_reconstruct_sent, [partial(sent, 1), partial(sent, 2)]))
+
+
+@dataclass
+class HalfParticles:
+    """What reconstructing a set of particles needs, compactly (sent to a worker process): where
+    their images are (:class:`gmmcore.io.stacks.StackRefs`), rotations (k, 3, 3), origins (k, 2) Å,
+    CTF (a column of one value travels as that value and arrives as a read-only view of it), and
+    whether the images are phase-flipped."""
+
+    refs: object
+    rotation: np.ndarray
+    origin: np.ndarray
+    ctf: CTFParams
+    phase_flipped: bool
+
+    @classmethod
+    def of(cls, table, rows: np.ndarray) -> "HalfParticles":
+        """Rows ``rows`` of ``table`` (their stacks found: a missing one is an InputError here)."""
+        from .io.stacks import stack_refs
+
+        return cls(stack_refs(table, rows), table.rotation[rows], table.origin[rows], table.ctf.subset(rows),
+                   bool(table.phase_flipped))
+
+    def __getstate__(self) -> dict:
+        """Pickled with each CTF column that holds one value (voltage, Cs, ...) as that value."""
+        ctf = {f.name: getattr(self.ctf, f.name) for f in fields(CTFParams)}
+        return {**self.__dict__, "ctf": {k: ("one", v1) if (v1 := one_value(v)) is not None else ("all", v)
+                                         for k, v in ctf.items()}}
+
+    def __setstate__(self, state: dict) -> None:
+        n = len(state["rotation"])
+        state["ctf"] = CTFParams(**{k: np.broadcast_to(v, (n,)) if how == "one" else v
+                                    for k, (how, v) in state["ctf"].items()})
+        self.__dict__.update(state)
+
+
+def _reconstruct_sent(parts: HalfParticles, box, apix, sym, pad, chunk, desc) -> np.ndarray:
+    """Worker side of :func:`reconstruct_halves`: the map of ``parts``, the same numbers as
+    :func:`_reconstruct_one` of their table rows (images in the same order)."""
+    from .io.stacks import iter_stack_images
+    from .progress import progress
+
+    rec = Reconstructor(box, apix, pad=pad, sym=sym)
+    bar = progress(total=len(parts.refs), desc=desc, unit="img")
+    for pos, images in iter_stack_images(parts.refs, min(chunk, READ_BLOCK)):
+        rec.insert(images, parts.rotation[pos], parts.origin[pos], parts.ctf.subset(pos), parts.phase_flipped,
+                   on_pass=bar.update)
+    bar.close()
+    return rec.finish()
 
 
 # ---------------------------------------------------------------------- as work units

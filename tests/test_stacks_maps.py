@@ -260,3 +260,36 @@ def test_same_data_same_bytes_whenever_written(tmp_path, monkeypatch):
     assert (tmp_path / "m0.mrc").read_bytes() == (tmp_path / "m1.mrc").read_bytes()
     with mrcfile.open(tmp_path / "m0.mrc") as m:
         assert [label.strip() for label in m.get_labels()] == ["Created by gmmcore"]
+
+
+def test_stack_refs_read_what_the_names_read(tmp_path, monkeypatch):
+    """The compact hand-off (stack codes + indices, no name strings) reads the same images in the
+    same order and chunks as the names; image_keys parsed block by block equals one pass."""
+    import gmmcore.particles as particles
+    from gmmcore.io.stacks import iter_stack_images, stack_refs
+    from gmmcore.particles import image_keys
+
+    t, imgs = _table_with_stacks(tmp_path, n=40, n_stack=3)
+    idx = np.array([39, 3, 5, 11, 0, 17, 22, 30, 8])
+    refs = stack_refs(t, idx)
+    assert len(refs) == idx.size and refs.code.dtype == np.int32 and all(os.path.isabs(p) for p in refs.paths)
+    # names → compact → names: the same (index, stack) per particle
+    for j, r in enumerate(idx):
+        i, p = parse_image_name(t.image_name[r])
+        assert refs.index0[j] == i and refs.paths[refs.code[j]] == resolve_stack_path(p, tmp_path)
+    for chunk in (1, 4, 1000):
+        by_names = list(iter_images(t, idx, chunk))
+        by_refs = list(iter_stack_images(refs, chunk))
+        assert len(by_names) == len(by_refs)
+        for (rows, a), (pos, b) in zip(by_names, by_refs):
+            np.testing.assert_array_equal(rows, idx[pos])
+            np.testing.assert_array_equal(a, b)
+    whole = image_keys(t.image_name)
+    monkeypatch.setattr(particles, "KEYS_BLOCK", 7)
+    blocked = image_keys(t.image_name)
+    for f in ("index0", "path_code", "bare"):
+        np.testing.assert_array_equal(getattr(whole, f), getattr(blocked, f))
+    assert whole.paths == blocked.paths
+    t.image_name[9] = "x@stack0.mrcs"
+    with pytest.raises(InputError, match="row 10"):
+        image_keys(t.image_name)

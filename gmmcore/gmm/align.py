@@ -271,10 +271,14 @@ def align_sets(sets, table: ParticleTable, start: Poses, grid: FourierGrid, sett
                 _place(outs[si], sel, done)
                 bars[si].update(len(chunk_rows))
                 continue
-            kwargs = {"progress": bars[si].update} if ex.in_process else {}
-            units.append(Unit(f"{s.label} chunk {ci} ({len(chunk_rows)} ptcl)", align_chunk,
-                              (jobs[si], ci, chunk_rows, lean.subset(chunk_rows), start.subset(chunk_rows),
-                               prior.subset(chunk_rows), s.checkpoints), kwargs))
+            label = f"{s.label} chunk {ci} ({len(chunk_rows)} ptcl)"
+            if ex.in_process:  # the unit cuts its particles from the shared table when it runs: one chunk's copy at a time
+                units.append(Unit(label, align_rows, (jobs[si], ci, chunk_rows, lean, start, prior, s.checkpoints),
+                                  {"progress": bars[si].update}))
+            else:  # a unit sent elsewhere carries its own particles only
+                units.append(Unit(label, align_chunk, (jobs[si], ci, chunk_rows, lean.subset(chunk_rows),
+                                                       start.subset(chunk_rows), prior.subset(chunk_rows),
+                                                       s.checkpoints)))
             where.append((si, sel))
 
     def on_done(i, res, info):
@@ -319,6 +323,14 @@ def align_chunk(job: AlignJob, ci: int, rows: np.ndarray, chunk_table: ParticleT
     if checkpoints is not None:
         checkpoints.save_chunk(ci, rows, res)
     return res
+
+
+def align_rows(job: AlignJob, ci: int, rows: np.ndarray, table: ParticleTable, start: Poses, prior: Poses,
+               checkpoints: Optional[ChunkCheckpoints] = None, progress=None) -> Dict[str, np.ndarray]:
+    """Work unit run in this process: :func:`align_chunk` of the table rows ``rows``, their
+    particles and poses cut from ``table`` / ``start`` / ``prior`` (all rows) only when it runs."""
+    return align_chunk(job, ci, rows, table.subset(rows), start.subset(rows), prior.subset(rows), checkpoints,
+                       progress)
 
 
 def ring_weight_unit(sample_table: ParticleTable, sample_start: Poses, gmm: GMM, grid: FourierGrid,

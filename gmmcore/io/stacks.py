@@ -3,7 +3,8 @@
 * :func:`parse_image_name` — RELION ``"12@path.mrcs"`` (1-based) → ``(11, "path.mrcs")``.
 * :func:`resolve_stack_path` — find a stack named relatively in a star/.cs file.
 * :func:`iter_images` — stream a table's images in chunks (memory bounded by the chunk size, not by
-  the number of particles), grouped by file, through ``mrcfile`` memory maps.
+  the number of particles), grouped by file, through ``mrcfile`` memory maps; :class:`StackRefs` /
+  :func:`iter_stack_images` — the same from compact (stack, index) references (what a worker is sent).
 * :class:`StackWriter` — write an ``.mrcs`` incrementally; it appears under its name only when
   closed successfully.
 * :func:`match_image_names` — map particles to the rows of a reference file by image index + path.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from ..errors import STACK_ROOT, InputError
 from ..safewrite import _umask
-from ..particles import image_keys
+from ..particles import KEYS_BLOCK, image_keys
 from .mrc import set_label
 
 
@@ -231,16 +233,26 @@ def names_resolving_from(table, folder) -> np.ndarray:
     that cannot be found keep their names.  (The rule for every star gmmcore writes for its own
     outputs: ``gmmcore import``, ``refine``'s ``final/particles.star``.)"""
     folder = Path(folder).resolve()
-    names, _ = locate_image_names(table)
-    written: Dict[str, Optional[str]] = {}  # stack path as named → as written (None: the name is kept)
-    out = []
-    for nm in names:
+    loc = table_locator(table)
+    keys = image_keys(table.image_name, table.source or None)
+    # a found stack's absolute path as written (once per stack, not per particle); None: not found
+    written = [None if f is None else _path_from(folder, f) for f in (loc.find(p) for p in keys.paths)]
+    kept: Dict[str, Optional[str]] = {}  # a missing stack's path as named → as written (None: kept)
+    out = np.empty(len(keys.index0), dtype=object)  # each name made once (a million rows: no second copy)
+    rows = ((r, i, c) for b0 in range(0, out.size, KEYS_BLOCK)  # Python ints KEYS_BLOCK at a time
+            for r, i, c in zip(range(b0, b0 + KEYS_BLOCK), keys.index0[b0:b0 + KEYS_BLOCK].tolist(),
+                               keys.path_code[b0:b0 + KEYS_BLOCK].tolist()))
+    for r, i, c in rows:
+        q = written[c]
+        if q is not None:
+            out[r] = format_image_name(i, q)
+            continue
+        nm = str(table.image_name[r]).strip()  # stack not found: the name as given, an absolute path rewritten
         i, p = parse_image_name(nm)
-        if p not in written:  # once per stack, not per particle (a million rows name a few stacks)
-            written[p] = _path_from(folder, p)
-        q = written[p]
-        out.append(nm if q is None else format_image_name(i, q))
-    return np.asarray(out, dtype=object)
+        if p not in kept:
+            kept[p] = _path_from(folder, p)
+        out[r] = nm if kept[p] is None else format_image_name(i, kept[p])
+    return out
 
 
 def _path_from(folder: Path, path: str) -> Optional[str]:
@@ -263,6 +275,37 @@ def _open_stack(path):
     return open_mrc(path, what="MRC stack", mmap=True)
 
 
+@dataclass(frozen=True)
+class StackRefs:
+    """Where n particles' images are, without their names: image ``index0[j]`` (0-based) of the
+    stack ``paths[code[j]]`` (absolute, resolved), ``size[j]`` pixels square; ``bare[j]``: the
+    particle named its stack without ``index@``.  Codes number the stacks in order of first
+    appearance among these particles (as :func:`gmmcore.particles.image_keys` does), so
+    :func:`iter_stack_images` gives the images in the order :func:`iter_images` gives them.
+    17 bytes per particle: what a worker process is sent instead of name strings (≈ 110 bytes each)."""
+
+    index0: np.ndarray  # (n,) int64
+    code: np.ndarray  # (n,) int32 into paths
+    paths: Tuple[str, ...]
+    size: np.ndarray  # (n,) int32, pixels
+    bare: np.ndarray  # (n,) bool
+
+    def __len__(self) -> int:
+        return int(self.index0.size)
+
+
+def stack_refs(table, indices=None) -> StackRefs:
+    """The :class:`StackRefs` of ``table``'s rows ``indices`` (default all): names parsed, stacks
+    found (:class:`StackLocator`; a missing one is an :class:`InputError` naming the folders searched)."""
+    rows = np.arange(len(table)) if indices is None else np.arange(len(table))[np.asarray(indices)]
+    star_dir, root = _table_dirs(table)
+    src = table.source or None
+    keys = image_keys(np.asarray(table.image_name)[rows], src)
+    locator = StackLocator(star_dir, root, src)
+    return StackRefs(keys.index0, keys.path_code.astype(np.int32), tuple(locator.resolve(p) for p in keys.paths),
+                     np.asarray(table.image_size, dtype=np.int32)[rows], keys.bare)
+
+
 def iter_images(table, indices=None, chunk: int = 20000) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Stream the images of ``table`` (rows ``indices``, default all) in chunks.
 
@@ -276,16 +319,18 @@ def iter_images(table, indices=None, chunk: int = 20000) -> Iterator[Tuple[np.nd
     rows = np.arange(n) if indices is None else np.arange(n)[np.asarray(indices)]
     if rows.size == 0:
         return
-    chunk = max(1, int(chunk))
-    star_dir, root = _table_dirs(table)
-    src = table.source or None
+    for pos, images in iter_stack_images(stack_refs(table, rows), chunk):
+        yield rows[pos], images
 
-    keys = image_keys(np.asarray(table.image_name)[rows], src)
-    index0, pid, paths = keys.index0, keys.path_code, keys.paths
-    bare_pid = set(pid[keys.bare].tolist())
-    locator = StackLocator(star_dir, root, src)
-    resolved = [locator.resolve(p) for p in paths]
-    size = np.asarray(table.image_size)[rows]
+
+def iter_stack_images(refs: StackRefs, chunk: int = 20000) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """:func:`iter_images` of the particles ``refs`` describes: yields ``(positions, images)``,
+    ``positions`` into ``refs``."""
+    if len(refs) == 0:
+        return
+    chunk = max(1, int(chunk))
+    index0, pid, resolved, size = refs.index0, refs.code, refs.paths, refs.size
+    bare_pid = set(pid[refs.bare].tolist())
     order = np.lexsort((index0, pid, size))
 
     # chunk boundaries: every `chunk` images and wherever the image size changes
@@ -330,7 +375,7 @@ def iter_images(table, indices=None, chunk: int = 20000) -> Iterator[Tuple[np.nd
                     bad = int(idx[np.flatnonzero(~finite)[0]]) + 1
                     raise InputError(f"image {bad} contains NaN or infinite values", path=fname,
                                      field=f"image {bad}")
-            yield rows[sel], out
+            yield sel, out
     finally:
         if current["mrc"] is not None:
             current["mrc"].close()

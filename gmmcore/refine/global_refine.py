@@ -82,7 +82,7 @@ def run_global(p: RefineParams, executor=None) -> RunSummary:
     device chosen by ``p.gpu`` / ``p.cpu``; a Dask executor's workers choose their own devices and
     this process then stays off the GPUs."""
     # Check every input before anything is written, so a corrected command can use the same --out.
-    table = read_star(p.particles)
+    table = read_star(p.particles).with_shared_values()  # one-value columns (voltage, box, ...) cost nothing per particle
     box, apix = check_geometry(table)
     p = replace(p, particles_hash=table.content_hash())
     new_split = assign_split(table, p.new_split, seed=p.seed) == "new-random"

@@ -127,8 +127,11 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
         log.info("  half %d: mean FRC %.4f -> %.4f", h, float(res.score0.mean()), float(res.score.mean()))
     store.save_poses(poses)
     change = PoseChange.of(*poses.change_from(state.poses, apix))
-
+    frc = {"before": {str(h): float(r.score0.mean()) for h, r in aligned.items()},
+           "after": {str(h): float(r.score.mean()) for h, r in aligned.items()}}
     kept = best_scoring(rows, aligned, plan.drop_worst)
+    del aligned, res  # their poses are in ``poses``: not held while the halves are reconstructed
+
     maps = reconstruct_halves(table.with_poses(poses), sym=plan.sym, pad=plan.pad, chunk=plan.align.chunk,
                               indices=kept, executor=ex, backend=backend, desc=f"iter {it}")
     store.save_half_maps(maps, apix)
@@ -136,8 +139,7 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
                                    **plan.extra_report(maps)})
     record = IterationRecord(
         iteration=it, target_resolution=band.resolution_A, report=rep, pose_change=change,
-        frc={"before": {str(h): float(r.score0.mean()) for h, r in aligned.items()},
-             "after": {str(h): float(r.score.mean()) for h, r in aligned.items()}},
+        frc=frc,
         gmm_fsc={str(h): float(fr[1].get("fsc_mean", float("nan"))) for h, fr in fitted.items()},
         n_gaussians={str(h): len(fr[0]) for h, fr in fitted.items()},
         seconds=time.time() - t0, dir=store.name)
