@@ -52,6 +52,10 @@ def test_run_dir_of_previous_version_continues(tmp_path, capsys):
     assert main(["refine", "--particles", str(star), "--out", str(run), *OLD_ARGS]) == 0
     out = capsys.readouterr().out
     assert "iteration 1 already complete" in out
+    # options added since keep the behaviour the run was made with (recorded, and said in the log)
+    recorded = json.loads((run / "params.json").read_text())
+    assert (recorded["gmm_local_res"], recorded["band_rule"]) == ("off", "fsc0143")
+    assert "this run was made before --gmm-local-res existed: it keeps off" in (run / "run.log").read_text()
 
     # nothing the old run had finished was recomputed or rewritten
     now = _mtimes(run)

@@ -164,6 +164,7 @@ def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.
                   focus_mask_fingerprint=fingerprint(focus_mask), fsc_mask_fingerprint=fingerprint(fsc_mask),
                   fit_mask_fingerprint=fingerprint(fit_mask))
     run = RunDir.create_or_continue(params.out, record, IDENTITY)
+    params = replace(params, **run.inherited)  # an older run keeps what it was made with
     old = finished(run.path, params.iterations)
     if old is not None:
         log.info("%s: already complete (%d iterations)", run.path, params.iterations)

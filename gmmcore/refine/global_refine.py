@@ -103,6 +103,7 @@ def run_global(p: RefineParams, executor=None) -> RunSummary:
 
     backend = get_backend(p.backend)
     run = RunDir.create_or_continue(p.out, asdict(p), IDENTITY)
+    p = replace(p, **run.inherited)  # an older run keeps what it was made with
     try:
         return _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, executor)
     except InputError:

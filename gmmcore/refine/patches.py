@@ -164,6 +164,7 @@ def run_patches(p: PatchParams, executor=None) -> RunSummary:
     record["start_fingerprint"] = state_fingerprint(start)
     # each patch_NN is a run of its own (maybe written by another worker now): it cleans itself
     run = RunDir.create_or_continue(p.out, record, IDENTITY, nested_runs=("patch_*",))
+    p = replace(p, **run.inherited)  # an older run keeps what it was made with
     if not (run.path / FSC_MASK).is_file():
         write_map(run.path / FSC_MASK, fsc_mask, apix)
     patches = _load_or_define(run, p, start.gmms, box, apix)

@@ -127,6 +127,11 @@ class RunDir:
     def __init__(self, path):
         self.path = Path(path)
         self.created = False
+        self.inherited: dict = {}  # legacy values an older run keeps (create_or_continue)
+
+    # What a run made before an identity parameter existed was made with: continuing such a run keeps
+    # it (``inherited``), so its remaining iterations are those of the run it is.
+    LEGACY_VALUES = {"band_rule": "fsc0143", "gmm_local_res": "off"}
 
     @classmethod
     def create_or_continue(cls, path, params: dict, identity: Sequence[str],
@@ -138,8 +143,11 @@ class RunDir:
         for, :func:`gmmcore.safewrite.claim_output`) is recorded in params.json.  Removes
         temporaries a killed run left — except inside sub-folders matching a ``nested_runs`` glob
         (e.g. "patch_*"): those are run directories of their own, possibly written by another
-        process right now, and clean themselves.  Starts the log."""
+        process right now, and clean themselves.  Starts the log.  ``run.inherited``: the
+        :attr:`LEGACY_VALUES` of identity parameters an older run did not record, which it keeps (the
+        caller runs with them; params.json records them)."""
         run = cls(path)
+        run.inherited = {}
         run.nested_runs = tuple(nested_runs)
         kind = kind or claimed_kind(run.path)
         if kind is not None:
@@ -158,6 +166,9 @@ class RunDir:
             if old_kind is None and identity and not any(k in old for k in identity):
                 raise InputError("holds another kind of gmmcore run (none of this run's parameters in its "
                                  "params.json): use a new --out", path=run.path)
+            run.inherited = {k: v for k, v in cls.LEGACY_VALUES.items()
+                             if k in identity and k not in old and k in params and params[k] != v}
+            params = {**params, **run.inherited}
             diff = [k for k in identity if k in old and old.get(k) != params.get(k)]
             if diff:
                 what = ("the particles' content changed" if diff == ["particles_hash"] else
@@ -173,6 +184,8 @@ class RunDir:
         setup_logging(run.path)
         if old is not None:
             log.info("continuing the run in %s", run.path)
+            for k, v in run.inherited.items():
+                log.info("NOTE: this run was made before --%s existed: it keeps %s", k.replace("_", "-"), v)
         run.remove_temporaries()
         return run
 
