@@ -236,25 +236,26 @@ class TestGmmProtocolForms(BaseTest):
         refine.gmmFit.set(GMM_FITS.index("hermitian"))
         self.assertNotEqual(refine._formSignature(), signature)
         signature = refine._formSignature()
-        refine.gmmLocalRes.set(GMM_LOCAL_RES.index("on"))
+        other_local = [c for c in GMM_LOCAL_RES if c != defaults.GMM_LOCAL_RES][0]  # the non-default choice
+        refine.gmmLocalRes.set(GMM_LOCAL_RES.index(other_local))
         self.assertNotEqual(refine._formSignature(), signature)
         command = Plugin.getGmmcoreArgs("refine", out="o", **refine._engineOptions())
         self.assertIn("--band-rule %s " % other, command + " ")
         self.assertIn("--align-from prior ", command + " ")
         self.assertIn("--drop-worst 0.1 ", command + " ")
         self.assertIn("--gmm-fit hermitian ", command + " ")
-        self.assertIn("--gmm-local-res on ", command + " ")
+        self.assertIn("--gmm-local-res %s " % other_local, command + " ")
         for protClass, verb, required in (
                 (GmmProtFocusedRefine, "refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
                 (GmmProtPatchRefine, "refine-patches", dict(out="o", **{"from": "r"}))):
             options = self._saved(protClass, bandRule=BAND_RULES.index(other), alignFrom=1, dropWorst=0.1,
-                                   gmmFit=GMM_FITS.index("hermitian"), gmmLocalRes=GMM_LOCAL_RES.index("on"),
+                                   gmmFit=GMM_FITS.index("hermitian"), gmmLocalRes=GMM_LOCAL_RES.index(other_local),
                                    useGpu=False)._alignmentOptions()
             self.assertEqual((options["band_rule"], options["align_from"]), (other, "prior"), verb)
             argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
             args = build_parser(argv).parse_args(argv)
             self.assertEqual((args.band_rule, args.align_from, args.drop_worst, args.gmm_fit, args.gmm_local_res),
-                             (other, "prior", 0.1, "hermitian", "on"), verb)
+                             (other, "prior", 0.1, "hermitian", other_local), verb)
 
     def test_pose_precision_in_the_summary(self):
         """Focused, conf2pose and patch runs: the Cramér–Rao bound of the region's and the whole
