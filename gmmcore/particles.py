@@ -307,6 +307,9 @@ class ImageKeys:
     paths: list
     bare: np.ndarray
 
+    def __len__(self) -> int:
+        return int(self.index0.size)
+
     def image(self) -> np.ndarray:
         """(n,) int64: one number per distinct image (same stack and index ⇔ same number)."""
         return self.path_code * (int(self.index0.max(initial=0)) + 1) + self.index0

@@ -246,13 +246,13 @@ def test_gmm_local_res_blurs_what_aligns_never_what_is_saved(loop_setup, monkeyp
     fitted one blurred by the half maps' local resolution (gmm.localwidth: centres and masses kept,
     no Gaussian narrower, some wider), and the saved GMM is the fitted one.  The small simulation's
     local resolution is uniform, so the local-resolution map is made coarser on one side (x > 4 Å)."""
-    import gmmcore.gmm.localwidth as localwidth
+    import gmmcore.localres as localres
     from gmmcore.gmm.localwidth import local_blur_A
     from gmmcore.refine import loop
     from gmmcore.refine.rundir import RunDir
 
     table, state, plan, backend, folder = loop_setup
-    real = localwidth.local_resolution_map
+    real = localres.local_resolution
 
     def one_side_coarser(h1, h2, apix, mask=None):
         m = real(h1, h2, apix, mask=mask)
@@ -262,7 +262,7 @@ def test_gmm_local_res_blurs_what_aligns_never_what_is_saved(loop_setup, monkeyp
         return m
 
     calls = []
-    monkeypatch.setattr(localwidth, "local_resolution_map", one_side_coarser)
+    monkeypatch.setattr(localres, "local_resolution", one_side_coarser)
     seen = {}
 
     def record(h, g):

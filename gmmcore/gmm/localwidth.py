@@ -22,21 +22,13 @@ band, the halves are then fully independent: ``tests/test_refine.py``).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 
-from ..localres import local_resolution
 from ..masks import values_at
 from .model import GMM
 
 KAPPA = math.sqrt(math.log(2.0) / 2.0) / math.pi  # σ of the Gaussian filter at half amplitude at 1/r, per Å of r
-
-
-def local_resolution_map(half1: np.ndarray, half2: np.ndarray, apix: float,
-                         mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """Local resolution (Å, [z, y, x]) of two half maps inside ``mask`` (0 outside)."""
-    return local_resolution(half1, half2, apix, mask=mask)
 
 
 def local_blur_A(local_res: np.ndarray, centers_A: np.ndarray, apix: float, band_A: float) -> np.ndarray:

@@ -575,7 +575,7 @@ def reference_rows(table, ref_names, ref_path, field: str, what: str = "particle
     rows = match_image_names(image_keys(original_image_names(table), table.source or None), ref_names)
     if rows is not None:
         return rows
-    n_ref = len(ref_names.index0) if hasattr(ref_names, "index0") else len(ref_names)
+    n_ref = len(ref_names)
     if n_ref == len(table):
         return np.arange(n_ref)
     raise InputError(f"the particles ({len(table)}) do not match the reference ({n_ref} {what}) by "
@@ -587,7 +587,7 @@ def _index_codes(names) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     if hasattr(names, "index0"):
         idx, code, raw = np.asarray(names.index0, np.int64), np.asarray(names.path_code, np.int64), names.paths
     else:
-        idx = np.fromiter((int(i) for i, _ in names), dtype=np.int64, count=len(names))
+        idx = np.fromiter((int(i) for i, _ in names), dtype=np.int64, count=len(names))  # (index0, path) pairs
         codes: Dict[str, int] = {}
         code = np.fromiter((codes.setdefault(p, len(codes)) for _, p in names), dtype=np.int64, count=len(names))
         raw = list(codes)

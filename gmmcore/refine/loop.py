@@ -60,9 +60,10 @@ def _local_widening(state: RefinementState, plan: IterationPlan, apix: float, ba
     :mod:`gmmcore.gmm.localwidth`), else unchanged."""
     if plan.gmm_local_res != "on":
         return lambda g: g
-    from ..gmm.localwidth import local_resolution_map, widen_to_local_resolution
+    from .. import localres
+    from ..gmm.localwidth import widen_to_local_resolution
 
-    local = local_resolution_map(state.half_maps[1], state.half_maps[2], apix, mask=plan.fsc_mask)
+    local = localres.local_resolution(state.half_maps[1], state.half_maps[2], apix, mask=plan.fsc_mask)
 
     def widen(g):
         out = widen_to_local_resolution(g, local, apix, band_A)
