@@ -3,6 +3,7 @@ maps computed from the bundled adenylate kinase models (see README.md beside thi
 
     python -m benchmarks.realistic.generate --set flexible --out benchmarks/realistic_cache
     python -m benchmarks.realistic.generate --set rigid --n 400 --snr 0.1 --out /tmp/small
+    python -m benchmarks.realistic.generate --set assembly --out benchmarks/realistic_cache
 
 Frames and truth
 ----------------
@@ -18,6 +19,14 @@ Frames and truth
   ``domain_rotation`` Q and ``domain_translation_A`` u: the domain's Kabsch motion from t_ref to its
   bin (y = Q z + u); the domain's pose — where the t_ref map explains the moved domain — is
   (A·Q, o − (A u)_xy) (RELION A, origins in Å, the sign convention of :mod:`gmmcore.simulate`).
+* Assembly set (a domain of tens of kDa in a larger particle, where a per-particle pose of the
+  domain is physically possible — the LID's is not, see pose_bound.py): six closed ADK copies at
+  the vertices of a regular octahedron (edge 46 Å between centres of mass; each copy turned by a
+  seeded rotation, the most open of 64 tries: closest approach 2.8 Å), ≈ 145 kDa, box 80 at
+  1.75 Å/px.  Two neighbouring copies (≈ 48 kDa, a third of the mass) are the moving domain: a
+  rigid turn about a hinge halfway between the domain's and the core's centres of mass, axis
+  perpendicular to the line joining them, by swing·(2t − 1), swing 15°, t uniform — none at t_ref
+  0.5, 7.6° on average.  "lid" in the code below names this domain; the core is the other four.
 * Masks (soft, 3-px raised-cosine edge, :func:`gmmcore.masks.points_mask`): ``domain_mask.mrc``
   voxels within 4 Å of the LID atoms of any bin and nearer to them than to the other atoms of
   t_ref; ``core_mask.mrc`` the same for the core atoms of t_ref; ``particle_mask.mrc`` within 4 Å
@@ -61,7 +70,18 @@ from benchmarks.realistic.atom_maps import atom_map, atom_sigmas, read_b_factors
 LID = (122, 159)
 NMP = (30, 59)
 T_REF = 0.5
-SETS = {"rigid": dict(n=4000, flexible=False), "flexible": dict(n=6000, flexible=True)}
+SETS = {"rigid": dict(n=4000, flexible=False), "flexible": dict(n=6000, flexible=True),
+        "assembly": dict(n=6000, flexible=True, assembly=True, box=80, apix=1.75)}
+DEFAULT_BOX, DEFAULT_APIX = 64, 1.5
+# The assembly set: an octahedral cluster of ASSEMBLY_COPIES closed ADK copies (≈ 24 kDa each); two
+# neighbouring copies form the moving domain (≈ 48 kDa, a third of the mass), which swings about a
+# hinge at its contact with the rest by up to ±ASSEMBLY_SWING_DEG (uniform over the particles; none
+# at t_ref).
+ASSEMBLY_COPIES = 6
+ASSEMBLY_DOMAIN_COPIES = 2
+ASSEMBLY_EDGE_A = 46.0  # distance between neighbouring copies' centres of mass
+ASSEMBLY_SWING_DEG = 15.0
+ASSEMBLY_SEED = 5
 STACK = "particles.mrcs"
 
 
@@ -102,8 +122,58 @@ def load_trajectory() -> dict:
     return traj
 
 
+def load_assembly(domain_copies: int = ASSEMBLY_DOMAIN_COPIES, edge_A: float = ASSEMBLY_EDGE_A,
+                  swing_deg: float = ASSEMBLY_SWING_DEG, seed: int = ASSEMBLY_SEED) -> dict:
+    """The assembly set's trajectory (module notes): six closed ADK copies at the vertices of a
+    regular octahedron of edge ``edge_A``, each turned by a seeded random rotation (the most open of
+    64 tries: largest closest approach between copies); the first ``domain_copies`` (neighbours) are
+    the moving domain.  Its hinge: the point halfway from its centre of mass to the core's, axis
+    perpendicular to that line (seeded).  At trajectory point t the domain is turned about the hinge
+    by swing·(2t − 1) — 0 at t_ref 0.5."""
+    from scipy.spatial import cKDTree
+
+    one = load_trajectory()
+    m1 = one["mass"]
+    x1 = one["xa"] - (one["xa"] * m1[:, None]).sum(0) / m1.sum()
+    verts = np.array([[1, 0, 0], [0, 1, 0], [-1, 0, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], np.float64)
+    verts *= edge_A / math.sqrt(2.0)  # neighbouring unit vertices are √2 apart
+    copies = len(verts)
+    rng = np.random.default_rng(seed)
+    best, best_gap = None, -1.0
+    for _ in range(64):
+        rots = random_rotations(copies, rng)
+        parts = [x1 @ r.T + v for r, v in zip(rots, verts)]
+        gap = min(cKDTree(parts[i]).query(parts[j])[0].min() for i in range(copies) for j in range(i + 1, copies))
+        if gap > best_gap:
+            best, best_gap = parts, float(gap)
+    x = np.concatenate(best)
+    n1 = len(x1)
+    lid = np.zeros(len(x), bool)
+    lid[:n1 * domain_copies] = True  # "lid" = the moving domain throughout this module
+    dom_c, core_c = verts[:domain_copies].mean(0), verts[domain_copies:].mean(0)
+    hinge = 0.5 * (dom_c + core_c)
+    line = (dom_c - core_c) / np.linalg.norm(dom_c - core_c)
+    axis = np.cross(line, rng.normal(size=3))
+    axis /= np.linalg.norm(axis)
+    ba = np.tile(one["ba"], copies)
+    mass = np.tile(m1, copies)
+    traj = {"xa": x, "xb": x, "elements": np.tile(one["elements"], copies), "resseq": np.tile(one["resseq"], copies),
+            "mass": mass, "lid": lid, "nmp": np.zeros(len(x), bool), "core": ~lid, "ba": ba, "bb": ba,
+            "domains": [], "hinge": (hinge, axis, math.radians(swing_deg)), "min_gap_A": best_gap}
+    traj["centre"] = (x * mass[:, None]).sum(0) / mass.sum()
+    traj["domain_angle_deg"] = [2.0 * float(swing_deg)]
+    return traj
+
+
 def coords_at(traj: dict, t: float, centred: bool = False) -> np.ndarray:
     """Atom coordinates (Å) at trajectory point t ∈ [0, 1] (centred on the box centre if asked)."""
+    if "hinge" in traj:  # the assembly: the domain turns rigidly about its hinge
+        p, axis, swing = traj["hinge"]
+        x = traj["xa"].copy()
+        sel = traj["lid"]
+        R = Rotation.from_rotvec(axis * swing * (2.0 * t - 1.0)).as_matrix()
+        x[sel] = (x[sel] - p) @ R.T + p
+        return x - traj["centre"] if centred else x
     x = traj["xa"] + t * (traj["xb"] - traj["xa"])
     for sel, rotvec, ud, rest in traj["domains"]:
         Rt = Rotation.from_rotvec(t * rotvec).as_matrix()
@@ -207,8 +277,8 @@ def signal_disc(box: int, radius_px: float) -> np.ndarray:
 # the set
 
 
-def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int = 17, box: int = 64,
-             apix: float = 1.5, snr: float = 0.05, bins: int = 20, force: bool = False,
+def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int = 17, box: Optional[int] = None,
+             apix: Optional[float] = None, snr: float = 0.05, bins: int = 20, force: bool = False,
              start_angle_deg: float = 2.4, start_shift_px: float = 1.2, span: float = 1.0) -> dict:
     """Make one set in ``out_dir`` (skipped when ``generation.json`` there has the same parameters;
     ``start_angle_deg`` / ``start_shift_px``: the mean start-pose error; ``span``: the part of the
@@ -219,12 +289,17 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     out = Path(out_dir)
     spec = SETS[kind]
     n = int(spec["n"] if n is None else n)
+    box = int(spec.get("box", DEFAULT_BOX) if box is None else box)
+    apix = float(spec.get("apix", DEFAULT_APIX) if apix is None else apix)
     flexible = bool(spec["flexible"])
     params = {"set": kind, "n": n, "seed": int(seed), "box": int(box), "apix": float(apix), "snr": float(snr),
               "bins": int(bins) if flexible else 1, "start_angle_deg": float(start_angle_deg),
               "start_shift_px": float(start_shift_px), "version": 1}
     if flexible and span != 1.0:
         params["span"] = float(span)
+    if spec.get("assembly"):
+        params["assembly"] = {"copies": ASSEMBLY_COPIES, "domain_copies": ASSEMBLY_DOMAIN_COPIES, "edge_A": ASSEMBLY_EDGE_A,
+                              "swing_deg": ASSEMBLY_SWING_DEG, "seed": ASSEMBLY_SEED}
     info_path = out / "generation.json"
     if not force and info_path.is_file():
         old = json.loads(info_path.read_text())
@@ -234,7 +309,7 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     if out.exists():
         shutil.rmtree(out)
     (out / "maps").mkdir(parents=True)
-    traj = load_trajectory()
+    traj = load_assembly() if spec.get("assembly") else load_trajectory()
     nb = params["bins"]
     t_bins = trajectory_span(span) + (np.arange(nb) + 0.5) / nb * span if flexible else np.zeros(1)
     truth = draw_truth(n, box, apix, seed, flexible, nb, start_angle_deg=start_angle_deg,
@@ -305,10 +380,13 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     q_angle = np.rad2deg(Rotation.from_matrix(q).magnitude())
     info = {
         "params": params, "seconds": round(time.time() - t0, 1), "n_atoms": int(len(traj["xa"])),
+        **({"closest_approach_between_copies_A": traj["min_gap_A"]} if "min_gap_A" in traj else {}),
         "noise_sigma": noise_sigma, "signal_variance": sig_var, "signal_disc_radius_px": r_px,
         "snr_definition": "mean over particles of the variance of the clean CTF-corrupted projection inside the "
                           "signal disc / noise variance",
-        "t_ref": t_ref, "domain": f"LID {LID[0]}-{LID[1]}", "domain_angle_models_deg": traj["domain_angle_deg"],
+        "t_ref": t_ref,
+        "domain": "ADK copies 0-1 of the assembly" if spec.get("assembly") else f"LID {LID[0]}-{LID[1]}",
+        "domain_mass_fraction": float(traj["mass"][traj["lid"]].sum() / traj["mass"].sum()), "domain_angle_models_deg": traj["domain_angle_deg"],
         "domain_angle_from_ref_deg": {"mean": float(q_angle.mean()), "max": float(q_angle.max())},
         "start_error_deg": {"mean": float(np.rad2deg(Rotation.from_matrix(
             np.einsum("nba,nbc->nac", A, truth["rotations_start"])).magnitude()).mean())},
@@ -323,13 +401,14 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--set", choices=["rigid", "flexible", "both"], default="both")
+    p.add_argument("--set", choices=["rigid", "flexible", "assembly", "both"], default="both",
+                   help="both = rigid and flexible (the assembly set is made only when named)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "realistic_cache"),
                    help="cache folder (one sub-folder per set; default benchmarks/realistic_cache)")
     p.add_argument("--n", type=int, default=None, help="particles (default 4000 rigid, 6000 flexible)")
     p.add_argument("--seed", type=int, default=17)
-    p.add_argument("--box", type=int, default=64)
-    p.add_argument("--apix", type=float, default=1.5)
+    p.add_argument("--box", type=int, default=None, help="default 64 (assembly 80)")
+    p.add_argument("--apix", type=float, default=None, help="Å/px, default 1.5 (assembly 1.75)")
     p.add_argument("--snr", type=float, default=0.05)
     p.add_argument("--bins", type=int, default=20)
     p.add_argument("--span", type=float, default=1.0,
