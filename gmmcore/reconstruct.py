@@ -5,9 +5,11 @@ its origin (Fourier phase shift by +origin), Fourier transformed, and its sample
 original Nyquist radius are inserted into a 3-D rfft volume of the padded box at Aᵀ(kx, ky, 0)
 (central-slice theorem for I(p) = ∫V(Aᵀp)dz) with trilinear weights.  The volume accumulates
 data·c and weight·c², c = |CTF| for phase-flipped images (CTF for raw images), as one float64
-record (data.real, data.imag, weight) per voxel, scattered by SciPy's compiled sparse kernel
-(:func:`scatter_add`; insertion is bound by memory traffic, so a voxel's three sums share a cache line).  With symmetry each
-slice is inserted at A·R for every operator R of the group.  ``finish`` divides data by
+record (data.real, data.imag, weight) per voxel, stored in bricks of 8³ voxels (:class:`Bricks`),
+by the compiled kernel (:mod:`gmmcore.insertion`) or by SciPy's compiled sparse kernel
+(:func:`scatter_add`; insertion is bound by memory traffic, so a voxel's three sums share a cache
+line and a plane's neighbouring voxels share bricks).  With symmetry each slice is inserted at A·R
+for every operator R of the group.  ``finish`` divides data by
 (weight + regulariser), inverse transforms, divides by the real-space transform of the trilinear
 kernel (sinc² per axis) and crops to the box.
 
@@ -90,6 +92,50 @@ def cropped_irfftn(F: np.ndarray, P: int, n: int) -> np.ndarray:
     return vol * (1.0 / (P * P * P))
 
 
+class Bricks:
+    """Layout of a (nz, ny, nx) grid of records in memory: bricks of b³ voxels, each brick's voxels
+    (z, y, x) row-major, the bricks row-major; the grid is padded to whole bricks.
+
+    The row of voxel (z, y, x) is ``tz[z] + ty[y] + tx[x]`` (int64 tables): a trilinear scatter
+    touches a few bricks per sample and neighbouring samples land in the same bricks, where a
+    row-major grid sends each step along z or y a plane or a row away.
+    """
+
+    def __init__(self, shape, b: int = 8):
+        self.shape, self.b = tuple(int(n) for n in shape), int(b)
+        self.blocks = tuple(-(-n // self.b) for n in self.shape)
+        b3 = self.b ** 3
+        nby, nbx = self.blocks[1], self.blocks[2]
+
+        def table(n: int, stride: int, inner: int) -> np.ndarray:
+            j = np.arange(n, dtype=np.int64)
+            return (j // self.b) * stride + (j % self.b) * inner
+
+        self.tz = table(self.shape[0], nby * nbx * b3, self.b * self.b)
+        self.ty = table(self.shape[1], nbx * b3, self.b)
+        self.tx = table(self.shape[2], b3, 1)
+        self.size = int(np.prod(self.blocks)) * b3
+
+    def _bricked(self, acc: np.ndarray) -> np.ndarray:
+        """(nbz, b, nby, b, nbx, b, c) view of ``acc`` (size, c): the grid padded to whole bricks."""
+        (nbz, nby, nbx), b = self.blocks, self.b
+        return acc.reshape(nbz, nby, nbx, b, b, b, -1).transpose(0, 3, 1, 4, 2, 5, 6)
+
+    def grid(self, acc: np.ndarray) -> np.ndarray:
+        """The records (size, c) in the grid's row-major layout: a (nz, ny, nx, c) copy."""
+        (nbz, nby, nbx), b = self.blocks, self.b
+        nz, ny, nx = self.shape
+        return self._bricked(acc).reshape(nbz * b, nby * b, nbx * b, -1)[:nz, :ny, :nx]
+
+    def add(self, acc: np.ndarray, grid: np.ndarray) -> None:
+        """acc += ``grid`` (nz, ny, nx, c) records in the grid's row-major layout, in place."""
+        (nbz, nby, nbx), b = self.blocks, self.b
+        nz, ny, nx = self.shape
+        padded = np.zeros((nbz * b, nby * b, nbx * b, acc.shape[1]))
+        padded[:nz, :ny, :nx] = grid
+        self._bricked(acc)[...] += padded.reshape(nbz, b, nby, b, nbx, b, -1)
+
+
 class Reconstructor:
     """Accumulate images into a padded 3-D Fourier volume; ``finish`` gives the map.
 
@@ -110,8 +156,10 @@ class Reconstructor:
         self.nx = P // 2 + 2  # one spare x column so the trilinear corner x0+1 is always in range
         # Sums on a (P+1, P+1, nx) grid, z/y index j ↔ frequency j − P/2 (see _scatter, _sums).
         # One record (data.real, data.imag, weight) float64 per voxel: a sample's data and weight
-        # land on the same cache line (insertion is bound by memory traffic, not arithmetic).
-        self.acc = np.zeros(((P + 1) * (P + 1) * self.nx, 3), dtype=np.float64)
+        # land on the same cache line (insertion is bound by memory traffic, not arithmetic); the
+        # records are stored in bricks (Bricks: rows tz[z] + ty[y] + tx[x]).
+        self.layout = Bricks((P + 1, P + 1, self.nx))
+        self.acc = np.zeros((self.layout.size, 3), dtype=np.float64)
         self.count = 0
         # 2-D samples used: the padded rfft grid within the original Nyquist radius (P/2).
         ky, kx = freq_index((P, P))
@@ -132,16 +180,6 @@ class Reconstructor:
             self._kernel = make(self)
             if self._kernel is not None:  # the sums live on the device
                 self.acc = None
-
-    @property
-    def data(self) -> np.ndarray:
-        """Σ data·c, flat complex128 view of the accumulator (None when the sums live on a device)."""
-        return None if self.acc is None else self.acc[:, :2].view(np.complex128)[:, 0]
-
-    @property
-    def weight(self) -> np.ndarray:
-        """Σ weight·c², flat float64 view of the accumulator (None when the sums live on a device)."""
-        return None if self.acc is None else self.acc[:, 2]
 
     @property
     def device(self) -> bool:
@@ -188,9 +226,10 @@ class Reconstructor:
                 if phase_flipped:
                     c = np.abs(c)
             if compiled is not None:  # centres, weights and inserts in one pass (gmmcore.insertion)
-                for R in self.sym_ops:
-                    compiled(self.acc, self._kx, self._ky, (rotations[b0:b1] @ R).astype(np.float32), F,
-                             origins_px[b0:b1], c, self._mult, self.P, self.nx)
+                A = (rotations[b0:b1, None] @ np.asarray(self.sym_ops)[None]).astype(np.float32)
+                lay = self.layout
+                compiled(self.acc, lay.tz, lay.ty, lay.tx, self._kx, self._ky, A, F, origins_px[b0:b1], c,
+                         self._mult, self.P)
             else:
                 vals = self._centred(F, origins_px[b0:b1]) * (c * self._mult)
                 wts = c * c * self._mult
@@ -227,7 +266,7 @@ class Reconstructor:
     def _scatter(self, A: np.ndarray, vals: np.ndarray, wts: np.ndarray) -> None:
         """Trilinear insertion of ``vals`` (b, S) complex128 / ``wts`` (b, S) at Aᵀ(kx, ky, 0) in NumPy
         (the path without numba; :mod:`gmmcore.insertion` does the same, compiled)."""
-        P, nx = self.P, self.nx
+        P = self.P
         A = A.astype(np.float32)
         # 3-D frequency (x, y, z) of sample (kx, ky): Aᵀ (kx, ky, 0) = kx·A[0] + ky·A[1].
         qx = self._kx * A[:, 0, 0:1] + self._ky * A[:, 1, 0:1]
@@ -238,23 +277,28 @@ class Reconstructor:
         qz = (self._kx * A[:, 0, 2:3] + self._ky * A[:, 1, 2:3]) * sgn
         x0, y0, z0 = np.floor(qx), np.floor(qy), np.floor(qz)
         fx, fy, fz = (qx - x0).ravel(), (qy - y0).ravel(), (qz - z0).ravel()
-        # Accumulator layout (P+1, P+1, nx): index j on z and y is frequency j − P/2 (no wrapping);
-        # ``base`` is each sample's (x0, y0, z0) corner, the others are constant offsets from it.
-        base = x0.astype(np.int64).ravel()
-        base += (y0.astype(np.int64).ravel() + P // 2) * nx
-        base += (z0.astype(np.int64).ravel() + P // 2) * ((P + 1) * nx)
+        # Accumulator grid (P+1, P+1, nx): index j on z and y is frequency j − P/2 (no wrapping);
+        # the row of voxel (z, y, x) is tz[z] + ty[y] + tx[x] (Bricks), per axis for each corner.
+        lay = self.layout
+        jx = x0.astype(np.int64).ravel()
+        jy = y0.astype(np.int64).ravel() + P // 2
+        jz = z0.astype(np.int64).ravel() + P // 2
+        rows_x = (lay.tx[jx], lay.tx[jx + 1])
+        rows_y = (lay.ty[jy], lay.ty[jy + 1])
+        rows_z = (lay.tz[jz], lay.tz[jz + 1])
         # Records (data.real, data.imag, weight) of the samples; Friedel flips the imaginary part.
-        rec = np.empty((base.size, 3))
+        rec = np.empty((jx.size, 3))
         rec[:, 0] = vals.real.ravel()
         rec[:, 1] = (vals.imag * sgn).ravel()
         rec[:, 2] = wts.ravel()
         gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
-        idx = np.empty_like(base)
+        idx, zy = np.empty_like(jx), np.empty_like(jx)
         for dz, wz in ((0, gz), (1, fz)):
             for dy, wy in ((0, gy), (1, fy)):
                 wzy = wz * wy
+                np.add(rows_z[dz], rows_y[dy], out=zy)
                 for dx, wx in ((0, gx), (1, fx)):
-                    np.add(base, dz * ((P + 1) * nx) + dy * nx + dx, out=idx)
+                    np.add(zy, rows_x[dx], out=idx)
                     scatter_add(self.acc, idx, rec, (wzy * wx).astype(np.float64))
 
     # ------------------------------------------------------------------ combination
@@ -266,18 +310,23 @@ class Reconstructor:
         if self._kernel is not None:
             self._kernel.add(data, weight)
         else:
-            self.acc[:, :2] += np.stack([data.real, data.imag], axis=1)
-            self.acc[:, 2] += weight
+            grid = np.stack([data.real, data.imag, weight], axis=1).reshape(self.layout.shape + (3,))
+            self.layout.add(self.acc, grid)
         self.count += other.count
 
     def sums(self):
-        """(data, weight): the accumulated sums on the host, flat (P+1)·(P+1)·nx, complex128 / float64."""
+        """(data, weight): the accumulated sums on the host, flat (P+1)·(P+1)·nx (row-major z, y, x),
+        complex128 / float64."""
         if self._kernel is not None:
             return self._kernel.sums()
-        return self.data, self.weight
+        g = self.layout.grid(self.acc)
+        data = np.empty(g.shape[:3], np.complex128)
+        data.real, data.imag = g[..., 0], g[..., 1]
+        return data.ravel(), g[..., 2].ravel()
 
     def _sums(self, acc: np.ndarray) -> np.ndarray:
-        """Accumulator → (P, P, P//2+1) rfft grid in FFT order (frequency ±P/2 folded together)."""
+        """Sums on the (P+1, P+1, nx) grid (any shape of that size) → (P, P, P//2+1) rfft grid in
+        FFT order (frequency ±P/2 folded together)."""
         P = self.P
         a = acc.reshape(P + 1, P + 1, self.nx)[:, :, : P // 2 + 1].copy()
         a[0] += a[P]
