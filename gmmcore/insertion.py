@@ -6,8 +6,11 @@ q = A_{ir}ᵀ(kx, ky, 0); samples with q_x < 0 are moved to −q with the conjug
 and the record (value.real, value.imag, weight) is added with trilinear weights to the 8 voxels
 around q, at the accumulator rows ``tz[z] + ty[y] + tx[x]`` (:class:`gmmcore.reconstruct.Bricks`).
 
-It also centres each sample (phase shift by the origin) and weights it by the CTF, so no (images ×
-samples) temporaries are made.  The arithmetic is the NumPy path's except for the centring phase:
+It also centres each sample (phase shift by the origin) and weights it by |CTF| — given, or
+evaluated here from the particle's :func:`gmmcore.ctf.ctf_image_terms` by the compiled
+:func:`gmmcore.ctf.ctf_contrast` (the same formula, operation for operation, and the same libm
+cos/sin as NumPy's, rounded to float32 as the NumPy path rounds it) — so no (images × samples)
+temporaries are made.  The arithmetic is the NumPy path's except for the centring phase:
 there each sample's exp(−2πi(kx·ox + ky·oy)/P) is one cos/sin of the float64 phase; here it is the
 product of the image's per-axis factors exp(−2πi·kx·ox/P)·exp(−2πi·ky·oy/P) (481 cos/sin pairs
 per image at box 160 instead of 40,344), equal up to float64 rounding (a few 1e-16 relative).  The
@@ -38,10 +41,14 @@ def _compile() -> Optional[Callable]:
         import numpy as np
     except ImportError:
         return None
+    from .ctf import ctf_contrast
+
+    contrast = numba.njit(cache=True, nogil=True)(ctf_contrast(np))  # the CTF formula, one sample
 
     @numba.njit(cache=True, nogil=True)
-    def insert(acc, tz, ty, tx, kx, ky, A, F, origins, c, mult, P):  # pragma: no cover - compiled
+    def insert(acc, tz, ty, tx, kx, ky, A, F, origins, c, mult, P, terms, u2, azim):  # pragma: no cover
         b, S = F.shape
+        own_ctf = terms.shape[0] > 0
         m = A.shape[1]
         half = P // 2
         one = np.float32(1.0)
@@ -59,8 +66,13 @@ def _compile() -> Optional[Callable]:
             for s in range(S):
                 # the sample centred (content moved by +origin: F·exp(−2πi k·origin/P)), weighted
                 v = np.complex128(F[i, s]) * (ex[np.int64(kx[s])] * ey[np.int64(ky[s]) + half])
-                cm = c[i, s] * mult[s]
-                wt = c[i, s] * c[i, s] * mult[s]
+                if own_ctf:  # |CTF| rounded to float32, as the NumPy path's c
+                    ci = np.float64(abs(np.float32(contrast(terms[i, 0], terms[i, 1], terms[i, 2], terms[i, 3],
+                                                            terms[i, 4], terms[i, 5], terms[i, 6], u2[s], azim[s]))))
+                else:
+                    ci = c[i, s]
+                cm = ci * mult[s]
+                wt = ci * ci * mult[s]
                 for r in range(m):
                     # its 3-D frequency, on the x >= 0 side (Friedel: conjugate value)
                     qx = kx[s] * A[i, r, 0, 0] + ky[s] * A[i, r, 1, 0]
@@ -89,12 +101,14 @@ def _compile() -> Optional[Callable]:
 
 
 def kernel() -> Optional[Callable]:
-    """The compiled kernel ``insert(acc, tz, ty, tx, kx, ky, A, F, origins, c, mult, P)`` — ``acc``
+    """The compiled kernel ``insert(acc, tz, ty, tx, kx, ky, A, F, origins, c, mult, P, terms, u2, azim)`` — ``acc``
     (V, 3) float64 and its row offsets ``tz``/``ty``/``tx`` (int64, per z/y/x index); ``kx``/``ky``
     (S,) float32 sample frequencies; ``A`` (b, m, 3, 3) float32, image i's rotation times each of
     the m symmetry operators; ``F`` (b, S) complex64 padded transforms, not yet centred; ``origins``
-    (b, 2) float64 pixels; ``c`` (b, S) float64 CTF weights; ``mult`` (S,) float64 — or None without
-    numba, or with ``GMMCORE_NUMPY_INSERTION=1`` (the NumPy path)."""
+    (b, 2) float64 pixels; ``c`` (b, S) float64 CTF weights; ``mult`` (S,) float64; ``terms`` (b, 7)
+    float64 the particles' CTF terms, the weights then |CTF| at the samples' |k|² ``u2`` and azimuth
+    ``azim`` (S,) float64 (``c`` is not read), or (0, 7) to use ``c`` — or None without numba, or
+    with ``GMMCORE_NUMPY_INSERTION=1`` (the NumPy path)."""
     global _KERNEL, _TRIED
     if os.environ.get("GMMCORE_NUMPY_INSERTION") == "1":
         return None

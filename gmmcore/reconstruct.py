@@ -32,7 +32,7 @@ from typing import Optional
 import numpy as np
 import scipy.fft as sfft
 
-from .ctf import ctf_columns, ctf_formula, phase_flip
+from .ctf import ctf_columns, ctf_formula, ctf_image_terms, phase_flip
 from .errors import InputError
 from .fourier import freq_index, radial_index
 from .insertion import kernel as compiled_insertion
@@ -41,6 +41,7 @@ from .resources import cpu_threads
 from .symmetry import symmetry_matrices
 
 _PARALLEL_MIN_PARTICLES = 2000  # below this, reconstruct_halves runs the halves one after the other
+_NONE, _NO_TERMS = np.zeros((0, 0)), np.zeros((0, 7))  # the compiled kernel's "not given"
 _ENTRIES_PER_PASS = 3_000_000  # scatter entries per bincount pass (memory knob, not a result knob)
 READ_BLOCK = 1024  # images read at once: memory is bounded by this, not by the dataset or --chunk
 
@@ -154,7 +155,7 @@ class Reconstructor:
         self.sym_ops = symmetry_matrices(sym)
         self.sym = sym
         self.nx = P // 2 + 2  # one spare x column so the trilinear corner x0+1 is always in range
-        # Sums on a (P+1, P+1, nx) grid, z/y index j ↔ frequency j − P/2 (see _scatter, _sums).
+        # Sums on a (P+1, P+1, nx) grid, z/y index j ↔ frequency j − P/2 (see _scatter, _folded).
         # One record (data.real, data.imag, weight) float64 per voxel: a sample's data and weight
         # land on the same cache line (insertion is bound by memory traffic, not arithmetic); the
         # records are stored in bricks (Bricks: rows tz[z] + ty[y] + tx[x]).
@@ -172,6 +173,7 @@ class Reconstructor:
         # Frequencies (1/Å) of the samples, computed as ctf_2d computes them on the padded grid.
         self._fx = (kx.ravel()[self._sel] / (P * self.apix))
         self._fy = (ky.ravel()[self._sel] / (P * self.apix))
+        self._u2, self._azim = self._fx ** 2 + self._fy ** 2, np.arctan2(self._fy, self._fx)  # as ctf_formula
         # The kx = 0 column holds each Friedel pair twice: half weight each.
         self._mult = np.where(self._kx == 0, 0.5, 1.0)
         self._kernel = None
@@ -219,17 +221,21 @@ class Reconstructor:
         for b0 in range(0, k, per):
             b1 = min(k, b0 + per)
             F = self._transforms(images[b0:b1])
-            if ctf is None:
-                c = np.ones((b1 - b0, S))
+            columns = None if ctf is None else ctf_columns(ctf.subset(np.arange(b0, b1)))
+            if compiled is not None and columns is not None and phase_flipped and not np.any(columns[:, 7]):
+                # |CTF| evaluated in the kernel, only at the samples (no B-factor: NumPy's exp and
+                # libm's may differ in the last bit, so an envelope is computed by _ctf below)
+                terms, c = np.concatenate(ctf_image_terms(*(columns[:, j:j + 1] for j in range(7))), axis=1), _NONE
             else:
-                c = self._ctf(ctf_columns(ctf.subset(np.arange(b0, b1))))
-                if phase_flipped:
+                terms = _NO_TERMS
+                c = np.ones((b1 - b0, S)) if columns is None else self._ctf(columns)
+                if columns is not None and phase_flipped:
                     c = np.abs(c)
             if compiled is not None:  # centres, weights and inserts in one pass (gmmcore.insertion)
                 A = (rotations[b0:b1, None] @ np.asarray(self.sym_ops)[None]).astype(np.float32)
                 lay = self.layout
                 compiled(self.acc, lay.tz, lay.ty, lay.tx, self._kx, self._ky, A, F, origins_px[b0:b1], c,
-                         self._mult, self.P)
+                         self._mult, self.P, terms, self._u2, self._azim)
             else:
                 vals = self._centred(F, origins_px[b0:b1]) * (c * self._mult)
                 wts = c * c * self._mult
@@ -324,14 +330,32 @@ class Reconstructor:
         data.real, data.imag = g[..., 0], g[..., 1]
         return data.ravel(), g[..., 2].ravel()
 
-    def _sums(self, acc: np.ndarray) -> np.ndarray:
-        """Sums on the (P+1, P+1, nx) grid (any shape of that size) → (P, P, P//2+1) rfft grid in
-        FFT order (frequency ±P/2 folded together)."""
-        P = self.P
-        a = acc.reshape(P + 1, P + 1, self.nx)[:, :, : P // 2 + 1].copy()
-        a[0] += a[P]
-        a[:, 0] += a[:, P]
-        return np.fft.ifftshift(a[:P, :P], axes=(0, 1))
+    def _folded(self):
+        """(D, W): the sums on the (P, P, P//2+1) rfft grid in FFT order, complex128 / float64, the
+        frequencies ±P/2 of z and y folded together (the z fold first, then y, as a[0] += a[P];
+        a[:, 0] += a[:, P] on the (P+1, P+1) grid), read straight from the accumulator's layout."""
+        P, h = self.P, self.P // 2 + 1
+        if self._kernel is not None:  # the device's sums, row-major
+            data, weight = self._kernel.sums()
+            acc, lay = np.stack([data.real, data.imag, weight], axis=1), Bricks(self.layout.shape, 1)
+        else:
+            acc, lay = self.acc, self.layout
+        shifted = (np.arange(P) + P // 2) % P  # ifftshift: output j holds grid index shifted[j]
+        zero = P // 2  # the output index of grid index 0
+        records = acc.view(np.dtype((np.void, acc.itemsize * 3))).ravel()  # one item per voxel: fast take
+
+        def at(rows: np.ndarray) -> np.ndarray:  # the records at those rows, (..., 3) float64
+            return np.take(records, rows).view(np.float64).reshape(rows.shape + (3,))
+
+        tx = lay.tx[:h]
+        a = at(lay.tz[shifted, None, None] + lay.ty[None, shifted, None] + tx)  # (P, P, h, 3)
+        a[zero] += at(lay.tz[P] + lay.ty[shifted, None] + tx)  # z: index 0 += index P (all y < P)
+        row_p = at(lay.tz[shifted, None] + lay.ty[P] + tx)  # (z, y = P), z < P
+        row_p[zero] += at(lay.tz[P] + lay.ty[P] + tx)  # ... the z fold of (0, P) first
+        a[:, zero] += row_p  # y: index 0 += index P
+        D = np.empty(a.shape[:3], np.complex128)
+        D.real, D.imag = a[..., 0], a[..., 1]
+        return D, a[..., 2].copy()
 
     def finish(self, regularisation: float = 0.01) -> np.ndarray:
         """The reconstructed map, float32 (box, box, box).
@@ -340,8 +364,7 @@ class Reconstructor:
         voxels with weight near 0 go to 0 instead of blowing up.
         """
         P, n = self.P, self.box
-        data, weight = self.sums()
-        D, W = self._sums(data), self._sums(weight)
+        D, W = self._folded()
         # Hermitian completion of the x = 0 plane: what landed at (z, y, 0) also belongs at (−z, −y, 0).
         mz = (-np.arange(P)) % P
         D0, W0 = D[:, :, 0].copy(), W[:, :, 0].copy()
