@@ -371,13 +371,16 @@ class Reconstructor:
         D[:, :, 0] = D0 + D0[mz][:, mz].conj()
         W[:, :, 0] = W0 + W0[mz][:, mz]
         shell = radial_index((P, P, P))
-        inside = shell < P // 2
-        m = P // 2
-        cnt = np.bincount(shell[inside], minlength=m)
-        mean_w = np.bincount(shell[inside], W[inside], m) / np.maximum(cnt, 1)
-        reg = float(regularisation) * mean_w[np.minimum(shell, m - 1)]
-        den = W + reg
-        F = np.where(inside & (den > 0), D / np.where(den > 0, den, 1.0), 0.0)
+        m = P // 2  # shells 0..m−1 are inside
+        # Per shell, over every voxel: bins below m hold the inside voxels, in the same order.
+        cnt = np.bincount(shell.ravel(), minlength=m)[:m]
+        mean_w = np.bincount(shell.ravel(), W.ravel(), minlength=m)[:m] / np.maximum(cnt, 1)
+        reg = float(regularisation) * mean_w[np.minimum(np.arange(shell.max() + 1), m - 1)]  # per shell
+        den = W + reg[shell]
+        keep = (shell < m) & (den > 0)
+        # D / den as NumPy divides a complex by a real — the product by the reciprocal, bit for bit.
+        F = np.zeros(D.shape, D.dtype)
+        np.multiply(D, np.divide(1.0, den, out=np.zeros_like(den), where=keep), out=F, where=keep)
         vol = cropped_irfftn(F, P, n)
         # Gridding correction: trilinear interpolation ⇔ sinc² per axis in real space.
         c = np.sinc((np.arange(n) - n // 2) / P) ** 2
