@@ -30,6 +30,7 @@ def insert(acc, tz, ty, tx, kx, ky, A, F, origins, c, mult, P, terms, u2, azim):
     ex = np.empty(half + 1, np.complex128)  # exp(−2πi·kx·ox/P), kx = 0..P/2
     ey = np.empty(P, np.complex128)  # exp(−2πi·ky·oy/P), ky = −P/2..P/2−1 at index ky + P/2
     rec = np.empty((S, 3))  # the image's records (value.real·c·mult, value.imag·c·mult, c²·mult)
+    cs = np.empty(S)  # the last |CTF| evaluated: the next image reuses it if its terms are the same
     for i in range(b):
         ox, oy = origins[i, 0], origins[i, 1]
         for j in range(half + 1):
@@ -38,12 +39,17 @@ def insert(acc, tz, ty, tx, kx, ky, A, F, origins, c, mult, P, terms, u2, azim):
         for j in range(P):
             ph = scale * (oy * np.float64(j - half))
             ey[j] = complex(np.cos(ph), np.sin(ph))
+        # particles of one micrograph share their CTF: the same terms give the same values
+        same = own_ctf and i > 0 and np.all(terms[i] == terms[i - 1])
         for s in range(S):
             # the sample centred (content moved by +origin: F·exp(−2πi k·origin/P)), weighted
             v = np.complex128(F[i, s]) * (ex[np.int64(kx[s])] * ey[np.int64(ky[s]) + half])
             if own_ctf:  # |CTF| rounded to float32, as the NumPy path's c
-                ci = np.float64(abs(np.float32(contrast(terms[i, 0], terms[i, 1], terms[i, 2], terms[i, 3],
-                                                        terms[i, 4], terms[i, 5], terms[i, 6], u2[s], azim[s]))))
+                if not same:
+                    cs[s] = np.float64(abs(np.float32(contrast(terms[i, 0], terms[i, 1], terms[i, 2], terms[i, 3],
+                                                               terms[i, 4], terms[i, 5], terms[i, 6], u2[s],
+                                                               azim[s]))))
+                ci = cs[s]
             else:
                 ci = c[i, s]
             cm = ci * mult[s]

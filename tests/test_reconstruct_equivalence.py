@@ -13,9 +13,10 @@ from gmmcore.reconstruct import Reconstructor, scatter_add
 
 
 def _particles(k, box, rng, bfactor=0.0):
-    du = rng.uniform(8000, 20000, k)
-    ctf = CTFParams(du, du - rng.uniform(-600, 600, k), rng.uniform(-90, 90, k), np.full(k, 300.0),
-                    np.full(k, 2.7), np.full(k, 0.1), rng.uniform(0, 30, k), np.full(k, bfactor))
+    du = np.repeat(rng.uniform(8000, 20000, k), 2)[:k]  # pairs of images share their CTF (a micrograph)
+    pair = lambda a: np.repeat(a, 2)[:k]  # noqa: E731
+    ctf = CTFParams(du, du - pair(rng.uniform(-600, 600, k)), pair(rng.uniform(-90, 90, k)), np.full(k, 300.0),
+                    np.full(k, 2.7), np.full(k, 0.1), pair(rng.uniform(0, 30, k)), np.full(k, bfactor))
     images = rng.standard_normal((k, box, box)).astype(np.float32)
     return images, random_rotations(k, rng), rng.uniform(-3, 3, (k, 2)), ctf
 
