@@ -21,7 +21,8 @@ with the number of particles beyond these per-particle numbers.
 
 A backend may insert on its device (``backend.insertion_kernel(geometry)``, e.g. JAX on a GPU): the
 geometry, the CTF formula (:func:`gmmcore.ctf.ctf_formula`) and ``finish`` stay here; the kernel
-pads, transforms, centres, weights and scatters the same samples into the same accumulator layout.
+pads, transforms, centres, weights and scatters the same samples into the same sums (handed over
+row-major by its ``sums``; the CPU accumulator itself is bricked, :class:`Bricks`).
 """
 from __future__ import annotations
 
