@@ -9,8 +9,8 @@ around q, at the accumulator rows ``tz[z] + ty[y] + tx[x]`` (:class:`gmmcore.rec
 It also centres each sample (phase shift by the origin) and weights it by |CTF| — given, or
 evaluated here from the particle's :func:`gmmcore.ctf.ctf_image_terms` by the compiled
 :func:`gmmcore.ctf.ctf_contrast` (the same formula, operation for operation, and the same libm
-cos/sin as NumPy's, rounded to float32 as the NumPy path rounds it) — so no (images × samples)
-temporaries are made.  The arithmetic is the NumPy path's except for the centring phase:
+cos/sin as NumPy's, rounded to float32 as the NumPy path rounds it; an image whose terms equal the
+previous image's reuses its values) — so no (images × samples) temporaries are made.  The arithmetic is the NumPy path's except for the centring phase:
 there each sample's exp(−2πi(kx·ox + ky·oy)/P) is one cos/sin of the float64 phase; here it is the
 product of the image's per-axis factors exp(−2πi·kx·ox/P)·exp(−2πi·ky·oy/P) (481 cos/sin pairs
 per image at box 160 instead of 40,344), equal up to float64 rounding (a few 1e-16 relative).  The

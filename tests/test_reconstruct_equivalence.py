@@ -1,8 +1,8 @@
 """The reconstructor's insertion against the reference kept in ``benchmarks/reference_reconstruct.py``
 (the straightforward form: CTF on the whole padded grid, then ``np.add.at`` per trilinear corner
 into separate complex data and weight arrays).  The NumPy path's sums must be the same bit for bit,
-the compiled kernel's the same up to the order of float64 additions (issue 20: faster, results
-unchanged)."""
+the compiled kernel's the same up to float64 rounding (the order of additions, the centring phase
+as per-axis factors), with the same map (issue 20: faster, results unchanged)."""
 import numpy as np
 import pytest
 
