@@ -348,15 +348,22 @@ class Reconstructor:
         def at(rows: np.ndarray) -> np.ndarray:  # the records at those rows, (..., 3) float64
             return np.take(records, rows).view(np.float64).reshape(rows.shape + (3,))
 
-        tx = lay.tx[:h]
-        a = at(lay.tz[shifted, None, None] + lay.ty[None, shifted, None] + tx)  # (P, P, h, 3)
-        a[zero] += at(lay.tz[P] + lay.ty[shifted, None] + tx)  # z: index 0 += index P (all y < P)
+        tx, ty = lay.tx[:h], lay.ty[shifted, None]
+        D, W = np.empty((P, P, h), np.complex128), np.empty((P, P, h))
+        for z0 in range(0, P, 16):  # a few planes at a time: no full-size temporaries
+            r = at(lay.tz[shifted[z0:z0 + 16], None, None] + ty + tx)
+            D.real[z0:z0 + 16], D.imag[z0:z0 + 16], W[z0:z0 + 16] = r[..., 0], r[..., 1], r[..., 2]
+
+        def add(d, w, r):  # (d, w) += the records r, component by component
+            d.real += r[..., 0]
+            d.imag += r[..., 1]
+            w += r[..., 2]
+
+        add(D[zero], W[zero], at(lay.tz[P] + ty + tx))  # z: index 0 += index P (all y < P)
         row_p = at(lay.tz[shifted, None] + lay.ty[P] + tx)  # (z, y = P), z < P
         row_p[zero] += at(lay.tz[P] + lay.ty[P] + tx)  # ... the z fold of (0, P) first
-        a[:, zero] += row_p  # y: index 0 += index P
-        D = np.empty(a.shape[:3], np.complex128)
-        D.real, D.imag = a[..., 0], a[..., 1]
-        return D, a[..., 2].copy()
+        add(D[:, zero], W[:, zero], row_p)  # y: index 0 += index P
+        return D, W
 
     def finish(self, regularisation: float = 0.01) -> np.ndarray:
         """The reconstructed map, float32 (box, box, box).
