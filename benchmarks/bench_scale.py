@@ -219,7 +219,7 @@ def paper_scale_costs(args) -> dict:
 
     rec = Reconstructor(box, apix, pad=2)
     _, insert_cpu, insert_wall = timed(rec.insert, imgs, R, np.zeros((n, 2)), ctf, True)
-    partial_bytes = rec.data.nbytes + rec.weight.nbytes
+    partial_bytes = rec.acc.nbytes
     both, add_cpu, add_wall = timed(added, rec, rec)
     del both
     vol, finish_cpu, finish_wall = timed(rec.finish)

@@ -83,5 +83,6 @@ class ReferenceReconstructor:
         reference_sums(self.rec, images, rotations, origins_A, ctf, phase_flipped, out=(self.data, self.weight))
 
     def finish(self) -> np.ndarray:
-        self.rec.acc[:, 0], self.rec.acc[:, 1], self.rec.acc[:, 2] = self.data.real, self.data.imag, self.weight
+        lay = self.rec.layout  # the sums (row-major grid) into the reconstructor's empty accumulator
+        lay.add(self.rec.acc, np.stack([self.data.real, self.data.imag, self.weight], axis=1).reshape(lay.shape + (3,)))
         return self.rec.finish()

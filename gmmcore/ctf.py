@@ -50,19 +50,45 @@ def ctf_2d(ctf: CTFParams, apix: float, box: int, rfft: bool = True) -> np.ndarr
 def ctf_formula(du, dv, angle_deg, voltage_kv, cs_mm, amp_contrast, phase_deg, bfactor, fx, fy, xp=np):
     """The CTF formula of the module docstring at frequencies (fx, fy) 1/Å, all arguments broadcast
     together.  ``xp`` is the array module (NumPy; the JAX backend passes ``jax.numpy`` so a device
-    reconstruction uses this very formula)."""
+    reconstruction uses this very formula).  Composed of :func:`ctf_image_terms` (what depends on
+    the particle only), :func:`ctf_contrast` (−sin χ) and the B-factor envelope."""
     u2 = fx ** 2 + fy ** 2
     azim = xp.arctan2(fy, fx)
-    v = voltage_kv * 1e3
-    lam = 12.2643247 / xp.sqrt(v * (1.0 + v * 0.978466e-6))  # relativistic wavelength, Å
-    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * xp.cos(2.0 * (azim - angle_deg * (np.pi / 180.0)))
-    cs_A = cs_mm * 1e7
-    k3 = xp.arctan(amp_contrast / xp.sqrt(1.0 - amp_contrast ** 2))
-    chi = -np.pi * lam * defocus * u2 + 0.5 * np.pi * cs_A * lam ** 3 * u2 ** 2 - phase_deg * (np.pi / 180.0) - k3
-    out = -xp.sin(chi)
+    out = ctf_contrast(xp)(*ctf_image_terms(du, dv, angle_deg, voltage_kv, cs_mm, amp_contrast, phase_deg, xp),
+                           u2, azim)
     if xp is not np or np.any(bfactor != 0):
         out = out * xp.exp(-bfactor / 4.0 * u2)
     return out
+
+
+def ctf_image_terms(du, dv, angle_deg, voltage_kv, cs_mm, amp_contrast, phase_deg, xp=np) -> tuple:
+    """The particle's terms of χ: (mean defocus, half astigmatism (Å), astigmatism angle (rad),
+    −πλ (Å), (π/2)·Cs·λ³ (Å⁴), phase shift (rad), amplitude-contrast phase (rad)) — the arguments
+    of :func:`ctf_contrast` before |k|² and the azimuth."""
+    v = voltage_kv * 1e3
+    lam = 12.2643247 / xp.sqrt(v * (1.0 + v * 0.978466e-6))  # relativistic wavelength, Å
+    cs_A = cs_mm * 1e7
+    k3 = xp.arctan(amp_contrast / xp.sqrt(1.0 - amp_contrast ** 2))
+    return (0.5 * (du + dv), 0.5 * (du - dv), angle_deg * (np.pi / 180.0), -np.pi * lam,
+            0.5 * np.pi * cs_A * lam ** 3, phase_deg * (np.pi / 180.0), k3)
+
+
+_CONTRAST = {}
+
+
+def ctf_contrast(xp=np):
+    """``contrast(mean, half, angle, a1, a2, shift, k3, u2, azim)`` = −sin χ at |k|² = u2 (1/Å²) and
+    azimuth ``azim`` (rad) for the :func:`ctf_image_terms` of a particle, written with ``xp``'s
+    functions: NumPy arrays, JAX arrays, or — compiled by numba with ``xp`` = NumPy — one sample
+    inside a compiled kernel (:mod:`gmmcore.insertion`), the same operations in the same order."""
+    if xp not in _CONTRAST:
+        def contrast(mean, half, angle, a1, a2, shift, k3, u2, azim):
+            defocus = mean + half * xp.cos(2.0 * (azim - angle))
+            chi = a1 * defocus * u2 + a2 * u2 ** 2 - shift - k3
+            return -xp.sin(chi)
+
+        _CONTRAST[xp] = contrast
+    return _CONTRAST[xp]
 
 
 def ctf_columns(ctf: CTFParams) -> np.ndarray:

@@ -51,8 +51,10 @@ def radius_grid(shape: Sequence[int], rfft: bool = True) -> np.ndarray:
 
 
 def radial_index(shape: Sequence[int], rfft: bool = True) -> np.ndarray:
-    """Shell/ring index (rounded radius in pixels, int) on the (r)fft grid of real ``shape``."""
-    return np.rint(radius_grid(shape, rfft)).astype(np.int64)
+    """Shell/ring index (rounded radius in pixels, int) on the (r)fft grid of real ``shape``:
+    rint(√|k|²) as :func:`radius_grid` computes it, looked up per integer |k|² (the same numbers)."""
+    r2 = sum(k.astype(np.int64) ** 2 for k in freq_index(shape, rfft))
+    return np.rint(np.sqrt(np.arange(np.max(r2) + 1, dtype=np.float64))).astype(np.int64)[r2]
 
 
 def shell_frequencies(box: int, apix: float) -> np.ndarray:

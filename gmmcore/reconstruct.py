@@ -5,9 +5,11 @@ its origin (Fourier phase shift by +origin), Fourier transformed, and its sample
 original Nyquist radius are inserted into a 3-D rfft volume of the padded box at Aᵀ(kx, ky, 0)
 (central-slice theorem for I(p) = ∫V(Aᵀp)dz) with trilinear weights.  The volume accumulates
 data·c and weight·c², c = |CTF| for phase-flipped images (CTF for raw images), as one float64
-record (data.real, data.imag, weight) per voxel, scattered by SciPy's compiled sparse kernel
-(:func:`scatter_add`; insertion is bound by memory traffic, so a voxel's three sums share a cache line).  With symmetry each
-slice is inserted at A·R for every operator R of the group.  ``finish`` divides data by
+record (data.real, data.imag, weight) per voxel, stored in bricks of 8³ voxels (:class:`Bricks`),
+by the compiled kernel (:mod:`gmmcore.insertion`) or by SciPy's compiled sparse kernel
+(:func:`scatter_add`; insertion is bound by memory traffic, so a voxel's three sums share a cache
+line and a plane's neighbouring voxels share bricks).  With symmetry each slice is inserted at A·R
+for every operator R of the group.  ``finish`` divides data by
 (weight + regulariser), inverse transforms, divides by the real-space transform of the trilinear
 kernel (sinc² per axis) and crops to the box.
 
@@ -19,7 +21,8 @@ with the number of particles beyond these per-particle numbers.
 
 A backend may insert on its device (``backend.insertion_kernel(geometry)``, e.g. JAX on a GPU): the
 geometry, the CTF formula (:func:`gmmcore.ctf.ctf_formula`) and ``finish`` stay here; the kernel
-pads, transforms, centres, weights and scatters the same samples into the same accumulator layout.
+pads, transforms, centres, weights and scatters the same samples into the same sums (handed over
+row-major by its ``sums``; the CPU accumulator itself is bricked, :class:`Bricks`).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from typing import Optional
 import numpy as np
 import scipy.fft as sfft
 
-from .ctf import ctf_columns, ctf_formula, phase_flip
+from .ctf import ctf_columns, ctf_formula, ctf_image_terms, phase_flip
 from .errors import InputError
 from .fourier import freq_index, radial_index
 from .insertion import kernel as compiled_insertion
@@ -39,6 +42,7 @@ from .resources import cpu_threads
 from .symmetry import symmetry_matrices
 
 _PARALLEL_MIN_PARTICLES = 2000  # below this, reconstruct_halves runs the halves one after the other
+_NONE, _NO_TERMS = np.zeros((0, 0)), np.zeros((0, 7))  # the compiled kernel's "not given"
 _ENTRIES_PER_PASS = 3_000_000  # scatter entries per bincount pass (memory knob, not a result knob)
 READ_BLOCK = 1024  # images read at once: memory is bounded by this, not by the dataset or --chunk
 
@@ -90,6 +94,50 @@ def cropped_irfftn(F: np.ndarray, P: int, n: int) -> np.ndarray:
     return vol * (1.0 / (P * P * P))
 
 
+class Bricks:
+    """Layout of a (nz, ny, nx) grid of records in memory: bricks of b³ voxels, each brick's voxels
+    (z, y, x) row-major, the bricks row-major; the grid is padded to whole bricks.
+
+    The row of voxel (z, y, x) is ``tz[z] + ty[y] + tx[x]`` (int64 tables): a trilinear scatter
+    touches a few bricks per sample and neighbouring samples land in the same bricks, where a
+    row-major grid sends each step along z or y a plane or a row away.
+    """
+
+    def __init__(self, shape, b: int = 8):
+        self.shape, self.b = tuple(int(n) for n in shape), int(b)
+        self.blocks = tuple(-(-n // self.b) for n in self.shape)
+        b3 = self.b ** 3
+        nby, nbx = self.blocks[1], self.blocks[2]
+
+        def table(n: int, stride: int, inner: int) -> np.ndarray:
+            j = np.arange(n, dtype=np.int64)
+            return (j // self.b) * stride + (j % self.b) * inner
+
+        self.tz = table(self.shape[0], nby * nbx * b3, self.b * self.b)
+        self.ty = table(self.shape[1], nbx * b3, self.b)
+        self.tx = table(self.shape[2], b3, 1)
+        self.size = int(np.prod(self.blocks)) * b3
+
+    def _bricked(self, acc: np.ndarray) -> np.ndarray:
+        """(nbz, b, nby, b, nbx, b, c) view of ``acc`` (size, c): the grid padded to whole bricks."""
+        (nbz, nby, nbx), b = self.blocks, self.b
+        return acc.reshape(nbz, nby, nbx, b, b, b, -1).transpose(0, 3, 1, 4, 2, 5, 6)
+
+    def grid(self, acc: np.ndarray) -> np.ndarray:
+        """The records (size, c) in the grid's row-major layout: a (nz, ny, nx, c) copy."""
+        (nbz, nby, nbx), b = self.blocks, self.b
+        nz, ny, nx = self.shape
+        return self._bricked(acc).reshape(nbz * b, nby * b, nbx * b, -1)[:nz, :ny, :nx]
+
+    def add(self, acc: np.ndarray, grid: np.ndarray) -> None:
+        """acc += ``grid`` (nz, ny, nx, c) records in the grid's row-major layout, in place."""
+        (nbz, nby, nbx), b = self.blocks, self.b
+        nz, ny, nx = self.shape
+        padded = np.zeros((nbz * b, nby * b, nbx * b, acc.shape[1]))
+        padded[:nz, :ny, :nx] = grid
+        self._bricked(acc)[...] += padded.reshape(nbz, b, nby, b, nbx, b, -1)
+
+
 class Reconstructor:
     """Accumulate images into a padded 3-D Fourier volume; ``finish`` gives the map.
 
@@ -108,10 +156,12 @@ class Reconstructor:
         self.sym_ops = symmetry_matrices(sym)
         self.sym = sym
         self.nx = P // 2 + 2  # one spare x column so the trilinear corner x0+1 is always in range
-        # Sums on a (P+1, P+1, nx) grid, z/y index j ↔ frequency j − P/2 (see _scatter, _sums).
+        # Sums on a (P+1, P+1, nx) grid, z/y index j ↔ frequency j − P/2 (see _scatter, _folded).
         # One record (data.real, data.imag, weight) float64 per voxel: a sample's data and weight
-        # land on the same cache line (insertion is bound by memory traffic, not arithmetic).
-        self.acc = np.zeros(((P + 1) * (P + 1) * self.nx, 3), dtype=np.float64)
+        # land on the same cache line (insertion is bound by memory traffic, not arithmetic); the
+        # records are stored in bricks (Bricks: rows tz[z] + ty[y] + tx[x]).
+        self.layout = Bricks((P + 1, P + 1, self.nx))
+        self.acc = np.zeros((self.layout.size, 3), dtype=np.float64)
         self.count = 0
         # 2-D samples used: the padded rfft grid within the original Nyquist radius (P/2).
         ky, kx = freq_index((P, P))
@@ -124,6 +174,7 @@ class Reconstructor:
         # Frequencies (1/Å) of the samples, computed as ctf_2d computes them on the padded grid.
         self._fx = (kx.ravel()[self._sel] / (P * self.apix))
         self._fy = (ky.ravel()[self._sel] / (P * self.apix))
+        self._u2, self._azim = self._fx ** 2 + self._fy ** 2, np.arctan2(self._fy, self._fx)  # as ctf_formula
         # The kx = 0 column holds each Friedel pair twice: half weight each.
         self._mult = np.where(self._kx == 0, 0.5, 1.0)
         self._kernel = None
@@ -132,16 +183,6 @@ class Reconstructor:
             self._kernel = make(self)
             if self._kernel is not None:  # the sums live on the device
                 self.acc = None
-
-    @property
-    def data(self) -> np.ndarray:
-        """Σ data·c, flat complex128 view of the accumulator (None when the sums live on a device)."""
-        return None if self.acc is None else self.acc[:, :2].view(np.complex128)[:, 0]
-
-    @property
-    def weight(self) -> np.ndarray:
-        """Σ weight·c², flat float64 view of the accumulator (None when the sums live on a device)."""
-        return None if self.acc is None else self.acc[:, 2]
 
     @property
     def device(self) -> bool:
@@ -181,16 +222,21 @@ class Reconstructor:
         for b0 in range(0, k, per):
             b1 = min(k, b0 + per)
             F = self._transforms(images[b0:b1])
-            if ctf is None:
-                c = np.ones((b1 - b0, S))
+            columns = None if ctf is None else ctf_columns(ctf.subset(np.arange(b0, b1)))
+            if compiled is not None and columns is not None and phase_flipped and not np.any(columns[:, 7]):
+                # |CTF| evaluated in the kernel, only at the samples (no B-factor: NumPy's exp and
+                # libm's may differ in the last bit, so an envelope is computed by _ctf below)
+                terms, c = np.concatenate(ctf_image_terms(*(columns[:, j:j + 1] for j in range(7))), axis=1), _NONE
             else:
-                c = self._ctf(ctf_columns(ctf.subset(np.arange(b0, b1))))
-                if phase_flipped:
+                terms = _NO_TERMS
+                c = np.ones((b1 - b0, S)) if columns is None else self._ctf(columns)
+                if columns is not None and phase_flipped:
                     c = np.abs(c)
             if compiled is not None:  # centres, weights and inserts in one pass (gmmcore.insertion)
-                for R in self.sym_ops:
-                    compiled(self.acc, self._kx, self._ky, (rotations[b0:b1] @ R).astype(np.float32), F,
-                             origins_px[b0:b1], c, self._mult, self.P, self.nx)
+                A = (rotations[b0:b1, None] @ np.asarray(self.sym_ops)[None]).astype(np.float32)
+                lay = self.layout
+                compiled(self.acc, lay.tz, lay.ty, lay.tx, self._kx, self._ky, A, F, origins_px[b0:b1], c,
+                         self._mult, self.P, terms, self._u2, self._azim)
             else:
                 vals = self._centred(F, origins_px[b0:b1]) * (c * self._mult)
                 wts = c * c * self._mult
@@ -227,7 +273,7 @@ class Reconstructor:
     def _scatter(self, A: np.ndarray, vals: np.ndarray, wts: np.ndarray) -> None:
         """Trilinear insertion of ``vals`` (b, S) complex128 / ``wts`` (b, S) at Aᵀ(kx, ky, 0) in NumPy
         (the path without numba; :mod:`gmmcore.insertion` does the same, compiled)."""
-        P, nx = self.P, self.nx
+        P = self.P
         A = A.astype(np.float32)
         # 3-D frequency (x, y, z) of sample (kx, ky): Aᵀ (kx, ky, 0) = kx·A[0] + ky·A[1].
         qx = self._kx * A[:, 0, 0:1] + self._ky * A[:, 1, 0:1]
@@ -238,23 +284,28 @@ class Reconstructor:
         qz = (self._kx * A[:, 0, 2:3] + self._ky * A[:, 1, 2:3]) * sgn
         x0, y0, z0 = np.floor(qx), np.floor(qy), np.floor(qz)
         fx, fy, fz = (qx - x0).ravel(), (qy - y0).ravel(), (qz - z0).ravel()
-        # Accumulator layout (P+1, P+1, nx): index j on z and y is frequency j − P/2 (no wrapping);
-        # ``base`` is each sample's (x0, y0, z0) corner, the others are constant offsets from it.
-        base = x0.astype(np.int64).ravel()
-        base += (y0.astype(np.int64).ravel() + P // 2) * nx
-        base += (z0.astype(np.int64).ravel() + P // 2) * ((P + 1) * nx)
+        # Accumulator grid (P+1, P+1, nx): index j on z and y is frequency j − P/2 (no wrapping);
+        # the row of voxel (z, y, x) is tz[z] + ty[y] + tx[x] (Bricks), per axis for each corner.
+        lay = self.layout
+        jx = x0.astype(np.int64).ravel()
+        jy = y0.astype(np.int64).ravel() + P // 2
+        jz = z0.astype(np.int64).ravel() + P // 2
+        rows_x = (lay.tx[jx], lay.tx[jx + 1])
+        rows_y = (lay.ty[jy], lay.ty[jy + 1])
+        rows_z = (lay.tz[jz], lay.tz[jz + 1])
         # Records (data.real, data.imag, weight) of the samples; Friedel flips the imaginary part.
-        rec = np.empty((base.size, 3))
+        rec = np.empty((jx.size, 3))
         rec[:, 0] = vals.real.ravel()
         rec[:, 1] = (vals.imag * sgn).ravel()
         rec[:, 2] = wts.ravel()
         gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
-        idx = np.empty_like(base)
+        idx, zy = np.empty_like(jx), np.empty_like(jx)
         for dz, wz in ((0, gz), (1, fz)):
             for dy, wy in ((0, gy), (1, fy)):
                 wzy = wz * wy
+                np.add(rows_z[dz], rows_y[dy], out=zy)
                 for dx, wx in ((0, gx), (1, fx)):
-                    np.add(base, dz * ((P + 1) * nx) + dy * nx + dx, out=idx)
+                    np.add(zy, rows_x[dx], out=idx)
                     scatter_add(self.acc, idx, rec, (wzy * wx).astype(np.float64))
 
     # ------------------------------------------------------------------ combination
@@ -266,23 +317,53 @@ class Reconstructor:
         if self._kernel is not None:
             self._kernel.add(data, weight)
         else:
-            self.acc[:, :2] += np.stack([data.real, data.imag], axis=1)
-            self.acc[:, 2] += weight
+            grid = np.stack([data.real, data.imag, weight], axis=1).reshape(self.layout.shape + (3,))
+            self.layout.add(self.acc, grid)
         self.count += other.count
 
     def sums(self):
-        """(data, weight): the accumulated sums on the host, flat (P+1)·(P+1)·nx, complex128 / float64."""
+        """(data, weight): the accumulated sums on the host, flat (P+1)·(P+1)·nx (row-major z, y, x),
+        complex128 / float64."""
         if self._kernel is not None:
             return self._kernel.sums()
-        return self.data, self.weight
+        g = self.layout.grid(self.acc)
+        data = np.empty(g.shape[:3], np.complex128)
+        data.real, data.imag = g[..., 0], g[..., 1]
+        return data.ravel(), g[..., 2].ravel()
 
-    def _sums(self, acc: np.ndarray) -> np.ndarray:
-        """Accumulator → (P, P, P//2+1) rfft grid in FFT order (frequency ±P/2 folded together)."""
-        P = self.P
-        a = acc.reshape(P + 1, P + 1, self.nx)[:, :, : P // 2 + 1].copy()
-        a[0] += a[P]
-        a[:, 0] += a[:, P]
-        return np.fft.ifftshift(a[:P, :P], axes=(0, 1))
+    def _folded(self):
+        """(D, W): the sums on the (P, P, P//2+1) rfft grid in FFT order, complex128 / float64, the
+        frequencies ±P/2 of z and y folded together (the z fold first, then y, as a[0] += a[P];
+        a[:, 0] += a[:, P] on the (P+1, P+1) grid), read straight from the accumulator's layout."""
+        P, h = self.P, self.P // 2 + 1
+        if self._kernel is not None:  # the device's sums, row-major
+            data, weight = self._kernel.sums()
+            acc, lay = np.stack([data.real, data.imag, weight], axis=1), Bricks(self.layout.shape, 1)
+        else:
+            acc, lay = self.acc, self.layout
+        shifted = (np.arange(P) + P // 2) % P  # ifftshift: output j holds grid index shifted[j]
+        zero = P // 2  # the output index of grid index 0
+        records = acc.view(np.dtype((np.void, acc.itemsize * 3))).ravel()  # one item per voxel: fast take
+
+        def at(rows: np.ndarray) -> np.ndarray:  # the records at those rows, (..., 3) float64
+            return np.take(records, rows).view(np.float64).reshape(rows.shape + (3,))
+
+        tx, ty = lay.tx[:h], lay.ty[shifted, None]
+        D, W = np.empty((P, P, h), np.complex128), np.empty((P, P, h))
+        for z0 in range(0, P, 16):  # a few planes at a time: no full-size temporaries
+            r = at(lay.tz[shifted[z0:z0 + 16], None, None] + ty + tx)
+            D.real[z0:z0 + 16], D.imag[z0:z0 + 16], W[z0:z0 + 16] = r[..., 0], r[..., 1], r[..., 2]
+
+        def add(d, w, r):  # (d, w) += the records r, component by component
+            d.real += r[..., 0]
+            d.imag += r[..., 1]
+            w += r[..., 2]
+
+        add(D[zero], W[zero], at(lay.tz[P] + ty + tx))  # z: index 0 += index P (all y < P)
+        row_p = at(lay.tz[shifted, None] + lay.ty[P] + tx)  # (z, y = P), z < P
+        row_p[zero] += at(lay.tz[P] + lay.ty[P] + tx)  # ... the z fold of (0, P) first
+        add(D[:, zero], W[:, zero], row_p)  # y: index 0 += index P
+        return D, W
 
     def finish(self, regularisation: float = 0.01) -> np.ndarray:
         """The reconstructed map, float32 (box, box, box).
@@ -291,21 +372,23 @@ class Reconstructor:
         voxels with weight near 0 go to 0 instead of blowing up.
         """
         P, n = self.P, self.box
-        data, weight = self.sums()
-        D, W = self._sums(data), self._sums(weight)
+        D, W = self._folded()
         # Hermitian completion of the x = 0 plane: what landed at (z, y, 0) also belongs at (−z, −y, 0).
         mz = (-np.arange(P)) % P
         D0, W0 = D[:, :, 0].copy(), W[:, :, 0].copy()
         D[:, :, 0] = D0 + D0[mz][:, mz].conj()
         W[:, :, 0] = W0 + W0[mz][:, mz]
         shell = radial_index((P, P, P))
-        inside = shell < P // 2
-        m = P // 2
-        cnt = np.bincount(shell[inside], minlength=m)
-        mean_w = np.bincount(shell[inside], W[inside], m) / np.maximum(cnt, 1)
-        reg = float(regularisation) * mean_w[np.minimum(shell, m - 1)]
-        den = W + reg
-        F = np.where(inside & (den > 0), D / np.where(den > 0, den, 1.0), 0.0)
+        m = P // 2  # shells 0..m−1 are inside
+        # Per shell, over every voxel: bins below m hold the inside voxels, in the same order.
+        cnt = np.bincount(shell.ravel(), minlength=m)[:m]
+        mean_w = np.bincount(shell.ravel(), W.ravel(), minlength=m)[:m] / np.maximum(cnt, 1)
+        reg = float(regularisation) * mean_w[np.minimum(np.arange(shell.max() + 1), m - 1)]  # per shell
+        den = W + reg[shell]
+        keep = (shell < m) & (den > 0)
+        # D / den as NumPy divides a complex by a real — the product by the reciprocal, bit for bit.
+        F = np.zeros(D.shape, D.dtype)
+        np.multiply(D, np.divide(1.0, den, out=np.zeros_like(den), where=keep), out=F, where=keep)
         vol = cropped_irfftn(F, P, n)
         # Gridding correction: trilinear interpolation ⇔ sinc² per axis in real space.
         c = np.sinc((np.arange(n) - n // 2) / P) ** 2

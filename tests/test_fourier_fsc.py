@@ -28,6 +28,14 @@ def test_radial_index_2d_3d():
     np.testing.assert_array_equal(rfft_weights((6, 6))[[0, 1, 3]], [1, 2, 1])
 
 
+@pytest.mark.parametrize("shape", [(7,), (9, 10), (5, 6, 7), (40, 40, 40)])
+def test_radial_index_is_the_rounded_radius_grid(shape):
+    from gmmcore.fourier import radius_grid
+
+    for rfft in (True, False):
+        np.testing.assert_array_equal(radial_index(shape, rfft), np.rint(radius_grid(shape, rfft)).astype(np.int64))
+
+
 def test_shell_frequencies():
     np.testing.assert_allclose(shell_frequencies(10, 2.0), np.arange(6) / 20.0)
 

@@ -572,7 +572,7 @@ class _GmmFit:
 
 
 class _DeviceInserter:
-    """Inserts images into a :class:`gmmcore.reconstruct.Reconstructor`'s accumulator layout on the
+    """Inserts images into a :class:`gmmcore.reconstruct.Reconstructor`'s sums (row-major grid) on the
     JAX device: phase flip of raw images on their own grid, padding, transform, centring, |CTF|
     weights (the Reconstructor's ``ctf_formula``), trilinear scatter at A·R for every symmetry
     operator R.  Sums are float32 on the device (``sums`` hands them over as complex128/float64)."""
