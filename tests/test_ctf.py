@@ -118,9 +118,11 @@ def test_phase_flip_multiplies_ft_by_sign_of_ctf():
     np.testing.assert_allclose(phase_flip(phase_flip(band, ctf, apix), ctf, apix), band, atol=1e-4)
 
 
-def test_compiled_contrast_is_the_numpy_formula_bit_for_bit():
+def test_compiled_contrast_is_the_numpy_formula():
     """gmmcore.insertion_compiled evaluates ctf_contrast one sample at a time (numba, libm cos/sin):
-    the same float64 values as the vectorised NumPy formula."""
+    the vectorised NumPy formula's values to a few float64 ulps (bit for bit on the machine this was
+    written on; NumPy's own SIMD cos/sin may differ from libm's in the last bit elsewhere — the kernel
+    rounds |CTF| to float32, so the maps do not see it)."""
     pytest.importorskip("numba")
     from gmmcore.ctf import ctf_contrast, ctf_image_terms
     from gmmcore.insertion_compiled import contrast
@@ -134,4 +136,4 @@ def test_compiled_contrast_is_the_numpy_formula_bit_for_bit():
     u2, azim = fx ** 2 + fy ** 2, np.arctan2(fy, fx)
     vec = ctf_contrast(np)(*terms, u2, azim)
     one = np.array([[contrast(*(t[i, 0] for t in terms), u2[s], azim[s]) for s in range(u2.size)] for i in range(k)])
-    assert np.array_equal(vec, one)
+    np.testing.assert_allclose(one, vec, rtol=0, atol=1e-15)
