@@ -29,3 +29,8 @@ GMM_LOCAL_RES = "on"  # each half's GMM blurred where the local resolution is co
 GMM_LOCAL_RES_CHOICES = ("off", "on")
 GMM_FITS = ("fourier", "hermitian")  # hermitian: from its k_z ≥ 0 half (same loss to float32 rounding, 1.7–3.2× faster)
 DROP_WORST = 0.0  # fraction of each half's particles with the lowest alignment score left out of its reconstruction
+
+# Heterogeneity decoder: an amplitude per moving Gaussian as well as its position (decoder.py).
+# Off: not yet measured on a realistic set with a change of occupancy (issue 17).
+DECODER_AMPLITUDE = "off"
+DECODER_AMPLITUDE_CHOICES = ("on", "off")

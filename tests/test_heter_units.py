@@ -152,3 +152,76 @@ def test_conversion_batch_auto_gives_the_same_poses():
     assert angular_distance(fixed[0].rotation, auto[0].rotation).max() < 1e-3
     np.testing.assert_allclose(fixed[0].origin_A, auto[0].origin_A, atol=1e-3)
     assert angular_distance(fixed[0].rotation, poses.rotation).mean() > 0.01  # the search moved the poses
+
+
+def test_decoder_amplitude_head_is_neutral_at_zero_bounded_and_saved(tmp_path):
+    """The amplitude head (``--amplitude on``): at latent 0 the amplitudes are the neutral GMM's
+    exactly, whatever the head's weights; elsewhere only moving Gaussians change, by a positive
+    factor within e^±3·(motion weight); the network file keeps the head, and a decoder without one
+    keeps the neutral amplitudes (also when loaded from a file made before the head existed)."""
+    import tensorflow as tf
+
+    from gmmcore.heter.decoder import Decoder, make_layout
+    from gmmcore.heter.encoder import Encoder
+    from gmmcore.heter.pair import HalfNetwork
+
+    rng = np.random.default_rng(4)
+    g = _two_domain_gmm(rng)
+    move = np.zeros(len(g), np.float32)
+    move[: len(g) // 2] = 1.0
+    move[len(g) // 2: len(g) // 2 + 10] = 0.5
+    layout = make_layout(g, move, n_anchors=8, seed=0)
+    dec = Decoder.init(layout, latent_dim=3, rng=np.random.default_rng(5), amplitude=True)
+    z = tf.constant(np.array([[0, 0, 0], [1.5, -2.0, 0.7], [-3.0, 1.0, 2.0]], np.float32))
+    np.testing.assert_array_equal(dec.amplitudes(z).numpy(), np.tile(g.amplitudes.astype(np.float32), (3, 1)))
+    dec.amplitude_head.w.assign(rng.normal(0, 3.0, dec.amplitude_head.w.shape).astype(np.float32))
+    dec.amplitude_head.b.assign(rng.normal(0, 3.0, dec.amplitude_head.b.shape).astype(np.float32))
+    a = dec.amplitudes(z).numpy()
+    np.testing.assert_allclose(a[0], g.amplitudes, rtol=1e-6)  # still neutral at 0
+    ratio = a[1:] / g.amplitudes[None].astype(np.float32)
+    assert np.all(ratio[:, move == 0] == 1.0)
+    assert np.all(ratio > 0) and np.abs(np.log(ratio[:, move == 1])).max() > 0.5  # the head acts
+    assert np.all(np.abs(np.log(ratio)) <= 3.0 * move[None] + 1e-5)  # e^±3, scaled by the motion weight
+    one = dec.gmm(np.array([1.5, -2.0, 0.7], np.float32))
+    np.testing.assert_allclose(one.amplitudes, a[1], rtol=1e-6)
+
+    enc = Encoder.init(3 * len(layout.moving), 3, input_scale=1.0, rng=np.random.default_rng(6))
+    grid = FourierGrid(48, 2.0, 8.0, 30.0)
+    path = tmp_path / "net.npz"
+    HalfNetwork(1, enc, dec, grid, np.full(grid.nrings, 0.1)).save(path)
+    back = HalfNetwork.load(path)
+    np.testing.assert_array_equal(back.decoder.amplitudes(z).numpy(), a)
+
+    plain = Decoder.init(layout, latent_dim=3, rng=np.random.default_rng(5))
+    assert plain.amplitude_head is None and plain.spec()["amplitude"] is False
+    HalfNetwork(1, enc, plain, grid, np.full(grid.nrings, 0.1)).save(path)
+    with np.load(path) as zf:
+        arrays = {k: zf[k] for k in zf.files}
+    arch = json.loads(str(arrays.pop("architecture")))
+    del arch["decoder"]["amplitude"]  # a network saved before the amplitude head existed
+    old = tmp_path / "old.npz"
+    np.savez(old, architecture=np.array(json.dumps(arch)), **arrays)
+    loaded = HalfNetwork.load(old)
+    assert loaded.decoder.amplitude_head is None
+    np.testing.assert_array_equal(loaded.decoder.gmm(np.ones(3, np.float32)).amplitudes, g.amplitudes)
+
+
+def test_projection_with_per_image_amplitudes_matches_one_at_a_time():
+    """project_ft with amplitudes (B, N) — one set per image — equals B projections with (N,)."""
+    import tensorflow as tf
+
+    from gmmcore.backend.tf import project_ft
+
+    rng = np.random.default_rng(8)
+    g = _two_domain_gmm(rng, n=40)
+    grid = FourierGrid(32, 2.0, 6.0, 30.0)
+    R = random_rotations(3, rng).astype(np.float32)
+    o = rng.normal(0, 1.0, (3, 2)).astype(np.float32)
+    amps = (g.amplitudes[None] * rng.uniform(0.0, 2.0, (3, len(g)))).astype(np.float32)
+    c, s = tf.constant(g.centers, tf.float32), tf.constant(g.sigmas, tf.float32)
+    sy, sx = tf.constant(grid.sy), tf.constant(grid.sx)
+    re, im = project_ft(c, tf.constant(amps), s, tf.constant(R), tf.constant(o), sy, sx)
+    for b in range(3):
+        re1, im1 = project_ft(c, tf.constant(amps[b]), s, tf.constant(R[b:b + 1]), tf.constant(o[b:b + 1]), sy, sx)
+        np.testing.assert_allclose(re[b].numpy(), re1[0].numpy(), rtol=1e-5, atol=1e-5 * float(np.abs(re1).max()))
+        np.testing.assert_allclose(im[b].numpy(), im1[0].numpy(), rtol=1e-5, atol=1e-5 * float(np.abs(im1).max()))

@@ -150,7 +150,7 @@ def project_ft(centers, amplitudes, sigmas, rotations, origins, sy, sx):
     """Fourier transforms of GMM projections on a separable grid.
 
     centers (N,3) Å — or (B,N,3): one set of centres per image (e.g. per-particle conformations) —,
-    amplitudes (N,), sigmas (N,) Å, rotations (B,3,3) RELION A, origins (B,2) Å,
+    amplitudes (N,) — or (B,N), one set per image —, sigmas (N,) Å, rotations (B,3,3) RELION A, origins (B,2) Å,
     sy (ny,), sx (nx,) in 1/Å.  Returns (real, imag), each (B, ny, nx) float32.
     """
     per_image = len(centers.shape) == 3
@@ -158,7 +158,8 @@ def project_ft(centers, amplitudes, sigmas, rotations, origins, sy, sx):
         - origins[:, None, :]  # (B,N,2)
     s2 = -2.0 * math.pi**2 * tf.square(sigmas)[:, None]  # (N,1)
     ex = tf.exp(s2 * tf.square(sx)[None, :])  # (N,nx)
-    ey = tf.exp(s2 * tf.square(sy)[None, :]) * amplitudes[:, None]  # (N,ny)
+    ey = tf.exp(s2 * tf.square(sy)[None, :])  # (N,ny)
+    ey = ey * amplitudes[:, :, None] if len(amplitudes.shape) == 2 else ey * amplitudes[:, None]  # (B,N,ny) or (N,ny)
     px = TWO_PI * mu[:, :, 0:1] * sx[None, None, :]  # (B,N,nx)
     py = TWO_PI * mu[:, :, 1:2] * sy[None, None, :]  # (B,N,ny)
     cx, sxn = tf.cos(px) * ex, tf.sin(px) * ex

@@ -46,6 +46,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="σ of noise added to the latents in training (default 0: none; see gmmcore.heter.training)")
     p.add_argument("--latent-penalty", type=float, default=0.0,
                    help="weight of |z|² in the loss (default 0)")
+    p.add_argument("--amplitude", choices=defaults.DECODER_AMPLITUDE_CHOICES, default=defaults.DECODER_AMPLITUDE,
+                   help="on: the decoder also changes each moving Gaussian's amplitude with the latent (a part "
+                        "that fades or appears, as well as moves); off: positions only (default "
+                        f"{defaults.DECODER_AMPLITUDE})")
     add_ring_weight_argument(p)
     p.add_argument("--bins", type=int, default=5, help="bins along PC1 for the GMMs and maps (default 5)")
     add_run_arguments(p, seed_help="random seed (network initialisation, anchors, order)",
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         mask=mask, epochs=args.epochs, full_epochs=args.full_epochs,
         res=args.maxres, minres=args.minres, batch=batch, chunk=args.chunk, lr=args.lr, lr_full=args.lr_full,
         latent_noise=args.latent_noise, latent_penalty=args.latent_penalty, ring_weight=args.ring_weight,
-        bins=args.bins, seed=args.seed, gpu=parse_gpus(args.gpu), cpu=args.cpu)
+        amplitude=args.amplitude, bins=args.bins, seed=args.seed, gpu=parse_gpus(args.gpu), cpu=args.cpu)
     run_heterogeneity(params)
     return 0
 

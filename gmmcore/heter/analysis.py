@@ -57,7 +57,8 @@ from .training import CheckpointStore, HalfTrainer, TrainSettings, encode
 log = logging.getLogger("gmmcore.refine.heter")
 
 IDENTITY = ("source", "latent", "anchors", "mask", "epochs", "full_epochs", "res", "minres", "batch", "lr",
-            "lr_full", "latent_penalty", "residual_penalty", "latent_noise", "ring_weight", "seed")
+            "lr_full", "latent_penalty", "residual_penalty", "latent_noise", "ring_weight", "seed",
+            "amplitude")
 
 
 @dataclass
@@ -80,6 +81,7 @@ class HeterogeneityParams:
     latent_penalty: float = 0.0
     residual_penalty: float = 1e-3
     latent_noise: float = 0.0
+    amplitude: str = "off"  # "on": the decoder's amplitude head (gmmcore.heter.decoder)
     ring_weight: str = "ssnr"
     bins: int = 5
     seed: int = 0
@@ -92,6 +94,7 @@ class HeterogeneityParams:
                              full_epochs=self.full_epochs, batch=self.batch, chunk=self.chunk, lr=self.lr,
                              lr_full=self.lr_full, latent_penalty=self.latent_penalty,
                              residual_penalty=self.residual_penalty, latent_noise=self.latent_noise,
+                             amplitude=self.amplitude == "on",
                              ring_weight=self.ring_weight, seed=self.seed)
 
 

@@ -18,7 +18,14 @@ Network: a dense trunk z → h; an anchor head h → A(z) (K, 3) Å; a residual 
 so the decoder at z = 0 *is* the neutral GMM, exactly, whatever the weights (the reference
 pre-trains its decoder towards this; here it holds by construction and cannot drift in training).
 Round 1 trains the anchor path (the small GMM drives the full GMM); round 2 also trains F (the
-full GMM).  Amplitudes and widths are the neutral GMM's.
+full GMM).  Widths are the neutral GMM's; so are the amplitudes, unless the decoder has an
+**amplitude head** (``amplitude=True``; off by default): h → G(z) (M,), zero at initialisation, and
+moving Gaussian j's amplitude
+
+    a_j(z) = a⁰_j · exp(m_j · 3·tanh((G_j(z) − G_j(0)) / 3))
+
+— the neutral amplitude at z = 0 exactly, at most e^±3 times it anywhere (a Gaussian can fade, as
+a partly occupied subunit does, or grow, but never change sign).  It is trained in both rounds.
 """
 from __future__ import annotations
 
@@ -104,10 +111,14 @@ def make_layout(neutral: GMM, move: Optional[np.ndarray], n_anchors: int, seed: 
 class Decoder(tf.Module):
     """latent (B, L) → centres (B, N, 3) Å (module notes)."""
 
-    def __init__(self, layout: DecoderLayout, trunk: MLP, anchor_head: Optional[Dense], full_head: Dense):
+    AMPLITUDE_RANGE = 3.0  # |log a_j(z) − log a⁰_j| < 3 (module notes)
+
+    def __init__(self, layout: DecoderLayout, trunk: MLP, anchor_head: Optional[Dense], full_head: Dense,
+                 amplitude_head: Optional[Dense] = None):
         super().__init__(name="decoder")
         self.layout = layout
         self.trunk, self.anchor_head, self.full_head = trunk, anchor_head, full_head
+        self.amplitude_head = amplitude_head
         self.latent_dim = int(trunk.layers[0].w.shape[0])
         M = len(layout.moving)
         self._c0 = tf.constant(layout.centers, F32)
@@ -117,11 +128,12 @@ class Decoder(tf.Module):
         index = np.full(len(layout.centers), M, np.int32)
         index[layout.moving] = np.arange(M, dtype=np.int32)
         self._index = tf.constant(index)
+        self._a0 = tf.constant(layout.amplitudes, F32)
         self.M, self.K = M, len(layout.anchors)
 
     @classmethod
     def init(cls, layout: DecoderLayout, latent_dim: int, hidden=(64, 256), rng: np.random.Generator = None,
-             anchor_scale: float = 0.1) -> "Decoder":
+             anchor_scale: float = 0.1, amplitude: bool = False) -> "Decoder":
         rng = rng or np.random.default_rng(0)
         trunk = MLP.init([latent_dim, *hidden], "elu", rng, out_activation="elu", name="trunk")
         h = int(hidden[-1])
@@ -132,7 +144,8 @@ class Decoder(tf.Module):
 
             anchor = Dense(glorot(h, 3 * K, rng, anchor_scale), np.zeros(3 * K, np.float32), name="anchor")
         full = Dense(np.zeros((h, 3 * M), np.float32), np.zeros(3 * M, np.float32), name="full")
-        return cls(layout, trunk, anchor, full)
+        amp = Dense(np.zeros((h, M), np.float32), np.zeros(M, np.float32), name="amplitude") if amplitude else None
+        return cls(layout, trunk, anchor, full, amp)
 
     def _raw(self, z):
         h = self.trunk(z)
@@ -150,6 +163,18 @@ class Decoder(tf.Module):
         d0, f0 = self._raw(tf.zeros([1, self.latent_dim], F32))
         return (d - d0) * self._move[None, :, None], f - f0
 
+    def amplitudes(self, z):
+        """Amplitudes (B, N) of the GMMs at latents z (B, L) — the neutral ones (N,) without an
+        amplitude head."""
+        if self.amplitude_head is None:
+            return self._a0
+        r = self.AMPLITUDE_RANGE
+        g = self.amplitude_head(self.trunk(z)) - self.amplitude_head(self.trunk(tf.zeros([1, self.latent_dim], F32)))
+        factor = tf.exp(self._move[None, :] * r * tf.tanh(g / r))  # (B, M)
+        B = tf.shape(z)[0]
+        padded = tf.concat([factor, tf.ones([B, 1], F32)], axis=1)
+        return self._a0[None] * tf.gather(padded, self._index, axis=1)
+
     def __call__(self, z):
         """Centres (B, N, 3) of the GMMs at latents z (B, L)."""
         d, _ = self.displacements(z)
@@ -159,18 +184,23 @@ class Decoder(tf.Module):
 
     def gmm(self, z: np.ndarray) -> GMM:
         """The GMM at one latent vector (L,)."""
-        c = self(tf.constant(np.asarray(z, np.float32).reshape(1, -1)))[0].numpy()
-        return GMM(c, self.layout.amplitudes, self.layout.sigmas)
+        zt = tf.constant(np.asarray(z, np.float32).reshape(1, -1))
+        c = self(zt)[0].numpy()
+        a = self.layout.amplitudes if self.amplitude_head is None else self.amplitudes(zt)[0].numpy()
+        return GMM(c, a, self.layout.sigmas)
 
     # ---- saving
     def spec(self) -> dict:
-        return {"latent_dim": self.latent_dim, "trunk": self.trunk.spec(), "anchors": self.K, "moving": self.M}
+        return {"latent_dim": self.latent_dim, "trunk": self.trunk.spec(), "anchors": self.K, "moving": self.M,
+                "amplitude": self.amplitude_head is not None}
 
     def arrays(self) -> Dict[str, np.ndarray]:
         out = {**self.trunk.arrays("dec.trunk"), "dec.full.w": self.full_head.w.numpy(),
                "dec.full.b": self.full_head.b.numpy(), **self.layout.arrays()}
         if self.anchor_head is not None:
             out.update({"dec.anchor.w": self.anchor_head.w.numpy(), "dec.anchor.b": self.anchor_head.b.numpy()})
+        if self.amplitude_head is not None:
+            out.update({"dec.amp.w": self.amplitude_head.w.numpy(), "dec.amp.b": self.amplitude_head.b.numpy()})
         return out
 
     @classmethod
@@ -178,4 +208,5 @@ class Decoder(tf.Module):
         layout = DecoderLayout.from_arrays(a)
         trunk = mlp_from_arrays(spec["trunk"], a, "dec.trunk")
         anchor = Dense(a["dec.anchor.w"], a["dec.anchor.b"]) if spec["anchors"] else None
-        return cls(layout, trunk, anchor, Dense(a["dec.full.w"], a["dec.full.b"]))
+        amp = Dense(a["dec.amp.w"], a["dec.amp.b"]) if spec.get("amplitude") else None  # absent: saved before it existed
+        return cls(layout, trunk, anchor, Dense(a["dec.full.w"], a["dec.full.b"]), amp)

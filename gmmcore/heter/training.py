@@ -87,6 +87,7 @@ class TrainSettings:
     latent_penalty: float = 0.0
     residual_penalty: float = 1e-3  # per Å²
     latent_noise: float = 0.0  # σ of Gaussian noise added to the latents while training
+    amplitude: bool = False  # the decoder's amplitude head (decoder.py)
     ring_weight: str = "ssnr"
     n_sample: int = 1000  # particles for the input scale and the ring weights
     seed: int = 0
@@ -218,7 +219,7 @@ class HalfTrainer:
         self.features = FeatureMaker(layout, self.gt)
         rng = np.random.default_rng([settings.seed, self.half, 0])
         self.encoder = Encoder.init(3 * len(layout.moving), settings.latent_dim, scale, rng=rng)
-        self.decoder = Decoder.init(layout, settings.latent_dim, rng=rng)
+        self.decoder = Decoder.init(layout, settings.latent_dim, rng=rng, amplitude=settings.amplitude)
         self._amps = tf.constant(layout.amplitudes, F32)
         self._sigmas = tf.constant(layout.sigmas, F32)
         self.state = state or {"round": 0, "epoch": -1, "history": []}
@@ -273,6 +274,8 @@ class HalfTrainer:
         if self.decoder.anchor_head is not None:
             out += [(self.decoder.anchor_head.w, "dec.anchor.w"), (self.decoder.anchor_head.b, "dec.anchor.b")]
         out += [(self.decoder.full_head.w, "dec.full.w"), (self.decoder.full_head.b, "dec.full.b")]
+        if self.decoder.amplitude_head is not None:  # trained in both rounds
+            out += [(self.decoder.amplitude_head.w, "dec.amp.w"), (self.decoder.amplitude_head.b, "dec.amp.b")]
         return out
 
     def _trainable(self, round_name: str):
@@ -297,7 +300,8 @@ class HalfTrainer:
                 B = tf.shape(z)[0]
                 padded = tf.concat([d, tf.zeros([B, 1, 3], F32)], axis=1)
                 centers = dec._c0[None] + tf.gather(padded, dec._index, axis=1)
-                score = weighted_frc(gt, centers, amps, sigmas, R, o, pre, pim)
+                a = amps if dec.amplitude_head is None else dec.amplitudes(z + noise)
+                score = weighted_frc(gt, centers, a, sigmas, R, o, pre, pim)
                 wsum = tf.reduce_sum(w)
                 data = tf.reduce_sum(w * (1.0 - score)) / wsum
                 reg = lam_z * tf.reduce_sum(w * tf.reduce_sum(tf.square(z), 1)) / wsum
@@ -385,7 +389,7 @@ def encode(net: HalfNetwork, table: ParticleTable, rows: np.ndarray, batch: int 
         if not with_scores:
             return z, tf.zeros([tf.shape(z)[0]]), tf.zeros([tf.shape(z)[0]])
         s0 = weighted_frc(gt, c0, amps, sigmas, R, o, pre, pim)
-        s1 = weighted_frc(gt, dec(z), amps, sigmas, R, o, pre, pim)
+        s1 = weighted_frc(gt, dec(z), dec.amplitudes(z), sigmas, R, o, pre, pim)
         return z, s0, s1
 
     rows = np.asarray(rows, np.int64)

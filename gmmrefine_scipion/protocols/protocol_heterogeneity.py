@@ -6,11 +6,15 @@ import pyworkflow.protocol.params as params
 from pwem.objects import ParticleFlex, SetOfParticlesFlex, SetOfVolumes, Volume
 from pwem.protocols import ProtAnalysis3D
 
+from gmmcore import defaults
 from gmmcore.summary import HeterogeneitySummary
 
 from gmmrefine_scipion import convert
 from gmmrefine_scipion.constants import HETEROGENEITY_DIR
+from .alignment_rules import addExpertChoice
 from .protocol_base import GmmProtRunBase
+
+DECODER_AMPLITUDE = tuple(defaults.DECODER_AMPLITUDE_CHOICES)  # the engine's names, in the form's order
 
 FOCUS_MASK_LABEL = "Focus mask (optional)"
 FLEX_PROGNAME = "gmmrefine"  # the Flexibility Hub's name of the method that made a SetOfParticlesFlex
@@ -71,6 +75,11 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
                       label="Epochs (full-GMM round)")
         form.addParam("bins", params.IntParam, default=5, validators=[params.Range(1, 50, "1 to 50")],
                       label="Maps along PC1", help="Number of bins of particles along PC1 (per half).")
+        addExpertChoice(form, "decoderAmplitude", DECODER_AMPLITUDE, defaults.DECODER_AMPLITUDE, "Decoder amplitudes",
+                        "off (default): the decoder moves the Gaussians only. on: it also changes each moving "
+                        "Gaussian's amplitude with the latent (at most e^3 = 20x up or down), so a part that is "
+                        "present in some particles and missing in others (a partly occupied subunit or ligand) "
+                        "is described as well as a motion.")
 
     # --------------------------- STEPS functions -----------------------------
     def _inputSignature(self):
@@ -82,7 +91,8 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
 
     def _protocolOptions(self):
         options = {"from": self._sourceRunDir(), "latent": self.latentDim.get(), "anchors": self.anchors.get(),
-                   "epochs": self.epochs.get(), "full_epochs": self.fullEpochs.get(), "bins": self.bins.get()}
+                   "epochs": self.epochs.get(), "full_epochs": self.fullEpochs.get(), "bins": self.bins.get(),
+                   "amplitude": DECODER_AMPLITUDE[self.decoderAmplitude.get()]}
         if self.focusMask.get() is not None:
             options["mask"] = self.volumeFile(self.focusMask.get(), "focus_mask")
         return options

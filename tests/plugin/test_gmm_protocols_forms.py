@@ -257,6 +257,28 @@ class TestGmmProtocolForms(BaseTest):
             self.assertEqual((args.band_rule, args.align_from, args.drop_worst, args.gmm_fit, args.gmm_local_res),
                              (other, "prior", 0.1, "hermitian", other_local), verb)
 
+    def test_decoder_amplitude_field_reaches_the_engine(self):
+        """Heterogeneity form: expert "Decoder amplitudes" (the engine's default) becomes --amplitude,
+        which the engine's parser takes; changing it changes the steps' signature."""
+        from pyworkflow.protocol.params import LEVEL_ADVANCED
+        from gmmcore import defaults
+        from gmmcore.cli import build_parser
+        from gmmrefine_scipion import Plugin
+        from gmmrefine_scipion.protocols.protocol_heterogeneity import DECODER_AMPLITUDE
+
+        refine = self._saved(GmmProtRefine, useGpu=False)
+        refine.inputParticles.set(self._particles("amp"))
+        het = self._saved(GmmProtHeterogeneity, batchSize=8, useGpu=False)
+        het.inputRefinement.set(refine)
+        self.assertEqual(het.getParam("decoderAmplitude").expertLevel.get(), LEVEL_ADVANCED)
+        self.assertEqual(het._engineOptions()["amplitude"], defaults.DECODER_AMPLITUDE)
+        signature = het._formSignature()
+        other = [c for c in DECODER_AMPLITUDE if c != defaults.DECODER_AMPLITUDE][0]
+        het.decoderAmplitude.set(DECODER_AMPLITUDE.index(other))
+        self.assertNotEqual(het._formSignature(), signature)
+        argv = Plugin.getGmmcoreArgs("heterogeneity", out="o", **het._engineOptions()).split()[2:]
+        self.assertEqual(build_parser(argv).parse_args(argv).amplitude, other)
+
     def test_pose_precision_in_the_summary(self):
         """Focused, conf2pose and patch runs: the Cramér–Rao bound of the region's and the whole
         particle's per-particle pose is one Summary line (per patch: appended to its line); the
