@@ -17,7 +17,8 @@ The two half sets are independent, so :func:`reconstruct_halves` reconstructs th
 processes (spawned, so a parent that has initialised TensorFlow is safe); each is sent its half
 compactly (:class:`HalfParticles`: stack codes and image indices, poses, CTF — no name strings,
 and the parent keeps no copy) and streams its own images chunk by chunk, so memory does not grow
-with the number of particles beyond these per-particle numbers.
+with the number of particles beyond these per-particle numbers.  Every path — in this process, on a
+device, in a worker, as work units — inserts through the same loop over a :class:`HalfParticles`.
 
 A backend may insert on its device (``backend.insertion_kernel(geometry)``, e.g. JAX on a GPU): the
 geometry, the CTF formula (:func:`gmmcore.ctf.ctf_formula`) and ``finish`` stay here; the kernel
@@ -397,20 +398,6 @@ class Reconstructor:
 
 
 # ---------------------------------------------------------------------- half maps from a table
-def _reconstruct_one(table, idx, box, apix, sym, pad, chunk, desc, backend=None) -> np.ndarray:
-    from .io.stacks import iter_images  # lazy: keep the Reconstructor usable on its own
-    from .progress import progress
-
-    rec = Reconstructor(box, apix, pad=pad, sym=sym, backend=backend)
-    bar = progress(total=len(idx), desc=desc, unit="img")
-    for rows, images in iter_images(table, idx, min(chunk, READ_BLOCK)):
-        rows = np.asarray(rows)
-        rec.insert(images, table.rotation[rows], table.origin[rows], table.ctf.subset(rows), table.phase_flipped,
-                   on_pass=bar.update)
-    bar.close()
-    return rec.finish()
-
-
 def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 20000, workers: Optional[int] = None,
                        indices=None, executor=None, backend=None, desc: str = "") -> HalfPair:
     """Reconstruct the two gold-standard half maps of ``table``: HalfPair of float32 volumes.
@@ -437,13 +424,12 @@ def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 2000
     local = check_split(sub)  # HalfPair of rows of sub
     rows = np.arange(len(table)) if indices is None else np.arange(len(table))[indices]
     parts = local.map(lambda h, r: rows[r])  # rows of table
-    if backend is not None and getattr(backend, "device_reconstruction", lambda: False)():
-        return parts.map(lambda h, idx: _reconstruct_one(table, idx, box, apix, sym, pad, chunk, label.format(h),
-                                                         backend))
+    device = backend if backend is not None and getattr(backend, "device_reconstruction", lambda: False)() else None
     if workers is None:  # a worker process costs ~1-2 s to start: only worth it for larger sets
         workers = 2 if cpu_threads() >= 2 and rows.size >= _PARALLEL_MIN_PARTICLES else 1
-    if workers <= 1:
-        return parts.map(lambda h, idx: _reconstruct_one(table, idx, box, apix, sym, pad, chunk, label.format(h)))
+    if device is not None or workers <= 1:  # here, one half after the other (on the device if it inserts)
+        return parts.map(lambda h, idx: _half_map(HalfParticles.of(table, idx), box, apix, sym, pad, chunk,
+                                                  label.format(h), device))
     from functools import partial
 
     from .parallel.spawned import run_spawned
@@ -456,7 +442,7 @@ def reconstruct_halves(table, sym: str = "C1", pad: float = 2, chunk: int = 2000
     def sent(h: int) -> tuple:
         return HalfParticles.of(table, parts[h]), box, apix, sym, pad, chunk, label.format(h)
 
-    return HalfPair(*run_spawned(_reconstruct_sent, [partial(sent, 1), partial(sent, 2)]))
+    return HalfPair(*run_spawned(_half_map, [partial(sent, 1), partial(sent, 2)]))
 
 
 @dataclass
@@ -493,31 +479,35 @@ class HalfParticles:
         self.__dict__.update(state)
 
 
-def _reconstruct_sent(parts: HalfParticles, box, apix, sym, pad, chunk, desc) -> np.ndarray:
-    """Worker side of :func:`reconstruct_halves`: the map of ``parts``, the same numbers as
-    :func:`_reconstruct_one` of their table rows (images in the same order)."""
-    from .io.stacks import iter_stack_images
+def _sums(parts: HalfParticles, box: int, apix: float, sym: str, pad: float, chunk: int = READ_BLOCK,
+          desc: Optional[str] = None, backend=None) -> Reconstructor:
+    """The insertion loop of every reconstruction from particles: a Reconstructor holding the sums of
+    ``parts``, their images streamed min(``chunk``, READ_BLOCK) at a time in the order
+    :func:`gmmcore.io.stacks.iter_stack_images` reads them (by stack, then image index).  ``desc``
+    labels a progress bar (None: none); ``backend`` may insert on its device."""
+    from .io.stacks import iter_stack_images  # lazy: keep the Reconstructor usable on its own
     from .progress import progress
 
-    rec = Reconstructor(box, apix, pad=pad, sym=sym)
-    bar = progress(total=len(parts.refs), desc=desc, unit="img")
+    rec = Reconstructor(box, apix, pad=pad, sym=sym, backend=backend)
+    bar = None if desc is None else progress(total=len(parts.refs), desc=desc, unit="img")
     for pos, images in iter_stack_images(parts.refs, min(chunk, READ_BLOCK)):
         rec.insert(images, parts.rotation[pos], parts.origin[pos], parts.ctf.subset(pos), parts.phase_flipped,
-                   on_pass=bar.update)
-    bar.close()
-    return rec.finish()
+                   on_pass=None if bar is None else bar.update)
+    if bar is not None:
+        bar.close()
+    return rec
+
+
+def _half_map(parts: HalfParticles, box, apix, sym, pad, chunk, desc, backend=None) -> np.ndarray:
+    """One half map of :func:`reconstruct_halves` (in this process or a spawned worker): float32
+    (box, box, box)."""
+    return _sums(parts, box, apix, sym, pad, chunk, desc, backend).finish()
 
 
 # ---------------------------------------------------------------------- as work units
 def partial_sums(part, box: int, apix: float, sym: str, pad: float) -> Reconstructor:
     """Work unit: a Reconstructor holding the sums of all particles of the table ``part``."""
-    from .io.stacks import iter_images
-
-    rec = Reconstructor(box, apix, pad=pad, sym=sym)
-    for rows, images in iter_images(part, None, max(min(len(part), READ_BLOCK), 1)):
-        rows = np.asarray(rows)
-        rec.insert(images, part.rotation[rows], part.origin[rows], part.ctf.subset(rows), part.phase_flipped)
-    return rec
+    return _sums(HalfParticles.of(part, np.arange(len(part))), box, apix, sym, pad)
 
 
 def added(a: Reconstructor, b: Reconstructor) -> Reconstructor:

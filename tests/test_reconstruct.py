@@ -175,7 +175,11 @@ def _table(k, rng, half):
                          image_size=np.full(k, N, np.int32), ctf=CTFParams.constant(k), phase_flipped=True)
 
 
-def test_reconstruct_halves_streams_each_half(monkeypatch, data):
+def test_reconstruct_halves_streams_each_half(monkeypatch, data, tmp_path):
+    """Each half's images are read on their own, in chunks of at most ``chunk`` images (never the
+    whole set in memory), through the one reading loop (iter_stack_images) of every reconstruction."""
+    from dataclasses import replace
+
     import gmmcore.io.stacks as stacks
 
     rng = np.random.default_rng(4)
@@ -184,16 +188,23 @@ def test_reconstruct_halves_streams_each_half(monkeypatch, data):
     table = _table(k, rng, half)
     ctf_imgs = phase_flip(apply_ctf_here(project(data["vol"], table.rotation, table.origin), table.ctf, 1.0),
                           table.ctf, 1.0)
-    seen = []
+    stack = tmp_path / "particles.mrcs"  # image j of the stack is row j's
+    with stacks.StackWriter(stack, N, 1.0) as w:
+        w.write(ctf_imgs)
+    table = replace(table, image_name=np.array([f"{i + 1}@{stack}" for i in range(k)]))
+    read = stacks.iter_stack_images
+    seen, sizes = [], []
 
-    def fake_iter_images(tab, indices, chunk):
-        idx = np.asarray(indices)
-        seen.append(idx)
-        for s in range(0, idx.size, chunk):
-            yield idx[s:s + chunk], ctf_imgs[idx[s:s + chunk]]
+    def recording(refs, chunk):  # the real reader, recording which images each call reads, and how
+        seen.append(np.asarray(refs.index0))
+        for pos, images in read(refs, chunk):
+            sizes.append(len(pos))
+            yield pos, images
 
-    monkeypatch.setattr(stacks, "iter_images", fake_iter_images)
+    monkeypatch.setattr(stacks, "iter_stack_images", recording)
     out = reconstruct_halves(table, chunk=25, workers=1)
+    assert sorted(np.concatenate(seen).tolist()) == list(range(k))  # every image read once
+    assert sum(sizes) == k and max(sizes) <= 25
     assert set(out) == {1, 2}
     assert [set(np.unique(half[s])) for s in seen] == [{1}, {2}]
     for h in (1, 2):
