@@ -109,11 +109,33 @@ def test_prior_settings_recorded(sim_small, tmp_path, capsys, monkeypatch):
     import gmmcore.refine.global_refine as refine
 
     seen = []
-    monkeypatch.setattr(refine, "run_global", lambda p, executor=None: seen.append((p.prior_angle, p.prior_shift)))
+    monkeypatch.setattr(refine, "run_global", lambda p, **kw: seen.append((p.prior_angle, p.prior_shift)))
     for extra in ([], ["--no-prior"], ["--ring-weight", "uniform"], ["--prior-angle", "5"]):
         assert run_refine(capsys, "--particles", sim_small["perturbed_star"], "--out", tmp_path / "o", *extra)[0] == 0
     assert seen == [(3.0, 1.0), (None, None), (None, None), (5.0, 1.0)]
 
+
+
+def test_star_read_once_as_run_global_reads_it(tmp_path, capsys, monkeypatch):
+    """The command line parses the particles star once and hands run_global the table it would read
+    itself: a RELION 3.0 star's image size from its stack's header, the star named by its absolute path."""
+    import gmmcore.io.star as star
+    import gmmcore.refine.global_refine as refine
+
+    P = helpers.random_particles(n=40, box=16)
+    helpers.write_stacks(tmp_path, P)
+    (tmp_path / "p30.star").write_text(helpers.star30_text(P))
+    real, reads, got = star.read_star, [], []
+    monkeypatch.setattr(star, "read_star", lambda *a, **kw: reads.append(a[0]) or real(*a, **kw))
+    monkeypatch.setattr(refine, "run_global", lambda p, executor=None, table=None: got.append((p, table)))
+    monkeypatch.chdir(tmp_path)
+    assert run_refine(capsys, "--particles", "p30.star", "--out", "o")[0] == 0
+    assert len(reads) == 1
+    (p, table), = got
+    want = real(p.particles)
+    assert p.particles == str(tmp_path.resolve() / "p30.star") and table.source == want.source == p.particles
+    assert table.meta["format"] == "relion3.0" and set(table.image_size.tolist()) == {16}
+    assert table.content_hash() == want.content_hash() and table.image_root == want.image_root
 
 # ---- every input checked before anything is written ------------------------------------------
 

@@ -43,25 +43,34 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     execution.configure_parser(p)
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
+def _check_outputs(args: argparse.Namespace, particles: str):
     """--out is a usable folder that holds none of the inputs (the particles star, its stacks, the
-    reference and the mask), and every stack is found — checked before anything is written."""
+    reference and the mask), and every stack is found — checked before anything is written.
+
+    Returns the particles as :func:`gmmcore.refine.global_refine.run_global` reads them from
+    ``particles`` (the star's absolute path), so the star is parsed once: every stack was found, so
+    reading without requiring the stacks gave the same table (RELION 3.0 image sizes included)."""
+    from dataclasses import replace
+
     from ..io.stacks import referenced_stacks
     from ..io.star import read_star
     from ..safewrite import check_output_path, claim_output, refuse_overwriting_inputs
 
     check_output_path(args.out, "--out", folder=True)
-    stacks = referenced_stacks(read_star(args.particles, need_stacks=False), required=True)
+    table = read_star(args.particles, need_stacks=False)  # errors name the star as given
+    stacks = referenced_stacks(table, required=True)
     inputs = [args.particles, args.ref, args.mask] + stacks
     refuse_overwriting_inputs([], inputs, out_dir=args.out)
     claim_output(args.out, "global", "refine", inputs)
+    # one-value columns shared here: the caller holds this table while the refinement runs
+    return replace(table, source=particles).with_shared_values()
 
 
 def run(args: argparse.Namespace) -> int:
     check(args, {"--ref-lowpass": POSITIVE})
     gpu = parse_gpus(args.gpu)
     paths = existing_all(args, ("--particles", "--ref", "--mask"))
-    _check_outputs(args)
+    table = _check_outputs(args, paths["particles"])
     from ..refine import global_refine
     from ..refine.global_refine import RefineParams
 
@@ -78,5 +87,6 @@ def run(args: argparse.Namespace) -> int:
                           align_from=args.align_from,
                           drop_worst=args.drop_worst, gmm_fit=args.gmm_fit, gmm_local_res=args.gmm_local_res)
     options = execution.execution_options(args, gpu, out)
-    rc, _ = execution.run_on_executor("refine", options, lambda ex: global_refine.run_global(params, executor=ex))
+    rc, _ = execution.run_on_executor("refine", options,
+                                      lambda ex: global_refine.run_global(params, executor=ex, table=table))
     return rc

@@ -21,7 +21,8 @@ from ..errors import InputError
 from ..io.maps import read_map_on_grid
 from ..io.star import read_star
 from ..masks import check_in_particle_sphere, check_overlap
-from ..particles import HalfPair, assign_split, check_geometry, check_split, min_particles_per_half
+from ..particles import (HalfPair, ParticleTable, assign_split, check_geometry, check_split,
+                         min_particles_per_half)
 from ..summary import HalfMapReport, RunKind, RunSummary
 from .drive import AlignmentOptions, choose_device, new_summary, read_user_mask, run_iterations
 from .rundir import RunDir
@@ -75,14 +76,18 @@ class RefineParams(AlignmentOptions):
     version: str = field(default=__version__)
 
 
-def run_global(p: RefineParams, executor=None) -> RunSummary:
+def run_global(p: RefineParams, executor=None, table: Optional[ParticleTable] = None) -> RunSummary:
     """Run (or continue) a global refinement; returns its summary (also DIR/summary.json).
 
     ``executor`` (:mod:`gmmcore.parallel`): where the work units run — default this process on the
     device chosen by ``p.gpu`` / ``p.cpu``; a Dask executor's workers choose their own devices and
-    this process then stays off the GPUs."""
+    this process then stays off the GPUs.  ``table``: the particles of ``p.particles`` as
+    ``read_star(p.particles)`` gives them, when the caller has read them already (a large star is
+    then parsed once); default: read here."""
     # Check every input before anything is written, so a corrected command can use the same --out.
-    table = read_star(p.particles).with_shared_values()  # one-value columns (voltage, box, ...) cost nothing per particle
+    if table is None:
+        table = read_star(p.particles)
+    table = table.with_shared_values()  # one-value columns (voltage, box, ...) cost nothing per particle
     box, apix = check_geometry(table)
     p = replace(p, particles_hash=table.content_hash())
     new_split = assign_split(table, p.new_split, seed=p.seed) == "new-random"
