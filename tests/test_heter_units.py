@@ -71,19 +71,26 @@ def test_projection_rmsd_objective_refuses_a_prior():
                              PoseSettings(prior_angle_deg=3.0, prior_shift_px=1.0))
 
 
+def _layout_with_motion_weights(seed: int):
+    """A two-domain GMM whose first half moves (weight 1) and next 10 Gaussians half (0.5) → (gmm, move, layout)."""
+    from gmmcore.heter.decoder import make_layout
+
+    g = _two_domain_gmm(np.random.default_rng(seed))
+    move = np.zeros(len(g), np.float32)
+    move[: len(g) // 2] = 1.0
+    move[len(g) // 2: len(g) // 2 + 10] = 0.5
+    return g, move, make_layout(g, move, n_anchors=8, seed=0)
+
+
 def test_decoder_latent_zero_is_neutral_and_mask_holds_gaussians(tmp_path):
     import tensorflow as tf
 
-    from gmmcore.heter.decoder import Decoder, make_layout
+    from gmmcore.heter.decoder import Decoder
     from gmmcore.heter.encoder import Encoder
     from gmmcore.heter.pair import HalfNetwork
 
     rng = np.random.default_rng(2)
-    g = _two_domain_gmm(rng)
-    move = np.zeros(len(g), np.float32)
-    move[: len(g) // 2] = 1.0
-    move[len(g) // 2: len(g) // 2 + 10] = 0.5
-    layout = make_layout(g, move, n_anchors=8, seed=0)
+    g, move, layout = _layout_with_motion_weights(2)
     assert len(layout.anchors) == 8 and len(layout.moving) == len(g) // 2 + 10
     np.testing.assert_allclose(layout.interp.sum(1), 1.0, rtol=1e-5)
     dec = Decoder.init(layout, latent_dim=3, rng=np.random.default_rng(5), anchor_scale=3.0)
@@ -161,16 +168,12 @@ def test_decoder_amplitude_head_is_neutral_at_zero_bounded_and_saved(tmp_path):
     keeps the neutral amplitudes (also when loaded from a file made before the head existed)."""
     import tensorflow as tf
 
-    from gmmcore.heter.decoder import Decoder, make_layout
+    from gmmcore.heter.decoder import Decoder
     from gmmcore.heter.encoder import Encoder
     from gmmcore.heter.pair import HalfNetwork
 
     rng = np.random.default_rng(4)
-    g = _two_domain_gmm(rng)
-    move = np.zeros(len(g), np.float32)
-    move[: len(g) // 2] = 1.0
-    move[len(g) // 2: len(g) // 2 + 10] = 0.5
-    layout = make_layout(g, move, n_anchors=8, seed=0)
+    g, move, layout = _layout_with_motion_weights(4)
     dec = Decoder.init(layout, latent_dim=3, rng=np.random.default_rng(5), amplitude=True)
     z = tf.constant(np.array([[0, 0, 0], [1.5, -2.0, 0.7], [-3.0, 1.0, 2.0]], np.float32))
     np.testing.assert_array_equal(dec.amplitudes(z).numpy(), np.tile(g.amplitudes.astype(np.float32), (3, 1)))
