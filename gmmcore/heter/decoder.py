@@ -148,6 +148,7 @@ class Decoder(tf.Module):
         return cls(layout, trunk, anchor, full, amp)
 
     def _raw(self, z):
+        """One trunk pass → (displacement (B, M, 3), residual part (B, M, 3), amplitude head (B, M) or None)."""
         h = self.trunk(z)
         B = tf.shape(z)[0]
         f = tf.reshape(self.full_head(h), [B, self.M, 3])
@@ -155,25 +156,31 @@ class Decoder(tf.Module):
         if self.anchor_head is not None:
             a = tf.reshape(self.anchor_head(h), [B, self.K, 3])
             d = d + tf.einsum("mk,bkc->bmc", self._interp, a)
-        return d, f
+        return d, f, None if self.amplitude_head is None else self.amplitude_head(h)
+
+    def decode(self, z):
+        """(moving displacements (B, M, 3) Å, residual-head part (B, M, 3) Å, amplitudes (B, N) — the
+        neutral ones (N,) without an amplitude head) at latents z (B, L), from one trunk pass at z and
+        one at 0: displacements zero and amplitudes neutral at z = 0."""
+        d, f, g = self._raw(z)
+        d0, f0, g0 = self._raw(tf.zeros([1, self.latent_dim], F32))
+        amps = self._a0
+        if g is not None:
+            r = self.AMPLITUDE_RANGE
+            factor = tf.exp(self._move[None, :] * r * tf.tanh((g - g0) / r))  # (B, M)
+            padded = tf.concat([factor, tf.ones([tf.shape(z)[0], 1], F32)], axis=1)
+            amps = self._a0[None] * tf.gather(padded, self._index, axis=1)
+        return (d - d0) * self._move[None, :, None], f - f0, amps
 
     def displacements(self, z):
         """(moving displacements (B, M, 3) Å, residual-head part (B, M, 3) Å), both zero at z = 0."""
-        d, f = self._raw(z)
-        d0, f0 = self._raw(tf.zeros([1, self.latent_dim], F32))
-        return (d - d0) * self._move[None, :, None], f - f0
+        d, f, _ = self.decode(z)
+        return d, f
 
     def amplitudes(self, z):
         """Amplitudes (B, N) of the GMMs at latents z (B, L) — the neutral ones (N,) without an
         amplitude head."""
-        if self.amplitude_head is None:
-            return self._a0
-        r = self.AMPLITUDE_RANGE
-        g = self.amplitude_head(self.trunk(z)) - self.amplitude_head(self.trunk(tf.zeros([1, self.latent_dim], F32)))
-        factor = tf.exp(self._move[None, :] * r * tf.tanh(g / r))  # (B, M)
-        B = tf.shape(z)[0]
-        padded = tf.concat([factor, tf.ones([B, 1], F32)], axis=1)
-        return self._a0[None] * tf.gather(padded, self._index, axis=1)
+        return self.decode(z)[2]
 
     def __call__(self, z):
         """Centres (B, N, 3) of the GMMs at latents z (B, L)."""

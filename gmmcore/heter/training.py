@@ -220,7 +220,6 @@ class HalfTrainer:
         rng = np.random.default_rng([settings.seed, self.half, 0])
         self.encoder = Encoder.init(3 * len(layout.moving), settings.latent_dim, scale, rng=rng)
         self.decoder = Decoder.init(layout, settings.latent_dim, rng=rng, amplitude=settings.amplitude)
-        self._amps = tf.constant(layout.amplitudes, F32)
         self._sigmas = tf.constant(layout.sigmas, F32)
         self.state = state or {"round": 0, "epoch": -1, "history": []}
         self._resume_arrays = arrays
@@ -288,7 +287,7 @@ class HalfTrainer:
     def _make_step(self, variables, adam: Adam, lr: float):
         s = self.s
         enc, dec, fm, gt = self.encoder, self.decoder, self.features, self.gt
-        amps, sigmas = self._amps, self._sigmas
+        sigmas = self._sigmas
         lam_z, lam_f = float(s.latent_penalty), float(s.residual_penalty)
 
         @tf.function
@@ -296,11 +295,10 @@ class HalfTrainer:
             x = fm(R, o, pre, pim)
             with tf.GradientTape() as tape:
                 z = enc(x)
-                d, f = dec.displacements(z + noise)
+                d, f, a = dec.decode(z + noise)  # one trunk pass for the centres and the amplitudes
                 B = tf.shape(z)[0]
                 padded = tf.concat([d, tf.zeros([B, 1, 3], F32)], axis=1)
                 centers = dec._c0[None] + tf.gather(padded, dec._index, axis=1)
-                a = amps if dec.amplitude_head is None else dec.amplitudes(z + noise)
                 score = weighted_frc(gt, centers, a, sigmas, R, o, pre, pim)
                 wsum = tf.reduce_sum(w)
                 data = tf.reduce_sum(w * (1.0 - score)) / wsum
