@@ -14,17 +14,12 @@ import pyworkflow.protocol.params as params
 
 from gmmcore import defaults
 
+from .protocol_base import addExpertChoice
+
 BAND_RULES = tuple(defaults.BAND_RULES)  # the engine's names, in the form's order
 ALIGN_FROMS = tuple(defaults.ALIGN_FROMS)
 GMM_FITS = tuple(defaults.GMM_FITS)
 GMM_LOCAL_RES = tuple(defaults.GMM_LOCAL_RES_CHOICES)
-
-
-def addExpertChoice(form, name, choices, default, label, help):
-    """An expert-level choice among the engine's names ``choices`` (a horizontal list), ``default``
-    being one of them; the form stores its index."""
-    form.addParam(name, params.EnumParam, choices=list(choices), default=list(choices).index(default),
-                  expertLevel=params.LEVEL_ADVANCED, display=params.EnumParam.DISPLAY_HLIST, label=label, help=help)
 
 
 def defineAlignmentRuleParams(form):

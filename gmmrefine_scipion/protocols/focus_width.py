@@ -10,7 +10,7 @@ import pyworkflow.protocol.params as params
 
 from gmmcore import defaults
 
-from .alignment_rules import addExpertChoice
+from .protocol_base import addExpertChoice
 
 WIDTH_RULES = tuple(defaults.WIDTH_RULES)  # the engine's names, in the form's order
 

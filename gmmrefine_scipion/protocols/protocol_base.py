@@ -117,6 +117,13 @@ def engineError(errfile):
     return line.split(": error: ", 1)[-1] if line else None
 
 
+def addExpertChoice(form, name, choices, default, label, help):
+    """An expert-level choice among the engine's names ``choices`` (a horizontal list), ``default``
+    being one of them; the form stores its index."""
+    form.addParam(name, params.EnumParam, choices=list(choices), default=list(choices).index(default),
+                  expertLevel=params.LEVEL_ADVANCED, display=params.EnumParam.DISPLAY_HLIST, label=label, help=help)
+
+
 def validateSymmetry(sym):
     """None if gmmcore accepts the point group ``sym``, else the engine's reason (one line)."""
     from gmmcore.errors import InputError

@@ -11,7 +11,7 @@ from gmmcore.summary import HeterogeneitySummary
 
 from gmmrefine_scipion import convert
 from gmmrefine_scipion.constants import HETEROGENEITY_DIR
-from .alignment_rules import addExpertChoice
+from .protocol_base import addExpertChoice
 from .protocol_base import GmmProtRunBase
 
 DECODER_AMPLITUDE = tuple(defaults.DECODER_AMPLITUDE_CHOICES)  # the engine's names, in the form's order
