@@ -98,3 +98,30 @@ def test_conf2pose_warning_names_its_own_remedy():
     note = precision_warning(weak, 3.0, RunKind.CONF2POSE)
     assert "--focus-iter 0" in note and "heterogeneity" not in note
     assert "heterogeneity followed by conformation to pose" in precision_warning(weak, 3.0, RunKind.PATCH)
+
+
+def test_focus_precision_of_an_empty_region_reads_no_image(two_noise_levels, monkeypatch):
+    """A focus mask holding no Gaussian of the start's GMM: no bound (None), and no image is read for it."""
+    from types import SimpleNamespace
+
+    import gmmcore.gmm.precision as precision
+    from gmmcore.gmm.build import build_gmm
+    from gmmcore.particles import HalfPair
+    from gmmcore.refine.focused_run import focus_precision
+    from gmmcore.refine.state import Band, RefinementState
+
+    sim = two_noise_levels[0]
+    table = read_star(sim["true_star"])
+    m, apix = read_map(sim["true_map"])
+    be = get_backend("tf")
+    gmm, _ = build_gmm(m, apix, 6.0, seed=0, backend=be)
+    start = RefinementState(0, Poses(sim["rotations"], sim["origins_A"]), HalfPair(m, m), 6.0, HalfPair(gmm, gmm))
+    plan = SimpleNamespace(band_of=lambda state: Band(25.0, 6.0))
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("images read for an empty region")
+
+    monkeypatch.setattr(precision, "iter_images", no_reading)
+    assert focus_precision(table, start, np.zeros((sim["box"],) * 3, np.float32), plan, be) is None
+    with pytest.raises(AssertionError, match="images read"):  # a region with Gaussians does read them
+        focus_precision(table, start, np.ones((sim["box"],) * 3, np.float32), plan, be)

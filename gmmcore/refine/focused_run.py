@@ -37,7 +37,7 @@ from ..backend import get_backend
 from ..errors import InputError
 from ..fsc import fsc_masked, half_map_report, resolution_at
 from ..gmm.focus import widen_outside
-from ..gmm.precision import pose_precisions
+from ..gmm.precision import pose_precisions, region_of
 from ..grids import FourierGrid
 from ..io.maps import read_map, write_map
 from ..masks import auto_fsc_mask
@@ -187,6 +187,8 @@ def focus_precision(table: ParticleTable, start: RefinementState, focus_mask: np
     if start.gmms is None:
         return None
     box, apix = check_geometry(table)
+    if len(region_of(start.gmms[1], focus_mask, apix)) == 0:  # no Gaussian in the region: no images read
+        return None
     band = plan.band_of(start)
     grid = FourierGrid(box, apix, band.resolution_A, band.minres_A)
     rows = table.half_rows()[1]
