@@ -305,6 +305,12 @@ def test_conformation_to_pose(chain):
     c2p = chain["dir"] / "c2p"
     s = RunSummary_load(c2p)
     assert s.kind == "conf2pose" and s.final is not None and (c2p / "final" / "half1.mrc").exists()
+    # its focused stage ran with today's defaults, not the values kept for runs of older versions
+    from gmmcore import defaults
+
+    recorded = json.loads((c2p / "params.json").read_text())
+    assert (recorded["band_rule"], recorded["gmm_local_res"]) == (defaults.BAND_RULE, defaults.GMM_LOCAL_RES)
+    assert "made before" not in (c2p / "run.log").read_text()
     with np.load(c2p / s.conversion.pose_changes) as z:
         assert z["angle_deg"].shape == (400,) and z["angle_deg"].mean() > 3.0
 

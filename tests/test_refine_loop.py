@@ -60,6 +60,7 @@ def test_run_dir_of_previous_version_continues(tmp_path, capsys):
     # nothing the old run had finished was recomputed or rewritten
     now = _mtimes(run)
     assert {p: now[p] for p in kept} == kept
+
     assert (run / "iter002" / "align_half2_chunk0001.npz").exists()  # the chunk in flight, redone
     # the same result as the old code's uninterrupted run
     expected = json.loads((FIXTURE / "expected.json").read_text())
@@ -78,8 +79,28 @@ def test_run_dir_of_previous_version_continues(tmp_path, capsys):
     assert [r["iteration"] for r in summary["iterations"]] == [1, 2]
 
 
-# =============================================================================================
+def test_a_placeholder_record_is_a_new_run_not_an_older_one(tmp_path):
+    """A folder whose params.json records none of a run's parameters (conformation to pose claims its
+    folder so before its focused stage) is a new run: no legacy value is inherited; a record with some of
+    them but not a newer option is an older run, which keeps the legacy value."""
+    from gmmcore.refine.rundir import RunDir
 
+    identity = ("maxres", "band_rule", "gmm_local_res")
+    new = {"maxres": 8.0, "band_rule": "fsc01", "gmm_local_res": "on"}
+    fresh = tmp_path / "placeholder"
+    fresh.mkdir()
+    (fresh / "params.json").write_text(json.dumps({"kind": "conf2pose", "conf2pose": {"mask": "m.mrc"}}))
+    run = RunDir.create_or_continue(fresh, new, identity, kind="conf2pose")
+    assert run.inherited == {}
+    assert json.loads((fresh / "params.json").read_text())["band_rule"] == "fsc01"
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "params.json").write_text(json.dumps({"kind": "conf2pose", "maxres": 8.0}))
+    run = RunDir.create_or_continue(older, new, identity, kind="conf2pose")
+    assert run.inherited == {"band_rule": "fsc0143", "gmm_local_res": "off"}
+
+
+# =============================================================================================
 
 def _widened(h, gmm):
     g = gmm.copy()

@@ -20,8 +20,9 @@ Per half set h, on its own (its network, its neutral GMM, its particles):
 
 3. reconstruct both half maps at the converted poses (``iter000/``; FSC with the region's mask);
 4. ``--focus-iter`` iterations of focused refinement with the same mask
-   (:func:`gmmcore.refine.focused_run.refine_focused`: GMM widths outside the mask widened,
-   σ/(0.25 + 0.75·m), after every fit; pose prior centred on the converted poses; FSC in the mask).
+   (:func:`gmmcore.refine.focused_run.refine_focused`: GMM widths outside the mask widened by
+   ``--width-rule`` (default σ'² = σ²/(0.25 + 0.75·m)), after every fit; pose prior centred on the
+   converted poses; FSC in the mask; band rule and GMM local resolution at the engine's defaults).
 
 Run directory (``--out DIR``; re-running the same command continues a killed run)::
 

@@ -144,8 +144,8 @@ class RunDir:
         temporaries a killed run left — except inside sub-folders matching a ``nested_runs`` glob
         (e.g. "patch_*"): those are run directories of their own, possibly written by another
         process right now, and clean themselves.  Starts the log.  ``run.inherited``: the
-        :attr:`LEGACY_VALUES` of identity parameters an older run did not record, which it keeps (the
-        caller runs with them; params.json records them)."""
+        :attr:`LEGACY_VALUES` of identity parameters an older run — one whose params.json records some of
+        ``identity`` — did not record, which it keeps (the caller runs with them; params.json records them)."""
         run = cls(path)
         run.inherited = {}
         run.nested_runs = tuple(nested_runs)
@@ -166,8 +166,11 @@ class RunDir:
             if old_kind is None and identity and not any(k in old for k in identity):
                 raise InputError("holds another kind of gmmcore run (none of this run's parameters in its "
                                  "params.json): use a new --out", path=run.path)
+            # only a record of this kind of run is an older run; a placeholder that records none of its
+            # parameters (conformation to pose claims its folder before its focused stage) is a new one
+            older_run = any(k in old for k in identity)
             run.inherited = {k: v for k, v in cls.LEGACY_VALUES.items()
-                             if k in identity and k not in old and k in params and params[k] != v}
+                             if older_run and k in identity and k not in old and k in params and params[k] != v}
             params = {**params, **run.inherited}
             diff = [k for k in identity if k in old and old.get(k) != params.get(k)]
             if diff:
