@@ -412,7 +412,8 @@ def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int]
         gmm, report = fit_gmm(m, apix, init.centers, resolution_A, minres_A=minres_A, iterations=iterations,
                               amplitudes0=init.amplitudes, sigmas0=init.sigmas, **fit_kwargs)
         gmm.meta.update({"seeding": "warm", "seed": int(seed)})
-        report["seeding"] = {"method": "warm", "n_gaussians": len(init)}
+        report["seeding"] = {"method": "warm", "n_gaussians": len(init),
+                             **{k: v for k, v in init.meta.items() if k.startswith("warm_from")}}
         report["seconds_total"] = time.perf_counter() - t0
         return gmm, report
     if seed_model is not None:
