@@ -1,7 +1,7 @@
 """``--gmm-start warm`` (gmmcore.gmm.warm, gmmcore.refine.loop).
 
 * The N rule, split and merge on known answers.
-* A warm-started second iteration (sim_small, iteration 1 at a 16 Å band, iteration 2 at 12 Å):
+* A warm-started second iteration (sim_small, iteration 1 at a 12 Å band, iteration 2 at 9 Å):
   each half's GMM starts from its own iteration-1 GMM (never the other half's), has the N of the
   rule, and matches its map within 0.03 of the freshly seeded build's map-vs-GMM FSC; a resumed
   iteration loads the saved GMMs; iteration 1 is seeded whatever the option.
@@ -82,7 +82,7 @@ def test_warm_start_widths_and_number():
 
 @pytest.fixture(scope="module")
 def two_bands(sim_small, tmp_path_factory):
-    """Iteration 1 of sim_small at a 16 Å band (seeded, N estimated), and the plans of iteration 2 at 12 Å."""
+    """Iteration 1 of sim_small at a 12 Å band (seeded, N estimated), and the plan of iteration 2 at 9 Å."""
     from gmmcore.backend import get_backend
     from gmmcore.io.star import read_star
     from gmmcore.refine import loop
@@ -96,17 +96,18 @@ def two_bands(sim_small, tmp_path_factory):
     run = RunDir.create_or_continue(folder / "start", {"particles": "sim_small"}, ("particles",))
     begin = iteration0(table, run, "C1", 2, 100)
     p = RefineParams(particles="", out="", steps=3, chunk=100, maxres=12.0)
-    plan1 = IterationPlan(sym="C1", fsc_mask=begin.fsc_mask, band=lambda r: Band(25.0, 16.0),
+    plan1 = IterationPlan(sym="C1", fsc_mask=begin.fsc_mask, band=lambda r: Band(25.0, 12.0),
                           align=p.align_settings(), prior=table.poses, gmm_start="warm")
     backend = get_backend()
     state1, _ = loop.iterate(table, begin.state, plan1, backend, RunDir(folder / "a").iteration(1))
-    plan2 = replace(plan1, band=lambda r: Band(25.0, 12.0))
+    plan2 = replace(plan1, band=lambda r: Band(25.0, 9.0))
     return table, state1, plan2, backend, folder
 
 
 def test_warm_iteration_matches_the_fresh_build(two_bands, monkeypatch):
     import json
 
+    from gmmcore.fourier import lowpass
     from gmmcore.refine import loop
     from gmmcore.refine.rundir import RunDir
 
@@ -129,7 +130,7 @@ def test_warm_iteration_matches_the_fresh_build(two_bands, monkeypatch):
         assert starts[h] is state1.gmms[h]  # its own half's GMM of the last iteration
         rep = json.loads((folder / "warm" / "iter002" / f"gmm_half{h}.json").read_text())
         assert rep["seeding"]["method"] == "warm" and rep["steps"] == loop.WARM_STEPS
-        assert len(warm.gmms[h]) == warm_n_gaussians(len(state1.gmms[h]), 16.0, 12.0)
+        assert len(warm.gmms[h]) == warm_n_gaussians(len(state1.gmms[h]), 12.0, 9.0)
         assert rec_warm.gmm_fsc[str(h)] >= rec_fresh.gmm_fsc[str(h)] - WARM_FSC_TOLERANCE, (rec_warm.gmm_fsc,
                                                                                                rec_fresh.gmm_fsc)
     # killed after its GMMs were saved: the resumed iteration loads them (nothing refitted) and ends
@@ -148,7 +149,8 @@ def test_warm_iteration_matches_the_fresh_build(two_bands, monkeypatch):
     # a run killed between iterations resumes from iteration 1 as saved: the same warm start
     saved = RunDir(folder / "a").iteration(1).load_state()
     for h in (1, 2):
-        a = loop.warm_start(saved.gmms[h], state1.half_maps[h], 2.0, 12.0)
-        b = loop.warm_start(state1.gmms[h], state1.half_maps[h], 2.0, 12.0)
+        m = lowpass(state1.half_maps[h], 2.0, 9.0)
+        a = loop.warm_start(saved.gmms[h], m, 2.0, 9.0)
+        b = loop.warm_start(state1.gmms[h], m, 2.0, 9.0)
         np.testing.assert_array_equal(a.centers, b.centers)
         np.testing.assert_array_equal(a.sigmas, b.sigmas)

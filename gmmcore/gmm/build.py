@@ -153,6 +153,13 @@ def _density_points(map_, apix, threshold, seed, max_points, min_component_fract
     return voxel_coords_A(m.shape, apix, idx), weights, float(threshold)
 
 
+def kept_volume_A3(map_, apix: float) -> float:
+    """The volume (Å³) of the voxels K-means and the N estimate use: above :func:`auto_threshold`,
+    noise specks dropped."""
+    pts, _, _ = _density_points(map_, apix, None, 0, 0)
+    return float(len(pts)) * float(apix) ** 3
+
+
 def _kmeans(points, weights, n, seed, max_iter=100):
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
