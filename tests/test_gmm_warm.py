@@ -7,6 +7,7 @@
   iteration loads the saved GMMs; iteration 1 is seeded whatever the option.
 * A `gmmcore refine --gmm-start warm` run killed between iterations 1 and 2 and continued ends as
   the uninterrupted run (poses, GMMs, resolutions identical).
+* Gold standard: half 2's images swamped by noise leave half 1's warm-started GMM bit for bit.
 """
 from __future__ import annotations
 
@@ -183,3 +184,21 @@ def test_warm_run_killed_between_iterations_ends_as_uninterrupted(sim_small, tmp
         np.testing.assert_array_equal(ga.centers, gb.centers)
     with np.load(tmp_path / "one" / "iter002" / "poses.npz") as pa, np.load(tmp_path / "two" / "iter002" / "poses.npz") as pb:
         np.testing.assert_array_equal(pa["rotation"], pb["rotation"])
+
+
+def test_warm_gold_standard_half1_never_sees_half2(sim_small, tmp_path):
+    """Two warm iterations at a pinned band (--maxres 12, coarser than the data): half 2's images
+    swamped by noise leave half 1's iteration-2 GMM (warm-started from half 1's own) bit for bit."""
+    from gmmcore.cli import main
+    from tests.test_refine import _corrupted_copy
+
+    args = ["--maxres", "12", "--steps", "3", "--chunk", "100", "--cpu", "--gmm-local-res", "off",
+            "--gmm-start", "warm", "--gmm-fit", "hermitian", "--iter", "2"]
+    star = _corrupted_copy(sim_small, tmp_path / "corrupted_data")
+    for s, d in ((sim_small["perturbed_star"], "clean"), (star, "corrupt")):
+        assert main(["refine", "--particles", str(s), "--out", str(tmp_path / d), *args]) == 0
+    g = {(d, h): GMM.load(tmp_path / d / "iter002" / f"gmm_half{h}.gmm.npz") for d in ("clean", "corrupt") for h in (1, 2)}
+    assert g["clean", 1].meta["seeding"] == "warm"
+    np.testing.assert_array_equal(g["clean", 1].centers, g["corrupt", 1].centers)
+    np.testing.assert_array_equal(g["clean", 1].sigmas, g["corrupt", 1].sigmas)
+    assert not np.array_equal(g["clean", 2].centers, g["corrupt", 2].centers)
