@@ -179,7 +179,8 @@ def warm_main(args) -> int:
                 total = t_start + t_fit
                 w = {"fit": fit, "steps": steps, "start_s": t_start, "fit_s": t_fit,
                      "seconds_per_step": t_fit / (steps + 2), "total_s": total, "fsc_mean": rep["fsc_mean"],
-                     "loss": rep["loss"], "loss_start": rep["loss_start"], "fsc_minus_today": rep["fsc_mean"] - fresh["fsc_mean"],
+                     "loss": rep["loss"], "loss_start": rep["loss_start"],
+                     "fsc_minus_today": rep["fsc_mean"] - fresh["fsc_mean"],
                      "speedup_vs_today": fresh["total_s"] / total}
                 row["warm"][f"{fit}_{steps}"] = w
                 print(f"  warm {fit} {steps} steps: start {t_start:.1f} s (N {len(start)}), fit {t_fit:.1f} s; "

@@ -182,7 +182,8 @@ def test_warm_run_killed_between_iterations_ends_as_uninterrupted(sim_small, tmp
         assert rep["seeding"]["method"] == "warm"
         ga, gb = (GMM.load(tmp_path / d / "iter002" / f"gmm_half{h}.gmm.npz") for d in ("one", "two"))
         np.testing.assert_array_equal(ga.centers, gb.centers)
-    with np.load(tmp_path / "one" / "iter002" / "poses.npz") as pa, np.load(tmp_path / "two" / "iter002" / "poses.npz") as pb:
+    pa, pb = (np.load(tmp_path / d / "iter002" / "poses.npz") for d in ("one", "two"))
+    with pa, pb:
         np.testing.assert_array_equal(pa["rotation"], pb["rotation"])
 
 
@@ -197,7 +198,8 @@ def test_warm_gold_standard_half1_never_sees_half2(sim_small, tmp_path):
     star = _corrupted_copy(sim_small, tmp_path / "corrupted_data")
     for s, d in ((sim_small["perturbed_star"], "clean"), (star, "corrupt")):
         assert main(["refine", "--particles", str(s), "--out", str(tmp_path / d), *args]) == 0
-    g = {(d, h): GMM.load(tmp_path / d / "iter002" / f"gmm_half{h}.gmm.npz") for d in ("clean", "corrupt") for h in (1, 2)}
+    g = {(d, h): GMM.load(tmp_path / d / "iter002" / f"gmm_half{h}.gmm.npz")
+         for d in ("clean", "corrupt") for h in (1, 2)}
     assert g["clean", 1].meta["seeding"] == "warm"
     np.testing.assert_array_equal(g["clean", 1].centers, g["corrupt", 1].centers)
     np.testing.assert_array_equal(g["clean", 1].sigmas, g["corrupt", 1].sigmas)
