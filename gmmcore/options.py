@@ -87,6 +87,11 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
                    help="how the fit of each half map's GMM computes the GMM's transform: fourier (on the whole band; "
                         "default) or hermitian (from its k_z ≥ 0 half: the same transform, about half the work — "
                         "1.7–3.2× faster fits, more with more Gaussians; the numbers differ at float32 rounding)")
+    p.add_argument("--gmm-start", choices=defaults.GMM_STARTS, default=defaults.GMM_START,
+                   help="where each half map's GMM starts from in iterations ≥ 2: seed (K-means seeds, the number "
+                        "of Gaussians estimated by K-means; default) or warm (the previous iteration's GMM of the same "
+                        "half, split or merged to the new band's number, and fewer fit steps: several times faster "
+                        "GMM building on large particles); iteration 1 is always seeded")
     p.add_argument("--gmm-local-res", choices=defaults.GMM_LOCAL_RES_CHOICES, default=defaults.GMM_LOCAL_RES,
                    help="on (default): blur each Gaussian of a half map's GMM where the local resolution (windowed "
                         "FSC of the half maps) is coarser than the median at the Gaussians, as the reference "
@@ -243,6 +248,7 @@ def alignment_values(args: argparse.Namespace) -> dict:
                 align_from=getattr(args, "align_from", defaults.ALIGN_FROM),
                 drop_worst=getattr(args, "drop_worst", defaults.DROP_WORST),
                 gmm_fit=getattr(args, "gmm_fit", defaults.GMM_FIT),
+                gmm_start=getattr(args, "gmm_start", defaults.GMM_START),
                 gmm_local_res=getattr(args, "gmm_local_res", defaults.GMM_LOCAL_RES))
 
 

@@ -153,6 +153,13 @@ def _density_points(map_, apix, threshold, seed, max_points, min_component_fract
     return voxel_coords_A(m.shape, apix, idx), weights, float(threshold)
 
 
+def kept_volume_A3(map_, apix: float) -> float:
+    """The volume (Å³) of the voxels K-means and the N estimate use: above :func:`auto_threshold`,
+    noise specks dropped."""
+    pts, _, _ = _density_points(map_, apix, None, 0, 0)
+    return float(len(pts)) * float(apix) ** 3
+
+
 def _kmeans(points, weights, n, seed, max_iter=100):
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
@@ -412,7 +419,8 @@ def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int]
         gmm, report = fit_gmm(m, apix, init.centers, resolution_A, minres_A=minres_A, iterations=iterations,
                               amplitudes0=init.amplitudes, sigmas0=init.sigmas, **fit_kwargs)
         gmm.meta.update({"seeding": "warm", "seed": int(seed)})
-        report["seeding"] = {"method": "warm", "n_gaussians": len(init)}
+        report["seeding"] = {"method": "warm", "n_gaussians": len(init),
+                             **{k: v for k, v in init.meta.items() if k.startswith("warm_from")}}
         report["seconds_total"] = time.perf_counter() - t0
         return gmm, report
     if seed_model is not None:

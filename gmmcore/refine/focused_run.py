@@ -57,7 +57,7 @@ FOCUS_MASK = "focus_mask.mrc"
 # Parameters that define a focused run's result (with the fingerprints of its start and masks).
 IDENTITY = ("particles_hash", "start_fingerprint", "focus_mask_fingerprint", "fsc_mask_fingerprint", "fit_mask_fingerprint",
             "ngauss", "maxres", "minres", "sym", "steps", "lr_angle", "lr_shift", "seed", "pad", "ring_weight",
-            "prior_angle", "prior_shift", "width_rule", "mask_level", "band_rule", "align_from", "drop_worst", "gmm_fit",
+            "prior_angle", "prior_shift", "width_rule", "mask_level", "band_rule", "align_from", "drop_worst", "gmm_fit", "gmm_start",
             "gmm_local_res")
 
 
@@ -90,6 +90,7 @@ class FocusedAlignment(AlignmentOptions):
     align_from: str = defaults.ALIGN_FROM  # "previous" or "prior": where each iteration's search starts
     drop_worst: float = defaults.DROP_WORST  # fraction of each half's lowest-scoring particles not reconstructed
     gmm_fit: str = defaults.GMM_FIT  # "fourier" or "hermitian": the GMM fit's transform
+    gmm_start: str = defaults.GMM_START  # "seed" or "warm": iterations ≥ 2 from the previous GMM of the half
     gmm_local_res: str = defaults.GMM_LOCAL_RES  # "on": GMMs blurred where the local resolution is coarser
 
 
@@ -131,7 +132,7 @@ def focused_plan(table: ParticleTable, start: RefinementState, focus_mask: np.nd
                          shape_gmm=widen_outside(focus_mask, apix, params.mask_level, params.width_rule), prior=start.poses, ngauss=params.ngauss,
                          seed=params.seed, pad=params.pad, extra_report=focus_report(focus_mask, apix),
                          band_source=band_source(params.band_rule, fsc_mask, apix), align_from=params.align_from,
-                         drop_worst=params.drop_worst, gmm_fit=params.gmm_fit, gmm_local_res=params.gmm_local_res)
+                         drop_worst=params.drop_worst, gmm_fit=params.gmm_fit, gmm_start=params.gmm_start, gmm_local_res=params.gmm_local_res)
 
 
 def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.ndarray, params: FocusedParams,

@@ -33,7 +33,7 @@ log = logging.getLogger("gmmcore.refine")
 
 # Parameters that define the result: a run directory with other values cannot be continued.
 IDENTITY = ("particles", "particles_hash", "ref", "ngauss", "maxres", "minres", "sym", "mask", "steps", "lr_angle",
-            "lr_shift", "seed", "new_split", "pad", "ring_weight", "prior_angle", "prior_shift", "band_rule", "align_from", "drop_worst", "gmm_fit",
+            "lr_shift", "seed", "new_split", "pad", "ring_weight", "prior_angle", "prior_shift", "band_rule", "align_from", "drop_worst", "gmm_fit", "gmm_start",
             "gmm_local_res")
 
 
@@ -61,6 +61,7 @@ class RefineParams(AlignmentOptions):
     align_from: str = defaults.ALIGN_FROM  # "previous" or "prior": where each iteration's search starts
     drop_worst: float = defaults.DROP_WORST  # fraction of each half's lowest-scoring particles not reconstructed
     gmm_fit: str = defaults.GMM_FIT  # "fourier" or "hermitian": the GMM fit's transform
+    gmm_start: str = defaults.GMM_START  # "seed" or "warm": iterations ≥ 2 from the previous GMM of the half
     gmm_local_res: str = defaults.GMM_LOCAL_RES  # "on": GMMs blurred where the local resolution is coarser
     prior_angle: Optional[float] = 3.0  # degrees: MAP pose prior centred on the input poses (None: off)
     prior_shift: Optional[float] = 1.0  # pixels
@@ -138,7 +139,7 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, exe
                          band=follow_fsc(p.minres, apix, p.maxres), align=p.align_settings(),
                          prior=table.poses, ngauss=p.ngauss, seed=p.seed, pad=p.pad,
                          band_source=band_source(p.band_rule, begin.fsc_mask, apix), align_from=p.align_from,
-                         drop_worst=p.drop_worst, gmm_fit=p.gmm_fit, gmm_local_res=p.gmm_local_res)
+                         drop_worst=p.drop_worst, gmm_fit=p.gmm_fit, gmm_start=p.gmm_start, gmm_local_res=p.gmm_local_res)
     summary = new_summary(RunKind.GLOBAL, asdict(p), table, HalfMapReport.from_json(begin.report), run, device,
                           warnings)
     summary.split = "new-random" if new_split else "input"

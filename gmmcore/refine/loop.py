@@ -2,7 +2,8 @@
 
 :func:`iterate` is the one loop body of global, focused and patch refinement.  Per half set h,
 independently: the half map of the previous iteration (× the plan's fit mask, low-passed to the
-target) → GMM_h (fitted within the band, or loaded when a killed run resumes) → ``plan.shape_gmm``
+target) → GMM_h (fitted within the band from K-means seeds, or with ``--gmm-start warm`` from half h's
+own GMM of the last iteration, :mod:`gmmcore.gmm.warm`; loaded when a killed run resumes) → ``plan.shape_gmm``
 → local pose refinement of half h's particles against it.  Then both halves are reconstructed and
 their FSC measured.  Nothing mixes the halves before the FSC; its resolution sets the next band
 (the plan's rule), as in any gold-standard refinement.
@@ -23,6 +24,8 @@ from ..fsc import half_map_report
 from ..backend import get_backend
 from ..gmm.align import AlignSet, align_sets
 from ..gmm.build import build_gmm
+from ..gmm.model import GMM
+from ..gmm.warm import WARM_STEPS, warm_start
 from ..grids import FourierGrid
 from ..parallel import Unit, local_executor
 from ..particles import HalfPair, ParticleTable, check_geometry
@@ -36,17 +39,24 @@ log = logging.getLogger("gmmcore.refine")
 
 def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Optional[np.ndarray],
                  ngauss: Optional[int], seed: int, store: IterationStore, backend: str,
-                 gmm_fit: str = "fourier") -> Tuple[object, dict]:
+                 gmm_fit: str = "fourier", previous: Optional[GMM] = None) -> Tuple[object, dict]:
     """Work unit: half h's GMM of this iteration, loaded when saved by an earlier (killed) run,
-    else fitted to the half map (× ``fit_mask``, low-passed to the band) and saved."""
+    else fitted to the half map (× ``fit_mask``, low-passed to the band) and saved.  ``previous``:
+    half h's GMM of the last iteration to start from (``--gmm-start warm``, :mod:`gmmcore.gmm.warm`;
+    None: K-means seeds)."""
     saved = store.load_gmm(h)
     if saved is not None:
         return saved
     m = lowpass(half_map * fit_mask if fit_mask is not None else half_map, apix, band.resolution_A)
     try:
-        gmm, rep = build_gmm(m, apix, band.resolution_A, n_gaussians=ngauss, seed=seed + h,
+        if previous is not None:
+            start = warm_start(previous, m, apix, band.resolution_A, n_gaussians=ngauss)
+            kw = dict(init=start, iterations=WARM_STEPS)
+        else:
+            kw = dict(n_gaussians=ngauss)
+        gmm, rep = build_gmm(m, apix, band.resolution_A, seed=seed + h,
                              minres_A=band.minres_A, backend=get_backend(backend), hermitian=gmm_fit == "hermitian",
-                             desc=f"iter {store.iteration} half {h} GMM fit")
+                             desc=f"iter {store.iteration} half {h} GMM fit", **kw)
     except InputError as exc:
         raise InputError(f"half {h}, iteration {store.iteration}: {exc.message} (is this half's map empty or "
                          "pure noise?)", path=store.folder / f"half{h}", field=exc.field) from None
@@ -107,9 +117,12 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     log.info("iteration %d: target resolution %.2f Å", it, band.resolution_A)
 
     ex = executor or local_executor()
+    # --gmm-start warm: half h's GMM starts from half h's GMM of the last iteration of this run (never
+    # the other half's; iteration 1 — whose state carries no GMM of this run — is seeded)
+    warm = plan.gmm_start == "warm" and state.iteration >= 1 and state.gmms is not None
     fitted = HalfPair(*ex.run([Unit(f"iter {it} half {h} GMM fit", fit_gmm_unit,
                                     (h, state.half_maps[h], apix, band, plan.fit_mask, plan.ngauss, plan.seed, store,
-                                     backend.name, plan.gmm_fit)) for h in (1, 2)]))
+                                     backend.name, plan.gmm_fit, state.gmms[h] if warm else None)) for h in (1, 2)]))
     for h, (g, rep) in fitted.items():
         log.info("  half %d: GMM of %d Gaussians, map-vs-GMM FSC %.3f", h, len(g), float(rep.get("fsc_mean", np.nan)))
     # The plan's shape applies to the GMM whether it was just fitted or loaded: one place, never saved.

@@ -113,6 +113,7 @@ class IterationPlan:
     align_from: str = "previous"  # where each local search starts: "previous" poses or the "prior" centre
     drop_worst: float = 0.0  # fraction of each half's lowest-scoring particles left out of its reconstruction
     gmm_fit: str = "fourier"  # "fourier" or "hermitian": the fit's GMM transform (gmmcore.gmm.build.fit_gmm)
+    gmm_start: str = "seed"  # "warm": iterations ≥ 2 start each half's GMM from its previous one (gmm.warm)
     gmm_local_res: str = "off"  # "on": GMMs blurred by their local resolution before shape_gmm (gmm.localwidth)
 
     def band_of(self, state: "RefinementState") -> Band:

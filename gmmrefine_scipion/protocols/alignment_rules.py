@@ -1,5 +1,5 @@
 """Where each iteration aligns and what it reconstructs: three expert fields shared by the global, focused and patch-by-patch
-refinement forms, and the engine options they set (``--band-rule``, ``--align-from``, ``--drop-worst``, ``--gmm-fit``, ``--gmm-local-res``; defaults:
+refinement forms, and the engine options they set (``--band-rule``, ``--align-from``, ``--drop-worst``, ``--gmm-fit``, ``--gmm-start``, ``--gmm-local-res``; defaults:
 :mod:`gmmcore.defaults`).
 
 The band rule picks the resolution each iteration aligns to from the last half maps' masked FSC
@@ -8,6 +8,7 @@ implementation's); "align from" picks where each iteration's local pose search s
 the last iteration's poses; prior: the pose prior's centre, the poses the run started from);
 "drop worst" leaves that fraction of each half's lowest-scoring particles out of its half map;
 "GMM fit" picks how the fit of each half map's GMM computes its transform (fourier, or hermitian: faster);
+"GMM start" picks where each half map's GMM starts in iterations >= 2 (seed: K-means; warm: its previous GMM, faster);
 "GMM local resolution" blurs each GMM where the half maps' local resolution is coarser.
 """
 import pyworkflow.protocol.params as params
@@ -19,11 +20,12 @@ from .protocol_base import addExpertChoice
 BAND_RULES = tuple(defaults.BAND_RULES)  # the engine's names, in the form's order
 ALIGN_FROMS = tuple(defaults.ALIGN_FROMS)
 GMM_FITS = tuple(defaults.GMM_FITS)
+GMM_STARTS = tuple(defaults.GMM_STARTS)
 GMM_LOCAL_RES = tuple(defaults.GMM_LOCAL_RES_CHOICES)
 
 
 def defineAlignmentRuleParams(form):
-    """Add "Band rule", "Align from", "Drop worst fraction", "GMM fit" and "GMM local resolution" (expert) to the
+    """Add "Band rule", "Align from", "Drop worst fraction", "GMM fit", "GMM start" and "GMM local resolution" (expert) to the
     current section of ``form``."""
     addExpertChoice(form, "bandRule", BAND_RULES, defaults.BAND_RULE, "Band rule",
                     "The resolution each iteration aligns to, from the masked FSC of the last half maps (never "
@@ -44,6 +46,11 @@ def defineAlignmentRuleParams(form):
                     "band (default). hermitian: from its kz >= 0 half, the same transform with about half the "
                     "work: 1.7-3.2x faster GMM fits, more with more Gaussians; the numbers differ at float32 "
                     "rounding.")
+    addExpertChoice(form, "gmmStart", GMM_STARTS, defaults.GMM_START, "GMM start",
+                    "Where each half map's GMM starts from in iterations 2 and later. seed: K-means seeds, the "
+                    "number of Gaussians estimated by K-means (default). warm: the previous iteration's GMM of the "
+                    "same half, split or merged to the new band's number of Gaussians, with fewer fit steps: "
+                    "several times faster GMM building on large particles. Iteration 1 is always seeded.")
     addExpertChoice(form, "gmmLocalRes", GMM_LOCAL_RES, defaults.GMM_LOCAL_RES, "GMM local resolution",
                     "on (default): blur each Gaussian of a half map's GMM where the local resolution (windowed FSC "
                     "of the half maps) is coarser than the median at the Gaussians, as the reference "
@@ -52,7 +59,8 @@ def defineAlignmentRuleParams(form):
 
 
 def alignmentRuleOptions(prot):
-    """The engine options of the five fields of ``prot`` (its form has them)."""
+    """The engine options of the six fields of ``prot`` (its form has them)."""
     return {"band_rule": BAND_RULES[prot.bandRule.get()], "align_from": ALIGN_FROMS[prot.alignFrom.get()],
             "drop_worst": prot.dropWorst.get(), "gmm_fit": GMM_FITS[prot.gmmFit.get()],
+            "gmm_start": GMM_STARTS[prot.gmmStart.get()],
             "gmm_local_res": GMM_LOCAL_RES[prot.gmmLocalRes.get()]}

@@ -200,7 +200,7 @@ class TestGmmProtocolForms(BaseTest):
         from gmmcore import defaults
         from gmmcore.cli import build_parser
         from gmmrefine_scipion import Plugin
-        from gmmrefine_scipion.protocols.alignment_rules import (BAND_RULES, GMM_FITS, GMM_LOCAL_RES,
+        from gmmrefine_scipion.protocols.alignment_rules import (BAND_RULES, GMM_FITS, GMM_LOCAL_RES, GMM_STARTS,
                                                                  alignmentRuleOptions)
 
         for protClass in COMPUTE:
@@ -210,12 +210,13 @@ class TestGmmProtocolForms(BaseTest):
                              protClass.__name__)
             if not has:
                 continue
-            for name in ("bandRule", "alignFrom", "dropWorst", "gmmFit", "gmmLocalRes"):
+            for name in ("bandRule", "alignFrom", "dropWorst", "gmmFit", "gmmStart", "gmmLocalRes"):
                 self.assertEqual(prot.getParam(name).expertLevel.get(), LEVEL_ADVANCED, (protClass.__name__, name))
             self.assertEqual(alignmentRuleOptions(prot), {"band_rule": defaults.BAND_RULE,
                                                           "align_from": defaults.ALIGN_FROM,
                                                           "drop_worst": defaults.DROP_WORST,
                                                           "gmm_fit": defaults.GMM_FIT,
+                                                          "gmm_start": defaults.GMM_START,
                                                           "gmm_local_res": defaults.GMM_LOCAL_RES})
         refine = self._saved(GmmProtRefine, useGpu=False)
         refine.inputParticles.set(self._particles("rules"))
@@ -236,6 +237,9 @@ class TestGmmProtocolForms(BaseTest):
         refine.gmmFit.set(GMM_FITS.index("hermitian"))
         self.assertNotEqual(refine._formSignature(), signature)
         signature = refine._formSignature()
+        refine.gmmStart.set(GMM_STARTS.index("warm"))
+        self.assertNotEqual(refine._formSignature(), signature)
+        signature = refine._formSignature()
         other_local = [c for c in GMM_LOCAL_RES if c != defaults.GMM_LOCAL_RES][0]  # the non-default choice
         refine.gmmLocalRes.set(GMM_LOCAL_RES.index(other_local))
         self.assertNotEqual(refine._formSignature(), signature)
@@ -244,18 +248,20 @@ class TestGmmProtocolForms(BaseTest):
         self.assertIn("--align-from prior ", command + " ")
         self.assertIn("--drop-worst 0.1 ", command + " ")
         self.assertIn("--gmm-fit hermitian ", command + " ")
+        self.assertIn("--gmm-start warm ", command + " ")
         self.assertIn("--gmm-local-res %s " % other_local, command + " ")
         for protClass, verb, required in (
                 (GmmProtFocusedRefine, "refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
                 (GmmProtPatchRefine, "refine-patches", dict(out="o", **{"from": "r"}))):
             options = self._saved(protClass, bandRule=BAND_RULES.index(other), alignFrom=1, dropWorst=0.1,
-                                   gmmFit=GMM_FITS.index("hermitian"), gmmLocalRes=GMM_LOCAL_RES.index(other_local),
+                                   gmmFit=GMM_FITS.index("hermitian"), gmmStart=GMM_STARTS.index("warm"),
+                                   gmmLocalRes=GMM_LOCAL_RES.index(other_local),
                                    useGpu=False)._alignmentOptions()
             self.assertEqual((options["band_rule"], options["align_from"]), (other, "prior"), verb)
             argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
             args = build_parser(argv).parse_args(argv)
-            self.assertEqual((args.band_rule, args.align_from, args.drop_worst, args.gmm_fit, args.gmm_local_res),
-                             (other, "prior", 0.1, "hermitian", other_local), verb)
+            self.assertEqual((args.band_rule, args.align_from, args.drop_worst, args.gmm_fit, args.gmm_start,
+                              args.gmm_local_res), (other, "prior", 0.1, "hermitian", "warm", other_local), verb)
 
     def test_decoder_amplitude_field_reaches_the_engine(self):
         """Heterogeneity form: expert "Decoder amplitudes" (the engine's default) becomes --amplitude,
