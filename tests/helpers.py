@@ -169,3 +169,18 @@ def assert_one_error(rc, err, *must_contain, verb=None):
     for s in must_contain:
         assert str(s) in lines[0], (s, lines[0])
     return lines[0]
+
+
+def sim_small_start(sim_small, folder):
+    """Iteration 0 of the ``sim_small`` fixture's perturbed particles in ``folder``/start, and the
+    alignment settings of a short test run (3 steps, chunks of 100, at most 12 Å) → (table, begin, align)."""
+    from gmmcore.io.star import read_star
+    from gmmcore.refine.global_refine import RefineParams
+    from gmmcore.refine.rundir import RunDir
+    from gmmcore.refine.start import iteration0
+
+    table = read_star(sim_small["perturbed_star"])
+    run = RunDir.create_or_continue(folder / "start", {"particles": "sim_small"}, ("particles",))
+    begin = iteration0(table, run, "C1", 2, 100)
+    align = RefineParams(particles="", out="", steps=3, chunk=100, maxres=12.0).align_settings()
+    return table, begin, align

@@ -87,20 +87,16 @@ def test_warm_start_widths_and_number():
 def two_bands(sim_small, tmp_path_factory):
     """Iteration 1 of sim_small at a 12 Å band (seeded, N estimated), and the plan of iteration 2 at 9 Å."""
     from gmmcore.backend import get_backend
-    from gmmcore.io.star import read_star
     from gmmcore.refine import loop
-    from gmmcore.refine.global_refine import RefineParams
     from gmmcore.refine.rundir import RunDir
-    from gmmcore.refine.start import iteration0
     from gmmcore.refine.state import Band, IterationPlan
 
-    table = read_star(sim_small["perturbed_star"])
+    from tests.helpers import sim_small_start
+
     folder = tmp_path_factory.mktemp("warm")
-    run = RunDir.create_or_continue(folder / "start", {"particles": "sim_small"}, ("particles",))
-    begin = iteration0(table, run, "C1", 2, 100)
-    p = RefineParams(particles="", out="", steps=3, chunk=100, maxres=12.0)
+    table, begin, align = sim_small_start(sim_small, folder)
     plan1 = IterationPlan(sym="C1", fsc_mask=begin.fsc_mask, band=lambda r: Band(25.0, 12.0),
-                          align=p.align_settings(), prior=table.poses, gmm_start="warm")
+                          align=align, prior=table.poses, gmm_start="warm")
     backend = get_backend()
     state1, _ = loop.iterate(table, begin.state, plan1, backend, RunDir(folder / "a").iteration(1))
     plan2 = replace(plan1, band=lambda r: Band(25.0, 9.0))

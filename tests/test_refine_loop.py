@@ -112,19 +112,14 @@ def _widened(h, gmm):
 def loop_setup(sim_small, tmp_path_factory):
     """Iteration 0 of sim_small and a global plan at a fixed 12 Å band (few steps)."""
     from gmmcore.backend import get_backend
-    from gmmcore.io.star import read_star
-    from gmmcore.refine.global_refine import RefineParams
-    from gmmcore.refine.rundir import RunDir
-    from gmmcore.refine.start import iteration0
     from gmmcore.refine.state import IterationPlan, follow_fsc
 
-    table = read_star(sim_small["perturbed_star"])
+    from tests.helpers import sim_small_start
+
     folder = tmp_path_factory.mktemp("loop")
-    run = RunDir.create_or_continue(folder / "start", {"particles": "sim_small"}, ("particles",))
-    begin = iteration0(table, run, "C1", 2, 100)
-    p = RefineParams(particles="", out="", steps=3, chunk=100, maxres=12.0)
+    table, begin, align = sim_small_start(sim_small, folder)
     plan = IterationPlan(sym="C1", fsc_mask=begin.fsc_mask, band=follow_fsc(25.0, 2.0, 12.0),
-                         align=p.align_settings(), prior=table.poses, ngauss=40)
+                         align=align, prior=table.poses, ngauss=40)
     return table, begin.state, plan, get_backend(), folder
 
 
