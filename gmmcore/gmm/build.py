@@ -66,6 +66,7 @@ from .model import GMM
 SIGMA_FACTOR = 0.3  # initial width / resolution
 ATOM_NOISE_FACTOR = math.sqrt(2.0 * math.log(2.0)) / (2.0 * math.pi)  # ≈ 0.187
 NN_PACKING = 1.09  # nearest-neighbour distance of a BCC packing / (volume per point)^(1/3)
+N_MIN, N_MAX = 8, 100_000  # bounds of an estimated number of Gaussians (fresh or warm-started)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,11 +154,11 @@ def _density_points(map_, apix, threshold, seed, max_points, min_component_fract
     return voxel_coords_A(m.shape, apix, idx), weights, float(threshold)
 
 
-def kept_volume_A3(map_, apix: float) -> float:
-    """The volume (Å³) of the voxels K-means and the N estimate use: above :func:`auto_threshold`,
-    noise specks dropped."""
+def kept_voxels(map_, apix: float) -> int:
+    """How many voxels K-means and the N estimate cluster: above :func:`auto_threshold`, noise
+    specks dropped."""
     pts, _, _ = _density_points(map_, apix, None, 0, 0)
-    return float(len(pts)) * float(apix) ** 3
+    return len(pts)
 
 
 def _kmeans(points, weights, n, seed, max_iter=100):
@@ -208,7 +209,7 @@ def mean_nn_distance(centers: np.ndarray, statistic: str = "mean") -> float:
 
 
 def estimate_n_gaussians(map_, apix: float, resolution_A: float, threshold: Optional[float] = None,
-                         seed: int = 0, n_min: int = 8, n_max: int = 100_000, max_points: int = 60_000,
+                         seed: int = 0, n_min: int = N_MIN, n_max: int = N_MAX, max_points: int = 60_000,
                          statistic: str = "median", return_details: bool = False):
     """N such that the mean nearest-neighbour distance of the K-means seeds ≈ ``resolution_A``
     (two K-means runs and a power-law interpolation; see the module notes)."""

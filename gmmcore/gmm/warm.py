@@ -14,7 +14,7 @@ Rules (each a documented default):
   previous N (the first iteration's K-means estimate, carried along the bands: N_k =
   N_1·(res_1/res_k)³) instead of two new K-means runs.  Clamped as the estimate clamps: at least 8,
   at most 100,000 and at most the number of voxels it would cluster
-  (:func:`gmmcore.gmm.build.kept_volume_A3`).  Measured against the fresh estimate at the new band:
+  (:func:`gmmcore.gmm.build.kept_voxels`).  Measured against the fresh estimate at the new band:
   +0 % / +11 % (sim_small, 12 → 9 Å, the two halves), +27 % (box 160, 4.5 → 3.5 Å): the kept volume
   shrinks at a finer band (its mass concentrates).  Scaling by the ratio of the kept volumes as well
   (the estimate's first guess N₀ ∝ V/res³) was tried and rejected: −12 % / −23 % on sim_small, with
@@ -47,10 +47,10 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
+from .build import N_MAX, N_MIN, kept_voxels
 from .model import GMM
 
 WARM_STEPS = 100  # fit steps of a warm-started GMM (the fresh build's default is 300)
-N_MIN, N_MAX = 8, 100_000  # as gmmcore.gmm.build.estimate_n_gaussians
 
 
 def warm_n_gaussians(n_prev: int, res_prev_A: float, res_new_A: float, n_min: int = N_MIN,
@@ -161,11 +161,9 @@ def warm_start(previous: GMM, map_: np.ndarray, apix: float, resolution_A: float
     from ``previous`` (this half's GMM of the last iteration, whose meta holds its
     ``resolution_A``): N by :func:`warm_n_gaussians` (or ``n_gaussians``), split or merged, widths ×
     res_new/res_prev (module notes)."""
-    from .build import kept_volume_A3
-
     res_prev = float(previous.meta.get("resolution_A", resolution_A))
     if n_gaussians is None:
-        kept = int(round(kept_volume_A3(map_, apix) / apix**3))  # voxels K-means would cluster
+        kept = kept_voxels(map_, apix)  # at most one Gaussian per voxel K-means would cluster
         n_gaussians = warm_n_gaussians(len(previous), res_prev, resolution_A, n_max=min(N_MAX, max(kept, N_MIN)))
     n = int(n_gaussians)
     if n > len(previous):
