@@ -98,12 +98,8 @@ def main(argv=None) -> int:
     for copies in args.copies:
         m, atoms = particle_map(copies, args.box, args.apix, args.spacing, args.snr, args.resolution, args.seed)
         row = {"copies": copies, "atoms": atoms}
-        t = time.perf_counter()
-        n = estimate_n_gaussians(m, args.apix, args.resolution, seed=args.seed)
-        row["n_estimate_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        centres = seed_kmeans(m, args.apix, n, seed=args.seed)
-        row["kmeans_s"] = time.perf_counter() - t
+        n, row["n_estimate_s"] = _timed(lambda: estimate_n_gaussians(m, args.apix, args.resolution, seed=args.seed))
+        centres, row["kmeans_s"] = _timed(lambda: seed_kmeans(m, args.apix, n, seed=args.seed))
         row["n_gaussians"] = int(n)
         row["fits"] = {}
         for name, kw in (("fourier", {}), ("hermitian", {"hermitian": True})):
