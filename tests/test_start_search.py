@@ -94,6 +94,21 @@ def test_local_refinement_reaches_an_8_degree_offset_only_after_the_search(searc
         assert np.median(err) > 3.0
 
 
+def test_a_focused_plan_turns_about_its_focus_mask_centre():
+    from types import SimpleNamespace
+
+    from gmmcore.refine.focused_run import FocusedParams, focused_plan
+
+    table = SimpleNamespace(image_size=np.array([BOX]), apix=np.array([APIX]), source=None)
+    m = np.zeros((BOX,) * 3, np.float32)
+    m[BOX // 2 - 4:BOX // 2, BOX // 2:BOX // 2 + 6, BOX // 2 + 2:BOX // 2 + 10] = 1.0
+    params = FocusedParams(out="unused", search_angle=6.0)
+    plan = focused_plan(table, SimpleNamespace(poses=None), m, params, np.ones_like(m))
+    assert plan.align.search_angle_deg == 6.0
+    assert np.allclose(plan.align.search_centre_A, mask_centre_A(m, APIX))
+    assert np.allclose(plan.align.search_centre_A, [5.5 * APIX, 2.5 * APIX, -2.5 * APIX])
+
+
 def test_mask_centre_is_the_centre_of_mass_in_angstrom_xyz():
     m = np.zeros((BOX,) * 3, np.float32)
     m[BOX // 2 + 2, BOX // 2 - 3, BOX // 2 + 5] = 1.0  # z, y, x
