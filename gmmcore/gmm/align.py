@@ -34,6 +34,7 @@ from .start_search import best_starts
 
 SUB_BATCH = 1024  # particles whose transforms are held at once
 log = logging.getLogger(__name__)
+run_log = logging.getLogger("gmmcore.refine")  # a run's log (run.log of its directory)
 
 
 def particle_transforms(images: np.ndarray, table: ParticleTable, rows: np.ndarray, grid: FourierGrid) -> np.ndarray:
@@ -326,7 +327,7 @@ def align_chunk(job: AlignJob, ci: int, rows: np.ndarray, chunk_table: ParticleT
                                              prior.rotation[pb], prior.origin_A[pb], refiner.ring_weights,
                                              job.data_scale, job.settings.pose, job.settings.search_angle_deg,
                                              job.settings.search_centre_A)
-                log.info("start search ±%g°: %d of %d particles start turned (mean turn %.1f°)",
+                run_log.info("  start search ±%g°: %d of %d particles start turned (mean turn %.1f°)",
                          job.settings.search_angle_deg, int((turned > 0).sum()), len(pb), float(turned.mean()))
             R, o, s, s0 = refiner.refine(F, R0, o0, prior.rotation[pb], prior.origin_A[pb], on_batch=progress)
             res["rotation"][pb], res["origin"][pb], res["score"][pb], res["score0"][pb] = R, o, s, s0
