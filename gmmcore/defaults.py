@@ -30,7 +30,6 @@ GMM_LOCAL_RES_CHOICES = ("off", "on")
 GMM_FITS = ("fourier", "hermitian")  # hermitian: from its k_z ≥ 0 half (same loss to float32 rounding, 1.7–3.2× faster)
 GMM_START = "seed"  # each iteration's GMM from K-means seeds (N estimated); "warm": from the last iteration's GMM of the half
 GMM_STARTS = ("seed", "warm")  # warm: N by the power law, split/merge, WARM_STEPS fit steps (gmmcore.gmm.warm)
-SEARCH_ANGLE_DEG = 0.0  # > 0: each local search starts from the best of coarse turns up to this angle (gmm.start_search)
 DROP_WORST = 0.0  # fraction of each half's particles with the lowest alignment score left out of its reconstruction
 
 # Heterogeneity decoder: an amplitude per moving Gaussian as well as its position (decoder.py).

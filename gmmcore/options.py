@@ -97,11 +97,6 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
                         "FSC of the half maps) is coarser than the median at the Gaussians, as the reference "
                         "implementation filters each half map by its local resolution (measured slightly better on "
                         "RELION-made particles); off: one resolution for the whole GMM")
-    p.add_argument("--search-angle", type=float, default=defaults.SEARCH_ANGLE_DEG,
-                   help="degrees; > 0: before its local search each particle is scored at 25 turns of its start pose "
-                        "(±half and ±the full angle about six axes, about the focus mask's centre in focused runs) "
-                        "and starts from the best, so a region that moved further than a local search reaches can "
-                        "be found (default 0: off)")
     add_prior_arguments(p, centred_on=prior_help)
     add_run_arguments(p, **run_help)
 
@@ -181,7 +176,6 @@ RULES = {
     "--prior-angle": PRIOR, "--prior-shift": PRIOR,
     "--mask-level": ((lambda v: 0 < v <= 1), "must be in (0, 1]"),
     "--drop-worst": ((lambda v: 0 <= v < 0.5), "must be a fraction in [0, 0.5)"),
-    "--search-angle": ((lambda v: 0 <= v <= 45), "must be between 0 (off) and 45 degrees"),
 }
 
 
@@ -255,8 +249,7 @@ def alignment_values(args: argparse.Namespace) -> dict:
                 drop_worst=getattr(args, "drop_worst", defaults.DROP_WORST),
                 gmm_fit=getattr(args, "gmm_fit", defaults.GMM_FIT),
                 gmm_start=getattr(args, "gmm_start", defaults.GMM_START),
-                gmm_local_res=getattr(args, "gmm_local_res", defaults.GMM_LOCAL_RES),
-                search_angle=getattr(args, "search_angle", defaults.SEARCH_ANGLE_DEG))
+                gmm_local_res=getattr(args, "gmm_local_res", defaults.GMM_LOCAL_RES))
 
 
 def pose_prior(args: argparse.Namespace, angle_deg: float = defaults.PRIOR_ANGLE_DEG,

@@ -40,8 +40,6 @@ BAD = [
     ("--mask-level", ["--mask-level", "0"]),
     ("--mask-level", ["--mask-level", "1.5"]),
     ("--mask-level", ["--mask-level", "nan"]),
-    ("--search-angle", ["--search-angle", "-1"]),
-    ("--search-angle", ["--search-angle", "90"]),
 ]
 
 

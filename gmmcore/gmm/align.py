@@ -30,11 +30,9 @@ from ..particles import ParticleTable, Poses
 from ..progress import progress
 from ..safewrite import atomic_path
 from .model import GMM
-from .start_search import best_starts
 
 SUB_BATCH = 1024  # particles whose transforms are held at once
 log = logging.getLogger(__name__)
-run_log = logging.getLogger("gmmcore.refine")  # a run's log (run.log of its directory)
 
 
 def particle_transforms(images: np.ndarray, table: ParticleTable, rows: np.ndarray, grid: FourierGrid) -> np.ndarray:
@@ -127,8 +125,6 @@ class AlignSettings:
     batch: Union[int, str] = 16
     chunk: int = 20000
     n_weight_sample: int = 2000
-    search_angle_deg: float = 0.0  # > 0: each start is the best of 25 turns up to this angle (gmm.start_search)
-    search_centre_A: Tuple[float, float, float] = (0.0, 0.0, 0.0)  # the turns' centre, Å from the box centre
 
 
 @dataclass
@@ -321,15 +317,8 @@ def align_chunk(job: AlignJob, ci: int, rows: np.ndarray, chunk_table: ParticleT
         for b0 in range(0, len(pos), SUB_BATCH):
             pb = pos[b0:b0 + SUB_BATCH]
             F = particle_transforms(imgs[b0:b0 + SUB_BATCH], chunk_table, pb, job.grid)
-            R0, o0 = start.rotation[pb], start.origin_A[pb]
-            if job.settings.search_angle_deg > 0:  # the Adam steps start from the best of the coarse turns
-                R0, o0, turned = best_starts(get_backend(job.backend), job.gmm, job.grid, F, R0, o0,
-                                             prior.rotation[pb], prior.origin_A[pb], refiner.ring_weights,
-                                             job.data_scale, job.settings.pose, job.settings.search_angle_deg,
-                                             job.settings.search_centre_A)
-                run_log.info("  start search ±%g°: %d of %d particles start turned (mean turn %.1f°)",
-                         job.settings.search_angle_deg, int((turned > 0).sum()), len(pb), float(turned.mean()))
-            R, o, s, s0 = refiner.refine(F, R0, o0, prior.rotation[pb], prior.origin_A[pb], on_batch=progress)
+            R, o, s, s0 = refiner.refine(F, start.rotation[pb], start.origin_A[pb], prior.rotation[pb],
+                                         prior.origin_A[pb], on_batch=progress)
             res["rotation"][pb], res["origin"][pb], res["score"][pb], res["score0"][pb] = R, o, s, s0
     if checkpoints is not None:
         checkpoints.save_chunk(ci, rows, res)

@@ -28,8 +28,8 @@ log = logging.getLogger("gmmcore.refine")
 
 class AlignmentOptions:
     """Pose-refinement settings from a parameter dataclass with the fields ``steps``, ``lr_angle``
-    (degrees), ``lr_shift`` (pixels), ``prior_angle``, ``prior_shift``, ``ring_weight``, ``batch``,
-    ``chunk`` and ``search_angle`` (degrees; shared by the global, focused and patch parameters)."""
+    (degrees), ``lr_shift`` (pixels), ``prior_angle``, ``prior_shift``, ``ring_weight``, ``batch``
+    and ``chunk`` (shared by the global, focused and patch parameters)."""
 
     def pose_settings(self) -> PoseSettings:
         return PoseSettings(steps=self.steps, lr_angle_deg=self.lr_angle, lr_shift_px=self.lr_shift,
@@ -37,7 +37,7 @@ class AlignmentOptions:
 
     def align_settings(self) -> AlignSettings:
         return AlignSettings(pose=self.pose_settings(), ring_weight=self.ring_weight, batch=self.batch,
-                             chunk=self.chunk, search_angle_deg=float(self.search_angle))
+                             chunk=self.chunk)
 
 
 def choose_device(backend, gpu: Optional[List[int]], cpu: bool, threads: Optional[int]) -> Tuple[str, List[str]]:

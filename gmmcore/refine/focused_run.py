@@ -38,7 +38,6 @@ from ..errors import InputError
 from ..fsc import fsc_masked, half_map_report, resolution_at
 from ..gmm.focus import widen_outside
 from ..gmm.precision import pose_precisions, region_of
-from ..gmm.start_search import mask_centre_A
 from ..grids import FourierGrid
 from ..io.maps import read_map, write_map
 from ..masks import auto_fsc_mask
@@ -59,7 +58,7 @@ FOCUS_MASK = "focus_mask.mrc"
 IDENTITY = ("particles_hash", "start_fingerprint", "focus_mask_fingerprint", "fsc_mask_fingerprint", "fit_mask_fingerprint",
             "ngauss", "maxres", "minres", "sym", "steps", "lr_angle", "lr_shift", "seed", "pad", "ring_weight",
             "prior_angle", "prior_shift", "width_rule", "mask_level", "band_rule", "align_from", "drop_worst", "gmm_fit", "gmm_start",
-            "gmm_local_res", "search_angle")
+            "gmm_local_res")
 
 
 @dataclass(kw_only=True)
@@ -93,7 +92,6 @@ class FocusedAlignment(AlignmentOptions):
     gmm_fit: str = defaults.GMM_FIT  # "fourier" or "hermitian": the GMM fit's transform
     gmm_start: str = defaults.GMM_START  # "seed" or "warm": iterations ≥ 2 from the previous GMM of the half
     gmm_local_res: str = defaults.GMM_LOCAL_RES  # "on": GMMs blurred where the local resolution is coarser
-    search_angle: float = defaults.SEARCH_ANGLE_DEG  # degrees; > 0: coarse turns about the focus centre first
 
 
 @dataclass
@@ -127,12 +125,10 @@ def focus_report(mask: np.ndarray, apix: float):
 
 def focused_plan(table: ParticleTable, start: RefinementState, focus_mask: np.ndarray, params: FocusedParams,
                  fsc_mask: np.ndarray, fit_mask: Optional[np.ndarray] = None) -> IterationPlan:
-    """The plan of a focused run: widen outside ``focus_mask``, prior on the start poses, focus FSC;
-    a start search (``search_angle``) turns poses about the focus mask's centre of mass."""
+    """The plan of a focused run: widen outside ``focus_mask``, prior on the start poses, focus FSC."""
     box, apix = check_geometry(table)
-    align = replace(params.align_settings(), search_centre_A=mask_centre_A(focus_mask, apix))
     return IterationPlan(sym=params.sym or "C1", fsc_mask=fsc_mask, fit_mask=fit_mask,
-                         band=follow_fsc(params.minres, apix, params.maxres), align=align,
+                         band=follow_fsc(params.minres, apix, params.maxres), align=params.align_settings(),
                          shape_gmm=widen_outside(focus_mask, apix, params.mask_level, params.width_rule), prior=start.poses, ngauss=params.ngauss,
                          seed=params.seed, pad=params.pad, extra_report=focus_report(focus_mask, apix),
                          band_source=band_source(params.band_rule, fsc_mask, apix), align_from=params.align_from,

@@ -34,7 +34,7 @@ log = logging.getLogger("gmmcore.refine")
 # Parameters that define the result: a run directory with other values cannot be continued.
 IDENTITY = ("particles", "particles_hash", "ref", "ngauss", "maxres", "minres", "sym", "mask", "steps", "lr_angle",
             "lr_shift", "seed", "new_split", "pad", "ring_weight", "prior_angle", "prior_shift", "band_rule", "align_from", "drop_worst", "gmm_fit", "gmm_start",
-            "gmm_local_res", "search_angle")
+            "gmm_local_res")
 
 
 @dataclass
@@ -63,7 +63,6 @@ class RefineParams(AlignmentOptions):
     gmm_fit: str = defaults.GMM_FIT  # "fourier" or "hermitian": the GMM fit's transform
     gmm_start: str = defaults.GMM_START  # "seed" or "warm": iterations ≥ 2 from the previous GMM of the half
     gmm_local_res: str = defaults.GMM_LOCAL_RES  # "on": GMMs blurred where the local resolution is coarser
-    search_angle: float = defaults.SEARCH_ANGLE_DEG  # degrees; > 0: coarse turns of each start first (gmm.start_search)
     prior_angle: Optional[float] = 3.0  # degrees: MAP pose prior centred on the input poses (None: off)
     prior_shift: Optional[float] = 1.0  # pixels
     gpu: Optional[List[int]] = None

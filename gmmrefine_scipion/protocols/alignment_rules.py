@@ -1,5 +1,5 @@
 """Where each iteration aligns and what it reconstructs: three expert fields shared by the global, focused and patch-by-patch
-refinement forms, and the engine options they set (``--band-rule``, ``--align-from``, ``--drop-worst``, ``--gmm-fit``, ``--gmm-start``, ``--gmm-local-res``, ``--search-angle``; defaults:
+refinement forms, and the engine options they set (``--band-rule``, ``--align-from``, ``--drop-worst``, ``--gmm-fit``, ``--gmm-start``, ``--gmm-local-res``; defaults:
 :mod:`gmmcore.defaults`).
 
 The band rule picks the resolution each iteration aligns to from the last half maps' masked FSC
@@ -9,8 +9,7 @@ the last iteration's poses; prior: the pose prior's centre, the poses the run st
 "drop worst" leaves that fraction of each half's lowest-scoring particles out of its half map;
 "GMM fit" picks how the fit of each half map's GMM computes its transform (fourier, or hermitian: faster);
 "GMM start" picks where each half map's GMM starts in iterations >= 2 (seed: K-means; warm: its previous GMM, faster);
-"GMM local resolution" blurs each GMM where the half maps' local resolution is coarser;
-"Start search angle" (degrees, 0 = off) starts each particle's local search from the best of coarse turns of its pose.
+"GMM local resolution" blurs each GMM where the half maps' local resolution is coarser.
 """
 import pyworkflow.protocol.params as params
 
@@ -26,8 +25,8 @@ GMM_LOCAL_RES = tuple(defaults.GMM_LOCAL_RES_CHOICES)
 
 
 def defineAlignmentRuleParams(form):
-    """Add "Band rule", "Align from", "Drop worst fraction", "GMM fit", "GMM start", "GMM local resolution" and
-    "Start search angle" (expert) to the current section of ``form``."""
+    """Add "Band rule", "Align from", "Drop worst fraction", "GMM fit", "GMM start" and "GMM local resolution" (expert) to the
+    current section of ``form``."""
     addExpertChoice(form, "bandRule", BAND_RULES, defaults.BAND_RULE, "Band rule",
                     "The resolution each iteration aligns to, from the masked FSC of the last half maps (never "
                     "finer than 'Highest resolution used'). fsc01: 0.9 x where the FSC falls below 0.1 (the "
@@ -57,18 +56,11 @@ def defineAlignmentRuleParams(form):
                     "of the half maps) is coarser than the median at the Gaussians, as the reference "
                     "implementation filters each half map by its local resolution (measured slightly better). "
                     "off: one resolution for the whole GMM.")
-    form.addParam("searchAngle", params.FloatParam, default=defaults.SEARCH_ANGLE_DEG,
-                  expertLevel=params.LEVEL_ADVANCED, label="Start search angle (deg)",
-                  validators=[params.Range(0.0, 45.0, error="Start search angle must be between 0 and 45 degrees")],
-                  help="0 (default): off. Above 0: before its local search each particle is scored at 25 turns of "
-                       "its pose (half and the full angle, both ways, about six axes; about the focus mask's centre "
-                       "in focused and patch runs) and starts from the best, so a region that moved further than a "
-                       "local search reaches can be found. About 1.5x the alignment time.")
 
 
 def alignmentRuleOptions(prot):
-    """The engine options of the seven fields of ``prot`` (its form has them)."""
+    """The engine options of the six fields of ``prot`` (its form has them)."""
     return {"band_rule": BAND_RULES[prot.bandRule.get()], "align_from": ALIGN_FROMS[prot.alignFrom.get()],
             "drop_worst": prot.dropWorst.get(), "gmm_fit": GMM_FITS[prot.gmmFit.get()],
             "gmm_start": GMM_STARTS[prot.gmmStart.get()],
-            "gmm_local_res": GMM_LOCAL_RES[prot.gmmLocalRes.get()], "search_angle": prot.searchAngle.get()}
+            "gmm_local_res": GMM_LOCAL_RES[prot.gmmLocalRes.get()]}
