@@ -24,6 +24,21 @@ reconstructor (``benchmarks/reference_reconstruct.py``, also the reference of
 ``relion_reconstruct`` on the same star file, and reports FSCs between the maps and the model.
 Each phase reports wall and CPU seconds (this process and its finished workers).
 
+``--second-iteration`` (issue 20, ``results/bench_iteration_box160_iter2.json``): a whole second
+iteration, measured twice in this process, back to back, from the same first one.  The first
+iteration runs at ``--from-resolution`` from the input poses (K-means seeds, ``--first-fit``; timed,
+set-up only); the second at ``--resolution`` from its half maps and poses, (a) with today's defaults
+(N estimate, K-means, 300 steps of the fourier fit per half) and (b) with ``--gmm-start warm
+--gmm-fit hermitian`` (each half's GMM from that half's first-iteration GMM, WARM_STEPS steps).  The
+GMMs come from the refinement loop's own work unit (``gmmcore.refine.loop.fit_gmm_unit``), the
+alignment of both halves from ``align_sets`` as the loop calls it; then both half reconstructions
+and the FSC.  Per path: each phase's wall and CPU seconds, N and map-vs-GMM FSC per half, the
+resolution and the mean angle error against the true poses; the ratio of the two.  The pose loop is
+traced at the second band before either path (on 64 particles per half, timed apart), so the path
+that runs first does not pay it alone.  ``--copies K``: the particle is K randomly turned ADK copies
+on a lattice (``benchmarks/assembly.py``, as ``bench_gmm_build.py``), so that GMM building weighs as
+on a large particle.
+
 Extrapolation to M particles: t(M) = t_fit + t_fsc + (t_align + t_reconstruct)·M/n, where the GMM
 fits and the FSC do not depend on the number of particles.  When the measured geometry is not the
 target's, alignment is also scaled by the projector's work N·K² and reconstruction by the padded
@@ -238,15 +253,24 @@ def refine_iteration(label: str, iteration: int, table, truth, half_maps, start_
         return v
 
     load0 = list(os.getloadavg())
+    unit_seconds = {}
+
+    def fit_half(h):
+        t0 = time.perf_counter()
+        v = fit_gmm_unit(h, half_maps[h], apix, band, None, None, ns.seed, store, be.name, gmm_fit,
+                         None if previous is None else previous[h])
+        unit_seconds[h] = time.perf_counter() - t0
+        return v
+
     with _fit_steps(ns.fit_iterations):
-        fitted = timed("gmm_fits", lambda: HalfPair.build(lambda h: fit_gmm_unit(
-            h, half_maps[h], apix, band, None, None, ns.seed, store, be.name, gmm_fit,
-            None if previous is None else previous[h])))
+        fitted = timed("gmm_fits", lambda: HalfPair.build(fit_half))
     per_half = {}
     for h, (g, rep) in fitted.items():
+        # start: N estimate + K-means, or warm_start; with the low-pass and the save of the unit
         per_half[str(h)] = {"n_gaussians": len(g), "map_vs_gmm_fsc_mean": float(rep["fsc_mean"]),
-                            "fit_steps": int(rep["steps"]), "fit_seconds": float(rep["seconds"]),
-                            "start_seconds": float(rep["seconds_total"] - rep["seconds"]),
+                            "fit_steps": int(rep["steps"]), "seconds": unit_seconds[h],
+                            "fit_seconds": float(rep["seconds"]),
+                            "start_seconds": unit_seconds[h] - float(rep["seconds"]),
                             "seeding": rep["seeding"].get("method"), "fit": gmm_fit}
         print(f"    half {h}: N {len(g)}, start ({per_half[str(h)]['seeding']}) "
               f"{per_half[str(h)]['start_seconds']:.1f} s, fit {rep['steps']} steps {rep['seconds']:.1f} s, "
