@@ -3,7 +3,8 @@
 
 The map is made from atoms, never from our GMM (``benchmarks/realistic/atom_maps.py``): ``--copies``
 copies of the bundled adenylate kinase (closed), each turned by a random rotation, on a cubic
-lattice of ``--spacing`` Å around the box centre (8 copies ≈ 190 kDa fill a box-160 particle at
+lattice of ``--spacing`` Å around the box centre (``benchmarks/assembly.py``, shared with
+``bench_iteration.py --copies``) (8 copies ≈ 190 kDa fill a box-160 particle at
 1 Å/px), plus white noise at ``--snr`` (signal variance inside the particle / noise variance, as a
 half map of a real refinement), low-passed to the target resolution as the refinement does before
 fitting.  Seeding (the N estimate and K-means) runs once and is timed; each fit then starts
@@ -42,8 +43,7 @@ def particle_map(copies: int, box: int, apix: float, spacing: float, snr: float,
                  seed: int, noise_seed: Optional[int] = None) -> np.ndarray:
     """``copies`` rotated ADK copies on a lattice, from atoms; noise at ``snr``; low-passed (Å).
     ``noise_seed``: another noise realisation of the same particle (default: drawn after the rotations)."""
-    from scipy.spatial.transform import Rotation
-
+    from benchmarks.assembly import lattice_copies
     from benchmarks.realistic.atom_maps import atom_map, atom_sigmas, read_b_factors
     from gmmcore.fourier import lowpass
     from gmmcore.io.pdb import atomic_numbers, builtin_model_path, read_atoms
@@ -53,10 +53,7 @@ def particle_map(copies: int, box: int, apix: float, spacing: float, snr: float,
     sig, z = atom_sigmas(read_b_factors(path)), atomic_numbers(elements)
     xyz = xyz - xyz.mean(axis=0)
     rng = np.random.default_rng(seed)
-    side = int(np.ceil(copies ** (1.0 / 3.0) - 1e-9))
-    sites = np.array([(i, j, k) for i in range(side) for j in range(side) for k in range(side)][:copies], float)
-    sites = (sites - sites.mean(axis=0)) * spacing
-    coords = np.concatenate([xyz @ Rotation.random(random_state=rng).as_matrix().T + s for s in sites])
+    coords = lattice_copies(xyz, copies, spacing, rng)
     m = atom_map(coords, np.tile(z, copies), np.tile(sig, copies), box, apix).astype(np.float64)
     r = np.linalg.norm(np.indices(m.shape) - box // 2, axis=0)
     inside = r < 0.45 * box

@@ -24,6 +24,21 @@ reconstructor (``benchmarks/reference_reconstruct.py``, also the reference of
 ``relion_reconstruct`` on the same star file, and reports FSCs between the maps and the model.
 Each phase reports wall and CPU seconds (this process and its finished workers).
 
+``--second-iteration`` (issue 20, ``results/bench_iteration_box160_iter2.json``): a whole second
+iteration, measured twice in this process, back to back, from the same first one.  The first
+iteration runs at ``--from-resolution`` from the input poses (K-means seeds, ``--first-fit``; timed,
+set-up only); the second at ``--resolution`` from its half maps and poses, (a) with today's defaults
+(N estimate, K-means, 300 steps of the fourier fit per half) and (b) with ``--gmm-start warm
+--gmm-fit hermitian`` (each half's GMM from that half's first-iteration GMM, WARM_STEPS steps).  The
+GMMs come from the refinement loop's own work unit (``gmmcore.refine.loop.fit_gmm_unit``), the
+alignment of both halves from ``align_sets`` as the loop calls it; then both half reconstructions
+and the FSC.  Per path: each phase's wall and CPU seconds, N and map-vs-GMM FSC per half, the
+resolution and the mean angle error against the true poses; the ratio of the two.  The pose loop is
+traced at the second band before either path (on 64 particles per half, timed apart), so the path
+that runs first does not pay it alone.  ``--copies K``: the particle is K randomly turned ADK copies
+on a lattice (``benchmarks/assembly.py``, as ``bench_gmm_build.py``), so that GMM building weighs as
+on a large particle.
+
 Extrapolation to M particles: t(M) = t_fit + t_fsc + (t_align + t_reconstruct)·M/n, where the GMM
 fits and the FSC do not depend on the number of particles.  When the measured geometry is not the
 target's, alignment is also scaled by the projector's work N·K² and reconstruction by the padded
@@ -38,7 +53,9 @@ import platform
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -48,14 +65,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GMMCORE_NO_PROGRESS", "1")
 
 
-def simulate(work: Path, n: int, box: int, apix: float, backend, seed: int = 1):
+def simulate(work: Path, n: int, box: int, apix: float, backend, seed: int = 1, copies: int = 1,
+             spacing: float = 46.0):
     """n raw particles (SNR 1) in work/particles.mrcs → (ParticleTable at poses perturbed by 3°/1 px,
-    true rotations)."""
+    true rotations, atoms in the particle).  ``copies`` > 1: the particle is that many randomly turned
+    ADK copies on a lattice of ``spacing`` Å (``benchmarks/assembly.py``, as ``bench_gmm_build.py``)."""
+    from benchmarks.assembly import lattice_copies
     from gmmcore.io.stacks import StackWriter
     from gmmcore.simulate import (_draw_truth, _table, clean_particles, load_model, particle_mask,
                                   signal_variance)
 
     mdl = load_model("builtin:adk-closed")
+    if copies > 1:  # one assembly of `copies` atoms sets (its own random stream: the truth draws are unchanged)
+        mdl = dict(mdl, coords_a=lattice_copies(mdl["coords_a"], copies, spacing, np.random.default_rng(seed + 1000)),
+                   **{k: np.tile(mdl[k], copies) for k in ("amplitudes", "sigmas", "elements", "resseq")})
     rng = np.random.default_rng(seed)
     truth = _draw_truth(n, box, apix, rng, defocus_range=(10000.0, 25000.0), astigmatism=500.0, voltage=300.0,
                         cs=2.7, amp_contrast=0.1, max_origin_px=2.0, perturb_angle_deg=3.0, perturb_shift_px=1.0,
@@ -75,7 +98,7 @@ def simulate(work: Path, n: int, box: int, apix: float, backend, seed: int = 1):
             w.write(imgs)
     table = _table(truth, truth["rotations_perturbed"], truth["origins_perturbed_A"], apix, box, "particles.mrcs",
                    work)
-    return table, truth["rotations"]
+    return table, truth["rotations"], len(mdl["coords_a"])
 
 
 def density_points(m: np.ndarray, apix: float, k: int, seed: int) -> np.ndarray:
@@ -171,6 +194,168 @@ def compare_reconstruction(table, work: Path, repeats: int) -> dict:
     return out
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (all its threads) and its finished child processes."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+@contextmanager
+def _fit_steps(steps: Optional[int]):
+    """Within: every GMM fit of :func:`gmmcore.refine.loop.fit_gmm_unit` runs ``steps`` steps (a quick
+    check of the bench; None: the loop's own 300 / WARM_STEPS)."""
+    if steps is None:
+        yield
+        return
+    from unittest import mock
+
+    import gmmcore.refine.loop as loop
+
+    build = loop.build_gmm
+    with mock.patch.object(loop, "build_gmm", lambda *a, **k: build(*a, **{**k, "iterations": steps})):
+        yield
+
+
+def _align_settings(ns):
+    from gmmcore.gmm.align import AlignSettings
+
+    return AlignSettings(batch=ns.batch if ns.batch == "auto" else int(ns.batch))
+
+
+def refine_iteration(label: str, iteration: int, table, truth, half_maps, start_poses, band, be, work: Path, ns,
+                     gmm_fit: str, previous=None) -> dict:
+    """One whole iteration as :func:`gmmcore.refine.loop.iterate` runs it, phase by phase, each phase
+    timed (wall and CPU s): both halves' GMMs by the loop's own work unit ``fit_gmm_unit`` (K-means
+    seeds and 300 steps; with ``previous`` warm-started from those GMMs and WARM_STEPS steps),
+    both halves' alignment (``align_sets``, from ``start_poses``), both half reconstructions, the FSC.
+    Returns the timings and results, plus "_gmms", "_poses" and "_maps" for a next iteration."""
+    from gmmcore.geometry import angular_distance
+    from gmmcore.fsc import half_map_report
+    from gmmcore.gmm.align import AlignSet, align_sets
+    from gmmcore.grids import FourierGrid
+    from gmmcore.particles import HalfPair, check_geometry
+    from gmmcore.reconstruct import reconstruct_halves
+    from gmmcore.refine.loop import fit_gmm_unit
+    from gmmcore.refine.rundir import IterationStore
+
+    box, apix = check_geometry(table)
+    store = IterationStore(work / label, iteration)  # a fresh folder: nothing saved to load
+    phases = {}
+
+    def timed(name, f):
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        v = f()
+        phases[name] = {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds() - c0}
+        print(f"  {label:<14} {name:<12} {phases[name]['seconds']:8.1f} s wall {phases[name]['cpu_seconds']:8.1f} s CPU",
+              flush=True)
+        return v
+
+    load0 = list(os.getloadavg())
+    unit_seconds = {}
+
+    def fit_half(h):
+        t0 = time.perf_counter()
+        v = fit_gmm_unit(h, half_maps[h], apix, band, None, None, ns.seed, store, be.name, gmm_fit,
+                         None if previous is None else previous[h])
+        unit_seconds[h] = time.perf_counter() - t0
+        return v
+
+    with _fit_steps(ns.fit_iterations):
+        fitted = timed("gmm_fits", lambda: HalfPair.build(fit_half))
+    per_half = {}
+    for h, (g, rep) in fitted.items():
+        # start: N estimate + K-means, or warm_start; with the low-pass and the save of the unit
+        per_half[str(h)] = {"n_gaussians": len(g), "map_vs_gmm_fsc_mean": float(rep["fsc_mean"]),
+                            "fit_steps": int(rep["steps"]), "seconds": unit_seconds[h],
+                            "fit_seconds": float(rep["seconds"]),
+                            "start_seconds": unit_seconds[h] - float(rep["seconds"]),
+                            "seeding": rep["seeding"].get("method"), "fit": gmm_fit}
+        print(f"    half {h}: N {len(g)}, start ({per_half[str(h)]['seeding']}) "
+              f"{per_half[str(h)]['start_seconds']:.1f} s, fit {rep['steps']} steps {rep['seconds']:.1f} s, "
+              f"map-vs-GMM FSC {rep['fsc_mean']:.4f}", flush=True)
+    phases["gmm_fits"]["per_half"] = per_half
+    grid = FourierGrid(box, apix, band.resolution_A, band.minres_A)
+    rows = table.half_rows()
+    settings = _align_settings(ns)
+    aligned = timed("align", lambda: align_sets([AlignSet(f"{label} half {h}", rows[h], fitted[h][0])
+                                                 for h in (1, 2)], table, start_poses, grid, settings, backend=be))
+    poses = start_poses
+    for h, a in zip((1, 2), aligned):
+        poses = poses.with_rows(rows[h], a.poses)
+    maps = timed("reconstruct", lambda: reconstruct_halves(table.with_poses(poses), backend=be))
+    rep = timed("fsc", lambda: half_map_report(maps[1], maps[2], apix))
+    err = angular_distance(poses.rotation, truth)
+    out = {"target_resolution_A": band.resolution_A, "phases": phases,
+           "seconds": sum(phases[k]["seconds"] for k in ("gmm_fits", "align", "reconstruct", "fsc")),
+           "cpu_seconds": sum(phases[k]["cpu_seconds"] for k in ("gmm_fits", "align", "reconstruct", "fsc")),
+           "resolution_A": float(rep["resolution"]), "resolution_unmasked_A": float(rep["resolution_unmasked"]),
+           "angle_error_mean_deg": float(err.mean()), "angle_error_median_deg": float(np.median(err)),
+           "load_average_before": load0, "load_average_after": list(os.getloadavg()),
+           "_gmms": HalfPair(fitted[1][0], fitted[2][0]), "_poses": poses, "_maps": maps}
+    print(f"  {label}: {out['seconds']:.1f} s wall, {out['cpu_seconds']:.1f} s CPU; resolution "
+          f"{out['resolution_A']:.2f} Å, mean angle error {out['angle_error_mean_deg']:.2f}°", flush=True)
+    return out
+
+
+def second_iteration(ns, table, truth, maps0, be, work: Path, res: dict, out: Path) -> None:
+    """``--second-iteration``: a first iteration at ``--from-resolution`` (K-means seeds; set-up,
+    timed), then the second at ``--resolution`` twice from that same state — today's defaults
+    (``--gmm-start seeded --gmm-fit fourier``) and ``--gmm-start warm --gmm-fit hermitian`` — with
+    the per-phase times of each and their ratio; written to ``out`` after every iteration."""
+    from gmmcore.refine.state import Band
+
+    def public(r):
+        return {k: v for k, v in r.items() if not k.startswith("_")}
+
+    def save():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1, default=float))
+
+    sec = res["second_iteration"] = {}
+    minres = 25.0
+    first = refine_iteration("first", 1, table, truth, maps0, table.poses, Band(minres, ns.from_resolution), be, work,
+                             ns, ns.first_fit)
+    sec["first_iteration"] = public(first)
+    sec["first_iteration"]["fit"] = ns.first_fit
+    save()
+    band = Band(minres, ns.resolution)
+    # the pose loop is traced once per band (on whichever path runs first): traced here, on 64 particles
+    # per half, so neither path pays it — a real second iteration pays it once, on either path
+    from gmmcore.gmm.align import AlignSet, align_sets
+    from gmmcore.grids import FourierGrid
+
+    t0 = time.perf_counter()
+    rows = table.half_rows()
+    align_sets([AlignSet(f"trace half {h}", rows[h][:64], first["_gmms"][h]) for h in (1, 2)], table,
+               first["_poses"], FourierGrid(ns.box, ns.apix, band.resolution_A, band.minres_A), _align_settings(ns),
+               backend=be)
+    sec["align_trace_seconds"] = time.perf_counter() - t0
+    print(f"  alignment traced at the second band: {sec['align_trace_seconds']:.1f} s (not timed in either path)",
+          flush=True)
+    paths = {"today": ("fourier", None), "warm_hermitian": ("hermitian", first["_gmms"])}
+    order = list(paths) if ns.order == "today-first" else list(paths)[::-1]
+    for name in order:
+        fit, previous = paths[name]
+        r = refine_iteration(f"second_{name}", 2, table, truth, first["_maps"], first["_poses"], band, be, work, ns, fit,
+                             previous)
+        sec[name] = public(r)
+        save()
+    a, b = sec["today"], sec["warm_hermitian"]
+    sec["order"] = order
+    sec["ratio_today_over_warm_hermitian"] = {
+        "iteration_wall": a["seconds"] / b["seconds"], "iteration_cpu": a["cpu_seconds"] / b["cpu_seconds"],
+        **{f"{k}_wall": a["phases"][k]["seconds"] / b["phases"][k]["seconds"]
+           for k in ("gmm_fits", "align", "reconstruct", "fsc")}}
+    res["load_average_at_end"] = list(os.getloadavg())
+    save()
+    print(f"second iteration: today {a['seconds']:.1f} s, warm + hermitian {b['seconds']:.1f} s "
+          f"({sec['ratio_today_over_warm_hermitian']['iteration_wall']:.2f}x); resolution {a['resolution_A']:.2f} vs "
+          f"{b['resolution_A']:.2f} Å, angle error {a['angle_error_mean_deg']:.2f} vs {b['angle_error_mean_deg']:.2f}° "
+          f"→ {out}", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", default="jax", choices=["jax", "tf"])
@@ -179,7 +364,8 @@ def main(argv=None) -> int:
     ap.add_argument("--apix", type=float, default=1.0)
     ap.add_argument("--resolution", type=float, default=3.0, help="target resolution of the iteration, Å")
     ap.add_argument("--ngauss", type=int, default=4000, help="Gaussians per GMM")
-    ap.add_argument("--fit-iterations", type=int, default=300)
+    ap.add_argument("--fit-iterations", type=int, default=None,
+                    help="GMM fit steps (default 300; --second-iteration: the loop's own 300 / WARM_STEPS)")
     ap.add_argument("--batch", default="auto")
     ap.add_argument("--target-n", type=int, default=400_000)
     ap.add_argument("--target-box", type=int, default=196)
@@ -198,7 +384,22 @@ def main(argv=None) -> int:
                     help="also time half 1's insertion + finish R times with the reference (pre-issue-20) "
                          "reconstructor and the current one, alternating in this process, and with relion_reconstruct "
                          "(when installed); FSC of the maps against each other and the truth")
+    ap.add_argument("--copies", type=int, default=1,
+                    help="the particle: this many randomly turned ADK copies on a lattice (benchmarks/assembly.py)")
+    ap.add_argument("--spacing", type=float, default=46.0, help="lattice spacing of the copies, Å")
+    ap.add_argument("--second-iteration", action="store_true",
+                    help="time a whole second iteration twice from the same first one: today's defaults "
+                         "(K-means seeding, fourier fit) and --gmm-start warm --gmm-fit hermitian (module notes)")
+    ap.add_argument("--from-resolution", type=float, default=4.5,
+                    help="--second-iteration: the first iteration's target resolution, Å")
+    ap.add_argument("--first-fit", default="hermitian", choices=["fourier", "hermitian"],
+                    help="--second-iteration: the first iteration's fit transform (seeded either way; same result)")
+    ap.add_argument("--order", default="today-first", choices=["today-first", "warm-first"],
+                    help="--second-iteration: which path runs first")
+    ap.add_argument("--seed", type=int, default=0, help="--second-iteration: the refinement's --seed (GMM seeding)")
     ns = ap.parse_args(argv)
+    if ns.fit_iterations is None and not ns.second_iteration:
+        ns.fit_iterations = 300
 
     from gmmcore.backend import get_backend
     from gmmcore.fourier import lowpass
@@ -219,27 +420,27 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory() if ns.workdir is None else None
     work = Path(ns.workdir or tmp.name)
     t = time.perf_counter()
-    table, truth = simulate(work, ns.n, ns.box, ns.apix, be)
+    table, truth, res["atoms"] = simulate(work, ns.n, ns.box, ns.apix, be, copies=ns.copies, spacing=ns.spacing)
     res["simulate_s"] = time.perf_counter() - t
     box, apix = check_geometry(table)
     ph = res["phases"]
 
-    def cpu_now():
-        import resource
-
-        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
-
     def timed(name, f):
-        t0, c0 = time.perf_counter(), cpu_now()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         v = f()
-        ph[name] = {"seconds": time.perf_counter() - t0, "cpu_seconds": cpu_now() - c0}
+        ph[name] = {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds() - c0}
         print(f"{name:<14} {ph[name]['seconds']:8.1f} s wall {ph[name]['cpu_seconds']:8.1f} s CPU (this process and "
               "its finished workers)", flush=True)
         return v
 
     maps0 = timed("reconstruct_0", lambda: reconstruct_halves(table, backend=be))
     res0 = half_map_report(maps0[1], maps0[2], apix)["resolution"]
+    if ns.second_iteration:
+        res["resolution_0"] = res0
+        second_iteration(ns, table, truth, maps0, be, work, res, out)
+        if tmp is not None:
+            tmp.cleanup()
+        return 0
     seeding = {}
 
     def fit(h):
