@@ -302,7 +302,7 @@ def refine_iteration(label: str, iteration: int, table, truth, half_maps, start_
 def second_iteration(ns, table, truth, maps0, be, work: Path, res: dict, out: Path) -> None:
     """``--second-iteration``: a first iteration at ``--from-resolution`` (K-means seeds; set-up,
     timed), then the second at ``--resolution`` twice from that same state — today's defaults
-    (``--gmm-start seeded --gmm-fit fourier``) and ``--gmm-start warm --gmm-fit hermitian`` — with
+    (``--gmm-start seed --gmm-fit fourier``) and ``--gmm-start warm --gmm-fit hermitian`` — with
     the per-phase times of each and their ratio; written to ``out`` after every iteration."""
     from gmmcore.refine.state import Band
 
