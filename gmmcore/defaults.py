@@ -6,6 +6,9 @@ plugin may all read it.  Units: Å for resolutions, degrees for angles, pixels f
 
 MINRES_A = 25.0  # coarsest resolution of the FRC (and of a GMM fit), Å
 HETEROGENEITY_MINRES_A = 40.0  # coarsest resolution of the heterogeneity networks' FRC, Å
+HETEROGENEITY_MAXRES_A = 7.0  # finest band of the heterogeneity networks' FRC unless the run's resolution is coarser, Å
+# (the reference code's 7 Å; on the realistic assembly set it follows the motion better than the run's
+# 3.8 Å: benchmarks/realistic/README.md)
 BATCH = 16  # particles per device batch
 CHUNK = 20000  # particles (images) read per chunk
 STEPS = 10  # gradient steps per particle per refinement iteration

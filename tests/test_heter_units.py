@@ -228,3 +228,26 @@ def test_projection_with_per_image_amplitudes_matches_one_at_a_time():
         re1, im1 = project_ft(c, tf.constant(amps[b]), s, tf.constant(R[b:b + 1]), tf.constant(o[b:b + 1]), sy, sx)
         np.testing.assert_allclose(re[b].numpy(), re1[0].numpy(), rtol=1e-5, atol=1e-5 * float(np.abs(re1).max()))
         np.testing.assert_allclose(im[b].numpy(), im1[0].numpy(), rtol=1e-5, atol=1e-5 * float(np.abs(im1).max()))
+
+
+def test_training_band_defaults_to_7_A_or_the_coarser_run_resolution():
+    from gmmcore.heter.analysis import training_band
+
+    assert training_band(None, 3.8, 1.75) == 7.0  # a 3.8 Å run trains at the reference's 7 Å
+    assert training_band(None, 9.5, 2.0) == 9.5  # never finer than the run's own resolution
+    assert training_band(None, 3.0, 4.0) == 8.4  # nor than 2.1 pixels
+    assert training_band(5.0, 3.8, 1.75) == 5.0  # --maxres wins
+
+
+def test_an_older_run_made_at_the_final_resolution_keeps_it(tmp_path):
+    import json
+
+    from gmmcore.heter.analysis import made_with_final_resolution
+
+    assert not made_with_final_resolution(tmp_path)  # nothing there: a new run
+    (tmp_path / "params.json").write_text(json.dumps({"kind": "heterogeneity", "latent": 4, "res": None}))
+    assert made_with_final_resolution(tmp_path)
+    (tmp_path / "params.json").write_text(json.dumps({"kind": "heterogeneity", "latent": 4, "res": 7.0}))
+    assert not made_with_final_resolution(tmp_path)  # a run of this version records its band
+    (tmp_path / "params.json").write_text("{not json")
+    assert not made_with_final_resolution(tmp_path)

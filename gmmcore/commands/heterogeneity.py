@@ -39,7 +39,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-epochs", type=int, default=10,
                    help="epochs of the second round, where every Gaussian is trained (default 10)")
     add_band_arguments(p, minres=defaults.HETEROGENEITY_MINRES_A, res_alias=True,
-                       maxres_help="finest resolution in the FRC, Å (default: the run's final resolution)")
+                       maxres_help="finest resolution in the FRC, Å (default: 7, as the reference implementation, or the "
+                                   "run's final resolution where that is coarser)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, first round (default 1e-3)")
     p.add_argument("--lr-full", type=float, default=3e-4, help="Adam learning rate, second round (default 3e-4)")
     p.add_argument("--latent-noise", type=float, default=0.0,

@@ -24,15 +24,16 @@ Run directory (``--out DIR``; re-running the same command continues a killed run
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, defaults
 from ..backend import get_backend
 from ..backend import tf as _tf_backend  # noqa: F401 - TensorFlow imported quietly, before the networks import it
 from ..errors import InputError
@@ -72,7 +73,7 @@ class HeterogeneityParams:
     mask: Optional[str] = None
     epochs: int = 20
     full_epochs: int = 10
-    res: Optional[float] = None  # Å; default: the run's final resolution (≥ 2.1 px)
+    res: Optional[float] = None  # Å; default: training_band (7 Å, or the run's final resolution if coarser)
     minres: float = 40.0
     batch: int = 16
     chunk: int = 20000
@@ -142,6 +143,26 @@ def _check_before_writing(p: HeterogeneityParams, state, rows, mask, apix: float
         raise InputError("the mask does not overlap the particle's density", path=p.mask, field="--mask")
 
 
+def training_band(res: Optional[float], run_resolution_A: float, apix: float) -> float:
+    """The finest resolution (Å) of the networks' FRC: ``res`` when given, else the coarser of
+    :data:`gmmcore.defaults.HETEROGENEITY_MAXRES_A` (7 Å) and the refinement's final resolution —
+    never finer than 2.1 pixels."""
+    if res:
+        return float(res)
+    return max(defaults.HETEROGENEITY_MAXRES_A, float(run_resolution_A), 2.1 * float(apix))
+
+
+def made_with_final_resolution(out) -> bool:
+    """True when ``out`` holds a heterogeneity run of an older version that trained at the run's final
+    resolution by default (its params.json records ``res`` null): continuing it keeps that band."""
+    f = Path(out) / "params.json"
+    try:
+        old = json.loads(f.read_text()) if f.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and "latent" in old and "res" in old and old["res"] is None
+
+
 def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
     """Run (or continue) a heterogeneity analysis; returns its summary (also DIR/summary.json)."""
     t_start = time.time()
@@ -152,9 +173,12 @@ def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
     box, apix = check_geometry(table)
     rows = check_split(table)
     mask = check_mask(read_map_on_grid(p.mask, box, apix), path=p.mask) if p.mask else None
-    res = float(p.res) if p.res else max(float(state.resolution_A), 2.1 * apix)
+    older = p.res is None and made_with_final_resolution(p.out)
+    res = max(float(state.resolution_A), 2.1 * apix) if older else training_band(p.res, float(state.resolution_A), apix)
     if res < 2 * apix:
         raise InputError(f"{res:g} Å is beyond Nyquist ({2 * apix:g} Å)", field="--res")
+    if not older:  # the band trained at is part of a run's identity, not "the default"
+        p = replace(p, res=res)
     _check_before_writing(p, state, rows, mask, apix)
     grid = FourierGrid(box, apix, res, p.minres)
     settings = p.train_settings()
@@ -164,6 +188,8 @@ def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
     device = backend.describe_devices(p.gpu, cpu_only=p.cpu)
     fin = run.path / "final"
     fin.mkdir(exist_ok=True)
+    if older:
+        log.info("NOTE: this run was made when the default band was the run's final resolution; it keeps it")
     log.info("gmmcore %s heterogeneity: %d particles (half 1: %d, half 2: %d), box %d, %.3f Å/px, band %.1f-%.2f Å, "
              "latent %d, anchors %d, device %s", __version__, len(table), rows[1].size, rows[2].size, box, apix,
              p.minres, res, p.latent, p.anchors, device)

@@ -43,8 +43,9 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
     SUMMARY_CLASS = HeterogeneitySummary
     SETTINGS_SECTION = "Networks"
     MAXRES_LEVEL = params.LEVEL_NORMAL
-    MAXRES_HELP = ("Finest frequency compared (0: the refinement's final resolution). A coarser value (e.g. 6-8 Å) "
-                   "is faster and usually enough for domain motions.")
+    MAXRES_HELP = ("Finest frequency compared (0: 7 Å as the reference implementation, or the refinement's final "
+                   "resolution where that is coarser; measured better than training at the final resolution on "
+                   "domain motions). A finer value is slower.")
     POSE_PRIOR = False
     BACKEND = False  # the networks train with TensorFlow
     BATCH_AUTO = False  # gmmcore heterogeneity takes no --batch auto
