@@ -202,6 +202,16 @@ def _cpu_seconds() -> float:
     return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
+def _timed_phase(phases: dict, name: str, f, prefix: str = ""):
+    """``f()``, its wall and CPU seconds stored as ``phases[name]`` and printed (``prefix`` first)."""
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    v = f()
+    phases[name] = {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds() - c0}
+    print(f"{prefix}{name:<14} {phases[name]['seconds']:8.1f} s wall {phases[name]['cpu_seconds']:8.1f} s CPU",
+          flush=True)
+    return v
+
+
 @contextmanager
 def _fit_steps(steps: Optional[int]):
     """Within: every GMM fit of :func:`gmmcore.refine.loop.fit_gmm_unit` runs ``steps`` steps (a quick
@@ -245,12 +255,7 @@ def refine_iteration(label: str, iteration: int, table, truth, half_maps, start_
     phases = {}
 
     def timed(name, f):
-        t0, c0 = time.perf_counter(), _cpu_seconds()
-        v = f()
-        phases[name] = {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds() - c0}
-        print(f"  {label:<14} {name:<12} {phases[name]['seconds']:8.1f} s wall {phases[name]['cpu_seconds']:8.1f} s CPU",
-              flush=True)
-        return v
+        return _timed_phase(phases, name, f, prefix=f"  {label:<14} ")
 
     load0 = list(os.getloadavg())
     unit_seconds = {}
@@ -426,12 +431,7 @@ def main(argv=None) -> int:
     ph = res["phases"]
 
     def timed(name, f):
-        t0, c0 = time.perf_counter(), _cpu_seconds()
-        v = f()
-        ph[name] = {"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu_seconds() - c0}
-        print(f"{name:<14} {ph[name]['seconds']:8.1f} s wall {ph[name]['cpu_seconds']:8.1f} s CPU (this process and "
-              "its finished workers)", flush=True)
-        return v
+        return _timed_phase(ph, name, f)
 
     maps0 = timed("reconstruct_0", lambda: reconstruct_halves(table, backend=be))
     res0 = half_map_report(maps0[1], maps0[2], apix)["resolution"]

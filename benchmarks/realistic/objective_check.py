@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.realistic.truth import truth_rows
 from gmmcore.backend import get_backend
 from gmmcore.gmm.align import particle_transforms
 from gmmcore.gmm.build import build_gmm
@@ -72,8 +73,7 @@ def main(argv=None) -> int:
     t_start = time.time()
     tab = read_star(a.run / "final" / "particles.star")
     truth = np.load(a.data / "truth.npz")
-    names = tab.star_particles["rlnImageOriginalName"].to_numpy()
-    idx = np.array([int(str(nm).split("@")[0]) - 1 for nm in names])
+    idx = truth_rows(tab)
     rows = np.where(tab.half == 1)[0][:a.n]
     box, apix = int(tab.image_size[0]), float(tab.apix[0])
     mask = read_map(a.data / "domain_mask.mrc")[0]
