@@ -22,6 +22,8 @@ BACKENDS = ("tf", "jax")
 SYMMETRY = "C1"
 WIDTH_RULE = "variance"  # focused refinement: σ'² = σ²/d outside the mask (the reference code's rule)
 WIDTH_RULES = ("variance", "sigma")  # sigma: σ' = σ/d (the paper's text)
+PATCH_SHAPE = "sphere"  # patch masks: a sphere around each patch's Gaussians (the reference code's default)
+PATCH_SHAPES = ("tight", "sphere")  # tight: the particle's density shared out by nearest Gaussian (gmmcore.refine.patches)
 MASK_LEVEL = 0.25  # focused refinement: d = L + (1 − L)·M, L the mask level
 BAND_RULE = "fsc01"  # the alignment band: 0.9 × where the masked FSC of the last half maps falls below 0.1
 BAND_RULES = ("fsc0143", "fsc01")  # fsc01: the reference code's rule (measured better, benchmarks/realistic); fsc0143: the FSC-0.143 point

@@ -4,7 +4,7 @@ Masks are float32 arrays indexed [z, y, x] with values in 0..1, the box centre a
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -67,6 +67,29 @@ def points_mask(points_A, box: int, apix: float, radius_A: float, edge_px: float
     if not core.any():
         return np.zeros((box,) * 3, np.float32)
     return _soft_edge(ndimage.distance_transform_edt(~core), edge_px)
+
+
+def partition_masks(support: np.ndarray, points_A, labels, k: int, apix: float, dilate_px: float = 2.0,
+                    edge_px: float = 5.0) -> List[np.ndarray]:
+    """``k`` soft masks that share out a binary ``support`` ([z, y, x]) by points: a support voxel
+    belongs to part ``labels[j]`` (0..k−1) of its nearest point j (Å, (x, y, z) from the box centre
+    N//2); part i's mask is 1 within ``dilate_px`` of its voxels and falls to 0 over a raised-cosine
+    edge ``edge_px`` wide, so neighbouring parts overlap by about dilate + edge pixels.  A part
+    with no voxel gets an all-zero mask."""
+    from scipy.spatial import cKDTree
+
+    support = np.asarray(support, bool)
+    box = support.shape[0]
+    idx = np.argwhere(support)  # (m, 3) as (z, y, x)
+    _, nearest = cKDTree(np.asarray(points_A, np.float64).reshape(-1, 3)).query((idx[:, ::-1] - box // 2) * float(apix))
+    part = np.asarray(labels, np.int64)[nearest]
+    out = []
+    for i in range(k):
+        core = np.zeros(support.shape, bool)
+        core[tuple(idx[part == i].T)] = True
+        out.append(_soft_edge(ndimage.distance_transform_edt(~core) - dilate_px, edge_px) if core.any()
+                   else np.zeros(support.shape, np.float32))
+    return out
 
 
 def values_at(volume: np.ndarray, points_A, apix: float) -> np.ndarray:

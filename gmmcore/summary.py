@@ -366,7 +366,10 @@ class PatchDefinition:
     """``DIR/patches.json`` of a patch-by-patch run: ``k`` patches from K-means (``seed``) of the
     start GMMs' centres, each {"center_A", "radius_A", "n_gaussians", "index", "dir", "mask"};
     ``gmm`` {"1", "2"}: the start GMM files; ``labels`` {"1", "2"}: the patch number (1..k) of
-    each Gaussian of that half's GMM; ``falloff_px``: the masks' raised-cosine edge (pixels)."""
+    each Gaussian of that half's GMM; ``falloff_px``: the masks' raised-cosine edge (pixels);
+    ``shape``: "tight" (the density shared out by nearest Gaussian) or "sphere" (a run made before
+    tight masks existed records none: sphere); a patch's ``mask_mass``: the share of the start map's
+    positive density inside its mask."""
 
     k: int
     seed: int
@@ -375,12 +378,13 @@ class PatchDefinition:
     gmm: Dict[str, str]
     labels: Dict[str, List[int]]
     source: str = ""
+    shape: str = "sphere"
     extra: dict = field(default_factory=dict)
 
     NAME = "patches.json"
 
     def to_json(self) -> dict:
-        return {"k": self.k, "seed": self.seed, "falloff_px": self.falloff_px, "source": self.source,
+        return {"k": self.k, "seed": self.seed, "falloff_px": self.falloff_px, "source": self.source, "shape": self.shape,
                 "patches": self.patches, "gmm": self.gmm, "labels": self.labels, **self.extra}
 
     def save(self, folder) -> None:

@@ -194,3 +194,48 @@ def test_patches_fsc_mask_is_checked(tiny_global, tmp_path, capsys):
                           "--out", out, "--fsc-mask", bad, *TINY)
     assert_one_error(rc, err, "not_a_mask.mrc", "--fsc-mask", "between 0 and 1", verb="refine-patches")
     assert not out.exists()
+
+
+def test_tight_patch_masks_tile_the_particle(tiny_global):
+    """``--patch-shape tight``: the particle's density is shared out by nearest Gaussian — the
+    masks sum to ≥ 1 wherever the density is, every Gaussian inside the density is at 1 in its own
+    patch's mask, a patch's mask is 0 at a Gaussian of another patch whose distance to the patch's
+    Gaussians (both halves) is more than twice dilation + fall-off (its half-way Voronoi boundary
+    lies beyond them), and each holds less of the particle than its sphere."""
+    from scipy.spatial import cKDTree
+
+    from gmmcore.masks import auto_mask, values_at
+    from gmmcore.refine.patches import TIGHT_DILATE_PX, define_patches, patch_mask, tight_patch_masks
+    from gmmcore.refine.start import start_from_run
+
+    table, start, *_ = start_from_run(str(tiny_global))
+    apix, box, k, falloff = 2.0, start.half_maps[1].shape[0], 3, 2.0  # a narrow edge: the particle is small
+    patches, labels = define_patches(start.gmms, k, box, apix, falloff)
+    density = 0.5 * (start.half_maps[1] + start.half_maps[2])
+    tight = tight_patch_masks(start.gmms, labels, k, density, apix, falloff)
+    spheres = [patch_mask(p, box, apix, falloff) for p in patches]
+    support = auto_mask(density, apix, dilate_px=0.0, edge_px=0.0) > 0.5
+    assert support.sum() > 100
+    assert np.sum(tight, axis=0)[support].min() >= 0.999
+    positive = np.clip(density, 0, None) * support
+    pts = np.concatenate([g.centers for _, g in start.gmms.items()])
+    lab = np.concatenate([labels[str(h)] for h, _ in start.gmms.items()]) - 1
+    inside = values_at(support.astype(np.float32), pts, apix) > 0.999
+    for i in range(k):
+        own = values_at(tight[i], pts[(lab == i) & inside], apix)
+        assert own.min() > 0.999, (i, own.min())
+        far = cKDTree(pts[lab == i]).query(pts[lab != i])[0] > 2 * (TIGHT_DILATE_PX + falloff + 1) * apix
+        assert far.any() and np.abs(values_at(tight[i], pts[lab != i][far], apix)).max() < 1e-6
+    for i in range(k):
+        assert (tight[i] * positive).sum() < (spheres[i] * positive).sum(), i
+
+
+def test_patch_shape_is_part_of_the_run(tiny_global, clean_patches, capsys):
+    """A finished run continued with the other ``--patch-shape`` is refused (a new --out is
+    needed), naming the parameter; its patches.json records the shape it was made with."""
+    from gmmcore import defaults
+
+    assert json.loads((clean_patches / "patches.json").read_text())["shape"] == defaults.PATCH_SHAPE
+    other = next(s for s in defaults.PATCH_SHAPES if s != defaults.PATCH_SHAPE)
+    assert _patches(tiny_global, clean_patches, "--patch-shape", other) != 0
+    assert "patch_shape" in capsys.readouterr().err

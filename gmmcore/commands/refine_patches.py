@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import defaults
 from ..errors import InputError
 from ..options import (add_alignment_arguments, add_focus_arguments, alignment_values, at_least, check,
                        check_band_on_grid, check_continue, check_user_mask, claim_run_output, existing, run_grid)
@@ -32,6 +33,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", required=True, metavar="RUN_DIR", help="a finished gmmcore run (with GMMs)")
     p.add_argument("--patches", type=int, default=8, help="number of patches K (default 8)")
     p.add_argument("--iter", dest="iterations", type=int, default=3, help="focused iterations per patch (default 3)")
+    p.add_argument("--patch-shape", choices=defaults.PATCH_SHAPES, default=defaults.PATCH_SHAPE,
+                   help="patch masks: tight = the particle's density shared out by nearest Gaussian (the patches "
+                        "tile the particle); sphere = a sphere around each patch's Gaussians (default %s)"
+                        % defaults.PATCH_SHAPE)
     p.add_argument("--falloff", type=float, default=5.0, help="soft fall-off of the patch masks, pixels (default 5)")
     p.add_argument("--patch-seed", type=int, default=0, help="seed of the K-means of the GMM centres (default 0)")
     p.add_argument("--patch", default=None, metavar="N[,N...]",
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"not a list of patch numbers: {args.patch!r}", field="--patch") from None
     _check_before_writing(args, only)
     params = PatchParams(source=existing(args.source, "--from"), out=str(args.out), patches=args.patches,
-                         iterations=args.iterations, falloff_px=args.falloff, patch_seed=args.patch_seed, only=only,
+                         iterations=args.iterations, patch_shape=args.patch_shape, falloff_px=args.falloff, patch_seed=args.patch_seed, only=only,
                          reimpose=args.reimpose, fsc_mask=existing(args.fsc_mask, "--fsc-mask") if args.fsc_mask else None,
                          **alignment_values(args))
     # one unit per patch: several GPUs / workers refine patches at once (--gpu 0,1 / --workers / --cluster)

@@ -3,11 +3,20 @@ half maps.
 
 1. Patches: K-means (scikit-learn, k-means++, ``n_init`` 10, ``random_state`` = seed) of the
    centres of the start's two GMMs together (half 1's and half 2's Gaussians; the masks are shared
-   by both halves, like the FSC mask).  Patch i's soft spherical mask is centred on its cluster
-   centre with radius = the distance of its farthest member, plus a ``falloff_px`` (default 5)
-   pixel raised-cosine fall-off, so adjacent masks overlap.  Patches are numbered 1..K in the
-   order of their centres' x, then y, then z; definition and masks are written once
-   (``patches.json``, ``masks/patch_NN.mrc``) and read back by every later call or worker.
+   by both halves, like the FSC mask).  Patch masks (``patch_shape``):
+
+   * "tight" — the particle's density (the start's half maps averaged, low-passed to 15 Å and
+     thresholded as for the automatic FSC mask, not dilated) shared out by nearest Gaussian
+     centre: patch i holds the voxels nearest one of its Gaussians, dilated by 2 px, then a
+     ``falloff_px`` (default 5) raised-cosine edge.  The patches tile the particle and each
+     isolates its own part (the reference code's ``--masktight``: "seems safe").
+   * "sphere" — centred on the cluster centre with radius = the distance of its farthest member,
+     plus the fall-off (the reference code's default).  On a compact particle each sphere holds
+     most of the mass (three spheres on the realistic assembly: 77 % each).
+
+   Adjacent masks overlap by about the fall-off.  Patches are numbered 1..K in the order of their
+   centres' x, then y, then z; definition and masks are written once (``patches.json``,
+   ``masks/patch_NN.mrc``) and read back by every later call or worker.
 2. Patch i = :func:`gmmcore.refine.focused_run.refine_focused` with mask i, ``iterations`` focused
    iterations from the start (the source run's final state), in its own run directory
    ``DIR/patch_NN`` (kind "patch"): resumable on its own; a finished patch is never touched
@@ -37,13 +46,13 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, defaults
 from ..composite import composite, symmetry_pairs
 from ..errors import InputError
 from ..fourier import lowpass
 from ..fsc import half_map_report
 from ..io.maps import read_map, write_map
-from ..masks import soft_sphere_mask
+from ..masks import auto_mask, partition_masks, soft_sphere_mask
 from ..particles import HalfPair, check_geometry
 from ..summary import FinalFiles, HalfMapReport, PatchDefinition, PatchRecord, ReimposedMaps, RunKind, RunSummary
 from ..symmetry import symmetry_name
@@ -55,7 +64,9 @@ from .start import FSC_MASK, start_from_run
 
 log = logging.getLogger("gmmcore.refine")
 
-IDENTITY = ("source", "start_fingerprint", "patches", "falloff_px", "patch_seed", "reimpose", "fsc_mask")
+IDENTITY = ("source", "start_fingerprint", "patches", "patch_shape", "falloff_px", "patch_seed", "reimpose",
+            "fsc_mask")
+TIGHT_DILATE_PX = 2.0  # a tight patch's region grows this much before its soft edge
 
 
 @dataclass
@@ -66,6 +77,7 @@ class PatchParams(FocusedAlignment):
     out: str
     patches: int = 8
     iterations: int = 3
+    patch_shape: str = defaults.PATCH_SHAPE
     falloff_px: float = 5.0
     patch_seed: int = 0
     only: Optional[List[int]] = None  # run just these patches (1-based); the composite waits for all
@@ -115,19 +127,43 @@ def patch_mask(patch: dict, box: int, apix: float, falloff_px: float) -> np.ndar
     return soft_sphere_mask(box, patch["radius_A"] / apix, falloff_px, center=center_px)
 
 
+def tight_patch_masks(gmms: HalfPair, labels: dict, k: int, density: np.ndarray, apix: float,
+                      falloff_px: float) -> List[np.ndarray]:
+    """The "tight" masks of ``k`` patches (module notes): ``density`` (the start's map) thresholded
+    as for the automatic FSC mask, shared out by nearest Gaussian centre (``labels``: the patch
+    number 1..k of each Gaussian of half "1" and "2", as :func:`define_patches` returns them)."""
+    support = auto_mask(density, apix, dilate_px=0.0, edge_px=0.0) > 0.5
+    pts = np.concatenate([np.asarray(g.centers, np.float64) for _, g in gmms.items()])
+    lab = np.concatenate([np.asarray(labels[str(h)], np.int64) for h, _ in gmms.items()]) - 1
+    masks = partition_masks(support, pts, lab, k, apix, dilate_px=TIGHT_DILATE_PX, edge_px=falloff_px)
+    empty = [i + 1 for i, m in enumerate(masks) if not m.any()]
+    if empty:
+        raise InputError(f"patch {empty[0]} holds none of the particle's density: use fewer patches or the "
+                         "sphere shape", field="--patches")
+    return masks
+
+
 def _patch_dir(i: int) -> str:
     return f"patch_{i:02d}"
 
 
-def _load_or_define(run: RunDir, p: PatchParams, gmms: HalfPair, box: int, apix: float) -> List[dict]:
+def _load_or_define(run: RunDir, p: PatchParams, start, box: int, apix: float) -> List[dict]:
     if (run.path / PatchDefinition.NAME).is_file():
         return PatchDefinition.load(run.path).patches
-    patches, labels = define_patches(gmms, p.patches, box, apix, p.falloff_px, p.patch_seed)
+    patches, labels = define_patches(start.gmms, p.patches, box, apix, p.falloff_px, p.patch_seed)
+    density = 0.5 * (start.half_maps[1] + start.half_maps[2])
+    if p.patch_shape == "tight":
+        masks = tight_patch_masks(start.gmms, labels, len(patches), density, apix, p.falloff_px)
+    else:
+        masks = [patch_mask(patch, box, apix, p.falloff_px) for patch in patches]
+    positive = np.clip(lowpass(density, apix, 15.0), 0.0, None)  # the mask shares below: noise-free enough
+    total = float(positive.sum()) or 1.0
     (run.path / "masks").mkdir(exist_ok=True)
-    for i, patch in enumerate(patches, 1):
-        patch.update(index=i, dir=_patch_dir(i), mask=f"masks/{_patch_dir(i)}.mrc")
-        write_map(run.path / patch["mask"], patch_mask(patch, box, apix, p.falloff_px), apix)
-    PatchDefinition(k=p.patches, seed=p.patch_seed, falloff_px=p.falloff_px,
+    for i, (patch, mask) in enumerate(zip(patches, masks), 1):
+        patch.update(index=i, dir=_patch_dir(i), mask=f"masks/{_patch_dir(i)}.mrc",
+                     mask_mass=round(float((mask * positive).sum()) / total, 4))
+        write_map(run.path / patch["mask"], mask, apix)
+    PatchDefinition(k=p.patches, seed=p.patch_seed, falloff_px=p.falloff_px, shape=p.patch_shape,
                     source="K-means of both half GMMs' centres", patches=patches,
                     gmm={str(h): RunSummary.load(p.source).path("gmm", h) for h in (1, 2)},
                     labels=labels).save(run.path)
@@ -167,13 +203,18 @@ def run_patches(p: PatchParams, executor=None) -> RunSummary:
     p = replace(p, **run.inherited)  # an older run keeps what it was made with
     if not (run.path / FSC_MASK).is_file():
         write_map(run.path / FSC_MASK, fsc_mask, apix)
-    patches = _load_or_define(run, p, start.gmms, box, apix)
+    if p.patch_shape not in defaults.PATCH_SHAPES:
+        raise InputError(f"unknown patch shape {p.patch_shape!r} (one of {', '.join(defaults.PATCH_SHAPES)})",
+                         field="--patch-shape")
+    patches = _load_or_define(run, p, start, box, apix)
     wanted = sorted(set(p.only or range(1, len(patches) + 1)))
     bad = [i for i in wanted if not 1 <= i <= len(patches)]
     if bad:
         raise InputError(f"no patch {bad[0]} (patches are 1..{len(patches)})", field="--patch")
-    log.info("gmmcore %s patch-by-patch refinement: %d patches (%s), %d iterations each, from %s", __version__,
-             len(patches), ", ".join(f"{q['n_gaussians']} Gaussians r {q['radius_A']:.0f} Å" for q in patches),
+    log.info("gmmcore %s patch-by-patch refinement: %d %s patches (%s), %d iterations each, from %s", __version__,
+             len(patches), p.patch_shape,
+             ", ".join(f"{q['n_gaussians']} Gaussians" + (f", {100 * q['mask_mass']:.0f} % of the mass"
+                                                         if "mask_mass" in q else "") for q in patches),
              p.iterations, p.source)
 
     initial = HalfMapReport.from_json(half_map_report(start.half_maps[1], start.half_maps[2], apix, fsc_mask))

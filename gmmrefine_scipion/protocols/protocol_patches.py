@@ -6,11 +6,14 @@ import pyworkflow.protocol.params as params
 from pwem.objects import SetOfFSCs, SetOfParticles, Volume, VolumeMask
 from pwem.protocols import ProtRefine3D
 
+from gmmcore import defaults
+
 from .pose_precision import precisionOf, wholeParticleLine
-from .protocol_base import fscObjects
+from .protocol_base import addExpertChoice, fscObjects
 from .protocol_focused_base import GmmProtFocusedBase
 
 PATCHES_DIR = "patches"
+PATCH_SHAPES = tuple(defaults.PATCH_SHAPES)  # the engine's names, in the form's order
 PossibleOutput = namedtuple("PossibleOutput", "name value")  # what pyworkflow reads of an outputs Enum member
 
 
@@ -18,8 +21,7 @@ class GmmProtPatchRefine(GmmProtFocusedBase, ProtRefine3D):
     """Patch-by-patch GMM refinement with composite half maps (Chen, Schmid & Chiu 2024).
 
     The GMMs of a gmm global refinement are cut into K patches (K-means of the Gaussian centres;
-    the same patches for both halves), each refined by focused refinement with a soft spherical
-    mask; the composite half maps Σ M_i·Map_i / Σ M_i (the global map filling where the masks sum
+    the same patches for both halves), each refined by focused refinement with its soft mask; the composite half maps Σ M_i·Map_i / Σ M_i (the global map filling where the masks sum
     to less than 1) give the final gold-standard FSC.  Each patch keeps its own refined particles
     (one output set per patch, usable in RELION / cryoSPARC).
     """
@@ -38,9 +40,13 @@ class GmmProtPatchRefine(GmmProtFocusedBase, ProtRefine3D):
                       label="Number of patches",
                       help="K-means clusters of the GMM (the paper's default 8). Keep a patch larger than a "
                            "helix or a sheet.")
+        addExpertChoice(form, "patchShape", PATCH_SHAPES, defaults.PATCH_SHAPE, "Patch shape",
+                        "tight: the particle's density shared out by nearest Gaussian, so the patches tile the "
+                        "particle and each isolates its own part. sphere: a sphere around each patch's Gaussians "
+                        "(on a compact particle each sphere holds most of it; default %s)." % defaults.PATCH_SHAPE)
         form.addParam("falloff", params.FloatParam, default=5.0, validators=[params.GE(0)],
                       expertLevel=params.LEVEL_ADVANCED, label="Mask fall-off (px)",
-                      help="Soft edge added to each spherical patch mask (adjacent masks overlap).")
+                      help="Soft edge added to each patch mask (adjacent masks overlap).")
 
     def getPossibleOutputs(self):
         """Besides the composite: the particles and the mask of every patch (numbered from 1), as
@@ -57,7 +63,8 @@ class GmmProtPatchRefine(GmmProtFocusedBase, ProtRefine3D):
 
     def _protocolOptions(self):
         options = {"from": self.abspath(self.inputRefinement.get().getRunDir()),
-                   "patches": self.numberOfPatches.get(), "falloff": self.falloff.get()}
+                   "patches": self.numberOfPatches.get(), "patch_shape": PATCH_SHAPES[self.patchShape.get()],
+                   "falloff": self.falloff.get()}
         options.update(self._alignmentOptions())
         return options
 
