@@ -11,7 +11,8 @@ Modes (each a gmmcore command on the set's start poses; folders under --work/<se
   global    gmmcore import + gmmcore refine
   focused   gmmcore refine-focused --from global --mask domain_mask.mrc
   patches   gmmcore refine-patches --from global --patches 3 (each patch's poses scored; the composite
-            half maps' FSC reported as made by gmmcore)
+            half maps' FSC reported as made by gmmcore; inside each patch's mask: the patch's poses vs
+            global's poses (RELION maps) and the composite vs global (gmmcore maps))
   c2p       gmmcore heterogeneity --from global, then gmmcore conf2pose --mask domain_mask.mrc
 Each run is skipped when its final/ folder exists (--rerun to redo).  Extra flags per mode:
 --extra-global, --extra-focused, --extra-patches, --extra-heterogeneity, --extra-c2p (one string each).
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -86,19 +88,51 @@ def relion_halves(star: Path, out: Path, apix: float, project: Path) -> tuple:
     return maps[0], maps[1]
 
 
-def map_scores(h1: np.ndarray, h2: np.ndarray, set_dir: Path, apix: float) -> dict:
-    """Half-map FSC-0.143 and map-vs-truth FSC (0.5, mean over the band) inside each mask."""
+def map_scores(h1: np.ndarray, h2: np.ndarray, set_dir: Path, apix: float, masks: Optional[dict] = None) -> dict:
+    """Half-map FSC-0.143 and map-vs-truth FSC (0.5, mean over the band) inside each mask
+    (default: the set's domain, core and particle masks; or {name: mask file})."""
     truth = read_map(set_dir / "truth_map.mrc")[0].astype(np.float64)
     avg = 0.5 * (h1 + h2)
     out = {}
-    for name, f in MASKS.items():
-        mask = read_map(set_dir / f)[0].astype(np.float64)
+    for name, f in (masks or {k: set_dir / v for k, v in MASKS.items()}).items():
+        mask = read_map(f)[0].astype(np.float64)
         freq, curve = fsc_masked(h1, h2, apix, mask)
         freq_t, curve_t = fsc(avg * mask, truth * mask, apix)
         band = (freq_t > 0) & (freq_t <= (2.0 / 3.0) / (2.0 * apix))
         out[name] = {"fsc0143_A": round(resolution_at(freq, curve, 0.143), 3),
                      "truth_fsc05_A": round(resolution_at(freq_t, curve_t, 0.5), 3),
                      "truth_fsc_mean": round(float(curve_t[band].mean()), 4)}
+    return out
+
+
+def read_halves(folder: Path, pattern: str = "half{}.mrc") -> tuple:
+    """(half 1, half 2) float64 arrays of ``folder``/``pattern`` (e.g. a run's final/ or a score
+    folder's ``relion_half{}.mrc``)."""
+    return tuple(read_map(folder / pattern.format(s))[0].astype(np.float64) for s in (1, 2))
+
+
+def patch_mask_scores(patch_run: Path, work: Path, global_run: Path, set_dir: Path, apix: float, sub: str) -> dict:
+    """Inside each patch's own mask (``patch_run``/masks/patch_NN.mrc): that patch's poses
+    (RELION reconstruction, score folder ``score_<sub>_patch_NN``) against the global run's
+    (``score_global``), and the composite's gmmcore half maps against global's — the issue's
+    "better inside each patch".  Patch names → {"patch", "global", "composite_gmmcore",
+    "global_gmmcore"} (each map_scores of that one mask), plus "mean" over patches of the gains
+    in mean FSC against the truth."""
+    masks = {p.stem: p for p in sorted((patch_run / "masks").glob("patch_*.mrc"))}
+    glob_relion = read_halves(work / "score_global", "relion_half{}.mrc")
+    comp, glob = read_halves(patch_run / "final"), read_halves(global_run / "final")
+    out = {}
+    for name, f in masks.items():
+        one = {name: f}
+        out[name] = {"patch": map_scores(*read_halves(work / f"score_{sub}_{name}", "relion_half{}.mrc"), set_dir,
+                                         apix, one)[name],
+                     "global": map_scores(*glob_relion, set_dir, apix, one)[name],
+                     "composite_gmmcore": map_scores(*comp, set_dir, apix, one)[name],
+                     "global_gmmcore": map_scores(*glob, set_dir, apix, one)[name]}
+    gain = lambda a, b: round(float(np.mean([v[a]["truth_fsc_mean"] - v[b]["truth_fsc_mean"]  # noqa: E731
+                                              for v in out.values()])), 4)
+    out["mean_gain_truth_fsc_mean"] = {"patch_vs_global": gain("patch", "global"),
+                                       "composite_vs_global_gmmcore": gain("composite_gmmcore", "global_gmmcore")}
     return out
 
 
@@ -218,10 +252,11 @@ def run_modes(a) -> dict:
             entry["patches"][p.name] = score(p / "final" / "particles.star", set_dir, work / f"score_{sub}_{p.name}",
                                              log)
         apix = float(json.loads((set_dir / "generation.json").read_text())["params"]["apix"])
-        h1, h2 = (read_map(d / "final" / f"half{s}.mrc")[0].astype(np.float64) for s in (1, 2))
-        entry["composite_gmmcore_maps"] = map_scores(h1, h2, set_dir, apix)
-        g1, g2 = (read_map(g / "final" / f"half{s}.mrc")[0].astype(np.float64) for s in (1, 2))
-        entry["global_gmmcore_maps"] = map_scores(g1, g2, set_dir, apix)  # like for like with the composite
+        entry["composite_gmmcore_maps"] = map_scores(*read_halves(d / "final"), set_dir, apix)
+        entry["global_gmmcore_maps"] = map_scores(*read_halves(g / "final"), set_dir, apix)  # like for like
+        if not (work / "score_global" / "relion_half1.mrc").is_file():
+            score(g / "final" / "particles.star", set_dir, work / "score_global", log)
+        entry["in_patch_masks"] = patch_mask_scores(d, work, g, set_dir, apix, sub)
         record("patches", entry)
     if "c2p" in a.modes:
         h = work / f"heterogeneity_{sub}"

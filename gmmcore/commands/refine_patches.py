@@ -1,7 +1,8 @@
 """Patch-by-patch GMM refinement: focused refinement of K patches, then composite half maps.
 
 From a finished run (--from): K-means of its GMM centres into --patches patches (the same for both
-halves), one soft spherical mask per patch (radius = its farthest Gaussian, plus a --falloff
+halves), one soft mask per patch (--patch-shape tight: the particle's density shared out by nearest
+Gaussian, so the patches tile it; sphere: radius = its farthest Gaussian; both plus a --falloff
 pixel soft edge); per patch --iter focused iterations (Gaussians outside its mask widened) from
 the run's final state; then per half the composite Σ M_i·Map_i / Σ M_i (the global map filling
 where Σ M_i < 1) and the gold-standard FSC of the two composite halves.  Each patch is its own

@@ -62,11 +62,15 @@ class GmmProtPatchRefine(GmmProtFocusedBase, ProtRefine3D):
         return run.getObjId() if run is not None else None
 
     def _protocolOptions(self):
-        options = {"from": self.abspath(self.inputRefinement.get().getRunDir()),
-                   "patches": self.numberOfPatches.get(), "patch_shape": PATCH_SHAPES[self.patchShape.get()],
-                   "falloff": self.falloff.get()}
+        options = {"from": self.abspath(self.inputRefinement.get().getRunDir())}
+        options.update(self._patchOptions())
         options.update(self._alignmentOptions())
         return options
+
+    def _patchOptions(self):
+        """The engine options of the patch fields (--patches, --patch-shape, --falloff)."""
+        return {"patches": self.numberOfPatches.get(), "patch_shape": PATCH_SHAPES[self.patchShape.get()],
+                "falloff": self.falloff.get()}
 
     def _inputParticles(self):
         run = self.inputRefinement.get()

@@ -192,6 +192,23 @@ class TestGmmProtocolForms(BaseTest):
             errors = [e for e in prot.validate() if e.startswith("*Mask level*")]
             self.assertEqual(len(errors), 1, (level, prot.validate()))
 
+    def test_patch_shape_reaches_the_engine(self):
+        """The patch form: expert "Patch shape" (the engine's default) becomes --patch-shape, which
+        the engine's parser takes."""
+        from pyworkflow.protocol.params import LEVEL_ADVANCED
+        from gmmcore import defaults
+        from gmmcore.cli import build_parser
+        from gmmrefine_scipion import Plugin
+
+        prot = GmmProtPatchRefine()
+        self.assertEqual(prot.getParam("patchShape").expertLevel.get(), LEVEL_ADVANCED)
+        self.assertEqual(prot._patchOptions()["patch_shape"], defaults.PATCH_SHAPE)
+        for index, name in enumerate(defaults.PATCH_SHAPES):
+            options = self._saved(GmmProtPatchRefine, patchShape=index, numberOfPatches=3, useGpu=False)._patchOptions()
+            argv = Plugin.getGmmcoreArgs("refine-patches", out="o", **{"from": "r"}, **options).split()[2:]
+            args = build_parser(argv).parse_args(argv)
+            self.assertEqual((args.patch_shape, args.patches), (name, 3))
+
     def test_alignment_rule_fields_reach_the_engine(self):
         """Global, focused and patch forms: expert "Band rule", "Align from" and "Drop worst fraction"
         (the engine's defaults) become --band-rule / --align-from / --drop-worst, which the engine's
