@@ -40,22 +40,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gmmcore.fsc import fsc, fsc_masked, resolution_at  # noqa: E402
 from gmmcore.io.maps import read_map  # noqa: E402
 from gmmcore.io.star import read_star  # noqa: E402
 
-from benchmarks.realistic.truth import pose_errors  # noqa: E402
+from benchmarks.realistic.truth import MASKS, map_scores, pose_errors, read_halves  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_science.json"
 MODES = ("truth", "truth-domain", "start", "global", "focused", "patches", "c2p")
-MASKS = {"domain": "domain_mask.mrc", "core": "core_mask.mrc", "particle": "particle_mask.mrc"}
 
 
 def gmmcore(*args: str, log: Path) -> float:
@@ -88,36 +85,13 @@ def relion_halves(star: Path, out: Path, apix: float, project: Path) -> tuple:
     return maps[0], maps[1]
 
 
-def map_scores(h1: np.ndarray, h2: np.ndarray, set_dir: Path, apix: float, masks: Optional[dict] = None) -> dict:
-    """Half-map FSC-0.143 and map-vs-truth FSC (0.5, mean over the band) inside each mask
-    (default: the set's domain, core and particle masks; or {name: mask file})."""
-    truth = read_map(set_dir / "truth_map.mrc")[0].astype(np.float64)
-    avg = 0.5 * (h1 + h2)
-    out = {}
-    for name, f in (masks or {k: set_dir / v for k, v in MASKS.items()}).items():
-        mask = read_map(f)[0].astype(np.float64)
-        freq, curve = fsc_masked(h1, h2, apix, mask)
-        freq_t, curve_t = fsc(avg * mask, truth * mask, apix)
-        band = (freq_t > 0) & (freq_t <= (2.0 / 3.0) / (2.0 * apix))
-        out[name] = {"fsc0143_A": round(resolution_at(freq, curve, 0.143), 3),
-                     "truth_fsc05_A": round(resolution_at(freq_t, curve_t, 0.5), 3),
-                     "truth_fsc_mean": round(float(curve_t[band].mean()), 4)}
-    return out
-
-
-def read_halves(folder: Path, pattern: str = "half{}.mrc") -> tuple:
-    """(half 1, half 2) float64 arrays of ``folder``/``pattern`` (e.g. a run's final/ or a score
-    folder's ``relion_half{}.mrc``)."""
-    return tuple(read_map(folder / pattern.format(s))[0].astype(np.float64) for s in (1, 2))
-
-
 def patch_mask_scores(patch_run: Path, work: Path, global_run: Path, set_dir: Path, apix: float, sub: str) -> dict:
     """Inside each patch's own mask (``patch_run``/masks/patch_NN.mrc): that patch's poses
     (RELION reconstruction, score folder ``score_<sub>_patch_NN``) against the global run's
     (``score_global``), and the composite's gmmcore half maps against global's — the issue's
     "better inside each patch".  Patch names → {"patch", "global", "composite_gmmcore",
-    "global_gmmcore"} (each map_scores of that one mask), plus "mean" over patches of the gains
-    in mean FSC against the truth."""
+    "global_gmmcore"} (each map_scores of that one mask), plus "mean_gain_truth_fsc_mean": the
+    mean over patches of the gain in mean FSC against the truth (patch vs global, composite vs global)."""
     masks = {p.stem: p for p in sorted((patch_run / "masks").glob("patch_*.mrc"))}
     glob_relion = read_halves(work / "score_global", "relion_half{}.mrc")
     comp, glob = read_halves(patch_run / "final"), read_halves(global_run / "final")
