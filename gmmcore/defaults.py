@@ -22,7 +22,7 @@ BACKENDS = ("tf", "jax")
 SYMMETRY = "C1"
 WIDTH_RULE = "variance"  # focused refinement: σ'² = σ²/d outside the mask (the reference code's rule)
 WIDTH_RULES = ("variance", "sigma")  # sigma: σ' = σ/d (the paper's text)
-PATCH_SHAPE = "sphere"  # patch masks: a sphere around each patch's Gaussians (the reference code's default)
+PATCH_SHAPE = "tight"  # patch masks: the particle's density shared out by nearest Gaussian (measured: benchmarks/realistic/README.md)
 PATCH_SHAPES = ("tight", "sphere")  # tight: the particle's density shared out by nearest Gaussian (gmmcore.refine.patches)
 MASK_LEVEL = 0.25  # focused refinement: d = L + (1 − L)·M, L the mask level
 BAND_RULE = "fsc01"  # the alignment band: 0.9 × where the masked FSC of the last half maps falls below 0.1

@@ -332,8 +332,9 @@ class FinalFiles:
 @dataclass
 class PatchRecord:
     """One patch of a patch-by-patch run: its own focused run in ``dir`` (relative to the patch
-    run's folder), its soft spherical ``mask`` (MRC), the sphere (``center_A`` x/y/z Å from the box
-    centre, ``radius_A`` without the fall-off), the number of GMM centres it holds, and — once the
+    run's folder), its soft ``mask`` (MRC; tight or a sphere, :class:`PatchDefinition`), its cluster
+    (``center_A`` x/y/z Å from the box centre; ``radius_A``: its farthest Gaussian, the sphere's
+    radius without the fall-off), the number of GMM centres it holds, and — once the
     patch has finished — its results: ``resolution`` (FSC mask), ``resolution_focus`` (within its
     mask; ``resolution_focus_initial`` at the start) and its refined ``particles`` (star)."""
 

@@ -10,17 +10,20 @@ global refinement, which aligns to a compromise of the two bodies:
   reconstruction from them is clearly better inside the moving domain's mask: its FSC against
   the true map there reaches FSC 0.5 at a ≥ 7 % finer resolution; the gold-standard half-map
   FSC inside that mask does not get worse (≤ +0.1 Å at 0.143);
-* patch-by-patch refinement (2 patches, 1 iteration each): the composite is at least as good as
-  the global map globally (gold-standard masked FSC 0.143 no worse than +0.05 Å) and better inside
-  the moving domain (FSC against the truth at 0.5 ≥ 2.5 % finer; half-map FSC not worse).
+* patch-by-patch refinement (2 patches, 1 iteration each, the default tight patches): the
+  composite is at least as good as the global map globally (gold-standard masked FSC 0.143 no
+  worse than +0.05 Å) and better inside the moving domain (FSC against the truth at 0.5 ≥ 2.5 %
+  finer; the half-map FSC there within +0.15 Å).
 
 Margins from the spread over simulation seeds 0–4 (``benchmarks/seed_spread.py --suite
-focused-domain``), per seed 0..4: focused/global pose error 0.70 0.70 0.73 0.63 0.73; focused/global
-FSC-vs-truth 0.5 resolution 0.86 0.87 0.83 0.88 0.84; composite/global 0.95 0.94 0.92 0.90 0.94;
-half-map 0.143 change focused −0.10 −0.25 −0.14 −0.29 −0.02 Å, composite −0.03 −0.30 −0.01 −0.09
-−0.02 Å; composite − global resolution −0.13 −0.07 −0.07 −0.12 −0.02 Å.  A required improvement is
-the original one where the spread supports it, else max(half the smallest gap, mean − 3 sd); the
-"not worse" tolerances stay (no seed got worse).
+focused-domain``; 2026-12-06, tight patches), per seed 0..4: focused/global pose error 0.70 0.70
+0.72 0.63 0.74; focused/global FSC-vs-truth 0.5 resolution 0.86 0.87 0.82 0.89 0.84;
+composite/global 0.93 0.94 0.91 0.90 0.95 (spheres, before: 0.95 0.94 0.92 0.90 0.94); half-map
+0.143 change focused −0.30 −0.10 −0.19 −0.05 +0.02 Å, composite +0.01 +0.01 −0.07 −0.04 +0.06 Å
+(mean −0.01, s.d. 0.05: the tolerance is mean + 3 s.d.; spheres −0.03 −0.30 −0.01 −0.09 −0.02);
+composite − global resolution −0.06 −0.03 −0.02 −0.13 −0.05 Å.  A required improvement is the
+original one where the spread supports it, else max(half the smallest gap, mean − 3 sd); the
+"not worse" tolerances stay where no seed came near them.
 
 Why the truth and not only the half maps: at these sizes the gold-standard FSC inside the
 domain's mask hardly moves (measured 4.37 → 4.28 Å while the FSC against the truth went 5.75 →
@@ -132,4 +135,4 @@ def test_composite_better_in_the_domain_and_as_good_globally(runs):
                                                        ["final"]["resolution"], abs=1e-6)
     assert comp <= start + 0.05, (start, comp)
     assert c_true <= 0.975 * g_true, (g_true, c_true)
-    assert c_half <= g_half + 0.1, (g_half, c_half)
+    assert c_half <= g_half + 0.15, (g_half, c_half)  # measured −0.07 … +0.06 Å (docstring)
