@@ -234,3 +234,34 @@ def test_patch_shape_is_part_of_the_run(tiny_global, clean_patches, capsys):
     other = next(s for s in defaults.PATCH_SHAPES if s != defaults.PATCH_SHAPE)
     assert _patches(tiny_global, clean_patches, "--patch-shape", other) != 0
     assert "patch_shape" in capsys.readouterr().err
+
+
+def test_a_patch_without_density_is_refused_before_anything_is_written(tiny_global, tmp_path, capsys):
+    """Tight patches: a patch count whose K-means leaves a patch with none of the particle's density
+    (a cluster of Gaussians outside it) is refused naming --patches, before the output folder is
+    made; the corrected command then runs in the same --out."""
+    from gmmcore.errors import InputError
+    from gmmcore.refine.patches import define_patches, tight_patch_masks
+    from gmmcore.refine.start import start_from_run
+
+    _, start, *_ = start_from_run(str(tiny_global))
+    density = 0.5 * (start.half_maps[1] + start.half_maps[2])
+    box = density.shape[0]
+
+    def refused(k):
+        labels = define_patches(start.gmms, k, box, 2.0)[1]
+        try:
+            tight_patch_masks(start.gmms, labels, k, density, 2.0, 5.0)
+        except InputError:
+            return True
+        return False
+
+    k = next((k for k in range(8, 121, 8) if refused(k)), None)
+    assert k is not None, "no patch count up to 120 leaves a patch outside the density"
+    out = tmp_path / "patches"
+    assert _patches(tiny_global, out, "--patches", str(k)) != 0
+    err = capsys.readouterr().err
+    assert "--patches" in err and "none of the particle's density" in err, err
+    assert not (out / "params.json").exists() and not (out / "masks").exists()
+    assert _patches(tiny_global, out) == 0  # the helper's 2 patches (a later --patches overrides them)
+    assert json.loads((out / "patches.json").read_text())["k"] == 2

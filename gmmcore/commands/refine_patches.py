@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"not a list of patch numbers: {args.patch!r}", field="--patch") from None
     _check_before_writing(args, only)
     params = PatchParams(source=existing(args.source, "--from"), out=str(args.out), patches=args.patches,
-                         iterations=args.iterations, patch_shape=args.patch_shape, falloff_px=args.falloff, patch_seed=args.patch_seed, only=only,
+                         iterations=args.iterations, patch_shape=args.patch_shape, falloff_px=args.falloff,
+                         patch_seed=args.patch_seed, only=only,
                          reimpose=args.reimpose, fsc_mask=existing(args.fsc_mask, "--fsc-mask") if args.fsc_mask else None,
                          **alignment_values(args))
     # one unit per patch: several GPUs / workers refine patches at once (--gpu 0,1 / --workers / --cluster)

@@ -147,9 +147,11 @@ def _patch_dir(i: int) -> str:
     return f"patch_{i:02d}"
 
 
-def _load_or_define(run: RunDir, p: PatchParams, start, box: int, apix: float) -> List[dict]:
-    if (run.path / PatchDefinition.NAME).is_file():
-        return PatchDefinition.load(run.path).patches
+def _define(p: PatchParams, start, box: int, apix: float) -> Tuple[List[dict], dict, List[np.ndarray]]:
+    """(patches, labels, masks) of a new run (each patch with its share of the start map's mass)."""
+    if p.patch_shape not in defaults.PATCH_SHAPES:
+        raise InputError(f"unknown patch shape {p.patch_shape!r} (one of {', '.join(defaults.PATCH_SHAPES)})",
+                         field="--patch-shape")
     patches, labels = define_patches(start.gmms, p.patches, box, apix, p.falloff_px, p.patch_seed)
     density = 0.5 * (start.half_maps[1] + start.half_maps[2])
     if p.patch_shape == "tight":
@@ -158,10 +160,20 @@ def _load_or_define(run: RunDir, p: PatchParams, start, box: int, apix: float) -
         masks = [patch_mask(patch, box, apix, p.falloff_px) for patch in patches]
     positive = np.clip(lowpass(density, apix, 15.0), 0.0, None)  # the mask shares below: noise-free enough
     total = float(positive.sum()) or 1.0
-    (run.path / "masks").mkdir(exist_ok=True)
     for i, (patch, mask) in enumerate(zip(patches, masks), 1):
         patch.update(index=i, dir=_patch_dir(i), mask=f"masks/{_patch_dir(i)}.mrc",
                      mask_mass=round(float((mask * positive).sum()) / total, 4))
+    return patches, labels, masks
+
+
+def _load_or_write(run: RunDir, p: PatchParams, start, box: int, apix: float, new) -> List[dict]:
+    """The run's patches: its patches.json, or ``new`` (from :func:`_define` before the run was
+    created; made again here if the run turned out to be an older one with another shape)."""
+    if (run.path / PatchDefinition.NAME).is_file():
+        return PatchDefinition.load(run.path).patches
+    patches, labels, masks = _define(p, start, box, apix) if new is None or new[3] != p.patch_shape else new[:3]
+    (run.path / "masks").mkdir(exist_ok=True)
+    for patch, mask in zip(patches, masks):
         write_map(run.path / patch["mask"], mask, apix)
     PatchDefinition(k=p.patches, seed=p.patch_seed, falloff_px=p.falloff_px, shape=p.patch_shape,
                     source="K-means of both half GMMs' centres", patches=patches,
@@ -198,15 +210,15 @@ def run_patches(p: PatchParams, executor=None) -> RunSummary:
         fsc_mask = read_user_mask(p.fsc_mask, box, apix, "FSC mask", "--fsc-mask")
     record = asdict(p)
     record["start_fingerprint"] = state_fingerprint(start)
+    # a new run's patches and masks first: a patch count its particle cannot hold is refused before
+    # anything is written (so the corrected command can use the same --out)
+    new = None if (Path(p.out) / PatchDefinition.NAME).is_file() else (*_define(p, start, box, apix), p.patch_shape)
     # each patch_NN is a run of its own (maybe written by another worker now): it cleans itself
     run = RunDir.create_or_continue(p.out, record, IDENTITY, nested_runs=("patch_*",))
     p = replace(p, **run.inherited)  # an older run keeps what it was made with
     if not (run.path / FSC_MASK).is_file():
         write_map(run.path / FSC_MASK, fsc_mask, apix)
-    if p.patch_shape not in defaults.PATCH_SHAPES:
-        raise InputError(f"unknown patch shape {p.patch_shape!r} (one of {', '.join(defaults.PATCH_SHAPES)})",
-                         field="--patch-shape")
-    patches = _load_or_define(run, p, start, box, apix)
+    patches = _load_or_write(run, p, start, box, apix, new)
     wanted = sorted(set(p.only or range(1, len(patches) + 1)))
     bad = [i for i in wanted if not 1 <= i <= len(patches)]
     if bad:
