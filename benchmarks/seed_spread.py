@@ -9,6 +9,10 @@ mean/median), shifts (px) and the in-mask FSC measures of every pose set.
 ``--suite focused-domain`` (``tests/test_focused_domain.py``): the simulation with that seed, its
 global, focused and patch runs; the in-domain resolutions, pose errors and composite resolution.
 
+``--suite assembly-patches`` (``tests/test_realistic_assembly.py``; needs RELION): the test's small
+realistic assembly set with that seed, its global run, then its patch run; the patches' gains
+against global inside their own masks and the composite's on the whole particle.
+
 Prints one JSON line per seed (the measures the test asserts on, computed by the test's own code):
 
     GMMCORE_NO_PROGRESS=1 nice -n 10 python benchmarks/seed_spread.py --suite heterogeneity \
