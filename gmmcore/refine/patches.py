@@ -168,10 +168,10 @@ def _define(p: PatchParams, start, box: int, apix: float) -> Tuple[List[dict], d
 
 def _load_or_write(run: RunDir, p: PatchParams, start, box: int, apix: float, new) -> List[dict]:
     """The run's patches: its patches.json, or ``new`` (from :func:`_define` before the run was
-    created; made again here if the run turned out to be an older one with another shape)."""
+    created; made again here if the run turned out to be an older one that keeps another shape)."""
     if (run.path / PatchDefinition.NAME).is_file():
         return PatchDefinition.load(run.path).patches
-    patches, labels, masks = _define(p, start, box, apix) if new is None or new[3] != p.patch_shape else new[:3]
+    patches, labels, masks = _define(p, start, box, apix) if new is None or "patch_shape" in run.inherited else new
     (run.path / "masks").mkdir(exist_ok=True)
     for patch, mask in zip(patches, masks):
         write_map(run.path / patch["mask"], mask, apix)
@@ -212,7 +212,7 @@ def run_patches(p: PatchParams, executor=None) -> RunSummary:
     record["start_fingerprint"] = state_fingerprint(start)
     # a new run's patches and masks first: a patch count its particle cannot hold is refused before
     # anything is written (so the corrected command can use the same --out)
-    new = None if (Path(p.out) / PatchDefinition.NAME).is_file() else (*_define(p, start, box, apix), p.patch_shape)
+    new = None if (Path(p.out) / PatchDefinition.NAME).is_file() else _define(p, start, box, apix)
     # each patch_NN is a run of its own (maybe written by another worker now): it cleans itself
     run = RunDir.create_or_continue(p.out, record, IDENTITY, nested_runs=("patch_*",))
     p = replace(p, **run.inherited)  # an older run keeps what it was made with
