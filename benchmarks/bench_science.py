@@ -13,6 +13,8 @@ Modes (each a gmmcore command on the set's start poses; folders under --work/<se
   patches   gmmcore refine-patches --from global --patches 3 (each patch's poses scored; the composite
             half maps' FSC reported as made by gmmcore; inside each patch's mask: the patch's poses vs
             global's poses (RELION maps) and the composite vs global (gmmcore maps))
+  heterogeneity  gmmcore heterogeneity --from global alone, its latent scored against the true state
+            (benchmarks.realistic.latent_check: |ρ(PC1, t)|, R², and on the occupancy set the AUC of PC1)
   c2p       gmmcore heterogeneity --from global, then gmmcore conf2pose --mask domain_mask.mrc
 Each run is skipped when its final/ folder exists (--rerun to redo).  Extra flags per mode:
 --extra-global, --extra-focused, --extra-patches, --extra-heterogeneity, --extra-c2p (one string each).
@@ -49,10 +51,11 @@ sys.path.insert(0, str(ROOT))
 from gmmcore.io.maps import read_map  # noqa: E402
 from gmmcore.io.star import read_star  # noqa: E402
 
+from benchmarks.realistic.latent_check import latent_scores  # noqa: E402
 from benchmarks.realistic.truth import MASKS, map_scores, pose_errors, read_halves  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_science.json"
-MODES = ("truth", "truth-domain", "start", "global", "focused", "patches", "c2p")
+MODES = ("truth", "truth-domain", "start", "global", "focused", "patches", "heterogeneity", "c2p")
 
 
 def gmmcore(*args: str, log: Path) -> float:
@@ -232,6 +235,15 @@ def run_modes(a) -> dict:
             score(g / "final" / "particles.star", set_dir, work / "score_global", log)
         entry["in_patch_masks"] = patch_mask_scores(d, work, g, set_dir, apix, sub)
         record("patches", entry)
+    if "heterogeneity" in a.modes:
+        h = work / f"heterogeneity_{sub}"
+        fresh(h)
+        sec = 0.0
+        if not (h / "final" / "latents.csv").is_file():
+            sec += gmmcore("heterogeneity", "--from", str(g), "--out", str(h), *shlex.split(a.extra_heterogeneity),
+                           log=log)
+        record("heterogeneity", {"latent": latent_scores(h, set_dir), "seconds": round(sec, 1),
+                                 "extra": a.extra_heterogeneity})
     if "c2p" in a.modes:
         h = work / f"heterogeneity_{sub}"
         d = work / f"c2p_{sub}"
@@ -259,7 +271,7 @@ def save(results: dict, path: Path = RESULTS) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Refinement modes on the realistic sets, scored against the truth.")
-    p.add_argument("--set", choices=["rigid", "flexible", "assembly"], default="flexible")
+    p.add_argument("--set", choices=["rigid", "flexible", "assembly", "occupancy"], default="flexible")
     p.add_argument("--modes", nargs="+", choices=MODES, default=["truth", "global", "focused"])
     p.add_argument("--data", default=str(ROOT / "benchmarks" / "realistic_cache"), help="generated sets")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "realistic_cache" / "runs"), help="run folders")

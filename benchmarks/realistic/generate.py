@@ -4,6 +4,7 @@ maps computed from the bundled adenylate kinase models (see README.md beside thi
     python -m benchmarks.realistic.generate --set flexible --out benchmarks/realistic_cache
     python -m benchmarks.realistic.generate --set rigid --n 400 --snr 0.1 --out /tmp/small
     python -m benchmarks.realistic.generate --set assembly --out benchmarks/realistic_cache
+    python -m benchmarks.realistic.generate --set occupancy --out benchmarks/realistic_cache
 
 Frames and truth
 ----------------
@@ -27,6 +28,11 @@ Frames and truth
   rigid turn about a hinge halfway between the domain's and the core's centres of mass, axis
   perpendicular to the line joining them, by swing·(2t − 1), swing 15°, t uniform — none at t_ref
   0.5, 7.6° on average.  "lid" in the code below names this domain; the core is the other four.
+* Occupancy set (a change of mass, not of shape: what the heterogeneity decoder's amplitude head is
+  for): the assembly without its swing, the domain present in half of the particles.  Two "bins":
+  bin 0 (t 0) the four core copies alone, bin 1 (t 1) all six; each particle's t is its bin (0 or
+  1), drawn as t uniform → bin, so the same seed gives the same poses as the assembly set.  The
+  truth map (t_ref 0.5) is the whole assembly; the domain's pose is the core's (Q = I).
 * Masks (soft, 3-px raised-cosine edge, :func:`gmmcore.masks.points_mask`): ``domain_mask.mrc``
   voxels within 4 Å of the LID atoms of any bin and nearer to them than to the other atoms of
   t_ref; ``core_mask.mrc`` the same for the core atoms of t_ref; ``particle_mask.mrc`` within 4 Å
@@ -71,7 +77,8 @@ LID = (122, 159)
 NMP = (30, 59)
 T_REF = 0.5
 SETS = {"rigid": dict(n=4000, flexible=False), "flexible": dict(n=6000, flexible=True),
-        "assembly": dict(n=6000, flexible=True, assembly=True, box=80, apix=1.75)}
+        "assembly": dict(n=6000, flexible=True, assembly=True, box=80, apix=1.75),
+        "occupancy": dict(n=6000, flexible=True, assembly=True, occupancy=True, box=80, apix=1.75)}
 DEFAULT_BOX, DEFAULT_APIX = 64, 1.5
 # The assembly set: an octahedral cluster of ASSEMBLY_COPIES closed ADK copies (≈ 24 kDa each); two
 # neighbouring copies form the moving domain (≈ 48 kDa, a third of the mass), which swings about a
@@ -186,8 +193,10 @@ def b_factors_at(traj: dict, t: float) -> np.ndarray:
 
 
 def map_at(traj: dict, t: float, box: int, apix: float) -> np.ndarray:
-    return atom_map(coords_at(traj, t, True), atomic_numbers(traj["elements"]), atom_sigmas(b_factors_at(traj, t)),
-                    box, apix)
+    """The map at trajectory point t (an occupancy set: without the domain below t 0.5)."""
+    keep = ~traj["lid"] if traj.get("occupancy") and t < 0.5 else np.ones(len(traj["lid"]), bool)
+    return atom_map(coords_at(traj, t, True)[keep], atomic_numbers(traj["elements"])[keep],
+                    atom_sigmas(b_factors_at(traj, t))[keep], box, apix)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,14 +301,20 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     box = int(spec.get("box", DEFAULT_BOX) if box is None else box)
     apix = float(spec.get("apix", DEFAULT_APIX) if apix is None else apix)
     flexible = bool(spec["flexible"])
+    occupancy = bool(spec.get("occupancy"))
+    if occupancy:
+        bins, span = 2, 1.0  # t 0: domain absent, t 1: present (module notes)
     params = {"set": kind, "n": n, "seed": int(seed), "box": int(box), "apix": float(apix), "snr": float(snr),
               "bins": int(bins) if flexible else 1, "start_angle_deg": float(start_angle_deg),
               "start_shift_px": float(start_shift_px), "version": 1}
     if flexible and span != 1.0:
         params["span"] = float(span)
+    swing = 0.0 if occupancy else ASSEMBLY_SWING_DEG
     if spec.get("assembly"):
         params["assembly"] = {"copies": ASSEMBLY_COPIES, "domain_copies": ASSEMBLY_DOMAIN_COPIES, "edge_A": ASSEMBLY_EDGE_A,
-                              "swing_deg": ASSEMBLY_SWING_DEG, "seed": ASSEMBLY_SEED}
+                              "swing_deg": swing, "seed": ASSEMBLY_SEED}
+    if occupancy:
+        params["occupancy"] = {"domain_present_fraction": 0.5}
     info_path = out / "generation.json"
     if not force and info_path.is_file():
         old = json.loads(info_path.read_text())
@@ -309,11 +324,15 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     if out.exists():
         shutil.rmtree(out)
     (out / "maps").mkdir(parents=True)
-    traj = load_assembly() if spec.get("assembly") else load_trajectory()
+    traj = load_assembly(swing_deg=swing) if spec.get("assembly") else load_trajectory()
+    traj["occupancy"] = occupancy
     nb = params["bins"]
     t_bins = trajectory_span(span) + (np.arange(nb) + 0.5) / nb * span if flexible else np.zeros(1)
     truth = draw_truth(n, box, apix, seed, flexible, nb, start_angle_deg=start_angle_deg,
                        start_shift_px=start_shift_px, span=span)
+    if occupancy:  # each particle's state is its bin: 0 without the domain, 1 with it
+        t_bins = np.array([0.0, 1.0])
+        truth["t"] = truth["bin"].astype(np.float64)
     t_ref = T_REF if flexible else 0.0
 
     # Maps: the reference state (truth map) and one per bin.
@@ -385,7 +404,9 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
         "snr_definition": "mean over particles of the variance of the clean CTF-corrupted projection inside the "
                           "signal disc / noise variance",
         "t_ref": t_ref,
-        "domain": "ADK copies 0-1 of the assembly" if spec.get("assembly") else f"LID {LID[0]}-{LID[1]}",
+        "domain": ("ADK copies 0-1 of the assembly" + (", present where t = 1" if occupancy else "")
+                   if spec.get("assembly") else f"LID {LID[0]}-{LID[1]}"),
+        **({"domain_present_fraction_drawn": float(truth["t"].mean())} if occupancy else {}),
         "domain_mass_fraction": float(traj["mass"][traj["lid"]].sum() / traj["mass"].sum()), "domain_angle_models_deg": traj["domain_angle_deg"],
         "domain_angle_from_ref_deg": {"mean": float(q_angle.mean()), "max": float(q_angle.max())},
         "start_error_deg": {"mean": float(np.rad2deg(Rotation.from_matrix(
@@ -401,8 +422,8 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--set", choices=["rigid", "flexible", "assembly", "both"], default="both",
-                   help="both = rigid and flexible (the assembly set is made only when named)")
+    p.add_argument("--set", choices=["rigid", "flexible", "assembly", "occupancy", "both"], default="both",
+                   help="both = rigid and flexible (the assembly and occupancy sets are made only when named)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "realistic_cache"),
                    help="cache folder (one sub-folder per set; default benchmarks/realistic_cache)")
     p.add_argument("--n", type=int, default=None, help="particles (default 4000 rigid, 6000 flexible)")
