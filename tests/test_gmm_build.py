@@ -104,6 +104,11 @@ def test_estimate_n_follows_the_nearest_neighbour_rule(truth):
     assert n_ref / 1.5 < n6 < n_ref * 1.5
     # and the crude volume rule (BCC packing of the kept volume) within a factor ~2.5
     assert det["volume_A3"] * (1.09 / 6.0) ** 3 / 2.5 < n6 < det["volume_A3"] * (1.09 / 6.0) ** 3 * 2.5
+    # --gmm-n-scale 2: twice the Gaussians, whose seeds are ≈ 2^(1/3) closer than the rule's
+    n6x2, det2 = build.estimate_n_gaussians(m, APIX, 6.0, return_details=True, scale=2.0)
+    assert n6x2 == round(2 * n6) and det2["n_scale"] == 2.0
+    d2 = build.mean_nn_distance(build.seed_kmeans(m, APIX, n6x2), "median")
+    assert abs(d / d2 / 2 ** (1 / 3) - 1) < 0.1, (d, d2)
 
 
 def test_seed_from_atoms_frame_and_noise():

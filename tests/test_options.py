@@ -40,6 +40,8 @@ BAD = [
     ("--mask-level", ["--mask-level", "0"]),
     ("--mask-level", ["--mask-level", "1.5"]),
     ("--mask-level", ["--mask-level", "nan"]),
+    ("--gmm-n-scale", ["--gmm-n-scale", "0"]),
+    ("--gmm-n-scale", ["--gmm-n-scale", "20"]),
 ]
 
 

@@ -298,3 +298,21 @@ def test_gmm_local_res_blurs_what_aligns_never_what_is_saved(loop_setup, monkeyp
         blur = local_blur_A(local, fitted.centers, 2.0, plan.band_of(state).resolution_A)
         np.testing.assert_allclose(used.sigmas, np.sqrt(fitted.sigmas.astype(float) ** 2 + blur ** 2), rtol=1e-6)
         assert (blur > 0).sum() >= 1 and (blur == 0).sum() >= 1
+
+
+def test_gmm_n_scale_multiplies_the_estimated_number_of_gaussians(loop_setup):
+    """--gmm-n-scale 2 reaches each half's seeded GMM: N is the estimate at the band × 2 (the same
+    estimate the fit makes: the half map low-passed to the band, seed + h), not the plan's fixed N."""
+    from gmmcore.fourier import lowpass
+    from gmmcore.gmm.build import estimate_n_gaussians
+    from gmmcore.refine import loop
+    from gmmcore.refine.rundir import RunDir
+
+    table, state, plan, backend, folder = loop_setup
+    scaled = replace(plan, ngauss=None, gmm_n_scale=2.0)
+    new, _ = loop.iterate(table, state, scaled, backend, RunDir(folder / "n_scale").iteration(1))
+    band = scaled.band_of(state).resolution_A
+    for h in (1, 2):
+        m = lowpass(state.half_maps[h], 2.0, band)
+        n1 = estimate_n_gaussians(m, 2.0, band, seed=scaled.seed + h)
+        assert len(new.gmms[h]) == round(2 * n1) != plan.ngauss, (h, len(new.gmms[h]), n1)

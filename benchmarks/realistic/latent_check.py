@@ -6,10 +6,11 @@
 Per half: Spearman |ρ| between PC1 and the particle's true state t, and R² of t on the whole
 latent (least squares with a constant).  On a two-state set (the occupancy set: t 0 or 1) also the
 area under the ROC curve of PC1 for the state (max(AUC, 1 − AUC): 0.5 no separation, 1 perfect) and
-the moving Gaussians' decoded mass at the mean latent of the t-0 particles over that at the t-1
-particles' (the occupancy set: 0 is the truth; a decoder without its amplitude head keeps 1).  And
-the run's own figure: the decoded GMM's gain in ring-weighted FRC over the neutral one, per half.  Rows are matched to the set by image index (the imported
-stack keeps the generated order: ``k@particles.mrcs`` is truth row k − 1).
+the moving Gaussians' decoded mass (× their motion weights) at the mean latent of the t-0 particles
+over that at the t-1 particles' (the occupancy set: 0 is the truth; a decoder without its amplitude
+head keeps 1).  And the run's own figure: the decoded GMM's gain in ring-weighted FRC over the
+neutral one, per half.  Rows are matched to the set by image index (the imported stack keeps the
+generated order: ``k@particles.mrcs`` is truth row k − 1).
 """
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ def latent_scores(run, set_dir) -> dict:
             auc = float(mannwhitneyu(a, b).statistic) / (len(a) * len(b))
             out[str(h)]["auc_pc1_state"] = round(max(auc, 1.0 - auc), 3)
             net = HalfNetwork.load(Path(run) / "final" / f"network_half{h}.npz")
-            moving = net.decoder.layout.move > 0.5
-            mass = [float(net.decoder.gmm(z[t == st].mean(0)).amplitudes[moving].sum()) for st in states]
+            move = net.decoder.layout.move  # each Gaussian's motion weight (the mask at its centre)
+            mass = [float((net.decoder.gmm(z[t == st].mean(0)).amplitudes * move).sum()) for st in states]
             out[str(h)]["decoded_mass_ratio"] = round(mass[0] / mass[1], 3)
         rep = summary["halves"][str(h)]
         out[str(h)]["frc_gain_decoded"] = round(float(rep["frc_decoded"]) - float(rep["frc_neutral"]), 4)

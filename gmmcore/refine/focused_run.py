@@ -58,7 +58,7 @@ FOCUS_MASK = "focus_mask.mrc"
 IDENTITY = ("particles_hash", "start_fingerprint", "focus_mask_fingerprint", "fsc_mask_fingerprint", "fit_mask_fingerprint",
             "ngauss", "maxres", "minres", "sym", "steps", "lr_angle", "lr_shift", "seed", "pad", "ring_weight",
             "prior_angle", "prior_shift", "width_rule", "mask_level", "band_rule", "align_from", "drop_worst", "gmm_fit", "gmm_start",
-            "gmm_local_res")
+            "gmm_local_res", "gmm_n_scale")
 
 
 @dataclass(kw_only=True)
@@ -92,6 +92,7 @@ class FocusedAlignment(AlignmentOptions):
     gmm_fit: str = defaults.GMM_FIT  # "fourier" or "hermitian": the GMM fit's transform
     gmm_start: str = defaults.GMM_START  # "seed" or "warm": iterations ≥ 2 from the previous GMM of the half
     gmm_local_res: str = defaults.GMM_LOCAL_RES  # "on": GMMs blurred where the local resolution is coarser
+    gmm_n_scale: float = defaults.GMM_N_SCALE  # seeded GMMs: the estimated number of Gaussians × this
 
 
 @dataclass
@@ -132,7 +133,8 @@ def focused_plan(table: ParticleTable, start: RefinementState, focus_mask: np.nd
                          shape_gmm=widen_outside(focus_mask, apix, params.mask_level, params.width_rule), prior=start.poses, ngauss=params.ngauss,
                          seed=params.seed, pad=params.pad, extra_report=focus_report(focus_mask, apix),
                          band_source=band_source(params.band_rule, fsc_mask, apix), align_from=params.align_from,
-                         drop_worst=params.drop_worst, gmm_fit=params.gmm_fit, gmm_start=params.gmm_start, gmm_local_res=params.gmm_local_res)
+                         drop_worst=params.drop_worst, gmm_fit=params.gmm_fit, gmm_start=params.gmm_start, gmm_local_res=params.gmm_local_res,
+                         gmm_n_scale=params.gmm_n_scale)
 
 
 def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.ndarray, params: FocusedParams,

@@ -39,11 +39,12 @@ log = logging.getLogger("gmmcore.refine")
 
 def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Optional[np.ndarray],
                  ngauss: Optional[int], seed: int, store: IterationStore, backend: str,
-                 gmm_fit: str = "fourier", previous: Optional[GMM] = None) -> Tuple[object, dict]:
+                 gmm_fit: str = "fourier", previous: Optional[GMM] = None,
+                 n_scale: float = 1.0) -> Tuple[object, dict]:
     """Work unit: half h's GMM of this iteration, loaded when saved by an earlier (killed) run,
     else fitted to the half map (× ``fit_mask``, low-passed to the band) and saved.  ``previous``:
     half h's GMM of the last iteration to start from (``--gmm-start warm``, :mod:`gmmcore.gmm.warm`;
-    None: K-means seeds)."""
+    None: K-means seeds, the estimated number of Gaussians × ``n_scale``)."""
     saved = store.load_gmm(h)
     if saved is not None:
         return saved
@@ -53,7 +54,7 @@ def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Opti
             start = warm_start(previous, m, apix, band.resolution_A, n_gaussians=ngauss)
             kw = dict(init=start, iterations=WARM_STEPS)
         else:
-            kw = dict(n_gaussians=ngauss)
+            kw = dict(n_gaussians=ngauss, n_scale=n_scale)
         gmm, rep = build_gmm(m, apix, band.resolution_A, seed=seed + h,
                              minres_A=band.minres_A, backend=get_backend(backend), hermitian=gmm_fit == "hermitian",
                              desc=f"iter {store.iteration} half {h} GMM fit", **kw)
@@ -122,7 +123,8 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     warm = plan.gmm_start == "warm" and state.iteration >= 1 and state.gmms is not None
     fitted = HalfPair(*ex.run([Unit(f"iter {it} half {h} GMM fit", fit_gmm_unit,
                                     (h, state.half_maps[h], apix, band, plan.fit_mask, plan.ngauss, plan.seed, store,
-                                     backend.name, plan.gmm_fit, state.gmms[h] if warm else None)) for h in (1, 2)]))
+                                     backend.name, plan.gmm_fit, state.gmms[h] if warm else None, plan.gmm_n_scale))
+                              for h in (1, 2)]))
     for h, (g, rep) in fitted.items():
         log.info("  half %d: GMM of %d Gaussians, map-vs-GMM FSC %.3f", h, len(g), float(rep.get("fsc_mean", np.nan)))
     # The plan's shape applies to the GMM whether it was just fitted or loaded: one place, never saved.

@@ -115,6 +115,7 @@ class IterationPlan:
     gmm_fit: str = "fourier"  # "fourier" or "hermitian": the fit's GMM transform (gmmcore.gmm.build.fit_gmm)
     gmm_start: str = "seed"  # "warm": iterations ≥ 2 start each half's GMM from its previous one (gmm.warm)
     gmm_local_res: str = "off"  # "on": GMMs blurred by their local resolution before shape_gmm (gmm.localwidth)
+    gmm_n_scale: float = 1.0  # seeded GMMs: the estimated number of Gaussians × this (gmm.build.estimate_n_gaussians)
 
     def band_of(self, state: "RefinementState") -> Band:
         """The band of the iteration that starts from ``state``."""

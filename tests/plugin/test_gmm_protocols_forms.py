@@ -227,14 +227,15 @@ class TestGmmProtocolForms(BaseTest):
                              protClass.__name__)
             if not has:
                 continue
-            for name in ("bandRule", "alignFrom", "dropWorst", "gmmFit", "gmmStart", "gmmLocalRes"):
+            for name in ("bandRule", "alignFrom", "dropWorst", "gmmFit", "gmmStart", "gmmLocalRes", "gmmNScale"):
                 self.assertEqual(prot.getParam(name).expertLevel.get(), LEVEL_ADVANCED, (protClass.__name__, name))
             self.assertEqual(alignmentRuleOptions(prot), {"band_rule": defaults.BAND_RULE,
                                                           "align_from": defaults.ALIGN_FROM,
                                                           "drop_worst": defaults.DROP_WORST,
                                                           "gmm_fit": defaults.GMM_FIT,
                                                           "gmm_start": defaults.GMM_START,
-                                                          "gmm_local_res": defaults.GMM_LOCAL_RES})
+                                                          "gmm_local_res": defaults.GMM_LOCAL_RES,
+                                                          "gmm_n_scale": defaults.GMM_N_SCALE})
         refine = self._saved(GmmProtRefine, useGpu=False)
         refine.inputParticles.set(self._particles("rules"))
         signature = refine._formSignature()
@@ -260,6 +261,12 @@ class TestGmmProtocolForms(BaseTest):
         other_local = [c for c in GMM_LOCAL_RES if c != defaults.GMM_LOCAL_RES][0]  # the non-default choice
         refine.gmmLocalRes.set(GMM_LOCAL_RES.index(other_local))
         self.assertNotEqual(refine._formSignature(), signature)
+        signature = refine._formSignature()
+        refine.gmmNScale.set(2.0)
+        self.assertNotEqual(refine._formSignature(), signature)
+        refine.gmmNScale.set(20.0)
+        self.assertTrue(any("GMM size" in e for e in refine.validate()), refine.validate())
+        refine.gmmNScale.set(2.0)
         command = Plugin.getGmmcoreArgs("refine", out="o", **refine._engineOptions())
         self.assertIn("--band-rule %s " % other, command + " ")
         self.assertIn("--align-from prior ", command + " ")
@@ -267,18 +274,20 @@ class TestGmmProtocolForms(BaseTest):
         self.assertIn("--gmm-fit hermitian ", command + " ")
         self.assertIn("--gmm-start warm ", command + " ")
         self.assertIn("--gmm-local-res %s " % other_local, command + " ")
+        self.assertIn("--gmm-n-scale 2.0 ", command + " ")
         for protClass, verb, required in (
                 (GmmProtFocusedRefine, "refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
                 (GmmProtPatchRefine, "refine-patches", dict(out="o", **{"from": "r"}))):
             options = self._saved(protClass, bandRule=BAND_RULES.index(other), alignFrom=1, dropWorst=0.1,
                                    gmmFit=GMM_FITS.index("hermitian"), gmmStart=GMM_STARTS.index("warm"),
-                                   gmmLocalRes=GMM_LOCAL_RES.index(other_local),
+                                   gmmLocalRes=GMM_LOCAL_RES.index(other_local), gmmNScale=2.0,
                                    useGpu=False)._alignmentOptions()
             self.assertEqual((options["band_rule"], options["align_from"]), (other, "prior"), verb)
             argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
             args = build_parser(argv).parse_args(argv)
             self.assertEqual((args.band_rule, args.align_from, args.drop_worst, args.gmm_fit, args.gmm_start,
-                              args.gmm_local_res), (other, "prior", 0.1, "hermitian", "warm", other_local), verb)
+                              args.gmm_local_res, args.gmm_n_scale),
+                             (other, "prior", 0.1, "hermitian", "warm", other_local, 2.0), verb)
 
     def test_decoder_amplitude_field_reaches_the_engine(self):
         """Heterogeneity form: expert "Decoder amplitudes" (the engine's default) becomes --amplitude,
