@@ -123,6 +123,27 @@ def _neutral_gmm(h: int, state, apix: float, res: float, minres: float, seed: in
 
 
 MIN_BIN_PARTICLES = 10  # particles per half in one bin along PC1: fewer make a map of noise
+COVERAGE_WARN = 0.5  # warn when the GMM's share of mass in --mask is below this × the map's share of density
+
+
+def mask_coverage(half_map: np.ndarray, gmm: GMM, mask: np.ndarray, apix: float) -> dict:
+    """How much of a region the GMM holds: ``map_share``, the share of the half map's density inside
+    ``mask`` (voxels above the median + 1 robust noise σ, weighted by their height above it and by the
+    soft mask), and ``gmm_share``, the share of the GMM's mass inside it (amplitudes × the mask at the
+    centres).  A GMM keeps density above its threshold (:func:`gmmcore.gmm.build.auto_threshold`), so a
+    part present in only some particles, or blurred by its motion, can be in the map and not in the
+    GMM: ``low`` is True when ``gmm_share`` < :data:`COVERAGE_WARN` × ``map_share``.  The analysis only
+    moves (and scales) the GMM's Gaussians: what the GMM leaves out, it cannot see."""
+    v = np.asarray(half_map, np.float64)
+    b = float(np.median(v))
+    noise = 1.4826 * float(np.median(np.abs(v - b)))
+    d = np.clip(v - b - noise, 0.0, None)
+    map_share = float((d * mask).sum() / d.sum()) if d.sum() > 0 else 0.0
+    a = np.asarray(gmm.amplitudes, np.float64)
+    w = np.clip(values_at(mask, gmm.centers, apix), 0.0, 1.0)
+    gmm_share = float((a * w).sum() / a.sum()) if a.sum() > 0 else 0.0
+    return {"map_share": round(map_share, 4), "gmm_share": round(gmm_share, 4),
+            "low": bool(gmm_share < COVERAGE_WARN * map_share)}
 
 
 def _check_before_writing(p: HeterogeneityParams, state, rows, mask, apix: float) -> None:
@@ -199,6 +220,16 @@ def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
         move = None if mask is None else np.clip(values_at(mask, neutral.centers, apix), 0.0, 1.0)
         if move is not None and not (move > 0).any():
             raise InputError(f"no Gaussian of half {h}'s GMM lies inside the mask", path=p.mask, field="--mask")
+        half_map = lowpass(state.half_maps[h], apix, res)
+        coverage = None if mask is None else mask_coverage(half_map, neutral, mask, apix)
+        if coverage is not None:
+            log.info("half %d: inside --mask, %.0f %% of the half map's density and %.0f %% of the GMM's mass", h,
+                     100 * coverage["map_share"], 100 * coverage["gmm_share"])
+            if coverage["low"]:
+                log.warning("WARNING: half %d: the GMM holds %.0f %% of its mass inside --mask where the half map has "
+                            "%.0f %% of its density: density there is weaker than the GMM keeps (a part present in "
+                            "only some particles, or blurred by its motion?), and this analysis cannot see what the "
+                            "GMM leaves out", h, 100 * coverage["gmm_share"], 100 * coverage["map_share"])
         net_path = fin / f"network_half{h}.npz"
         if net_path.exists():
             net = HalfNetwork.load(net_path)
@@ -223,7 +254,6 @@ def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
         pcs = pca.transform(enc["latent"])
         write_json(fin / f"pca_half{h}.json", pca.to_json())
         zero = net.decoder.gmm(np.zeros(p.latent))
-        half_map = lowpass(state.half_maps[h], apix, res)
         report = LatentHalfReport(
             n_particles=int(rows[h].size), network=str(net_path.relative_to(run.path)), history=history,
             explained_variance_ratio=[float(x) for x in pca.explained_variance_ratio],
@@ -231,7 +261,7 @@ def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
             gmm_fsc_neutral=map_gmm_fsc(half_map, net.decoder.layout.neutral, apix, res, p.minres),
             gmm_fsc_decoder_zero=map_gmm_fsc(half_map, zero, apix, res, p.minres),
             n_gaussians=len(net.decoder.layout.centers), n_moving=net.decoder.M, n_anchors=net.decoder.K,
-            pc1_flipped=bool(flipped))
+            pc1_flipped=bool(flipped), extra={} if coverage is None else {"mask_coverage": coverage})
         log.info("half %d: mean FRC %.4f (neutral) -> %.4f (decoded); PC1 %.0f %% of the latent variance", h,
                  report.frc_neutral, report.frc_decoded, 100 * pca.explained_variance_ratio[0])
         return net, enc, pca, pcs, report
