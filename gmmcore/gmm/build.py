@@ -394,7 +394,7 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
 def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int] = None, seed_model=None,
               seed: int = 0, minres_A: float = 25.0, iterations: int = 300, threshold: Optional[float] = None,
               init: Optional[GMM] = None, seed_points: Optional[int] = None, n_scale: float = 1.0,
-              **fit_kwargs) -> Tuple[GMM, dict]:
+              seed_map=None, **fit_kwargs) -> Tuple[GMM, dict]:
     """Build a GMM of one (half) map at ``resolution_A``.
 
     ``seed_model``: None (K-means seeds; N = ``n_gaussians`` or :func:`estimate_n_gaussians`), a PDB
@@ -408,6 +408,8 @@ def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int]
     off by default.  Off by default: it changes
     the result (benchmarks/bench_iteration.py ``--compare-warm`` measures by how much).  ``n_scale``:
     the estimated N × this (:func:`estimate_n_gaussians`; not applied to a given ``n_gaussians``).
+    ``seed_map``: the map the N estimate and the K-means seeds see instead of ``map_`` (same grid);
+    the fit is always to ``map_``.
     Returns (GMM with meta {box, apix, resolution_A, minres_A, seeding, seed, ...}, report).
     """
     t0 = time.perf_counter()
@@ -441,14 +443,15 @@ def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int]
         centers = seed_from_atoms(coords, resolution_A, seed, origin_A=(box // 2) * apix)
         seeding = {"method": "atoms", "model": source, "noise_sigma_A": ATOM_NOISE_FACTOR * resolution_A}
     else:
+        seen = m if seed_map is None else _check_map(seed_map)
         if n_gaussians is None:
-            n_gaussians, details = estimate_n_gaussians(m, apix, resolution_A, threshold=threshold, seed=seed,
+            n_gaussians, details = estimate_n_gaussians(seen, apix, resolution_A, threshold=threshold, seed=seed,
                                                         return_details=True, scale=n_scale,
                                                         **({} if seed_points is None else {"max_points": seed_points}))
             estimated = True
         else:
             estimated = False
-        centers = seed_kmeans(m, apix, int(n_gaussians), threshold=threshold, seed=seed,
+        centers = seed_kmeans(seen, apix, int(n_gaussians), threshold=threshold, seed=seed,
                               **({} if seed_points is None else {"max_points": seed_points}))
         seeding = {"method": "kmeans", "n_estimated": estimated, **details}
     gmm, report = fit_gmm(m, apix, centers, resolution_A, minres_A=minres_A, iterations=iterations, **fit_kwargs)

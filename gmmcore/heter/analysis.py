@@ -39,7 +39,7 @@ from ..backend import tf as _tf_backend  # noqa: F401 - TensorFlow imported quie
 from ..errors import InputError
 from ..fourier import lowpass
 from ..fsc import fsc
-from ..gmm.build import build_gmm, estimate_n_gaussians, fit_gmm, seed_kmeans
+from ..gmm.build import build_gmm
 from ..gmm.model import GMM
 from ..gmm.render import render_map
 from ..grids import FourierGrid
@@ -166,9 +166,8 @@ def region_seeded_gmm(half_map: np.ndarray, mask: np.ndarray, apix: float, resol
     and the analysis from chance to an AUC of 0.92–0.96 for presence (benchmarks/realistic/README.md)."""
     m = lowpass(half_map, apix, resolution_A)
     seen = m * np.where(mask > 0.5, REGION_BOOST, 1.0).astype(m.dtype)
-    n = estimate_n_gaussians(seen, apix, resolution_A, seed=seed)
-    centers = seed_kmeans(seen, apix, n, seed=seed)
-    gmm, _ = fit_gmm(m, apix, centers, resolution_A, minres_A=min(minres_A, 25.0), backend=backend)
+    gmm, _ = build_gmm(m, apix, resolution_A, seed=seed, minres_A=min(minres_A, 25.0), seed_map=seen,
+                       backend=backend)
     return gmm
 
 
