@@ -104,11 +104,17 @@ def sample_map(map_, apix: float, centers_A: np.ndarray) -> np.ndarray:
 # threshold and seeding
 
 
+def robust_background(map_) -> Tuple[float, float]:
+    """(background b, noise σ_n) of a map: its median and 1.4826 × the median absolute deviation."""
+    v = np.asarray(map_, dtype=np.float64).ravel()
+    b = float(np.median(v))
+    return b, 1.4826 * float(np.median(np.abs(v - b)))
+
+
 def auto_threshold(map_, mass_fraction: float = 0.9, noise_sigmas: float = 3.0) -> Tuple[float, float]:
     """(threshold, background) by the module's rule: max(b + 3σ_n, value holding 90 % of the mass above b)."""
     v = np.asarray(map_, dtype=np.float64).ravel()
-    b = float(np.median(v))
-    noise = 1.4826 * float(np.median(np.abs(v - b)))
+    b, noise = robust_background(v)
     w = v[v > b] - b
     if len(w) == 0 or w.sum() <= 0:
         raise InputError("map is flat (no density above its median)", field="map")

@@ -39,7 +39,7 @@ from ..backend import tf as _tf_backend  # noqa: F401 - TensorFlow imported quie
 from ..errors import InputError
 from ..fourier import lowpass
 from ..fsc import fsc
-from ..gmm.build import build_gmm
+from ..gmm.build import build_gmm, robust_background
 from ..gmm.model import GMM
 from ..gmm.render import render_map
 from ..grids import FourierGrid
@@ -122,11 +122,12 @@ def _neutral_gmm(h: int, state, apix: float, res: float, minres: float, seed: in
     return gmm
 
 
-def _cover_region(h: int, neutral: GMM, coverage: dict, state, mask, apix: float, band_A: float, p, backend,
-                  folder: Path, net_path: Path):
+def _cover_region(h: int, neutral: GMM, coverage: dict, state, mask, apix: float, band_map: np.ndarray, p,
+                  backend, folder: Path, net_path: Path):
     """(neutral GMM, its coverage): where the run's GMM leaves the masked region out (coverage
     ``low``), a GMM re-seeded on it (:func:`region_seeded_gmm`, at the run's final resolution; saved as ``half{h}/neutral_region.gmm.npz`` and reused on resume).  A half whose training
-    began on the run's GMM (a run of an older version) keeps it."""
+    began on the run's GMM (a run of an older version) keeps it.  ``band_map``: half h's map low-passed to
+    the training band (what ``coverage`` was measured on)."""
     if not coverage["low"]:
         return neutral, coverage
     saved = folder / REGION_GMM
@@ -143,7 +144,7 @@ def _cover_region(h: int, neutral: GMM, coverage: dict, state, mask, apix: float
         gmm.meta.update({"half": h, "region_seeded": True})
         folder.mkdir(parents=True, exist_ok=True)
         gmm.save(saved)
-    after = mask_coverage(lowpass(state.half_maps[h], apix, band_A), gmm, mask, apix)
+    after = mask_coverage(band_map, gmm, mask, apix)
     after.update(before=coverage, region_seeded=True)
     log.info("half %d: re-seeded GMM of %d Gaussians (was %d): %.0f %% of its mass inside --mask", h, len(gmm),
              len(neutral), 100 * after["gmm_share"])
@@ -180,8 +181,7 @@ def mask_coverage(half_map: np.ndarray, gmm: GMM, mask: np.ndarray, apix: float)
     GMM: ``low`` is True when ``gmm_share`` < :data:`COVERAGE_WARN` × ``map_share``.  The analysis only
     moves (and scales) the GMM's Gaussians: what the GMM leaves out, it cannot see."""
     v = np.asarray(half_map, np.float64)
-    b = float(np.median(v))
-    noise = 1.4826 * float(np.median(np.abs(v - b)))
+    b, noise = robust_background(v)
     d = np.clip(v - b - noise, 0.0, None)
     map_share = float((d * mask).sum() / d.sum()) if d.sum() > 0 else 0.0
     a = np.asarray(gmm.amplitudes, np.float64)
@@ -268,7 +268,7 @@ def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
         if coverage is not None:
             log.info("half %d: inside --mask, %.0f %% of the half map's density and %.0f %% of the GMM's mass", h,
                      100 * coverage["map_share"], 100 * coverage["gmm_share"])
-            neutral, coverage = _cover_region(h, neutral, coverage, state, mask, apix, res, p, backend, folder,
+            neutral, coverage = _cover_region(h, neutral, coverage, state, mask, apix, half_map, p, backend, folder,
                                               fin / f"network_half{h}.npz")
             if coverage["low"]:
                 log.warning("WARNING: half %d: the GMM holds %.0f %% of its mass inside --mask where the half map has "
