@@ -315,6 +315,42 @@ def test_conformation_to_pose(chain):
         assert z["angle_deg"].shape == (400,) and z["angle_deg"].mean() > 3.0
 
 
+def test_conf2pose_folder_takes_a_new_focused_stage_and_keeps_an_older_record(chain, tmp_path, capsys):
+    """The conversion's identity is its own parameters: ``--focus-iter 0`` then a focused stage with
+    another width rule into the same --out reuses the conversion (its checkpoints untouched); a
+    change after focused iterations is refused in one line; a folder an older version made (its
+    focused stage recorded with the legacy band rule) continues as it was made."""
+    out = tmp_path / "c2p"
+    assert cli("conf2pose", "--from", chain["het"], "--mask", chain["mask"], "--out", out, *C2P_BASE,
+               "--focus-iter", 0) == 0
+    chunk = out / "convert" / "convert_half1_chunk0000.npz"
+    stamp = chunk.stat().st_mtime_ns
+    with np.load(out / "convert" / "poses.npz") as z:
+        converted = z["rotation"].copy()
+    assert cli("conf2pose", "--from", chain["het"], "--mask", chain["mask"], "--out", out, *C2P_BASE,
+               "--focus-iter", 1, "--width-rule", "sigma") == 0
+    assert chunk.stat().st_mtime_ns == stamp
+    with np.load(out / "convert" / "poses.npz") as z:
+        assert np.array_equal(z["rotation"], converted)
+    s = RunSummary_load(out)
+    assert len(s.iterations) == 1 and json.loads((out / "params.json").read_text())["width_rule"] == "sigma"
+    capsys.readouterr()
+    assert cli("conf2pose", "--from", chain["het"], "--mask", chain["mask"], "--out", out, *C2P_BASE,
+               "--focus-iter", 1) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "width_rule" in err and "--out" in err, err
+
+    old = tmp_path / "old"  # the chain's finished run, as an older version recorded its focused stage
+    shutil.copytree(_conf2pose(chain, chain["dir"] / "c2p"), old)
+    record = json.loads((old / "params.json").read_text())
+    record.update(band_rule="fsc0143", gmm_local_res="off")
+    (old / "params.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert cli("conf2pose", "--from", chain["het"], "--mask", chain["mask"], "--out", old, *C2P_ARGS) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert json.loads((old / "params.json").read_text())["band_rule"] == "fsc0143"
+
+
 def test_cli_errors(chain, tmp_path, capsys):
     def one_line_error(*args):
         capsys.readouterr()

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -71,8 +71,13 @@ from .pair import HalfNetwork
 
 log = logging.getLogger("gmmcore.refine.heter")
 
-IDENTITY = ("source", "mask", "steps", "lr_angle", "lr_shift", "res", "focus_iter", "maxres", "minres",
-            "focus_steps", "prior_angle", "prior_shift", "seed", "width_rule", "mask_level")
+# What defines the conversion (convert/): the focused stage's parameters are its own run's identity
+# (refine_focused), so more focused iterations, or a changed focused stage, reuse the conversion.
+IDENTITY = ("source", "mask", "steps", "lr_angle", "lr_shift", "res", "seed")
+# The focused stage's parameters conf2pose sets from its own options (the others keep the engine's
+# defaults for a new run, and what an existing stage was made with on a continuation).
+STAGE_OPTIONS = ("mask", "iterations", "source", "fsc_mask", "sym", "maxres", "minres", "batch", "chunk", "steps",
+                 "prior_angle", "prior_shift", "gpu", "cpu", "seed", "width_rule", "mask_level")
 SUB_BATCH = 1024  # particles decoded at once
 CONVERT = "convert"
 
@@ -226,11 +231,11 @@ def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
              conv_rep["resolution"])
 
     # 3. focused refinement from the converted poses, same mask (FSC in the mask too): a plan plus a call
-    fp = FocusedParams(out=str(out), mask=p.mask, iterations=int(p.focus_iter),
-                       source=str(Path(inp.hs.directory).resolve()), fsc_mask=p.mask, sym="C1", maxres=p.maxres,
-                       minres=p.minres, batch=p.batch, chunk=p.chunk, steps=p.focus_steps, prior_angle=p.prior_angle,
-                       prior_shift=p.prior_shift, gpu=p.gpu, cpu=p.cpu, seed=p.seed, width_rule=p.width_rule,
-                       mask_level=p.mask_level)
+    fp = _focused_stage(out, FocusedParams(
+        out=str(out), mask=p.mask, iterations=int(p.focus_iter), source=str(Path(inp.hs.directory).resolve()),
+        fsc_mask=p.mask, sym="C1", maxres=p.maxres, minres=p.minres, batch=p.batch, chunk=p.chunk,
+        steps=p.focus_steps, prior_angle=p.prior_angle, prior_shift=p.prior_shift, gpu=p.gpu, cpu=p.cpu, seed=p.seed,
+        width_rule=p.width_rule, mask_level=p.mask_level))
     start = RefinementState(0, poses, maps, float(conv_rep["resolution"]))
     summary = refine_focused(conv_table, start, inp.mask, fp, fsc_mask=inp.mask, backend=backend,
                              kind=RunKind.CONF2POSE, mode={"conversion": conversion, "conf2pose": asdict(p),
@@ -238,6 +243,48 @@ def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
     log.info("region: %.2f Å (consensus) -> %.2f Å (converted) -> %.2f Å (focused, %d iterations)",
              consensus["resolution"], conv_rep["resolution"], summary.resolution_final, p.focus_iter)
     return summary
+
+
+STAGE_FILES = ("summary.json", "focus_mask.mrc", "fsc_mask.mrc", "iter000", "final")
+
+
+def _focused_stage(out: Path, fp: FocusedParams) -> FocusedParams:
+    """The focused stage's parameters in ``out``, given an existing stage's record (its params.json):
+
+    * the fields conf2pose does not set (band rule, GMM start and fit, local resolution, ...) keep
+      the recorded values, so a folder made by an older version continues as it was made;
+    * a stage whose recorded identity differs from ``fp`` and that has finished no focused
+      iteration starts anew: its start files go (they are rebuilt from convert/, which stays), so
+      e.g. ``--focus-iter 0`` then ``--focus-iter 3 --width-rule sigma`` into the same --out works.
+      A stage with finished iterations is left to refuse the change (:func:`refine_focused`)."""
+    import json
+    import shutil
+
+    from ..refine.focused_run import IDENTITY as STAGE_IDENTITY
+
+    pfile = out / "params.json"
+    try:
+        old = json.loads(pfile.read_text()) if pfile.is_file() else {}
+    except ValueError:
+        return fp  # refine_focused names the unreadable file
+    if not any(k in old for k in STAGE_IDENTITY):  # the placeholder claimed before the focused stage: new
+        return fp
+    kept = {k: old[k] for k in STAGE_IDENTITY if k in old and k in fp.__dataclass_fields__ and k not in STAGE_OPTIONS}
+    mine = asdict(replace(fp, **kept))
+    changed = [k for k in STAGE_IDENTITY if k in old and k in mine and old[k] != mine[k]]
+    started = [d for d in out.glob("iter[0-9][0-9][0-9]") if d.name != "iter000"]
+    if not changed or started:  # a continuation (or a change refine_focused refuses)
+        return replace(fp, **kept)
+    log.info("the focused stage (no iteration finished) starts anew with %s; the conversion is kept",
+             ", ".join(f"{k} {mine[k]}" for k in changed))
+    for name in STAGE_FILES:
+        f = out / name
+        if f.is_dir():
+            shutil.rmtree(f)
+        elif f.exists():
+            f.unlink()
+    write_json(pfile, {"kind": "conf2pose"})
+    return fp  # a new stage: today's defaults
 
 
 def _convert_poses(p: Conf2PoseParams, inp: _Inputs, conv: RunDir, backend):

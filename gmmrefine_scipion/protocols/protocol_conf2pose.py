@@ -31,6 +31,7 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     RUN_DIR = CONF2POSE_DIR
 
     PARAMS_FILE = ("convert", "params.json")  # the conversion stage writes first
+    CONTINUE_OPTIONS = ("focus_iter",)  # raised Focused iterations: the engine keeps the conversion and adds them
     MAXRES_HELP = "Focused refinement: best resolution used in the alignment (0: follow the FSC)."
     PRIOR_LABEL = "Focused refinement: start pose accuracy"
     BACKEND = False  # gmmcore conf2pose runs on TensorFlow

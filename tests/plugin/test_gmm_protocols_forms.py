@@ -390,3 +390,8 @@ class TestGmmProtocolForms(BaseTest):
         refine.referenceMask.setExtended("outputMask")
         self.assertNotEqual(refine._formSignature(), signature)
         self.assertFalse(engineRun())
+        # conformation to pose: raised Focused iterations continue (the engine keeps the conversion)
+        c2p = GmmProtConfToPose()
+        self.assertTrue(c2p._continuable("focus_iter", 0, 3))
+        self.assertFalse(c2p._continuable("focus_iter", 3, 1))
+        self.assertFalse(c2p._continuable("steps", 30, 40))
