@@ -640,7 +640,10 @@ class LatentHalfReport:
     ring-weighted FRC of the half's particles against the neutral GMM / their decoded GMMs;
     ``gmm_fsc_neutral`` / ``gmm_fsc_decoder_zero``: mean map-vs-GMM FSC (within the band) of the
     neutral GMM and of the decoder at latent 0 against the half map; ``bins``: per PC1 bin
-    {"pc1", "n", "gmm", "gmm_pdb", "map"} (paths relative to the run folder)."""
+    {"pc1", "n", "gmm", "gmm_pdb", "map"} (paths relative to the run folder); ``mask_coverage``
+    (with --mask): {"map_share", "gmm_share" (of the half map's density / of the neutral GMM's mass
+    inside the mask), "low" (re-seed), "short" (warn)}, and where the run's GMM was re-seeded on the region, "region_seeded" and
+    "before" (the run's GMM's shares)."""
 
     n_particles: int
     network: str
@@ -655,6 +658,7 @@ class LatentHalfReport:
     n_anchors: int = 0
     pc1_flipped: bool = False
     bins: List[dict] = field(default_factory=list)
+    mask_coverage: Optional[dict] = None
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:

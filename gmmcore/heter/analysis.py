@@ -184,7 +184,8 @@ def mask_coverage(half_map: np.ndarray, gmm: GMM, mask: np.ndarray, apix: float)
     soft mask), and ``gmm_share``, the share of the GMM's mass inside it (amplitudes × the mask at the
     centres).  A GMM keeps density above its threshold (:func:`gmmcore.gmm.build.auto_threshold`), so a
     part present in only some particles, or blurred by its motion, can be in the map and not in the
-    GMM: ``low`` is True when ``gmm_share`` < :data:`RESEED_BELOW` × ``map_share``.  The analysis only
+    GMM: ``low`` is True when ``gmm_share`` < :data:`RESEED_BELOW` × ``map_share`` (re-seed), ``short``
+    when it is < :data:`COVERAGE_WARN` × ``map_share`` (warn).  The analysis only
     moves (and scales) the GMM's Gaussians: what the GMM leaves out, it cannot see."""
     v = np.asarray(half_map, np.float64)
     b, noise = robust_background(v)
@@ -194,7 +195,7 @@ def mask_coverage(half_map: np.ndarray, gmm: GMM, mask: np.ndarray, apix: float)
     w = np.clip(values_at(mask, gmm.centers, apix), 0.0, 1.0)
     gmm_share = float((a * w).sum() / a.sum()) if a.sum() > 0 else 0.0
     return {"map_share": round(map_share, 4), "gmm_share": round(gmm_share, 4),
-            "low": bool(gmm_share < RESEED_BELOW * map_share)}
+            "low": bool(gmm_share < RESEED_BELOW * map_share), "short": bool(gmm_share < COVERAGE_WARN * map_share)}
 
 
 def _check_before_writing(p: HeterogeneityParams, state, rows, mask, apix: float) -> None:
@@ -276,7 +277,7 @@ def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
                      100 * coverage["map_share"], 100 * coverage["gmm_share"])
             neutral, coverage = _cover_region(h, neutral, coverage, state, mask, apix, half_map, p, backend, folder,
                                               fin / f"network_half{h}.npz")
-            if coverage["gmm_share"] < COVERAGE_WARN * coverage["map_share"]:
+            if coverage["short"]:
                 log.warning("WARNING: half %d: the GMM holds %.0f %% of its mass inside --mask where the half map has "
                             "%.0f %% of its density: density there is weaker than the GMM keeps (a part present in "
                             "only some particles, or blurred by its motion?), and this analysis cannot see what the "
@@ -315,7 +316,7 @@ def run_heterogeneity(p: HeterogeneityParams) -> HeterogeneitySummary:
             gmm_fsc_neutral=map_gmm_fsc(half_map, net.decoder.layout.neutral, apix, res, p.minres),
             gmm_fsc_decoder_zero=map_gmm_fsc(half_map, zero, apix, res, p.minres),
             n_gaussians=len(net.decoder.layout.centers), n_moving=net.decoder.M, n_anchors=net.decoder.K,
-            pc1_flipped=bool(flipped), extra={} if coverage is None else {"mask_coverage": coverage})
+            pc1_flipped=bool(flipped), mask_coverage=coverage)
         log.info("half %d: mean FRC %.4f (neutral) -> %.4f (decoded); PC1 %.0f %% of the latent variance", h,
                  report.frc_neutral, report.frc_decoded, 100 * pca.explained_variance_ratio[0])
         return net, enc, pca, pcs, report

@@ -168,6 +168,28 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
             lines.append("Half %s: %d particles, mean FRC %.4f (consensus GMM) -> %.4f (decoded); PC1 holds %.0f %% "
                          "of the latent variance" % (h, rep.n_particles, rep.frc_neutral or 0, rep.frc_decoded or 0,
                                                      100 * ev))
+        for h, rep in sorted(summary.halves.items()):
+            lines += self._coverageLines(h, rep.mask_coverage)
+        return lines
+
+    @staticmethod
+    def _coverageLines(h, cov):
+        """What the consensus GMM holds of the focus mask's region (engine: heter.analysis.mask_coverage)."""
+        if not cov:
+            return []
+        share = "%.0f %% of the map's density and %.0f %% of the %s GMM's mass"
+        if cov.get("region_seeded"):
+            before = cov.get("before") or {}
+            lines = ["Half %s, inside the focus mask: %s; re-seeded on the region: %.0f %% of its mass"
+                     % (h, share % (100 * cov["map_share"], 100 * before.get("gmm_share", 0), "consensus"),
+                        100 * cov["gmm_share"])]
+        else:
+            lines = ["Half %s, inside the focus mask: %s" % (h, share % (100 * cov["map_share"],
+                                                                         100 * cov["gmm_share"], "consensus"))]
+        if cov.get("short"):
+            lines.append("Warning: half %s: the GMM leaves out most of the density inside the focus mask (a part "
+                         "present in only some particles, or blurred by its motion?); the analysis cannot see what "
+                         "the GMM leaves out." % h)
         return lines
 
     def _methods(self):

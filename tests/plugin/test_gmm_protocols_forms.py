@@ -117,6 +117,25 @@ class TestGmmProtocolForms(BaseTest):
             prot.useGpu.set(False)
             self.assertFalse([line for line in prot.summary() if line.startswith("Warning:")], protClass.__name__)
 
+    def test_heterogeneity_summary_tells_what_the_gmm_holds_of_the_focus_mask(self):
+        prot = self._saved(GmmProtHeterogeneity, useGpu=False)
+        gmm_fakes.write_heterogeneity_run(prot.getRunDir())
+        summary = HeterogeneitySummary.load(prot.getRunDir())
+        self.assertFalse([line for line in prot.summary() if "focus mask" in line])  # no --mask: nothing said
+        summary.halves["1"].mask_coverage = {"map_share": 0.155, "gmm_share": 0.18, "low": False, "short": False,
+                                             "region_seeded": True,
+                                             "before": {"map_share": 0.155, "gmm_share": 0.09, "low": True}}
+        summary.halves["2"].mask_coverage = {"map_share": 0.17, "gmm_share": 0.003, "low": True, "short": True}
+        summary.save(prot.getRunDir())
+        lines = prot.summary()
+        self.assertIn("Half 1, inside the focus mask: 16 % of the map's density and 9 % of the consensus GMM's "
+                      "mass; re-seeded on the region: 18 % of its mass", lines)
+        self.assertIn("Half 2, inside the focus mask: 17 % of the map's density and 0 % of the consensus GMM's mass",
+                      lines)
+        warnings = [line for line in lines if line.startswith("Warning:")]
+        self.assertEqual(len(warnings), 1, lines)
+        self.assertTrue(warnings[0].startswith("Warning: half 2: the GMM leaves out"), warnings)
+
     def test_patch_outputs_are_possible_outputs(self):
         prot = GmmProtPatchRefine(numberOfPatches=2)
         names = {name for name, _ in prot.iterOutputAttributes(includePossible=True)}  # as pyworkflow lists them
