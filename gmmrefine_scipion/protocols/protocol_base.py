@@ -324,7 +324,15 @@ class GmmProtRunBase(GmmProtocolMixin):
             with open(recordFile) as f:
                 old = json.load(f)
             changed = sorted(k for k in set(old) | set(record) if not self._continuable(k, old.get(k), record.get(k)))
-            if changed:
+            kept = self._keptOnChange(changed) if changed else ()
+            if kept:
+                self.info("The form changed since the run in %s was made (%s): keeping %s, the rest starts anew."
+                          % (self.getRunDir(), ", ".join(changed), ", ".join(kept)))
+                for name in os.listdir(self.getRunDir()):
+                    if name not in kept:
+                        path = self.getRunDir(name)
+                        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            elif changed:
                 self.info("The form changed since the run in %s was made (%s): starting it anew."
                           % (self.getRunDir(), ", ".join(changed)))
                 shutil.rmtree(self.getRunDir())
@@ -337,6 +345,11 @@ class GmmProtRunBase(GmmProtocolMixin):
         with open(recordFile, "w") as f:
             json.dump(record, f, sort_keys=True, indent=1)
         return started
+
+    def _keptOnChange(self, changed):
+        """Names in the run directory a run keeps when the form's ``changed`` engine options start it
+        anew (a finished stage they do not affect); () — the default — removes the whole directory."""
+        return ()
 
     def _continuable(self, key, old, new):
         """A run made with ``old`` goes on with ``new`` for the engine option ``key``."""

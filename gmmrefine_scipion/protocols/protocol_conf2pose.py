@@ -32,6 +32,8 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
 
     PARAMS_FILE = ("convert", "params.json")  # the conversion stage writes first
     CONTINUE_OPTIONS = ("focus_iter",)  # raised Focused iterations: the engine keeps the conversion and adds them
+    # the focused stage's fields: a change of only these keeps the conversion (convert/, the run's record)
+    STAGE_OPTIONS = ("focus_iter", "width_rule", "mask_level", "maxres", "prior_angle", "prior_shift", "no_prior")
     MAXRES_HELP = "Focused refinement: best resolution used in the alignment (0: follow the FSC)."
     PRIOR_LABEL = "Focused refinement: start pose accuracy"
     BACKEND = False  # gmmcore conf2pose runs on TensorFlow
@@ -61,6 +63,11 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
         defineFocusWidthParams(form)
 
     # --------------------------- STEPS functions -----------------------------
+    def _keptOnChange(self, changed):
+        """The conversion, when only the focused stage's fields changed: gmmcore conf2pose reuses it
+        and starts its focused stage anew (the conversion is most of the run's time)."""
+        return ("convert", "params.json") if set(changed) <= set(self.STAGE_OPTIONS) else ()
+
     def _heterogeneityRun(self):
         """The gmm heterogeneity run chosen: the pointer's protocol, or the run whose output
         particles (SetOfParticlesFlex) were chosen; None otherwise."""

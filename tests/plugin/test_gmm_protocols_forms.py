@@ -409,8 +409,26 @@ class TestGmmProtocolForms(BaseTest):
         refine.referenceMask.setExtended("outputMask")
         self.assertNotEqual(refine._formSignature(), signature)
         self.assertFalse(engineRun())
-        # conformation to pose: raised Focused iterations continue (the engine keeps the conversion)
-        c2p = GmmProtConfToPose()
-        self.assertTrue(c2p._continuable("focus_iter", 0, 3))
-        self.assertFalse(c2p._continuable("focus_iter", 3, 1))
-        self.assertFalse(c2p._continuable("steps", 30, 40))
+        # conformation to pose: raised Focused iterations continue; another focused stage keeps the
+        # conversion (convert/ and the record; gmmcore conf2pose reuses it); a conversion field starts anew
+        c2p = self._saved(GmmProtConfToPose, useGpu=False)
+        base = {"from": "/runs/het", "mask": "region_mask.mrc", "steps": 30, "focus_iter": 0,
+                "width_rule": "variance", "mask_level": 0.25, "out": os.path.abspath(c2p.getRunDir())}
+
+        def c2pRun(**changes):
+            started = c2p._startOrContinue({**base, **changes})
+            for name in ("convert", "iter000", "iter001", "final"):
+                os.makedirs(c2p.getRunDir(name), exist_ok=True)
+            for name in ("params.json", "summary.json", os.path.join("convert", "params.json")):
+                with open(c2p.getRunDir(name), "w") as f:
+                    f.write("{}")
+            return started
+
+        self.assertFalse(c2pRun())  # a new run
+        self.assertTrue(c2pRun(focus_iter=3))  # more focused iterations
+        self.assertTrue(c2pRun(focus_iter=3, width_rule="sigma"))  # another focused stage: the conversion stays
+        c2p._startOrContinue({**base, "focus_iter": 3, "width_rule": "sigma", "mask_level": 0.1})
+        self.assertEqual(sorted(os.listdir(c2p.getRunDir())), ["convert", "params.json"])
+        self.assertTrue(os.path.exists(c2p.getRunDir("convert", "params.json")))
+        self.assertFalse(c2pRun(steps=40))  # the conversion changed: anew
+        self.assertFalse(c2pRun(steps=40, mask="other_mask.mrc", focus_iter=1))
