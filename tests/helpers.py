@@ -184,3 +184,23 @@ def sim_small_start(sim_small, folder):
     begin = iteration0(table, run, "C1", 2, 100)
     align = RefineParams(particles="", out="", steps=3, chunk=100, maxres=12.0).align_settings()
     return table, begin, align
+
+
+def realistic_global(root, spec: dict, iterations: int, threads=("--threads", "2")) -> tuple:
+    """(set folder, global run folder) under ``root``: a small realistic set (``spec``: the keyword
+    arguments of benchmarks.realistic.generate.generate) generated, imported and refined
+    ``iterations`` times; steps already finished are skipped (benchmarks/seed_spread.py reuses them)."""
+    from pathlib import Path
+
+    from benchmarks.realistic.generate import generate
+    from gmmcore.cli import main
+
+    root = Path(root)
+    set_dir, imp, glob = root / "set", root / "imp", root / "glob"
+    generate(set_dir, **spec)
+    if not (imp / "particles.star").is_file():
+        assert main(["import", "--star", str(set_dir / "particles.star"), "--out", str(imp)]) == 0
+    if not (glob / "final" / "particles.star").is_file():
+        assert main(["refine", "--particles", str(imp / "particles.star"), "--out", str(glob),
+                     "--iter", str(iterations), *threads]) == 0
+    return set_dir, glob

@@ -65,18 +65,9 @@ THREADS = ["--threads", "2"]  # the same on every machine: run-order and thread-
 def make_global(root, seed: int = SMALL["seed"]) -> tuple:
     """(set folder, global run folder) under ``root``: SMALL (with ``seed``) generated, imported and
     refined ITERATIONS times (skipped where already there: benchmarks/seed_spread.py reuses it)."""
-    from benchmarks.realistic.generate import generate
-    from gmmcore.cli import main
+    from tests.helpers import realistic_global
 
-    root = Path(root)
-    set_dir, imp, glob = root / "set", root / "imp", root / "glob"
-    generate(set_dir, **{**SMALL, "seed": seed})
-    if not (imp / "particles.star").is_file():
-        assert main(["import", "--star", str(set_dir / "particles.star"), "--out", str(imp)]) == 0
-    if not (glob / "final" / "particles.star").is_file():
-        assert main(["refine", "--particles", str(imp / "particles.star"), "--out", str(glob),
-                     "--iter", str(ITERATIONS), *THREADS]) == 0
-    return set_dir, glob
+    return realistic_global(root, {**SMALL, "seed": seed}, ITERATIONS, THREADS)
 
 
 @pytest.fixture(scope="module")

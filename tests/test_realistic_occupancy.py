@@ -44,18 +44,13 @@ def occupancy_measures(root, seed: int = SMALL["seed"]) -> dict:
     """Generate, import, refine and run heterogeneity under ``root`` (steps already finished are
     skipped: benchmarks/seed_spread.py reuses them); → each half's PC1 AUC for presence, the decoded
     domain mass ratio (absent / present) and the mask coverage before / after re-seeding."""
-    from benchmarks.realistic.generate import generate
     from benchmarks.realistic.latent_check import latent_scores
     from gmmcore.cli import main
+    from tests.helpers import realistic_global
 
     root = Path(root)
-    set_dir, imp, glob, het = root / "set", root / "imp", root / "glob", root / "het"
-    generate(set_dir, **{**SMALL, "seed": seed})
-    if not (imp / "particles.star").is_file():
-        assert main(["import", "--star", str(set_dir / "particles.star"), "--out", str(imp)]) == 0
-    if not (glob / "final" / "particles.star").is_file():
-        assert main(["refine", "--particles", str(imp / "particles.star"), "--out", str(glob),
-                     "--iter", str(ITERATIONS), *THREADS]) == 0
+    set_dir, glob = realistic_global(root, {**SMALL, "seed": seed}, ITERATIONS, THREADS)
+    het = root / "het"
     if not (het / "final" / "latents.csv").is_file():
         assert main(["heterogeneity", "--from", str(glob), "--out", str(het), "--mask",
                      str(set_dir / "domain_mask.mrc"), *HETEROGENEITY, *THREADS, "--seed", str(seed)]) == 0
