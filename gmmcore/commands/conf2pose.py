@@ -4,7 +4,9 @@ Per half set, independently: decode each particle's latent into its conformation
 pose at which the masked neutral GMM projects like the particle's masked conformation GMM does at
 its initial pose (Adam on a rotation vector and a shift, --steps steps from the initial pose);
 reconstruct the half maps at the new poses; then --focus-iter iterations of focused refinement
-with the same mask.  Re-running the same command continues a killed run.
+with the same mask.  Re-running the same command continues a killed run; with a higher --focus-iter
+it adds focused iterations, and with other focused-stage options before the stage's first iteration
+(e.g. after --focus-iter 0) it starts that stage anew; the conversion (DIR/convert/) is reused.
 
     gmmcore conf2pose --from heter --mask domain_mask.mrc --steps 30 --focus-iter 3 --out c2p
 
