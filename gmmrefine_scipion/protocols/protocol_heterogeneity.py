@@ -80,7 +80,8 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
                         "off (default): the decoder moves the Gaussians only. on: it also changes each moving "
                         "Gaussian's amplitude with the latent (at most e^3 = 20x up or down), so a part that is "
                         "present in some particles and missing in others (a partly occupied subunit or ligand) "
-                        "is described as well as a motion.")
+                        "is described as well as a motion. Where parts only move, leave it off: the amplitudes "
+                        "take up part of the motion, and conformation to pose then recovers less of it.")
 
     # --------------------------- STEPS functions -----------------------------
     def _inputSignature(self):
