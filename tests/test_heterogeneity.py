@@ -316,8 +316,9 @@ def test_conformation_to_pose(chain):
 
 
 def test_conf2pose_folder_takes_a_new_focused_stage_and_keeps_an_older_record(chain, tmp_path, capsys):
-    """The conversion's identity is its own parameters: ``--focus-iter 0`` then a focused stage with
-    another width rule into the same --out reuses the conversion (its checkpoints untouched); a
+    """The conversion's identity is its own parameters: ``--focus-iter 0`` (and a focused iteration
+    killed before it finished) then a focused stage with another width rule into the same --out
+    reuses the conversion (its checkpoints untouched); a
     change after focused iterations is refused in one line; a folder an older version made (its
     focused stage recorded with the legacy band rule) continues as it was made."""
     out = tmp_path / "c2p"
@@ -327,6 +328,8 @@ def test_conf2pose_folder_takes_a_new_focused_stage_and_keeps_an_older_record(ch
     stamp = chunk.stat().st_mtime_ns
     with np.load(out / "convert" / "poses.npz") as z:
         converted = z["rotation"].copy()
+    (out / "iter001").mkdir()  # an iteration killed before it finished: not a finished stage
+    (out / "iter001" / "align_half1_chunk0000.npz").write_bytes(b"partial")
     assert cli("conf2pose", "--from", chain["het"], "--mask", chain["mask"], "--out", out, *C2P_BASE,
                "--focus-iter", 1, "--width-rule", "sigma") == 0
     assert chunk.stat().st_mtime_ns == stamp

@@ -245,7 +245,15 @@ def run_conf2pose(p: Conf2PoseParams) -> RunSummary:
     return summary
 
 
-STAGE_FILES = ("summary.json", "focus_mask.mrc", "fsc_mask.mrc", "iter000", "final")
+STAGE_FILES = ("summary.json", "focus_mask.mrc", "fsc_mask.mrc", "final")  # and the iterNNN folders
+
+
+def _finished_iterations(out: Path) -> int:
+    """Focused iterations the stage in ``out`` recorded as finished (its summary is saved after each)."""
+    try:
+        return len(RunSummary.load(out / "summary.json").iterations) if (out / "summary.json").is_file() else 0
+    except (ValueError, KeyError, TypeError, InputError):  # unreadable: refine_focused names it
+        return 0
 
 
 def _focused_stage(out: Path, fp: FocusedParams) -> FocusedParams:
@@ -254,8 +262,9 @@ def _focused_stage(out: Path, fp: FocusedParams) -> FocusedParams:
     * the fields conf2pose does not set (band rule, GMM start and fit, local resolution, ...) keep
       the recorded values, so a folder made by an older version continues as it was made;
     * a stage whose recorded identity differs from ``fp`` and that has finished no focused
-      iteration starts anew: its start files go (they are rebuilt from convert/, which stays), so
-      e.g. ``--focus-iter 0`` then ``--focus-iter 3 --width-rule sigma`` into the same --out works.
+      iteration starts anew: its files go, a killed iteration's too (they are rebuilt from convert/,
+      which stays), so e.g. ``--focus-iter 0`` then ``--focus-iter 3 --width-rule sigma`` into the
+      same --out works.
       A stage with finished iterations is left to refuse the change (:func:`refine_focused`)."""
     import json
     import shutil
@@ -272,13 +281,11 @@ def _focused_stage(out: Path, fp: FocusedParams) -> FocusedParams:
     kept = {k: old[k] for k in STAGE_IDENTITY if k in old and k in fp.__dataclass_fields__ and k not in STAGE_OPTIONS}
     mine = asdict(replace(fp, **kept))
     changed = [k for k in STAGE_IDENTITY if k in old and k in mine and old[k] != mine[k]]
-    started = [d for d in out.glob("iter[0-9][0-9][0-9]") if d.name != "iter000"]
-    if not changed or started:  # a continuation (or a change refine_focused refuses)
+    if not changed or _finished_iterations(out):  # a continuation (or a change refine_focused refuses)
         return replace(fp, **kept)
     log.info("the focused stage (no iteration finished) starts anew with %s; the conversion is kept",
              ", ".join(f"{k} {mine[k]}" for k in changed))
-    for name in STAGE_FILES:
-        f = out / name
+    for f in [out / name for name in STAGE_FILES] + sorted(out.glob("iter[0-9][0-9][0-9]")):
         if f.is_dir():
             shutil.rmtree(f)
         elif f.exists():
