@@ -642,8 +642,8 @@ class LatentHalfReport:
     neutral GMM and of the decoder at latent 0 against the half map; ``bins``: per PC1 bin
     {"pc1", "n", "gmm", "gmm_pdb", "map"} (paths relative to the run folder); ``mask_coverage``
     (with --mask): {"map_share", "gmm_share" (of the half map's density / of the neutral GMM's mass
-    inside the mask), "low" (re-seed), "short" (warn)}, and where the run's GMM was re-seeded on the region, "region_seeded" and
-    "before" (the run's GMM's shares)."""
+    inside the mask), "low" (re-seed), "short" (warn)}, and where the run's GMM was re-seeded on the
+    region, "region_seeded" and "before" (the run's GMM's shares)."""
 
     n_particles: int
     network: str

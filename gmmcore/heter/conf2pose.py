@@ -42,7 +42,9 @@ The result is one region's refinement: it can join a patch composite as one more
 """
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -266,9 +268,6 @@ def _focused_stage(out: Path, fp: FocusedParams) -> FocusedParams:
       which stays), so e.g. ``--focus-iter 0`` then ``--focus-iter 3 --width-rule sigma`` into the
       same --out works.
       A stage with finished iterations is left to refuse the change (:func:`refine_focused`)."""
-    import json
-    import shutil
-
     from ..refine.focused_run import IDENTITY as STAGE_IDENTITY
 
     pfile = out / "params.json"

@@ -170,27 +170,24 @@ class GmmProtHeterogeneity(GmmProtRunBase, ProtAnalysis3D):
                          "of the latent variance" % (h, rep.n_particles, rep.frc_neutral or 0, rep.frc_decoded or 0,
                                                      100 * ev))
         for h, rep in sorted(summary.halves.items()):
-            lines += self._coverageLines(h, rep.mask_coverage)
+            cov = rep.mask_coverage
+            if cov:  # what the consensus GMM held of the focus mask's region (engine: heter.analysis.mask_coverage)
+                held = (cov.get("before") or {}).get("gmm_share", 0) if cov.get("region_seeded") else cov["gmm_share"]
+                line = ("Half %s, inside the focus mask: %.0f %% of the map's density and %.0f %% of the consensus "
+                        "GMM's mass" % (h, 100 * cov["map_share"], 100 * held))
+                if cov.get("region_seeded"):
+                    line += "; re-seeded on the region: %.0f %% of its mass" % (100 * cov["gmm_share"])
+                lines.append(line)
         return lines
 
-    @staticmethod
-    def _coverageLines(h, cov):
-        """What the consensus GMM holds of the focus mask's region (engine: heter.analysis.mask_coverage)."""
-        if not cov:
-            return []
-        share = "%.0f %% of the map's density and %.0f %% of the %s GMM's mass"
-        if cov.get("region_seeded"):
-            before = cov.get("before") or {}
-            lines = ["Half %s, inside the focus mask: %s; re-seeded on the region: %.0f %% of its mass"
-                     % (h, share % (100 * cov["map_share"], 100 * before.get("gmm_share", 0), "consensus"),
-                        100 * cov["gmm_share"])]
-        else:
-            lines = ["Half %s, inside the focus mask: %s" % (h, share % (100 * cov["map_share"],
-                                                                         100 * cov["gmm_share"], "consensus"))]
-        if cov.get("short"):
-            lines.append("Warning: half %s: the GMM leaves out most of the density inside the focus mask (a part "
-                         "present in only some particles, or blurred by its motion?); the analysis cannot see what "
-                         "the GMM leaves out." % h)
+    def _warningLines(self, summary):
+        """The run's warnings, then each half whose GMM still leaves out the focus mask's region."""
+        lines = GmmProtRunBase._warningLines(self, summary)
+        for h, rep in sorted(summary.halves.items()):
+            if (rep.mask_coverage or {}).get("short"):
+                lines.append("Warning: half %s: the GMM leaves out most of the density inside the focus mask (a "
+                             "part present in only some particles, or blurred by its motion?); the analysis cannot "
+                             "see what the GMM leaves out." % h)
         return lines
 
     def _methods(self):

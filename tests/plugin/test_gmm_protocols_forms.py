@@ -257,35 +257,23 @@ class TestGmmProtocolForms(BaseTest):
                                                           "gmm_n_scale": defaults.GMM_N_SCALE})
         refine = self._saved(GmmProtRefine, useGpu=False)
         refine.inputParticles.set(self._particles("rules"))
-        signature = refine._formSignature()
         other = [r for r in BAND_RULES if r != defaults.BAND_RULE][0]  # the non-default rule
-        refine.bandRule.set(BAND_RULES.index(other))
-        self.assertNotEqual(refine._formSignature(), signature)
-        signature = refine._formSignature()
-        refine.alignFrom.set(1)
-        self.assertNotEqual(refine._formSignature(), signature)
-        signature = refine._formSignature()
-        refine.dropWorst.set(0.1)
-        self.assertNotEqual(refine._formSignature(), signature)
-        refine.dropWorst.set(0.6)
-        self.assertTrue(any("Drop worst fraction" in e for e in refine.validate()), refine.validate())
-        refine.dropWorst.set(0.1)
-        signature = refine._formSignature()
-        refine.gmmFit.set(GMM_FITS.index("hermitian"))
-        self.assertNotEqual(refine._formSignature(), signature)
-        signature = refine._formSignature()
-        refine.gmmStart.set(GMM_STARTS.index("warm"))
-        self.assertNotEqual(refine._formSignature(), signature)
-        signature = refine._formSignature()
         other_local = [c for c in GMM_LOCAL_RES if c != defaults.GMM_LOCAL_RES][0]  # the non-default choice
-        refine.gmmLocalRes.set(GMM_LOCAL_RES.index(other_local))
-        self.assertNotEqual(refine._formSignature(), signature)
-        signature = refine._formSignature()
-        refine.gmmNScale.set(2.0)
-        self.assertNotEqual(refine._formSignature(), signature)
-        refine.gmmNScale.set(20.0)
-        self.assertTrue(any("GMM size" in e for e in refine.validate()), refine.validate())
-        refine.gmmNScale.set(2.0)
+        # (field, a value that changes the run, a value out of range or None, the words of its refusal)
+        for name, value, bad, words in (("bandRule", BAND_RULES.index(other), None, None),
+                                        ("alignFrom", 1, None, None),
+                                        ("dropWorst", 0.1, 0.6, "Drop worst fraction"),
+                                        ("gmmFit", GMM_FITS.index("hermitian"), None, None),
+                                        ("gmmStart", GMM_STARTS.index("warm"), None, None),
+                                        ("gmmLocalRes", GMM_LOCAL_RES.index(other_local), None, None),
+                                        ("gmmNScale", 2.0, 20.0, "GMM size")):
+            signature = refine._formSignature()
+            getattr(refine, name).set(value)
+            self.assertNotEqual(refine._formSignature(), signature, name)
+            if bad is not None:
+                getattr(refine, name).set(bad)
+                self.assertTrue(any(words in e for e in refine.validate()), refine.validate())
+                getattr(refine, name).set(value)
         command = Plugin.getGmmcoreArgs("refine", out="o", **refine._engineOptions())
         self.assertIn("--band-rule %s " % other, command + " ")
         self.assertIn("--align-from prior ", command + " ")
