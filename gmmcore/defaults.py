@@ -36,6 +36,8 @@ GMM_FITS = ("fourier", "hermitian")  # hermitian: from its k_z ≥ 0 half (same 
 GMM_START = "seed"  # each iteration's GMM from K-means seeds (N estimated); "warm": from the last iteration's GMM of the half
 GMM_N_SCALE = 1.0  # the estimated number of Gaussians of a seeded GMM × this (gmmcore.gmm.build.estimate_n_gaussians)
 GMM_N_SCALE_RANGE = (0.25, 8.0)  # accepted values of --gmm-n-scale
+GMM_DENSITY = "uniform"  # where --gmm-n-scale applies: "uniform" everywhere; "local" where the map is sharp (gmm.localwidth.seed_density)
+GMM_DENSITIES = ("uniform", "local")
 GMM_STARTS = ("seed", "warm")  # warm: N by the power law, split/merge, WARM_STEPS fit steps (gmmcore.gmm.warm)
 DROP_WORST = 0.0  # fraction of each half's particles with the lowest alignment score left out of its reconstruction
 

@@ -103,6 +103,10 @@ def add_alignment_arguments(p: argparse.ArgumentParser, *, sym: Optional[str] = 
                         f"band's resolution) × this, {lo:g}–{hi:g} (default {defaults.GMM_N_SCALE:g}; 2 packs them "
                         "1.26× closer: measured better core poses on RELION-made particles, alignment ∝ N slower; "
                         "ignored with --ngauss; a warm-started GMM inherits it)")
+    p.add_argument("--gmm-density", choices=defaults.GMM_DENSITIES, default=defaults.GMM_DENSITY,
+                   help="where --gmm-n-scale applies: uniform (default: the whole GMM) or local (where the half maps' "
+                        "local resolution is as sharp as their median, fading to the estimate itself as (median / "
+                        "local)³ where coarser — fewer Gaussians fitting noise in regions blurred by motion)")
     add_prior_arguments(p, centred_on=prior_help)
     add_run_arguments(p, **run_help)
 
@@ -258,7 +262,8 @@ def alignment_values(args: argparse.Namespace) -> dict:
                 gmm_fit=getattr(args, "gmm_fit", defaults.GMM_FIT),
                 gmm_start=getattr(args, "gmm_start", defaults.GMM_START),
                 gmm_local_res=getattr(args, "gmm_local_res", defaults.GMM_LOCAL_RES),
-                gmm_n_scale=getattr(args, "gmm_n_scale", defaults.GMM_N_SCALE))
+                gmm_n_scale=getattr(args, "gmm_n_scale", defaults.GMM_N_SCALE),
+                gmm_density=getattr(args, "gmm_density", defaults.GMM_DENSITY))
 
 
 def pose_prior(args: argparse.Namespace, angle_deg: float = defaults.PRIOR_ANGLE_DEG,

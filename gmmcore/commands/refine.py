@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                           force=args.force, backend=args.backend, band_rule=args.band_rule,
                           align_from=args.align_from,
                           drop_worst=args.drop_worst, gmm_fit=args.gmm_fit, gmm_start=args.gmm_start, gmm_local_res=args.gmm_local_res,
-                          gmm_n_scale=args.gmm_n_scale)
+                          gmm_n_scale=args.gmm_n_scale, gmm_density=args.gmm_density)
     options = execution.execution_options(args, gpu, out)
     rc, _ = execution.run_on_executor("refine", options,
                                       lambda ex: global_refine.run_global(params, executor=ex, table=table))

@@ -66,6 +66,7 @@ from .model import GMM
 SIGMA_FACTOR = 0.3  # initial width / resolution
 ATOM_NOISE_FACTOR = math.sqrt(2.0 * math.log(2.0)) / (2.0 * math.pi)  # ≈ 0.187
 NN_PACKING = 1.09  # nearest-neighbour distance of a BCC packing / (volume per point)^(1/3)
+KMEANS_DENSITY_POWER = 5.0 / 3.0  # K-means centres' density ∝ (weight density)^(3/5) in 3-D: weights × f^(5/3) → centres × f
 N_MIN, N_MAX = 8, 100_000  # bounds of an estimated number of Gaussians (fresh or warm-started)
 
 
@@ -139,7 +140,9 @@ def _drop_specks(m, mask, background, fraction):
     return keep[lab]
 
 
-def _density_points(map_, apix, threshold, seed, max_points, min_component_fraction=0.01):
+def _density_points(map_, apix, threshold, seed, max_points, min_component_fraction=0.01, density=None):
+    """(coordinates Å, K-means weights, threshold, seed-density factor per point or None) of the
+    voxels kept (above the threshold, specks dropped, at most ``max_points``)."""
     m = _check_map(map_)
     if threshold is None:
         threshold, background = auto_threshold(m)
@@ -157,13 +160,20 @@ def _density_points(map_, apix, threshold, seed, max_points, min_component_fract
         idx = np.sort(rng.choice(idx, size=max_points, replace=False))
     weights = flat[idx].astype(np.float64) - background
     weights = np.maximum(weights, 1e-12 * max(weights.max(), 1e-30))
-    return voxel_coords_A(m.shape, apix, idx), weights, float(threshold)
+    factor = None
+    if density is not None:
+        d = np.asarray(density, np.float64)
+        if d.shape != m.shape or not np.all(np.isfinite(d)) or np.any(d <= 0):
+            raise InputError("the seed density must be a positive map on the same grid", field="seed_density")
+        factor = d.ravel()[idx]
+        weights = weights * factor ** KMEANS_DENSITY_POWER
+    return voxel_coords_A(m.shape, apix, idx), weights, float(threshold), factor
 
 
 def kept_voxels(map_, apix: float) -> int:
     """How many voxels K-means and the N estimate cluster: above :func:`auto_threshold`, noise
     specks dropped."""
-    pts, _, _ = _density_points(map_, apix, None, 0, 0)
+    pts, _, _, _ = _density_points(map_, apix, None, 0, 0)
     return len(pts)
 
 
@@ -183,13 +193,14 @@ def _kmeans(points, weights, n, seed, max_iter=100):
 
 
 def seed_kmeans(map_, apix: float, n_gaussians: int, threshold: Optional[float] = None, seed: int = 0,
-                max_points: int = 200_000, max_iter: int = 100) -> np.ndarray:
+                max_points: int = 200_000, max_iter: int = 100, density=None) -> np.ndarray:
     """Amplitude-weighted K-means of the voxels above ``threshold`` (default :func:`auto_threshold`)
-    → centres (N, 3) Å from the box centre, x = column, y = row, z = section."""
+    → centres (N, 3) Å from the box centre, x = column, y = row, z = section.  ``density``: a
+    per-voxel factor (same grid) by which the seeds' number density is to change (module notes)."""
     n = int(n_gaussians)
     if n < 1:
         raise InputError("the number of Gaussians must be at least 1", field="n_gaussians")
-    pts, w, _ = _density_points(map_, apix, threshold, seed, max_points)
+    pts, w, _, _ = _density_points(map_, apix, threshold, seed, max_points, density=density)
     return _kmeans(pts, w, n, seed, max_iter)
 
 
@@ -216,17 +227,22 @@ def mean_nn_distance(centers: np.ndarray, statistic: str = "mean") -> float:
 
 def estimate_n_gaussians(map_, apix: float, resolution_A: float, threshold: Optional[float] = None,
                          seed: int = 0, n_min: int = N_MIN, n_max: int = N_MAX, max_points: int = 60_000,
-                         statistic: str = "median", return_details: bool = False, scale: float = 1.0):
+                         statistic: str = "median", return_details: bool = False, scale: float = 1.0,
+                         density=None):
     """N such that the mean nearest-neighbour distance of the K-means seeds ≈ ``resolution_A``
     (two K-means runs and a power-law interpolation; see the module notes), × ``scale`` (``--gmm-n-scale``:
-    2 packs the Gaussians 2^(1/3) ≈ 1.26× closer)."""
+    2 packs the Gaussians 2^(1/3) ≈ 1.26× closer).  ``density``: a per-voxel factor (same grid) of
+    the Gaussians' number density; the estimate × its mean over the kept voxels (``scale`` then
+    belongs in the factor, :func:`gmmcore.gmm.localwidth.seed_density`)."""
     if resolution_A <= 0:
         raise InputError("resolution must be positive", field="resolution")
     m = _check_map(map_)
     if threshold is None:
         threshold, _ = auto_threshold(m)
-    pts, w, _ = _density_points(m, apix, threshold, seed, 0)
+    pts, w, _, factor = _density_points(m, apix, threshold, seed, 0, density=density)
     volume = float(len(pts)) * apix**3
+    if factor is not None:
+        w = w / factor ** KMEANS_DENSITY_POWER  # the estimate itself is made at uniform density
     if max_points and len(pts) > max_points:
         sel = np.sort(np.random.default_rng(seed).choice(len(pts), size=max_points, replace=False))
         pts, w = pts[sel], w[sel]
@@ -248,10 +264,15 @@ def estimate_n_gaussians(map_, apix: float, resolution_A: float, threshold: Opti
         n_est = clamp(n1 * (resolution_A / d1) ** (1.0 / b))
     else:
         n_est = n0
+    n_uniform = n_est
     n_est = clamp(n_est * scale) if scale != 1.0 else n_est
+    if factor is not None:
+        n_est = clamp(n_est * float(factor.mean()))
     if return_details:
         return n_est, {"threshold": float(threshold), "volume_A3": volume, "nn_statistic": statistic,
-                       "tried": tried, "n_scale": float(scale)}
+                       "tried": tried, "n_scale": float(scale), "n_uniform": int(n_uniform),
+                       **({} if factor is None else {"density_mean": float(factor.mean()),
+                                                     "density_range": [float(factor.min()), float(factor.max())]})}
     return n_est
 
 
@@ -400,7 +421,7 @@ def fit_gmm(map_, apix: float, centers0, resolution_A: float, minres_A: float = 
 def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int] = None, seed_model=None,
               seed: int = 0, minres_A: float = 25.0, iterations: int = 300, threshold: Optional[float] = None,
               init: Optional[GMM] = None, seed_points: Optional[int] = None, n_scale: float = 1.0,
-              seed_map=None, **fit_kwargs) -> Tuple[GMM, dict]:
+              seed_map=None, seed_density=None, **fit_kwargs) -> Tuple[GMM, dict]:
     """Build a GMM of one (half) map at ``resolution_A``.
 
     ``seed_model``: None (K-means seeds; N = ``n_gaussians`` or :func:`estimate_n_gaussians`), a PDB
@@ -415,7 +436,8 @@ def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int]
     the result (benchmarks/bench_iteration.py ``--compare-warm`` measures by how much).  ``n_scale``:
     the estimated N × this (:func:`estimate_n_gaussians`; not applied to a given ``n_gaussians``).
     ``seed_map``: the map the N estimate and the K-means seeds see instead of ``map_`` (same grid);
-    the fit is always to ``map_``.
+    the fit is always to ``map_``.  ``seed_density``: a per-voxel factor of the seeds' number density
+    (same grid; :func:`gmmcore.gmm.localwidth.seed_density`) for the N estimate and K-means.
     Returns (GMM with meta {box, apix, resolution_A, minres_A, seeding, seed, ...}, report).
     """
     t0 = time.perf_counter()
@@ -452,12 +474,12 @@ def build_gmm(map_, apix: float, resolution_A: float, n_gaussians: Optional[int]
         seen = m if seed_map is None else _check_map(seed_map)
         if n_gaussians is None:
             n_gaussians, details = estimate_n_gaussians(seen, apix, resolution_A, threshold=threshold, seed=seed,
-                                                        return_details=True, scale=n_scale,
+                                                        return_details=True, scale=n_scale, density=seed_density,
                                                         **({} if seed_points is None else {"max_points": seed_points}))
             estimated = True
         else:
             estimated = False
-        centers = seed_kmeans(seen, apix, int(n_gaussians), threshold=threshold, seed=seed,
+        centers = seed_kmeans(seen, apix, int(n_gaussians), threshold=threshold, seed=seed, density=seed_density,
                               **({} if seed_points is None else {"max_points": seed_points}))
         seeding = {"method": "kmeans", "n_estimated": estimated, **details}
     gmm, report = fit_gmm(m, apix, centers, resolution_A, minres_A=minres_A, iterations=iterations, **fit_kwargs)

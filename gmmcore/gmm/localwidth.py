@@ -18,6 +18,16 @@ Gold standard: the local resolution comes from both half maps, as the band does 
 coupling of the halves through a resolution estimate, never through their signal (the reference
 implementation does the same).  ``--gmm-local-res off`` removes it (with ``--maxres`` pinning the
 band, the halves are then fully independent: ``tests/test_refine.py``).
+
+Seed density (``--gmm-density local``, :func:`seed_density`): the same local resolution also sets
+where a seeded GMM's extra Gaussians go.  ``--gmm-n-scale`` S then applies where the map is as sharp
+as its median and fades as (r₀/r)³ to the estimate itself (×1) where it is coarser:
+
+    f(x) = clip(S·(r₀/r(x))³, min(1, S), max(1, S)),   r₀ = median of r over the map's density,
+
+the factor by which the Gaussians' number density at x changes (N × its mean over the density;
+K-means weights × f^(5/3), :mod:`gmmcore.gmm.build`).  More Gaussians fit a sharp region's detail;
+in a region blurred by motion they fit the half maps' noise (benchmarks/realistic/README.md).
 """
 from __future__ import annotations
 
@@ -53,3 +63,23 @@ def widen_to_local_resolution(gmm: GMM, local_res: np.ndarray, apix: float, band
     out.meta = {**gmm.meta, "local_res": {"widened": int((blur > 0).sum()), "max_blur_A": float(blur.max(initial=0.0)),
                                           "band_A": float(band_A)}}
     return out
+
+
+def seed_density(local_res: np.ndarray, map_: np.ndarray, scale: float) -> np.ndarray:
+    """The seed-density factor f (float64, the map's grid; see the module notes) of a map whose
+    local resolution (Å; 0 = unknown, there f = 1) is ``local_res``; r₀ is the median local
+    resolution over the voxels above the map's :func:`gmmcore.gmm.build.auto_threshold`."""
+    from .build import auto_threshold
+
+    r = np.asarray(local_res, np.float64)
+    m = np.asarray(map_, np.float64)
+    if r.shape != m.shape:
+        raise ValueError(f"local resolution {r.shape} and map {m.shape} differ in shape")
+    threshold, _ = auto_threshold(m)
+    known = r[(m > threshold) & (r > 0)]
+    if known.size == 0 or scale == 1.0:
+        return np.ones(m.shape)
+    r0 = float(np.median(known))
+    lo, hi = min(1.0, scale), max(1.0, scale)
+    f = np.clip(scale * (r0 / np.where(r > 0, r, r0)) ** 3, lo, hi)
+    return np.where(r > 0, f, 1.0)

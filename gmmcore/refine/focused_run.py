@@ -58,7 +58,7 @@ FOCUS_MASK = "focus_mask.mrc"
 IDENTITY = ("particles_hash", "start_fingerprint", "focus_mask_fingerprint", "fsc_mask_fingerprint", "fit_mask_fingerprint",
             "ngauss", "maxres", "minres", "sym", "steps", "lr_angle", "lr_shift", "seed", "pad", "ring_weight",
             "prior_angle", "prior_shift", "width_rule", "mask_level", "band_rule", "align_from", "drop_worst", "gmm_fit", "gmm_start",
-            "gmm_local_res", "gmm_n_scale")
+            "gmm_local_res", "gmm_n_scale", "gmm_density")
 
 
 @dataclass(kw_only=True)
@@ -93,6 +93,7 @@ class FocusedAlignment(AlignmentOptions):
     gmm_start: str = defaults.GMM_START  # "seed" or "warm": iterations ≥ 2 from the previous GMM of the half
     gmm_local_res: str = defaults.GMM_LOCAL_RES  # "on": GMMs blurred where the local resolution is coarser
     gmm_n_scale: float = defaults.GMM_N_SCALE  # seeded GMMs: the estimated number of Gaussians × this
+    gmm_density: str = defaults.GMM_DENSITY  # "local": gmm_n_scale where the map is sharp, ×1 where coarser
 
 
 @dataclass
@@ -134,7 +135,7 @@ def focused_plan(table: ParticleTable, start: RefinementState, focus_mask: np.nd
                          seed=params.seed, pad=params.pad, extra_report=focus_report(focus_mask, apix),
                          band_source=band_source(params.band_rule, fsc_mask, apix), align_from=params.align_from,
                          drop_worst=params.drop_worst, gmm_fit=params.gmm_fit, gmm_start=params.gmm_start, gmm_local_res=params.gmm_local_res,
-                         gmm_n_scale=params.gmm_n_scale)
+                         gmm_n_scale=params.gmm_n_scale, gmm_density=params.gmm_density)
 
 
 def refine_focused(table: ParticleTable, start: RefinementState, focus_mask: np.ndarray, params: FocusedParams,

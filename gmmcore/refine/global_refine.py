@@ -34,7 +34,7 @@ log = logging.getLogger("gmmcore.refine")
 # Parameters that define the result: a run directory with other values cannot be continued.
 IDENTITY = ("particles", "particles_hash", "ref", "ngauss", "maxres", "minres", "sym", "mask", "steps", "lr_angle",
             "lr_shift", "seed", "new_split", "pad", "ring_weight", "prior_angle", "prior_shift", "band_rule", "align_from", "drop_worst", "gmm_fit", "gmm_start",
-            "gmm_local_res", "gmm_n_scale")
+            "gmm_local_res", "gmm_n_scale", "gmm_density")
 
 
 @dataclass
@@ -64,6 +64,7 @@ class RefineParams(AlignmentOptions):
     gmm_start: str = defaults.GMM_START  # "seed" or "warm": iterations ≥ 2 from the previous GMM of the half
     gmm_local_res: str = defaults.GMM_LOCAL_RES  # "on": GMMs blurred where the local resolution is coarser
     gmm_n_scale: float = defaults.GMM_N_SCALE  # seeded GMMs: the estimated number of Gaussians × this
+    gmm_density: str = defaults.GMM_DENSITY  # "local": gmm_n_scale where the map is sharp, ×1 where coarser
     prior_angle: Optional[float] = 3.0  # degrees: MAP pose prior centred on the input poses (None: off)
     prior_shift: Optional[float] = 1.0  # pixels
     gpu: Optional[List[int]] = None
@@ -141,7 +142,7 @@ def _run(p, table, run, backend, box, apix, rows, new_split, user_mask, ref, exe
                          prior=table.poses, ngauss=p.ngauss, seed=p.seed, pad=p.pad,
                          band_source=band_source(p.band_rule, begin.fsc_mask, apix), align_from=p.align_from,
                          drop_worst=p.drop_worst, gmm_fit=p.gmm_fit, gmm_start=p.gmm_start, gmm_local_res=p.gmm_local_res,
-                         gmm_n_scale=p.gmm_n_scale)
+                         gmm_n_scale=p.gmm_n_scale, gmm_density=p.gmm_density)
     summary = new_summary(RunKind.GLOBAL, asdict(p), table, HalfMapReport.from_json(begin.report), run, device,
                           warnings)
     summary.split = "new-random" if new_split else "input"

@@ -40,11 +40,13 @@ log = logging.getLogger("gmmcore.refine")
 def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Optional[np.ndarray],
                  ngauss: Optional[int], seed: int, store: IterationStore, backend: str,
                  gmm_fit: str = "fourier", previous: Optional[GMM] = None,
-                 n_scale: float = 1.0) -> Tuple[object, dict]:
+                 n_scale: float = 1.0, local_res: Optional[np.ndarray] = None) -> Tuple[object, dict]:
     """Work unit: half h's GMM of this iteration, loaded when saved by an earlier (killed) run,
     else fitted to the half map (× ``fit_mask``, low-passed to the band) and saved.  ``previous``:
     half h's GMM of the last iteration to start from (``--gmm-start warm``, :mod:`gmmcore.gmm.warm`;
-    None: K-means seeds, the estimated number of Gaussians × ``n_scale``)."""
+    None: K-means seeds, the estimated number of Gaussians × ``n_scale``).  ``local_res`` (Å, the
+    map's grid; ``--gmm-density local``): ``n_scale`` where the map is sharp, fading to ×1 where it
+    is coarser (:func:`gmmcore.gmm.localwidth.seed_density`)."""
     saved = store.load_gmm(h)
     if saved is not None:
         return saved
@@ -53,6 +55,10 @@ def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Opti
         if previous is not None:
             start = warm_start(previous, m, apix, band.resolution_A, n_gaussians=ngauss)
             kw = dict(init=start, iterations=WARM_STEPS)
+        elif local_res is not None and ngauss is None:
+            from ..gmm.localwidth import seed_density
+
+            kw = dict(seed_density=seed_density(local_res, m, n_scale))
         else:
             kw = dict(n_gaussians=ngauss, n_scale=n_scale)
         gmm, rep = build_gmm(m, apix, band.resolution_A, seed=seed + h,
@@ -66,15 +72,22 @@ def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Opti
     return gmm, rep
 
 
-def _local_widening(state: RefinementState, plan: IterationPlan, apix: float, band_A: float):
-    """GMM → GMM: blurred by the local resolution of ``state``'s half maps (``--gmm-local-res on``,
+def _local_resolution(state: RefinementState, plan: IterationPlan, apix: float) -> Optional[np.ndarray]:
+    """The local resolution (Å) of ``state``'s half maps where the plan uses it (``--gmm-local-res
+    on``, ``--gmm-density local``), else None."""
+    if plan.gmm_local_res != "on" and plan.gmm_density != "local":
+        return None
+    from .. import localres
+
+    return localres.local_resolution(state.half_maps[1], state.half_maps[2], apix, mask=plan.fsc_mask)
+
+
+def _local_widening(local: Optional[np.ndarray], plan: IterationPlan, apix: float, band_A: float):
+    """GMM → GMM: blurred by the local resolution ``local`` (``--gmm-local-res on``,
     :mod:`gmmcore.gmm.localwidth`), else unchanged."""
     if plan.gmm_local_res != "on":
         return lambda g: g
-    from .. import localres
     from ..gmm.localwidth import widen_to_local_resolution
-
-    local = localres.local_resolution(state.half_maps[1], state.half_maps[2], apix, mask=plan.fsc_mask)
 
     def widen(g):
         out = widen_to_local_resolution(g, local, apix, band_A)
@@ -121,14 +134,17 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     # --gmm-start warm: half h's GMM starts from half h's GMM of the last iteration of this run (never
     # the other half's; iteration 1 — whose state carries no GMM of this run — is seeded)
     warm = plan.gmm_start == "warm" and state.iteration >= 1 and state.gmms is not None
+    local_res = _local_resolution(state, plan, apix)
+    seed_local = local_res if plan.gmm_density == "local" else None
     fitted = HalfPair(*ex.run([Unit(f"iter {it} half {h} GMM fit", fit_gmm_unit,
                                     (h, state.half_maps[h], apix, band, plan.fit_mask, plan.ngauss, plan.seed, store,
-                                     backend.name, plan.gmm_fit, state.gmms[h] if warm else None, plan.gmm_n_scale))
+                                     backend.name, plan.gmm_fit, state.gmms[h] if warm else None, plan.gmm_n_scale,
+                                     seed_local))
                               for h in (1, 2)]))
     for h, (g, rep) in fitted.items():
         log.info("  half %d: GMM of %d Gaussians, map-vs-GMM FSC %.3f", h, len(g), float(rep.get("fsc_mean", np.nan)))
     # The plan's shape applies to the GMM whether it was just fitted or loaded: one place, never saved.
-    local = _local_widening(state, plan, apix, band.resolution_A)
+    local = _local_widening(local_res, plan, apix, band.resolution_A)
     shaped = fitted.map(lambda h, fr: plan.shape_gmm(h, local(fr[0])))
 
     grid = FourierGrid(box, apix, band.resolution_A, band.minres_A)

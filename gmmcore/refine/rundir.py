@@ -132,7 +132,7 @@ class RunDir:
     # What a run made before an identity parameter existed was made with: continuing such a run keeps
     # it (``inherited``), so its remaining iterations are those of the run it is.
     LEGACY_VALUES = {"band_rule": "fsc0143", "gmm_local_res": "off", "gmm_start": "seed", "patch_shape": "sphere",
-                     "gmm_n_scale": 1.0}
+                     "gmm_n_scale": 1.0, "gmm_density": "uniform"}
 
     @classmethod
     def create_or_continue(cls, path, params: dict, identity: Sequence[str],

@@ -116,6 +116,7 @@ class IterationPlan:
     gmm_start: str = "seed"  # "warm": iterations ≥ 2 start each half's GMM from its previous one (gmm.warm)
     gmm_local_res: str = "off"  # "on": GMMs blurred by their local resolution before shape_gmm (gmm.localwidth)
     gmm_n_scale: float = 1.0  # seeded GMMs: the estimated number of Gaussians × this (gmm.build.estimate_n_gaussians)
+    gmm_density: str = "uniform"  # "local": gmm_n_scale where the map is sharp, fading to ×1 where coarser (gmm.localwidth)
 
     def band_of(self, state: "RefinementState") -> Band:
         """The band of the iteration that starts from ``state``."""
