@@ -337,6 +337,22 @@ def test_conf2pose_folder_takes_a_new_focused_stage_and_keeps_an_older_record(ch
         assert np.array_equal(z["rotation"], converted)
     s = RunSummary_load(out)
     assert len(s.iterations) == 1 and json.loads((out / "params.json").read_text())["width_rule"] == "sigma"
+    # fewer focused iterations than the stage finished: it ends at the conversion, iteration 1 stays on
+    # disk untouched, and asking for it again loads it
+    with np.load(out / "iter001" / "poses.npz") as z:
+        focused = z["rotation"].copy()
+    kept = {f: f.stat().st_mtime_ns for f in (out / "iter001").iterdir()}
+    capsys.readouterr()
+    assert cli("conf2pose", "--from", chain["het"], "--mask", chain["mask"], "--out", out, *C2P_BASE,
+               "--focus-iter", 0, "--width-rule", "sigma") == 0
+    assert "ends at iteration 0" in capsys.readouterr().out
+    assert len(RunSummary_load(out).iterations) == 0
+    assert np.allclose(read_star(out / "final" / "particles.star").rotation, converted, atol=1e-6)
+    assert cli("conf2pose", "--from", chain["het"], "--mask", chain["mask"], "--out", out, *C2P_BASE,
+               "--focus-iter", 1, "--width-rule", "sigma") == 0
+    assert {f: f.stat().st_mtime_ns for f in (out / "iter001").iterdir()} == kept
+    assert len(RunSummary_load(out).iterations) == 1
+    assert np.allclose(read_star(out / "final" / "particles.star").rotation, focused, atol=1e-6)
     capsys.readouterr()
     assert cli("conf2pose", "--from", chain["het"], "--mask", chain["mask"], "--out", out, *C2P_BASE,
                "--focus-iter", 1) == 2

@@ -349,6 +349,26 @@ def test_resume_after_kill(sim_small, tiny_run, tmp_path, capsys):
     assert err.startswith("gmmcore refine: error: ") and "minres" in err and str(out) in err, err
 
 
+def test_fewer_iterations_end_earlier_and_keep_the_later_ones(sim_small, tiny_run, tmp_path, capsys):
+    """--iter below what the folder finished: the run ends at that iteration (final = its poses),
+    the later iteration stays on disk untouched, and asking for it again loads it."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    with np.load(out / "iter001" / "poses.npz") as z:
+        R1 = z["rotation"].copy()
+    ref_star = read_star(tiny_run / "final" / "particles.star")
+    later = _mtimes(sorted((out / "iter002").iterdir()))
+    capsys.readouterr()
+    assert refine_cli("--particles", sim_small["perturbed_star"], "--out", out, "--iter", 1, *TINY_ARGS) == 0
+    assert "ends at iteration 1 as asked; iterations 2-2" in capsys.readouterr().out
+    assert len(json.loads((out / "summary.json").read_text())["iterations"]) == 1
+    assert np.allclose(read_star(out / "final" / "particles.star").rotation, R1, atol=1e-6)
+    assert not np.allclose(R1, ref_star.rotation, atol=1e-3)  # iteration 2 did move the poses
+    assert refine_cli("--particles", sim_small["perturbed_star"], "--out", out, "--iter", 2, *TINY_ARGS) == 0
+    assert _mtimes(sorted((out / "iter002").iterdir())) == later
+    assert np.allclose(read_star(out / "final" / "particles.star").rotation, ref_star.rotation, atol=1e-6)
+
+
 def test_continue_on_empty_folder(sim_small, tmp_path, capsys):
     out = tmp_path / "empty"
     out.mkdir()

@@ -99,11 +99,17 @@ def run_iterations(table: ParticleTable, state: RefinementState, plan: Iteration
                    summary: RunSummary, iterations: int, executor=None,
                    on_record: Optional[Callable[[IterationRecord], None]] = None) -> RefinementState:
     """Iterations 1..``iterations`` of :func:`.loop.iterate` from ``state``, each record appended
-    to ``summary`` and saved (resumable: a complete iteration is loaded); → the last state."""
+    to ``summary`` and saved (resumable: a complete iteration is loaded); → the last state.  Fewer
+    iterations than the folder has finished: the run ends at the last one asked for, and the later
+    ones stay on disk (asking for them again loads them)."""
     for i in range(1, iterations + 1):
         state, record = loop.iterate(table, state, plan, backend, run.iteration(i), executor=executor)
         if on_record is not None:
             on_record(record)
         summary.iterations.append(record)
         summary.save()
+    later = run.finished_iterations_after(iterations)
+    if later > iterations:
+        log.info("%s: ends at iteration %d as asked; iterations %d-%d of an earlier, longer run are kept (asking for "
+                 "%d iterations again loads them)", run.path, iterations, iterations + 1, later, later)
     return state

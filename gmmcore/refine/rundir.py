@@ -226,6 +226,13 @@ class RunDir:
     def iteration(self, i: int) -> IterationStore:
         return IterationStore(self.path / f"iter{i:03d}", i)
 
+    def finished_iterations_after(self, i: int) -> int:
+        """The last iteration > ``i`` whose folder is complete with every one between (``i`` if none),
+        read without creating anything."""
+        while (self.path / f"iter{i + 1:03d}" / "report.json").exists():
+            i += 1
+        return i
+
     @property
     def auto_mask_path(self) -> Path:
         return self.path / "mask_auto.mrc"
