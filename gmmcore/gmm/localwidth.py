@@ -23,10 +23,10 @@ Seed density (``--gmm-density local``, :func:`seed_density`): the same local res
 where a seeded GMM's extra Gaussians go.  ``--gmm-n-scale`` S then applies where the map is as sharp
 as its median and fades as (r₀/r)³ to the estimate itself (×1) where it is coarser:
 
-    f(x) = clip(S·(r₀/r(x))³, min(1, S), max(1, S)),   r₀ = median of r over the map's density,
+    f(x) = clip(S·(r₀/r(x))³, 1, S),   r₀ = median of r over the map's density,
 
 the factor by which the Gaussians' number density at x changes (N × its mean over the density;
-K-means weights × f^(5/3), :mod:`gmmcore.gmm.build`).  More Gaussians fit a sharp region's detail;
+K-means weights × f^(5/3), :mod:`gmmcore.gmm.build`); S < 1 removes Gaussians evenly (f = S).  More Gaussians fit a sharp region's detail;
 in a region blurred by motion they fit the half maps' noise (benchmarks/realistic/README.md).
 """
 from __future__ import annotations
@@ -67,8 +67,9 @@ def widen_to_local_resolution(gmm: GMM, local_res: np.ndarray, apix: float, band
 
 def seed_density(local_res: np.ndarray, map_: np.ndarray, scale: float) -> np.ndarray:
     """The seed-density factor f (float64, the map's grid; see the module notes) of a map whose
-    local resolution (Å; 0 = unknown, there f = 1) is ``local_res``; r₀ is the median local
-    resolution over the voxels above the map's :func:`gmmcore.gmm.build.auto_threshold`."""
+    local resolution (Å; 0 = unknown, there f = 1) is ``local_res``, for ``scale`` S (``--gmm-n-scale``);
+    r₀ is the median local resolution over the voxels above the map's
+    :func:`gmmcore.gmm.build.auto_threshold`."""
     from .build import auto_threshold
 
     r = np.asarray(local_res, np.float64)
@@ -77,9 +78,10 @@ def seed_density(local_res: np.ndarray, map_: np.ndarray, scale: float) -> np.nd
         raise ValueError(f"local resolution {r.shape} and map {m.shape} differ in shape")
     threshold, _ = auto_threshold(m)
     known = r[(m > threshold) & (r > 0)]
-    if known.size == 0 or scale == 1.0:
+    if scale <= 1.0:
+        return np.full(m.shape, float(scale))
+    if known.size == 0:
         return np.ones(m.shape)
     r0 = float(np.median(known))
-    lo, hi = min(1.0, scale), max(1.0, scale)
-    f = np.clip(scale * (r0 / np.where(r > 0, r, r0)) ** 3, lo, hi)
+    f = np.clip(scale * (r0 / np.where(r > 0, r, r0)) ** 3, 1.0, scale)
     return np.where(r > 0, f, 1.0)

@@ -1,5 +1,5 @@
 """Where each iteration aligns and what it reconstructs: expert fields shared by the global, focused and patch-by-patch
-refinement forms, and the engine options they set (``--band-rule``, ``--align-from``, ``--drop-worst``, ``--gmm-fit``, ``--gmm-start``, ``--gmm-local-res``, ``--gmm-n-scale``; defaults:
+refinement forms, and the engine options they set (``--band-rule``, ``--align-from``, ``--drop-worst``, ``--gmm-fit``, ``--gmm-start``, ``--gmm-local-res``, ``--gmm-n-scale``, ``--gmm-density``; defaults:
 :mod:`gmmcore.defaults`).
 
 The band rule picks the resolution each iteration aligns to from the last half maps' masked FSC
@@ -10,7 +10,8 @@ the last iteration's poses; prior: the pose prior's centre, the poses the run st
 "GMM fit" picks how the fit of each half map's GMM computes its transform (fourier, or hermitian: faster);
 "GMM start" picks where each half map's GMM starts in iterations >= 2 (seed: K-means; warm: its previous GMM, faster);
 "GMM local resolution" blurs each GMM where the half maps' local resolution is coarser;
-"GMM size" multiplies the estimated number of Gaussians of each seeded GMM.
+"GMM size" multiplies the estimated number of Gaussians of each seeded GMM, everywhere or ("GMM size applies":
+local) only where the half maps are sharp.
 """
 import pyworkflow.protocol.params as params
 
@@ -23,11 +24,12 @@ ALIGN_FROMS = tuple(defaults.ALIGN_FROMS)
 GMM_FITS = tuple(defaults.GMM_FITS)
 GMM_STARTS = tuple(defaults.GMM_STARTS)
 GMM_LOCAL_RES = tuple(defaults.GMM_LOCAL_RES_CHOICES)
+GMM_DENSITIES = tuple(defaults.GMM_DENSITIES)
 
 
 def defineAlignmentRuleParams(form):
-    """Add "Band rule", "Align from", "Drop worst fraction", "GMM fit", "GMM start", "GMM local resolution" and
-    "GMM size" (expert) to the current section of ``form``."""
+    """Add "Band rule", "Align from", "Drop worst fraction", "GMM fit", "GMM start", "GMM local resolution",
+    "GMM size" and "GMM size applies" (expert) to the current section of ``form``."""
     addExpertChoice(form, "bandRule", BAND_RULES, defaults.BAND_RULE, "Band rule",
                     "The resolution each iteration aligns to, from the masked FSC of the last half maps (never "
                     "finer than 'Highest resolution used'). fsc01: 0.9 x where the FSC falls below 0.1 (the "
@@ -65,11 +67,16 @@ def defineAlignmentRuleParams(form):
                        "about the band's resolution) times this, %g to %g (default 1). 2 packs them 1.26x closer: "
                        "measured better poses of the rigid part on RELION-made particles, with alignment and GMM "
                        "fits about twice as slow. Ignored when 'Number of Gaussians' is set." % (lo, hi))
+    addExpertChoice(form, "gmmDensity", GMM_DENSITIES, defaults.GMM_DENSITY, "GMM size applies",
+                    "Where 'GMM size' adds Gaussians. uniform: everywhere (default). local: where the half maps' "
+                    "local resolution is as sharp as their median, fading to the estimate where it is coarser "
+                    "(e.g. a domain blurred by motion).")
 
 
 def alignmentRuleOptions(prot):
-    """The engine options of the seven fields of ``prot`` (its form has them)."""
+    """The engine options of the eight fields of ``prot`` (its form has them)."""
     return {"band_rule": BAND_RULES[prot.bandRule.get()], "align_from": ALIGN_FROMS[prot.alignFrom.get()],
             "drop_worst": prot.dropWorst.get(), "gmm_fit": GMM_FITS[prot.gmmFit.get()],
             "gmm_start": GMM_STARTS[prot.gmmStart.get()],
-            "gmm_local_res": GMM_LOCAL_RES[prot.gmmLocalRes.get()], "gmm_n_scale": prot.gmmNScale.get()}
+            "gmm_local_res": GMM_LOCAL_RES[prot.gmmLocalRes.get()], "gmm_n_scale": prot.gmmNScale.get(),
+            "gmm_density": GMM_DENSITIES[prot.gmmDensity.get()]}

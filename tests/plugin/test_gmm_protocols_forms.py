@@ -236,8 +236,8 @@ class TestGmmProtocolForms(BaseTest):
         from gmmcore import defaults
         from gmmcore.cli import build_parser
         from gmmrefine_scipion import Plugin
-        from gmmrefine_scipion.protocols.alignment_rules import (BAND_RULES, GMM_FITS, GMM_LOCAL_RES, GMM_STARTS,
-                                                                 alignmentRuleOptions)
+        from gmmrefine_scipion.protocols.alignment_rules import (BAND_RULES, GMM_DENSITIES, GMM_FITS, GMM_LOCAL_RES,
+                                                                 GMM_STARTS, alignmentRuleOptions)
 
         for protClass in COMPUTE:
             prot = protClass()
@@ -246,7 +246,8 @@ class TestGmmProtocolForms(BaseTest):
                              protClass.__name__)
             if not has:
                 continue
-            for name in ("bandRule", "alignFrom", "dropWorst", "gmmFit", "gmmStart", "gmmLocalRes", "gmmNScale"):
+            for name in ("bandRule", "alignFrom", "dropWorst", "gmmFit", "gmmStart", "gmmLocalRes", "gmmNScale",
+                         "gmmDensity"):
                 self.assertEqual(prot.getParam(name).expertLevel.get(), LEVEL_ADVANCED, (protClass.__name__, name))
             self.assertEqual(alignmentRuleOptions(prot), {"band_rule": defaults.BAND_RULE,
                                                           "align_from": defaults.ALIGN_FROM,
@@ -254,7 +255,8 @@ class TestGmmProtocolForms(BaseTest):
                                                           "gmm_fit": defaults.GMM_FIT,
                                                           "gmm_start": defaults.GMM_START,
                                                           "gmm_local_res": defaults.GMM_LOCAL_RES,
-                                                          "gmm_n_scale": defaults.GMM_N_SCALE})
+                                                          "gmm_n_scale": defaults.GMM_N_SCALE,
+                                                          "gmm_density": defaults.GMM_DENSITY})
         refine = self._saved(GmmProtRefine, useGpu=False)
         refine.inputParticles.set(self._particles("rules"))
         other = [r for r in BAND_RULES if r != defaults.BAND_RULE][0]  # the non-default rule
@@ -266,7 +268,8 @@ class TestGmmProtocolForms(BaseTest):
                                         ("gmmFit", GMM_FITS.index("hermitian"), None, None),
                                         ("gmmStart", GMM_STARTS.index("warm"), None, None),
                                         ("gmmLocalRes", GMM_LOCAL_RES.index(other_local), None, None),
-                                        ("gmmNScale", 2.0, 20.0, "GMM size")):
+                                        ("gmmNScale", 2.0, 20.0, "GMM size"),
+                                        ("gmmDensity", GMM_DENSITIES.index("local"), None, None)):
             signature = refine._formSignature()
             getattr(refine, name).set(value)
             self.assertNotEqual(refine._formSignature(), signature, name)
@@ -282,19 +285,20 @@ class TestGmmProtocolForms(BaseTest):
         self.assertIn("--gmm-start warm ", command + " ")
         self.assertIn("--gmm-local-res %s " % other_local, command + " ")
         self.assertIn("--gmm-n-scale 2.0 ", command + " ")
+        self.assertIn("--gmm-density local ", command + " ")
         for protClass, verb, required in (
                 (GmmProtFocusedRefine, "refine-focused", dict(mask="m.mrc", out="o", **{"from": "r"})),
                 (GmmProtPatchRefine, "refine-patches", dict(out="o", **{"from": "r"}))):
             options = self._saved(protClass, bandRule=BAND_RULES.index(other), alignFrom=1, dropWorst=0.1,
                                    gmmFit=GMM_FITS.index("hermitian"), gmmStart=GMM_STARTS.index("warm"),
                                    gmmLocalRes=GMM_LOCAL_RES.index(other_local), gmmNScale=2.0,
-                                   useGpu=False)._alignmentOptions()
+                                   gmmDensity=GMM_DENSITIES.index("local"), useGpu=False)._alignmentOptions()
             self.assertEqual((options["band_rule"], options["align_from"]), (other, "prior"), verb)
             argv = Plugin.getGmmcoreArgs(verb, **required, **options).split()[2:]
             args = build_parser(argv).parse_args(argv)
             self.assertEqual((args.band_rule, args.align_from, args.drop_worst, args.gmm_fit, args.gmm_start,
-                              args.gmm_local_res, args.gmm_n_scale),
-                             (other, "prior", 0.1, "hermitian", "warm", other_local, 2.0), verb)
+                              args.gmm_local_res, args.gmm_n_scale, args.gmm_density),
+                             (other, "prior", 0.1, "hermitian", "warm", other_local, 2.0, "local"), verb)
 
     def test_decoder_amplitude_field_reaches_the_engine(self):
         """Heterogeneity form: expert "Decoder amplitudes" (the engine's default) becomes --amplitude,
