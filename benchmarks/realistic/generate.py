@@ -5,6 +5,7 @@ maps computed from the bundled adenylate kinase models (see README.md beside thi
     python -m benchmarks.realistic.generate --set rigid --n 400 --snr 0.1 --out /tmp/small
     python -m benchmarks.realistic.generate --set assembly --out benchmarks/realistic_cache
     python -m benchmarks.realistic.generate --set occupancy --out benchmarks/realistic_cache
+    python -m benchmarks.realistic.generate --set twobody --out benchmarks/realistic_cache
 
 Frames and truth
 ----------------
@@ -33,6 +34,14 @@ Frames and truth
   bin 0 (t 0) the four core copies alone, bin 1 (t 1) all six; each particle's t is its bin (0 or
   1), drawn as t uniform → bin, so the same seed gives the same poses as the assembly set.  The
   truth map (t_ref 0.5) is the whole assembly; the domain's pose is the core's (Q = I).
+* Two-body set (parts that move separately, each alignable: what patch-by-patch refinement is
+  for): the assembly's six copies as three rigid pairs of neighbouring copies, each a third of the
+  mass — domain A (copies 0, 1: "lid"), domain B (copies 2, 4: "lid2") and the core (copies 3, 5).
+  A and B each turn about their own hinge (as the assembly's domain, halfway to the core's centre of
+  mass, a seeded axis perpendicular to that line) by swing·(2t − 1), swing 8°, with their own t
+  (t = (t_A, t_B), each uniform and independent; t_ref (0.5, 0.5)); ``bins`` per axis, so bins²
+  maps.  ``domain_mask.mrc`` / ``domain2_mask.mrc`` cover A / B over their swing, the truth holds
+  both domains' poses (``domain_*`` for A, ``domain2_*`` for B).
 * Masks (soft, 3-px raised-cosine edge, :func:`gmmcore.masks.points_mask`): ``domain_mask.mrc``
   voxels within 4 Å of the LID atoms of any bin and nearer to them than to the other atoms of
   t_ref; ``core_mask.mrc`` the same for the core atoms of t_ref; ``particle_mask.mrc`` within 4 Å
@@ -78,7 +87,8 @@ NMP = (30, 59)
 T_REF = 0.5
 SETS = {"rigid": dict(n=4000, flexible=False), "flexible": dict(n=6000, flexible=True),
         "assembly": dict(n=6000, flexible=True, assembly=True, box=80, apix=1.75),
-        "occupancy": dict(n=6000, flexible=True, assembly=True, occupancy=True, box=80, apix=1.75)}
+        "occupancy": dict(n=6000, flexible=True, assembly=True, occupancy=True, box=80, apix=1.75),
+        "twobody": dict(n=6000, flexible=True, assembly=True, twobody=True, box=80, apix=1.75, bins=8)}
 DEFAULT_BOX, DEFAULT_APIX = 64, 1.5
 # The assembly set: an octahedral cluster of ASSEMBLY_COPIES closed ADK copies (≈ 24 kDa each); two
 # neighbouring copies form the moving domain (≈ 48 kDa, a third of the mass), which swings about a
@@ -89,6 +99,8 @@ ASSEMBLY_DOMAIN_COPIES = 2
 ASSEMBLY_EDGE_A = 46.0  # distance between neighbouring copies' centres of mass
 ASSEMBLY_SWING_DEG = 15.0
 ASSEMBLY_SEED = 5
+TWOBODY_COPIES = ((0, 1), (2, 4))  # domains A and B (octahedron edges x–y and −x–z); the core: −y, −z
+TWOBODY_SWING_DEG = 8.0
 STACK = "particles.mrcs"
 
 
@@ -130,13 +142,14 @@ def load_trajectory() -> dict:
 
 
 def load_assembly(domain_copies: int = ASSEMBLY_DOMAIN_COPIES, edge_A: float = ASSEMBLY_EDGE_A,
-                  swing_deg: float = ASSEMBLY_SWING_DEG, seed: int = ASSEMBLY_SEED) -> dict:
+                  swing_deg: float = ASSEMBLY_SWING_DEG, seed: int = ASSEMBLY_SEED, twobody: bool = False) -> dict:
     """The assembly set's trajectory (module notes): six closed ADK copies at the vertices of a
     regular octahedron of edge ``edge_A``, each turned by a seeded random rotation (the most open of
     64 tries: largest closest approach between copies); the first ``domain_copies`` (neighbours) are
     the moving domain.  Its hinge: the point halfway from its centre of mass to the core's, axis
     perpendicular to that line (seeded).  At trajectory point t the domain is turned about the hinge
-    by swing·(2t − 1) — 0 at t_ref 0.5."""
+    by swing·(2t − 1) — 0 at t_ref 0.5.  ``twobody``: the two domains of TWOBODY_COPIES, each with its
+    own hinge (t a pair; module notes)."""
     from scipy.spatial import cKDTree
 
     one = load_trajectory()
@@ -155,25 +168,40 @@ def load_assembly(domain_copies: int = ASSEMBLY_DOMAIN_COPIES, edge_A: float = A
             best, best_gap = parts, float(gap)
     x = np.concatenate(best)
     n1 = len(x1)
-    lid = np.zeros(len(x), bool)
-    lid[:n1 * domain_copies] = True  # "lid" = the moving domain throughout this module
-    dom_c, core_c = verts[:domain_copies].mean(0), verts[domain_copies:].mean(0)
-    hinge = 0.5 * (dom_c + core_c)
-    line = (dom_c - core_c) / np.linalg.norm(dom_c - core_c)
-    axis = np.cross(line, rng.normal(size=3))
-    axis /= np.linalg.norm(axis)
+    bodies = TWOBODY_COPIES if twobody else (tuple(range(domain_copies)),)
+    copy_of = np.repeat(np.arange(copies), n1)
+    sels = [np.isin(copy_of, b) for b in bodies]  # "lid" (and "lid2") = the moving domain(s) throughout this module
+    core_copies = [c for c in range(copies) if not any(c in b for b in bodies)]
+    core_c = verts[core_copies].mean(0)
+    hinges = []
+    for b in bodies:
+        dom_c = verts[list(b)].mean(0)
+        line = (dom_c - core_c) / np.linalg.norm(dom_c - core_c)
+        axis = np.cross(line, rng.normal(size=3))
+        hinges.append((0.5 * (dom_c + core_c), axis / np.linalg.norm(axis), math.radians(swing_deg)))
+    lid = sels[0]
+    moving = np.any(sels, axis=0)
     ba = np.tile(one["ba"], copies)
     mass = np.tile(m1, copies)
     traj = {"xa": x, "xb": x, "elements": np.tile(one["elements"], copies), "resseq": np.tile(one["resseq"], copies),
-            "mass": mass, "lid": lid, "nmp": np.zeros(len(x), bool), "core": ~lid, "ba": ba, "bb": ba,
-            "domains": [], "hinge": (hinge, axis, math.radians(swing_deg)), "min_gap_A": best_gap}
+            "mass": mass, "lid": lid, "nmp": np.zeros(len(x), bool), "core": ~moving, "ba": ba, "bb": ba,
+            "domains": [], "hinge": hinges[0], "min_gap_A": best_gap}
+    if twobody:
+        traj.update(lid2=sels[1], hinges=hinges)
     traj["centre"] = (x * mass[:, None]).sum(0) / mass.sum()
     traj["domain_angle_deg"] = [2.0 * float(swing_deg)]
     return traj
 
 
 def coords_at(traj: dict, t: float, centred: bool = False) -> np.ndarray:
-    """Atom coordinates (Å) at trajectory point t ∈ [0, 1] (centred on the box centre if asked)."""
+    """Atom coordinates (Å) at trajectory point t ∈ [0, 1] (a pair (t_A, t_B) for a two-body set),
+    centred on the box centre if asked."""
+    if "hinges" in traj:  # two bodies: each turns rigidly about its own hinge by its own t
+        x = traj["xa"].copy()
+        for sel, (p, axis, swing), tb in zip((traj["lid"], traj["lid2"]), traj["hinges"], np.broadcast_to(t, (2,))):
+            R = Rotation.from_rotvec(axis * swing * (2.0 * float(tb) - 1.0)).as_matrix()
+            x[sel] = (x[sel] - p) @ R.T + p
+        return x - traj["centre"] if centred else x
     if "hinge" in traj:  # the assembly: the domain turns rigidly about its hinge
         p, axis, swing = traj["hinge"]
         x = traj["xa"].copy()
@@ -188,8 +216,8 @@ def coords_at(traj: dict, t: float, centred: bool = False) -> np.ndarray:
     return x - traj["centre"] if centred else x
 
 
-def b_factors_at(traj: dict, t: float) -> np.ndarray:
-    return traj["ba"] + t * (traj["bb"] - traj["ba"])
+def b_factors_at(traj: dict, t) -> np.ndarray:
+    return traj["ba"] + float(np.ravel(t)[0]) * (traj["bb"] - traj["ba"])  # the assembly's are t-independent
 
 
 def map_at(traj: dict, t: float, box: int, apix: float) -> np.ndarray:
@@ -237,13 +265,14 @@ def draw_truth(n: int, box: int, apix: float, seed: int, flexible: bool, bins: i
             "rotations_start": rot_start, "origins_start_A": origins_start, "t": t, "bin": b}
 
 
-def domain_motion(traj: dict, t_bins: np.ndarray):
-    """Per bin, the LID's Kabsch motion (Q, u) from t_ref to t_b in the centred frame: y = Q z + u."""
-    sel, m = traj["lid"], traj["mass"]
+def domain_motion(traj: dict, t_bins: np.ndarray, domain: str = "lid"):
+    """Per bin, the domain's (``"lid"``, or ``"lid2"`` of a two-body set) Kabsch motion (Q, u) from
+    t_ref to t_b in the centred frame: y = Q z + u."""
+    sel, m = traj[domain], traj["mass"]
     z = coords_at(traj, T_REF, True)[sel]
     Q, U = [], []
     for tb in t_bins:
-        R, u = _kabsch(z, coords_at(traj, float(tb), True)[sel], m[sel])
+        R, u = _kabsch(z, coords_at(traj, tb if np.ndim(tb) else float(tb), True)[sel], m[sel])
         Q.append(R)
         U.append(u)
     return np.asarray(Q), np.asarray(U)
@@ -287,7 +316,7 @@ def signal_disc(box: int, radius_px: float) -> np.ndarray:
 
 
 def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int = 17, box: Optional[int] = None,
-             apix: Optional[float] = None, snr: float = 0.05, bins: int = 20, force: bool = False,
+             apix: Optional[float] = None, snr: float = 0.05, bins: Optional[int] = None, force: bool = False,
              start_angle_deg: float = 2.4, start_shift_px: float = 1.2, span: float = 1.0) -> dict:
     """Make one set in ``out_dir`` (skipped when ``generation.json`` there has the same parameters;
     ``start_angle_deg`` / ``start_shift_px``: the mean start-pose error; ``span``: the part of the
@@ -301,6 +330,7 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     box = int(spec.get("box", DEFAULT_BOX) if box is None else box)
     apix = float(spec.get("apix", DEFAULT_APIX) if apix is None else apix)
     flexible = bool(spec["flexible"])
+    bins = int(spec.get("bins", 20) if bins is None else bins)
     occupancy = bool(spec.get("occupancy"))
     if occupancy:
         bins, span = 2, 1.0  # t 0: domain absent, t 1: present (module notes)
@@ -309,7 +339,11 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
               "start_shift_px": float(start_shift_px), "version": 1}
     if flexible and span != 1.0:
         params["span"] = float(span)
-    swing = 0.0 if occupancy else ASSEMBLY_SWING_DEG
+    twobody = bool(spec.get("twobody"))
+    swing = 0.0 if occupancy else TWOBODY_SWING_DEG if twobody else ASSEMBLY_SWING_DEG
+    if twobody:
+        params["twobody"] = {"domains": [list(b) for b in TWOBODY_COPIES], "bins_per_domain": int(bins)}
+        params["bins"] = int(bins) ** 2
     if spec.get("assembly"):
         params["assembly"] = {"copies": ASSEMBLY_COPIES, "domain_copies": ASSEMBLY_DOMAIN_COPIES, "edge_A": ASSEMBLY_EDGE_A,
                               "swing_deg": swing, "seed": ASSEMBLY_SEED}
@@ -324,9 +358,9 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     if out.exists():
         shutil.rmtree(out)
     (out / "maps").mkdir(parents=True)
-    traj = load_assembly(swing_deg=swing) if spec.get("assembly") else load_trajectory()
+    traj = load_assembly(swing_deg=swing, twobody=twobody) if spec.get("assembly") else load_trajectory()
     traj["occupancy"] = occupancy
-    nb = params["bins"]
+    nb = int(bins) if twobody else params["bins"]
     t_bins = trajectory_span(span) + (np.arange(nb) + 0.5) / nb * span if flexible else np.zeros(1)
     truth = draw_truth(n, box, apix, seed, flexible, nb, start_angle_deg=start_angle_deg,
                        start_shift_px=start_shift_px, span=span)
@@ -334,21 +368,30 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
         t_bins = np.array([0.0, 1.0])
         truth["t"] = truth["bin"].astype(np.float64)
     t_ref = T_REF if flexible else 0.0
+    if twobody:  # domain B's t drawn after everything else (same poses as the assembly set of this seed)
+        t_b = trajectory_span(span) + span * np.random.default_rng([seed, 2]).uniform(0.0, 1.0, n)
+        bin_b = np.minimum(((t_b - trajectory_span(span)) / span * nb).astype(np.int64), nb - 1)
+        truth["t"] = np.stack([truth["t"], t_b], 1)
+        truth["bin"] = truth["bin"] * nb + bin_b
+        t_bins = np.stack(np.meshgrid(t_bins, t_bins, indexing="ij"), -1).reshape(-1, 2)
+        t_ref = (T_REF, T_REF)
 
     # Maps: the reference state (truth map) and one per bin.
     write_map(out / "truth_map.mrc", map_at(traj, t_ref, box, apix), apix)
     bin_maps = []
     for b, tb in enumerate(t_bins):
         p = out / "maps" / f"bin_{b:02d}.mrc"
-        write_map(p, map_at(traj, float(tb), box, apix), apix)
+        write_map(p, map_at(traj, tb if twobody else float(tb), box, apix), apix)
         bin_maps.append(p)
 
     # Masks.
     core, lid = traj["core"], traj["lid"]
     x_ref = coords_at(traj, t_ref, True)
-    all_bins = [coords_at(traj, float(tb), True) for tb in (t_bins if flexible else [0.0])]
-    lid_pts = np.concatenate([x[lid] for x in all_bins])
-    write_map(out / "domain_mask.mrc", points_mask(lid_pts, box, apix, 4.0, 3.0, exclude_A=x_ref[~lid]), apix)
+    all_bins = [coords_at(traj, tb if twobody else float(tb), True) for tb in (t_bins if flexible else [0.0])]
+    for name, sel in (("domain_mask.mrc", lid), ("domain2_mask.mrc", traj.get("lid2"))):
+        if sel is not None:
+            pts = np.concatenate([x[sel] for x in all_bins])
+            write_map(out / name, points_mask(pts, box, apix, 4.0, 3.0, exclude_A=x_ref[~sel]), apix)
     write_map(out / "core_mask.mrc", points_mask(x_ref[core], box, apix, 4.0, 3.0, exclude_A=x_ref[~core]), apix)
     write_map(out / "particle_mask.mrc", points_mask(np.concatenate(all_bins), box, apix, 4.0, 3.0), apix)
 
@@ -385,16 +428,21 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
     write_star(table(truth, truth["rotations_start"], truth["origins_start_A"], apix, box, names),
                out / "particles.star")
     write_star(table(truth, truth["rotations"], truth["origins_A"], apix, box, names), out / "particles_true.star")
-    Q, U = domain_motion(traj, t_bins) if flexible else (np.eye(3)[None], np.zeros((1, 3)))
-    q, u = Q[truth["bin"]], U[truth["bin"]]
     A = truth["rotations"]
-    dom_rot = np.einsum("nab,nbc->nac", A, q)
-    dom_org = truth["origins_A"] - np.einsum("nab,nb->na", A, u)[:, :2]
+    domains = {}
+    for key, dom in (("domain", "lid"), ("domain2", "lid2")):
+        if dom == "lid2" and not twobody:
+            continue
+        Q, U = domain_motion(traj, t_bins, dom) if flexible else (np.eye(3)[None], np.zeros((1, 3)))
+        q, u = Q[truth["bin"]], U[truth["bin"]]
+        domains.update({f"{key}_rotation": q, f"{key}_translation_A": u,
+                        f"{key}_pose_rotations": np.einsum("nab,nbc->nac", A, q),
+                        f"{key}_pose_origins_A": truth["origins_A"] - np.einsum("nab,nb->na", A, u)[:, :2]})
+    q = domains["domain_rotation"]
     ctf = truth["ctf"]
     np.savez(out / "truth.npz", rotations=A, origins_A=truth["origins_A"], rotations_start=truth["rotations_start"],
              origins_start_A=truth["origins_start_A"], half=truth["half"], optics_group=truth["optics_group"],
-             t=truth["t"], bin=truth["bin"], t_bins=t_bins, domain_rotation=q, domain_translation_A=u,
-             domain_pose_rotations=dom_rot, domain_pose_origins_A=dom_org, defocus_u=ctf.defocus_u,
+             t=truth["t"], bin=truth["bin"], t_bins=t_bins, **domains, defocus_u=ctf.defocus_u,
              defocus_v=ctf.defocus_v, defocus_angle=ctf.defocus_angle)
     q_angle = np.rad2deg(Rotation.from_matrix(q).magnitude())
     info = {
@@ -405,6 +453,7 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
                           "signal disc / noise variance",
         "t_ref": t_ref,
         "domain": ("ADK copies 0-1 of the assembly" + (", present where t = 1" if occupancy else "")
+                   + (" (domain A; domain B: copies 2, 4, its own t)" if twobody else "")
                    if spec.get("assembly") else f"LID {LID[0]}-{LID[1]}"),
         **({"domain_present_fraction_drawn": float(truth["t"].mean())} if occupancy else {}),
         "domain_mass_fraction": float(traj["mass"][traj["lid"]].sum() / traj["mass"].sum()), "domain_angle_models_deg": traj["domain_angle_deg"],
@@ -414,7 +463,7 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
         "files": {"stack": STACK, "start_star": "particles.star", "true_star": "particles_true.star",
                   "truth": "truth.npz", "truth_map": "truth_map.mrc", "bin_maps": "maps/bin_NN.mrc",
                   "domain_mask": "domain_mask.mrc", "core_mask": "core_mask.mrc",
-                  "particle_mask": "particle_mask.mrc"},
+                  "particle_mask": "particle_mask.mrc", **({"domain2_mask": "domain2_mask.mrc"} if twobody else {})},
     }
     info_path.write_text(json.dumps(info, indent=1))
     return info
@@ -422,8 +471,8 @@ def generate(out_dir, kind: str = "flexible", n: Optional[int] = None, seed: int
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--set", choices=["rigid", "flexible", "assembly", "occupancy", "both"], default="both",
-                   help="both = rigid and flexible (the assembly and occupancy sets are made only when named)")
+    p.add_argument("--set", choices=["rigid", "flexible", "assembly", "occupancy", "twobody", "both"], default="both",
+                   help="both = rigid and flexible (the assembly, occupancy and two-body sets are made only when named)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "realistic_cache"),
                    help="cache folder (one sub-folder per set; default benchmarks/realistic_cache)")
     p.add_argument("--n", type=int, default=None, help="particles (default 4000 rigid, 6000 flexible)")
@@ -431,7 +480,8 @@ def main(argv=None) -> int:
     p.add_argument("--box", type=int, default=None, help="default 64 (assembly 80)")
     p.add_argument("--apix", type=float, default=None, help="Å/px, default 1.5 (assembly 1.75)")
     p.add_argument("--snr", type=float, default=0.05)
-    p.add_argument("--bins", type=int, default=20)
+    p.add_argument("--bins", type=int, default=None,
+                   help="trajectory bins (default 20; two-body set: per domain, default 8, so 64 maps)")
     p.add_argument("--span", type=float, default=1.0,
                    help="flexible set: the part of the closed → open trajectory covered, centred on its middle "
                         "(default 1: all of it, the LID ±25°; 0.2: about ±5°)")

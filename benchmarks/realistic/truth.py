@@ -12,7 +12,8 @@ from gmmcore.geometry import angular_distance
 from gmmcore.io.maps import read_map
 from gmmcore.io.star import read_star
 
-MASKS = {"domain": "domain_mask.mrc", "core": "core_mask.mrc", "particle": "particle_mask.mrc"}
+MASKS = {"domain": "domain_mask.mrc", "domain2": "domain2_mask.mrc", "core": "core_mask.mrc",
+         "particle": "particle_mask.mrc"}  # domain2: a two-body set's domain B (only where the set has it)
 
 
 def truth_rows(tab) -> np.ndarray:
@@ -28,13 +29,17 @@ def truth_rows(tab) -> np.ndarray:
 def pose_errors(star, set_dir) -> dict:
     """Per particle of ``star`` (rows matched to the set by image index: rlnImageOriginalName for
     imported / refined stars, else rlnImageName): ``core_deg`` angle to the true rotation A,
-    ``domain_deg`` angle to the domain's rotation A·Q, ``shift_px`` |origin − true origin| (pixels)."""
+    ``domain_deg`` angle to the domain's rotation A·Q, ``shift_px`` |origin − true origin| (pixels);
+    a two-body set also ``domain2_deg`` (domain B's)."""
     truth = np.load(Path(set_dir) / "truth.npz")
     tab = read_star(star, need_stacks=False)
     idx = truth_rows(tab)
-    return {"core_deg": angular_distance(tab.rotation, truth["rotations"][idx]),
-            "domain_deg": angular_distance(tab.rotation, truth["domain_pose_rotations"][idx]),
-            "shift_px": np.linalg.norm(tab.origin - truth["origins_A"][idx], axis=1) / tab.apix}
+    out = {"core_deg": angular_distance(tab.rotation, truth["rotations"][idx]),
+           "domain_deg": angular_distance(tab.rotation, truth["domain_pose_rotations"][idx]),
+           "shift_px": np.linalg.norm(tab.origin - truth["origins_A"][idx], axis=1) / tab.apix}
+    if "domain2_pose_rotations" in truth:
+        out["domain2_deg"] = angular_distance(tab.rotation, truth["domain2_pose_rotations"][idx])
+    return out
 
 
 def map_scores(h1: np.ndarray, h2: np.ndarray, set_dir: Path, apix: float, masks: Optional[dict] = None) -> dict:
@@ -45,7 +50,7 @@ def map_scores(h1: np.ndarray, h2: np.ndarray, set_dir: Path, apix: float, masks
     avg = 0.5 * (h1 + h2)
     out = {}
     set_dir = Path(set_dir)
-    for name, f in (masks or {k: set_dir / v for k, v in MASKS.items()}).items():
+    for name, f in (masks or {k: set_dir / v for k, v in MASKS.items() if (set_dir / v).is_file()}).items():
         mask = read_map(f)[0].astype(np.float64)
         freq, curve = fsc_masked(h1, h2, apix, mask)
         freq_t, curve_t = fsc(avg * mask, truth * mask, apix)
