@@ -271,7 +271,7 @@ def save(results: dict, path: Path = RESULTS) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Refinement modes on the realistic sets, scored against the truth.")
-    p.add_argument("--set", choices=["rigid", "flexible", "assembly", "occupancy"], default="flexible")
+    p.add_argument("--set", choices=["rigid", "flexible", "assembly", "occupancy", "twobody"], default="flexible")
     p.add_argument("--modes", nargs="+", choices=MODES, default=["truth", "global", "focused"])
     p.add_argument("--data", default=str(ROOT / "benchmarks" / "realistic_cache"), help="generated sets")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "realistic_cache" / "runs"), help="run folders")
