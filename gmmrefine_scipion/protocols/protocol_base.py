@@ -9,8 +9,9 @@
   (``gmmcore <VERB> <_engineOptions()> --out DIR``; a rerun continues a killed run) →
   ``createOutputStep`` (outputs read through the run's summary, :mod:`gmmcore.summary`).  The last
   two steps carry the form's signature (:meth:`_formSignature`), so Execute in Scipion's Continue
-  mode after a changed field reruns them: with only a raised CONTINUE_OPTIONS value (global,
-  focused and patch refinement: Iterations) the engine continues the finished run, with any other
+  mode after a changed field reruns them: with only another CONTINUE_OPTIONS value (global,
+  focused and patch refinement: Iterations) the engine continues the finished run (more: it adds
+  them; fewer: it ends at that iteration and keeps the later ones on disk), with any other
   change of what the run computes the run directory starts anew (:meth:`_startOrContinue`).  Its form
   holds the fields every compute protocol has (GPU, highest resolution, pose prior, batch size with
   0 = automatic, array backend, extra arguments, Threads); a new protocol supplies its own fields
@@ -165,7 +166,7 @@ class GmmProtRunBase(GmmProtocolMixin):
     VERB = "refine"
     RUN_DIR = "refine"
     PARAMS_FILE = ("params.json",)  # in the run directory: the engine has started this run
-    CONTINUE_OPTIONS = ()  # engine options a finished run continues with a higher value of (refine: "iter")
+    CONTINUE_OPTIONS = ()  # engine options a finished run continues with another value of (refine: "iter")
     SUMMARY_CLASS = RunSummary
 
     # ---- the common fields, per verb ----------------------------------------
@@ -312,8 +313,8 @@ class GmmProtRunBase(GmmProtocolMixin):
 
     def _startOrContinue(self, options):
         """Whether the engine continues the run directory (else it starts anew).  It continues a
-        run killed earlier, and a finished run whose only change is a raised CONTINUE_OPTIONS value
-        (more iterations); any other change of what the run computes (see DEVICE_OPTIONS for what
+        run killed earlier, and a finished run whose only change is a CONTINUE_OPTIONS value (more
+        iterations are added; fewer end the run there, the later ones kept on disk); any other change of what the run computes (see DEVICE_OPTIONS for what
         does not count) removes the old run directory first.  Records this run in extra/RUN_RECORD."""
         record = {k: v for k, v in options.items() if k not in DEVICE_OPTIONS}
         record.update(input=self._inputSignature(), pointers=self._pointerSignature(), extra=self._extraArguments())
@@ -356,7 +357,7 @@ class GmmProtRunBase(GmmProtocolMixin):
         if old == new:
             return True
         return (key in self.CONTINUE_OPTIONS and isinstance(old, (int, float)) and isinstance(new, (int, float))
-                and new > old)
+                and new >= 0)
 
     def createOutputStep(self, signature=None):
         self._registerOutputs(self.SUMMARY_CLASS.load(self.getSummaryFile()))

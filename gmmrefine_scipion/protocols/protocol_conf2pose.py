@@ -31,7 +31,8 @@ class GmmProtConfToPose(GmmProtRunBase, ProtRefine3D):
     RUN_DIR = CONF2POSE_DIR
 
     PARAMS_FILE = ("convert", "params.json")  # the conversion stage writes first
-    CONTINUE_OPTIONS = ("focus_iter",)  # raised Focused iterations: the engine keeps the conversion and adds them
+    # another Focused iterations: the engine keeps the conversion and adds them or ends earlier
+    CONTINUE_OPTIONS = ("focus_iter",)
     # the focused stage's fields: a change of only these keeps the conversion (convert/, the run's record)
     STAGE_OPTIONS = ("focus_iter", "width_rule", "mask_level", "maxres", "prior_angle", "prior_shift", "no_prior")
     MAXRES_HELP = "Focused refinement: best resolution used in the alignment (0: follow the FSC)."

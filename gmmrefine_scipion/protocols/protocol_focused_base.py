@@ -30,8 +30,9 @@ class GmmProtFocusedBase(GmmProtRunBase):
                   "large motions. 0: no prior.")
     BATCH_HELP = GmmProtRunBase.BATCH_HELP + " Results do not depend on it."
     ITERATIONS_LABEL = "Iterations"
-    # gmmcore refine-focused / refine-patches --continue with a higher --iter adds iterations (to every
-    # patch); the local resolution and (patches) the composite are then made again from the result
+    # gmmcore refine-focused / refine-patches --continue with another --iter adds iterations (to every
+    # patch) or ends each at an earlier one; the local resolution and (patches) the composite are then
+    # made again from the result
     CONTINUE_OPTIONS = ("iter",)
 
     def _defineSettingsParams(self, form):

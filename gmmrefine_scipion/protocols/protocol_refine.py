@@ -28,7 +28,8 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
     halves never see each other) and measures the FSC.  Outputs: particles with refined poses,
     the final map with its half maps, the FSC of every iteration, and the GMMs (as .gmm.npz and
     pseudo-atom PDB).  A killed run continues from its last finished iteration when relaunched in
-    'Continue' mode; so does a finished run whose Iterations were raised (N more iterations).
+    'Continue' mode; so does a finished run whose Iterations changed (more: they are added; fewer: the
+    run ends at that iteration, the later ones kept on disk for a later raise).
     """
     _label = "global refinement"
     _devStatus = pw.PROD
@@ -38,7 +39,7 @@ class GmmProtRefine(GmmProtRunBase, ProtRefine3D):
                         "outputGmmHalf2": AtomStruct}
     VERB = "refine"
     RUN_DIR = REFINE_DIR
-    CONTINUE_OPTIONS = ("iter",)  # gmmcore refine --continue with a higher --iter adds iterations
+    CONTINUE_OPTIONS = ("iter",)  # gmmcore refine --continue with another --iter adds iterations or ends earlier
 
     GPU_HELP = ("GPUs to use, e.g. '0' or '0 1 2 3': one gmmcore worker process per listed GPU, the particles "
                 "shared out between them (same result as one GPU).")

@@ -363,8 +363,9 @@ class TestGmmProtocolForms(BaseTest):
 
     def test_continue_mode_after_a_changed_field(self):
         """Execute in Continue mode: the engine steps carry the form's signature (a changed field
-        reruns them, a device field does not); raised Iterations continue the finished run, any
-        other change of what it computes starts the run directory anew."""
+        reruns them, a device field does not); another Iterations continues the finished run (the
+        engine adds iterations or ends at an earlier one), any other change of what it computes starts
+        the run directory anew."""
         refine = self._saved(GmmProtRefine, numberOfIterations=1, useGpu=False)
         refine.inputParticles.set(self._particles("continue"))
         signature = refine._formSignature()
@@ -388,7 +389,7 @@ class TestGmmProtocolForms(BaseTest):
         self.assertFalse(engineRun(numberOfIterations=1))  # a new run
         self.assertTrue(engineRun())  # killed, or nothing changed: continue
         self.assertTrue(engineRun(numberOfIterations=2, batchSize=8, numberOfThreads=2))  # N more iterations
-        self.assertFalse(engineRun(numberOfIterations=1))  # fewer: anew
+        self.assertTrue(engineRun(numberOfIterations=1))  # fewer: the engine ends at iteration 1, keeps iteration 2
         self.assertTrue(os.path.exists(refine.getRunDir("summary.json")))  # (forged again by engineRun)
         self.assertFalse(engineRun(symmetryGroup="C2"))  # changes the result: anew
         self.assertTrue(engineRun(numberOfIterations=3))
@@ -418,6 +419,8 @@ class TestGmmProtocolForms(BaseTest):
 
         self.assertFalse(c2pRun())  # a new run
         self.assertTrue(c2pRun(focus_iter=3))  # more focused iterations
+        self.assertTrue(c2pRun(focus_iter=1))  # fewer: the stage ends at iteration 1 (the engine keeps the rest)
+        self.assertTrue(c2pRun(focus_iter=3))
         self.assertTrue(c2pRun(focus_iter=3, width_rule="sigma"))  # another focused stage: the conversion stays
         c2p._startOrContinue({**base, "focus_iter": 3, "width_rule": "sigma", "mask_level": 0.1})
         self.assertEqual(sorted(os.listdir(c2p.getRunDir())), ["convert", "params.json"])
