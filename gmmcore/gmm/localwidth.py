@@ -26,8 +26,9 @@ as its median and fades as (r₀/r)³ to the estimate itself (×1) where it is c
     f(x) = clip(S·(r₀/r(x))³, 1, S),   r₀ = median of r over the map's density,
 
 the factor by which the Gaussians' number density at x changes (N × its mean over the density;
-K-means weights × f^(5/3), :mod:`gmmcore.gmm.build`); S < 1 removes Gaussians evenly (f = S).  More Gaussians fit a sharp region's detail;
-in a region blurred by motion they fit the half maps' noise (benchmarks/realistic/README.md).
+K-means weights × f^(5/3), :mod:`gmmcore.gmm.build`); S < 1 removes Gaussians evenly (f = S).  Only
+seeded GMMs (a warm-started one inherits its N).  Measured: benchmarks/realistic/README.md ("×2
+where the map is sharp").
 """
 from __future__ import annotations
 
@@ -76,10 +77,10 @@ def seed_density(local_res: np.ndarray, map_: np.ndarray, scale: float) -> np.nd
     m = np.asarray(map_, np.float64)
     if r.shape != m.shape:
         raise ValueError(f"local resolution {r.shape} and map {m.shape} differ in shape")
-    threshold, _ = auto_threshold(m)
-    known = r[(m > threshold) & (r > 0)]
     if scale <= 1.0:
         return np.full(m.shape, float(scale))
+    threshold, _ = auto_threshold(m)
+    known = r[(m > threshold) & (r > 0)]
     if known.size == 0:
         return np.ones(m.shape)
     r0 = float(np.median(known))
