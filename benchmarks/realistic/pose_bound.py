@@ -4,6 +4,7 @@ moving domain, at several bands.  A GMM of the set's true map (state t_ref), the
 noise measured in the images.  JSON → benchmarks/results/pose_bound.json (one key per set).
 
     python -m benchmarks.realistic.pose_bound --data benchmarks/realistic_cache --set rigid
+    python -m benchmarks.realistic.pose_bound --data benchmarks/realistic_cache --set twobody --bands 6 4.5
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from gmmcore.io.star import read_star
 from gmmcore.particles import Poses
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "pose_bound.json"
-REGIONS = {"particle": None, "core": "core_mask.mrc", "domain": "domain_mask.mrc"}
+REGIONS = {"particle": None, "core": "core_mask.mrc", "domain": "domain_mask.mrc",
+           "domain2": "domain2_mask.mrc"}  # domain2: a two-body set's domain B (where the set has it)
 
 
 def bounds(set_dir: Path, bands=(4.0, 3.2), n_sample: int = 200, minres: float = 25.0) -> dict:
@@ -38,6 +40,8 @@ def bounds(set_dir: Path, bands=(4.0, 3.2), n_sample: int = 200, minres: float =
     for band in bands:
         grid = FourierGrid(m.shape[0], apix, band, minres)
         for name, f in REGIONS.items():
+            if f is not None and not (set_dir / f).is_file():
+                continue
             mask = None if f is None else read_map(set_dir / f)[0]
             p = pose_precision(gmm, table, rows, poses, grid, be, region_mask=mask, n_sample=n_sample)
             out[f"{name}@{band:g}A"] = p.to_json()
@@ -51,9 +55,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="benchmarks/realistic_cache", help="generated sets")
     ap.add_argument("--set", default="rigid")
     ap.add_argument("--key", default=None, help="result key (default: the set's name)")
+    ap.add_argument("--bands", type=float, nargs="+", default=[4.0, 3.2], help="bands (Å; the assembly's: 6 4.5)")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args(argv)
-    res = bounds(Path(a.data) / a.set)
+    res = bounds(Path(a.data) / a.set, bands=tuple(a.bands))
     path = Path(a.out)
     old = json.loads(path.read_text()) if path.is_file() else {}
     old[a.key or a.set] = res
