@@ -66,7 +66,7 @@ from .model import GMM
 SIGMA_FACTOR = 0.3  # initial width / resolution
 ATOM_NOISE_FACTOR = math.sqrt(2.0 * math.log(2.0)) / (2.0 * math.pi)  # ≈ 0.187
 NN_PACKING = 1.09  # nearest-neighbour distance of a BCC packing / (volume per point)^(1/3)
-KMEANS_DENSITY_POWER = 5.0 / 3.0  # K-means centres' density ∝ (weight density)^(3/5) in 3-D: weights × f^(5/3) → centres × f
+KMEANS_DENSITY_POWER = 5.0 / 3.0  # K-means centres ∝ (weight density)^(3/5) in 3-D: weights × f^(5/3) → centres × f
 N_MIN, N_MAX = 8, 100_000  # bounds of an estimated number of Gaussians (fresh or warm-started)
 
 
@@ -141,8 +141,8 @@ def _drop_specks(m, mask, background, fraction):
 
 
 def _density_points(map_, apix, threshold, seed, max_points, min_component_fraction=0.01, density=None):
-    """(coordinates Å, K-means weights, threshold, seed-density factor per point or None) of the
-    voxels kept (above the threshold, specks dropped, at most ``max_points``)."""
+    """(coordinates Å, amplitude weights, threshold, ``density`` at each point or None) of the voxels
+    kept (above the threshold, specks dropped, at most ``max_points``)."""
     m = _check_map(map_)
     if threshold is None:
         threshold, background = auto_threshold(m)
@@ -166,7 +166,6 @@ def _density_points(map_, apix, threshold, seed, max_points, min_component_fract
         if d.shape != m.shape or not np.all(np.isfinite(d)) or np.any(d <= 0):
             raise InputError("the seed density must be a positive map on the same grid", field="seed_density")
         factor = d.ravel()[idx]
-        weights = weights * factor ** KMEANS_DENSITY_POWER
     return voxel_coords_A(m.shape, apix, idx), weights, float(threshold), factor
 
 
@@ -200,8 +199,8 @@ def seed_kmeans(map_, apix: float, n_gaussians: int, threshold: Optional[float] 
     n = int(n_gaussians)
     if n < 1:
         raise InputError("the number of Gaussians must be at least 1", field="n_gaussians")
-    pts, w, _, _ = _density_points(map_, apix, threshold, seed, max_points, density=density)
-    return _kmeans(pts, w, n, seed, max_iter)
+    pts, w, _, factor = _density_points(map_, apix, threshold, seed, max_points, density=density)
+    return _kmeans(pts, w if factor is None else w * factor ** KMEANS_DENSITY_POWER, n, seed, max_iter)
 
 
 def seed_from_atoms(coords_A, resolution_A: float, seed: int = 0, origin_A=0.0) -> np.ndarray:
@@ -240,9 +239,7 @@ def estimate_n_gaussians(map_, apix: float, resolution_A: float, threshold: Opti
     if threshold is None:
         threshold, _ = auto_threshold(m)
     pts, w, _, factor = _density_points(m, apix, threshold, seed, 0, density=density)
-    volume = float(len(pts)) * apix**3
-    if factor is not None:
-        w = w / factor ** KMEANS_DENSITY_POWER  # the estimate itself is made at uniform density
+    volume = float(len(pts)) * apix**3  # the estimate itself is made at uniform density, then × mean(factor)
     if max_points and len(pts) > max_points:
         sel = np.sort(np.random.default_rng(seed).choice(len(pts), size=max_points, replace=False))
         pts, w = pts[sel], w[sel]

@@ -72,10 +72,10 @@ def fit_gmm_unit(h: int, half_map: np.ndarray, apix: float, band, fit_mask: Opti
     return gmm, rep
 
 
-def _local_resolution(state: RefinementState, plan: IterationPlan, apix: float) -> Optional[np.ndarray]:
+def _local_resolution(state: RefinementState, plan: IterationPlan, apix: float, seeded: bool) -> Optional[np.ndarray]:
     """The local resolution (Å) of ``state``'s half maps where the plan uses it (``--gmm-local-res
-    on``, ``--gmm-density local``), else None."""
-    if plan.gmm_local_res != "on" and plan.gmm_density != "local":
+    on``; ``--gmm-density local`` when this iteration's GMMs are ``seeded``, not warm-started), else None."""
+    if plan.gmm_local_res != "on" and not (plan.gmm_density == "local" and seeded):
         return None
     from .. import localres
 
@@ -134,7 +134,7 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     # --gmm-start warm: half h's GMM starts from half h's GMM of the last iteration of this run (never
     # the other half's; iteration 1 — whose state carries no GMM of this run — is seeded)
     warm = plan.gmm_start == "warm" and state.iteration >= 1 and state.gmms is not None
-    local_res = _local_resolution(state, plan, apix)
+    local_res = _local_resolution(state, plan, apix, seeded=not warm)
     seed_local = local_res if plan.gmm_density == "local" else None
     fitted = HalfPair(*ex.run([Unit(f"iter {it} half {h} GMM fit", fit_gmm_unit,
                                     (h, state.half_maps[h], apix, band, plan.fit_mask, plan.ngauss, plan.seed, store,

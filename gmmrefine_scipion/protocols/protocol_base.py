@@ -314,8 +314,9 @@ class GmmProtRunBase(GmmProtocolMixin):
     def _startOrContinue(self, options):
         """Whether the engine continues the run directory (else it starts anew).  It continues a
         run killed earlier, and a finished run whose only change is a CONTINUE_OPTIONS value (more
-        iterations are added; fewer end the run there, the later ones kept on disk); any other change of what the run computes (see DEVICE_OPTIONS for what
-        does not count) removes the old run directory first.  Records this run in extra/RUN_RECORD."""
+        iterations are added; fewer end the run there, the later ones kept on disk); any other
+        change of what the run computes (see DEVICE_OPTIONS for what does not count) removes the old
+        run directory first.  Records this run in extra/RUN_RECORD."""
         record = {k: v for k, v in options.items() if k not in DEVICE_OPTIONS}
         record.update(input=self._inputSignature(), pointers=self._pointerSignature(), extra=self._extraArguments())
         record = json.loads(json.dumps(record, sort_keys=True, default=str))
