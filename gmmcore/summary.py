@@ -226,6 +226,10 @@ class IterationRecord:
     seconds: float
     dir: str
     extra: dict = field(default_factory=dict)
+    # each half's GMM against the other half map, and what a GMM equal to the truth would score
+    # (gmmcore.gmm.fidelity; absent from records of older versions, and then not written)
+    gmm_cross_fsc: Dict[str, float] = field(default_factory=dict)
+    gmm_fsc_ceiling: float = float("nan")
 
     @property
     def resolution(self) -> float:
@@ -234,7 +238,9 @@ class IterationRecord:
     def to_json(self) -> dict:
         return {"iteration": self.iteration, "target_resolution": self.target_resolution, **self.report.to_json(),
                 "pose_change": asdict(self.pose_change), "frc": self.frc, "gmm_fsc": self.gmm_fsc,
-                "n_gaussians": self.n_gaussians, "seconds": self.seconds, "dir": self.dir, **self.extra}
+                "n_gaussians": self.n_gaussians, "seconds": self.seconds, "dir": self.dir,
+                **({"gmm_cross_fsc": self.gmm_cross_fsc, "gmm_fsc_ceiling": self.gmm_fsc_ceiling}
+                   if self.gmm_cross_fsc else {}), **self.extra}
 
     @classmethod
     def from_json(cls, data: dict) -> "IterationRecord":
@@ -247,7 +253,8 @@ class IterationRecord:
                                                           ("angle_mean", "angle_median", "shift_mean", "shift_median")}),
                    **{k: known.get(k, d) for k, d in (("iteration", 0), ("target_resolution", float("nan")),
                                                       ("frc", {}), ("gmm_fsc", {}), ("n_gaussians", {}),
-                                                      ("seconds", 0.0), ("dir", ""))},
+                                                      ("seconds", 0.0), ("dir", ""), ("gmm_cross_fsc", {}),
+                                                      ("gmm_fsc_ceiling", float("nan")))},
                    extra={})
 
     def save(self, path) -> None:

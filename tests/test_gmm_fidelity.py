@@ -1,4 +1,5 @@
-"""The GMM-fidelity scores of benchmarks/realistic/gmm_fidelity.py on a map with a known answer.
+"""The GMM-fidelity scores (gmmcore.gmm.fidelity, benchmarks/realistic/gmm_fidelity.py) on a map
+with a known answer.
 
 The tool's reading rests on one identity: against a half map (truth + its half's noise) the truth
 itself scores √FSC_hh per shell, so a GMM's map-vs-GMM FSC above that "ceiling" means it holds its
@@ -7,8 +8,9 @@ map computed from its atoms and white noise of a known level."""
 import numpy as np
 
 from benchmarks.realistic.atom_maps import atom_map, atom_sigmas
-from benchmarks.realistic.gmm_fidelity import band_mean, gmm_scores
+from benchmarks.realistic.gmm_fidelity import gmm_scores
 from gmmcore.fsc import fsc
+from gmmcore.gmm.fidelity import band_mean, ceiling_curve
 from gmmcore.gmm.build import build_gmm
 from gmmcore.io.pdb import atomic_numbers, builtin_model_path, read_atoms
 
@@ -27,15 +29,15 @@ def _maps(seed: int, noise_rel: float):
 
 def test_ceiling_is_what_the_truth_scores_and_bounds_the_cross_half_score():
     truth, h1, h2 = _maps(seed=3, noise_rel=1.0)
-    freq, hh = fsc(h1, h2, APIX)
-    ceiling = band_mean(freq, np.sqrt(np.clip(hh, 0, None)), MINRES, RES)
+    freq, ceil = ceiling_curve(h1, h2, APIX)
+    ceiling = band_mean(freq, ceil, MINRES, RES)
     truth_vs_half = band_mean(freq, fsc(truth, h1, APIX)[1], MINRES, RES)
     # the identity (noise seeds 1-5: differences -0.0023 to +0.0041)
     assert abs(ceiling - truth_vs_half) < 0.02, (ceiling, truth_vs_half)
     assert 0.3 < ceiling < 0.9  # a noisy half map: the test means something
 
     gmm, _ = build_gmm(h1.astype(np.float32), APIX, RES, minres_A=MINRES, iterations=150)
-    row = gmm_scores(gmm, h1, h2, hh, freq, MINRES, RES, truth, {"box": np.ones_like(truth)}, APIX)
+    row = gmm_scores(gmm, h1, h2, ceil, freq, MINRES, RES, truth, {"box": np.ones_like(truth)}, APIX)
     # the fit sees its own half's noise, the cross score does not (seeds 1-5: fit − cross 0.029–0.037);
     # no GMM beats the truth against the other half (cross 0.61–0.65, ceiling 0.77)
     assert row["fit"] > row["cross"] + 0.01, row

@@ -115,6 +115,10 @@ def test_global_refinement_recovers_poses(global_run):
         assert set(rec["pose_change"]) == {"angle_mean", "angle_median", "shift_mean", "shift_median"}
         assert set(rec["gmm_fsc"]) == set(rec["n_gaussians"]) == {"1", "2"}
         assert all(0.3 < v <= 1 for v in rec["gmm_fsc"].values()), rec["gmm_fsc"]
+        # each GMM against the other half map: signal, not its own half's noise, so never (beyond the
+        # FSC's scatter) above what the truth would score
+        assert set(rec["gmm_cross_fsc"]) == {"1", "2"}, rec
+        assert all(0.2 < v <= rec["gmm_fsc_ceiling"] + 0.03 for v in rec["gmm_cross_fsc"].values()), rec
         assert rec["target_resolution"] >= GLOBAL_REFINE["maxres"]
     final = on_disk["final"]
     for key in ("particles", "half1", "half2", "map", "pose_changes"):

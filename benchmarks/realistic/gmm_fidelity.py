@@ -8,10 +8,9 @@ half, over the GMM's own band (its minres → its target resolution, 1-voxel she
 fit is):
 
 * ``fit``: FSC(GMM, the half map it was fitted to) — the fit report's figure, recomputed;
-* ``ceiling``: √max(FSC_hh, 0) — what the truth itself would score against that half map (and
-  against the other half map);
-* ``cross``: FSC(GMM, the *other* half map), whose noise the GMM has not seen — a figure that needs
-  no truth: it reaches the ceiling only for a GMM equal to the truth, and fitted noise lowers it;
+* ``cross`` and ``ceiling``: the GMM against the *other* half map, and √max(FSC_hh, 0) — what the
+  truth itself would score against either half map (:mod:`gmmcore.gmm.fidelity`, which every
+  refinement iteration now reports: no truth needed);
 * ``gmm_vs_truth`` / ``map_vs_truth`` (inside each of the set's masks, the maps multiplied by the
   mask): FSC of the GMM and of the half map against the set's true map.  A GMM above its half map
   here keeps the signal and drops noise; a GMM below it has lost signal (too few Gaussians) or fitted
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from gmmcore.fsc import fsc
+from gmmcore.gmm.fidelity import band_mean, ceiling_curve
 from gmmcore.gmm.model import GMM
 from gmmcore.gmm.render import render_map
 from gmmcore.io.maps import read_map
@@ -49,21 +49,14 @@ from gmmcore.io.maps import read_map
 from .truth import MASKS
 
 
-def band_mean(freq: np.ndarray, curve: np.ndarray, minres_A: float, res_A: float) -> float:
-    """Mean of ``curve`` over the shells 1/minres ≤ s ≤ 1/res (s in 1/Å)."""
-    sel = (freq >= 1.0 / minres_A) & (freq <= 1.0 / res_A)
-    return float(np.mean(curve[sel]))
-
-
-def gmm_scores(gmm: GMM, half: np.ndarray, other: np.ndarray, hh: np.ndarray, freq: np.ndarray, lo: float,
+def gmm_scores(gmm: GMM, half: np.ndarray, other: np.ndarray, ceil: np.ndarray, freq: np.ndarray, lo: float,
                res: float, truth: np.ndarray, masks: dict, apix: float) -> dict:
-    """The module's scores of one GMM against its half map, the other half map (``hh``: the half
-    maps' FSC) and the truth."""
+    """The module's scores of one GMM against its half map, the other half map (``ceil``: the
+    ceiling curve, :func:`gmmcore.gmm.fidelity.ceiling_curve`) and the truth."""
     g = render_map(gmm, half.shape[0], apix).astype(np.float64)
     mean = lambda c: round(band_mean(freq, c, lo, res), 4)  # noqa: E731
     row = {"n_gaussians": len(gmm), "resolution_A": round(res, 3),
-           "fit": mean(fsc(g, half, apix)[1]), "cross": mean(fsc(g, other, apix)[1]),
-           "ceiling": mean(np.sqrt(np.clip(hh, 0.0, None)))}
+           "fit": mean(fsc(g, half, apix)[1]), "cross": mean(fsc(g, other, apix)[1]), "ceiling": mean(ceil)}
     for name, m in masks.items():
         row[f"gmm_vs_truth_{name}"] = mean(fsc(g * m, truth * m, apix)[1])
         row[f"map_vs_truth_{name}"] = mean(fsc(half * m, truth * m, apix)[1])
@@ -72,19 +65,18 @@ def gmm_scores(gmm: GMM, half: np.ndarray, other: np.ndarray, hh: np.ndarray, fr
 
 def _halves(run: Path, k: int, apix: float):
     maps = {h: read_map(run / f"iter{k - 1:03d}" / f"half{h}.mrc")[0].astype(np.float64) for h in (1, 2)}
-    freq, hh = fsc(maps[1], maps[2], apix)
-    return maps, freq, hh
+    return (maps, *ceiling_curve(maps[1], maps[2], apix))
 
 
 def iteration_scores(run: Path, k: int, truth: np.ndarray, masks: dict, apix: float) -> dict:
     """Scores of iteration ``k``'s two GMMs (module notes)."""
-    maps, freq, hh = _halves(run, k, apix)
+    maps, freq, ceil = _halves(run, k, apix)
     out = {}
     for h in (1, 2):
         rep = json.loads((run / f"iter{k:03d}" / f"gmm_half{h}.json").read_text())
         gmm = GMM.load(run / f"iter{k:03d}" / f"gmm_half{h}.gmm.npz")
         row = {"fit_report": round(float(rep["fsc_mean"]), 4)}
-        row.update(gmm_scores(gmm, maps[h], maps[3 - h], hh, freq, float(rep["minres_A"]), float(rep["resolution_A"]),
+        row.update(gmm_scores(gmm, maps[h], maps[3 - h], ceil, freq, float(rep["minres_A"]), float(rep["resolution_A"]),
                               truth, masks, apix))
         out[str(h)] = row
     return out
@@ -95,7 +87,7 @@ def refit_scores(run: Path, k: int, truth: np.ndarray, masks: dict, apix: float,
     """Fresh fits to iteration ``k`` − 1's half maps for every (N scale, steps, amp weight), scored."""
     from gmmcore.gmm.build import build_gmm
 
-    maps, freq, hh = _halves(run, k, apix)
+    maps, freq, ceil = _halves(run, k, apix)
     out = {}
     for h in halves:
         rep = json.loads((run / f"iter{k:03d}" / f"gmm_half{h}.json").read_text())
@@ -106,7 +98,7 @@ def refit_scores(run: Path, k: int, truth: np.ndarray, masks: dict, apix: float,
                     gmm, r = build_gmm(maps[h].astype(np.float32), apix, res, n_gaussians=max(8, round(n0 * s)),
                                        seed=seed, minres_A=lo, iterations=st, amp_weight=aw)
                     row = {"n_scale": s, "steps": st, "amp_weight": aw, "seconds": round(r["seconds"], 1)}
-                    row.update(gmm_scores(gmm, maps[h], maps[3 - h], hh, freq, lo, res, truth, masks, apix))
+                    row.update(gmm_scores(gmm, maps[h], maps[3 - h], ceil, freq, lo, res, truth, masks, apix))
                     out[f"half{h}/n{s:g}/steps{st}/aw{aw:g}"] = row
                     print(h, json.dumps(row), flush=True)
     return out
