@@ -489,8 +489,13 @@ class GmmProtRunBase(GmmProtocolMixin):
             lines.append("Input poses: %.2f Å (masked FSC 0.143)" % summary.resolution_initial)
         for rec in summary.iterations:
             pc = rec.pose_change
-            lines.append("Iteration %d: %.2f Å; pose change median %.2f°, %.2f px"
-                         % (rec.iteration, rec.resolution, pc.angle_median, pc.shift_median))
+            line = ("Iteration %d: %.2f Å; pose change median %.2f°, %.2f px"
+                    % (rec.iteration, rec.resolution, pc.angle_median, pc.shift_median))
+            if rec.gmm_cross_fsc:  # each GMM against the other half's map (runs of older versions: absent)
+                line += ("; GMMs vs the other half map %.2f / %.2f (the truth would score %.2f)"
+                         % (rec.gmm_cross_fsc.get("1", float("nan")), rec.gmm_cross_fsc.get("2", float("nan")),
+                            rec.gmm_fsc_ceiling))
+            lines.append(line)
         if summary.resolution_final is not None:
             lines.append("Final resolution: %.2f Å" % summary.resolution_final)
         return lines

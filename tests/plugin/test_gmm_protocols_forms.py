@@ -322,6 +322,20 @@ class TestGmmProtocolForms(BaseTest):
         argv = Plugin.getGmmcoreArgs("heterogeneity", out="o", **het._engineOptions()).split()[2:]
         self.assertEqual(build_parser(argv).parse_args(argv).amplitude, other)
 
+    def test_gmm_fidelity_in_the_iteration_lines(self):
+        """Each iteration's Summary line tells how much of the other half map's signal the GMMs hold,
+        beside what the truth would score; a run of an older version (no such figures) keeps its line."""
+        prot = self._saved(GmmProtRefine, numberOfIterations=2, useGpu=False)
+        gmm_fakes.write_refine_run(prot.getRunDir(), iterations=2)
+        old = [line for line in prot.summary() if line.startswith("Iteration 2:")]
+        self.assertEqual(len(old), 1)
+        self.assertNotIn("other half map", old[0])
+        summary = RunSummary.load(prot.getRunDir())
+        summary.iterations[1].gmm_cross_fsc = {"1": 0.586, "2": 0.583}
+        summary.iterations[1].gmm_fsc_ceiling = 0.638
+        summary.save(prot.getRunDir())
+        self.assertIn(old[0] + "; GMMs vs the other half map 0.59 / 0.58 (the truth would score 0.64)", prot.summary())
+
     def test_pose_precision_in_the_summary(self):
         """Focused, conf2pose and patch runs: the Cramér–Rao bound of the region's and the whole
         particle's per-particle pose is one Summary line (per patch: appended to its line); the
