@@ -373,6 +373,17 @@ def test_fewer_iterations_end_earlier_and_keep_the_later_ones(sim_small, tiny_ru
     assert np.allclose(read_star(out / "final" / "particles.star").rotation, ref_star.rotation, atol=1e-6)
 
 
+def test_gmm_fidelity_needs_two_different_half_maps(sim_small, tiny_run, tmp_path):
+    """With --ref both halves' first GMMs come from the same map: there is no second half's noise
+    to tell signal by, so iteration 1 records no cross-half fidelity; iteration 2 (two half maps) does."""
+    out = tmp_path / "run"
+    assert refine_cli("--particles", sim_small["perturbed_star"], "--out", out, "--iter", 2,
+                      "--ref", tiny_run / "final" / "map.mrc", *TINY_ARGS) == 0
+    its = json.loads((out / "summary.json").read_text())["iterations"]
+    assert "gmm_cross_fsc" not in its[0] and "gmm_fsc_ceiling" not in its[0], its[0]
+    assert set(its[1]["gmm_cross_fsc"]) == {"1", "2"} and 0 < its[1]["gmm_fsc_ceiling"] < 1, its[1]
+
+
 def test_continue_on_empty_folder(sim_small, tmp_path, capsys):
     out = tmp_path / "empty"
     out.mkdir()

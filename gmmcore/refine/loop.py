@@ -144,11 +144,14 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
                               for h in (1, 2)]))
     for h, (g, rep) in fitted.items():
         log.info("  half %d: GMM of %d Gaussians, map-vs-GMM FSC %.3f", h, len(g), float(rep.get("fsc_mean", np.nan)))
-    # reported only (both GMMs exist by now; nothing flows back into either half)
-    cross = cross_half_fidelity({h: fr[0] for h, fr in fitted.items()}, state.half_maps, apix, band.resolution_A,
-                                band.minres_A)
-    log.info("  GMMs against the other half map: %.3f / %.3f (a GMM equal to the truth: %.3f)",
-             cross["1"], cross["2"], cross["ceiling"])
+    # reported only (both GMMs exist by now; nothing flows back into either half); not where both halves
+    # start from the same map (--ref), which has no second half's noise to tell signal by
+    cross = {}
+    if not np.array_equal(state.half_maps[1], state.half_maps[2]):
+        cross = cross_half_fidelity({h: fr[0] for h, fr in fitted.items()}, state.half_maps, apix,
+                                    band.resolution_A, band.minres_A)
+        log.info("  GMMs against the other half map: %.3f / %.3f (a GMM equal to the truth: %.3f)",
+                 cross["1"], cross["2"], cross["ceiling"])
     # The plan's shape applies to the GMM whether it was just fitted or loaded: one place, never saved.
     local = _local_widening(local_res, plan, apix, band.resolution_A)
     shaped = fitted.map(lambda h, fr: plan.shape_gmm(h, local(fr[0])))
@@ -181,7 +184,8 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
         gmm_fsc={str(h): float(fr[1].get("fsc_mean", float("nan"))) for h, fr in fitted.items()},
         n_gaussians={str(h): len(fr[0]) for h, fr in fitted.items()},
         seconds=time.time() - t0, dir=store.name,
-        gmm_cross_fsc={h: cross[h] for h in ("1", "2")}, gmm_fsc_ceiling=cross["ceiling"])
+        gmm_cross_fsc={h: cross[h] for h in ("1", "2") if h in cross},
+        gmm_fsc_ceiling=cross.get("ceiling", float("nan")))
     store.finish(record)
     log.info("  resolution %.2f Å (masked), %.2f Å (unmasked); pose change %.2f° / %.2f px; %.0f s",
              rep.resolution_masked, rep.resolution_unmasked, change.angle_mean, change.shift_mean, record.seconds)
