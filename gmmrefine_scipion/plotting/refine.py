@@ -102,10 +102,12 @@ def plot_fsc(summary, path, masked=None):
 
 
 def resolution_figure(summary, fig=None):
-    """Resolution (masked, unmasked) per iteration, iteration 0 = input poses."""
+    """Resolution (masked, unmasked) per iteration, iteration 0 = input poses; beside it, where the
+    run recorded them, the GMMs' fidelity per iteration (:func:`fidelity_axes`)."""
     summary = load_summary(summary)
-    fig = fig or _new_figure((5.5, 4.0))
-    ax = fig.add_subplot(1, 1, 1)
+    fidelity = [rec for rec in summary.iterations if rec.gmm_cross_fsc]
+    fig = fig or _new_figure((11.0, 4.0) if fidelity else (5.5, 4.0))
+    ax = fig.add_subplot(1, 2 if fidelity else 1, 1)
     its, rm, ru = [], [], []
     if summary.initial is not None:
         its.append(0)
@@ -121,8 +123,28 @@ def resolution_figure(summary, fig=None):
     ax.set_ylabel("resolution at FSC 0.143 (Å)")
     ax.set_xticks(its)
     ax.legend()
+    if fidelity:
+        fidelity_axes(fig.add_subplot(1, 2, 2), fidelity)
     fig.tight_layout()
     return fig
+
+
+def fidelity_axes(ax, records):
+    """Per iteration, mean over the GMM's band: each half's GMM against the half map it was fitted
+    to (the fit's own report, on the fit's shells), against the other half map (the signal it holds)
+    and what a GMM equal to the truth would score (√FSC of the half maps) — gmmcore.gmm.fidelity."""
+    its = [rec.iteration for rec in records]
+    for h, marker in (("1", "o"), ("2", "s")):
+        ax.plot(its, [rec.gmm_fsc.get(h, np.nan) for rec in records], marker + ":", color="0.55",
+                label="half %s GMM vs its own half map" % h)
+        ax.plot(its, [rec.gmm_cross_fsc.get(h, np.nan) for rec in records], marker + "-",
+                label="half %s GMM vs the other half map" % h)
+    ax.plot(its, [rec.gmm_fsc_ceiling for rec in records], "k--", label="the truth would score")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("mean FSC over the GMM's band")
+    ax.set_xticks(its)
+    ax.set_title("GMM fidelity")
+    ax.legend(fontsize="small")
 
 
 def plot_resolution(summary, path):

@@ -26,7 +26,7 @@ class GmmRefineViewer(GmmSummaryViewer):
         form.addParam("displayFsc", params.LabelParam, label="Show FSC of every iteration",
                       help="Scipion's FSC viewer: the input poses and each iteration, the 0.143 line, the "
                            "legend gives each resolution; 'create FSC' keeps the curves as a Scipion object.")
-        form.addParam("displayResolution", params.LabelParam, label="Show resolution per iteration",
+        form.addParam("displayResolution", params.LabelParam, label="Show resolution (and GMM fidelity) per iteration",
                       help="Gold-standard resolution (FSC 0.143, masked and unmasked) of the input poses "
                            "(iteration 0) and after every iteration.")
         form.addParam("displayAngDist", params.LabelParam, label="Show the angular distribution",
@@ -56,8 +56,9 @@ class GmmRefineViewer(GmmSummaryViewer):
     def _showResolution(self, paramName=None):
         def build():
             summary = self._summary()
-            return [FigureView(lambda fig: plots.resolution_figure(summary, fig=fig), figsize=(6, 4.5),
-                               title="gmmrefine resolution")]
+            wide = any(rec.gmm_cross_fsc for rec in summary.iterations)  # the GMM fidelity panel beside
+            return [FigureView(lambda fig: plots.resolution_figure(summary, fig=fig),
+                               figsize=(11, 4.5) if wide else (6, 4.5), title="gmmrefine resolution")]
         return self._guard(build)
 
     def _showGmm(self, paramName=None):

@@ -41,6 +41,20 @@ def test_plot_gmm_pose_resolution(fake_run, tmp_path):
     _png_ok(plots.plot_resolution(s, str(tmp_path / "r.png")))
 
 
+def test_resolution_figure_adds_the_gmm_fidelity_where_recorded(fake_run, tmp_path):
+    """A run of an older version (no fidelity figures) gets the resolution plot alone; a run that
+    recorded them gets the GMM fidelity panel beside it, with each half's three curves and the ceiling."""
+    assert len(plots.resolution_figure(fake_run).axes) == 1
+    s = plots.load_summary(fake_run)
+    for rec in s.iterations:
+        rec.gmm_cross_fsc, rec.gmm_fsc_ceiling = {"1": 0.58, "2": 0.57}, 0.63
+    fig = plots.resolution_figure(s)
+    assert len(fig.axes) == 2
+    assert len(fig.axes[1].get_lines()) == 5
+    assert list(fig.axes[1].get_lines()[-1].get_ydata()) == [0.63] * len(s.iterations)
+    _png_ok(plots._save(fig, str(tmp_path / "r.png")))
+
+
 def test_plot_all(fake_run, tmp_path):
     out = plots.plot_all(fake_run, str(tmp_path / "all"))
     assert set(out) == {"fsc", "resolution", "gmm", "pose_changes"}
