@@ -39,14 +39,15 @@ def ceiling_curve(half1: np.ndarray, half2: np.ndarray, apix: float):
 
 
 def cross_half_fidelity(gmms: Dict[int, GMM], half_maps: Dict[int, np.ndarray], apix: float,
-                        resolution_A: float, minres_A: float) -> Dict[str, float]:
+                        resolution_A: float, minres_A: float, backend=None) -> Dict[str, float]:
     """{"1": cross of half 1's GMM, "2": cross of half 2's GMM, "ceiling": ceiling} (module notes);
     ``half_maps``: the half maps the GMMs were built from (same grid, ``apix`` Å/voxel; a GMM fitted
-    within a mask holds nothing outside it, and scores that loss too)."""
+    within a mask holds nothing outside it, and scores that loss too).  ``backend``: the run's array
+    backend, which renders the GMMs (default: :func:`gmmcore.backend.get_backend`)."""
     box = int(half_maps[1].shape[0])
     freq, ceil = ceiling_curve(half_maps[1], half_maps[2], apix)
     out = {"ceiling": band_mean(freq, ceil, minres_A, resolution_A)}
     for h in (1, 2):
-        g = render_map(gmms[h], box, apix)
+        g = render_map(gmms[h], box, apix, backend=backend)
         out[str(h)] = band_mean(freq, fsc(g, half_maps[3 - h], apix)[1], minres_A, resolution_A)
     return out

@@ -149,7 +149,7 @@ def iterate(table: ParticleTable, state: RefinementState, plan: IterationPlan, b
     cross = {}
     if not np.array_equal(state.half_maps[1], state.half_maps[2]):
         cross = cross_half_fidelity({h: fr[0] for h, fr in fitted.items()}, state.half_maps, apix,
-                                    band.resolution_A, band.minres_A)
+                                    band.resolution_A, band.minres_A, backend=backend)
         log.info("  GMMs against the other half map: %.3f / %.3f (a GMM equal to the truth: %.3f)",
                  cross["1"], cross["2"], cross["ceiling"])
     # The plan's shape applies to the GMM whether it was just fitted or loaded: one place, never saved.
