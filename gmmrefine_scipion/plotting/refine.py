@@ -105,7 +105,7 @@ def resolution_figure(summary, fig=None):
     """Resolution (masked, unmasked) per iteration, iteration 0 = input poses; beside it, where the
     run recorded them, the GMMs' fidelity per iteration (:func:`fidelity_axes`)."""
     summary = load_summary(summary)
-    fidelity = [rec for rec in summary.iterations if rec.gmm_cross_fsc]
+    fidelity = fidelity_records(summary)
     fig = fig or _new_figure((11.0, 4.0) if fidelity else (5.5, 4.0))
     ax = fig.add_subplot(1, 2 if fidelity else 1, 1)
     its, rm, ru = [], [], []
@@ -127,6 +127,11 @@ def resolution_figure(summary, fig=None):
         fidelity_axes(fig.add_subplot(1, 2, 2), fidelity)
     fig.tight_layout()
     return fig
+
+
+def fidelity_records(summary):
+    """The iterations that recorded the GMMs' fidelity (none in runs of older versions)."""
+    return [rec for rec in load_summary(summary).iterations if rec.gmm_cross_fsc]
 
 
 def fidelity_axes(ax, records):

@@ -28,7 +28,9 @@ class GmmRefineViewer(GmmSummaryViewer):
                            "legend gives each resolution; 'create FSC' keeps the curves as a Scipion object.")
         form.addParam("displayResolution", params.LabelParam, label="Show resolution (and GMM fidelity) per iteration",
                       help="Gold-standard resolution (FSC 0.143, masked and unmasked) of the input poses "
-                           "(iteration 0) and after every iteration.")
+                           "(iteration 0) and after every iteration; beside it, for runs that recorded it, "
+                           "each half's GMM against its own and the other half map and what the truth "
+                           "would score.")
         form.addParam("displayAngDist", params.LabelParam, label="Show the angular distribution",
                       help="Projection directions of the refined particles (Scipion's 2-D polar plot: "
                            "radius = tilt, angle = rot; colour = particles per direction).")
@@ -56,7 +58,7 @@ class GmmRefineViewer(GmmSummaryViewer):
     def _showResolution(self, paramName=None):
         def build():
             summary = self._summary()
-            wide = any(rec.gmm_cross_fsc for rec in summary.iterations)  # the GMM fidelity panel beside
+            wide = bool(plots.fidelity_records(summary))  # the GMM fidelity panel beside the resolution
             return [FigureView(lambda fig: plots.resolution_figure(summary, fig=fig),
                                figsize=(11, 4.5) if wide else (6, 4.5), title="gmmrefine resolution")]
         return self._guard(build)

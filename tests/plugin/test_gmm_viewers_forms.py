@@ -104,6 +104,32 @@ class TestGmmViewerForms(BaseTest):
                     views[0]._draw(fig)
                     self.assertIn("local resolution (Å)", [ax.get_ylabel() for ax in fig.axes])
 
+    def test_resolution_view_adds_the_gmm_fidelity_panel_for_runs_that_recorded_it(self):
+        """The refine viewer's resolution button, as Scipion presses it: one plot for a run without
+        fidelity figures, the GMM fidelity panel beside it (a wider window) once the run has them."""
+        from gmmcore.summary import RunSummary
+
+        prot, _ = self._protocol(GmmProtRefine)
+        viewer = [v for v in Config.getDomain().findViewers(prot, DESKTOP_TKINTER)
+                  if v.__module__.startswith("gmmrefine_scipion.")][0](project=self.proj, protocol=prot)
+        viewer.setProtocol(prot)
+
+        def drawn():
+            view = viewer._getVisualizeDict()["displayResolution"]("displayResolution")[0]
+            fig = _new_figure(view._figsize)  # the window Scipion opens: FigureView.show
+            view._draw(fig)
+            return fig
+
+        fig = drawn()
+        self.assertEqual((len(fig.axes), fig.get_figwidth()), (1, 6))
+        summary = RunSummary.load(prot.getRunDir())
+        for rec in summary.iterations:
+            rec.gmm_cross_fsc, rec.gmm_fsc_ceiling = {"1": 0.58, "2": 0.57}, 0.63
+        summary.save(prot.getRunDir())
+        fig = drawn()
+        self.assertEqual((len(fig.axes), fig.get_figwidth()), (2, 11))
+        self.assertEqual(fig.axes[1].get_title(), "GMM fidelity")
+
     def test_patch_fields_only_for_patch_runs(self):
         focused, _ = self._protocol(GmmProtFocusedRefine)
         patches, _ = self._protocol(GmmProtPatchRefine)
