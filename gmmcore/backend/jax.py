@@ -200,10 +200,13 @@ def _blocks_bwd(K, matmul, res, g):
     """Analytic cotangent of μ: d(E cos kθ)/dμ = −k·w·E sin kθ, d(E sin kθ)/dμ = k·w·E cos kθ."""
     X, Y, w, Ex, Ey = res
     dX = jnp.einsum("bkn,bkm->bnm", Y, g, precision=HIGHEST)  # (B, N, 2K)
-    dY = jnp.einsum("bkm,bnm->bkn", g, X, precision=HIGHEST)  # (B, 2K, N)
+    # Y's cotangent made as its transpose (B, N, 2K) = X·gᵀ: the same sums, ~15 % faster on XLA's CPU
+    # than g·Xᵀ (B, 2K, N) — an output with 2K contiguous values per row
+    dYt = jnp.einsum("bnm,bkm->bnk", X, g, precision=HIGHEST)
+    Yt = jnp.swapaxes(Y, 1, 2)
     kw = jnp.arange(K, dtype=X.dtype) * w
     dmx = jnp.sum((dX[..., K:] * X[..., :K] - dX[..., :K] * X[..., K:]) * kw, axis=-1)
-    dmy = jnp.sum((dY[:, K:] * Y[:, :K] - dY[:, :K] * Y[:, K:]) * kw[:, None], axis=-2)
+    dmy = jnp.sum((dYt[..., K:] * Yt[..., :K] - dYt[..., :K] * Yt[..., K:]) * kw, axis=-1)
     return jnp.stack([dmx, dmy], -1), jnp.zeros_like(Ex), jnp.zeros_like(Ey), jnp.zeros_like(w)
 
 
@@ -235,11 +238,38 @@ def blocks_to_flat(blocks, K: int):
     return re, im
 
 
-def frc_from_rings(m_re, m_im, p_re, p_im, p_pow, ring_index):
+@jax.custom_vjp
+def ring_take(flat, index, inverse):
+    """``flat`` (B, 2K²+1) gathered to rings (B, nrings, maxlen) by ``index``
+    (:class:`~gmmcore.backend.kernels.RingLayout` ``model_index``); the gradient gathers back with
+    ``inverse`` (``model_inverse``): the values a scatter-add would give (each layout value has at
+    most one slot), at the cost of a gather — XLA's CPU scatter-add was ~10 % of a pose step."""
+    return jnp.take(flat, index, axis=1)
+
+
+def _ring_take_fwd(flat, index, inverse):
+    return jnp.take(flat, index, axis=1), (index, inverse)
+
+
+def _ring_take_bwd(res, g):
+    index, inverse = res
+    gf = jnp.concatenate([g.reshape(g.shape[0], -1), jnp.zeros((g.shape[0], 1), g.dtype)], axis=1)
+    return jnp.take(gf, inverse, axis=1), None, None
+
+
+ring_take.defvjp(_ring_take_fwd, _ring_take_bwd)
+
+
+def frc_from_rings(m_re, m_im, p_re, p_im, p_pow, ring_index, ring_inverse=None):
     """Per-ring FRC: model (B, 2K²+1) gathered to rings (B, nrings, maxlen) against the particle's
-    ring arrays (same shape, zero-padded) and its per-ring power (B, nrings)."""
-    mr = jnp.take(m_re, ring_index, axis=1)
-    mi = jnp.take(m_im, ring_index, axis=1)
+    ring arrays (same shape, zero-padded) and its per-ring power (B, nrings); with ``ring_inverse``
+    the gather's gradient is a gather (:func:`ring_take`)."""
+    if ring_inverse is None:
+        mr = jnp.take(m_re, ring_index, axis=1)
+        mi = jnp.take(m_im, ring_index, axis=1)
+    else:
+        mr = ring_take(m_re, ring_index, ring_inverse)
+        mi = ring_take(m_im, ring_index, ring_inverse)
     s_mp = jnp.sum(mr * p_re + mi * p_im, axis=-1)
     s_mm = jnp.sum(mr * mr + mi * mi, axis=-1)
     return s_mp / jnp.sqrt(s_mm * p_pow + 1e-30)
@@ -281,6 +311,7 @@ class _FRCProblem:
         self.consts = {
             "centers": _put(g.centers), "amplitudes": _put(g.amplitudes), "sigmas": _put(g.sigmas),
             "k": _put(k_over_L), "ring_model": _put(self.rl.model_index, np.int32),
+            "ring_inverse": _put(self.rl.model_inverse, np.int32),
             "ring_w": _put(objective.ring_weights), "scale": _put(float(objective.data_scale)),
         }
         self.ring_particle = self.rl.particle_index  # into the cropped (ny·nx) + 1 pixels
@@ -307,7 +338,8 @@ def _make_score(K: int, use_prior: bool, iva: float, ivs: float, matmul: str):
         mu = projected_centres(c["centers"], R, org)
         blocks = project_blocks(mu, env[0], env[1], c["k"], matmul)
         m_re, m_im = blocks_to_flat(blocks, K)
-        s = jnp.sum(frc_from_rings(m_re, m_im, p_re, p_im, p_pow, c["ring_model"]) * c["ring_w"][None, :], axis=1)
+        s = jnp.sum(frc_from_rings(m_re, m_im, p_re, p_im, p_pow, c["ring_model"], c["ring_inverse"])
+                    * c["ring_w"][None, :], axis=1)
         if not use_prior:
             return s, s
         D = jnp.einsum("bij,bkj->bik", R, prior_rot, precision=HIGHEST)

@@ -13,7 +13,8 @@ product (2K × N)·(N × 2K), K = kmax + 1, gives the whole grid: half the multi
 * :class:`HermitianLayout` — where each pixel of the cropped grid sits in the flattened
   [M(+ky) rows; M(−ky) rows] layout (2K² values, then one zero).
 * :class:`RingLayout` — the FRC's rings as a (nrings × maxlen) index table (zero-padded segments):
-  ring sums are then a gather and a row sum, deterministic on every device.
+  ring sums are then a gather and a row sum, deterministic on every device; its inverse makes the
+  gather's gradient a gather too (no scatter-add).
 * :func:`batch_for_memory` — the ``--batch auto`` rule.
 * :func:`in_micro_batches` — a CPU runs a large pose batch as consecutive batches of
   :data:`CPU_MICRO_BATCH` particles.
@@ -58,6 +59,12 @@ class RingLayout:
         self.model_index[ring[order], pos] = layout.index[order]
         self.particle_index[ring[order], pos] = grid.pix[order]
         self.counts = counts
+        # the gather's transpose as a gather: each layout value sits in at most one ring slot, so
+        # its cotangent is that slot's (``model_inverse`` into the nrings·maxlen slots, sentinel
+        # nrings·maxlen: a zero appended by the caller) — the same numbers as a scatter-add, without one
+        self.model_inverse = np.full(layout.size + 1, nr * self.maxlen, np.int32)
+        slots = np.flatnonzero(self.model_index.ravel() != layout.size)
+        self.model_inverse[self.model_index.ravel()[slots]] = slots
 
 
 # Bytes per particle of the pose loop, in units of 4·N·K (a float32 N×K table): the enveloped
