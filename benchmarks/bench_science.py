@@ -16,8 +16,15 @@ Modes (each a gmmcore command on the set's start poses; folders under --work/<se
   heterogeneity  gmmcore heterogeneity --from global alone, its latent scored against the true state
             (benchmarks.realistic.latent_check: |ρ(PC1, t)|, R², and on the occupancy set the AUC of PC1)
   c2p       gmmcore heterogeneity --from global, then gmmcore conf2pose --mask domain_mask.mrc
+  relion    the field's standard for the same job, as the peer: RELION's auto-refine (relion_refine_mpi
+            --auto_refine under mpirun -n 3, CPU) with local searches from the same start poses (σ_ang 2°, ±6°; healpix
+            order 4 = 3.75° and finer as RELION's auto-sampling decides; offsets ±3 px), from a reference
+            reconstructed from the start poses (relion_reconstruct, limited to 10 Å in its first
+            iteration), gold-standard halves as the set's; scored like the others from its poses, and
+            its own (marginalised) half maps scored too (``relion_own_maps``)
 Each run is skipped when its final/ folder exists (--rerun to redo).  Extra flags per mode:
---extra-global, --extra-focused, --extra-patches, --extra-heterogeneity, --extra-c2p (one string each).
+--extra-global, --extra-focused, --extra-patches, --extra-heterogeneity, --extra-c2p, --extra-relion
+(one string each).
 
 Scores per run (its poses exported with `gmmcore export --reference` to the set's raw images):
 * an INDEPENDENT reconstruction: `relion_reconstruct --ctf --subset 1|2` of the run's poses;
@@ -48,14 +55,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gmmcore.io.maps import read_map  # noqa: E402
+from gmmcore.io.maps import read_map, write_map  # noqa: E402
 from gmmcore.io.star import read_star  # noqa: E402
 
 from benchmarks.realistic.latent_check import latent_scores  # noqa: E402
 from benchmarks.realistic.truth import MASKS, map_scores, pose_errors, read_halves  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bench_science.json"
-MODES = ("truth", "truth-domain", "start", "global", "focused", "patches", "heterogeneity", "c2p")
+MODES = ("truth", "truth-domain", "start", "global", "focused", "patches", "heterogeneity", "c2p", "relion")
 
 
 def gmmcore(*args: str, log: Path) -> float:
@@ -134,6 +141,35 @@ def score(star: Path, set_dir: Path, out: Path, log: Path, raw: bool = False) ->
     raw_star = star if raw else export_raw(star, set_dir, out, log)
     h1, h2 = relion_halves(raw_star, out, apix, set_dir)
     return {"maps": map_scores(h1, h2, set_dir, apix), "poses": pose_scores(star, set_dir)}
+
+
+def relion_refine(start_star: Path, set_dir: Path, out: Path, threads: int, extra: str, log: Path) -> float:
+    """RELION auto-refine, local searches from the poses of ``start_star`` (the peer of ``gmmcore
+    refine``; module notes, mode ``relion``); returns its wall time (s).  Runs in ``set_dir`` (the
+    stack's relative names); the reference is the mean of the start poses' RELION half maps."""
+    out.mkdir(parents=True, exist_ok=True)
+    gen = json.loads((set_dir / "generation.json").read_text())
+    apix, box = float(gen["params"]["apix"]), int(gen["params"]["box"])
+    h1, h2 = relion_halves(start_star, out, apix, set_dir)  # out/relion_half{1,2}.mrc: the start's
+    ref = out / "start_reference.mrc"
+    write_map(ref, (0.5 * (h1 + h2)).astype(np.float32), apix)
+    diameter = min(0.9 * box * apix, 2.0 * float(gen["signal_disc_radius_px"]) * apix + 20.0)  # Å
+    # gold-standard halves need MPI: a leader and one follower per half (relion_refine_mpi, Open MPI)
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi",
+           "--i", str(Path(start_star).resolve()), "--o", str((out / "run").resolve()), "--ref", str(ref.resolve()), "--firstiter_cc", "--ini_high", "10", "--auto_refine",
+           "--split_random_halves", "--low_resol_join_halves", "40", "--particle_diameter", f"{diameter:.0f}",
+           "--ctf", "--sym", "C1", "--zero_mask", "--flatten_solvent", "--norm", "--scale", "--pad", "2",
+           "--oversampling", "1", "--healpix_order", "4", "--auto_local_healpix_order", "4", "--sigma_ang", "2",
+           "--offset_range", "3", "--offset_step", "1", "--j", str(max(1, threads // 2)), "--pool", "30",
+           "--dont_combine_weights_via_disc", *shlex.split(extra)]
+    t0 = time.time()
+    with open(log, "a") as fh:
+        fh.write("$ (cd " + shlex.quote(str(set_dir)) + ") " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        fh.flush()
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=str(set_dir))
+    if done.returncode != 0 or not (out / "run_data.star").is_file():
+        raise RuntimeError(f"relion_refine failed ({done.returncode}); see {log}")
+    return time.time() - t0
 
 
 def domain_truth_star(set_dir: Path) -> Path:
@@ -258,6 +294,21 @@ def run_modes(a) -> dict:
                            log=log)
         record("c2p", {**score(d / "final" / "particles.star", set_dir, work / f"score_c2p_{sub}", log),
                        "seconds": round(sec, 1), "extra": a.extra_heterogeneity + " | " + a.extra_c2p})
+    if "relion" in a.modes:
+        d = work / f"relion_{sub}"
+        fresh(d)
+        sec = 0.0
+        it = a.relion_score_iter
+        if it is None and not (d / "run_data.star").is_file():
+            sec = relion_refine(start_star, set_dir, d, a.threads, a.extra_relion, log)
+        star, halves = ((d / "run_data.star", "run_half{}_class001_unfil.mrc") if it is None else
+                        (d / f"run_it{it:03d}_data.star", f"run_it{it:03d}_half{{}}_class001.mrc"))
+        apix = float(json.loads((set_dir / "generation.json").read_text())["params"]["apix"])
+        own = map_scores(*read_halves(d, halves), set_dir, apix)
+        entry = score(star, set_dir, work / (f"score_relion_{sub}" + ("" if it is None else f"_it{it:03d}")), log,
+                      raw=True)
+        record("relion" + ("" if it is None else f"_it{it:03d}"),
+               {**entry, "relion_own_maps": own, "seconds": round(sec, 1), "extra": a.extra_relion})
     return results
 
 
@@ -282,8 +333,10 @@ def main(argv=None) -> int:
     p.add_argument("--iter-global", type=int, default=5)
     p.add_argument("--iter-focused", type=int, default=3)
     p.add_argument("--iter-patches", type=int, default=3)
-    for m in ("global", "focused", "patches", "heterogeneity", "c2p"):
+    for m in ("global", "focused", "patches", "heterogeneity", "c2p", "relion"):
         p.add_argument(f"--extra-{m}", default="", help=f"extra flags for the {m} command (one quoted string)")
+    p.add_argument("--relion-score-iter", type=int, default=None,
+                   help="mode relion: score iteration K of a stopped or unfinished RELION run (key relion_itK)")
     p.add_argument("--out", default=str(RESULTS), help="results JSON")
     a = p.parse_args(argv)
     res = run_modes(a)
