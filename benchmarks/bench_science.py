@@ -20,7 +20,8 @@ Modes (each a gmmcore command on the set's start poses; folders under --work/<se
             --auto_refine under mpirun -n 3, CPU) with local searches from the same start poses (σ_ang 2°, ±6°; healpix
             order 4 = 3.75° and finer as RELION's auto-sampling decides; offsets ±3 px), from a reference
             reconstructed from the start poses (relion_reconstruct, limited to 10 Å in its first
-            iteration), gold-standard halves as the set's; scored like the others from its poses, and
+            iteration), the set's particle mask as solvent mask with its corrected FSC driving the
+            resolution, gold-standard halves as the set's; scored like the others from its poses, and
             its own (marginalised) half maps scored too (``relion_own_maps``)
 Each run is skipped when its final/ folder exists (--rerun to redo).  Extra flags per mode:
 --extra-global, --extra-focused, --extra-patches, --extra-heterogeneity, --extra-c2p, --extra-relion
@@ -159,6 +160,9 @@ def relion_refine(start_star: Path, set_dir: Path, out: Path, threads: int, extr
            "--i", str(Path(start_star).resolve()), "--o", str((out / "run").resolve()), "--ref", str(ref.resolve()), "--firstiter_cc", "--ini_high", "10", "--auto_refine",
            "--split_random_halves", "--low_resol_join_halves", "40", "--particle_diameter", f"{diameter:.0f}",
            "--ctf", "--sym", "C1", "--zero_mask", "--flatten_solvent", "--norm", "--scale", "--pad", "2",
+           # the particle mask as solvent mask, and its FSC (phase-randomisation corrected) driving the
+           # resolution: without them RELION's unmasked FSC held this small particle at 7.4 Å
+           "--solvent_mask", str((set_dir / MASKS["particle"]).resolve()), "--solvent_correct_fsc",
            "--oversampling", "1", "--healpix_order", "4", "--auto_local_healpix_order", "4", "--sigma_ang", "2",
            "--offset_range", "3", "--offset_step", "1", "--j", str(max(1, threads // 2)), "--pool", "30",
            "--dont_combine_weights_via_disc", *shlex.split(extra)]
