@@ -17,9 +17,9 @@ Modes (each a gmmcore command on the set's start poses; folders under --work/<se
             (benchmarks.realistic.latent_check: |ρ(PC1, t)|, R², and on the occupancy set the AUC of PC1)
   c2p       gmmcore heterogeneity --from global, then gmmcore conf2pose --mask domain_mask.mrc
   relion    the field's standard for the same job, as the peer: RELION's auto-refine (relion_refine_mpi
-            --auto_refine under mpirun -n 3, CPU) with local searches from the same start poses (σ_ang 2°, ±6°; healpix
-            order 4 = 3.75° and finer as RELION's auto-sampling decides; offsets ±3 px), from a reference
-            reconstructed from the start poses (relion_reconstruct, limited to 10 Å in its first
+            --auto_refine under mpirun -n 3, CPU) with local searches from the same start poses (σ_ang 2°,
+            ±6°; healpix order 4 = 3.75° and finer as RELION's auto-sampling decides; offsets ±3 px), from
+            a reference reconstructed from the start poses (relion_reconstruct, limited to 10 Å in its first
             iteration), the set's particle mask as solvent mask with its corrected FSC driving the
             resolution, gold-standard halves as the set's; scored like the others from its poses, and
             its own (marginalised) half maps scored too (``relion_own_maps``)
@@ -136,9 +136,14 @@ def export_raw(star: Path, set_dir: Path, out: Path, log: Path) -> Path:
     return dst
 
 
+def generation(set_dir: Path) -> dict:
+    """The set's generation.json (its parameters under "params": apix, box, ...)."""
+    return json.loads((Path(set_dir) / "generation.json").read_text())
+
+
 def score(star: Path, set_dir: Path, out: Path, log: Path, raw: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    apix = float(json.loads((set_dir / "generation.json").read_text())["params"]["apix"])
+    apix = float(generation(set_dir)["params"]["apix"])
     raw_star = star if raw else export_raw(star, set_dir, out, log)
     h1, h2 = relion_halves(raw_star, out, apix, set_dir)
     return {"maps": map_scores(h1, h2, set_dir, apix), "poses": pose_scores(star, set_dir)}
@@ -149,7 +154,7 @@ def relion_refine(start_star: Path, set_dir: Path, out: Path, threads: int, extr
     refine``; module notes, mode ``relion``); returns its wall time (s).  Runs in ``set_dir`` (the
     stack's relative names); the reference is the mean of the start poses' RELION half maps."""
     out.mkdir(parents=True, exist_ok=True)
-    gen = json.loads((set_dir / "generation.json").read_text())
+    gen = generation(set_dir)
     apix, box = float(gen["params"]["apix"]), int(gen["params"]["box"])
     h1, h2 = relion_halves(start_star, out, apix, set_dir)  # out/relion_half{1,2}.mrc: the start's
     ref = out / "start_reference.mrc"
@@ -157,7 +162,8 @@ def relion_refine(start_star: Path, set_dir: Path, out: Path, threads: int, extr
     diameter = min(0.9 * box * apix, 2.0 * float(gen["signal_disc_radius_px"]) * apix + 20.0)  # Å
     # gold-standard halves need MPI: a leader and one follower per half (relion_refine_mpi, Open MPI)
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi",
-           "--i", str(Path(start_star).resolve()), "--o", str((out / "run").resolve()), "--ref", str(ref.resolve()), "--firstiter_cc", "--ini_high", "10", "--auto_refine",
+           "--i", str(Path(start_star).resolve()), "--o", str((out / "run").resolve()), "--ref", str(ref.resolve()),
+           "--firstiter_cc", "--ini_high", "10", "--auto_refine",
            "--split_random_halves", "--low_resol_join_halves", "40", "--particle_diameter", f"{diameter:.0f}",
            "--ctf", "--sym", "C1", "--zero_mask", "--flatten_solvent", "--norm", "--scale", "--pad", "2",
            # the particle mask as solvent mask, and its FSC (phase-randomisation corrected) driving the
@@ -268,7 +274,7 @@ def run_modes(a) -> dict:
         for p in sorted(d.glob("patch_*")):
             entry["patches"][p.name] = score(p / "final" / "particles.star", set_dir, work / f"score_{sub}_{p.name}",
                                              log)
-        apix = float(json.loads((set_dir / "generation.json").read_text())["params"]["apix"])
+        apix = float(generation(set_dir)["params"]["apix"])
         entry["composite_gmmcore_maps"] = map_scores(*read_halves(d / "final"), set_dir, apix)
         entry["global_gmmcore_maps"] = map_scores(*read_halves(g / "final"), set_dir, apix)  # like for like
         if not (work / "score_global" / "relion_half1.mrc").is_file():
@@ -307,7 +313,7 @@ def run_modes(a) -> dict:
             sec = relion_refine(start_star, set_dir, d, a.threads, a.extra_relion, log)
         star, halves = ((d / "run_data.star", "run_half{}_class001_unfil.mrc") if it is None else
                         (d / f"run_it{it:03d}_data.star", f"run_it{it:03d}_half{{}}_class001.mrc"))
-        apix = float(json.loads((set_dir / "generation.json").read_text())["params"]["apix"])
+        apix = float(generation(set_dir)["params"]["apix"])
         own = map_scores(*read_halves(d, halves), set_dir, apix)
         entry = score(star, set_dir, work / (f"score_relion_{sub}" + ("" if it is None else f"_it{it:03d}")), log,
                       raw=True)

@@ -248,11 +248,10 @@ def ring_take(flat, index, inverse):
 
 
 def _ring_take_fwd(flat, index, inverse):
-    return jnp.take(flat, index, axis=1), (index, inverse)
+    return jnp.take(flat, index, axis=1), inverse
 
 
-def _ring_take_bwd(res, g):
-    index, inverse = res
+def _ring_take_bwd(inverse, g):
     gf = jnp.concatenate([g.reshape(g.shape[0], -1), jnp.zeros((g.shape[0], 1), g.dtype)], axis=1)
     return jnp.take(gf, inverse, axis=1), None, None
 
@@ -260,16 +259,12 @@ def _ring_take_bwd(res, g):
 ring_take.defvjp(_ring_take_fwd, _ring_take_bwd)
 
 
-def frc_from_rings(m_re, m_im, p_re, p_im, p_pow, ring_index, ring_inverse=None):
+def frc_from_rings(m_re, m_im, p_re, p_im, p_pow, ring_index, ring_inverse):
     """Per-ring FRC: model (B, 2K²+1) gathered to rings (B, nrings, maxlen) against the particle's
-    ring arrays (same shape, zero-padded) and its per-ring power (B, nrings); with ``ring_inverse``
-    the gather's gradient is a gather (:func:`ring_take`)."""
-    if ring_inverse is None:
-        mr = jnp.take(m_re, ring_index, axis=1)
-        mi = jnp.take(m_im, ring_index, axis=1)
-    else:
-        mr = ring_take(m_re, ring_index, ring_inverse)
-        mi = ring_take(m_im, ring_index, ring_inverse)
+    ring arrays (same shape, zero-padded) and its per-ring power (B, nrings); the gather's gradient
+    is a gather through ``ring_inverse`` (:func:`ring_take`)."""
+    mr = ring_take(m_re, ring_index, ring_inverse)
+    mi = ring_take(m_im, ring_index, ring_inverse)
     s_mp = jnp.sum(mr * p_re + mi * p_im, axis=-1)
     s_mm = jnp.sum(mr * mr + mi * mi, axis=-1)
     return s_mp / jnp.sqrt(s_mm * p_pow + 1e-30)
@@ -449,7 +444,7 @@ def _matmul_default() -> str:
 def _frc_batch(c, R, org, p_re, p_im, p_pow, K):
     env = envelopes(c["sigmas"], c["amplitudes"], c["k"])
     m_re, m_im = blocks_to_flat(project_blocks(projected_centres(c["centers"], R, org), env[0], env[1], c["k"]), K)
-    return frc_from_rings(m_re, m_im, p_re, p_im, p_pow, c["ring_model"])
+    return frc_from_rings(m_re, m_im, p_re, p_im, p_pow, c["ring_model"], c["ring_inverse"])
 
 
 def project_ft(centers, amplitudes, sigmas, rotations, origins, sy, sx):
